@@ -1,0 +1,1 @@
+"""The build plane: filesystem images, verity, signed disk images and update bundles."""

@@ -1,0 +1,1 @@
+"""The device plane: boot chain, provisioning client, agent, updates, attestation evidence."""

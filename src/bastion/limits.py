@@ -1,0 +1,79 @@
+"""Every bound bastion places on untrusted input, in one place.
+
+Parsers compare sizes and counts read from bytes they did not produce against these
+names and raise :class:`bastion.errors.LimitError` when exceeded. Keep one constant per
+bound, named for what it bounds, with its unit and, where it comes from a standard or a
+reference tool, where from.
+"""
+
+from __future__ import annotations
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# --- dm-verity (cryptsetup lib/verity) ---------------------------------------------------
+VERITY_MIN_BLOCK_SIZE = 512
+VERITY_MAX_BLOCK_SIZE = 64 * KiB  # bastion's bound; the kernel takes up to the page size
+VERITY_MAX_SALT_SIZE = 256  # superblock field is 256 bytes
+VERITY_MAX_DATA_BLOCKS = 1 << 40  # 4 PiB at 4 KiB blocks
+VERITY_MAX_LEVELS = 63
+
+# --- LUKS2 (on-disk format spec v1.1.4; cryptsetup luks2.h) ------------------------------
+LUKS2_HDR_SIZES = (
+    16 * KiB,
+    32 * KiB,
+    64 * KiB,
+    128 * KiB,
+    256 * KiB,
+    512 * KiB,
+    1 * MiB,
+    2 * MiB,
+    4 * MiB,
+)
+LUKS2_MAX_KEYSLOTS = 32
+LUKS2_MAX_TOKENS = 32
+LUKS2_MAX_SEGMENTS = 32
+LUKS2_MAX_DIGESTS = 32
+LUKS2_MAX_KEYSLOTS_SIZE = 128 * MiB
+LUKS2_MAX_KEY_SIZE = 512  # bytes of volume key
+LUKS2_MAX_PBKDF2_ITERATIONS = 2**31 - 1  # json int32 in cryptsetup
+LUKS2_MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
+LUKS2_MAX_ARGON2_TIME = 2**31 - 1
+LUKS2_MAX_ARGON2_PARALLEL = 4
+LUKS2_AF_STRIPES = 4000  # the only value cryptsetup accepts
+
+# --- TPM 2.0 marshalled structures ------------------------------------------------------
+TPM2B_MAX_SIZE = 4096  # any TPM2B read from the wire; real TPM buffers are smaller
+TPM_MAX_PCR_SELECTIONS = 16  # banks in one TPML_PCR_SELECTION
+TPM_MAX_PCR_SELECT_BYTES = 4
+TPM_MAX_DIGESTS = 16  # entries in TPML_DIGEST(_VALUES)
+TPM_MAX_RSA_BITS = 4096
+TPM_MAX_NV_SIZE = 2048
+
+# --- TCG event log ----------------------------------------------------------------------
+EVENTLOG_MAX_SIZE = 16 * MiB
+EVENTLOG_MAX_EVENTS = 100_000
+EVENTLOG_MAX_EVENT_DATA = 1 * MiB
+EVENTLOG_MAX_ALGORITHMS = 8
+
+# --- GPT / disk images ------------------------------------------------------------------
+GPT_MAX_PARTITION_ENTRIES = 128
+GPT_ENTRY_SIZE_MAX = 1024
+
+# --- signed envelopes, keys, certificates -------------------------------------------------
+ENVELOPE_MAX_SIZE = 16 * MiB
+ENVELOPE_MAX_SIGNATURES = 64
+KEY_FILE_MAX_SIZE = 64 * KiB
+CERT_MAX_SIZE = 64 * KiB
+CERT_CHAIN_MAX_DEPTH = 8
+MODSIG_MAX_SIG_SIZE = 64 * KiB
+
+# --- JSON documents read from disk or the network --------------------------------------
+JSON_MAX_SIZE = 4 * MiB
+JSON_MAX_DEPTH = 32
+
+# --- fleet server -----------------------------------------------------------------------
+HTTP_MAX_BODY = 1 * MiB
+HTTP_MAX_LOG_LINES = 1000
+NAME_MAX_LENGTH = 128

@@ -1,0 +1,1 @@
+"""The fleet plane: the FastAPI service, its features, models and migrations."""
