@@ -44,3 +44,14 @@ def need_module(name: str, pip_name: str | None = None) -> None:
 def workdir(tmp_path: Path) -> Path:
     """A fresh folder for one test."""
     return tmp_path
+
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "bastion", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=200
+    )
+    settings.load_profile("bastion")
+except ImportError:  # pragma: no cover - hypothesis is a dev dependency
+    pass
