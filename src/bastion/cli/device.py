@@ -20,7 +20,12 @@ def register(subparsers: Any) -> None:
         "device", help="create, boot, inspect and provision devices"
     )
     sub = parser.add_subparsers(dest="device_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
+
+    def _usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=_usage)
     import bastion.cli as cli_pkg
 
     for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
