@@ -77,3 +77,18 @@ JSON_MAX_DEPTH = 32
 HTTP_MAX_BODY = 1 * MiB
 HTTP_MAX_LOG_LINES = 1000
 NAME_MAX_LENGTH = 128
+
+# --- enrolment and devices (docs/adr/0008-provisioning.md) ------------------------------
+ENROLL_SECRET_SIZE = 32  # credential secret: one SHA-256 digest (TPM2B_DIGEST of nameAlg)
+ENROLL_MAX_SEALED_KEY = 256  # sealed device API key blob
+ENROLL_MAX_CSR_SIZE = 8 * KiB  # PEM CSR in /v1/enroll/begin
+ENROLL_MAX_TPM_PUBLIC_B64 = 2 * KiB  # base64 TPM2B_PUBLIC (RSA-2048 EK is ~360 bytes)
+ENROLL_MAX_ATTEST_B64 = 2 * KiB  # base64 TPMS_ATTEST / TPMT_SIGNATURE
+ENROLL_MAX_SERIAL_LENGTH = 128
+PROVISIONING_KEY_MAX_ALLOWLIST = 10_000  # serials + EK hashes on one provisioning key
+PROVISIONING_KEY_MAX_TTL_SECONDS = 30 * 24 * 3600
+PROVISIONING_KEY_MAX_USES = 1_000_000
+DEVICE_MAX_ENV_VARS = 1000  # device env overrides
+DEVICE_MAX_ENV_VALUE = 16 * KiB
+DEVICE_MAX_EVENTS_PER_POST = 1000
+DEVICE_MAX_FIELD_LENGTH = 256  # os_version, agent_version, note
