@@ -10,9 +10,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.x509.oid import NameOID
+from tests.conftest import need_tool
 
 from bastion.device.tpm_csr import build_csr
-from tests.conftest import need_tool
 
 pytestmark = pytest.mark.interop
 
