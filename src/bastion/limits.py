@@ -92,3 +92,10 @@ DEVICE_MAX_ENV_VARS = 1000  # device env overrides
 DEVICE_MAX_ENV_VALUE = 16 * KiB
 DEVICE_MAX_EVENTS_PER_POST = 1000
 DEVICE_MAX_FIELD_LENGTH = 256  # os_version, agent_version, note
+
+# --- boot chain (issue 6: formats/bootunit.py, device/boot.py) ----------------------------
+BOOT_CONTAINER_MAX_SIZE = 512 * MiB  # a boot archive / boot unit (kernel + initrd + modules)
+BOOT_CONTAINER_MAX_ENTRIES = 4096  # named entries in one container (modules included)
+BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or image
+VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
+PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope

@@ -1,0 +1,262 @@
+"""TCG PC Client crypto-agile event log: parse, serialize, replay. Pure.
+
+Layout (TCG PC Client Platform Firmware Profile §9.4, Linux ``tpm_eventlog.h``), all
+integers little-endian:
+
+* first event: a legacy ``TCG_PCR_EVENT`` (u32 pcr, u32 type = EV_NO_ACTION, 20 zero
+  bytes, u32 size, data) whose data is ``TCG_EfiSpecIdEvent``: "Spec ID Event03\\0",
+  u32 platformClass, u8 minor, u8 major, u8 errata, u8 uintnSize, u32 numAlgs,
+  numAlgs x {u16 algId, u16 digestSize}, u8 vendorInfoSize, vendorInfo;
+* every later event: ``TCG_PCR_EVENT2``: u32 pcr, u32 type, u32 digest count,
+  count x {u16 algId, digest of the size the header gives}, u32 size, data.
+
+:func:`replay` recomputes PCRs: ``PCR = H(PCR || digest)`` for every event except
+EV_NO_ACTION; an EV_NO_ACTION "StartupLocality" event sets PCR 0's initial value to
+``0..0 || locality``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bastion.errors import FormatError, LimitError
+from bastion.limits import (
+    EVENTLOG_MAX_ALGORITHMS,
+    EVENTLOG_MAX_EVENT_DATA,
+    EVENTLOG_MAX_EVENTS,
+    EVENTLOG_MAX_SIZE,
+)
+
+SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
+STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
+PCR_COUNT = 24
+
+#: TPM_ALG_ID -> (hashlib name, digest size)
+ALGORITHMS: dict[int, tuple[str, int]] = {
+    0x0004: ("sha1", 20),
+    0x000B: ("sha256", 32),
+    0x000C: ("sha384", 48),
+    0x000D: ("sha512", 64),
+}
+ALG_SHA256 = 0x000B
+
+
+class EventType(enum.IntEnum):
+    """Event types bastion writes or names (TCG PFP §10.4.1)."""
+
+    EV_PREBOOT_CERT = 0x0
+    EV_POST_CODE = 0x1
+    EV_NO_ACTION = 0x3
+    EV_SEPARATOR = 0x4
+    EV_ACTION = 0x5
+    EV_EVENT_TAG = 0x6
+    EV_S_CRTM_CONTENTS = 0x7
+    EV_S_CRTM_VERSION = 0x8
+    EV_IPL = 0xD
+    EV_EFI_ACTION = 0x80000007
+
+
+@dataclass(frozen=True, slots=True)
+class SpecIdEvent:
+    """The TCG_EfiSpecIdEvent header: which banks the log carries and their sizes."""
+
+    algorithms: tuple[tuple[int, int], ...] = ((ALG_SHA256, 32),)
+    platform_class: int = 0
+    spec_minor: int = 0
+    spec_major: int = 2
+    spec_errata: int = 0
+    uintn_size: int = 2
+    vendor_info: bytes = b""
+
+    def digest_size(self, alg_id: int) -> int:
+        """Digest size the header declares for ``alg_id``."""
+        for alg, size in self.algorithms:
+            if alg == alg_id:
+                return size
+        raise FormatError(f"algorithm {alg_id:#06x} is not declared in the Spec ID event")
+
+    def to_bytes(self) -> bytes:
+        if len(self.vendor_info) > 255:
+            raise FormatError("vendor info longer than 255 bytes")
+        out = bytearray(SPEC_ID_SIGNATURE)
+        out += struct.pack(
+            "<IBBBBI",
+            self.platform_class,
+            self.spec_minor,
+            self.spec_major,
+            self.spec_errata,
+            self.uintn_size,
+            len(self.algorithms),
+        )
+        for alg, size in self.algorithms:
+            out += struct.pack("<HH", alg, size)
+        out += bytes([len(self.vendor_info)]) + self.vendor_info
+        return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One TCG_PCR_EVENT2: PCR, type, one digest per bank, event data."""
+
+    pcr: int
+    event_type: int
+    digests: tuple[tuple[int, bytes], ...]
+    data: bytes
+
+    def digest(self, alg_id: int) -> bytes:
+        """This event's digest in the ``alg_id`` bank."""
+        for alg, value in self.digests:
+            if alg == alg_id:
+                return value
+        raise FormatError(f"event for PCR {self.pcr} has no digest for algorithm {alg_id:#06x}")
+
+
+@dataclass(frozen=True, slots=True)
+class EventLog:
+    """A whole crypto-agile event log."""
+
+    spec: SpecIdEvent
+    events: tuple[Event, ...]
+
+    def to_bytes(self) -> bytes:
+        header = self.spec.to_bytes()
+        out = bytearray(struct.pack("<II", 0, EventType.EV_NO_ACTION))
+        out += bytes(20) + struct.pack("<I", len(header)) + header
+        for ev in self.events:
+            out += struct.pack("<III", ev.pcr, ev.event_type, len(ev.digests))
+            for alg, value in ev.digests:
+                if len(value) != self.spec.digest_size(alg):
+                    raise FormatError(f"digest for {alg:#06x} has {len(value)} bytes")
+                out += struct.pack("<H", alg) + value
+            out += struct.pack("<I", len(ev.data)) + ev.data
+        return bytes(out)
+
+
+def measure(pcr: int, event_type: int, data: bytes, content: bytes | None = None) -> Event:
+    """A sha256-bank event whose digest hashes ``content`` (or ``data`` when content is None)."""
+    measured = data if content is None else content
+    return Event(pcr, event_type, ((ALG_SHA256, _hash(ALG_SHA256, measured)),), data)
+
+
+def _hash(alg_id: int, data: bytes) -> bytes:
+    name, _ = ALGORITHMS[alg_id]
+    return hashlib.new(name, data).digest()
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise FormatError(
+                f"event log truncated reading {what} at offset {self.pos}: need {n} bytes, "
+                f"have {len(self.data) - self.pos}"
+            )
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u16(self, what: str) -> int:
+        return int.from_bytes(self.take(2, what), "little")
+
+    def u32(self, what: str) -> int:
+        return int.from_bytes(self.take(4, what), "little")
+
+
+def _parse_spec(data: bytes) -> SpecIdEvent:
+    r = _Reader(data)
+    if r.take(16, "Spec ID signature") != SPEC_ID_SIGNATURE:
+        raise FormatError("first event is not a 'Spec ID Event03' header (not crypto-agile)")
+    pclass = r.u32("platformClass")
+    minor, major, errata, uintn = (r.u8(n) for n in ("minor", "major", "errata", "uintnSize"))
+    count = r.u32("numberOfAlgorithms")
+    if not 1 <= count <= EVENTLOG_MAX_ALGORITHMS:
+        raise LimitError(f"Spec ID event declares {count} algorithms, limit 1..8")
+    algs: list[tuple[int, int]] = []
+    for _ in range(count):
+        alg, size = r.u16("algorithmId"), r.u16("digestSize")
+        known = ALGORITHMS.get(alg)
+        if known is not None and known[1] != size:
+            raise FormatError(f"algorithm {alg:#06x} declared with size {size}, is {known[1]}")
+        if size == 0 or size > 64:
+            raise FormatError(f"algorithm {alg:#06x} declared with digest size {size}")
+        if any(a == alg for a, _ in algs):
+            raise FormatError(f"algorithm {alg:#06x} declared twice")
+        algs.append((alg, size))
+    vendor = r.take(r.u8("vendorInfoSize"), "vendorInfo")
+    if r.pos != len(data):
+        raise FormatError(f"{len(data) - r.pos} stray bytes after the Spec ID event")
+    return SpecIdEvent(tuple(algs), pclass, minor, major, errata, uintn, vendor)
+
+
+def parse(data: bytes) -> EventLog:
+    """Parse a crypto-agile event log; FormatError / LimitError on anything malformed."""
+    if len(data) > EVENTLOG_MAX_SIZE:
+        raise LimitError(f"event log is {len(data)} bytes, limit {EVENTLOG_MAX_SIZE}")
+    r = _Reader(bytes(data))
+    pcr, etype = r.u32("pcrIndex"), r.u32("eventType")
+    if pcr != 0 or etype != EventType.EV_NO_ACTION or r.take(20, "digest") != bytes(20):
+        raise FormatError("first event is not the EV_NO_ACTION Spec ID header on PCR 0")
+    size = r.u32("eventSize")
+    if size > EVENTLOG_MAX_EVENT_DATA:
+        raise LimitError(f"Spec ID event of {size} bytes")
+    spec = _parse_spec(r.take(size, "Spec ID event"))
+    events: list[Event] = []
+    while r.pos < len(r.data):
+        if len(events) >= EVENTLOG_MAX_EVENTS:
+            raise LimitError(f"event log has more than {EVENTLOG_MAX_EVENTS} events")
+        pcr, etype, count = r.u32("pcrIndex"), r.u32("eventType"), r.u32("digest count")
+        if pcr >= PCR_COUNT:
+            raise FormatError(f"event {len(events)} names PCR {pcr}, expected 0..23")
+        if count > EVENTLOG_MAX_ALGORITHMS:
+            raise LimitError(f"event {len(events)} has {count} digests, limit 8")
+        digests = []
+        for _ in range(count):
+            alg = r.u16("algorithmId")
+            digests.append((alg, r.take(spec.digest_size(alg), "digest")))
+        size = r.u32("eventSize")
+        if size > EVENTLOG_MAX_EVENT_DATA:
+            raise LimitError(f"event {len(events)} data of {size} bytes exceeds the limit")
+        events.append(Event(pcr, etype, tuple(digests), r.take(size, "event data")))
+    return EventLog(spec, tuple(events))
+
+
+def startup_locality(event: Event) -> int | None:
+    """The locality of a StartupLocality EV_NO_ACTION event, else None."""
+    if (
+        event.event_type == EventType.EV_NO_ACTION
+        and event.pcr == 0
+        and len(event.data) == 17
+        and event.data.startswith(STARTUP_LOCALITY_SIGNATURE)
+    ):
+        return event.data[16]
+    return None
+
+
+def replay(events: Iterable[Event], alg_id: int = ALG_SHA256) -> dict[int, bytes]:
+    """PCR values (only PCRs that some event touches) after replaying ``events``."""
+    name, size = ALGORITHMS.get(alg_id, ("", 0))
+    if not name:
+        raise FormatError(f"cannot replay unknown algorithm {alg_id:#06x}")
+    pcrs: dict[int, bytes] = {}
+    for event in events:
+        locality = startup_locality(event)
+        if locality is not None:
+            if 0 in pcrs:
+                raise FormatError("StartupLocality event after PCR 0 was extended")
+            pcrs[0] = bytes(size - 1) + bytes([locality])
+            continue
+        if event.event_type == EventType.EV_NO_ACTION:
+            continue
+        current = pcrs.get(event.pcr, bytes(size))
+        pcrs[event.pcr] = hashlib.new(name, current + event.digest(alg_id)).digest()
+    return pcrs
