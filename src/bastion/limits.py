@@ -50,6 +50,17 @@ TPM_MAX_PCR_SELECT_BYTES = 4
 TPM_MAX_DIGESTS = 16  # entries in TPML_DIGEST(_VALUES)
 TPM_MAX_RSA_BITS = 4096
 TPM_MAX_NV_SIZE = 2048
+TPM_MAX_DIGEST_SIZE = 64  # TPMU_HA: the largest digest (sha512)
+TPM_MAX_DATA_SIZE = 66  # TPM2B_DATA buffer is sizeof(TPMT_HA) (extraData, qualifying data)
+TPM_MAX_NAME_SIZE = 66  # TPM2B_NAME: nameAlg + largest digest
+TPM_MAX_ECC_PARAM_SIZE = 66  # TPM2B_ECC_PARAMETER for the largest supported curve (P-521)
+TPM_MAX_SENSITIVE_SIZE = 1024  # TPMU_SENSITIVE_COMPOSITE: RSA prime, ECC scalar, sealed data
+TPM_MAX_SEALED_SIZE = 128  # MAX_SYM_DATA: the most TPM2_Create will seal
+TPM_MAX_CREDENTIAL_SIZE = 64  # TPM2B_DIGEST credential of MakeCredential
+TPM_MAX_NONCE_SIZE = 64  # qualifying data bastion passes to Quote/Certify
+TPM_MAX_RANDOM_SIZE = 4096  # bytes one get_random call returns
+TPM_MAX_PCRS_FILE_CHUNKS = 32  # TPML_DIGEST lists in a tpm2-tools PCR file (tpm2_pcrs)
+SOFTWARE_TPM_STATE_MAX_SIZE = 4 * MiB  # the software TPM's state file
 
 # --- TCG event log ----------------------------------------------------------------------
 EVENTLOG_MAX_SIZE = 16 * MiB
