@@ -234,10 +234,5 @@ def open_signer(
 
 
 def _open_tpm_signer(uri: KeyUri, scheme: SignatureScheme | None) -> Signer:
-    try:
-        from bastion.tpm.uri import open_tpm  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            f"key URI {uri}: the TPM backends (bastion.tpm.uri) are not installed"
-        ) from exc
-    raise ConfigError(f"key URI {uri}: tpm: keys are not wired yet")
+    # wired to bastion.tpm.uri.open_tpm once the TPM backends land (issue 4)
+    raise ConfigError(f"key URI {uri}: tpm: keys are not available in this build yet")

@@ -105,9 +105,12 @@ def check_scheme(public_key: PublicKey, scheme: SignatureScheme) -> None:
     actual = describe_key(public_key)
     if scheme.key_type == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey):
         return
-    if scheme.key_type == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
-        if _CURVE_SCHEMES.get(public_key.curve.name) is scheme:
-            return
+    if (
+        scheme.key_type == "ec"
+        and isinstance(public_key, ec.EllipticCurvePublicKey)
+        and _CURVE_SCHEMES.get(public_key.curve.name) is scheme
+    ):
+        return
     if scheme.key_type == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
         if public_key.key_size < 2048:
             raise ConfigError(f"RSA key of {public_key.key_size} bits: expected at least 2048")

@@ -76,9 +76,11 @@ def test_every_flipped_byte_is_refused() -> None:
     data = (VEC / "module.sha256.ko").read_bytes()
     cert = _cert()
     module_len = 6000
-    positions = (
-        list(range(0, module_len, 97)) + [module_len - 1] + list(range(module_len, len(data)))
-    )
+    positions = [
+        *list(range(0, module_len, 97)),
+        module_len - 1,
+        *list(range(module_len, len(data))),
+    ]
     for pos in positions:
         bad = bytearray(data)
         bad[pos] ^= 0x01
