@@ -18,6 +18,7 @@ VERITY_MAX_BLOCK_SIZE = 64 * KiB  # bastion's bound; the kernel takes up to the 
 VERITY_MAX_SALT_SIZE = 256  # superblock field is 256 bytes
 VERITY_MAX_DATA_BLOCKS = 1 << 40  # 4 PiB at 4 KiB blocks
 VERITY_MAX_LEVELS = 63
+VERITY_MAX_TREE_SIZE = 1 * GiB  # hash tree held in memory by a full verification
 
 # --- LUKS2 (on-disk format spec v1.1.4; cryptsetup luks2.h) ------------------------------
 LUKS2_HDR_SIZES = (
