@@ -55,3 +55,90 @@ try:
     settings.load_profile("bastion")
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     pass
+
+
+# --- TPM fixtures (tpm/swtpm.py, tpm/tss.py, tpm/software.py) -----------------------------
+
+
+class TpmRig:
+    """An open Tpm plus how to power-cycle it (PCRs reset, NV and seeds kept).
+
+    ``power_cycle()`` closes the current connection and returns a fresh open ``Tpm``
+    on the same state; ``tpm`` always names the current one.
+    """
+
+    def __init__(self, kind: str, tmp_path: Path) -> None:
+        self.kind = kind
+        self.tmp_path = tmp_path
+        self.swtpm: object | None = None
+        self.tpm = self._open()
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        if self.kind == "software":
+            from bastion.tpm.software import SoftwareTpm
+
+            return SoftwareTpm(self.tmp_path / "tpm.state")
+        from bastion.tpm.swtpm import Swtpm
+        from bastion.tpm.tss import TssTpm
+
+        if self.swtpm is None:
+            self.swtpm = Swtpm.start(self.tmp_path / "swtpm")
+        return TssTpm(self.swtpm.uri)  # type: ignore[attr-defined]
+
+    @property
+    def uri(self) -> str:
+        """The TPM URI naming this TPM (``--tpm`` spelling)."""
+        if self.kind == "software":
+            return f"software:{self.tmp_path / 'tpm.state'}"
+        return str(self.swtpm.uri)  # type: ignore[attr-defined]
+
+    def power_cycle(self):  # type: ignore[no-untyped-def]
+        """Reset the TPM as a reboot would and return the reopened Tpm."""
+        if self.kind == "software":
+            self.tpm.power_cycle()
+            return self.tpm
+        self.tpm.close()
+        self.swtpm.restart()  # type: ignore[attr-defined]
+        self.tpm = self._open()
+        return self.tpm
+
+    def close(self) -> None:
+        self.tpm.close()
+        if self.swtpm is not None:
+            self.swtpm.stop()  # type: ignore[attr-defined]
+
+
+def need_tss() -> None:
+    """swtpm + tpm2-pytss, or skip (fail in CI) naming the packages."""
+    need_tool("swtpm")
+    need_module("tpm2_pytss", "'bastion[tpm]' (needs Debian libtss2-dev, pkg-config)")
+
+
+@pytest.fixture
+def swtpm(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A private swtpm (free ports, own state folder), stopped by PID afterwards."""
+    need_tss()
+    from bastion.tpm.swtpm import Swtpm
+
+    with Swtpm.start(tmp_path / "swtpm") as tpm:
+        yield tpm
+
+
+@pytest.fixture(params=["software", "tss"])
+def tpm_rig(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Each TPM backend in turn, fresh: the software TPM and tpm2-pytss over swtpm."""
+    if request.param == "tss":
+        need_tss()
+    else:
+        need_module("bastion.tpm.software", "the software TPM backend (issue 3)")
+    rig = TpmRig(request.param, tmp_path)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+@pytest.fixture
+def tpm_backend(tpm_rig: TpmRig):  # type: ignore[no-untyped-def]
+    """An open Tpm of each backend (see ``tpm_rig``)."""
+    return tpm_rig.tpm

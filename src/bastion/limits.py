@@ -62,6 +62,8 @@ TPM_MAX_NONCE_SIZE = 64  # qualifying data bastion passes to Quote/Certify
 TPM_MAX_RANDOM_SIZE = 4096  # bytes one get_random call returns
 TPM_MAX_PCRS_FILE_CHUNKS = 32  # TPML_DIGEST lists in a tpm2-tools PCR file (tpm2_pcrs)
 SOFTWARE_TPM_STATE_MAX_SIZE = 4 * MiB  # the software TPM's state file
+TPM_MAX_AUTH_VALUE = 32  # an object's authValue is at most its nameAlg digest (SHA-256)
+FUSE_FILE_SIZE = 48  # the software fuse bank file (bastion.tpm.fuses), exact size
 
 # --- TCG event log ----------------------------------------------------------------------
 EVENTLOG_MAX_SIZE = 16 * MiB

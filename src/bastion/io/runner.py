@@ -23,6 +23,11 @@ TOOL_PACKAGES: dict[str, str] = {
     "cryptsetup": "cryptsetup-bin",
     "swtpm": "swtpm",
     "swtpm_setup": "swtpm-tools",
+    "swtpm_ioctl": "swtpm-tools",
+    "tpm2_quote": "tpm2-tools",
+    "tpm2_createek": "tpm2-tools",
+    "tpm2_activatecredential": "tpm2-tools",
+    "tpm2_pcrread": "tpm2-tools",
     "tpm2_checkquote": "tpm2-tools",
     "tpm2_createpolicy": "tpm2-tools",
     "tpm2_makecredential": "tpm2-tools",
@@ -126,3 +131,35 @@ class CommandRunner:
                 returncode=proc.returncode,
             )
         return result
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``argv`` as a long-running child (stdio to /dev/null) and return it.
+
+        The caller owns the process: it must stop it and ``wait()`` for it (reap it).
+        Used for daemons bastion runs itself, such as a private swtpm.
+        """
+        if not argv:
+            raise ValueError("empty command")
+        program = argv[0] if os.sep in argv[0] else require_tool(argv[0])
+        full_env = dict(os.environ)
+        full_env.update(self.env)
+        if env:
+            full_env.update(env)
+        try:
+            return subprocess.Popen(
+                [program, *argv[1:]],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=full_env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise CommandError(f"cannot start {argv[0]}: {exc}", argv=list(argv)) from exc
