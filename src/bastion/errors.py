@@ -98,6 +98,14 @@ class AuthError(BastionError):
     exit_code = 4
 
 
+class RateLimitError(AuthError):
+    """Too many requests from one principal or address; ``retry_after`` is in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFoundError(BastionError):
     """A named object (device, key slot, token, file) does not exist."""
 

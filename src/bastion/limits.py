@@ -91,6 +91,15 @@ JSON_MAX_DEPTH = 32
 HTTP_MAX_BODY = 1 * MiB
 HTTP_MAX_LOG_LINES = 1000
 NAME_MAX_LENGTH = 128
+RATE_LIMIT_MAX_KEYS = 100_000  # principals/addresses tracked by the in-memory rate limiter
+PASSWORD_MAX_LENGTH = 1024  # characters; argon2 of a longer input is a denial of service
+PASSWORD_MIN_LENGTH = 10
+TOKEN_MAX_LENGTH = 128  # characters of a bearer token in an Authorization header
+API_LIST_MAX = 500  # rows in one list response
+FLEET_CONFIG_MAX_SIZE = 64 * KiB  # canonical JSON bytes of one fleet's configuration
+ENV_VALUE_MAX_LENGTH = 8 * KiB  # characters of one environment variable value
+ENV_MAX_VARS = 1000  # environment variables in one fleet
+TOKEN_MAX_SCOPES = 8
 
 # --- enrolment and devices (docs/adr/0008-provisioning.md) ------------------------------
 ENROLL_SECRET_SIZE = 32  # credential secret: one SHA-256 digest (TPM2B_DIGEST of nameAlg)

@@ -1,0 +1,1 @@
+"""Authentication and authorization: principals, credentials, RBAC, rate limits."""

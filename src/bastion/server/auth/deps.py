@@ -1,0 +1,146 @@
+"""FastAPI dependencies: context, database sessions, the caller, and role checks.
+
+Use them through the ``Annotated`` aliases::
+
+    @router.get("/fleets/{fleet_id}/things")
+    def list_things(access: FleetViewer, session: ReadSession) -> ...: ...
+
+    @router.post("/device/logs")
+    def write_logs(principal: CurrentPrincipal, session: DbSession) -> ...:
+        if principal.kind is not PrincipalKind.DEVICE: raise AuthError(...)
+
+* :data:`DbSession` a write session (services commit); :data:`ReadSession` read-only.
+* :data:`CurrentPrincipal` whoever called (possibly anonymous), already rate-limited.
+* :data:`CurrentUser` a user (session or PAT); :data:`SessionUser` a user logged in with
+  a session (not a PAT: for token management and 2FA enrolment).
+* :data:`FleetViewer`/:data:`FleetOperator`/:data:`FleetAdmin`/:data:`FleetOwner` a
+  :class:`~bastion.server.auth.rbac.FleetAccess` for the ``{fleet_id}`` path parameter.
+* :func:`fleet_role` builds the same for any minimum role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from cryptography import x509
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from bastion.errors import AuthError
+from bastion.server.auth.principal import Principal, PrincipalKind, Via
+from bastion.server.auth.rbac import FleetAccess, Role, fleet_access, require_user_principal
+from bastion.server.context import AppContext
+
+
+def get_ctx(request: Request) -> AppContext:
+    """The app's shared context."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    """A write session for one request (rolled back unless the service committed)."""
+    with get_ctx(request).db.session(write=True) as session:
+        yield session
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    """A read-only session for one request."""
+    with get_ctx(request).db.session(write=False) as session:
+        yield session
+
+
+def peer_certificate(request: Request) -> x509.Certificate | None:
+    """The verified TLS client certificate, from the ASGI ``tls`` extension, if any."""
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or ()
+    if not chain:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(str(chain[0]).encode())
+    except ValueError as exc:
+        raise AuthError("client certificate could not be parsed") from exc
+
+
+def client_address(request: Request) -> str:
+    """The peer address (no proxy headers are trusted)."""
+    return request.client.host if request.client else "unknown"
+
+
+def current_principal(request: Request) -> Principal:
+    """Resolve and rate-limit the caller; stores it on ``request.state.principal``."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    ctx = get_ctx(request)
+    address = client_address(request)
+    with ctx.db.session(write=False) as session:
+        principal = ctx.auth.resolve(
+            session,
+            request.headers.get("authorization"),
+            peer_certificate(request),
+            ctx.clock.now(),
+        )
+    if not principal.client:
+        principal = _with_client(principal, address)
+    request.state.principal = principal
+    ctx.limiter.hit(principal.rate_key)
+    return principal
+
+
+def _with_client(principal: Principal, address: str) -> Principal:
+    from dataclasses import replace
+
+    return replace(principal, client=address)
+
+
+def require_user(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    """A user principal (401 anonymous, 403 device or provisioning key)."""
+    require_user_principal(principal)
+    return principal
+
+
+def require_session_user(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
+    """A user logged in with a session token; personal API tokens are refused."""
+    if principal.via is not Via.SESSION:
+        raise AuthError("this route needs a login session, not a personal API token")
+    return principal
+
+
+def require_kind(kind: PrincipalKind) -> Callable[[Principal], Principal]:
+    """A dependency accepting only principals of ``kind``."""
+
+    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if principal.kind is not kind:
+            if principal.authenticated:
+                raise AuthError(f"only a {kind.value} may use this route")
+            raise AuthError("authentication required")
+        return principal
+
+    return dependency
+
+
+def fleet_role(minimum: Role) -> Callable[..., FleetAccess]:
+    """A dependency giving the caller's FleetAccess for path parameter ``fleet_id``."""
+
+    def dependency(
+        fleet_id: str,
+        principal: Annotated[Principal, Depends(current_principal)],
+        session: Annotated[Session, Depends(read_session)],
+    ) -> FleetAccess:
+        return fleet_access(session, principal, fleet_id, minimum)
+
+    return dependency
+
+
+DbSession = Annotated[Session, Depends(db_session)]
+ReadSession = Annotated[Session, Depends(read_session)]
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+CurrentUser = Annotated[Principal, Depends(require_user)]
+SessionUser = Annotated[Principal, Depends(require_session_user)]
+FleetViewer = Annotated[FleetAccess, Depends(fleet_role(Role.VIEWER))]
+FleetOperator = Annotated[FleetAccess, Depends(fleet_role(Role.OPERATOR))]
+FleetAdmin = Annotated[FleetAccess, Depends(fleet_role(Role.ADMIN))]
+FleetOwner = Annotated[FleetAccess, Depends(fleet_role(Role.OWNER))]

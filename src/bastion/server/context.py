@@ -1,0 +1,29 @@
+"""Everything one app instance shares, built by the app factory: ``app.state.ctx``.
+
+Routes and dependencies reach it through :func:`bastion.server.auth.deps.get_ctx`; no
+module keeps its own engine, settings or clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bastion.io.clock import Clock
+from bastion.server.auth.passwords import PasswordHasher
+from bastion.server.auth.principal import AuthRegistry
+from bastion.server.auth.ratelimit import RateLimiter
+from bastion.server.db.engine import Database
+from bastion.server.settings import ServerSettings
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    """Settings, database, clock, password hasher, authenticators and rate limiters."""
+
+    settings: ServerSettings
+    db: Database
+    clock: Clock
+    passwords: PasswordHasher
+    auth: AuthRegistry
+    limiter: RateLimiter
+    login_limiter: RateLimiter

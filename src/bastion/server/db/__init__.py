@@ -1,0 +1,1 @@
+"""Database layer of the fleet server: declarative base, engine per app, migrations."""

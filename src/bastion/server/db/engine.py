@@ -1,0 +1,120 @@
+"""One engine and session factory per app, and the Alembic upgrade run on start.
+
+:class:`Database` is created by :func:`bastion.server.app.create_app` from the settings
+and kept on ``app.state.db``; there is no module-level engine. ``Database.session()``
+opens a session for a route or a CLI command:
+
+* ``write=True`` (the default): on SQLite the transaction starts with
+  ``BEGIN IMMEDIATE`` so concurrent writers queue on the database lock (``busy_timeout``)
+  instead of failing with a stale snapshot; on PostgreSQL a normal transaction.
+* ``write=False``: a plain deferred transaction for routes that only read.
+
+Services own the transaction: they call ``session.commit()`` when their unit of work is
+complete; anything not committed is rolled back when the session closes.
+
+:meth:`Database.upgrade` applies every Alembic migration up to all heads
+(``upgrade heads``). Feature revisions may branch from ``0001_core`` so engineers can
+add tables in parallel without renumbering; Alembic applies every branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from bastion.errors import BackendError
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_WRITE_OPTION = "bastion_write"
+
+
+class Database:
+    """An engine, its session factories and the migration runner for one app."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 20
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise BackendError(f"database URL {redact(url)!r} is not usable: {exc}") from exc
+        if self.is_sqlite:
+            _sqlite_pragmas(self.engine)
+        self._write = sessionmaker(
+            bind=self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        self._read = sessionmaker(bind=self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        """A session; uncommitted work is rolled back on exit."""
+        factory = self._write if write else self._read
+        with factory() as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+    def upgrade(self) -> None:
+        """Apply all migrations (to every head) from whatever state the database is in."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "heads")
+        except SQLAlchemyError as exc:
+            raise BackendError(f"database migration failed on {redact(self.url)!r}: {exc}") from exc
+
+    def table_names(self) -> list[str]:
+        """Names of the tables present (for tests and diagnostics)."""
+        return sorted(inspect(self.engine).get_table_names())
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL, foreign keys, and BEGIN IMMEDIATE for write sessions (pysqlite recipe)."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy emit BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL is shown as its scheme only
+        return url.split(":", 1)[0] + ":..."

@@ -1,0 +1,158 @@
+"""The one mapping from domain errors to HTTP responses, and the error body format.
+
+Every error leaves the server as ``{"error": "<code>", "detail": "<one line>"}`` with
+a status chosen here and nowhere else:
+
+============================  ======  ===================
+bastion error                 status  code
+============================  ======  ===================
+LimitError                    413     ``too_large``
+FormatError                   400     ``bad_request``
+request validation (pydantic) 422     ``invalid``
+RateLimitError                429     ``rate_limited`` (+ ``Retry-After``)
+AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
+AuthError, authenticated      403     ``forbidden``
+ExpiredError / RevokedError   401     ``unauthenticated``
+other VerificationError       403     ``verification_failed``
+NotFoundError                 404     ``not_found``
+ConflictError                 409     ``conflict``
+TransportError                502     ``upstream``
+BackendError                  503     ``unavailable`` (message not shown)
+anything else                 500     ``internal`` (message not shown)
+============================  ======  ===================
+
+An :class:`AuthError` is a 401 when the request carried no valid credentials (no
+principal was established, or it is anonymous) and a 403 when an authenticated
+principal lacks the right. Stack traces never reach a client; unexpected exceptions
+are logged with a correlation id that the response also carries.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bastion.errors import (
+    AuthError,
+    BackendError,
+    BastionError,
+    ConflictError,
+    ExpiredError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    RateLimitError,
+    RevokedError,
+    TransportError,
+    VerificationError,
+)
+
+log = logging.getLogger("bastion.server")
+
+#: error code -> bastion error class, used by the HTTP client to raise the same branch
+CODE_TO_ERROR: dict[str, type[BastionError]] = {
+    "too_large": LimitError,
+    "bad_request": FormatError,
+    "invalid": FormatError,
+    "rate_limited": RateLimitError,
+    "unauthenticated": AuthError,
+    "forbidden": AuthError,
+    "verification_failed": VerificationError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
+    "method_not_allowed": NotFoundError,
+    "upstream": TransportError,
+    "unavailable": BackendError,
+    "internal": BackendError,
+}
+
+
+def error_body(code: str, detail: str) -> dict[str, str]:
+    """The JSON body of every error response."""
+    return {"error": code, "detail": detail}
+
+
+def _authenticated(request: Request) -> bool:
+    principal = getattr(request.state, "principal", None)
+    return principal is not None and getattr(principal, "authenticated", False)
+
+
+def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
+    """(status, code, client-visible detail) for a domain error."""
+    if isinstance(exc, LimitError):
+        return 413, "too_large", str(exc)
+    if isinstance(exc, FormatError):
+        return 400, "bad_request", str(exc)
+    if isinstance(exc, RateLimitError):
+        return 429, "rate_limited", str(exc)
+    if isinstance(exc, ExpiredError | RevokedError):
+        return 401, "unauthenticated", str(exc)
+    if isinstance(exc, AuthError):
+        if _authenticated(request):
+            return 403, "forbidden", str(exc)
+        return 401, "unauthenticated", str(exc)
+    if isinstance(exc, VerificationError):
+        return 403, "verification_failed", str(exc)
+    if isinstance(exc, NotFoundError):
+        return 404, "not_found", str(exc)
+    if isinstance(exc, ConflictError):
+        return 409, "conflict", str(exc)
+    if isinstance(exc, TransportError):
+        return 502, "upstream", str(exc)
+    if isinstance(exc, BackendError):
+        return 503, "unavailable", "a backend of the server is unavailable"
+    return 500, "internal", "internal error"
+
+
+def _headers(exc: BastionError, status: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimitError):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="bastion"'
+    return headers
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the mapper for domain errors, validation errors, HTTP errors and the rest."""
+
+    @app.exception_handler(BastionError)
+    async def _domain(request: Request, exc: BastionError) -> JSONResponse:
+        status, code, detail = status_for(exc, request)
+        if status >= 500:
+            ref = secrets.token_hex(6)
+            log.error("request %s failed [%s]: %r", request.url.path, ref, exc)
+            detail = f"{detail} (ref {ref})"
+        return JSONResponse(error_body(code, detail), status, headers=_headers(exc, status))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body("invalid", describe_validation(exc.errors())), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 400: "bad_request"}
+        code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse(error_body(code, detail), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        ref = secrets.token_hex(6)
+        log.exception("unexpected error on %s [%s]", request.url.path, ref, exc_info=exc)
+        return JSONResponse(error_body("internal", f"internal error (ref {ref})"), 500)
+
+
+def describe_validation(errors: Any) -> str:
+    """One line naming each invalid field and what was expected (no input echoed)."""
+    parts = []
+    for err in list(errors)[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts) if parts else "invalid request"

@@ -1,0 +1,1 @@
+"""Liveness and version: the one route anyone may call."""

@@ -1,0 +1,96 @@
+"""ASGI middleware bounding request bodies (``settings.max_body``, default HTTP_MAX_BODY).
+
+A request whose ``Content-Length`` exceeds the bound is answered 413 before the app
+sees it; a chunked body is counted as it streams and cut off with 413 at the bound.
+A request declaring a body that is not JSON on a JSON route is left to FastAPI's
+validation (422). Responses use the error body of :mod:`bastion.server.errors`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.server.errors import error_body
+
+
+class BodyTooLargeError(Exception):
+    """Raised inside ``receive`` when a streamed body passes the bound."""
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies larger than ``max_body`` bytes with 413."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body:
+            await _too_large(send, self.max_body, declared)
+            return
+        if declared is not None and declared < 0:
+            await _respond(send, 400, error_body("bad_request", "invalid Content-Length"))
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLargeError
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError:
+            if not started:
+                await _too_large(send, self.max_body, None)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return None
+
+
+async def _too_large(send: Send, limit: int, declared: int | None) -> None:
+    size = f"{declared} bytes" if declared is not None else "more"
+    await _respond(
+        send, 413, error_body("too_large", f"request body is {size}, limit is {limit} bytes")
+    )
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

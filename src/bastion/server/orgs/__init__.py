@@ -1,0 +1,1 @@
+"""Organisations, fleets, memberships with roles, fleet config and environment variables."""

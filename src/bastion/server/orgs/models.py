@@ -1,0 +1,82 @@
+"""SQLAlchemy models of organisations, fleets, memberships and fleet variables.
+
+An organisation has members (``owner`` or ``member``); an organisation owner is owner
+of every fleet in it. A fleet has members with one role each (:class:`Role`). Fleet
+configuration is a JSON object; environment variables are name/value rows. Devices and
+their per-device overrides belong to the devices feature.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from bastion.server.db.base import Base, UtcDateTime, new_id
+
+
+class Organisation(Base):
+    """A tenant: users, fleets and everything under them."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    require_2fa: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class OrgMember(Base):
+    """Membership of a user in an organisation (``owner`` or ``member``)."""
+
+    __tablename__ = "org_members"
+
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class Fleet(Base):
+    """A group of devices sharing configuration, releases and provisioning keys."""
+
+    __tablename__ = "fleets"
+    __table_args__ = (UniqueConstraint("org_id", "name", name="uq_fleets_org_id_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    config: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class FleetMember(Base):
+    """A user's role in one fleet."""
+
+    __tablename__ = "fleet_members"
+
+    fleet_id: Mapped[str] = mapped_column(
+        ForeignKey("fleets.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class FleetEnvVar(Base):
+    """One fleet-wide environment variable handed to the fleet's devices."""
+
+    __tablename__ = "fleet_env"
+
+    fleet_id: Mapped[str] = mapped_column(
+        ForeignKey("fleets.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

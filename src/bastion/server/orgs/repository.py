@@ -1,0 +1,91 @@
+"""Queries over organisations, fleets, memberships and fleet variables (no commits)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
+
+
+def get_org(session: Session, org_id: str) -> Organisation | None:
+    return session.get(Organisation, org_id)
+
+
+def get_org_by_name(session: Session, name: str) -> Organisation | None:
+    return session.execute(
+        select(Organisation).where(Organisation.name == name)
+    ).scalar_one_or_none()
+
+
+def get_fleet(session: Session, fleet_id: str) -> Fleet | None:
+    return session.get(Fleet, fleet_id)
+
+
+def get_fleet_by_name(session: Session, org_id: str, name: str) -> Fleet | None:
+    return session.execute(
+        select(Fleet).where(Fleet.org_id == org_id, Fleet.name == name)
+    ).scalar_one_or_none()
+
+
+def org_role(session: Session, org_id: str, user_id: str) -> str | None:
+    """``owner``/``member`` or None."""
+    member = session.get(OrgMember, (org_id, user_id))
+    return member.role if member else None
+
+
+def fleet_member_role(session: Session, fleet_id: str, user_id: str) -> str | None:
+    member = session.get(FleetMember, (fleet_id, user_id))
+    return member.role if member else None
+
+
+def orgs_of_user(session: Session, user_id: str) -> list[tuple[Organisation, str]]:
+    rows = session.execute(
+        select(Organisation, OrgMember.role)
+        .join(OrgMember, OrgMember.org_id == Organisation.id)
+        .where(OrgMember.user_id == user_id)
+        .order_by(Organisation.name)
+    ).all()
+    return [(org, role) for org, role in rows]
+
+
+def fleets_of_org(session: Session, org_id: str) -> list[Fleet]:
+    return list(
+        session.execute(select(Fleet).where(Fleet.org_id == org_id).order_by(Fleet.name)).scalars()
+    )
+
+
+def fleet_roles_of_user(session: Session, user_id: str) -> dict[str, str]:
+    rows = session.execute(
+        select(FleetMember.fleet_id, FleetMember.role).where(FleetMember.user_id == user_id)
+    ).all()
+    return {fleet_id: role for fleet_id, role in rows}
+
+
+def fleet_members(session: Session, fleet_id: str) -> list[FleetMember]:
+    return list(
+        session.execute(select(FleetMember).where(FleetMember.fleet_id == fleet_id)).scalars()
+    )
+
+
+def org_members(session: Session, org_id: str) -> list[OrgMember]:
+    return list(session.execute(select(OrgMember).where(OrgMember.org_id == org_id)).scalars())
+
+
+def fleet_env(session: Session, fleet_id: str) -> list[FleetEnvVar]:
+    return list(
+        session.execute(
+            select(FleetEnvVar).where(FleetEnvVar.fleet_id == fleet_id).order_by(FleetEnvVar.name)
+        ).scalars()
+    )
+
+
+def count_env(session: Session, fleet_id: str) -> int:
+    return len(fleet_env(session, fleet_id))
+
+
+def delete_env(session: Session, fleet_id: str, name: str) -> int:
+    result = session.execute(
+        delete(FleetEnvVar).where(FleetEnvVar.fleet_id == fleet_id, FleetEnvVar.name == name)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

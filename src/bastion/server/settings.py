@@ -1,0 +1,87 @@
+"""Server settings: one pydantic-settings object handed to :func:`create_app`.
+
+Values come from keyword arguments (the CLI), then ``BASTION_SERVER_*`` environment
+variables, then the defaults below. Nothing reads settings at import time; the app
+factory receives a :class:`ServerSettings` and wires everything from it.
+
+The embedded default is zero set-up: a SQLite file ``bastion.db`` inside ``data_dir``.
+Give ``database_url`` (``postgresql+psycopg://...``) for PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bastion import limits
+from bastion.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("/var/lib/bastion/server")
+
+
+class ServerSettings(BaseSettings):
+    """Everything the fleet server needs to start; immutable once built."""
+
+    model_config = SettingsConfigDict(env_prefix="BASTION_SERVER_", frozen=True, extra="forbid")
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8443, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+
+    # password hashing (argon2id). Defaults: RFC 9106 "second recommended" profile.
+    argon2_time_cost: int = Field(default=3, ge=1)
+    argon2_memory_kib: int = Field(default=64 * 1024, ge=8)
+    argon2_parallelism: int = Field(default=4, ge=1)
+
+    # lifetimes, seconds
+    session_ttl: int = Field(default=12 * 3600, ge=1)
+    token_max_ttl: int = Field(default=365 * 86400, ge=1)
+
+    # rate limits: token bucket per principal (requests/second and burst)
+    rate_per_second: float = Field(default=20.0, gt=0)
+    rate_burst: int = Field(default=60, ge=1)
+    # login attempts per email address / per client address
+    login_rate_per_second: float = Field(default=0.2, gt=0)
+    login_burst: int = Field(default=10, ge=1)
+
+    max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
+    allow_signup: bool = False
+    totp_issuer: str = "bastion"
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            return url
+        return f"sqlite:///{(self.data_dir / 'bastion.db').resolve()}"
+
+    def check_listen(self) -> None:
+        """Refuse plain HTTP on a non-loopback address (ConfigError), and half TLS config."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--client-ca (mTLS) needs --tls-cert and --tls-key")
+        if self.tls_cert is None and not is_loopback(self.listen_host):
+            raise ConfigError(
+                f"refusing plain HTTP on non-loopback address {self.listen_host!r}: "
+                "give --tls-cert and --tls-key, or listen on 127.0.0.1/::1/localhost"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names only a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Users: accounts, passwords, sessions, personal API tokens and TOTP second factor."""
