@@ -4,8 +4,10 @@ Same tree in, same bytes out. The tree is first copied to a staging folder whose
 entry gets the same timestamp (``epoch``); then the tool runs with fixed identity:
 
 * ext4 (e2fsprogs, on every Debian/Ubuntu): ``mkfs.ext4 -d`` without a journal, a fixed
-  ``-U`` UUID and ``-E hash_seed=``, ``E2FSPROGS_FAKE_TIME`` for the superblock times and a
-  size computed from the tree;
+  ``-U`` UUID and ``-E hash_seed=``, ``E2FSPROGS_FAKE_TIME`` for the superblock times, a
+  size computed from the tree, then every inode's ctime reset with ``debugfs`` (mkfs
+  copies the staging copy's ctime, which is the wall clock); the epoch is at least 1
+  because e2fsprogs treats a time of 0 as unset;
 * squashfs: ``mksquashfs -noappend -all-root`` with ``SOURCE_DATE_EPOCH``;
 * erofs: ``mkfs.erofs --all-root -T epoch -U uuid``.
 
@@ -61,6 +63,28 @@ def _stage(src: Path, dest: Path, epoch: int) -> int:
     return used
 
 
+def _fix_ext4_ctimes(
+    staged: Path, image: Path, epoch: int, runner: CommandRunner, env: dict[str, str]
+) -> None:
+    """Set every inode's ctime to ``epoch``: mkfs.ext4 -d copies the staging copy's ctime,
+    which is the wall clock (e2fsprogs 1.47.0 has no SOURCE_DATE_EPOCH support)."""
+    lines = []
+    for root, dirs, files in os.walk(staged):
+        for name in sorted(dirs + files):
+            rel = "/" + os.path.relpath(os.path.join(root, name), staged)
+            if any(c in rel for c in '"\n\\'):
+                raise ConfigError(f"rootfs path {rel!r} has a character debugfs cannot quote")
+            lines.append(f'sif "{rel}" ctime @{epoch}')
+    if not lines:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", delete=False) as cmds:
+        cmds.write("\n".join(lines) + "\n")
+    try:
+        runner.run(["debugfs", "-w", "-f", cmds.name, str(image)], env=env)
+    finally:
+        os.unlink(cmds.name)
+
+
 def ext4_size(used: int) -> int:
     """Image size for a tree occupying ``used`` bytes: 30% headroom + 2 MiB, MiB-aligned."""
     size = used * 13 // 10 + 2 * 1024 * 1024
@@ -79,6 +103,9 @@ def build_filesystem(
 ) -> int:
     """Build ``out`` from the tree ``src``; returns the image size (a multiple of 4096)."""
     runner = runner or CommandRunner()
+    # e2fsprogs treats a time of 0 as unset (E2FSPROGS_FAKE_TIME and inode times alike)
+    # and then lets the wall clock leak in, so the epoch is at least 1
+    epoch = max(epoch, 1)
     env = {"SOURCE_DATE_EPOCH": str(epoch), "E2FSPROGS_FAKE_TIME": str(epoch), "LC_ALL": "C"}
     out = out.resolve()
     if out.exists():
@@ -112,6 +139,7 @@ def build_filesystem(
                 ],
                 env=env,
             )
+            _fix_ext4_ctimes(staged, out, epoch, runner, env)
         elif fs is FsType.SQUASHFS:
             runner.run(
                 [

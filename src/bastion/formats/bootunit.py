@@ -18,6 +18,8 @@ a verifier can name the section that changed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
 import json
@@ -25,7 +27,11 @@ import struct
 from dataclasses import dataclass
 
 from bastion.errors import FormatError, LimitError
-from bastion.limits import BOOT_CONTAINER_MAX_ENTRIES, BOOT_CONTAINER_MAX_SIZE
+from bastion.limits import (
+    BOOT_CONTAINER_MAX_ENTRIES,
+    BOOT_CONTAINER_MAX_SIZE,
+    VERITY_SIG_MAX_SIZE,
+)
 
 MAGIC = b"BSTNARC1"
 _HEAD = struct.Struct("<8sII")
@@ -270,3 +276,52 @@ def loader_statement(loader_bytes: bytes) -> bytes:
         "size": len(loader_bytes),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+# --- DPS root-verity-sig partition -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VeritySignature:
+    """The Discoverable Partitions Specification verity signature partition JSON.
+
+    ``signature`` is a DER PKCS#7 SignedData over the lower-case hex ``root_hash`` string;
+    ``certificate_fingerprint`` the SHA-256 of the signer certificate's DER.
+    """
+
+    root_hash: bytes
+    signature: bytes
+    certificate_fingerprint: bytes
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON, NUL-padded to a multiple of 4096 bytes."""
+        doc = {
+            "rootHash": self.root_hash.hex(),
+            "signature": base64.b64encode(self.signature).decode(),
+            "certificateFingerprint": self.certificate_fingerprint.hex(),
+        }
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        return raw + bytes(-len(raw) % 4096 or 0)
+
+
+def parse_verity_signature(data: bytes) -> VeritySignature:
+    """Parse the partition: JSON then only NUL bytes; strict field types."""
+    if len(data) > VERITY_SIG_MAX_SIZE:
+        data = data[:VERITY_SIG_MAX_SIZE]
+    text, _, rest = bytes(data).partition(b"\0")
+    if any(rest):
+        raise FormatError("verity signature partition has non-NUL bytes after the JSON")
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        root = bytes.fromhex(doc["rootHash"])
+        if doc["rootHash"] != root.hex():
+            raise ValueError("rootHash is not lower-case hex")
+        sig = base64.b64decode(doc["signature"], validate=True)
+        fpr = bytes.fromhex(doc.get("certificateFingerprint", ""))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, binascii.Error) as exc:
+        raise FormatError(f"verity signature partition JSON is malformed: {exc}") from exc
+    if len(root) < 20 or not sig:
+        raise FormatError("verity signature partition: empty rootHash or signature")
+    return VeritySignature(root, sig, fpr)
