@@ -43,7 +43,8 @@ NV_TYPES = ("counter", "bits")
 
 @dataclass(slots=True)
 class NvIndex:
-    """One defined NV index; ``value`` None until first written (TPMA_NV_WRITTEN clear)."""
+    """One defined NV index. ``value`` None means never written (TPMA_NV_WRITTEN clear);
+    SoftwareTpm initialises indexes at definition, so it only occurs in foreign files."""
 
     type: str
     value: int | None = None

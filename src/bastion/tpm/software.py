@@ -204,13 +204,14 @@ class SoftwareTpm:
 
     def pcr_extend(self, index: int, digests: Mapping[HashAlg, bytes]) -> None:
         if not 0 <= index < PCR_COUNT:
-            raise TpmError(f"PCR index {index} out of range 0..{PCR_COUNT - 1}", rc=RC_VALUE)
+            raise ConfigError(f"PCR index {index} out of range 0..{PCR_COUNT - 1}")
+        if not digests:
+            raise ConfigError("pcr_extend needs at least one digest")
         for bank, digest in digests.items():
             if len(digest) != bank.digest_size:
-                raise TpmError(
+                raise FormatError(
                     f"{bank} digest for PCR {index} is {len(digest)} bytes, "
-                    f"expected {bank.digest_size}",
-                    rc=RC_SIZE,
+                    f"expected {bank.digest_size}"
                 )
 
         def change(st: State) -> None:
@@ -368,7 +369,15 @@ class SoftwareTpm:
         def change(st: State) -> None:
             if index in st.nv:
                 raise ConflictError(f"NV index 0x{index:08x} is already defined (rc 0x14c)")
-            st.nv[index] = NvIndex(typ, st.fuse_memory.get(index) if typ == "bits" else None)
+            # Defined and initialised at once, as the tss backend does (NV_Increment /
+            # NV_SetBits(0) right after NV_DefineSpace): a counter starts one above the
+            # highest deleted counter, bits start at every bit ever set at this handle.
+            if typ == "counter":
+                if st.counter_max + 1 >= _U64:
+                    raise TpmError("NV counters are exhausted", rc=RC_VALUE)
+                st.nv[index] = NvIndex(typ, st.counter_max + 1)
+            else:
+                st.nv[index] = NvIndex(typ, st.fuse_memory.get(index, 0))
 
         self._mutate(change)
 
