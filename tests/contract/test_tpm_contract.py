@@ -13,16 +13,21 @@ import os
 
 import pytest
 from cryptography.exceptions import InvalidSignature
+from tests.conftest import need_module
 
 from bastion.errors import (
     BastionError,
     ConflictError,
+    DigestMismatchError,
     FormatError,
     NotFoundError,
     PolicyError,
+    SignatureError,
     TpmError,
 )
 from bastion.tpm.base import HashAlg, PcrSelection, SealedObject, Tpm, TpmKey
+from bastion.tpm.quote import make_credential as bastion_make_credential
+from bastion.tpm.quote import verify_certify, verify_quote
 
 from . import _oracle as oracle
 
@@ -39,15 +44,19 @@ def extend(tpm: Tpm, index: int, data: bytes) -> bytes:
     return sha(data)
 
 
-def make_credential(ek_public: bytes, name: bytes, secret: bytes) -> tuple[bytes, bytes]:
-    """Server side of activation, from an implementation independent of the backends."""
-    pytest.importorskip("tpm2_pytss")
+def pytss_make_credential(ek_public: bytes, name: bytes, secret: bytes) -> tuple[bytes, bytes]:
+    """Server side of activation by tpm2-pytss: an implementation independent of bastion."""
+    need_module("tpm2_pytss", "'bastion[tpm]' (needs Debian libtss2-dev, pkg-config)")
     from tpm2_pytss.types import TPM2B_PUBLIC
     from tpm2_pytss.utils import make_credential as pytss_make
 
     pub, _ = TPM2B_PUBLIC.unmarshal(ek_public)
     blob, enc = pytss_make(pub, secret, name)
     return bytes(blob.marshal()), bytes(enc.marshal())
+
+
+MAKERS = {"bastion": bastion_make_credential, "pytss": pytss_make_credential}
+make_credential = bastion_make_credential
 
 
 # --- the object implements the protocol --------------------------------------------------
@@ -276,6 +285,43 @@ def test_quote_verifies(tpm_backend: Tpm) -> None:
     assert body.selection == [(oracle.ALG_SHA256, bytes([0x80, 0x00, 0x80]))]
     values = tpm_backend.pcr_read(SEL)
     assert body.pcr_digest == sha(values[7] + values[23])
+    verify_quote(quote.attest, quote.signature, ak.public, nonce, SEL, values)
+
+
+@pytest.mark.parametrize(
+    ("case", "error"),
+    [
+        ("wrong-nonce", DigestMismatchError),
+        ("tampered-attest", SignatureError),
+        ("wrong-ak", SignatureError),
+        ("wrong-pcr-values", DigestMismatchError),
+        ("other-selection", DigestMismatchError),
+        ("truncated-signature", FormatError),
+    ],
+)
+def test_verify_quote_negative(tpm_backend: Tpm, case: str, error: type[Exception]) -> None:
+    ak = tpm_backend.create_ak()
+    quote = tpm_backend.quote(ak, b"nonce-1", SEL)
+    values = tpm_backend.pcr_read(SEL)
+    attest, sig, key, nonce, sel = quote.attest, quote.signature, ak.public, b"nonce-1", SEL
+    if case == "wrong-nonce":
+        nonce = b"nonce-2"
+    elif case == "tampered-attest":
+        attest = attest[:-1] + bytes([attest[-1] ^ 1])
+    elif case == "wrong-ak":
+        key = tpm_backend.create_ak().public
+    elif case == "wrong-pcr-values":
+        values = {**values, 23: sha(b"evil")}
+    elif case == "other-selection":
+        sel = PcrSelection.parse("sha256:7")
+        values = {7: values[7]}
+    else:
+        sig = sig[:-4]
+    verify_quote(
+        quote.attest, quote.signature, ak.public, b"nonce-1", SEL, tpm_backend.pcr_read(SEL)
+    )
+    with pytest.raises(error):
+        verify_quote(attest, sig, key, nonce, sel, values)
 
 
 @pytest.mark.parametrize("case", ["flipped-attest", "other-ak", "flipped-sig"])
@@ -302,6 +348,10 @@ def test_certify(tpm_backend: Tpm) -> None:
     assert body.type == oracle.ST_ATTEST_CERTIFY
     assert body.extra_data == b"challenge"
     assert body.name == key.name
+    verify_certify(att.attest, att.signature, ak.public, b"challenge", key.public)
+    other = tpm_backend.create_signing_key()
+    with pytest.raises(DigestMismatchError):
+        verify_certify(att.attest, att.signature, ak.public, b"challenge", other.public)
 
 
 @pytest.mark.parametrize("algorithm", ["ecc-p256", "rsa2048"])
@@ -350,9 +400,10 @@ def test_ek_is_tcg_rsa2048(tpm_backend: Tpm) -> None:
     assert tpm_backend.ek_public() == tpm_backend.ek_public()
 
 
-def test_activate_credential(tpm_backend: Tpm) -> None:
+@pytest.mark.parametrize("maker", sorted(MAKERS))
+def test_activate_credential(tpm_backend: Tpm, maker: str) -> None:
     ak = tpm_backend.create_ak()
-    blob, secret = make_credential(tpm_backend.ek_public(), ak.name, b"challenge-0123456789")
+    blob, secret = MAKERS[maker](tpm_backend.ek_public(), ak.name, b"challenge-0123456789")
     assert tpm_backend.activate_credential(ak, blob, secret) == b"challenge-0123456789"
 
 
