@@ -130,17 +130,23 @@ def _hash_range(job: tuple[str, int, VerityParams, int, int]) -> bytes:
     dbs = params.data_block_size
     step = max(dbs, READ_CHUNK // dbs * dbs)
     digests: list[bytes] = []
+    buffer = bytearray(min(step, count * dbs))
+    view = memoryview(buffer)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         start = data_offset + first * dbs
         end = start + count * dbs
         for pos in range(start, end, step):
             want = min(step, end - pos)
-            buf = _pread_full(fd, want, pos)
-            if len(buf) != want:
-                raise FormatError(f"verity data file {path!r} ended at byte {pos + len(buf)}")
-            digests.extend(hasher.digests(buf, dbs))
+            got = 0
+            while got < want:
+                n = os.preadv(fd, [view[got:want]], pos + got)
+                if n <= 0:
+                    raise FormatError(f"verity data file {path!r} ended at byte {pos + got}")
+                got += n
+            digests.extend(hasher.digests(view[:want], dbs))
     finally:
+        view.release()
         os.close(fd)
     return hasher.pack(digests)
 

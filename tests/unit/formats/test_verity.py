@@ -312,3 +312,18 @@ def test_dm_table_line() -> None:
         "0 16384 verity 1 /dev/vda /dev/vdb 4096 4096 2048 1 sha256 " + "01" * 32 + " ab"
     )
     assert dm_table(VerityParams(data_blocks=1), "a", "b", bytes(32), 0).endswith(" -")
+
+
+def test_veritysetup_hash_file_vector_byte_for_byte() -> None:
+    stored = (VECTORS.parent / "veritysetup-129x512-sha256.hash").read_bytes()
+    data = hashlib.shake_256(b"bastion verity vector").digest(129 * 512)
+    sb = VeritySuperblock.parse(stored)
+    assert sb.uuid == UUID
+    assert sb.params == VerityParams(
+        data_blocks=129, data_block_size=512, hash_block_size=512, salt=b"\xda\xda\xda"
+    )
+    tree = build_tree(sb.params, [data])
+    root = "f036facef6a8db493e00348e39c79299d961641a4bef93edb1260f56ee218b31"
+    assert tree.root_hash.hex() == root
+    assert tree.hash_region(sb, 0) == stored
+    verify_hash_tree(sb.params, stored[512:], tree.root_hash, 1)
