@@ -90,6 +90,14 @@ def check_device_id(device_id: str) -> str:
     return device_id
 
 
+def check_issuable(key: object, what: str = "subject") -> PublicKey:
+    """``key`` if bastion issues certificates for its type, else FormatError."""
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+        raise FormatError(f"{what} key {type(key).__name__}: expected ECDSA P-256/P-384 or RSA")
+    _check_issuable_key(key, what)
+    return key
+
+
 def _check_issuable_key(key: PublicKey, what: str) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in ("secp256r1", "secp384r1"):
         return

@@ -1,0 +1,150 @@
+"""``bastion keys``: make the product key set, generate single keys, show key ids.
+
+``keys init DIR`` creates every key a product needs (see
+:mod:`bastion.trust.keyset`), prints what it made and which files must be moved to
+offline storage, and refuses to touch an existing set. Passphrases come from an
+environment variable (``--passphrase-env``), never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from bastion.cli._common import add_json_flag, emit
+from bastion.errors import ConfigError, ConflictError
+from bastion.io.files import read_bounded
+from bastion.limits import KEY_FILE_MAX_SIZE
+from bastion.trust.keys import (
+    KeyAlgorithm,
+    generate_private_key,
+    load_private_key_pem,
+    load_public_key,
+    private_key_to_pem,
+    public_key_to_pem,
+)
+from bastion.trust.keyset import KeySet, create_keyset
+from bastion.trust.signer import describe_key, key_id
+
+
+def _passphrase(env: str | None) -> bytes | None:
+    if env is None:
+        return None
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"--passphrase-env {env}: the variable is not set or empty")
+    return value.encode()
+
+
+def _summary(ks: KeySet) -> dict[str, Any]:
+    return {
+        "folder": str(ks.folder),
+        "product": ks.product,
+        "platform_root_hash": ks.platform_root_hash().hex(),
+        "keys": [e.to_json() for e in ks.entries],
+        "keep_offline": ks.offline_files(),
+    }
+
+
+def _text(ks: KeySet, verb: str) -> str:
+    lines = [f"{verb} key set for {ks.product!r} in {ks.folder}:"]
+    lines.append(f"  {'name':<14} {'algorithm':<11} {'lives':<8} key id")
+    for e in ks.entries:
+        cert = f"  + {e.certificate}" if e.certificate else ""
+        lines.append(f"  {e.name:<14} {e.algorithm:<11} {e.location:<8} {e.key_id[:16]}...{cert}")
+    lines.append(f"platform root hash (fuse this into devices): {ks.platform_root_hash().hex()}")
+    lines.append(
+        "KEEP OFFLINE (move to offline storage, then delete here): "
+        + ", ".join(str(ks.folder / f) for f in ks.offline_files())
+    )
+    return "\n".join(lines)
+
+
+def _init(args: argparse.Namespace) -> int:
+    ks = create_keyset(args.dir, product=args.product, passphrase=_passphrase(args.passphrase_env))
+    emit(args, _text(ks, "created"), _summary(ks))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    ks = KeySet.load(args.dir)
+    emit(args, _text(ks, "loaded"), _summary(ks))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.exists():
+        raise ConflictError(f"{out} exists: refusing to overwrite a key")
+    key = generate_private_key(KeyAlgorithm(args.algorithm))
+    from bastion.io.files import atomic_write
+
+    atomic_write(out, private_key_to_pem(key, _passphrase(args.passphrase_env)), 0o600)
+    pub = out.with_name(out.name.removesuffix(".pem").removesuffix(".key") + ".pub.pem")
+    atomic_write(pub, public_key_to_pem(key.public_key()), 0o644)
+    kid = key_id(key.public_key())
+    emit(
+        args,
+        f"wrote {out} (private, 0600) and {pub}\nkey id {kid}",
+        {
+            "private_key": str(out),
+            "public_key": str(pub),
+            "key_id": kid,
+            "algorithm": args.algorithm,
+        },
+    )
+    return 0
+
+
+def _id(args: argparse.Namespace) -> int:
+    data = read_bounded(args.file, KEY_FILE_MAX_SIZE, "key file")
+    if b"PRIVATE KEY" in data:
+        public = load_private_key_pem(
+            data, _passphrase(args.passphrase_env), what=args.file
+        ).public_key()
+    else:
+        public = load_public_key(data, what=args.file)
+    kid = key_id(public)
+    emit(args, kid, {"key_id": kid, "algorithm": describe_key(public)})
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``keys`` group."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "keys", help="make and inspect signing keys"
+    )
+    sub = parser.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
+
+    def _usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=_usage)
+
+    p = sub.add_parser("init", help="create the whole key set of a product in DIR")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--product", default="bastion", help="product name used in certificate subjects")
+    p.add_argument("--passphrase-env", metavar="VAR", help="encrypt private keys with $VAR")
+    add_json_flag(p)
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("show", help="list a key set and check it")
+    p.add_argument("dir", metavar="DIR")
+    add_json_flag(p)
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("generate", help="generate one private key (PEM PKCS#8, 0600)")
+    p.add_argument("algorithm", choices=[a.value for a in KeyAlgorithm])
+    p.add_argument("-o", "--output", required=True, metavar="KEY.pem")
+    p.add_argument("--passphrase-env", metavar="VAR", help="encrypt the key with $VAR")
+    add_json_flag(p)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("id", help="print the key id (sha256 of the SPKI) of a key or certificate")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--passphrase-env", metavar="VAR", help="passphrase of an encrypted key")
+    add_json_flag(p)
+    p.set_defaults(func=_id)
