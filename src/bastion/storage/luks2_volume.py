@@ -1,0 +1,749 @@
+"""A LUKS2 volume in userspace: format, open, keyslots, tokens, plaintext read/write.
+
+``Luks2Volume`` works on a ``BlockStorage``: a whole file, a block device, or a byte
+range (offset, size) inside a disk image (``FileRange``). It reads the header with
+:func:`bastion.formats.luks2.choose_copy` (valid checksum, then higher seqid), unlocks
+with a passphrase, a recovery key (also a passphrase) or a known volume key, and reads
+and writes plaintext at any byte offset (read-modify-write of partial sectors) through
+:class:`bastion.storage.luks2_xts.SectorCipher`.
+
+Every header change is a *commit* in cryptsetup's order: seqid+1; for the primary then
+the secondary copy, the binary header with a zeroed csum, the JSON area, the binary
+header with its checksum, then a sync. Keyslot material goes to an unused area before the
+commit that references it; an area is wiped only after the commit that drops it. A stop
+after any single write therefore leaves a volume that opens with the old or the new
+keyslots (tests stop a writer after each write).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid as uuid_mod
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from bastion import limits
+from bastion.errors import (
+    AuthError,
+    ConfigError,
+    ConflictError,
+    FormatError,
+    NotFoundError,
+)
+from bastion.formats import luks2_keyslot as ksc
+from bastion.formats.luks2 import (
+    BINARY_HEADER_SIZE,
+    DEFAULT_CIPHER,
+    BinaryHeader,
+    Config,
+    HeaderArea,
+    HeaderChoice,
+    HeaderCopy,
+    KdfParams,
+    KdfType,
+    Keyslot,
+    Metadata,
+    Segment,
+    Token,
+    build_copy,
+    choose_copy,
+)
+from bastion.storage.luks2_xts import SectorCipher
+
+KiB = 1024
+MiB = 1024 * KiB
+DEFAULT_DATA_OFFSET = 16 * MiB
+DEFAULT_METADATA_SIZE = 16 * KiB
+DEFAULT_ITER_TIME_MS = 2000
+DEFAULT_ARGON2_MAX_MEMORY_KIB = 1024 * 1024
+DIGEST_ITER_TIME_MS = 125
+BULK_CHUNK = 8 * MiB
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+class BlockStorage(Protocol):
+    """Random-access bytes the volume lives in."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+class FileRange:
+    """A file or block device, or the byte range ``[offset, offset+size)`` inside one."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        offset: int = 0,
+        size: int | None = None,
+        writable: bool = True,
+    ) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"device {self.path!r} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot open {self.path!r}: {exc.strerror}") from exc
+        st = os.fstat(self._fd)
+        total = os.lseek(self._fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+        if offset < 0 or offset % 512:
+            self.close()
+            raise ConfigError(f"offset {offset} must be a non-negative multiple of 512")
+        self.offset = offset
+        self._size = total - offset if size is None else size
+        if self._size <= 0 or offset + self._size > total:
+            self.close()
+            raise ConfigError(
+                f"range [{offset}, +{size}) does not fit {self.path!r} of {total} bytes"
+            )
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or offset + length > self._size:
+            raise FormatError(
+                f"read [{offset}, +{length}) beyond the end of {self.path!r} ({self._size} bytes)"
+            )
+        parts = []
+        done = 0
+        while done < length:
+            chunk = os.pread(self._fd, length - done, self.offset + offset + done)
+            if not chunk:
+                raise FormatError(f"short read from {self.path!r}")
+            parts.append(chunk)
+            done += len(chunk)
+        return b"".join(parts)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if offset < 0 or offset + len(data) > self._size:
+            raise ConfigError(
+                f"write [{offset}, +{len(data)}) beyond the end of {self.path!r} ({self._size} B)"
+            )
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], self.offset + offset + done)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> FileRange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- KDF choice ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KdfSpec:
+    """How to build a new keyslot's KDF; unset costs are benchmarked like cryptsetup."""
+
+    type: KdfType = KdfType.ARGON2ID
+    iterations: int | None = None  # pbkdf2: --pbkdf-force-iterations; argon2: time cost
+    memory_kib: int | None = None  # argon2 --pbkdf-memory
+    cpus: int | None = None  # argon2 --pbkdf-parallel
+    hash: str = "sha256"
+    iter_time_ms: int = DEFAULT_ITER_TIME_MS
+
+    def resolve(self) -> KdfParams:
+        """Concrete parameters with a fresh salt (benchmarks when a cost is unset)."""
+        if self.type is KdfType.PBKDF2:
+            its = self.iterations or _bench_pbkdf2(self.hash, self.iter_time_ms)
+            return ksc.make_kdf(KdfType.PBKDF2, iterations=max(1000, its), hash_name=self.hash)
+        memory = self.memory_kib or default_argon2_memory_kib()
+        cpus = self.cpus or min(limits.LUKS2_MAX_ARGON2_PARALLEL, os.cpu_count() or 1)
+        t = self.iterations or _bench_argon2(self.type, memory, cpus, self.iter_time_ms)
+        return ksc.make_kdf(self.type, time=t, memory_kib=memory, cpus=cpus)
+
+
+#: systemd's "minimal PBKDF" for high-entropy secrets (TPM tokens, recovery keys)
+MINIMAL_KDF = KdfSpec(KdfType.PBKDF2, iterations=1000, hash="sha512")
+
+
+def default_argon2_memory_kib() -> int:
+    """cryptsetup's default: 1 GiB, capped at half the physical RAM."""
+    try:
+        ram_kib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // KiB
+    except (ValueError, OSError):
+        return DEFAULT_ARGON2_MAX_MEMORY_KIB
+    return max(32, min(DEFAULT_ARGON2_MAX_MEMORY_KIB, ram_kib // 2))
+
+
+def _bench_pbkdf2(hash_name: str, ms: int) -> int:
+    probe = 50_000
+    start = time.perf_counter()
+    ksc.pbkdf2(b"bench", b"\0" * 32, probe, hash_name, 32)
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return min(limits.LUKS2_MAX_PBKDF2_ITERATIONS, int(probe * ms / 1000 / elapsed))
+
+
+def _bench_argon2(kind: KdfType, memory: int, cpus: int, ms: int) -> int:
+    """Time cost reaching ``ms`` at ``memory``/``cpus``, at least 4 (cryptsetup's minimum)."""
+    params = ksc.make_kdf(kind, time=4, memory_kib=memory, cpus=cpus)
+    start = time.perf_counter()
+    ksc.derive(params, b"bench", 32)
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return max(4, round(4 * ms / 1000 / elapsed))
+
+
+def _digest_iterations(kdf: KdfSpec) -> int:
+    if kdf.iterations is not None:  # forced costs: keep the digest cheap too
+        return 1000
+    return max(1000, _bench_pbkdf2("sha256", DIGEST_ITER_TIME_MS))
+
+
+# --- the volume ----------------------------------------------------------------------------
+
+
+def _read_copy(storage: BlockStorage, offset: int, expect: HeaderCopy) -> HeaderArea:
+    if offset + BINARY_HEADER_SIZE > storage.size:
+        raise FormatError(f"LUKS2 {expect} header at {offset}: device too small")
+    binary = BinaryHeader.parse(storage.read(offset, BINARY_HEADER_SIZE))
+    if offset + binary.hdr_size > storage.size:
+        raise FormatError(f"LUKS2 {expect} header at {offset}: truncated")
+    return HeaderArea.parse(storage.read(offset, binary.hdr_size), expect=expect)
+
+
+def read_header(storage: BlockStorage) -> HeaderChoice:
+    """Read both copies and choose one (FormatError if neither is valid)."""
+    primary: HeaderArea | FormatError
+    try:
+        primary = _read_copy(storage, 0, HeaderCopy.PRIMARY)
+    except FormatError as exc:
+        primary = exc
+    secondary: HeaderArea | FormatError = FormatError("no secondary header found")
+    offsets = (
+        [primary.binary.hdr_size]
+        if isinstance(primary, HeaderArea)
+        else list(limits.LUKS2_HDR_SIZES)
+    )
+    for off in offsets:
+        try:
+            secondary = _read_copy(storage, off, HeaderCopy.SECONDARY)
+            break
+        except FormatError as exc:
+            secondary = exc
+    return choose_copy(primary, secondary)
+
+
+class Luks2Volume:
+    """An open LUKS2 volume; locked until a passphrase, token secret or volume key is given."""
+
+    def __init__(self, storage: BlockStorage, choice: HeaderChoice) -> None:
+        self._storage = storage
+        self._choice = choice
+        self._binary = choice.winner.binary
+        self._metadata = choice.winner.metadata
+        self._volume_key: bytes | None = None
+        self._cipher: SectorCipher | None = None
+        self._salts = {HeaderCopy.PRIMARY: os.urandom(64), HeaderCopy.SECONDARY: os.urandom(64)}
+        self._salts[self._binary.copy] = self._binary.salt
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, storage: BlockStorage, *, repair: bool = False) -> Luks2Volume:
+        """Read the header; with ``repair`` rewrite a damaged or stale copy from the winner."""
+        volume = cls(storage, read_header(storage))
+        if repair and volume.stale_copy is not None:
+            volume.repair()
+        return volume
+
+    @classmethod
+    def format(
+        cls,
+        storage: BlockStorage,
+        passphrase: bytes,
+        *,
+        kdf: KdfSpec | None = None,
+        sector_size: int = 4096,
+        metadata_size: int = DEFAULT_METADATA_SIZE,
+        keyslots_size: int | None = None,
+        data_offset: int | None = None,
+        volume_key: bytes | None = None,
+        key_size: int = 64,
+        label: str = "",
+        subsystem: str = "",
+        uuid: str | None = None,
+    ) -> Luks2Volume:
+        """Write a new LUKS2 header with keyslot 0 for ``passphrase``; returns it unlocked."""
+        kdf = kdf or KdfSpec()
+        if metadata_size not in limits.LUKS2_HDR_SIZES:
+            raise ConfigError(
+                f"--luks2-metadata-size {metadata_size}: expected one of "
+                f"{', '.join(str(s) for s in limits.LUKS2_HDR_SIZES)}"
+            )
+        if sector_size not in (512, 1024, 2048, 4096):
+            raise ConfigError(f"--sector-size {sector_size}: expected 512, 1024, 2048 or 4096")
+        if key_size not in (32, 64):
+            raise ConfigError(f"key size {key_size} bytes: expected 32 or 64 (aes-xts)")
+        if data_offset is None:
+            data_offset = DEFAULT_DATA_OFFSET
+            if keyslots_size is not None:
+                data_offset = max(data_offset, -(-(2 * metadata_size + keyslots_size) // MiB) * MiB)
+        if keyslots_size is None:
+            keyslots_size = data_offset - 2 * metadata_size
+        if (
+            keyslots_size <= 0
+            or keyslots_size % 4096
+            or keyslots_size > limits.LUKS2_MAX_KEYSLOTS_SIZE
+        ):
+            raise ConfigError(f"keyslots area size {keyslots_size} is not valid")
+        if data_offset < 2 * metadata_size + keyslots_size or data_offset % sector_size:
+            raise ConfigError(f"data offset {data_offset} overlaps the metadata or is unaligned")
+        if storage.size < data_offset + sector_size:
+            raise ConfigError(
+                f"device of {storage.size} bytes is too small for a data offset of {data_offset}"
+            )
+        vk = volume_key if volume_key is not None else os.urandom(key_size)
+        if len(vk) != key_size:
+            raise ConfigError(f"volume key is {len(vk)} bytes, expected {key_size}")
+        metadata = Metadata(
+            keyslots={},
+            tokens={},
+            segments={0: Segment(data_offset, None, 0, DEFAULT_CIPHER, sector_size)},
+            digests={},
+            config=Config(metadata_size - BINARY_HEADER_SIZE, keyslots_size),
+        )
+        area_size = ksc.area_size_for(key_size)
+        keyslot = Keyslot(
+            key_size=key_size,
+            area_offset=2 * metadata_size,
+            area_size=area_size,
+            area_encryption=DEFAULT_CIPHER,
+            area_key_size=64,
+            kdf=kdf.resolve(),
+            af_hash="sha256",
+        )
+        digest = ksc.make_digest(
+            vk, keyslots=(0,), segments=(0,), iterations=_digest_iterations(kdf)
+        )
+        metadata = replace(metadata, keyslots={0: keyslot}, digests={0: digest})
+        binary = BinaryHeader(
+            copy=HeaderCopy.PRIMARY,
+            hdr_size=metadata_size,
+            seqid=0,
+            label=label,
+            checksum_alg="sha256",
+            salt=os.urandom(64),
+            uuid=uuid or str(uuid_mod.uuid4()),
+            subsystem=subsystem,
+            hdr_offset=0,
+        )
+        # wipe both header areas and the keyslots area, then the keyslot, then the header
+        storage.write(0, bytes(2 * metadata_size))
+        for off in range(0, keyslots_size, BULK_CHUNK):
+            n = min(BULK_CHUNK, keyslots_size - off)
+            storage.write(2 * metadata_size + off, bytes(n))
+        storage.write(keyslot.area_offset, ksc.encrypt_keyslot(keyslot, vk, passphrase))
+        placeholder = HeaderArea(binary, metadata, b"")
+        volume = cls(storage, HeaderChoice(placeholder, None, "new"))
+        volume._binary = replace(binary, seqid=0)
+        volume._commit(metadata, seqid=1)
+        volume._set_key(vk)
+        return volume
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> Metadata:
+        return self._metadata
+
+    @property
+    def uuid(self) -> str:
+        return self._binary.uuid
+
+    @property
+    def label(self) -> str:
+        return self._binary.label
+
+    @property
+    def subsystem(self) -> str:
+        return self._binary.subsystem
+
+    @property
+    def seqid(self) -> int:
+        return self._binary.seqid
+
+    @property
+    def header_size(self) -> int:
+        return self._binary.hdr_size
+
+    @property
+    def stale_copy(self) -> HeaderCopy | None:
+        """The header copy that is damaged or older than the one in use (None if both agree)."""
+        return self._choice.stale
+
+    @property
+    def header_status(self) -> str:
+        """Why the header copy in use was chosen."""
+        return self._choice.reason
+
+    @property
+    def segment(self) -> Segment:
+        if len(self._metadata.segments) != 1:
+            raise FormatError(
+                f"LUKS2 volume has {len(self._metadata.segments)} segments; bastion needs one"
+            )
+        return next(iter(self._metadata.segments.values()))
+
+    @property
+    def data_size(self) -> int:
+        """Plaintext bytes in the data segment."""
+        seg = self.segment
+        if seg.size is not None:
+            return seg.size
+        avail = self._storage.size - seg.offset
+        return max(0, avail - avail % seg.sector_size)
+
+    @property
+    def sector_size(self) -> int:
+        return self.segment.sector_size
+
+    @property
+    def is_unlocked(self) -> bool:
+        return self._volume_key is not None
+
+    @property
+    def volume_key(self) -> bytes:
+        """The volume key (only for dump --dump-volume-key and re-enrolment)."""
+        if self._volume_key is None:
+            raise AuthError("the LUKS2 volume is locked")
+        return self._volume_key
+
+    @property
+    def tokens(self) -> Mapping[int, Token]:
+        return self._metadata.tokens
+
+    # --- unlocking -------------------------------------------------------------------------
+
+    def _check_requirements(self) -> None:
+        if self._metadata.config.requirements:
+            raise FormatError(
+                "LUKS2 volume has mandatory requirements bastion does not implement: "
+                + ", ".join(self._metadata.config.requirements)
+            )
+
+    def _set_key(self, vk: bytes) -> None:
+        self._volume_key = vk
+        if self._cipher is not None:
+            self._cipher.close()
+        self._cipher = None
+
+    def _try_keyslot(self, n: int, passphrase: bytes) -> bytes | None:
+        ks = self._metadata.keyslots[n]
+        try:
+            _, digest = self._metadata.digest_for_keyslot(n)
+        except FormatError:
+            return None
+        area = self._storage.read(ks.area_offset, ks.area_size)
+        candidate = ksc.decrypt_keyslot(ks, area, passphrase)
+        try:
+            ksc.verify_digest(candidate, digest)
+        except AuthError:
+            return None
+        return candidate
+
+    def unlock_passphrase(self, passphrase: bytes, *, keyslot: int | None = None) -> int:
+        """Try the keyslots (high priority first, priority 0 only if named); return the opener."""
+        self._check_requirements()
+        if keyslot is not None:
+            if keyslot not in self._metadata.keyslots:
+                raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+            order = [keyslot]
+        else:
+            prio = {
+                n: (ks.priority if ks.priority is not None else 1)
+                for n, ks in self._metadata.keyslots.items()
+            }
+            order = sorted((n for n in prio if prio[n] > 0), key=lambda n: (-prio[n], n))
+        for n in order:
+            vk = self._try_keyslot(n, passphrase)
+            if vk is not None:
+                self._set_key(vk)
+                return n
+        raise AuthError("no LUKS2 keyslot accepts this passphrase")
+
+    def unlock_volume_key(self, volume_key: bytes) -> None:
+        """Unlock with a known volume key (checked against the segment's digest)."""
+        self._check_requirements()
+        for dg in self._metadata.digests.values():
+            if 0 in dg.segments or set(dg.segments) & set(self._metadata.segments):
+                ksc.verify_digest(volume_key, dg)
+                self._set_key(volume_key)
+                return
+        raise FormatError("LUKS2 volume has no digest for its data segment")
+
+    def lock(self) -> None:
+        """Forget the volume key."""
+        self._set_key(b"")
+        self._volume_key = None
+
+    # --- header commits --------------------------------------------------------------------
+
+    def _commit(self, metadata: Metadata, *, seqid: int | None = None) -> None:
+        self._check_requirements()
+        new_seqid = self._binary.seqid + 1 if seqid is None else seqid
+        for copy in (HeaderCopy.PRIMARY, HeaderCopy.SECONDARY):
+            binary = replace(
+                self._binary,
+                copy=copy,
+                seqid=new_seqid,
+                salt=self._salts[copy],
+                hdr_offset=0 if copy is HeaderCopy.PRIMARY else self._binary.hdr_size,
+            )
+            first, area, last = build_copy(binary, metadata)
+            self._storage.write(binary.hdr_offset, first)
+            self._storage.write(binary.hdr_offset + BINARY_HEADER_SIZE, area)
+            self._storage.write(binary.hdr_offset, last)
+            self._storage.sync()
+        self._binary = replace(
+            self._binary,
+            copy=HeaderCopy.PRIMARY,
+            seqid=new_seqid,
+            hdr_offset=0,
+            salt=self._salts[HeaderCopy.PRIMARY],
+        )
+        self._metadata = metadata
+        self._choice = HeaderChoice(self._choice.winner, None, "both copies agree")
+
+    def repair(self) -> None:
+        """Rewrite both copies from the copy in use (fresh salts, seqid+1)."""
+        self._salts = {HeaderCopy.PRIMARY: os.urandom(64), HeaderCopy.SECONDARY: os.urandom(64)}
+        self._commit(self._metadata)
+
+    def _require_key(self) -> bytes:
+        if self._volume_key is None:
+            raise AuthError("the LUKS2 volume is locked: unlock it first")
+        return self._volume_key
+
+    # --- keyslots --------------------------------------------------------------------------
+
+    def _free_area(self, size: int) -> int:
+        hdr = self._binary.hdr_size
+        lo, hi = 2 * hdr, 2 * hdr + self._metadata.config.keyslots_size
+        used = sorted(
+            (k.area_offset, k.area_offset + k.area_size) for k in self._metadata.keyslots.values()
+        )
+        cursor = lo
+        for start, end in used:
+            if start - cursor >= size:
+                return cursor
+            cursor = max(cursor, -(-end // 4096) * 4096)
+        if hi - cursor >= size:
+            return cursor
+        raise ConflictError(f"LUKS2 keyslots area has no free {size}-byte region")
+
+    def _new_keyslot(
+        self, passphrase: bytes, kdf: KdfSpec, priority: int | None
+    ) -> tuple[Keyslot, bytes]:
+        vk = self._require_key()
+        size = ksc.area_size_for(len(vk))
+        ks = Keyslot(
+            key_size=len(vk),
+            area_offset=self._free_area(size),
+            area_size=size,
+            area_encryption=DEFAULT_CIPHER,
+            area_key_size=64,
+            kdf=kdf.resolve(),
+            af_hash="sha256",
+            priority=priority,
+        )
+        return ks, ksc.encrypt_keyslot(ks, vk, passphrase)
+
+    def add_keyslot(
+        self,
+        passphrase: bytes,
+        *,
+        kdf: KdfSpec | None = None,
+        keyslot: int | None = None,
+        priority: int | None = None,
+    ) -> int:
+        """Add a keyslot for ``passphrase`` (the volume must be unlocked); returns its id."""
+        self._require_key()
+        m = self._metadata
+        n = m.free_keyslot_id() if keyslot is None else keyslot
+        if n in m.keyslots:
+            raise ConflictError(f"LUKS2 keyslot {n} is already in use")
+        if not 0 <= n < limits.LUKS2_MAX_KEYSLOTS:
+            raise ConfigError(f"keyslot {n} out of range 0..{limits.LUKS2_MAX_KEYSLOTS - 1}")
+        ks, area = self._new_keyslot(passphrase, kdf or KdfSpec(), priority)
+        self._storage.write(ks.area_offset, area)
+        self._storage.sync()
+        dn, dg = self._segment_digest()
+        digests = dict(m.digests)
+        digests[dn] = replace(dg, keyslots=tuple(sorted((*dg.keyslots, n))))
+        keyslots = dict(m.keyslots)
+        keyslots[n] = ks
+        self._commit(m.with_changes(keyslots=keyslots, digests=digests))
+        return n
+
+    def _segment_digest(self) -> tuple[int, Any]:
+        for dn, dg in sorted(self._metadata.digests.items()):
+            if set(dg.segments) & set(self._metadata.segments):
+                return dn, dg
+        raise FormatError("LUKS2 volume has no digest for its data segment")
+
+    def change_keyslot(
+        self, keyslot: int, new_passphrase: bytes, *, kdf: KdfSpec | None = None
+    ) -> None:
+        """Give ``keyslot`` a new passphrase (new area first, old area wiped after the commit)."""
+        m = self._metadata
+        if keyslot not in m.keyslots:
+            raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+        old = m.keyslots[keyslot]
+        ks, area = self._new_keyslot(new_passphrase, kdf or KdfSpec(), old.priority)
+        ks = replace(ks, extra=old.extra)
+        self._storage.write(ks.area_offset, area)
+        self._storage.sync()
+        keyslots = dict(m.keyslots)
+        keyslots[keyslot] = ks
+        self._commit(m.with_changes(keyslots=keyslots))
+        self._wipe(old.area_offset, old.area_size)
+
+    def remove_keyslot(self, keyslot: int, *, allow_last: bool = False) -> None:
+        """Remove a keyslot, its digest and token references, then wipe its area."""
+        m = self._metadata
+        if keyslot not in m.keyslots:
+            raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+        if len(m.keyslots) == 1 and not allow_last:
+            raise ConflictError(
+                f"keyslot {keyslot} is the last one; removing it makes the data unrecoverable"
+            )
+        old = m.keyslots[keyslot]
+        keyslots = {n: k for n, k in m.keyslots.items() if n != keyslot}
+        digests = {
+            n: replace(d, keyslots=tuple(k for k in d.keyslots if k != keyslot))
+            for n, d in m.digests.items()
+        }
+        tokens = {
+            n: replace(t, keyslots=tuple(k for k in t.keyslots if k != keyslot))
+            for n, t in m.tokens.items()
+        }
+        self._commit(m.with_changes(keyslots=keyslots, digests=digests, tokens=tokens))
+        self._wipe(old.area_offset, old.area_size)
+
+    def _wipe(self, offset: int, size: int) -> None:
+        self._storage.write(offset, os.urandom(size))
+        self._storage.sync()
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def add_token(self, token: Token | Mapping[str, Any], *, token_id: int | None = None) -> int:
+        """Store a token (any JSON object with ``type`` and ``keyslots``); returns its id."""
+        tk = token if isinstance(token, Token) else Token.from_json(dict(token), "new token")
+        m = self._metadata
+        n = m.free_token_id() if token_id is None else token_id
+        if n in m.tokens:
+            raise ConflictError(f"LUKS2 token {n} is already in use")
+        tokens = dict(m.tokens)
+        tokens[n] = tk
+        self._commit(m.with_changes(tokens=tokens))
+        return n
+
+    def remove_token(self, token_id: int) -> None:
+        """Delete a token."""
+        m = self._metadata
+        if token_id not in m.tokens:
+            raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+        self._commit(m.with_changes(tokens={n: t for n, t in m.tokens.items() if n != token_id}))
+
+    def replace_token(self, token_id: int, token: Token) -> None:
+        """Replace a token in one commit."""
+        m = self._metadata
+        if token_id not in m.tokens:
+            raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+        tokens = dict(m.tokens)
+        tokens[token_id] = token
+        self._commit(m.with_changes(tokens=tokens))
+
+    # --- data ------------------------------------------------------------------------------
+
+    def _sector_cipher(self) -> SectorCipher:
+        if self._cipher is None:
+            self._cipher = SectorCipher(self._require_key(), self.sector_size)
+        return self._cipher
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.data_size:
+            raise ConfigError(
+                f"range [{offset}, +{length}) is outside the {self.data_size}-byte volume"
+            )
+
+    def _read_sectors(self, first: int, length: int) -> bytearray:
+        seg = self.segment
+        raw = self._storage.read(seg.offset + first, length)
+        return self._sector_cipher().decrypt(seg.iv_tweak + first // 512, raw)
+
+    def _write_sectors(self, first: int, plain: bytes | bytearray | memoryview) -> None:
+        seg = self.segment
+        enc = self._sector_cipher().encrypt(seg.iv_tweak + first // 512, plain)
+        self._storage.write(seg.offset + first, enc)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Plaintext bytes ``[offset, offset+length)`` of the volume."""
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        ss = self.sector_size
+        start = offset - offset % ss
+        end = -(-(offset + length) // ss) * ss
+        out = bytearray()
+        for pos in range(start, end, BULK_CHUNK):
+            out += self._read_sectors(pos, min(BULK_CHUNK, end - pos))
+        return bytes(out[offset - start : offset - start + length])
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write plaintext at ``offset``; partial sectors are read, patched and rewritten."""
+        self._check_range(offset, len(data))
+        if not data:
+            return
+        ss = self.sector_size
+        view = memoryview(data)
+        pos = offset
+        done = 0
+        head = offset % ss
+        if head or len(data) < ss:
+            start = offset - head
+            sector = self._read_sectors(start, ss)
+            n = min(ss - head, len(data))
+            sector[head : head + n] = view[:n]
+            self._write_sectors(start, sector)
+            pos, done = start + ss, n
+        while len(data) - done >= ss:
+            n = min(BULK_CHUNK, (len(data) - done) // ss * ss)
+            self._write_sectors(pos, view[done : done + n])
+            pos += n
+            done += n
+        if done < len(data):
+            sector = self._read_sectors(pos, ss)
+            rest = len(data) - done
+            sector[:rest] = view[done:]
+            self._write_sectors(pos, sector)
+
+    def sync(self) -> None:
+        """Flush written data to the storage."""
+        self._storage.sync()

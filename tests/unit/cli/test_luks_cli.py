@@ -1,0 +1,164 @@
+"""``bastion luks``: flags as cryptsetup names them, --json output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bastion.cli.main import main
+
+MiB = 1 << 20
+CHEAP = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def volume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path]:
+    img = tmp_path / "v.img"
+    with open(img, "wb") as f:
+        f.truncate(4 * MiB)
+    key = tmp_path / "key"
+    key.write_bytes(b"pass phrase")
+    code, out, _ = run(
+        capsys,
+        "luks",
+        "format",
+        str(img),
+        "--key-file",
+        str(key),
+        *CHEAP,
+        "--sector-size",
+        "512",
+        "--luks2-metadata-size",
+        "32k",
+        "--data-offset",
+        "2m",
+        "--json",
+    )
+    assert code == 0
+    desc = json.loads(out)
+    assert desc["metadata_size"] == 32768
+    assert desc["segment"]["sector_size"] == 512
+    return img, key
+
+
+def test_dump_volume_key(volume: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    img, key = volume
+    code, out, _ = run(capsys, "luks", "dump", str(img), "--json")
+    assert code == 0
+    assert "volume_key" not in json.loads(out)
+    code, out, _ = run(
+        capsys, "luks", "dump", str(img), "--dump-volume-key", "--key-file", str(key), "--json"
+    )
+    assert code == 0
+    assert len(bytes.fromhex(json.loads(out)["volume_key"])) == 64
+    code, out, _ = run(capsys, "luks", "dump", str(img))
+    assert "Keyslots:" in out
+
+
+def test_add_remove_open(
+    volume: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    img, key = volume
+    new = tmp_path / "new"
+    new.write_bytes(b"another")
+    code, out, _ = run(
+        capsys, "luks", "add-key", str(img), str(new), "--key-file", str(key), *CHEAP, "--json"
+    )
+    assert (code, json.loads(out)) == (0, {"keyslot": 1})
+    code, out, _ = run(
+        capsys, "luks", "add-key", str(img), "--key-file", str(key), "--recovery-key", "--json"
+    )
+    rec = json.loads(out)
+    assert code == 0 and len(rec["recovery_key"]) == 71
+    rk = tmp_path / "rk"
+    rk.write_text(rec["recovery_key"].upper() + "\n")
+    code, out, _ = run(
+        capsys, "luks", "open-test", str(img), "--recovery-key-file", str(rk), "--json"
+    )
+    assert json.loads(out)["keyslot"] == rec["keyslot"]
+    code, _, _ = run(capsys, "luks", "remove-key", str(img), "--key-file", str(new))
+    assert code == 0
+    code, _, err = run(capsys, "luks", "open-test", str(img), "--key-file", str(new))
+    assert code == 4
+    assert err.count("\n") == 1 and "no LUKS2 keyslot" in err
+    code, out, _ = run(capsys, "luks", "token-export", str(img), "--token-id", "0", "--json")
+    assert json.loads(out)["type"] == "systemd-recovery"
+
+
+def test_token_import_and_repair(
+    volume: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    img, _ = volume
+    tok = tmp_path / "t.json"
+    tok.write_text(json.dumps({"type": "x", "keyslots": ["0"], "v": 1}))
+    code, out, _ = run(
+        capsys,
+        "luks",
+        "token-import",
+        str(img),
+        "--json-file",
+        str(tok),
+        "--token-id",
+        "2",
+        "--json",
+    )
+    assert (code, json.loads(out)) == (0, {"token": 2})
+    data = bytearray(img.read_bytes())
+    data[100] ^= 1
+    img.write_bytes(bytes(data))
+    code, out, _ = run(capsys, "luks", "repair", str(img), "--json")
+    assert json.loads(out)["repaired"] == "primary"
+    code, out, _ = run(capsys, "luks", "repair", str(img), "--json")
+    assert json.loads(out)["repaired"] is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--luks2-metadata-size", "5000"], 9, "metadata-size"),
+        (["--pbkdf-force-iterations", "10"], 9, "minimum"),
+        (["--pbkdf-memory", "1"], 9, "pbkdf-memory"),
+    ],
+)
+def test_format_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    img = tmp_path / "v.img"
+    with open(img, "wb") as f:
+        f.truncate(4 * MiB)
+    key = tmp_path / "k"
+    key.write_bytes(b"k")
+    args = [
+        "luks",
+        "format",
+        str(img),
+        "--key-file",
+        str(key),
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--data-offset",
+        "2m",
+        *argv,
+    ]
+    got, _, err = run(capsys, *args)
+    assert got == code
+    assert message in err and err.count("\n") == 1
+
+
+def test_not_luks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "zero.img"
+    img.write_bytes(bytes(MiB))
+    code, _, err = run(capsys, "luks", "dump", str(img))
+    assert code == 3 and "both header copies" in err
+    code, _, err = run(capsys, "luks", "dump", str(tmp_path / "missing"))
+    assert code == 5
