@@ -44,11 +44,9 @@ from bastion.errors import (
     BastionError,
     ConfigError,
     ConflictError,
-    ExpiredError,
     FormatError,
     NotFoundError,
-    PolicyError,
-    RevokedError,
+    RateLimitError,
     TransportError,
     VerificationError,
 )
@@ -60,15 +58,17 @@ from bastion.tpm.quote import public_key
 
 IDENTITY_FILE = "identity.json"
 IDENTITY_VERSION = 1
+#: the server's error codes (docs/server.md) -> the branch the client raises
 _ERRORS: dict[str, type[BastionError]] = {
-    "AuthError": AuthError,
-    "ExpiredError": ExpiredError,
-    "RevokedError": RevokedError,
-    "PolicyError": PolicyError,
-    "VerificationError": VerificationError,
-    "FormatError": FormatError,
-    "NotFoundError": NotFoundError,
-    "ConflictError": ConflictError,
+    "unauthenticated": AuthError,
+    "forbidden": AuthError,
+    "rate_limited": RateLimitError,
+    "verification_failed": VerificationError,
+    "bad_request": FormatError,
+    "invalid": FormatError,
+    "too_large": FormatError,
+    "not_found": NotFoundError,
+    "conflict": ConflictError,
 }
 
 
@@ -232,12 +232,20 @@ def build_enrollment(tpm: Tpm, serial: str) -> tuple[TpmKey, TpmKey, dict[str, A
 
 
 def provision(
-    tpm: Tpm, http: httpx.Client, *, provisioning_key: str, serial: str, server_url: str = ""
+    tpm: Tpm,
+    http: httpx.Client,
+    *,
+    provisioning_key: str,
+    serial: str,
+    server_url: str = "",
+    fleet_id: str | None = None,
 ) -> DeviceIdentity:
     """Enrol this device; ``http`` has the server as its base URL."""
     if not serial or len(serial) > limits.ENROLL_MAX_SERIAL_LENGTH:
         raise ConfigError(f"device serial must be 1..{limits.ENROLL_MAX_SERIAL_LENGTH} characters")
     ak, key, body = build_enrollment(tpm, serial)
+    if fleet_id:
+        body["fleet_id"] = fleet_id
     begin = _post(http, "/v1/enroll/begin", body, provisioning_key)
     challenge_id = _text(begin, "challenge_id", "enroll/begin")
     blob = _unb64(begin.get("credential_blob"), "enroll/begin: credential_blob")

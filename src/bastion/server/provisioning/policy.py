@@ -1,8 +1,9 @@
 """Provisioning-key rules, pure: token format, hashing, admission checks, rate limiting.
 
-A provisioning key is a bearer token ``bst_pk_<43 chars>`` (256 random bits) bound to one
-fleet. The server keeps only its SHA-256. :func:`check_admission` decides whether a key
-may enrol a given device *now* and raises the specific error otherwise (fail closed):
+A provisioning key is a bearer token ``bst_pk_...`` in the server's token format
+(:mod:`bastion.server.auth.tokens`: 256 random bits + checksum) bound to one fleet.
+The server keeps only its SHA-256. :func:`check_admission` decides whether a key may
+enrol a given device *now* and raises the specific error otherwise (fail closed):
 revoked -> RevokedError, expired -> ExpiredError, used up -> AuthError, wrong fleet ->
 AuthError, serial / EK not on the allow-list -> PolicyError. :class:`RateLimiter` is a
 per-key token bucket (in-process; see docs/adr/0008-provisioning.md).
@@ -15,33 +16,34 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import re
-import secrets
 import threading
 from dataclasses import dataclass, field
 
-from bastion.errors import AuthError, ExpiredError, PolicyError, RevokedError
+from bastion.errors import AuthError, ExpiredError, PolicyError, RateLimitError, RevokedError
+from bastion.server.auth import tokens
 
 PROVISIONING_PREFIX = "bst_pk_"
 DEVICE_KEY_PREFIX = "bst_dev_"
 DEFAULT_TTL = dt.timedelta(hours=1)
-_TOKEN_RE = re.compile(r"^(bst_[a-z]+_)[A-Za-z0-9_-]{43}$")
 
 
 def new_token(prefix: str) -> str:
-    """A fresh bearer token: ``prefix`` + 256 random bits, url-safe base64."""
-    return prefix + secrets.token_urlsafe(32)
+    """A fresh bearer token in the server's one token format (256 random bits + CRC)."""
+    return tokens.new_token(prefix)[0]
 
 
 def token_hash(token: str) -> str:
     """The stored form of a token: hex SHA-256 (tokens are high-entropy)."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return tokens.token_hash(token)
 
 
 def token_has_prefix(token: str, prefix: str) -> bool:
-    """True when ``token`` is well-formed and carries ``prefix``."""
-    match = _TOKEN_RE.match(token)
-    return bool(match) and match.group(1) == prefix  # type: ignore[union-attr]
+    """True when ``token`` is well-formed (checksum included) and carries ``prefix``."""
+    try:
+        tokens.check_format(token, prefix)
+    except AuthError:
+        return False
+    return True
 
 
 def display_prefix(token: str) -> str:
@@ -111,20 +113,17 @@ class RateLimiter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self, key_id: str, per_minute: int, now: float) -> None:
-        """Consume one attempt or raise AuthError (HTTP 429 at the edge: see routes)."""
+        """Consume one attempt or raise RateLimitError (HTTP 429)."""
         if per_minute <= 0:
             return
         rate = per_minute / 60.0
         with self._lock:
-            tokens, last = self._buckets.get(key_id, (float(per_minute), now))
-            tokens = min(float(per_minute), tokens + (now - last) * rate)
-            if tokens < 1.0:
-                self._buckets[key_id] = (tokens, now)
-                raise RateLimitedError(
-                    f"provisioning key {key_id} is over its rate limit of {per_minute}/min"
+            level, last = self._buckets.get(key_id, (float(per_minute), now))
+            level = min(float(per_minute), level + (now - last) * rate)
+            if level < 1.0:
+                self._buckets[key_id] = (level, now)
+                raise RateLimitError(
+                    f"provisioning key {key_id} is over its rate limit of {per_minute}/min",
+                    retry_after=(1.0 - level) / rate,
                 )
-            self._buckets[key_id] = (tokens - 1.0, now)
-
-
-class RateLimitedError(AuthError):
-    """Too many attempts with one credential; the HTTP edge answers 429."""
+            self._buckets[key_id] = (level - 1.0, now)

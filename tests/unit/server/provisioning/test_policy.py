@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from bastion.errors import AuthError, ExpiredError, PolicyError, RevokedError
+from bastion.errors import AuthError, ExpiredError, PolicyError, RateLimitError, RevokedError
 from bastion.server.provisioning import policy as pol
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
@@ -59,11 +59,14 @@ def test_admission_refused(case, change, kwargs, error) -> None:  # type: ignore
 
 def test_tokens() -> None:
     token = pol.new_token(pol.PROVISIONING_PREFIX)
-    assert token.startswith("bst_pk_") and len(token) == 7 + 43
+    assert token.startswith("bst_pk_") and len(token) == 7 + 43 + 6
     assert pol.token_has_prefix(token, pol.PROVISIONING_PREFIX)
     assert not pol.token_has_prefix(token, pol.DEVICE_KEY_PREFIX)
     assert not pol.token_has_prefix(token[:-1], pol.PROVISIONING_PREFIX)
-    assert not pol.token_has_prefix("bst_pk_" + "!" * 43, pol.PROVISIONING_PREFIX)
+    assert not pol.token_has_prefix("bst_pk_" + "!" * 49, pol.PROVISIONING_PREFIX)
+    assert not pol.token_has_prefix(
+        token[:-1] + ("A" if token[-1] != "A" else "B"), pol.PROVISIONING_PREFIX
+    )
     assert pol.token_hash(token) != pol.token_hash(pol.new_token(pol.PROVISIONING_PREFIX))
     assert len(pol.token_hash(token)) == 64
     assert pol.display_prefix(token) == token[:12]
@@ -75,7 +78,7 @@ def test_rate_limiter() -> None:
     limiter = pol.RateLimiter()
     for _ in range(3):
         limiter.take("k", 3, now=0.0)
-    with pytest.raises(pol.RateLimitedError):
+    with pytest.raises(RateLimitError):
         limiter.take("k", 3, now=1.0)
     limiter.take("other", 3, now=1.0)  # buckets are per key
     limiter.take("k", 3, now=21.0)  # one token back after 20 s at 3/min

@@ -1,0 +1,237 @@
+"""HTTP edge of devices: the device's own routes, operator routes, the CRL.
+
+Device routes (``/api/v1/device...``) accept only a device principal (API key or mTLS
+certificate) and never take a device id: balena's least privilege. Operator routes
+(``/api/v1/fleets/{fleet_id}/devices...``) use fleet RBAC: viewer reads, operator
+revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
+``GET /api/v1/ca`` (PEM) are public.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+
+from bastion.errors import LimitError
+from bastion.server.auth.deps import (
+    Ctx,
+    DbSession,
+    FleetAdmin,
+    FleetOperator,
+    FleetViewer,
+    ReadSession,
+    require_kind,
+)
+from bastion.server.auth.principal import Principal, PrincipalKind, auth_registry
+from bastion.server.devices import service
+from bastion.server.devices.ca import app_device_ca
+from bastion.server.devices.schemas import (
+    ENV_NAME_PATTERN,
+    AcceptedOut,
+    DeviceConfigOut,
+    DeviceDetailOut,
+    DeviceOut,
+    DevicePatchIn,
+    EnvValueIn,
+    EventsIn,
+    LogsIn,
+    TargetReleaseOut,
+)
+from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX
+
+router = APIRouter(tags=["devices"])
+DevicePrincipal = Annotated[Principal, Depends(require_kind(PrincipalKind.DEVICE))]
+EnvName = Annotated[str, Path(pattern=ENV_NAME_PATTERN)]
+_MAX_RECORD = 16 * 1024
+
+
+def _seen(request: Request, principal: Principal) -> None:
+    """Refresh last_seen_at in its own short write (at most once a minute per device)."""
+    ctx = request.app.state.ctx
+    with ctx.db.session(write=True) as session:
+        service.touch(session, principal, ctx.clock.now())
+
+
+# --- the device itself -----------------------------------------------------------------------
+
+
+@router.get("/device", response_model=DeviceOut)
+def get_own(principal: DevicePrincipal, session: ReadSession, request: Request) -> DeviceOut:
+    """The calling device's own record."""
+    device = service.own(session, principal)
+    _seen(request, principal)
+    return DeviceOut.of(device)
+
+
+@router.patch("/device", response_model=DeviceOut)
+def patch_own(
+    body: DevicePatchIn, principal: DevicePrincipal, session: DbSession, ctx: Ctx
+) -> DeviceOut:
+    """Update the device's own os_version / agent_version / note."""
+    changes = body.model_dump(exclude_unset=True)
+    return DeviceOut.of(service.update_own(session, principal, changes, ctx.clock.now()))
+
+
+@router.get("/device/config", response_model=DeviceConfigOut)
+def get_config(principal: DevicePrincipal, session: ReadSession) -> DeviceConfigOut:
+    """The fleet's config and env with this device's overrides."""
+    return DeviceConfigOut(**service.effective_config(session, principal))
+
+
+@router.get("/device/target-release", response_model=TargetReleaseOut)
+def get_target_release(principal: DevicePrincipal, session: ReadSession) -> TargetReleaseOut:
+    """The release this device should run."""
+    return TargetReleaseOut(release=service.target_release(session, principal))
+
+
+@router.post("/device/logs", response_model=AcceptedOut)
+def post_logs(
+    body: LogsIn, principal: DevicePrincipal, session: DbSession, ctx: Ctx
+) -> AcceptedOut:
+    """Append log lines to the device's own log."""
+    for line in body.lines:
+        if len(line) > _MAX_RECORD:
+            raise LimitError(f"log line is {len(line)} characters, limit is {_MAX_RECORD}")
+    n = service.append_records(session, principal, "log", body.lines, ctx.clock.now())
+    return AcceptedOut(accepted=n)
+
+
+@router.post("/device/events", response_model=AcceptedOut)
+def post_events(
+    body: EventsIn, principal: DevicePrincipal, session: DbSession, ctx: Ctx
+) -> AcceptedOut:
+    """Append events to the device's own event stream."""
+    bodies = [json.dumps(e.model_dump(), sort_keys=True) for e in body.events]
+    for text in bodies:
+        if len(text) > _MAX_RECORD:
+            raise LimitError(f"event is {len(text)} bytes of JSON, limit is {_MAX_RECORD}")
+    n = service.append_records(session, principal, "event", bodies, ctx.clock.now())
+    return AcceptedOut(accepted=n)
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+@router.get("/fleets/{fleet_id}/devices", response_model=list[DeviceOut])
+def list_devices(access: FleetViewer, session: ReadSession) -> list[DeviceOut]:
+    """Every device of the fleet."""
+    from bastion.server.devices import repository
+
+    return [DeviceOut.of(d) for d in repository.of_fleet(session, access.fleet_id)]
+
+
+@router.get("/fleets/{fleet_id}/devices/{device_id}", response_model=DeviceDetailOut)
+def show_device(device_id: str, access: FleetViewer, session: ReadSession) -> DeviceDetailOut:
+    """One device with its certificate and overrides."""
+    view = service.show(session, access.fleet_id, device_id)
+    base = DeviceOut.of(view.device).model_dump()
+    return DeviceDetailOut(
+        **base, certificate=view.device.certificate, ek_sha256=view.device.ek_hash, env=view.env
+    )
+
+
+@router.post("/fleets/{fleet_id}/devices/{device_id}/revoke", response_model=DeviceOut)
+def revoke_device(device_id: str, access: FleetOperator, session: DbSession, ctx: Ctx) -> DeviceOut:
+    """Revoke: the device is refused from its next request; its certificate joins the CRL."""
+    device = service.revoke(
+        session,
+        fleet_id=access.fleet_id,
+        org_id=access.org_id,
+        device_id=device_id,
+        actor=access.principal.actor,
+        now=ctx.clock.now(),
+    )
+    return DeviceOut.of(device)
+
+
+@router.delete("/fleets/{fleet_id}/devices/{device_id}", status_code=204)
+def delete_device(device_id: str, access: FleetAdmin, session: DbSession, ctx: Ctx) -> Response:
+    """Delete the device; its certificate stays on the CRL."""
+    service.delete_device(
+        session,
+        fleet_id=access.fleet_id,
+        org_id=access.org_id,
+        device_id=device_id,
+        actor=access.principal.actor,
+        now=ctx.clock.now(),
+    )
+    return Response(status_code=204)
+
+
+@router.put("/fleets/{fleet_id}/devices/{device_id}/env/{name}", status_code=204)
+def set_device_env(  # noqa: PLR0917 - FastAPI injects parameters by name
+    device_id: str,
+    name: EnvName,
+    body: EnvValueIn,
+    access: FleetOperator,
+    session: DbSession,
+    ctx: Ctx,
+) -> Response:
+    """Set a per-device environment override."""
+    service.set_env(
+        session,
+        fleet_id=access.fleet_id,
+        org_id=access.org_id,
+        device_id=device_id,
+        name=name,
+        value=body.value,
+        actor=access.principal.actor,
+        now=ctx.clock.now(),
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/fleets/{fleet_id}/devices/{device_id}/env/{name}", status_code=204)
+def delete_device_env(
+    device_id: str, name: EnvName, access: FleetOperator, session: DbSession, ctx: Ctx
+) -> Response:
+    """Remove a per-device environment override."""
+    service.delete_env(
+        session,
+        fleet_id=access.fleet_id,
+        org_id=access.org_id,
+        device_id=device_id,
+        name=name,
+        actor=access.principal.actor,
+        now=ctx.clock.now(),
+    )
+    return Response(status_code=204)
+
+
+# --- public PKI material -----------------------------------------------------------------------
+
+
+@router.get(
+    "/crl",
+    response_class=Response,
+    responses={200: {"content": {"application/pkix-crl": {}}}},
+)
+def get_crl(request: Request, session: ReadSession, ctx: Ctx) -> Response:
+    """The device CA's current CRL (DER): every revoked or deleted device certificate."""
+    der = service.crl_der(session, app_device_ca(request.app), ctx.clock.now())
+    return Response(content=der, media_type="application/pkix-crl")
+
+
+@router.get(
+    "/ca",
+    response_class=Response,
+    responses={200: {"content": {"application/x-pem-file": {}}}},
+)
+def get_ca(request: Request) -> Response:
+    """The device CA certificate (PEM) that signs device certificates and the CRL."""
+    return Response(
+        content=app_device_ca(request.app).certificate_pem, media_type="application/x-pem-file"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Mount the routes; register the device API key and client-certificate authenticators."""
+    from bastion.server.app import API_PREFIX
+
+    registry = auth_registry(app)
+    registry.add_token(DEVICE_KEY_PREFIX, service.authenticate_api_key)
+    registry.set_certificate(service.authenticate_certificate)
+    app_device_ca(app)
+    app.include_router(router, prefix=API_PREFIX)

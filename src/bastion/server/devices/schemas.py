@@ -1,0 +1,121 @@
+"""Request and response bodies of the device and operator device routes (pydantic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bastion import limits
+from bastion.server.devices.models import Device
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class DeviceOut(BaseModel):
+    """A device record (what the device itself and fleet viewers may read)."""
+
+    id: str
+    fleet_id: str
+    serial: str
+    status: str
+    cert_serial: str
+    api_key_prefix: str
+    os_version: str | None
+    agent_version: str | None
+    note: str | None
+    target_release: str | None
+    created_at: dt.datetime
+    last_seen_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, d: Device) -> DeviceOut:
+        return cls(
+            id=d.id,
+            fleet_id=d.fleet_id,
+            serial=d.serial,
+            status=d.status,
+            cert_serial=d.cert_serial,
+            api_key_prefix=d.api_key_prefix,
+            os_version=d.os_version,
+            agent_version=d.agent_version,
+            note=d.note,
+            target_release=d.target_release,
+            created_at=d.created_at,
+            last_seen_at=d.last_seen_at,
+            revoked_at=d.revoked_at,
+        )
+
+
+class DeviceDetailOut(DeviceOut):
+    """A device as operators see it: plus certificate, EK hash and env overrides."""
+
+    certificate: str
+    ek_sha256: str
+    env: dict[str, str]
+
+
+class DevicePatchIn(BaseModel):
+    """The only fields a device may change about itself; anything else is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    os_version: str | None = Field(default=None, max_length=limits.DEVICE_MAX_FIELD_LENGTH)
+    agent_version: str | None = Field(default=None, max_length=limits.DEVICE_MAX_FIELD_LENGTH)
+    note: str | None = Field(default=None, max_length=limits.DEVICE_MAX_FIELD_LENGTH)
+
+
+class DeviceConfigOut(BaseModel):
+    """Fleet config and env with this device's overrides applied."""
+
+    fleet_id: str
+    config: dict[str, Any]
+    env: dict[str, str]
+    overridden: list[str]
+
+
+class LogsIn(BaseModel):
+    """Log lines from the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lines: list[str] = Field(min_length=1, max_length=limits.HTTP_MAX_LOG_LINES)
+
+
+class EventIn(BaseModel):
+    """One event: a type and a small JSON object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=limits.NAME_MAX_LENGTH)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventsIn(BaseModel):
+    """Events from the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, max_length=limits.DEVICE_MAX_EVENTS_PER_POST)
+
+
+class AcceptedOut(BaseModel):
+    """How many records were stored."""
+
+    accepted: int
+
+
+class TargetReleaseOut(BaseModel):
+    """The release the device should run (null: none assigned)."""
+
+    release: str | None
+
+
+class EnvValueIn(BaseModel):
+    """The value of a per-device environment override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(max_length=limits.DEVICE_MAX_ENV_VALUE)

@@ -1,0 +1,301 @@
+"""Devices: the device principal, its own least-privilege operations, operator operations.
+
+Device principal (registered in ``devices/routes.install``):
+
+* ``Authorization: Bearer bst_dev_...`` -> :func:`authenticate_api_key` (SHA-256 lookup);
+* a verified mTLS client certificate -> :func:`authenticate_certificate` (SHA-256 of
+  the DER certificate must equal the one issued at enrolment).
+
+Both refuse a revoked device (RevokedError -> 401) and a deleted one (AuthError), so
+revocation bites on the very next request. Device operations take the device id from
+the principal only: a device can never name another device.
+
+Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
+serial onto the CRL, API key dead), delete (same, then the row goes; the CRL entry
+stays), and per-device environment overrides.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.orm import Session
+
+from bastion import limits
+from bastion.errors import AuthError, ConfigError, NotFoundError, RevokedError
+from bastion.server.audit.service import record
+from bastion.server.auth.principal import Principal, PrincipalKind, Via
+from bastion.server.auth.tokens import check_format
+from bastion.server.devices import repository as repo
+from bastion.server.devices.ca import DeviceCa
+from bastion.server.devices.models import (
+    Device,
+    DeviceEnvVar,
+    DeviceRecord,
+    DeviceStatus,
+    RevokedCertificate,
+)
+from bastion.server.orgs import repository as org_repo
+from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
+
+#: fields a device may change about itself (balena: a few own fields)
+DEVICE_WRITABLE = ("os_version", "agent_version", "note")
+LAST_SEEN_RESOLUTION = dt.timedelta(seconds=60)
+
+
+def _principal(device: Device, org_id: str, via: Via) -> Principal:
+    if device.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {device.id} is revoked")
+    return Principal(
+        kind=PrincipalKind.DEVICE, id=device.id, via=via, org_id=org_id, fleet_id=device.fleet_id
+    )
+
+
+def authenticate_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
+    """Resolve a ``bst_dev_`` key; AuthError if unknown, RevokedError if revoked."""
+    del now
+    check_format(token, DEVICE_KEY_PREFIX)
+    found = repo.with_org_by_api_key(session, token_hash(token))
+    if found is None:
+        raise AuthError("device API key is not known")
+    return _principal(found[0], found[1], Via.DEVICE_KEY)
+
+
+def cert_fingerprint(cert: x509.Certificate) -> str:
+    """Hex SHA-256 of the DER certificate."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def authenticate_certificate(
+    session: Session, cert: x509.Certificate, now: dt.datetime
+) -> Principal:
+    """Resolve a verified client certificate to the device it was issued to."""
+    del now
+    found = repo.with_org_by_cert(session, cert_fingerprint(cert))
+    if found is None:
+        raise AuthError("client certificate belongs to no enrolled device")
+    return _principal(found[0], found[1], Via.CERTIFICATE)
+
+
+# --- the device itself ---------------------------------------------------------------------
+
+
+def own(session: Session, principal: Principal) -> Device:
+    """The calling device's row (it may have been deleted since authentication)."""
+    if principal.kind is not PrincipalKind.DEVICE:
+        raise AuthError("only a device may use this route")
+    device = repo.get(session, principal.id)
+    if device is None:
+        raise AuthError(f"device {principal.id} no longer exists")
+    if device.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {device.id} is revoked")
+    return device
+
+
+def touch(session: Session, principal: Principal, now: dt.datetime) -> Device:
+    """The device's row, with ``last_seen_at`` refreshed at most once a minute."""
+    device = own(session, principal)
+    if device.last_seen_at is None or now - device.last_seen_at >= LAST_SEEN_RESOLUTION:
+        device.last_seen_at = now
+        session.commit()
+    return device
+
+
+def update_own(
+    session: Session, principal: Principal, changes: dict[str, str | None], now: dt.datetime
+) -> Device:
+    """Change the device's own writable fields (others refused before reaching here)."""
+    device = own(session, principal)
+    for name, value in changes.items():
+        if name not in DEVICE_WRITABLE:
+            raise AuthError(f"a device may not change {name!r}")
+        if value is not None and len(value) > limits.DEVICE_MAX_FIELD_LENGTH:
+            raise ConfigError(f"{name} is longer than {limits.DEVICE_MAX_FIELD_LENGTH}")
+        setattr(device, name, value)
+    device.last_seen_at = now
+    session.commit()
+    return device
+
+
+def effective_config(session: Session, principal: Principal) -> dict[str, Any]:
+    """The fleet's config and env, with the device's env overrides applied."""
+    device = own(session, principal)
+    fleet = org_repo.get_fleet(session, device.fleet_id)
+    if fleet is None:  # pragma: no cover - cascades delete devices with the fleet
+        raise NotFoundError("the device's fleet no longer exists")
+    env = {var.name: var.value for var in org_repo.fleet_env(session, fleet.id)}
+    overrides = {var.name: var.value for var in repo.env(session, device.id)}
+    env.update(overrides)
+    return {
+        "fleet_id": fleet.id,
+        "config": json.loads(fleet.config or "{}"),
+        "env": env,
+        "overridden": sorted(overrides),
+    }
+
+
+def target_release(session: Session, principal: Principal) -> str | None:
+    """The release this device should run: its own pin, else the fleet's."""
+    device = own(session, principal)
+    if device.target_release:
+        return device.target_release
+    fleet = org_repo.get_fleet(session, device.fleet_id)
+    config = json.loads(fleet.config or "{}") if fleet else {}
+    value = config.get("target_release") if isinstance(config, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def append_records(
+    session: Session, principal: Principal, kind: str, bodies: list[str], now: dt.datetime
+) -> int:
+    """Store log lines (``kind="log"``) or events (``"event"``) for the calling device."""
+    device = own(session, principal)
+    for body in bodies:
+        session.add(DeviceRecord(device_id=device.id, kind=kind, at=now, body=body))
+    device.last_seen_at = now
+    session.commit()
+    return len(bodies)
+
+
+# --- operators ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device as operators see it (no key material but the public certificate)."""
+
+    device: Device
+    env: dict[str, str]
+
+
+def in_fleet(session: Session, fleet_id: str, device_id: str) -> Device:
+    """The device ``device_id`` of ``fleet_id``; NotFoundError otherwise (no leak)."""
+    device = repo.get(session, device_id)
+    if device is None or device.fleet_id != fleet_id:
+        raise NotFoundError(f"device {device_id!r} not found in this fleet")
+    return device
+
+
+def show(session: Session, fleet_id: str, device_id: str) -> DeviceView:
+    device = in_fleet(session, fleet_id, device_id)
+    return DeviceView(device, {v.name: v.value for v in repo.env(session, device.id)})
+
+
+def _revoke_cert(session: Session, device: Device, now: dt.datetime, reason: str) -> None:
+    if session.get(RevokedCertificate, device.cert_serial) is None:
+        session.add(
+            RevokedCertificate(
+                serial=device.cert_serial,
+                device_id=device.id,
+                fleet_id=device.fleet_id,
+                revoked_at=now,
+                reason=reason,
+            )
+        )
+
+
+def revoke(
+    session: Session, *, fleet_id: str, org_id: str, device_id: str, actor: str, now: dt.datetime
+) -> Device:
+    """Revoke a device: refused from its next request on, certificate on the CRL."""
+    device = in_fleet(session, fleet_id, device_id)
+    if device.status != DeviceStatus.REVOKED:
+        device.status = DeviceStatus.REVOKED
+        device.revoked_at = now
+        _revoke_cert(session, device, now, "revoked")
+        record(
+            session,
+            "device.revoke",
+            actor,
+            {"fleet": fleet_id, "device": device.id, "cert_serial": device.cert_serial},
+            org_id=org_id,
+            at=now,
+        )
+        session.commit()
+    return device
+
+
+def delete_device(
+    session: Session, *, fleet_id: str, org_id: str, device_id: str, actor: str, now: dt.datetime
+) -> None:
+    """Delete a device; its certificate stays on the CRL."""
+    device = in_fleet(session, fleet_id, device_id)
+    _revoke_cert(session, device, now, "deleted")
+    record(
+        session,
+        "device.delete",
+        actor,
+        {"fleet": fleet_id, "device": device.id, "cert_serial": device.cert_serial},
+        org_id=org_id,
+        at=now,
+    )
+    session.delete(device)
+    session.commit()
+
+
+def set_env(
+    session: Session,
+    *,
+    fleet_id: str,
+    org_id: str,
+    device_id: str,
+    name: str,
+    value: str,
+    actor: str,
+    now: dt.datetime,
+) -> None:
+    """Set one per-device environment override."""
+    device = in_fleet(session, fleet_id, device_id)
+    existing = session.get(DeviceEnvVar, (device.id, name))
+    if existing is None:
+        if repo.count_env(session, device.id) >= limits.DEVICE_MAX_ENV_VARS:
+            raise ConfigError(f"device has {limits.DEVICE_MAX_ENV_VARS} variables already")
+        session.add(DeviceEnvVar(device_id=device.id, name=name, value=value))
+    else:
+        existing.value = value
+    record(
+        session,
+        "device.env.set",
+        actor,
+        {"fleet": fleet_id, "device": device.id, "name": name},
+        org_id=org_id,
+        at=now,
+    )
+    session.commit()
+
+
+def delete_env(
+    session: Session,
+    *,
+    fleet_id: str,
+    org_id: str,
+    device_id: str,
+    name: str,
+    actor: str,
+    now: dt.datetime,
+) -> None:
+    """Remove one per-device override (NotFoundError if absent)."""
+    device = in_fleet(session, fleet_id, device_id)
+    if repo.delete_env(session, device.id, name) == 0:
+        raise NotFoundError(f"device {device_id!r} has no variable {name!r}")
+    record(
+        session,
+        "device.env.delete",
+        actor,
+        {"fleet": fleet_id, "device": device.id, "name": name},
+        org_id=org_id,
+        at=now,
+    )
+    session.commit()
+
+
+def crl_der(session: Session, ca: DeviceCa, now: dt.datetime) -> bytes:
+    """The current CRL of the device CA (every revoked or deleted device)."""
+    entries = [(int(r.serial, 16), r.revoked_at) for r in repo.revoked(session)]
+    return ca.crl(entries, now=now, number=int(now.timestamp() * 1000))

@@ -1,0 +1,188 @@
+"""Helpers for the device-side server tests: orgs, fleets, members, provisioning keys, TPMs.
+
+Organisations, fleets and memberships are written straight into the database (the
+orgs routes belong to the core); everything under test goes over HTTP.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from bastion.device.provision import DeviceIdentity, provision
+from bastion.server.auth import tokens
+from bastion.server.orgs.models import Fleet, FleetMember, Organisation, OrgMember
+from bastion.server.users.models import UserToken
+from bastion.tpm.base import Tpm
+
+ROLES = ("owner", "admin", "operator", "viewer")
+
+
+@dataclass
+class FleetWorld:
+    """One organisation with a fleet, a user per role, and a stranger in another org."""
+
+    client: TestClient
+    org_id: str
+    fleet_id: str
+    other_fleet_id: str
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def ctx(self) -> Any:
+        return self.client.app.state.ctx  # type: ignore[attr-defined]
+
+    def create_key(self, role: str = "admin", fleet_id: str | None = None, **body: Any) -> str:
+        fleet = fleet_id or self.fleet_id
+        response = self.client.post(
+            f"/v1/fleets/{fleet}/provisioning-keys",
+            json={"name": "batch-1", **body},
+            headers=self.headers[role],
+        )
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        return key
+
+    def enrol(self, tpm: Tpm, key: str, serial: str = "serial-0001", **kw: Any) -> DeviceIdentity:
+        return provision(tpm, self.client, provisioning_key=key, serial=serial, **kw)
+
+    def device_headers(self, identity: DeviceIdentity, tpm: Tpm) -> dict[str, str]:
+        return {"Authorization": f"Bearer {identity.api_key(tpm)}"}
+
+    def audit_events(self) -> list[str]:
+        from sqlalchemy import select
+
+        from bastion.server.audit.models import AuditEntry
+
+        with self.ctx.db.session(write=False) as session:
+            return list(
+                session.execute(select(AuditEntry.event).order_by(AuditEntry.seq)).scalars()
+            )
+
+
+def _login(client: TestClient, email: str) -> dict[str, str]:
+    response = client.post(
+        "/v1/auth/login", json={"email": email, "password": "correct horse battery"}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def build_world(api: Any) -> FleetWorld:
+    """Org "acme" with fleet "cams" (+ a second fleet), users per role, and org "other"."""
+    from bastion.server.users import service as users
+
+    ctx = api.ctx
+    now = ctx.clock.now()
+    ids: dict[str, str] = {}
+    with ctx.db.session() as session:
+        for role in (*ROLES, "stranger"):
+            ids[role] = users.create_user(
+                ctx, session, f"{role}@example.com", "correct horse battery", "cli:test"
+            ).id
+        org = Organisation(name="acme", created_at=now)
+        other = Organisation(name="other", created_at=now)
+        session.add_all([org, other])
+        session.flush()
+        fleet = Fleet(
+            org_id=org.id,
+            name="cams",
+            created_at=now,
+            config='{"target_release": "1.2.3", "mode": "prod"}',
+        )
+        fleet2 = Fleet(org_id=org.id, name="gateways", created_at=now)
+        session.add_all([fleet, fleet2])
+        session.flush()
+        session.add(OrgMember(org_id=org.id, user_id=ids["owner"], role="owner"))
+        for role in ("admin", "operator", "viewer"):
+            session.add(OrgMember(org_id=org.id, user_id=ids[role], role="member"))
+            session.add(FleetMember(fleet_id=fleet.id, user_id=ids[role], role=role))
+            session.add(FleetMember(fleet_id=fleet2.id, user_id=ids[role], role=role))
+        session.add(OrgMember(org_id=other.id, user_id=ids["stranger"], role="owner"))
+        # an expired session token of the fleet's admin
+        token, digest = tokens.new_token(tokens.SESSION_PREFIX)
+        session.add(
+            UserToken(
+                user_id=ids["admin"],
+                kind="session",
+                name="old",
+                token_hash=digest,
+                hint=tokens.token_hint(token),
+                scopes="admin read write",
+                created_at=now - dt.timedelta(days=2),
+                expires_at=now - dt.timedelta(days=1),
+                two_factor=False,
+            )
+        )
+        session.commit()
+        world = FleetWorld(api.client, org.id, fleet.id, fleet2.id)
+    for role in (*ROLES, "stranger"):
+        world.headers[role] = _login(api.client, f"{role}@example.com")
+    world.headers["expired"] = {"Authorization": f"Bearer {token}"}
+    world.headers["anonymous"] = {}
+    return world
+
+
+@contextmanager
+def tss_tpm(folder: Path) -> Iterator[Tpm]:
+    """A fresh TPM: tpm2-pytss over a private swtpm, stopped by PID afterwards."""
+    from bastion.tpm.swtpm import Swtpm
+    from bastion.tpm.tss import TssTpm
+
+    with Swtpm.start(folder) as sw:
+        tpm = TssTpm(sw.uri)
+        try:
+            yield tpm
+        finally:
+            tpm.close()
+
+
+@contextmanager
+def shared_world(backend: str, folder: Path) -> Iterator[FleetWorld]:
+    """A whole app + world for one test module, on its own SQLite file or PostgreSQL
+    database (created here, dropped afterwards), so module tests share the set-up cost
+    and no other module's per-test wipe touches it."""
+    import secrets
+
+    import pytest
+
+    from bastion.io.clock import FixedClock
+    from bastion.server.app import create_app
+    from bastion.server.settings import ServerSettings
+
+    from .conftest import CHEAP, IN_CI, PG_ADMIN_URL, Api, _pg_connect
+
+    pg_name = None
+    if backend == "sqlite":
+        url = f"sqlite:///{folder / 'bastion.db'}"
+    else:
+        try:
+            admin = _pg_connect()
+        except Exception as exc:
+            if IN_CI:
+                pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}", pytrace=False)
+            pytest.skip(
+                f"PostgreSQL at {PG_ADMIN_URL} is unreachable (Debian package 'postgresql')"
+            )
+        pg_name = f"bastion_dev_{secrets.token_hex(6)}"
+        with admin:
+            admin.execute(f'CREATE DATABASE "{pg_name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}"
+    clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    app = create_app(
+        ServerSettings(data_dir=folder / "data", database_url=url, **CHEAP), clock=clock
+    )
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield build_world(Api(client))
+    finally:
+        app.state.ctx.db.dispose()
+        if pg_name is not None:
+            with _pg_connect() as admin2:
+                admin2.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')

@@ -1,0 +1,272 @@
+"""TPM-bound enrolment over HTTP: end to end on swtpm, and the negative table.
+
+Each case runs on SQLite and PostgreSQL (``db_url``) with a private swtpm driven
+through tpm2-pytss (the ``tss`` backend).
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from tests.conftest import need_tss
+
+from bastion.device.provision import DeviceIdentity, build_enrollment
+from bastion.errors import AuthError, BastionError, VerificationError
+from bastion.formats import enrollment as en
+from bastion.server.provisioning.policy import ek_hash
+
+from .devicekit import FleetWorld, shared_world, tss_tpm
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    need_tss()
+    with shared_world(request.param, tmp_path_factory.mktemp("enrol")) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def tpm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    need_tss()
+    with tss_tpm(tmp_path_factory.mktemp("tpm-a")) as t:
+        yield t
+
+
+def test_enrol_end_to_end(world: FleetWorld, tpm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    before = set(world.audit_events())
+    identity = world.enrol(tpm, key, serial="cam-001", fleet_id=world.fleet_id)
+    assert identity.fleet_id == world.fleet_id
+    cert = x509.load_pem_x509_certificate(identity.certificate_pem.encode())
+    ca = x509.load_pem_x509_certificate(identity.ca_certificate_pem.encode())
+    cert.verify_directly_issued_by(ca)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"urn:bastion:device:{identity.device_id}" in san.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
+    # the API key opens only through this TPM, and works
+    api_key = identity.api_key(tpm)
+    assert api_key.startswith("bst_dev_")
+    own = world.client.get("/v1/device", headers={"Authorization": f"Bearer {api_key}"})
+    assert own.status_code == 200, own.text
+    assert own.json()["id"] == identity.device_id and own.json()["serial"] == "cam-001"
+    # saved and reloaded identity still opens the key
+    identity.save(tmp_path / "state")
+    assert DeviceIdentity.load(tmp_path / "state").api_key(tpm) == api_key
+    # the key of max_uses=1 is used up; the operator sees the use
+    listed = world.client.get(
+        f"/v1/fleets/{world.fleet_id}/provisioning-keys", headers=world.headers["admin"]
+    ).json()
+    mine = [k for k in listed if key.startswith(k["prefix"])]
+    assert mine[0]["uses"] == 1 and "key" not in mine[0]
+    events = world.audit_events()
+    assert {"provisioning_key.create", "enroll.begin", "enroll.finish"} <= set(events)
+    del before
+
+
+def test_sealed_key_cannot_be_opened_by_another_tpm(world: FleetWorld, tpm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    identity = world.enrol(tpm, world.create_key())
+    with tss_tpm(tmp_path / "tpm-b") as other, pytest.raises(BastionError):
+        identity.api_key(other)
+
+
+def _begin(world: FleetWorld, tpm, key: str, **extra: str):  # type: ignore[no-untyped-def]
+    ak, _, body = build_enrollment(tpm, "serial-0001")
+    body.update(extra)
+    response = world.client.post(
+        "/v1/enroll/begin", json=body, headers={"Authorization": f"Bearer {key}"}
+    )
+    return ak, body, response
+
+
+def _finish(world: FleetWorld, tpm, ak, key: str, begin: dict[str, str]):  # type: ignore[no-untyped-def]
+    secret = tpm.activate_credential(
+        ak, base64.b64decode(begin["credential_blob"]), base64.b64decode(begin["encrypted_secret"])
+    )
+    cid = begin["challenge_id"]
+    proof = en.finish_proof(en.derive_keys(secret, cid), cid)
+    return world.client.post(
+        "/v1/enroll/finish",
+        json={"challenge_id": cid, "proof": base64.b64encode(proof).decode()},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+# --- the negative table ----------------------------------------------------------------------
+
+
+def test_expired_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(ttl_seconds=60)
+    world.ctx.clock.advance(61)
+    with pytest.raises(AuthError, match="expired"):
+        world.enrol(tpm, key)
+
+
+def test_used_up_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(max_uses=1)
+    world.enrol(tpm, key)
+    with pytest.raises(AuthError, match="used up"):
+        world.enrol(tpm, key, serial="serial-0002")
+
+
+def test_revoked_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    key_id = next(
+        k["id"]
+        for k in world.client.get(
+            f"/v1/fleets/{world.fleet_id}/provisioning-keys", headers=world.headers["admin"]
+        ).json()
+        if key.startswith(k["prefix"])
+    )
+    gone = world.client.delete(
+        f"/v1/fleets/{world.fleet_id}/provisioning-keys/{key_id}", headers=world.headers["admin"]
+    )
+    assert gone.status_code == 204
+    with pytest.raises(AuthError, match="revoked"):
+        world.enrol(tpm, key)
+
+
+def test_wrong_fleet_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(fleet_id=world.other_fleet_id)
+    with pytest.raises(AuthError, match="another fleet"):
+        world.enrol(tpm, key, fleet_id=world.fleet_id)
+
+
+def test_ek_not_on_allow_list(world: FleetWorld, tpm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with tss_tpm(tmp_path / "tpm-b") as other:
+        key = world.create_key(allow_ek_hashes=[ek_hash(other.ek_public())], max_uses=2)
+        with pytest.raises(VerificationError, match="allow-list"):
+            world.enrol(tpm, key)
+        assert world.enrol(other, key).device_id  # the listed EK is admitted
+
+
+def test_serial_allow_list(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(allow_serials=["cam-007"], max_uses=2)
+    with pytest.raises(VerificationError, match="allow-list"):
+        world.enrol(tpm, key, serial="cam-008")
+    assert world.enrol(tpm, key, serial="cam-007").device_id
+
+
+def test_credential_activated_by_another_tpm(world: FleetWorld, tpm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The attacker's TPM (AK, key, certify) presents the victim TPM's EK."""
+    key = world.create_key()
+    with tss_tpm(tmp_path / "victim") as victim:
+        ak, _body, begin = _begin(
+            world, tpm, key, ek_public=base64.b64encode(victim.ek_public()).decode()
+        )
+        assert begin.status_code == 200, begin.text
+        with pytest.raises(BastionError):  # the attacker's TPM cannot activate it
+            _finish(world, tpm, ak, key, begin.json())
+        with pytest.raises(BastionError):  # nor can the victim's: the AK is not there
+            _finish(world, victim, ak, key, begin.json())
+    guessed = world.client.post(
+        "/v1/enroll/finish",
+        json={
+            "challenge_id": begin.json()["challenge_id"],
+            "proof": base64.b64encode(b"\0" * 32).decode(),
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert guessed.status_code in (401, 403), guessed.text
+    assert "device" not in guessed.json()
+
+
+def test_csr_key_not_certified(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    _, _, other = build_enrollment(tpm, "serial-0001")
+    _, _, response = _begin(world, tpm, key, csr=other["csr"])
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "verification_failed"
+
+
+def test_replayed_challenge(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(max_uses=5)
+    ak, _, begin = _begin(world, tpm, key, serial="replay-1")
+    assert begin.status_code == 200, begin.text
+    first = _finish(world, tpm, ak, key, begin.json())
+    assert first.status_code == 200, first.text
+    replay = _finish(world, tpm, ak, key, begin.json())
+    assert replay.status_code in (401, 403), replay.text
+    assert "unknown or used" in replay.json()["detail"]
+    with world.ctx.db.session(write=False) as session:
+        from sqlalchemy import func, select
+
+        from bastion.server.devices.models import Device
+
+        count = select(func.count()).select_from(Device).where(Device.serial == "replay-1")
+        assert session.execute(count).scalar_one() == 1
+
+
+def test_challenge_expires(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    ak, _, begin = _begin(world, tpm, key)
+    world.ctx.clock.advance(61)
+    late = _finish(world, tpm, ak, key, begin.json())
+    assert late.status_code == 401 and "expired" in late.json()["detail"]
+
+
+def test_wrong_proof_burns_the_challenge(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    ak, _, begin = _begin(world, tpm, key)
+    cid = begin.json()["challenge_id"]
+    bad = world.client.post(
+        "/v1/enroll/finish",
+        json={"challenge_id": cid, "proof": base64.b64encode(b"\1" * 32).decode()},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert bad.status_code in (401, 403)
+    assert _finish(world, tpm, ak, key, begin.json()).status_code in (401, 403)  # consumed
+
+
+def test_challenge_of_another_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key1, key2 = world.create_key(), world.create_key()
+    ak, _, begin = _begin(world, tpm, key1)
+    assert _finish(world, tpm, ak, key2, begin.json()).status_code in (401, 403)
+
+
+def test_rate_limit_per_key(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(rate_per_minute=2, max_uses=10)
+    codes = [_begin(world, tpm, key)[2].status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_refusals_are_audited(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(allow_serials=["x"])
+    _, _, response = _begin(world, tpm, key)
+    assert response.status_code == 403
+    assert "enroll.refused" in world.audit_events()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "status"),
+    [
+        ("ek_public", "not base64!", 400),
+        ("ak_public", base64.b64encode(b"\x00\x04abcd").decode(), 400),
+        (
+            "csr",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            400,
+        ),
+        ("certify_attest", base64.b64encode(b"\xff" * 40).decode(), 403),
+        ("serial", "", 422),
+        ("serial", "s" * 500, 422),
+        ("unknown_field", "x", 422),
+    ],
+)
+def test_malformed_begin(world: FleetWorld, tpm, field: str, value: str, status: int) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key()
+    _, _, response = _begin(world, tpm, key, **{field: value})
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+
+
+def test_provisioning_key_needs_bearer(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    _, body, _ = _begin(world, tpm, world.create_key())
+    for headers in ({}, world.headers["admin"]):
+        response = world.client.post("/v1/enroll/begin", json=body, headers=headers)
+        assert response.status_code in (401, 403)
