@@ -40,8 +40,9 @@ from bastion.formats import bootctl, gpt, modsig
 from bastion.formats import bootunit as bu
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
-from bastion.storage.verity_reader import format_region
+from bastion.storage.verity_reader import format_region, verify_region
 from bastion.trust.envelope import parse_envelope, sign_envelope, verify_envelope
+from bastion.trust.keys import load_public_key
 from bastion.trust.signer import SignatureScheme, Signer, Verifier
 
 MiB = 1024 * 1024
@@ -319,10 +320,15 @@ def build_image(
     """Build ``out`` and ``out`` + ``.sig``; see the module docstring."""
     if spec.security_version < 0:
         raise ConfigError(f"security version must be >= 0, got {spec.security_version}")
-    seed_h = hashlib.sha256(_tree_digest(spec.rootfs))
+    # the root's identity (fs UUID, verity salt) depends on the root inputs only, so the
+    # same root gives the same root hash whatever kernel boots it; other GUIDs on all
+    root_seed = hashlib.sha256(
+        _tree_digest(spec.rootfs) + f":{spec.fs}:{spec.epoch}".encode()
+    ).digest()
+    seed_h = hashlib.sha256(root_seed)
     for part in (spec.kernel, spec.initrd, spec.cmdline.encode(), spec.version.encode()):
         seed_h.update(hashlib.sha256(part).digest())
-    seed_h.update(f"{spec.security_version}:{spec.fs}:{spec.epoch}".encode())
+    seed_h.update(f"{spec.security_version}".encode())
     seed = seed_h.digest()
     with tempfile.TemporaryDirectory(prefix="bastion-image-") as tmp:
         root_img = Path(tmp) / "root.img"
@@ -330,20 +336,20 @@ def build_image(
             spec.rootfs,
             root_img,
             spec.fs,
-            fs_uuid=gpt.derived_uuid("rootfs", seed),
+            fs_uuid=gpt.derived_uuid("rootfs", root_seed),
             epoch=spec.epoch,
             runner=runner,
         )
         root_size = _mib(max(fs_size, spec.root_size or 0))
         params = VerityParams(
             data_blocks=fs_size // 4096,
-            salt=hashlib.sha256(b"bastion-verity-salt\0" + seed).digest(),
+            salt=hashlib.sha256(b"bastion-verity-salt\0" + root_seed).digest(),
         )
         verity_size = _mib(4096 + params.tree_size())
         # root hash first (in a scratch hash file), then the layout that depends on it
         scratch = Path(tmp) / "hash.img"
         result = format_region(
-            root_img, scratch, params, uuid=gpt.derived_uuid("verity-superblock", seed)
+            root_img, scratch, params, uuid=gpt.derived_uuid("verity-superblock", root_seed)
         )
         root_hash = result.root_hash
         unit, unit_sig = make_unit(spec, keys, root_hash, "a")
@@ -493,6 +499,69 @@ def predict_pcrs(path: Path) -> dict[int, bytes]:
         root_hash,
     )
     return measure.predict(events)
+
+
+def verify_slot(
+    path: Path,
+    layout: gpt.GptDisk,
+    archive: bu.Container,
+    slot: str,
+    *,
+    boot: Verifier,
+    verity_cert: x509.Certificate,
+    full: bool,
+) -> dict[str, Any]:
+    """Offline checks of one slot: unit statement and sections, verity signature, UUIDs,
+    and (``full``) every root block against the root hash."""
+    raw = archive.get(f"unit.{slot}")
+    doc = open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
+    unit = bu.parse_unit(raw)
+    container = bu.parse(raw, bu.Kind.UNIT)
+    signed = doc.get("sections", {})
+    for name, digest in bu.section_digests(container.entries).items():
+        if signed.get(name) != digest:
+            raise SignatureError(f"slot {slot}: section {name} does not match its signed digest")
+    if doc.get("sha256") != hashlib.sha256(raw).hexdigest() or doc.get("slot") != slot:
+        raise SignatureError(f"slot {slot}: boot unit does not match its signed statement")
+    root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
+    sig = bu.parse_verity_signature(read_partition(path, layout.find(sig_part(slot))))
+    if verify_verity_signature(sig, verity_cert) != root_hash:
+        raise SignatureError(f"slot {slot}: signed root hash differs from the command line's")
+    root, verity = layout.find(root_part(slot)), layout.find(verity_part(slot))
+    if (root.part_guid, verity.part_guid) != gpt.verity_partition_uuids(root_hash):
+        raise SignatureError(f"slot {slot}: partition UUIDs do not derive from the root hash")
+    if full:
+        verify_region(path, path, root_hash, data_offset=root.offset, hash_offset=verity.offset)
+    return {
+        "version": doc.get("version"),
+        "security_version": unit.security_version,
+        "root_hash": root_hash.hex(),
+        "root_verified": full,
+    }
+
+
+def verify_image(path: Path, trust: ImageTrust, *, full: bool = True) -> dict[str, Any]:
+    """Everything a device will check, offline: image signature, loader, units, verity."""
+    meta = verify_image_signature(path, trust)
+    layout = read_layout(path)
+    archive = read_archive(path, layout)
+    if platform_key_hash(archive.get("loader.key")) != trust.platform_root_hash:
+        raise SignatureError("boot partition carries another platform key")
+    loader = archive.get("loader")
+    doc = open_statement(archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, trust.platform_root)
+    if doc != json.loads(bu.loader_statement(loader)):
+        raise SignatureError("bootloader does not match its signed statement")
+    stage = bu.parse_loader(loader)
+    boot = Verifier.of(load_public_key(stage.boot_key))
+    if boot.key_id != trust.boot.key_id:
+        raise SignatureError("bootloader trusts another boot key than the product's")
+    slots = {}
+    for slot in ("a", "b"):
+        if f"unit.{slot}" in archive.names():
+            slots[slot] = verify_slot(
+                path, layout, archive, slot, boot=boot, verity_cert=trust.verity_cert, full=full
+            )
+    return dict(meta, slots=slots)
 
 
 def iter_modules(unit: bu.BootUnit) -> Iterator[tuple[str, bytes]]:

@@ -12,8 +12,6 @@ that does not verify is refused and the boot halts (fail closed).
 * per feature: ``enforce`` (refuse) or ``audit`` (record the failure and continue, like
   SELinux permissive). Measurements still record the real bytes in audit mode, so
   attestation sees the difference and sealed keys stay sealed.
-* ``kdf``: ``default`` (cryptsetup's argon2id costs) or ``minimal`` (pbkdf2 with 1000
-  iterations, for tests and tiny devices) for the data volume's keyslots.
 """
 
 from __future__ import annotations
@@ -55,20 +53,12 @@ class Feature(enum.StrEnum):
     VERITY = "verity"
 
 
-class Kdf(enum.StrEnum):
-    """Keyslot KDF cost for the data volume."""
-
-    DEFAULT = "default"
-    MINIMAL = "minimal"
-
-
 @dataclass(frozen=True, slots=True)
 class SecurityProfile:
     """One device's security profile."""
 
     tamper_response: TamperResponse = TamperResponse.HALT
     modes: tuple[tuple[Feature, Mode], ...] = field(default=())
-    kdf: Kdf = Kdf.DEFAULT
 
     def mode(self, feature: Feature) -> Mode:
         """The mode of ``feature`` (enforce unless the profile says audit)."""
@@ -82,7 +72,6 @@ class SecurityProfile:
             "version": 1,
             "tamper_response": self.tamper_response.value,
             "features": {f.value: self.mode(f).value for f in Feature},
-            "kdf": self.kdf.value,
         }
 
     def to_bytes(self) -> bytes:
@@ -97,15 +86,12 @@ def parse_profile(data: bytes) -> SecurityProfile:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"security profile is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or set(doc) != {"version", "tamper_response", "features", "kdf"}:
-        raise FormatError(
-            "security profile must have exactly version, tamper_response, features, kdf"
-        )
+    if not isinstance(doc, dict) or set(doc) != {"version", "tamper_response", "features"}:
+        raise FormatError("security profile must have exactly version, tamper_response, features")
     if doc["version"] != 1:
         raise FormatError(f"security profile version {doc['version']!r}, expected 1")
     try:
         response = TamperResponse(doc["tamper_response"])
-        kdf = Kdf(doc["kdf"])
         features = doc["features"]
         if not isinstance(features, dict):
             raise ValueError("features is not an object")
@@ -114,15 +100,13 @@ def parse_profile(data: bytes) -> SecurityProfile:
         )
     except (ValueError, TypeError) as exc:
         raise FormatError(f"security profile: {exc}") from exc
-    return SecurityProfile(response, modes, kdf)
+    return SecurityProfile(response, modes)
 
 
-def make_profile(
-    tamper_response: str = "halt", audit: tuple[str, ...] = (), kdf: str = "default"
-) -> SecurityProfile:
+def make_profile(tamper_response: str = "halt", audit: tuple[str, ...] = ()) -> SecurityProfile:
     """A profile from CLI-style arguments (ConfigError-free: FormatError names bad values)."""
     try:
         modes = tuple(sorted((Feature(f), Mode.AUDIT) for f in set(audit)))
-        return SecurityProfile(TamperResponse(tamper_response), modes, Kdf(kdf))
+        return SecurityProfile(TamperResponse(tamper_response), modes)
     except ValueError as exc:
         raise FormatError(f"security profile: {exc}") from exc

@@ -20,7 +20,7 @@ def test_defaults_enforce_and_halt() -> None:
 
 
 def test_round_trip() -> None:
-    prof = pf.make_profile("try-other-slot", ("verity", "rollback"), "minimal")
+    prof = pf.make_profile("try-other-slot", ("verity", "rollback"))
     assert pf.parse_profile(prof.to_bytes()) == prof
     assert prof.mode(pf.Feature.VERITY) is pf.Mode.AUDIT
     assert prof.mode(pf.Feature.UNIT_SIGNATURE) is pf.Mode.ENFORCE
@@ -30,12 +30,11 @@ def test_round_trip() -> None:
     "mutate",
     [
         lambda d: d.update(tamper_response="ignore"),
-        lambda d: d.update(kdf="none"),
         lambda d: d["features"].update(verity="permissive"),
         lambda d: d["features"].update(unknown="audit"),
         lambda d: d.update(extra=1),
         lambda d: d.update(version=2),
-        lambda d: d.pop("kdf"),
+        lambda d: d.pop("features"),
     ],
 )
 def test_bad_profiles_refused(mutate: object) -> None:
