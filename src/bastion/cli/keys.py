@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import TPM_HELP, add_json_flag, emit
 from bastion.errors import ConfigError, ConflictError
-from bastion.io.files import read_bounded
+from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import KEY_FILE_MAX_SIZE
 from bastion.trust.keys import (
     KeyAlgorithm,
+    create_tpm_key,
     generate_private_key,
     load_private_key_pem,
     load_public_key,
@@ -78,21 +79,35 @@ def _generate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists():
         raise ConflictError(f"{out} exists: refusing to overwrite a key")
-    key = generate_private_key(KeyAlgorithm(args.algorithm))
-    from bastion.io.files import atomic_write
+    stem = out.name
+    for suffix in (".pem", ".tpmkey", ".key"):
+        stem = stem.removesuffix(suffix)
+    pub = out.with_name(stem + ".pub.pem")
+    if args.tpm is not None:
+        from bastion.tpm.uri import open_tpm
 
-    atomic_write(out, private_key_to_pem(key, _passphrase(args.passphrase_env)), 0o600)
-    pub = out.with_name(out.name.removesuffix(".pem").removesuffix(".key") + ".pub.pem")
-    atomic_write(pub, public_key_to_pem(key.public_key()), 0o644)
-    kid = key_id(key.public_key())
+        tpm = open_tpm(args.tpm)
+        try:
+            public = create_tpm_key(tpm, args.algorithm, out).public_key()
+        finally:
+            tpm.close()
+        uri = f"tpm:{args.tpm}#{out}"
+    else:
+        key = generate_private_key(KeyAlgorithm(args.algorithm))
+        atomic_write(out, private_key_to_pem(key, _passphrase(args.passphrase_env)), 0o600)
+        public = key.public_key()
+        uri = f"file:{out}"
+    atomic_write(pub, public_key_to_pem(public), 0o644)
+    kid = key_id(public)
     emit(
         args,
-        f"wrote {out} (private, 0600) and {pub}\nkey id {kid}",
+        f"wrote {out} and {pub}\nkey id {kid}\nkey URI {uri}",
         {
             "private_key": str(out),
             "public_key": str(pub),
             "key_id": kid,
             "algorithm": args.algorithm,
+            "uri": uri,
         },
     )
     return 0
@@ -136,9 +151,14 @@ def register(subparsers: Any) -> None:
     add_json_flag(p)
     p.set_defaults(func=_show)
 
-    p = sub.add_parser("generate", help="generate one private key (PEM PKCS#8, 0600)")
+    p = sub.add_parser(
+        "generate", help="generate one private key (PEM PKCS#8, 0600) or a TPM key (--tpm)"
+    )
     p.add_argument("algorithm", choices=[a.value for a in KeyAlgorithm])
-    p.add_argument("-o", "--output", required=True, metavar="KEY.pem")
+    p.add_argument("-o", "--output", required=True, metavar="KEY.pem|KEY.tpmkey")
+    p.add_argument(
+        "--tpm", metavar="URI", help="create a non-exportable key in this TPM (" + TPM_HELP + ")"
+    )
     p.add_argument("--passphrase-env", metavar="VAR", help="encrypt the key with $VAR")
     add_json_flag(p)
     p.set_defaults(func=_generate)

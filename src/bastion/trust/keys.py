@@ -17,7 +17,9 @@ Reading files here is the adapter edge: everything it reads is bounded by
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 import os
 import re
 import urllib.parse
@@ -32,12 +34,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from bastion.errors import AuthError, ConfigError, FormatError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import KEY_FILE_MAX_SIZE
+from bastion.tpm.base import Tpm, TpmKey
 from bastion.trust.signer import (
     PrivateKey,
     PublicKey,
     SignatureScheme,
     Signer,
     SoftwareSigner,
+    TpmSigner,
     Verifier,
 )
 
@@ -233,6 +237,61 @@ def open_signer(
     return SoftwareSigner(load_private_key_pem(data, secret, what=what), scheme)
 
 
+TPM_KEY_FORMAT = "bastion-tpm-key"
+_TPM_ALGORITHMS = {KeyAlgorithm.ECDSA_P256: "ecc-p256", KeyAlgorithm.RSA_2048: "rsa2048"}
+
+
+def tpm_key_to_bytes(key: TpmKey, algorithm: str) -> bytes:
+    """The ``.tpmkey`` JSON for a TPM-held key (its public and private blobs)."""
+    doc = {
+        "format": TPM_KEY_FORMAT,
+        "version": 1,
+        "algorithm": algorithm,
+        "public": base64.b64encode(key.public).decode(),
+        "private": base64.b64encode(key.private).decode(),
+        "name": key.name.hex(),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def tpm_key_from_bytes(data: bytes, what: str = "TPM key file") -> TpmKey:
+    """Parse a ``.tpmkey`` file; FormatError if malformed."""
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != TPM_KEY_FORMAT or doc.get("version") != 1:
+            raise FormatError(f"{what}: expected format {TPM_KEY_FORMAT!r} version 1")
+        return TpmKey(
+            public=base64.b64decode(doc["public"], validate=True),
+            private=base64.b64decode(doc["private"], validate=True),
+            name=bytes.fromhex(doc["name"]),
+        )
+    except FormatError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FormatError(f"{what} is malformed: {exc}") from exc
+
+
+def create_tpm_key(
+    tpm: Tpm, algorithm: KeyAlgorithm | str, path: str | os.PathLike[str]
+) -> TpmSigner:
+    """Create a non-exportable signing key in ``tpm``, write its ``.tpmkey`` file, and
+    return its Signer (``ecdsa-p256`` or ``rsa-2048``)."""
+    alg = KeyAlgorithm(algorithm)
+    if alg not in _TPM_ALGORITHMS:
+        raise ConfigError(f"TPM keys are ecdsa-p256 or rsa-2048, not {alg}")
+    key = tpm.create_signing_key(_TPM_ALGORITHMS[alg])
+    atomic_write(path, tpm_key_to_bytes(key, _TPM_ALGORITHMS[alg]), 0o600)
+    return TpmSigner(tpm, key)
+
+
 def _open_tpm_signer(uri: KeyUri, scheme: SignatureScheme | None) -> Signer:
-    # wired to bastion.tpm.uri.open_tpm once the TPM backends land (issue 4)
-    raise ConfigError(f"key URI {uri}: tpm: keys are not available in this build yet")
+    from bastion.tpm.uri import open_tpm
+
+    what = f"TPM key file {uri.path!r}"
+    key = tpm_key_from_bytes(read_bounded(Path(uri.path), KEY_FILE_MAX_SIZE, what), what)
+    tpm = open_tpm(uri.tpm)
+    try:
+        return TpmSigner(tpm, key, scheme)
+    except BaseException:
+        tpm.close()
+        raise

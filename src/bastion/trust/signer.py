@@ -9,7 +9,8 @@ Schemes (:class:`SignatureScheme`): Ed25519; ECDSA P-256/SHA-256 and P-384/SHA-3
 DER-encoded signatures; RSASSA-PSS/SHA-256 (MGF1-SHA-256, salt = digest length); and
 RSASSA-PKCS1-v1_5/SHA-256/384/512 for formats that require it (kernel module
 signatures, X.509). Key ids are the lowercase hex SHA-256 of the DER
-SubjectPublicKeyInfo (:func:`key_id`).
+SubjectPublicKeyInfo (:func:`key_id`). :class:`SoftwareSigner` holds an in-memory key;
+:class:`TpmSigner` signs through the ``Tpm`` protocol with a non-exportable key.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from bastion.errors import ConfigError, SignatureError
+from bastion.errors import ConfigError, SignatureError, TpmError
+from bastion.tpm.base import Tpm, TpmKey
 
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -226,3 +229,71 @@ class Verifier:
             raise SignatureError(
                 f"signature by key {self.key_id[:16]}... is malformed: {exc}"
             ) from exc
+
+
+class TpmSigner:
+    """A signer whose key never leaves a TPM: ECDSA P-256/SHA-256 or RSASSA/SHA-256.
+
+    The data is hashed with SHA-256 here, the digest is signed by ``Tpm.sign`` and the
+    TPMT_SIGNATURE is converted to the X.509/DSSE encoding (DER ECDSA, raw RSASSA).
+    Every signature is checked against the key's public half before it is returned,
+    so a misbehaving TPM fails closed with TpmError.
+    """
+
+    __slots__ = ("_key", "_key_id", "_public", "_scheme", "_tpm")
+
+    def __init__(self, tpm: Tpm, key: TpmKey, scheme: SignatureScheme | None = None) -> None:
+        from bastion.tpm.quote import public_key as tpm_public_key
+
+        public = tpm_public_key(key.public)
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1":
+            natural = SignatureScheme.ECDSA_P256_SHA256
+        elif isinstance(public, rsa.RSAPublicKey):
+            natural = SignatureScheme.RSA_PKCS1V15_SHA256
+        else:
+            raise ConfigError(f"TPM key {describe_key(public)}: expected ECC P-256 or RSA")
+        if scheme is not None and scheme is not natural:
+            raise ConfigError(f"this TPM key signs with {natural}, not {scheme}")
+        self._tpm = tpm
+        self._key = key
+        self._public: PublicKey = public
+        self._scheme = natural
+        self._key_id = key_id(public)
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    @property
+    def scheme(self) -> SignatureScheme:
+        return self._scheme
+
+    def public_key(self) -> PublicKey:
+        return self._public
+
+    def sign(self, data: bytes) -> bytes:
+        from bastion.formats.tpm2 import Alg
+        from bastion.formats.tpm2 import Signature as TpmSignature
+
+        raw = self._tpm.sign(self._key, hashlib.sha256(data).digest())
+        sig = TpmSignature.parse(raw)
+        if sig.hash_alg != Alg.SHA256:
+            raise TpmError(f"TPM signed with hash 0x{sig.hash_alg:04x}, expected SHA-256")
+        if sig.sig_alg == Alg.ECDSA and self._scheme is SignatureScheme.ECDSA_P256_SHA256:
+            out = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+        elif sig.sig_alg == Alg.RSASSA and self._scheme is SignatureScheme.RSA_PKCS1V15_SHA256:
+            out = sig.sig
+        else:
+            raise TpmError(f"TPM signature scheme 0x{sig.sig_alg:04x} does not fit {self._scheme}")
+        try:
+            Verifier(self._public, self._scheme, self._key_id).verify(data, out)
+        except SignatureError as exc:
+            raise TpmError("the TPM returned a signature that does not verify") from exc
+        return out
+
+    def close(self) -> None:
+        """Close the TPM connection."""
+        self._tpm.close()
+
+    def __repr__(self) -> str:
+        return f"TpmSigner(key_id={self._key_id[:16]}..., scheme={self._scheme})"

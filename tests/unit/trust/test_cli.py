@@ -298,3 +298,45 @@ def test_pki_issue_revoke_crl_verify(
         str(tmp_path / "e.pem"),
     )
     assert code == 9 and "--keyset" in err
+
+
+def test_keys_generate_tpm_and_sign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import need_module
+
+    need_module("bastion.tpm.software", "the software TPM backend")
+    tpm = f"software:{tmp_path / 'tpm.state'}"
+    code, out, err = run(
+        capsys,
+        "keys",
+        "generate",
+        "ecdsa-p256",
+        "--tpm",
+        tpm,
+        "-o",
+        str(tmp_path / "boot.tpmkey"),
+        "--json",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["uri"] == f"tpm:{tpm}#{tmp_path / 'boot.tpmkey'}"
+    (tmp_path / "p").write_bytes(b"payload")
+    code, _, err = run(
+        capsys,
+        "sign",
+        "--key",
+        doc["uri"],
+        "--type",
+        "t/x",
+        str(tmp_path / "p"),
+        "-o",
+        str(tmp_path / "e.json"),
+    )
+    assert code == 0, err
+    code, _, err = run(
+        capsys, "verify", "--key", doc["public_key"], "--type", "t/x", str(tmp_path / "e.json")
+    )
+    assert code == 0, err
+    code, _, err = run(
+        capsys, "keys", "generate", "ed25519", "--tpm", tpm, "-o", str(tmp_path / "x.tpmkey")
+    )
+    assert code == 9 and "TPM keys" in err
