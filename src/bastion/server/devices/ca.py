@@ -1,16 +1,15 @@
-"""The server's device certificate authority: issue device certificates, build the CRL.
+"""The server's device certificate authority, on top of :mod:`bastion.trust.pki`.
 
-The CA is a certificate + ECDSA P-256 key in ``<data_dir>/pki/device-ca.pem`` and
-``device-ca.key`` (0600). Operators put their fleet intermediate CA there (made by
-``bastion keys init``); when the files are absent the server creates a self-signed
-development CA on first use and says so in the log.
+The CA is a certificate + private key in ``<data_dir>/pki/device-ca.pem`` and
+``device-ca.key`` (PEM PKCS#8, 0600; a passphrase-protected key reads its passphrase
+from ``BASTION_DEVICE_CA_PASSPHRASE``). Operators put their fleet CA there (the
+``fleet-ca`` of ``bastion keys init``); when both files are absent the server creates a
+self-signed development CA on first use and logs a warning.
 
-Device certificates (from a verified CSR): subject CN = device id, O = fleet id, SAN
-URI ``urn:bastion:device:<id>``, EKU clientAuth, keyUsage digitalSignature, basic
-constraints CA:FALSE, SKI/AKI, random 159-bit serial, validity from ``now`` (minus
-5 minutes of clock skew) for ``validity``. The CRL (X.509 v2, CRL number = number of
-entries + issue counter, nextUpdate = now + 1 day) lists every revoked device
-certificate; ``openssl verify -crl_check`` accepts the chain and refuses a revoked one.
+Issuing and CRLs are :func:`bastion.trust.pki.issue_device_certificate` (CN = device
+id, SAN URI ``urn:bastion:device:<id>``, EKU clientAuth) and
+:func:`bastion.trust.pki.build_crl` (CRL number = milliseconds since the epoch, so it
+only grows; nextUpdate one day), so ``openssl verify -crl_check`` reads them.
 """
 
 from __future__ import annotations
@@ -18,186 +17,112 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from bastion import limits
-from bastion.errors import ConfigError
 from bastion.io.files import atomic_write, read_bounded
+from bastion.trust import pki
+from bastion.trust.keys import (
+    KeyAlgorithm,
+    generate_private_key,
+    load_private_key_pem,
+    write_private_key,
+)
+from bastion.trust.signer import SoftwareSigner
 
 log = logging.getLogger("bastion.server")
 
 DEVICE_CERT_VALIDITY = dt.timedelta(days=365)
 CRL_VALIDITY = dt.timedelta(days=1)
-_SKEW = dt.timedelta(minutes=5)
+CA_CERT_FILE = "device-ca.pem"
+CA_KEY_FILE = "device-ca.key"
 
 
 def device_uri(device_id: str) -> str:
     """The SAN URI naming a device."""
-    return f"urn:bastion:device:{device_id}"
+    return pki.DEVICE_URN_PREFIX + device_id
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class DeviceCa:
-    """A CA certificate and its key; thread-safe issuing."""
+    """The CA that signs device certificates and the device CRL."""
 
-    certificate: x509.Certificate
-    _key: ec.EllipticCurvePrivateKey
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    authority: pki.CertificateAuthority
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.authority.certificate
 
     @property
     def certificate_pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
     @classmethod
+    def generate(cls, *, now: dt.datetime, name: str = "bastion development device CA") -> DeviceCa:
+        """A fresh self-signed ECDSA P-256 CA (development default and tests)."""
+        signer = SoftwareSigner(generate_private_key(KeyAlgorithm.ECDSA_P256))
+        cert = pki.create_root_ca(signer, name, now=now, validity=dt.timedelta(days=3650))
+        return cls(pki.CertificateAuthority(signer, cert))
+
+    @classmethod
     def load_or_create(cls, folder: Path, *, now: dt.datetime) -> DeviceCa:
-        """Load ``device-ca.pem``/``.key`` from ``folder``, creating a dev CA if absent."""
-        cert_path, key_path = folder / "device-ca.pem", folder / "device-ca.key"
+        """Load the CA from ``folder``, creating a development CA when both files are absent."""
+        cert_path, key_path = folder / CA_CERT_FILE, folder / CA_KEY_FILE
         if not cert_path.exists() and not key_path.exists():
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            ca = cls.generate(now=now)
-            atomic_write(
-                key_path,
-                ca._key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-                mode=0o600,
+            private = generate_private_key(KeyAlgorithm.ECDSA_P256)
+            cert = pki.create_root_ca(
+                SoftwareSigner(private),
+                "bastion development device CA",
+                now=now,
+                validity=dt.timedelta(days=3650),
             )
-            atomic_write(cert_path, ca.certificate_pem.encode())
+            write_private_key(key_path, private)
+            atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
             log.warning("created a development device CA in %s", folder)
         cert = x509.load_pem_x509_certificate(
             read_bounded(cert_path, limits.CERT_MAX_SIZE, "device CA certificate")
         )
-        key = serialization.load_pem_private_key(
+        passphrase = os.environ.get("BASTION_DEVICE_CA_PASSPHRASE")
+        key = load_private_key_pem(
             read_bounded(key_path, limits.KEY_FILE_MAX_SIZE, "device CA key"),
-            password=os.environ.get("BASTION_DEVICE_CA_PASSPHRASE", "").encode() or None,
+            passphrase.encode() if passphrase else None,
+            what=f"device CA key {key_path}",
         )
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"device CA key in {key_path} must be an ECDSA key")
-        if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
-            raise ConfigError(f"device CA key {key_path} does not match {cert_path}")
-        return cls(cert, key)
-
-    @classmethod
-    def generate(cls, *, now: dt.datetime, name: str = "bastion development device CA") -> DeviceCa:
-        """A fresh self-signed CA (development default and tests)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _SKEW)
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(cert, key)
+        return cls(pki.CertificateAuthority(SoftwareSigner(key), cert))
 
     def issue(
         self,
         csr: x509.CertificateSigningRequest,
         *,
         device_id: str,
-        fleet_id: str,
         now: dt.datetime,
         validity: dt.timedelta = DEVICE_CERT_VALIDITY,
     ) -> x509.Certificate:
         """A device certificate for the (already verified) CSR's key."""
-        public = csr.public_key()
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, device_id),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, fleet_id),
-            ]
+        return pki.issue_device_certificate(
+            self.authority,
+            csr.public_bytes(serialization.Encoding.PEM),
+            device_id,
+            validity,
+            now=now,
         )
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.certificate.subject)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _SKEW)
-            .not_valid_after(now + validity)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(device_uri(device_id))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
-        )
-        with self._lock:
-            return builder.sign(self._key, hashes.SHA256())
 
-    def crl(
-        self, revoked: list[tuple[int, dt.datetime]], *, now: dt.datetime, number: int
-    ) -> bytes:
+    def crl(self, revoked: list[tuple[int, dt.datetime]], *, now: dt.datetime) -> bytes:
         """DER CRL listing ``(serial, revoked_at)`` pairs."""
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.certificate.subject)
-            .last_update(now - _SKEW)
-            .next_update(now + CRL_VALIDITY)
-            .add_extension(x509.CRLNumber(number), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
+        entries = [pki.RevokedEntry(serial, when) for serial, when in revoked]
+        crl = pki.build_crl(
+            self.authority,
+            entries,
+            crl_number=int(now.timestamp() * 1000),
+            next_update=CRL_VALIDITY,
+            now=now,
         )
-        for serial, when in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
-            )
-        with self._lock:
-            crl = builder.sign(self._key, hashes.SHA256())
         return crl.public_bytes(serialization.Encoding.DER)
 
 

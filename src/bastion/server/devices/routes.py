@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from bastion.errors import LimitError
 from bastion.server.auth.deps import (
     Ctx,
+    CurrentPrincipal,
     DbSession,
     FleetAdmin,
     FleetOperator,
@@ -208,8 +209,13 @@ def delete_device_env(
     response_class=Response,
     responses={200: {"content": {"application/pkix-crl": {}}}},
 )
-def get_crl(request: Request, session: ReadSession, ctx: Ctx) -> Response:
-    """The device CA's current CRL (DER): every revoked or deleted device certificate."""
+def get_crl(
+    request: Request, principal: CurrentPrincipal, session: ReadSession, ctx: Ctx
+) -> Response:
+    """The device CA's current CRL (DER): every revoked or deleted device certificate.
+
+    Public, but a bad credential is still refused (never falls back to anonymous)."""
+    del principal
     der = service.crl_der(session, app_device_ca(request.app), ctx.clock.now())
     return Response(content=der, media_type="application/pkix-crl")
 
@@ -219,8 +225,9 @@ def get_crl(request: Request, session: ReadSession, ctx: Ctx) -> Response:
     response_class=Response,
     responses={200: {"content": {"application/x-pem-file": {}}}},
 )
-def get_ca(request: Request) -> Response:
+def get_ca(request: Request, principal: CurrentPrincipal) -> Response:
     """The device CA certificate (PEM) that signs device certificates and the CRL."""
+    del principal
     return Response(
         content=app_device_ca(request.app).certificate_pem, media_type="application/x-pem-file"
     )

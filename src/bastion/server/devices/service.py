@@ -298,4 +298,4 @@ def delete_env(
 def crl_der(session: Session, ca: DeviceCa, now: dt.datetime) -> bytes:
     """The current CRL of the device CA (every revoked or deleted device)."""
     entries = [(int(r.serial, 16), r.revoked_at) for r in repo.revoked(session)]
-    return ca.crl(entries, now=now, number=int(now.timestamp() * 1000))
+    return ca.crl(entries, now=now)

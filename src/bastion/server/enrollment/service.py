@@ -205,7 +205,7 @@ class EnrollmentService:
             raise
         csr = x509.load_pem_x509_csr(challenge.csr_pem.encode())
         device_id = secrets.token_hex(16)
-        cert = self.ca.issue(csr, device_id=device_id, fleet_id=key.fleet_id, now=now)
+        cert = self.ca.issue(csr, device_id=device_id, now=now)
         api_key = new_token(DEVICE_KEY_PREFIX)
         cert_der = cert.public_bytes(serialization.Encoding.DER)
         device = Device(
