@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from bastion import limits
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, add_tpm_flag, emit
 from bastion.errors import ConfigError, FormatError
 from bastion.formats.luks2 import Argon2Params, KdfType, Pbkdf2Params
 from bastion.io.files import read_bounded
@@ -25,6 +25,7 @@ from bastion.storage.luks2_volume import (
     Luks2Volume,
 )
 from bastion.storage.recovery import enroll_recovery_key, unlock_recovery_key
+from bastion.tpm.uri import open_tpm
 
 
 def _size(text: str) -> int:
@@ -196,7 +197,16 @@ def _dump(args: argparse.Namespace) -> int:
 
 def _open_test(args: argparse.Namespace) -> int:
     vol = _open(args)
-    slot = _unlock(vol, args)
+    if args.token_only:
+        from bastion.storage.sealed import unlock_with_token
+
+        tpm = open_tpm(args.tpm)
+        try:
+            slot = unlock_with_token(vol, tpm, token_id=args.token_id)
+        finally:
+            tpm.close()
+    else:
+        slot = _unlock(vol, args)
     emit(args, f"keyslot {slot} opened {args.device}", {"keyslot": slot, "ok": True})
     return 0
 
@@ -267,6 +277,48 @@ def _token_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _enroll_tpm(args: argparse.Namespace) -> int:
+    from bastion.storage.sealed import enroll_tpm, parse_pcr_list
+
+    vol = _open(args, writable=True)
+    _unlock(vol, args)
+    tpm = open_tpm(args.tpm)
+    try:
+        result = enroll_tpm(vol, tpm, pcrs=parse_pcr_list(args.tpm2_pcrs), bank=args.tpm2_pcr_bank)
+    finally:
+        tpm.close()
+    emit(
+        args,
+        f"TPM2 token {result.token} enrolled as keyslot {result.keyslot} "
+        f"(PCRs {'+'.join(str(p) for p in result.pcrs)})",
+        {
+            "keyslot": result.keyslot,
+            "token": result.token,
+            "pcrs": list(result.pcrs),
+            "pcr_bank": result.bank.value,
+            "policy_hash": result.policy_hash.hex(),
+        },
+    )
+    return 0
+
+
+def _lock(args: argparse.Namespace) -> int:
+    from bastion.storage.sealed import lock
+
+    uuid = Luks2Volume.open(_storage(args, writable=False)).uuid if args.device else ""
+    tpm = open_tpm(args.tpm)
+    try:
+        lock(tpm, volume_uuid=uuid, pcr=args.pcr)
+    finally:
+        tpm.close()
+    emit(
+        args,
+        f"extended PCR {args.pcr}: TPM tokens bound to it stay sealed until reboot",
+        {"pcr": args.pcr, "volume_uuid": uuid},
+    )
+    return 0
+
+
 # --- registration ---------------------------------------------------------------------------
 
 
@@ -308,9 +360,12 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("open-test", help="check a passphrase or token (open --test-passphrase)")
     _device_args(p)
+    add_tpm_flag(p)
     p.add_argument("--key-file", default=None)
     p.add_argument("--recovery-key-file", default=None)
     p.add_argument("--key-slot", type=int, default=None)
+    p.add_argument("--token-only", action="store_true", help="unlock through a systemd-tpm2 token")
+    p.add_argument("--token-id", type=int, default=None)
     p.set_defaults(func=_open_test)
 
     p = sub.add_parser("add-key", help="add a keyslot (cryptsetup luksAddKey)")
@@ -347,3 +402,22 @@ def register(subparsers: Any) -> None:
     _device_args(p)
     p.add_argument("--token-id", type=int, required=True)
     p.set_defaults(func=_token_export)
+
+    p = sub.add_parser("enroll-tpm", help="seal a new keyslot to the TPM (systemd-tpm2 token)")
+    _device_args(p)
+    add_tpm_flag(p)
+    p.add_argument("--key-file", default=None, help="an existing passphrase")
+    p.add_argument("--recovery-key-file", default=None)
+    p.add_argument("--key-slot", type=int, default=None)
+    p.add_argument("--tpm2-pcrs", default="7+15", help="PCRs to bind, e.g. 7+15 (the default)")
+    p.add_argument("--tpm2-pcr-bank", default="sha256", choices=["sha1", "sha256", "sha384"])
+    p.set_defaults(func=_enroll_tpm)
+
+    p = sub.add_parser("lock", help="extend PCR 15 after unlocking: TPM tokens stay sealed")
+    p.add_argument("device", metavar="DEVICE", nargs="?", default=None)
+    p.add_argument("--offset", type=_size, default=0)
+    p.add_argument("--size", type=_size, default=None)
+    add_json_flag(p)
+    add_tpm_flag(p)
+    p.add_argument("--pcr", type=int, default=15)
+    p.set_defaults(func=_lock)

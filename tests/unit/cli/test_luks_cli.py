@@ -162,3 +162,34 @@ def test_not_luks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 3 and "both header copies" in err
     code, _, err = run(capsys, "luks", "dump", str(tmp_path / "missing"))
     assert code == 5
+
+
+def test_enroll_tpm_open_and_lock(
+    volume: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    img, key = volume
+    tpm = f"software:{tmp_path / 'tpm.state'}"
+    code, out, err = run(
+        capsys,
+        "luks",
+        "enroll-tpm",
+        str(img),
+        "--key-file",
+        str(key),
+        "--tpm",
+        tpm,
+        "--tpm2-pcrs",
+        "7+15",
+        "--json",
+    )
+    assert code == 0, err
+    enrolled = json.loads(out)
+    assert enrolled["pcrs"] == [7, 15]
+    code, out, _ = run(
+        capsys, "luks", "open-test", str(img), "--token-only", "--tpm", tpm, "--json"
+    )
+    assert (code, json.loads(out)["keyslot"]) == (0, enrolled["keyslot"])
+    code, _, _ = run(capsys, "luks", "lock", str(img), "--tpm", tpm)
+    assert code == 0
+    code, _, err = run(capsys, "luks", "open-test", str(img), "--token-only", "--tpm", tpm)
+    assert code == 2 and "changed" in err and err.count("\n") == 1

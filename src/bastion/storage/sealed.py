@@ -1,0 +1,335 @@
+"""TPM-sealed LUKS2 keyslots in systemd's ``systemd-tpm2`` token format; lock after unlock.
+
+Enrolment (what ``systemd-cryptenroll --tpm2-device=... --tpm2-pcrs=...`` does, legacy
+transient-primary model): a random 32-byte secret is sealed through the :class:`Tpm`
+protocol under the storage primary (systemd's ECC template) to PolicyPCR over the chosen
+PCRs, with either their current values or given future values. The keyslot passphrase is
+``base64(secret)`` on a minimal-PBKDF keyslot (pbkdf2-sha512, 1000 iterations: the secret
+has 256 bits of entropy) and the token is::
+
+    {"type": "systemd-tpm2", "keyslots": ["N"], "tpm2-blob": base64(TPM2B_PRIVATE ||
+     TPM2B_PUBLIC), "tpm2-pcrs": [7, 15], "tpm2-pcr-bank": "sha256",
+     "tpm2-primary-alg": "ecc", "tpm2-policy-hash": "<hex>", "tpm2-pin": false}
+
+so systemd-cryptsetup and ``cryptsetup luksDump`` (systemd's token plugin) understand a
+bastion enrolment and bastion unlocks volumes enrolled by systemd-cryptenroll.
+
+Unlock: for each ``systemd-tpm2`` token, recompute the policy digest from the current PCR
+values and fail fast with PolicyError when it differs from ``tpm2-policy-hash`` (as
+systemd does), else unseal and open the named keyslot. Tokens with a PIN, a signed PCR
+policy (``tpm2_pubkey``), pcrlock or an SRK handle are refused with ConfigError.
+
+Lock: :func:`lock` extends PCR 15 (UAPI PCR registry: "root volume key", where
+systemd-cryptsetup's ``tpm2-measure-pcr=`` measures too) with a measurement of the volume,
+so any token bound to PCR 15's boot-time value cannot be unsealed again until the next
+boot. Unlock every volume first, then lock. Enrolments include PCR 15 by default.
+
+Re-seal for updates: :func:`reseal` enrolls a new keyslot and token for new (predicted)
+PCR values, then removes the old pair; each step is one crash-safe header commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion import limits
+from bastion.errors import (
+    BastionError,
+    ConfigError,
+    FormatError,
+    NotFoundError,
+    PolicyError,
+)
+from bastion.formats.luks2 import Token
+from bastion.storage.luks2_volume import MINIMAL_KDF, Luks2Volume
+from bastion.tpm import pcr as pcrmath
+from bastion.tpm.base import HashAlg, PcrSelection, SealedObject, Tpm
+
+TOKEN_TYPE = "systemd-tpm2"
+LOCK_PCR = 15
+DEFAULT_PCRS = (7, LOCK_PCR)
+SECRET_SIZE = 32
+_UNSUPPORTED = ("tpm2_pubkey", "tpm2_pcrlock", "tpm2_srk", "tpm2_pubkey_pcrs")
+_KNOWN = (
+    "tpm2-blob",
+    "tpm2-pcrs",
+    "tpm2-pcr-bank",
+    "tpm2-primary-alg",
+    "tpm2-policy-hash",
+    "tpm2-pin",
+)
+
+
+def parse_pcr_list(text: str) -> tuple[int, ...]:
+    """systemd's spelling ``7+15`` (also ``7,15``) -> (7, 15)."""
+    parts = [p for p in re.split(r"[+,]", text.strip()) if p]
+    if not parts or not all(p.isdigit() and int(p) < 24 for p in parts):
+        raise ConfigError(f"--tpm2-pcrs {text!r}: expected PCR numbers 0..23 like 7+15")
+    return tuple(sorted({int(p) for p in parts}))
+
+
+def split_blob(blob: bytes) -> SealedObject:
+    """``tpm2-blob`` = TPM2B_PRIVATE || TPM2B_PUBLIC (each u16 size-prefixed)."""
+    if len(blob) > 2 * limits.TPM2B_MAX_SIZE:
+        raise FormatError(f"tpm2-blob is {len(blob)} bytes, too large")
+    parts: list[bytes] = []
+    off = 0
+    for what in ("TPM2B_PRIVATE", "TPM2B_PUBLIC"):
+        if off + 2 > len(blob):
+            raise FormatError(f"tpm2-blob truncated before its {what}")
+        size = int.from_bytes(blob[off : off + 2], "big")
+        if size == 0 or off + 2 + size > len(blob):
+            raise FormatError(f"tpm2-blob: {what} of {size} bytes does not fit")
+        parts.append(blob[off : off + 2 + size])
+        off += 2 + size
+    if off != len(blob):
+        raise FormatError(
+            f"tpm2-blob has {len(blob) - off} bytes after TPM2B_PUBLIC (an imported seed is "
+            "not supported)"
+        )
+    return SealedObject(public=parts[1], private=parts[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Tpm2Token:
+    """A ``systemd-tpm2`` token, parsed; ``extra`` keeps every other field."""
+
+    keyslot: int
+    blob: bytes
+    pcrs: tuple[int, ...]
+    bank: HashAlg = HashAlg.SHA256
+    primary_alg: str = "ecc"
+    policy_hash: bytes = b""
+    pin: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_token(cls, token: Token) -> Tpm2Token:
+        """Parse a token; FormatError for a malformed one, ConfigError for unsupported modes."""
+        f = token.fields
+        if token.type != TOKEN_TYPE:
+            raise FormatError(f"token type is {token.type!r}, expected {TOKEN_TYPE!r}")
+        if len(token.keyslots) != 1:
+            raise FormatError(f"systemd-tpm2 token names {len(token.keyslots)} keyslots, not 1")
+        for name in _UNSUPPORTED:
+            if f.get(name):
+                raise ConfigError(
+                    f"systemd-tpm2 token uses {name!r}, which bastion does not support"
+                )
+        raw_blob = f.get("tpm2-blob")
+        if not isinstance(raw_blob, str):
+            raise FormatError("systemd-tpm2 token: tpm2-blob must be one base64 string")
+        try:
+            blob = base64.b64decode(raw_blob, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise FormatError("systemd-tpm2 token: tpm2-blob is not base64") from exc
+        pcrs = f.get("tpm2-pcrs")
+        if not isinstance(pcrs, list) or not all(
+            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs
+        ):
+            raise FormatError("systemd-tpm2 token: tpm2-pcrs must be a list of PCR numbers")
+        if not pcrs:
+            raise ConfigError("systemd-tpm2 token binds no PCRs; bastion requires at least one")
+        bank_name = f.get("tpm2-pcr-bank", "sha256")
+        try:
+            bank = HashAlg(bank_name)
+        except ValueError as exc:
+            raise FormatError(f"systemd-tpm2 token: unknown tpm2-pcr-bank {bank_name!r}") from exc
+        primary = f.get("tpm2-primary-alg", "ecc")
+        if primary != "ecc":
+            raise ConfigError(f"systemd-tpm2 token: primary {primary!r} is not supported (ecc)")
+        policy_hex = f.get("tpm2-policy-hash", "")
+        if not isinstance(policy_hex, str) or not re.fullmatch(
+            r"([0-9a-fA-F]{2}){0,64}", policy_hex
+        ):
+            raise FormatError("systemd-tpm2 token: tpm2-policy-hash must be hex")
+        pin = f.get("tpm2-pin", False)
+        if not isinstance(pin, bool):
+            raise FormatError("systemd-tpm2 token: tpm2-pin must be a boolean")
+        return cls(
+            keyslot=token.keyslots[0],
+            blob=blob,
+            pcrs=tuple(sorted(set(pcrs))),
+            bank=bank,
+            primary_alg=primary,
+            policy_hash=bytes.fromhex(policy_hex),
+            pin=pin,
+            extra={k: v for k, v in f.items() if k not in _KNOWN},
+        )
+
+    def to_token(self) -> Token:
+        """The token as systemd-cryptenroll (v252) writes it."""
+        fields: dict[str, Any] = {
+            "tpm2-blob": base64.b64encode(self.blob).decode("ascii"),
+            "tpm2-pcrs": list(self.pcrs),
+            "tpm2-pcr-bank": self.bank.value,
+            "tpm2-primary-alg": self.primary_alg,
+            "tpm2-policy-hash": self.policy_hash.hex(),
+            "tpm2-pin": self.pin,
+        }
+        fields.update(self.extra)
+        return Token(TOKEN_TYPE, (self.keyslot,), fields)
+
+    @property
+    def selection(self) -> PcrSelection:
+        return PcrSelection(self.bank, self.pcrs)
+
+    @property
+    def sealed(self) -> SealedObject:
+        return split_blob(self.blob)
+
+
+@dataclass(frozen=True, slots=True)
+class TpmEnrollment:
+    """What :func:`enroll_tpm` added."""
+
+    keyslot: int
+    token: int
+    pcrs: tuple[int, ...]
+    bank: HashAlg
+    policy_hash: bytes
+    blob: bytes
+
+
+def _passphrase(secret: bytes) -> bytes:
+    return base64.b64encode(secret)
+
+
+def enroll_tpm(
+    volume: Luks2Volume,
+    tpm: Tpm,
+    *,
+    pcrs: Sequence[int] = DEFAULT_PCRS,
+    bank: HashAlg | str = HashAlg.SHA256,
+    pcr_values: Mapping[int, bytes] | None = None,
+) -> TpmEnrollment:
+    """Seal a new keyslot's secret to ``pcrs`` (current values, or ``pcr_values``)."""
+    volume.volume_key  # noqa: B018 - raises AuthError when locked, before touching the TPM
+    selection = PcrSelection(HashAlg(bank), tuple(pcrs))
+    values = dict(pcr_values) if pcr_values is not None else tpm.pcr_read(selection)
+    if set(values) != set(selection.indexes):
+        raise ConfigError(f"PCR values given for {sorted(values)}, selection is {selection}")
+    secret = os.urandom(SECRET_SIZE)
+    sealed = tpm.seal(secret, selection, pcr_values=values)
+    if pcr_values is None and not hmac.compare_digest(tpm.unseal(sealed, selection), secret):
+        raise PolicyError("the TPM returned a different secret right after sealing it")
+    policy = pcrmath.sealing_policy(selection, values)
+    slot = volume.add_keyslot(_passphrase(secret), kdf=MINIMAL_KDF)
+    token = Tpm2Token(slot, sealed.blob, selection.indexes, selection.bank, "ecc", policy)
+    token_id = volume.add_token(token.to_token())
+    return TpmEnrollment(slot, token_id, selection.indexes, selection.bank, policy, sealed.blob)
+
+
+def tpm2_tokens(volume: Luks2Volume) -> dict[int, Token]:
+    """The ``systemd-tpm2`` tokens of a volume, by token id."""
+    return {n: t for n, t in volume.tokens.items() if t.type == TOKEN_TYPE}
+
+
+def current_policy(tpm: Tpm, token: Tpm2Token) -> bytes:
+    """The PolicyPCR digest the token's PCRs give right now."""
+    return pcrmath.sealing_policy(token.selection, tpm.pcr_read(token.selection))
+
+
+def unlock_token(volume: Luks2Volume, tpm: Tpm, token_id: int) -> int:
+    """Unlock through one ``systemd-tpm2`` token; returns the keyslot."""
+    if token_id not in volume.tokens:
+        raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+    token = Tpm2Token.from_token(volume.tokens[token_id])
+    if token.pin:
+        raise ConfigError(f"token {token_id} needs a TPM PIN, which bastion does not support")
+    if token.policy_hash:
+        now = current_policy(tpm, token)
+        if not hmac.compare_digest(now, token.policy_hash):
+            raise PolicyError(
+                f"token {token_id}: PCRs {'+'.join(map(str, token.pcrs))} changed: current "
+                f"policy {now.hex()[:16]}..., token expects {token.policy_hash.hex()[:16]}..."
+            )
+    secret = tpm.unseal(token.sealed, token.selection)
+    return volume.unlock_passphrase(_passphrase(secret), keyslot=token.keyslot)
+
+
+def unlock_with_token(volume: Luks2Volume, tpm: Tpm, *, token_id: int | None = None) -> int:
+    """Try each ``systemd-tpm2`` token (or one); the first that opens wins.
+
+    Raises the single failure when there is one token, else a PolicyError listing them.
+    """
+    ids = [token_id] if token_id is not None else sorted(tpm2_tokens(volume))
+    if not ids:
+        raise NotFoundError("the volume has no systemd-tpm2 token")
+    failures: list[BastionError] = []
+    for n in ids:
+        try:
+            return unlock_token(volume, tpm, n)
+        except BastionError as exc:  # policy, auth, format, TPM errors: try the next token
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise PolicyError(
+        "no systemd-tpm2 token unlocked the volume: "
+        + "; ".join(f"{type(e).__name__}: {e}" for e in failures)
+    )
+
+
+def lock_measurement(volume_uuid: str) -> bytes:
+    """The 32-byte value bastion extends into the lock PCR after unlocking a volume."""
+    return hashlib.sha256(b"bastion.luks2.lock\0" + volume_uuid.encode()).digest()
+
+
+def lock(
+    tpm: Tpm,
+    *,
+    volume_uuid: str = "",
+    pcr: int = LOCK_PCR,
+    banks: Iterable[HashAlg] = (HashAlg.SHA256,),
+) -> None:
+    """Extend ``pcr`` so secrets sealed to its boot value stay sealed until the next boot."""
+    measure = lock_measurement(volume_uuid)
+    digests = {bank: hashlib.new(bank.value, measure).digest() for bank in banks}
+    tpm.pcr_extend(pcr, digests)
+
+
+def remove_tpm_enrollment(volume: Luks2Volume, token_id: int) -> None:
+    """Remove a ``systemd-tpm2`` token and its keyslot (token first: never a dangling token)."""
+    token = Tpm2Token.from_token(volume.tokens[token_id]) if token_id in volume.tokens else None
+    if token is None:
+        raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+    volume.remove_token(token_id)
+    if token.keyslot in volume.metadata.keyslots:
+        volume.remove_keyslot(token.keyslot)
+
+
+def reseal(
+    volume: Luks2Volume,
+    tpm: Tpm,
+    token_id: int,
+    *,
+    pcr_values: Mapping[int, bytes],
+    pcrs: Sequence[int] | None = None,
+    keep_old: bool = False,
+) -> TpmEnrollment:
+    """Enroll for new PCR values (e.g. predicted for an update), then drop the old token.
+
+    The volume must be unlocked. With ``keep_old`` both stay until the caller removes the
+    old one (A/B updates: remove it once the new slot has booted).
+    """
+    old = Tpm2Token.from_token(volume.tokens[token_id]) if token_id in volume.tokens else None
+    if old is None:
+        raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+    new = enroll_tpm(
+        volume,
+        tpm,
+        pcrs=tuple(pcrs) if pcrs is not None else old.pcrs,
+        bank=old.bank,
+        pcr_values=pcr_values,
+    )
+    if not keep_old:
+        remove_tpm_enrollment(volume, token_id)
+    return new
