@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from tests.conftest import TpmRig, need_module, need_tool, need_tss
 
 from bastion.cli.main import main
 from bastion.errors import BackendError
@@ -28,7 +29,6 @@ from bastion.io.runner import CommandResult, CommandRunner
 from bastion.tpm.base import HashAlg, PcrSelection
 from bastion.tpm.quote import make_credential, verify_quote
 from bastion.tpm.swtpm import Swtpm, pid_alive, port_accepts
-from tests.conftest import TpmRig, need_module, need_tool, need_tss
 
 pytestmark = pytest.mark.interop
 
@@ -75,9 +75,18 @@ def test_cli_quote_accepted_by_tpm2_checkquote(
         args = ["--nonce", "0badc0de", "--pcrs", "sha256:0,1,7", "--out", str(out), "--tpm", uri]
         assert main(["tpm", "quote", *args]) == 0
         argv = [
-            checkquote, "-u", str(out / "ak.pem"), "-m", str(out / "quote.msg"),
-            "-s", str(out / "quote.sig"), "-f", str(out / "pcrs.bin"), "-g", "sha256",
-        ]  # fmt: skip
+            checkquote,
+            "-u",
+            str(out / "ak.pem"),
+            "-m",
+            str(out / "quote.msg"),
+            "-s",
+            str(out / "quote.sig"),
+            "-f",
+            str(out / "pcrs.bin"),
+            "-g",
+            "sha256",
+        ]
         CommandRunner().run([*argv, "-q", "0badc0de"])
         bad = CommandRunner().run([*argv, "-q", "0badc0df"], check=False)
         assert bad.returncode != 0
@@ -95,11 +104,43 @@ def test_tpm2_quote_verified_by_bastion(swtpm: Swtpm, tmp_path: Path) -> None:
     d = tmp_path
     tools(swtpm, "tpm2_pcrextend", f"7:sha256={hashlib.sha256(b'x').hexdigest()}")
     tools(swtpm, "tpm2_createek", "-c", str(d / "ek.ctx"), "-G", "rsa", "-u", str(d / "ek.pub"))
-    tools(swtpm, "tpm2_createak", "-C", str(d / "ek.ctx"), "-c", str(d / "ak.ctx"), "-G", "ecc",
-          "-g", "sha256", "-s", "ecdsa", "-u", str(d / "ak.pub"), "-n", str(d / "ak.name"))  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_createak",
+        "-C",
+        str(d / "ek.ctx"),
+        "-c",
+        str(d / "ak.ctx"),
+        "-G",
+        "ecc",
+        "-g",
+        "sha256",
+        "-s",
+        "ecdsa",
+        "-u",
+        str(d / "ak.pub"),
+        "-n",
+        str(d / "ak.name"),
+    )
     flush(swtpm)
-    tools(swtpm, "tpm2_quote", "-c", str(d / "ak.ctx"), "-l", str(SEL), "-q", "abcdef",
-          "-m", str(d / "q.msg"), "-s", str(d / "q.sig"), "-o", str(d / "q.pcrs"), "-g", "sha256")  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_quote",
+        "-c",
+        str(d / "ak.ctx"),
+        "-l",
+        str(SEL),
+        "-q",
+        "abcdef",
+        "-m",
+        str(d / "q.msg"),
+        "-s",
+        str(d / "q.sig"),
+        "-o",
+        str(d / "q.pcrs"),
+        "-g",
+        "sha256",
+    )
     flush(swtpm)
     pcrs = PcrsFile.parse((d / "q.pcrs").read_bytes())
     values = pcrs.bank_values()[HashAlg.SHA256.alg_id]
@@ -122,8 +163,24 @@ def test_tpm2_quote_verified_by_bastion(swtpm: Swtpm, tmp_path: Path) -> None:
 def test_bastion_credential_activates_with_tpm2_tools(swtpm: Swtpm, tmp_path: Path) -> None:
     d = tmp_path
     tools(swtpm, "tpm2_createek", "-c", str(d / "ek.ctx"), "-G", "rsa", "-u", str(d / "ek.pub"))
-    tools(swtpm, "tpm2_createak", "-C", str(d / "ek.ctx"), "-c", str(d / "ak.ctx"), "-G", "ecc",
-          "-g", "sha256", "-s", "ecdsa", "-u", str(d / "ak.pub"), "-n", str(d / "ak.name"))  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_createak",
+        "-C",
+        str(d / "ek.ctx"),
+        "-c",
+        str(d / "ak.ctx"),
+        "-G",
+        "ecc",
+        "-g",
+        "sha256",
+        "-s",
+        "ecdsa",
+        "-u",
+        str(d / "ak.pub"),
+        "-n",
+        str(d / "ak.name"),
+    )
     flush(swtpm)
     blob, secret = make_credential(
         (d / "ek.pub").read_bytes(), (d / "ak.name").read_bytes(), b"bastion challenge"
@@ -131,8 +188,20 @@ def test_bastion_credential_activates_with_tpm2_tools(swtpm: Swtpm, tmp_path: Pa
     (d / "cred.bin").write_bytes(CredentialFile(blob, secret).to_bytes())
     tools(swtpm, "tpm2_startauthsession", "--policy-session", "-S", str(d / "s.ctx"))
     tools(swtpm, "tpm2_policysecret", "-S", str(d / "s.ctx"), "-c", "e")
-    tools(swtpm, "tpm2_activatecredential", "-c", str(d / "ak.ctx"), "-C", str(d / "ek.ctx"),
-          "-i", str(d / "cred.bin"), "-o", str(d / "out.bin"), "-P", f"session:{d / 's.ctx'}")  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_activatecredential",
+        "-c",
+        str(d / "ak.ctx"),
+        "-C",
+        str(d / "ek.ctx"),
+        "-i",
+        str(d / "cred.bin"),
+        "-o",
+        str(d / "out.bin"),
+        "-P",
+        f"session:{d / 's.ctx'}",
+    )
     assert (d / "out.bin").read_bytes() == b"bastion challenge"
 
 
@@ -147,10 +216,22 @@ def test_tpm2_makecredential_offline_activates(backend: str, tmp_path: Path) -> 
     try:
         ak = rig.tpm.create_ak()
         (tmp_path / "ek.pub").write_bytes(rig.tpm.ek_public())
-        CommandRunner(env={"TSS2_LOG": "all+none"}).run([
-            "tpm2_makecredential", "-T", "none", "-u", str(tmp_path / "ek.pub"),
-            "-s", "-", "-n", ak.name.hex(), "-o", str(tmp_path / "cred.bin"),
-        ], input=b"tools challenge")  # fmt: skip
+        CommandRunner(env={"TSS2_LOG": "all+none"}).run(
+            [
+                "tpm2_makecredential",
+                "-T",
+                "none",
+                "-u",
+                str(tmp_path / "ek.pub"),
+                "-s",
+                "-",
+                "-n",
+                ak.name.hex(),
+                "-o",
+                str(tmp_path / "cred.bin"),
+            ],
+            input=b"tools challenge",
+        )
         cred = CredentialFile.parse((tmp_path / "cred.bin").read_bytes())
         got = rig.tpm.activate_credential(ak, cred.id_object, cred.encrypted_secret)
         assert got == b"tools challenge"
@@ -183,11 +264,34 @@ def test_sealed_by_tss_unsealed_by_tpm2_tools(swtpm: Swtpm, tmp_path: Path) -> N
     (d / "seal.pub").write_bytes(sealed.public)
     (d / "seal.priv").write_bytes(sealed.private)
     # systemd's legacy SRK template, spelled for tpm2-tools
-    tools(swtpm, "tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:aes128cfb",
-          "-a", "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
-          "-c", str(d / "srk.ctx"), "-Q")  # fmt: skip
-    tools(swtpm, "tpm2_load", "-C", str(d / "srk.ctx"), "-u", str(d / "seal.pub"),
-          "-r", str(d / "seal.priv"), "-c", str(d / "seal.ctx"), "-Q")  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_createprimary",
+        "-C",
+        "o",
+        "-g",
+        "sha256",
+        "-G",
+        "ecc256:aes128cfb",
+        "-a",
+        "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth",
+        "-c",
+        str(d / "srk.ctx"),
+        "-Q",
+    )
+    tools(
+        swtpm,
+        "tpm2_load",
+        "-C",
+        str(d / "srk.ctx"),
+        "-u",
+        str(d / "seal.pub"),
+        "-r",
+        str(d / "seal.priv"),
+        "-c",
+        str(d / "seal.ctx"),
+        "-Q",
+    )
     flush(swtpm)
     out = tools(swtpm, "tpm2_unseal", "-c", str(d / "seal.ctx"), "-p", f"pcr:{SEL}")
     assert out.stdout == b"disk key from bastion"
@@ -203,8 +307,16 @@ def test_sealed_by_tss_unsealed_by_tpm2_tools(swtpm: Swtpm, tmp_path: Path) -> N
 
 
 def test_ek_public_matches_tpm2_createek(swtpm: Swtpm, tmp_path: Path) -> None:
-    tools(swtpm, "tpm2_createek", "-c", str(tmp_path / "ek.ctx"), "-G", "rsa",
-          "-u", str(tmp_path / "ek.pub"))  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_createek",
+        "-c",
+        str(tmp_path / "ek.ctx"),
+        "-G",
+        "rsa",
+        "-u",
+        str(tmp_path / "ek.pub"),
+    )
     flush(swtpm)
     tpm = tss(swtpm)
     try:
@@ -219,8 +331,16 @@ def test_software_ek_has_the_tcg_template(swtpm: Swtpm, tmp_path: Path) -> None:
 
     from bastion.tpm.software import SoftwareTpm
 
-    tools(swtpm, "tpm2_createek", "-c", str(tmp_path / "ek.ctx"), "-G", "rsa",
-          "-u", str(tmp_path / "ek.pub"))  # fmt: skip
+    tools(
+        swtpm,
+        "tpm2_createek",
+        "-c",
+        str(tmp_path / "ek.ctx"),
+        "-G",
+        "rsa",
+        "-u",
+        str(tmp_path / "ek.pub"),
+    )
     flush(swtpm)
     real = Public.parse((tmp_path / "ek.pub").read_bytes())
     soft_tpm = SoftwareTpm(tmp_path / "soft.state")
