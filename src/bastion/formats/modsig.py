@@ -344,20 +344,22 @@ class SignedModule:
 
     @classmethod
     def parse(cls, data: bytes) -> SignedModule:
-        """Split a signed module; FormatError if it is not one."""
-        if not data.endswith(MAGIC):
-            raise FormatError("module is not signed: the signature magic is missing")
-        body = data[: -len(MAGIC)]
-        if len(body) < TRAILER_SIZE:
-            raise FormatError("signed module is truncated before its trailer")
-        info = ModuleSignatureInfo.parse(body[-TRAILER_SIZE:])
-        body = body[:-TRAILER_SIZE]
-        if info.sig_len > len(body):
-            raise FormatError(
-                f"module signature claims {info.sig_len} bytes, only {len(body)} precede it"
-            )
-        split = len(body) - info.sig_len
-        return cls(body[:split], body[split:])
+        """Split a signed module; FormatError if it is not one (copies the module once)."""
+        split, end = _split_offsets(data)
+        return cls(data[:split], data[split:end])
+
+
+def _split_offsets(data: bytes) -> tuple[int, int]:
+    """(start of the signature, end of the signature) in a signed module."""
+    if not data.endswith(MAGIC):
+        raise FormatError("module is not signed: the signature magic is missing")
+    end = len(data) - len(MAGIC) - TRAILER_SIZE
+    if end < 0:
+        raise FormatError("signed module is truncated before its trailer")
+    info = ModuleSignatureInfo.parse(data[end : end + TRAILER_SIZE])
+    if info.sig_len > end:
+        raise FormatError(f"module signature claims {info.sig_len} bytes, only {end} precede it")
+    return end - info.sig_len, end
 
 
 def is_signed(data: bytes) -> bool:
@@ -373,11 +375,13 @@ def sign_module(
 ) -> bytes:
     """Append a signature: ``sign(module)`` must return RSA PKCS#1 v1.5 over ``hash_name``.
 
+    The new signature is checked with the certificate before it is returned;
     ConflictError if ``module`` is already signed.
     """
     if is_signed(module):
         raise ConflictError("module is already signed")
-    if not isinstance(certificate.public_key(), rsa.RSAPublicKey):
+    key = certificate.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
         raise FormatError("module signing certificate must hold an RSA key")
     cms = CmsSignature(
         hash_name,
@@ -385,15 +389,24 @@ def sign_module(
         certificate.serial_number,
         sign(module),
     )
-    signed = SignedModule(module, cms.to_bytes())
-    verify_module(signed.to_bytes(), certificate)
-    return signed.to_bytes()
+    _check_rsa(key, cms, module)
+    der = cms.to_bytes()
+    return b"".join((module, der, ModuleSignatureInfo(len(der)).to_bytes(), MAGIC))
+
+
+def _check_rsa(key: rsa.RSAPublicKey, cms: CmsSignature, module: bytes) -> None:
+    try:
+        key.verify(cms.signature, module, padding.PKCS1v15(), _HASHES[cms.hash_name]())
+    except InvalidSignature as exc:
+        raise SignatureError(
+            f"module signature ({cms.hash_name}, RSA) does not verify with the certificate"
+        ) from exc
 
 
 def verify_module(data: bytes, certificate: x509.Certificate) -> SignedModule:
     """Check a signed module against ``certificate``; SignatureError or FormatError."""
-    signed = SignedModule.parse(data)
-    cms = signed.cms()
+    split, end = _split_offsets(data)
+    cms = CmsSignature.parse(data[split:end])
     if cms.issuer != certificate.issuer.public_bytes() or cms.serial != certificate.serial_number:
         raise SignatureError(
             "module was signed by another certificate: signer serial "
@@ -403,10 +416,6 @@ def verify_module(data: bytes, certificate: x509.Certificate) -> SignedModule:
     key = certificate.public_key()
     if not isinstance(key, rsa.RSAPublicKey):
         raise SignatureError("module signing certificate does not hold an RSA key")
-    try:
-        key.verify(cms.signature, signed.module, padding.PKCS1v15(), _HASHES[cms.hash_name]())
-    except InvalidSignature as exc:
-        raise SignatureError(
-            f"module signature ({cms.hash_name}, RSA) does not verify with the certificate"
-        ) from exc
-    return signed
+    module = data[:split]
+    _check_rsa(key, cms, module)
+    return SignedModule(module, data[split:end])
