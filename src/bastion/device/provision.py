@@ -301,13 +301,19 @@ def provision_from_files(
     state_dir: Path,
     http: httpx.Client | None = None,
     verify: bool | ssl.SSLContext = True,
+    fleet_id: str | None = None,
 ) -> DeviceIdentity:
     """CLI flow: read the key file, enrol, save the identity, delete the key file."""
     token = read_provisioning_key(key_file)
     client = http or httpx.Client(base_url=server_url, timeout=30.0, verify=verify)
     try:
         identity = provision(
-            tpm, client, provisioning_key=token, serial=serial, server_url=server_url
+            tpm,
+            client,
+            provisioning_key=token,
+            serial=serial,
+            server_url=server_url,
+            fleet_id=fleet_id,
         )
     finally:
         if http is None:

@@ -1,0 +1,348 @@
+"""Benchmark: TPM-bound enrolments per minute, and device polling latency.
+
+Run: ``.venv/bin/python bench/provision.py [--procs 4] [--enrolments 400]
+[--pollers 1000] [--poll-seconds 10] [--tpm software|swtpm] [--server-workers 1]``
+
+What it does, all on this machine:
+
+1. creates a server data folder (SQLite), an organisation, a fleet and one provisioning
+   key with enough uses, then starts the server (uvicorn, loopback, plain HTTP) in a
+   subprocess;
+2. starts ``--procs`` device processes; each opens its own TPM (the pure-Python
+   software TPM by default, or a private swtpm through tpm2-pytss) and creates its EK
+   *before* the clock starts (that is manufacturing, not enrolment); then all of them
+   enrol as fast as they can: AK + identity key in the TPM, TPM-signed CSR, certify,
+   ``/v1/enroll/begin``, ActivateCredential, ``/v1/enroll/finish``, open the sealed API
+   key. Each enrolment creates a new device (new AK, key, certificate, API key); the
+   TPM of a process is reused across its enrolments;
+3. reports enrolments per minute, the ratio to Azure DPS's per-service quota (1,000
+   registrations per minute, the reference figure) and to the issue's target (10,000),
+   and where the time went (device-side TPM work vs. waiting on the server);
+4. polling: ``--pollers`` devices (the enrolled ones plus device rows written straight
+   into the database to reach the count) poll ``GET /v1/device/target-release`` in a
+   closed loop for ``--poll-seconds``; reports requests per second and p50/p99 latency.
+
+The machine is shared with other engineers' test runs: figures are noisy; the script
+prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+AZURE_DPS_PER_MIN = 1000
+TARGET_PER_MIN = 10_000
+
+
+# --- server -------------------------------------------------------------------------------------
+
+
+def _settings(data_dir: Path) -> Any:
+    from bastion.server.settings import ServerSettings
+
+    return ServerSettings(
+        data_dir=data_dir,
+        argon2_time_cost=1,
+        argon2_memory_kib=8,
+        argon2_parallelism=1,
+        rate_per_second=1e9,
+        rate_burst=10**9,
+    )
+
+
+def app_factory() -> Any:
+    """uvicorn --factory entry: the app on ``$BASTION_BENCH_DATA``."""
+    from bastion.server.app import create_app
+
+    return create_app(_settings(Path(os.environ["BASTION_BENCH_DATA"])))
+
+
+def prepare(data_dir: Path, uses: int) -> str:
+    """Migrate, make org + fleet + a provisioning key; returns the key."""
+    from bastion.server.app import create_app
+    from bastion.server.orgs.models import Fleet, Organisation
+    from bastion.server.provisioning.service import KeySpec, create
+
+    app = create_app(_settings(data_dir))
+    ctx = app.state.ctx
+    now = ctx.clock.now()
+    with ctx.db.session() as session:
+        org = Organisation(name="bench", created_at=now)
+        session.add(org)
+        session.flush()
+        fleet = Fleet(
+            org_id=org.id, name="bench", created_at=now, config='{"target_release": "1.0"}'
+        )
+        session.add(fleet)
+        session.commit()
+        token, _ = create(
+            session,
+            fleet_id=fleet.id,
+            org_id=org.id,
+            actor="bench",
+            spec=KeySpec(name="bench", ttl=dt.timedelta(hours=2), max_uses=uses, rate_per_minute=0),
+            now=now,
+        )
+    ctx.db.dispose()
+    return token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, BASTION_BENCH_DATA=str(data_dir))
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "provision:app_factory",
+        "--factory",
+        "--app-dir",
+        str(Path(__file__).parent),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+        "--no-access-log",
+    ]
+    proc = subprocess.Popen(argv, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("server exited during start-up")
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("server did not answer /v1/health within 60 s")
+
+
+# --- device processes ---------------------------------------------------------------------------
+
+
+def _open_tpm(kind: str, folder: Path) -> tuple[Any, Any]:
+    if kind == "software":
+        from bastion.tpm.software import SoftwareTpm
+
+        return SoftwareTpm(folder / "tpm.state"), None
+    from bastion.tpm.swtpm import Swtpm
+    from bastion.tpm.tss import TssTpm
+
+    sw = Swtpm.start(folder / "swtpm")
+    return TssTpm(sw.uri), sw
+
+
+def enrol_worker(
+    index: int, url: str, key: str, count: int, kind: str, folder: str, barrier: Any, out: Any
+) -> None:
+    from bastion.device.provision import provision
+
+    tpm, sw = _open_tpm(kind, Path(folder) / f"dev-{index}")
+    try:
+        tpm.ek_public()  # manufacturing: the EK exists before enrolment
+        keys: list[str] = []
+        tpm_time = 0.0
+        with httpx.Client(base_url=url, timeout=60) as client:
+            barrier.wait()
+            start = time.perf_counter()
+            for i in range(count):
+                identity = provision(tpm, client, provisioning_key=key, serial=f"bench-{index}-{i}")
+                t = time.perf_counter()
+                keys.append(identity.api_key(tpm))
+                tpm_time += time.perf_counter() - t
+            wall = time.perf_counter() - start
+        out.put((index, count, wall, keys))
+    finally:
+        tpm.close()
+        if sw is not None:
+            sw.stop()
+
+
+# --- polling --------------------------------------------------------------------------------------
+
+
+def add_poll_devices(data_dir: Path, n: int) -> list[str]:
+    """Device rows with fresh API keys straight into the database (no TPM behind them)."""
+    from bastion.server.db.engine import Database
+    from bastion.server.devices.models import Device, DeviceStatus
+    from bastion.server.orgs.models import Fleet
+    from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, new_token, token_hash
+
+    db = Database(_settings(data_dir).resolved_database_url())
+    keys = []
+    now = dt.datetime.now(dt.UTC)
+    with db.session() as session:
+        fleet_id = session.query(Fleet.id).first()[0]  # type: ignore[index]
+        for i in range(n):
+            token = new_token(DEVICE_KEY_PREFIX)
+            keys.append(token)
+            session.add(
+                Device(
+                    id=secrets.token_hex(16),
+                    fleet_id=fleet_id,
+                    serial=f"poll-{i}",
+                    status=DeviceStatus.ACTIVE,
+                    ek_hash="00" * 32,
+                    key_public=b"",
+                    cert_serial=secrets.token_hex(8),
+                    cert_sha256=secrets.token_hex(32),
+                    certificate="",
+                    api_key_hash=token_hash(token),
+                    api_key_prefix=token[:13],
+                    created_at=now,
+                )
+            )
+        session.commit()
+    db.dispose()
+    return keys
+
+
+async def _poll(url: str, keys: list[str], seconds: float, concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def device(key: str) -> None:
+            headers = {"Authorization": f"Bearer {key}"}
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                response = await client.get("/v1/device/target-release", headers=headers)
+                if response.status_code != 200:
+                    raise SystemExit(f"poll got HTTP {response.status_code}: {response.text}")
+                latencies.append(time.perf_counter() - t)
+
+        await asyncio.gather(*(device(k) for k in keys))
+    return latencies
+
+
+def poll_worker(
+    url: str, keys: list[str], seconds: float, concurrency: int, barrier: Any, out: Any
+) -> None:
+    barrier.wait()
+    out.put(asyncio.run(_poll(url, keys, seconds, concurrency)))
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--procs", type=int, default=4, help="device processes")
+    parser.add_argument("--enrolments", type=int, default=400, help="total enrolments")
+    parser.add_argument("--pollers", type=int, default=1000, help="devices polling")
+    parser.add_argument("--poll-seconds", type=float, default=10.0)
+    parser.add_argument("--poll-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--tpm", choices=["software", "swtpm"], default="software")
+    parser.add_argument("--server-workers", type=int, default=1)
+    args = parser.parse_args()
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as tmp:
+        folder = Path(tmp)
+        data_dir = folder / "server"
+        key = prepare(data_dir, args.enrolments + 10)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        print(
+            f"load average before: {os.getloadavg()[0]:.2f} "
+            "(2-core machine shared with other test runs)"
+        )
+        server = start_server(data_dir, port, args.server_workers)
+        try:
+            per = [
+                args.enrolments // args.procs + (i < args.enrolments % args.procs)
+                for i in range(args.procs)
+            ]
+            barrier = ctx.Barrier(args.procs + 1)
+            out = ctx.Queue()
+            procs = [
+                ctx.Process(
+                    target=enrol_worker, args=(i, url, key, per[i], args.tpm, tmp, barrier, out)
+                )
+                for i in range(args.procs)
+            ]
+            for p in procs:
+                p.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            results = [out.get() for _ in procs]
+            wall = time.perf_counter() - t0
+            for p in procs:
+                p.join()
+            done = sum(r[1] for r in results)
+            per_min = done / wall * 60
+            print(
+                f"enrolments: {done} by {args.procs} device processes "
+                f"({args.tpm} TPM) in {wall:.2f} s"
+            )
+            print(f"  = {per_min:,.0f} enrolments/min  ({done / wall:.1f}/s)")
+            print(
+                f"  ratio vs Azure DPS quota ({AZURE_DPS_PER_MIN:,}/min per service): "
+                f"{per_min / AZURE_DPS_PER_MIN:.2f}x"
+            )
+            print(f"  ratio vs target ({TARGET_PER_MIN:,}/min): {per_min / TARGET_PER_MIN:.2f}x")
+
+            enrolled_keys = [k for r in results for k in r[3]]
+            extra = max(0, args.pollers - len(enrolled_keys))
+            keys = enrolled_keys[: args.pollers] + add_poll_devices(data_dir, extra)
+            shares = [keys[i :: args.poll_procs] for i in range(args.poll_procs)]
+            barrier = ctx.Barrier(args.poll_procs + 1)
+            out = ctx.Queue()
+            pollers = [
+                ctx.Process(target=poll_worker, args=(url, s, args.poll_seconds, 64, barrier, out))
+                for s in shares
+            ]
+            for p in pollers:
+                p.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            lat = sorted(x for _ in pollers for x in out.get())
+            wall = time.perf_counter() - t0
+            for p in pollers:
+                p.join()
+            p50 = statistics.median(lat) * 1000
+            p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+            print(
+                f"polling: {len(keys)} devices ({len(enrolled_keys[: args.pollers])} enrolled, "
+                f"{extra} written to the DB), "
+                f"{len(lat)} requests in {wall:.1f} s = {len(lat) / wall:,.0f} req/s; "
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
+            every = len(keys) / (len(lat) / wall)
+            print(f"  one poll per device every {every:.2f} s at this rate")
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``bastion device provision|list|show|revoke``: enrol a device; operators manage devices.
+
+``provision DEV --server URL --provisioning-key FILE`` runs the TPM-bound enrolment from
+the device (docs/provisioning.md) with the TPM given by ``--tpm`` (default: the software
+TPM in ``DEV/tpm.state``), stores the identity in the folder DEV (``identity.json``
+0600, ``device.pem``) and deletes the provisioning key file. ``list``, ``show`` and
+``revoke`` are operator commands against ``/v1/fleets/{fleet}/devices`` (token from
+``$BASTION_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bastion.cli import _fleet_http as api
+from bastion.cli._common import add_json_flag, add_tpm_flag, emit
+
+
+def register(subparsers: Any) -> None:
+    """Add provision, list, show and revoke to the ``device`` group."""
+    p = subparsers.add_parser("provision", help="enrol this device with a fleet server (TPM-bound)")
+    p.add_argument("dev", metavar="DEV", type=Path, help="device state folder (identity goes here)")
+    p.add_argument(
+        "--provisioning-key",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="file holding the bst_pk_ key (deleted after a successful enrolment)",
+    )
+    p.add_argument("--serial", help="device serial (default: the folder name)")
+    p.add_argument("--fleet", metavar="FLEET_ID", help="refuse unless the key is for this fleet")
+    api.add_server_flags(p)
+    add_tpm_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=_provision)
+
+    ls = subparsers.add_parser("list", help="list a fleet's devices (operator)")
+    ls.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    api.add_server_flags(ls)
+    add_json_flag(ls)
+    ls.set_defaults(func=_list)
+
+    show = subparsers.add_parser("show", help="show one device (operator)")
+    show.add_argument("device_id", metavar="DEVICE_ID")
+    show.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    api.add_server_flags(show)
+    add_json_flag(show)
+    show.set_defaults(func=_show)
+
+    rv = subparsers.add_parser(
+        "revoke", help="revoke a device: refused from now on, cert on the CRL"
+    )
+    rv.add_argument("device_id", metavar="DEVICE_ID")
+    rv.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    api.add_server_flags(rv)
+    add_json_flag(rv)
+    rv.set_defaults(func=_revoke)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    import httpx
+
+    from bastion.device.provision import provision_from_files
+    from bastion.tpm.uri import open_tpm
+
+    dev: Path = args.dev
+    dev.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tpm = open_tpm(args.tpm, default_state_dir=dev)
+    url = api.server_url(args)
+    try:
+        with httpx.Client(base_url=url, timeout=30.0, verify=api.verify_setting(args)) as http:
+            identity = provision_from_files(
+                tpm,
+                server_url=url,
+                key_file=args.provisioning_key,
+                serial=args.serial or dev.resolve().name,
+                state_dir=dev,
+                http=http,
+                fleet_id=args.fleet,
+            )
+    finally:
+        tpm.close()
+    emit(
+        args,
+        f"enrolled device {identity.device_id} in fleet {identity.fleet_id}; identity in "
+        f"{dev / 'identity.json'}; provisioning key {args.provisioning_key} deleted",
+        {"device_id": identity.device_id, "fleet_id": identity.fleet_id, "state_dir": str(dev)},
+    )
+    return 0
+
+
+def _line(d: dict[str, Any]) -> str:
+    return f"{d['id']}  {d['status']:<8} {d['serial']:<24} last seen {d.get('last_seen_at') or '-'}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    with api.client(args) as http:
+        devices = api.call(http, "GET", f"/v1/fleets/{args.fleet}/devices")
+    emit(args, "\n".join(_line(d) for d in devices) or "no devices", devices)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with api.client(args) as http:
+        device = api.call(http, "GET", f"/v1/fleets/{args.fleet}/devices/{args.device_id}")
+    text = "\n".join(f"{k}: {v}" for k, v in device.items() if k != "certificate")
+    emit(args, text, device)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    with api.client(args) as http:
+        device = api.call(http, "POST", f"/v1/fleets/{args.fleet}/devices/{args.device_id}/revoke")
+    emit(
+        args,
+        f"revoked device {device['id']} (certificate {device['cert_serial']} on the CRL)",
+        device,
+    )
+    return 0

@@ -1,0 +1,226 @@
+"""The CLI against a real server (uvicorn in a thread on a free loopback port).
+
+``bastion provisioning-key create`` -> ``bastion device provision`` (software TPM) ->
+``bastion device list|show|revoke``; bad input gives one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from bastion.cli.main import main
+from bastion.device.provision import DeviceIdentity
+from bastion.tpm.software import SoftwareTpm
+
+from .devicekit import FleetWorld, shared_world
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FleetWorld, str]]:
+    with shared_world("sqlite", tmp_path_factory.mktemp("cli")) as world:
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(world.client.app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        try:
+            yield world, url
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def test_operator_and_device_cli(served, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    world, url = served
+    token = world.headers["admin"]["Authorization"].split()[1]
+    monkeypatch.setenv("BASTION_TOKEN", token)
+    key_file = tmp_path / "pk"
+    code = main(
+        [
+            "provisioning-key",
+            "create",
+            "--fleet",
+            world.fleet_id,
+            "--server",
+            url,
+            "--ttl",
+            "30m",
+            "--uses",
+            "1",
+            "--out",
+            str(key_file),
+            "--json",
+        ]
+    )
+    assert code == 0
+    created = json.loads(capsys.readouterr().out)
+    assert "key" not in created and key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text().startswith("bst_pk_")
+
+    dev = tmp_path / "cam-cli"
+    monkeypatch.delenv("BASTION_TOKEN")
+    code = main(
+        [
+            "device",
+            "provision",
+            str(dev),
+            "--server",
+            url,
+            "--provisioning-key",
+            str(key_file),
+            "--json",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    out = json.loads(capsys.readouterr().out)
+    assert not key_file.exists()  # the provisioning key is deleted after use
+    identity = DeviceIdentity.load(dev)
+    assert identity.device_id == out["device_id"]
+    assert (dev / "identity.json").stat().st_mode & 0o777 == 0o600
+    assert "bst_dev_" not in (dev / "identity.json").read_text()  # the API key is never in clear
+    api_key = identity.api_key(SoftwareTpm(dev / "tpm.state"))
+    assert (
+        httpx.get(f"{url}/v1/device", headers={"Authorization": f"Bearer {api_key}"}).status_code
+        == 200
+    )
+
+    monkeypatch.setenv("BASTION_TOKEN", token)
+    assert main(["device", "list", "--fleet", world.fleet_id, "--server", url]) == 0
+    assert identity.device_id in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "device",
+                "show",
+                identity.device_id,
+                "--fleet",
+                world.fleet_id,
+                "--server",
+                url,
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["serial"] == "cam-cli"
+    assert (
+        main(["device", "revoke", identity.device_id, "--fleet", world.fleet_id, "--server", url])
+        == 0
+    )
+    assert "revoked" in capsys.readouterr().out
+    assert (
+        httpx.get(f"{url}/v1/device", headers={"Authorization": f"Bearer {api_key}"}).status_code
+        == 401
+    )
+    assert main(["provisioning-key", "list", "--fleet", world.fleet_id, "--server", url]) == 0
+    assert "1/1 uses" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (
+            [
+                "device",
+                "provision",
+                "{dev}",
+                "--server",
+                "{url}",
+                "--provisioning-key",
+                "{missing}",
+            ],
+            5,
+            "does not exist",
+        ),
+        (
+            [
+                "device",
+                "provision",
+                "{dev}",
+                "--server",
+                "{url}",
+                "--provisioning-key",
+                "{garbage}",
+            ],
+            3,
+            "bst_pk_",
+        ),
+        (
+            [
+                "device",
+                "provision",
+                "{dev}",
+                "--server",
+                "{url}",
+                "--provisioning-key",
+                "{unknown}",
+            ],
+            4,
+            "HTTP 401",
+        ),
+        (
+            [
+                "device",
+                "provision",
+                "{dev}",
+                "--server",
+                "ftp://x",
+                "--provisioning-key",
+                "{garbage}",
+            ],
+            9,
+            "http://",
+        ),
+        (["device", "list", "--fleet", "nope", "--server", "{url}"], 4, "no operator token"),
+        (
+            ["provisioning-key", "create", "--fleet", "x", "--ttl", "soon", "--server", "{url}"],
+            9,
+            "--ttl",
+        ),
+    ],
+)
+def test_cli_bad_input_one_line(
+    served, tmp_path: Path, monkeypatch, capsys, argv, code, needle
+) -> None:  # type: ignore[no-untyped-def]
+    world, url = served
+    monkeypatch.delenv("BASTION_TOKEN", raising=False)
+    if "--ttl" in argv:
+        monkeypatch.setenv("BASTION_TOKEN", "bst_pat_x")
+    (tmp_path / "garbage").write_text("hello")
+    (tmp_path / "unknown").write_text("bst_pk_" + "A" * 49)
+    values = {
+        "dev": str(tmp_path / "d"),
+        "url": url,
+        "missing": str(tmp_path / "nope"),
+        "garbage": str(tmp_path / "garbage"),
+        "unknown": str(tmp_path / "unknown"),
+    }
+    assert main([a.format(**values) for a in argv]) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
+    del world
