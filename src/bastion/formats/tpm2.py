@@ -139,13 +139,13 @@ class Reader:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return int(struct.unpack(">H", self.take(2))[0])
+        return int.from_bytes(self.take(2), "big")
 
     def u32(self) -> int:
-        return int(struct.unpack(">I", self.take(4))[0])
+        return int.from_bytes(self.take(4), "big")
 
     def u64(self) -> int:
-        return int(struct.unpack(">Q", self.take(8))[0])
+        return int.from_bytes(self.take(8), "big")
 
     def tpm2b(self, limit: int, field: str) -> bytes:
         size = self.u16()

@@ -32,6 +32,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "tpm2_createpolicy": "tpm2-tools",
     "tpm2_makecredential": "tpm2-tools",
     "tpm2_eventlog": "tpm2-tools",
+    "tpm2_print": "tpm2-tools",
     "mkfs.erofs": "erofs-utils",
     "fsck.erofs": "erofs-utils",
     "mksquashfs": "squashfs-tools",

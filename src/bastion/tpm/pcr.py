@@ -86,11 +86,11 @@ def pcr_digest(
     missing = [i for i in selection.indexes if i not in values]
     if missing:
         raise ConfigError(f"no value given for PCR(s) {missing} of {selection}")
+    size = selection.bank.digest_size
     for i in selection.indexes:
-        if len(values[i]) != selection.bank.digest_size:
+        if len(values[i]) != size:
             raise ConfigError(
-                f"PCR {i} value is {len(values[i])} bytes, {selection.bank} needs "
-                f"{selection.bank.digest_size}"
+                f"PCR {i} value is {len(values[i])} bytes, {selection.bank} needs {size}"
             )
     return _h(hash_alg or selection.bank, b"".join(values[i] for i in selection.indexes))
 

@@ -23,6 +23,7 @@ Pure (bytes in, raise on failure), no TPM needed. Used by the fleet server, the
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 from collections.abc import Mapping
@@ -101,7 +102,18 @@ def hash_algorithm(alg: int) -> hashes.HashAlgorithm:
 
 def public_key(public: bytes | Public) -> PublicKey:
     """The cryptography public key of a TPM2B_PUBLIC (RSA or ECC)."""
-    pub = public if isinstance(public, Public) else Public.parse(public)
+    if isinstance(public, bytes):
+        return _public_key_cached(public)
+    return _public_key(public)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key_cached(public: bytes) -> PublicKey:
+    # a fleet server sees the same AKs again and again; key objects are immutable
+    return _public_key(Public.parse(public))
+
+
+def _public_key(pub: Public) -> PublicKey:
     if isinstance(pub.parameters, RsaParms) and isinstance(pub.unique, bytes):
         e = pub.parameters.exponent or 65537
         n = int.from_bytes(pub.unique, "big")
@@ -297,8 +309,6 @@ def verify_quote(  # noqa: PLR0917 - the issue's signature
     pcr_values: Mapping[int, bytes],
 ) -> Attest:
     """Verify a TPM2_Quote; raises the first failed check (signature first)."""
-    sig = Signature.parse(signature)  # malformed -> FormatError before anything else
-    del sig
     return quote_result(attest, signature, ak_public, nonce, selection, pcr_values).raise_first()
 
 
