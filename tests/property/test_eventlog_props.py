@@ -82,3 +82,17 @@ def test_bootctl_round_trip(
 ) -> None:
     ctl = bootctl.BootControl(seq, active, (bootctl.SlotState(*a), bootctl.SlotState(*b)))
     assert bootctl.parse(ctl.to_bytes()) == ctl
+
+
+@given(st.binary(max_size=300))
+def test_verity_signature_arbitrary_bytes(data: bytes) -> None:
+    with contextlib.suppress(FormatError):
+        bootunit.parse_verity_signature(data)
+
+
+@given(
+    st.binary(min_size=32, max_size=64), st.binary(min_size=1, max_size=80), st.binary(max_size=32)
+)
+def test_verity_signature_round_trip(root: bytes, sig: bytes, fpr: bytes) -> None:
+    obj = bootunit.VeritySignature(root, sig, fpr)
+    assert bootunit.parse_verity_signature(obj.to_bytes()) == obj

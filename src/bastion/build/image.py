@@ -564,6 +564,110 @@ def verify_image(path: Path, trust: ImageTrust, *, full: bool = True) -> dict[st
     return dict(meta, slots=slots)
 
 
+def install_slot(
+    disk: Path,
+    spec: ImageSpec,
+    keys: ImageKeys,
+    slot: str,
+    *,
+    activate: bool = True,
+    runner: CommandRunner | None = None,
+) -> bytes:
+    """Write a new root + verity + signature + boot unit into ``slot`` of an existing disk.
+
+    The slot's root and verity partition UUIDs are re-derived from the new root hash in
+    both GPT copies, the unit is added to the boot archive, and boot control makes the
+    slot bootable (and active when ``activate``) with fresh tries. Returns the root hash.
+    The building block of an A/B update; the data volume is untouched.
+    """
+    layout = read_layout(disk)
+    root_p, verity_p, sig_p = (
+        layout.find(root_part(slot)),
+        layout.find(verity_part(slot)),
+        layout.find(sig_part(slot)),
+    )
+    root_seed = hashlib.sha256(
+        _tree_digest(spec.rootfs) + f":{spec.fs}:{spec.epoch}".encode()
+    ).digest()
+    with tempfile.TemporaryDirectory(prefix="bastion-slot-") as tmp:
+        root_img = Path(tmp) / "root.img"
+        fs_size = build_filesystem(
+            spec.rootfs,
+            root_img,
+            spec.fs,
+            fs_uuid=gpt.derived_uuid("rootfs", root_seed),
+            epoch=spec.epoch,
+            runner=runner,
+        )
+        params = VerityParams(
+            data_blocks=fs_size // 4096,
+            salt=hashlib.sha256(b"bastion-verity-salt\0" + root_seed).digest(),
+        )
+        if fs_size > root_p.size or 4096 + params.tree_size() > verity_p.size:
+            raise ConfigError(
+                f"slot {slot} is too small: root {fs_size} bytes in {root_p.size}, "
+                f"tree {4096 + params.tree_size()} bytes in {verity_p.size}"
+            )
+        fd = os.open(disk, os.O_RDWR)
+        try:
+            _copy_into(root_img, fd, root_p.offset)
+        finally:
+            os.close(fd)
+        result = format_region(
+            disk,
+            disk,
+            params,
+            data_offset=root_p.offset,
+            hash_offset=verity_p.offset,
+            uuid=gpt.derived_uuid("verity-superblock", root_seed),
+        )
+    root_hash = result.root_hash
+    unit, unit_sig = make_unit(spec, keys, root_hash, slot)
+    archive = read_archive(disk, layout)
+    entries = {n: v for n, v in archive.entries}
+    entries[f"unit.{slot}"] = unit.to_bytes()
+    entries[f"unit.{slot}.sig"] = unit_sig
+    order = ["loader.key", "loader", "loader.sig", "unit.a", "unit.a.sig", "unit.b", "unit.b.sig"]
+    new_archive = bu.Container(
+        bu.Kind.ARCHIVE, tuple((n, entries[n]) for n in order if n in entries)
+    ).to_bytes()
+    boot_p = layout.find(PART_BOOT)
+    if len(new_archive) > boot_p.size:
+        raise ConfigError(f"boot archive of {len(new_archive)} bytes exceeds {boot_p.size}")
+    sig = sign_verity_root(root_hash, keys.verity, keys.verity_cert).to_bytes()
+    ruuid, vuuid = gpt.verity_partition_uuids(root_hash)
+    parts = []
+    for p in layout.partitions:
+        if p.name == root_p.name:
+            p = gpt.Partition(
+                p.type_guid, ruuid, p.first_lba, p.last_lba, gpt.FLAG_READ_ONLY, p.name
+            )
+        elif p.name in (verity_p.name, sig_p.name):
+            guid = vuuid if p.name == verity_p.name else p.part_guid
+            p = gpt.Partition(
+                p.type_guid, guid, p.first_lba, p.last_lba, gpt.FLAG_READ_ONLY, p.name
+            )
+        parts.append(p)
+    new_layout = gpt.GptDisk(layout.total_sectors, layout.disk_guid, tuple(parts))
+    ctl_p = layout.find(PART_BOOTCTL)
+    state = bootctl.parse_partition(read_partition(disk, ctl_p))
+    ctl = state.control.with_slot(slot, bootctl.SlotState(15, bootctl.DEFAULT_TRIES, False, False))
+    if activate:
+        ctl = bootctl.BootControl(ctl.sequence, bootctl.slot_index(slot), ctl.slots)
+    offset, record = bootctl.next_write(state, ctl)
+    fd = os.open(disk, os.O_RDWR)
+    try:
+        _pwrite(fd, sig + bytes(sig_p.size - len(sig)), sig_p.offset)
+        _pwrite(fd, new_archive + bytes(boot_p.size - len(new_archive)), boot_p.offset)
+        _pwrite(fd, new_layout.head_bytes(), 0)
+        _pwrite(fd, new_layout.tail_bytes(), new_layout.tail_offset)
+        _pwrite(fd, record, ctl_p.offset + offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return root_hash
+
+
 def iter_modules(unit: bu.BootUnit) -> Iterator[tuple[str, bytes]]:
     """The unit's modules in load order."""
     yield from unit.modules

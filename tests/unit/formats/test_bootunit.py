@@ -95,3 +95,27 @@ def test_entry_count_limit() -> None:
 def test_duplicate_names_refused() -> None:
     with pytest.raises(FormatError):
         bu.Container(bu.Kind.ARCHIVE, (("a", b""), ("a", b"x"))).to_bytes()
+
+
+def test_verity_signature_round_trip_and_padding() -> None:
+    sig = bu.VeritySignature(bytes(range(32)), b"\x30\x03\x02\x01\x01", b"\xaa" * 32)
+    raw = sig.to_bytes()
+    assert len(raw) % 4096 == 0 and raw.startswith(b'{"rootHash":"000102')
+    assert bu.parse_verity_signature(raw) == sig
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"rootHash":"00","signature":"AA=="}',  # root hash too short
+        b'{"rootHash":"' + b"AB" * 32 + b'","signature":"AA=="}',  # upper-case hex
+        b'{"rootHash":"' + b"ab" * 32 + b'","signature":"%%%"}',  # bad base64
+        b'{"rootHash":"' + b"ab" * 32 + b'"}',  # no signature
+        b'{"rootHash":"' + b"ab" * 32 + b'","signature":"AA=="}\0\0x',  # bytes after the NULs
+        b"[1]",
+        b"not json",
+    ],
+)
+def test_verity_signature_negative(raw: bytes) -> None:
+    with pytest.raises(FormatError):
+        bu.parse_verity_signature(raw)

@@ -1,0 +1,503 @@
+"""The verified and measured boot chain: ROM -> bootloader -> kernel -> initrd -> running.
+
+Each stage verifies the next before handing over, and measures it (TPM extend plus a
+TCG event-log entry, device/measure.py) once verified:
+
+* **rom**: fuse bank -> platform root key hash; the boot archive's platform key must
+  hash to it; the signed security profile and the bootloader statement must verify with
+  it; measures ROM identity (PCR 0), the authority (PCR 7) and the loader (PCR 4).
+* **bootloader**: boot-control (two checksummed copies) -> slot; the slot's boot unit
+  statement must verify with the boot key the loader carries, the unit and each section
+  must match it; security version >= fuse counter; tries left decremented; every
+  section measured into PCR 11.
+* **kernel**: every module in ``.modules`` must carry a valid signature by ``.modcert``.
+* **initrd**: the DPS verity signature partition must verify with ``.veritycert`` and
+  name the command line's ``roothash=``; partition UUIDs must derive from it; the root
+  opens through the verifying VerityReader (``full_verify`` checks every block); root
+  hash measured into PCR 15; data volume formatted + sealed on first boot, else
+  unsealed and unlocked; then the lock event extends PCR 15.
+* **running**: the root's first blocks are read through verity (mount); the slot is
+  marked successful and only then is the fuse counter raised to the unit's security
+  version.
+
+A failure raises a :class:`~bastion.errors.VerificationError` subclass whose message
+starts with the stage; the security profile decides the response (halt, try the other
+slot by rebooting into it, or wipe the data volume) and whether a feature is enforced or
+only audited. Nothing falls through: an exception that is not a handled verification
+failure stops the boot too.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from bastion.build import image as img
+from bastion.device import boot_data, measure
+from bastion.device.platform import SimPlatform
+from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
+from bastion.device.profile import Feature, Mode, SecurityProfile, TamperResponse, parse_profile
+from bastion.errors import (
+    BastionError,
+    DigestMismatchError,
+    FormatError,
+    RollbackError,
+    SignatureError,
+    TamperError,
+    VerificationError,
+)
+from bastion.formats import bootctl, gpt, modsig
+from bastion.formats import bootunit as bu
+from bastion.formats import eventlog as el
+from bastion.storage.verity_reader import VerityReader, verify_region
+from bastion.tpm.base import HashAlg, PcrSelection, Tpm
+from bastion.trust.envelope import parse_envelope, verify_envelope
+from bastion.trust.keys import load_public_key
+from bastion.trust.signer import Verifier
+
+MOUNT_READ = 64 * 1024  # bytes of the root read at mount (superblocks live here)
+EVENTLOG_FILE = "eventlog.bin"
+REPORT_FILE = "boot.json"
+
+
+class Stage(enum.StrEnum):
+    """Boot stages, in order."""
+
+    ROM = "rom"
+    BOOTLOADER = "bootloader"
+    KERNEL = "kernel"
+    INITRD = "initrd"
+    RUNNING = "running"
+
+
+class _RebootError(Exception):
+    """Internal: the profile asked to try the other slot."""
+
+
+@dataclass
+class BootReport:
+    """What one boot did."""
+
+    slot: str | None = None
+    version: str | None = None
+    security_version: int | None = None
+    root_hash: str | None = None
+    first_boot: bool = False
+    recovery_key: str | None = None
+    reached: Stage | None = None
+    full_verify: bool = False
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pcrs: dict[int, str] = field(default_factory=dict)
+    events: int = 0
+    error: str | None = None
+
+    def to_json(self, *, secrets: bool = False) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "slot": self.slot,
+            "version": self.version,
+            "security_version": self.security_version,
+            "root_hash": self.root_hash,
+            "first_boot": self.first_boot,
+            "reached": self.reached.value if self.reached else None,
+            "full_verify": self.full_verify,
+            "warnings": self.warnings,
+            "notes": self.notes,
+            "pcrs": {str(k): v for k, v in sorted(self.pcrs.items())},
+            "events": self.events,
+            "error": self.error,
+        }
+        if secrets and self.recovery_key:
+            doc["recovery_key"] = self.recovery_key
+        return doc
+
+
+class _Recorder:
+    """Extends the TPM and appends to the event log, in one step per event."""
+
+    def __init__(self, tpm: Tpm) -> None:
+        self.tpm = tpm
+        self.events: list[el.Event] = []
+
+    def extend(self, events: list[el.Event]) -> None:
+        for event in events:
+            self.tpm.pcr_extend(event.pcr, {HashAlg.SHA256: event.digest(el.ALG_SHA256)})
+            self.events.append(event)
+
+    def log_bytes(self) -> bytes:
+        return el.EventLog(el.SpecIdEvent(), tuple(self.events)).to_bytes()
+
+
+def _fail(stage: Stage, reason: str) -> TamperError:
+    return TamperError(f"{stage.value}: {reason}", stage=stage.value)
+
+
+def _prefixed(stage: Stage, exc: BastionError) -> BastionError:
+    """The same error class with the stage in front of the message and as ``.stage``."""
+    message = f"{stage.value}: {exc}"
+    new: BastionError
+    if isinstance(exc, TamperError):
+        return TamperError(message, stage=stage.value)
+    if isinstance(exc, DigestMismatchError):
+        new = DigestMismatchError(message, area=exc.area, block=exc.block, level=exc.level)
+    else:
+        try:
+            new = type(exc)(message)
+        except TypeError:
+            return exc
+    setattr(new, "stage", stage.value)  # noqa: B010 - not every class declares it
+    return new
+
+
+class BootChain:
+    """One boot of a sim device."""
+
+    def __init__(self, platform: SimPlatform, *, full_verify: bool = False) -> None:
+        self.platform = platform
+        self.full_verify = full_verify
+        self.report = BootReport(full_verify=full_verify)
+        self.profile = SecurityProfile()
+        self._tried: list[str] = []
+
+    # --- public --------------------------------------------------------------------------
+
+    def run(self) -> BootReport:
+        """Boot to running or raise; the report and event log are stored either way."""
+        for _attempt in range(2):
+            try:
+                self._boot_once()
+                return self.report
+            except _RebootError:
+                self.report = BootReport(
+                    full_verify=self.full_verify,
+                    notes=self.report.notes + self.report.warnings,
+                )
+                continue
+        raise _fail(Stage.BOOTLOADER, "no slot left to try after a tamper response")
+
+    # --- one power-on --------------------------------------------------------------------
+
+    def _boot_once(self) -> None:
+        plat = self.platform
+        with plat.power_on() as tpm:
+            rec = _Recorder(tpm)
+            try:
+                self._chain(tpm, rec)
+            except BastionError as exc:
+                self.report.error = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                plat.store(EVENTLOG_FILE, rec.log_bytes())
+                self.report.events = len(rec.events)
+                self.report.pcrs = {
+                    i: v.hex()
+                    for i, v in tpm.pcr_read(
+                        PcrSelection(HashAlg.SHA256, (0, 4, 7, 11, 15))
+                    ).items()
+                }
+                plat.store(REPORT_FILE, json.dumps(self.report.to_json(), indent=2).encode())
+
+    def _handle(
+        self, stage: Stage, feature: Feature | None, exc: BastionError, *, slot: str | None
+    ) -> None:
+        """Apply the profile to a verification failure: audit, or respond and raise."""
+        err = _prefixed(stage, exc)
+        if feature is not None and self.profile.mode(feature) is Mode.AUDIT:
+            self.report.warnings.append(f"audit ({feature.value}): {err}")
+            return
+        response = self.profile.tamper_response
+        if response is TamperResponse.TRY_OTHER_SLOT and slot is not None:
+            self._mark_unbootable(slot)
+            self.report.notes.append(f"slot {slot} marked unbootable after: {err}")
+            raise _RebootError() from err
+        if response is TamperResponse.WIPE_DATA:
+            boot_data.wipe(self.platform)
+            self.platform.set_state(reprovision=True)
+            self.report.notes.append("data volume wiped; the device must be re-provisioned")
+        raise err from exc
+
+    def _chain(self, tpm: Tpm, rec: _Recorder) -> None:
+        plat = self.platform
+        disk = plat.disk
+        # ---------------- ROM ----------------
+        stage = Stage.ROM
+        if plat.state().get("reprovision"):
+            raise _fail(stage, "device was wiped after tamper; re-provision it")
+        try:
+            fuses = plat.fuses()
+            key_hash = fuses.key_hash()
+            counter = fuses.counter()
+        except BastionError as exc:
+            raise _fail(stage, f"fuse bank unreadable: {exc}") from exc
+        if key_hash is None:
+            raise _fail(stage, "no platform key hash is burned into the fuses")
+        try:
+            layout = img.read_layout(disk)
+            archive = img.read_archive(disk, layout)
+            root_pem = archive.get("loader.key")
+        except FormatError as exc:
+            raise _fail(stage, f"boot partition unreadable: {exc}") from exc
+        actual = img.platform_key_hash(root_pem)
+        if actual != key_hash:
+            raise _fail(
+                stage,
+                f"platform key hash {actual.hex()[:16]}... differs from the fused "
+                f"{key_hash.hex()[:16]}...",
+            )
+        root_verifier = Verifier.of(load_public_key(root_pem))
+        self.profile = self._load_profile(root_verifier)
+        loader = archive.get("loader")
+        try:
+            doc = img.open_statement(
+                archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, root_verifier
+            )
+            if doc != json.loads(bu.loader_statement(loader)):
+                raise TamperError(
+                    f"bootloader digest {hashlib.sha256(loader).hexdigest()[:16]}... does not "
+                    f"match the signed {str(doc.get('sha256'))[:16]}..."
+                )
+        except (VerificationError, FormatError) as exc:
+            self._handle(stage, Feature.LOADER_SIGNATURE, exc, slot=None)
+        rec.extend(measure.rom_events(key_hash, loader))
+        self.report.reached = stage
+        # ---------------- bootloader ----------------
+        stage = Stage.BOOTLOADER
+        try:
+            stage_obj = bu.parse_loader(loader)
+            boot_verifier = Verifier.of(load_public_key(stage_obj.boot_key))
+        except (FormatError, VerificationError) as exc:
+            raise _fail(stage, f"bootloader stage unusable: {exc}") from exc
+        ctl_part = layout.find(img.PART_BOOTCTL)
+        state = bootctl.parse_partition(img.read_partition(disk, ctl_part))
+        for problem in state.errors:
+            self.report.notes.append(f"boot-control {problem}; using the other copy")
+        slot = state.control.choose()
+        if slot is None:
+            raise _fail(stage, "no bootable slot in boot-control")
+        self.report.slot = slot
+        unit = self._verify_unit(archive, slot, boot_verifier)
+        if unit.security_version < counter:
+            self._handle(
+                stage,
+                Feature.ROLLBACK,
+                RollbackError(
+                    f"slot {slot} security version {unit.security_version} is below the "
+                    f"fuse counter {counter}"
+                ),
+                slot=slot,
+            )
+        slot_state = state.control.slot(slot)
+        if not slot_state.successful:
+            new = state.control.with_slot(
+                slot,
+                bootctl.SlotState(
+                    slot_state.priority,
+                    max(0, slot_state.tries_left - 1),
+                    False,
+                    slot_state.unbootable,
+                ),
+            )
+            self._write_bootctl(layout, state, new)
+        rec.extend(measure.unit_events(unit.sections()))
+        self.report.security_version = unit.security_version
+        self.report.reached = stage
+        # ---------------- kernel ----------------
+        stage = Stage.KERNEL
+        if unit.modules:
+            try:
+                cert = x509.load_pem_x509_certificate(unit.modcert)
+            except ValueError as exc:
+                raise _fail(stage, f"module certificate unreadable: {exc}") from exc
+            for name, data in unit.modules:
+                try:
+                    modsig.verify_module(data, cert)
+                except (VerificationError, FormatError) as exc:
+                    self._handle(
+                        stage,
+                        Feature.MODULE_SIGNATURES,
+                        SignatureError(f"module {name}: {exc}"),
+                        slot=slot,
+                    )
+            self.report.notes.append(f"{len(unit.modules)} kernel module(s) verified")
+        self.report.reached = stage
+        # ---------------- initrd ----------------
+        stage = Stage.INITRD
+        params = unit.cmdline_params()
+        if params.get("bastion.slot") != slot:
+            raise _fail(stage, f"command line names slot {params.get('bastion.slot')!r}")
+        try:
+            root_hash = bytes.fromhex(params.get("roothash", ""))
+        except ValueError:
+            root_hash = b""
+        if len(root_hash) != 32:
+            raise _fail(stage, "command line carries no valid roothash=")
+        self.report.root_hash = root_hash.hex()
+        root = layout.find(img.root_part(slot))
+        verity = layout.find(img.verity_part(slot))
+        try:
+            cert = x509.load_pem_x509_certificate(unit.veritycert)
+            sig = bu.parse_verity_signature(
+                img.read_partition(disk, layout.find(img.sig_part(slot)))
+            )
+            signed_root = img.verify_verity_signature(sig, cert)
+            if signed_root != root_hash:
+                raise SignatureError(
+                    f"signed root hash {signed_root.hex()[:16]}... differs from the command "
+                    f"line's {root_hash.hex()[:16]}..."
+                )
+        except (VerificationError, FormatError, ValueError) as exc:
+            err = exc if isinstance(exc, BastionError) else FormatError(str(exc))
+            self._handle(stage, Feature.VERITY_SIGNATURE, err, slot=slot)
+        want_root, want_verity = gpt.verity_partition_uuids(root_hash)
+        if (root.part_guid, verity.part_guid) != (want_root, want_verity):
+            self._handle(
+                stage,
+                Feature.VERITY,
+                TamperError("root/verity partition UUIDs do not derive from the root hash"),
+                slot=slot,
+            )
+        try:
+            if self.full_verify:
+                verify_region(
+                    disk,
+                    disk,
+                    root_hash,
+                    data_offset=root.offset,
+                    hash_offset=verity.offset,
+                )
+                self.report.notes.append("root verified in full")
+            reader = VerityReader(
+                disk, disk, root_hash, data_offset=root.offset, hash_offset=verity.offset
+            )
+        except (VerificationError, FormatError) as exc:
+            self._handle(stage, Feature.VERITY, exc, slot=slot)
+            reader = None
+        rec.extend(measure.root_events(root_hash))
+        try:
+            first, recovery = boot_data.open_data_volume(
+                plat, layout, tpm, self.profile, measure.seal_selection()
+            )
+        except BastionError as exc:
+            raise _prefixed(stage, exc) from exc
+        self.report.first_boot = first
+        self.report.recovery_key = recovery
+        rec.extend(measure.lock_events())
+        self.report.reached = stage
+        # ---------------- running ----------------
+        stage = Stage.RUNNING
+        if reader is not None:
+            try:
+                with reader:
+                    reader.pread(min(MOUNT_READ, reader.size), 0)
+            except (VerificationError, FormatError) as exc:
+                self._handle(stage, Feature.VERITY, exc, slot=slot)
+        fresh = bootctl.parse_partition(img.read_partition(disk, ctl_part))
+        cur = fresh.control.slot(slot)
+        if not cur.successful:
+            done = fresh.control.with_slot(
+                slot, bootctl.SlotState(cur.priority, cur.tries_left, True, False)
+            )
+            self._write_bootctl(layout, fresh, done)
+        if unit.security_version > fuses.counter():
+            fuses.blow_to(unit.security_version)
+            self.report.notes.append(f"fuse counter raised to {unit.security_version}")
+        self.report.reached = stage
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _load_profile(self, root: Verifier) -> SecurityProfile:
+        raw = self.platform.load("profile.json")
+        if raw is None:
+            raise _fail(Stage.ROM, "no signed security profile on the device")
+        try:
+            payload = verify_envelope(parse_envelope(raw), [root], payload_type=PROFILE_TYPE)
+            return parse_profile(payload)
+        except (VerificationError, FormatError) as exc:
+            raise _fail(Stage.ROM, f"security profile refused: {exc}") from exc
+
+    def _verify_unit(self, archive: bu.Container, slot: str, boot: Verifier) -> bu.BootUnit:
+        stage = Stage.BOOTLOADER
+        try:
+            raw = archive.get(f"unit.{slot}")
+            doc = img.open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
+        except (VerificationError, FormatError) as exc:
+            self._handle(stage, Feature.UNIT_SIGNATURE, exc, slot=slot)
+            doc = {}
+            raw = archive.get(f"unit.{slot}")
+        try:
+            container = bu.parse(raw, bu.Kind.UNIT)
+            unit = bu.parse_unit(raw)
+        except FormatError as exc:
+            self._handle(stage, Feature.UNIT_SIGNATURE, exc, slot=slot)
+            raise _fail(stage, f"boot unit unreadable: {exc}") from exc
+        if doc:
+            signed = doc.get("sections", {})
+            for name, digest in bu.section_digests(container.entries).items():
+                if signed.get(name) != digest:
+                    self._handle(
+                        stage,
+                        Feature.UNIT_SIGNATURE,
+                        TamperError(
+                            f"boot unit section {name} of slot {slot} does not match "
+                            "its signed digest"
+                        ),
+                        slot=slot,
+                    )
+            problems = []
+            if doc.get("sha256") != hashlib.sha256(raw).hexdigest():
+                problems.append("unit digest")
+            if doc.get("slot") != slot:
+                problems.append(f"signed for slot {doc.get('slot')!r}")
+            if doc.get("security_version") != unit.security_version:
+                problems.append("security version")
+            if set(signed) != set(container.names()):
+                problems.append("section list")
+            if problems:
+                self._handle(
+                    stage,
+                    Feature.UNIT_SIGNATURE,
+                    TamperError(f"boot unit of slot {slot}: {', '.join(problems)} mismatch"),
+                    slot=slot,
+                )
+            self.report.version = str(doc.get("version"))
+        return unit
+
+    def _write_bootctl(
+        self, layout: gpt.GptDisk, state: bootctl.PartitionState, new: bootctl.BootControl
+    ) -> None:
+        part = layout.find(img.PART_BOOTCTL)
+        offset, record = bootctl.next_write(state, new)
+        with open(self.platform.disk, "r+b") as handle:
+            handle.seek(part.offset + offset)
+            handle.write(record)
+
+    def _mark_unbootable(self, slot: str) -> None:
+        layout = img.read_layout(self.platform.disk)
+        part = layout.find(img.PART_BOOTCTL)
+        state = bootctl.parse_partition(img.read_partition(self.platform.disk, part))
+        cur = state.control.slot(slot)
+        new = state.control.with_slot(slot, bootctl.SlotState(cur.priority, 0, False, True))
+        other = "b" if slot == "a" else "a"
+        from dataclasses import replace
+
+        new = replace(new, active=bootctl.slot_index(other))
+        self._write_bootctl(layout, state, new)
+
+
+def boot(folder: Path, *, full_verify: bool = False) -> BootReport:
+    """Boot the sim device in ``folder`` to running (or raise)."""
+    return BootChain(SimPlatform(folder), full_verify=full_verify).run()
+
+
+def read_eventlog(folder: Path) -> el.EventLog:
+    """The event log of the device's last boot."""
+    raw = SimPlatform(folder).load(EVENTLOG_FILE)
+    if raw is None:
+        raise FormatError(f"device {folder} has no event log yet: boot it first")
+    return el.parse(raw)

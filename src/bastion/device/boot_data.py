@@ -1,0 +1,97 @@
+"""The initrd's data-volume step: create + seal on first boot, unseal + unlock later.
+
+First boot (the data partition holds no LUKS2 header and the device was never
+provisioned): format a LUKS2 volume on the partition with a fresh random volume key,
+keyslot 0 opened by a new systemd-style recovery key (returned once, never stored), and a
+``systemd-tpm2`` token whose secret is sealed to the boot-chain PCRs as they are right
+now (device/measure.py SEAL_PCRS, before the lock event). Later boots: unseal through
+the token and unlock; a PCR mismatch means the data key is not released. The lock
+itself (extending PCR 15) is the chain's job, logged in the event log.
+
+Refusals fail closed: a device that was provisioned but whose data partition no longer
+has a LUKS2 header is tampered with, never silently re-formatted.
+"""
+
+from __future__ import annotations
+
+from bastion.device.platform import SimPlatform
+from bastion.device.profile import SecurityProfile
+from bastion.errors import FormatError, NotFoundError, PolicyError, TamperError
+from bastion.formats import gpt
+from bastion.formats.luks2 import Token
+from bastion.storage import recovery, sealed
+from bastion.storage.luks2_volume import MINIMAL_KDF, FileRange, Luks2Volume
+from bastion.tpm.base import PcrSelection, Tpm
+
+PART_DATA = "data"
+LUKS_MAGICS = (b"LUKS\xba\xbe", b"SKUL\xba\xbe")
+MARKER = b"bastion data volume v1\n"
+WIPE_BYTES = 16 * 1024 * 1024  # both headers and the keyslot area of the default layout
+
+
+def _has_header(plat: SimPlatform, part: gpt.Partition) -> bool:
+    with open(plat.disk, "rb") as handle:
+        for offset in (0, 16384, 32768, 65536):
+            handle.seek(part.offset + offset)
+            if handle.read(6) in LUKS_MAGICS:
+                return True
+    return False
+
+
+def open_data_volume(
+    plat: SimPlatform,
+    layout: gpt.GptDisk,
+    tpm: Tpm,
+    profile: SecurityProfile,
+    selection: PcrSelection,
+) -> tuple[bool, str | None]:
+    """(first boot?, recovery key on first boot) after the volume is unlocked."""
+    part = layout.find(PART_DATA)
+    provisioned = bool(plat.state().get("data_volume"))
+    if not _has_header(plat, part):
+        if provisioned:
+            raise TamperError("data volume header is gone on a provisioned device")
+        return True, _first_boot(plat, part, tpm, selection)
+    with FileRange(plat.disk, offset=part.offset, size=part.size) as storage:
+        volume = Luks2Volume.open(storage)
+        try:
+            sealed.unlock_with_token(volume, tpm)
+        except PolicyError as exc:
+            raise PolicyError(
+                f"data key not released: the PCRs differ from the sealed policy ({exc})"
+            ) from exc
+        except NotFoundError as exc:
+            raise TamperError(f"data volume has no TPM token: {exc}") from exc
+        if volume.read(0, len(MARKER)) != MARKER:
+            raise TamperError("data volume content does not start with bastion's marker")
+        volume.lock()
+    if not provisioned:
+        plat.set_state(data_volume=True)
+    return False, None
+
+
+def _first_boot(plat: SimPlatform, part: gpt.Partition, tpm: Tpm, selection: PcrSelection) -> str:
+    key = recovery.generate_recovery_key()
+    with FileRange(plat.disk, offset=part.offset, size=part.size) as storage:
+        volume = Luks2Volume.format(storage, key.encode("ascii"), kdf=MINIMAL_KDF, label="data")
+        volume.add_token(Token(recovery.TOKEN_TYPE, (0,), {}))
+        sealed.enroll_tpm(volume, tpm, pcrs=selection.indexes, bank=selection.bank)
+        volume.write(0, MARKER)
+        volume.sync()
+        volume.lock()
+    plat.set_state(data_volume=True)
+    return key
+
+
+def wipe(plat: SimPlatform) -> None:
+    """Crypto-erase the data volume: overwrite both LUKS2 headers and the keyslot area."""
+    from bastion.build.image import read_layout
+
+    try:
+        part = read_layout(plat.disk).find(PART_DATA)
+    except FormatError:
+        return
+    size = min(WIPE_BYTES, part.size)
+    with open(plat.disk, "r+b") as handle:
+        handle.seek(part.offset)
+        handle.write(bytes(size))

@@ -1,0 +1,172 @@
+"""The ``Platform`` the device plane runs on, and the ``sim`` platform: a device folder.
+
+A platform gives the boot chain its hardware: the disk (partitions of one image),
+one-time-programmable fuses, a TPM that starts each boot with reset PCRs, and a place
+for the event log and console. The ``sim`` platform is a folder::
+
+    DEV/device.json     {"platform": "sim", "tpm": "software" | "swtpm" | <TPM URI>}
+    DEV/disk.img        the GPT disk (a copy of the signed image, then the device's own)
+    DEV/fuses           the fuse bank file (tpm/fuses.py FileFuseBank)
+    DEV/tpm.state       the software TPM (or DEV/swtpm/ for a managed swtpm)
+    DEV/profile.json    the signed security profile
+    DEV/eventlog.bin    the TCG event log of the last boot
+    DEV/boot.json       the report of the last boot
+    DEV/state.json      device flags (e.g. "reprovision": true after a wipe)
+
+Nothing is faked: the chain reads and verifies the real bytes of ``disk.img``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bastion.errors import ConfigError, FormatError, NotFoundError
+from bastion.io.files import atomic_write, read_bounded
+from bastion.limits import JSON_MAX_SIZE
+from bastion.tpm.base import Tpm
+
+DEVICE_FILE = "device.json"
+
+
+class FuseBank(Protocol):
+    """The fuse interface the chain uses (tpm/fuses.py implements it)."""
+
+    def key_hash(self) -> bytes | None: ...
+
+    def burn_key_hash(self, key_hash: bytes) -> None: ...
+
+    def counter(self) -> int: ...
+
+    def blow_to(self, value: int) -> None: ...
+
+
+class Platform(Protocol):
+    """Hardware of one device, as the boot chain sees it."""
+
+    @property
+    def disk(self) -> Path:
+        """The disk image (or block device) holding the GPT."""
+        ...
+
+    def fuses(self) -> FuseBank:
+        """The one-time-programmable fuse bank."""
+        ...
+
+    def power_on(self) -> contextlib.AbstractContextManager[Tpm]:
+        """The TPM, with PCRs reset as at power-on, for the length of one boot."""
+        ...
+
+    def store(self, name: str, data: bytes) -> None:
+        """Persist a boot artefact (event log, report) by name."""
+        ...
+
+    def load(self, name: str) -> bytes | None:
+        """A stored artefact, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class SimPlatform:
+    """The ``sim`` platform over a device folder."""
+
+    folder: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.folder / "disk.img"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        raw = self.load(DEVICE_FILE)
+        if raw is None:
+            raise NotFoundError(f"{self.folder} is not a bastion device (no {DEVICE_FILE})")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise FormatError(f"{self.folder / DEVICE_FILE} is not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("platform") != "sim":
+            raise FormatError(f"{self.folder / DEVICE_FILE} is not a sim device description")
+        return doc
+
+    def fuses(self) -> FuseBank:
+        from bastion.tpm.fuses import FileFuseBank
+
+        bank: FuseBank = FileFuseBank(self.folder / "fuses")
+        return bank
+
+    def tpm_spec(self) -> str:
+        """The TPM URI this device uses (``software:DEV/tpm.state`` by default)."""
+        kind = str(self.config.get("tpm", "software"))
+        if kind == "software":
+            return f"software:{self.folder.resolve() / 'tpm.state'}"
+        return kind
+
+    @contextlib.contextmanager
+    def power_on(self) -> Iterator[Tpm]:
+        from bastion.tpm.uri import open_tpm
+
+        kind = str(self.config.get("tpm", "software"))
+        if kind == "swtpm":
+            from bastion.tpm.swtpm import Swtpm
+
+            state = (self.folder / "swtpm").resolve()
+            state.mkdir(exist_ok=True)
+            with Swtpm.start(state) as sw:
+                tpm = open_tpm(sw.uri)
+                try:
+                    yield tpm
+                finally:
+                    tpm.close()
+            return
+        tpm = open_tpm(self.tpm_spec())
+        try:
+            reset = getattr(tpm, "power_cycle", None)
+            if reset is None:
+                raise ConfigError(
+                    f"TPM {kind!r} cannot be reset by the sim platform; use software or swtpm"
+                )
+            reset()
+            yield tpm
+        finally:
+            tpm.close()
+
+    def open_tpm(self) -> Tpm:
+        """The device TPM without resetting it (inspection after a boot)."""
+        from bastion.tpm.uri import open_tpm
+
+        return open_tpm(self.tpm_spec())
+
+    def store(self, name: str, data: bytes) -> None:
+        atomic_write(self.folder / name, data)
+
+    def load(self, name: str) -> bytes | None:
+        path = self.folder / name
+        if not path.exists():
+            return None
+        return read_bounded(path, JSON_MAX_SIZE * 4, name)
+
+    def state(self) -> dict[str, Any]:
+        raw = self.load("state.json")
+        return dict(json.loads(raw)) if raw else {}
+
+    def set_state(self, **values: Any) -> None:
+        doc = self.state()
+        doc.update(values)
+        self.store("state.json", json.dumps(doc, sort_keys=True).encode())
+
+
+def create_sim_folder(folder: Path, tpm: str) -> SimPlatform:
+    """Create an empty device folder (ConflictError-free: refuses a non-empty folder)."""
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"device folder {folder} exists and is not empty")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    plat = SimPlatform(folder)
+    plat.store(DEVICE_FILE, json.dumps({"platform": "sim", "tpm": tpm}, indent=2).encode())
+    return plat

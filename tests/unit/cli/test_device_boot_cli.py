@@ -1,0 +1,112 @@
+"""``bastion device create|boot|inspect|eventlog``: the demo path end to end on the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.bootkit import KERNEL, make_tree
+from tests.conftest import need_module, need_tool
+
+from bastion.build import image as img
+from bastion.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    need_tool("mkfs.ext4")
+    base = tmp_path_factory.mktemp("devcli")
+    keys = base / "keys"
+    assert main(["keys", "init", str(keys)]) == 0
+    (base / "vmlinuz").write_bytes(KERNEL)
+    args = [
+        "image", "build", "--rootfs", str(make_tree(base / "tree")), "--kernel",
+        str(base / "vmlinuz"), "--version", "1.0", "--security-version", "1",
+        "--keys", str(keys), "--data-size", "24", "-o", str(base / "disk.img"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    return {"base": base, "keys": keys, "image": base / "disk.img"}
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_create_boot_twice_eventlog_inspect_tamper(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = tmp_path / "dev"
+    capsys.readouterr()
+    code, out, _ = _run(
+        capsys, "device", "create", str(dev), "--image", str(setup["image"]), "--keys",
+        str(setup["keys"]),
+    )  # fmt: skip
+    assert code == 0 and "image signature verified" in out
+    code, out, _ = _run(capsys, "device", "boot", str(dev))
+    assert code == 0 and "RECOVERY KEY" in out and "-> running" in out
+    code, out, _ = _run(capsys, "device", "boot", "--json", str(dev))
+    doc = json.loads(out)
+    assert code == 0 and doc["reached"] == "running" and not doc["first_boot"]
+    assert "recovery_key" not in doc
+    code, out, _ = _run(capsys, "device", "eventlog", "--check", "--json", str(dev))
+    log = json.loads(out)
+    assert code == 0 and log["tpm_matches"] is True
+    code, out, _ = _run(capsys, "image", "pcrs", "--json", str(setup["image"]))
+    assert json.loads(out)["pcrs"] == {k: v for k, v in log["replay"].items()}
+    code, out, _ = _run(capsys, "device", "inspect", "--json", str(dev))
+    info = json.loads(out)
+    assert info["fuses"]["counter"] == 1 and info["boot_control"]["slots"]["a"]["successful"]
+    # tamper: one bit of the kernel
+    disk = dev / "disk.img"
+    boot = img.read_layout(disk).find("boot")
+    raw = disk.read_bytes()
+    at = boot.offset + raw[boot.offset : boot.offset + boot.size].index(KERNEL[:16]) + 2
+    with open(disk, "r+b") as handle:
+        handle.seek(at)
+        handle.write(bytes([raw[at] ^ 1]))
+    code, out, err = _run(capsys, "device", "boot", str(dev))
+    assert code == 2
+    assert err.count("\n") == 1 and "TamperError: bootloader: boot unit section .linux" in err
+
+
+def test_create_refuses_wrong_keys(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other"
+    assert main(["keys", "init", str(other)]) == 0
+    capsys.readouterr()
+    code, _, err = _run(
+        capsys, "device", "create", str(tmp_path / "d"), "--image", str(setup["image"]),
+        "--keys", str(other),
+    )  # fmt: skip
+    assert code == 2 and "SignatureError" in err and err.count("\n") == 1
+
+
+def test_boot_not_a_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "device", "boot", str(tmp_path))
+    assert code == 5 and "not a bastion device" in err
+
+
+def test_swtpm_device_boots_twice(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_tool("swtpm")
+    need_module("tpm2_pytss", "tpm2-pytss")
+    dev = tmp_path / "sw"
+    capsys.readouterr()
+    code, _, err = _run(
+        capsys, "device", "create", str(dev), "--image", str(setup["image"]), "--keys",
+        str(setup["keys"]), "--tpm", "swtpm",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = _run(capsys, "device", "boot", "--json", str(dev))
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["first_boot"] and first["reached"] == "running"
+    code, out, err = _run(capsys, "device", "boot", "--json", str(dev))
+    assert code == 0, err
+    second = json.loads(out)
+    assert not second["first_boot"] and second["pcrs"] == first["pcrs"]
