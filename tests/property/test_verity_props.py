@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from hypothesis import given, settings
@@ -76,7 +77,8 @@ def test_tree_detects_any_flipped_hash_bit(
         salt=salt,
         hash_format=fmt,
     )
-    payload = data.draw(st.binary(min_size=blocks * 512, max_size=blocks * 512))
+    seed = data.draw(st.binary(max_size=8))
+    payload = hashlib.shake_256(seed).digest(blocks * 512)
     tree = build_tree(params, [payload])
     verify_hash_tree(params, tree.hash_area, tree.root_hash, 1)
     bit = data.draw(st.integers(min_value=0, max_value=len(tree.hash_area) * 8 - 1))
@@ -89,3 +91,31 @@ def test_tree_detects_any_flipped_hash_bit(
         assert exc.block == 1 + bit // 8 // 512
     else:
         raise AssertionError("flipped bit not detected")
+
+
+@settings(max_examples=40)
+@given(
+    st.integers(min_value=1, max_value=300),
+    st.sampled_from([512, 1024, 4096]),
+    st.sampled_from([512, 4096]),
+    st.lists(st.tuples(st.integers(0, 1 << 21), st.integers(0, 1 << 20)), max_size=6),
+)
+def test_reader_returns_exactly_the_requested_verified_slice(
+    blocks: int, dbs: int, hbs: int, reads: list[tuple[int, int]]
+) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from bastion.storage.verity_reader import VerityReader, format_region
+
+    params = VerityParams(data_blocks=blocks, data_block_size=dbs, hash_block_size=hbs, salt=b"p")
+    payload = hashlib.shake_256(f"{blocks}-{dbs}".encode()).digest(blocks * dbs)
+    with tempfile.TemporaryDirectory() as tmp:
+        data, hash_file = Path(tmp) / "d", Path(tmp) / "h"
+        data.write_bytes(payload)
+        root = format_region(data, hash_file, params).root_hash
+        with VerityReader(data, hash_file, root, params, cache_blocks=2) as reader:
+            for offset, length in reads:
+                assert reader.pread(length, offset) == payload[offset : offset + length]
+                reader.seek(offset)
+                assert reader.read(length) == payload[offset : offset + length]

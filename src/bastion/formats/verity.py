@@ -144,6 +144,33 @@ class VerityParams:
                 f"{self.algorithm.value} (expected at least two digests per block)"
             )
 
+    @classmethod
+    def for_data_size(
+        cls,
+        data_size: int,
+        *,
+        algorithm: HashAlgorithm = HashAlgorithm.SHA256,
+        data_block_size: int = 4096,
+        hash_block_size: int = 4096,
+        salt: bytes = b"",
+        hash_format: HashFormat = HashFormat.NORMAL,
+    ) -> VerityParams:
+        """Params covering a data region of ``data_size`` bytes (a whole number of blocks)."""
+        _check_block_size("data", data_block_size)
+        if data_size % data_block_size:
+            raise FormatError(
+                f"verity data region is {data_size} bytes, not a multiple of the data block "
+                f"size {data_block_size}"
+            )
+        return cls(
+            data_blocks=data_size // data_block_size,
+            algorithm=algorithm,
+            data_block_size=data_block_size,
+            hash_block_size=hash_block_size,
+            salt=salt,
+            hash_format=hash_format,
+        )
+
     @property
     def digest_size(self) -> int:
         """Bytes in one digest of the algorithm."""

@@ -327,3 +327,14 @@ def test_veritysetup_hash_file_vector_byte_for_byte() -> None:
     assert tree.root_hash.hex() == root
     assert tree.hash_region(sb, 0) == stored
     verify_hash_tree(sb.params, stored[512:], tree.root_hash, 1)
+
+
+def test_params_for_data_size() -> None:
+    params = VerityParams.for_data_size(1 << 20, data_block_size=1024, salt=b"s")
+    assert (params.data_blocks, params.data_block_size, params.salt) == (1024, 1024, b"s")
+    with pytest.raises(FormatError):
+        VerityParams.for_data_size((1 << 20) + 512)
+    with pytest.raises(FormatError):
+        VerityParams.for_data_size(0)
+    with pytest.raises(FormatError):
+        VerityParams.for_data_size(4096, data_block_size=0)
