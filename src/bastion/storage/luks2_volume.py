@@ -17,6 +17,7 @@ keyslots (tests stop a writer after each write).
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import time
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 from bastion import limits
 from bastion.errors import (
     AuthError,
+    BackendError,
     ConfigError,
     ConflictError,
     FormatError,
@@ -61,6 +63,7 @@ DEFAULT_ITER_TIME_MS = 2000
 DEFAULT_ARGON2_MAX_MEMORY_KIB = 1024 * 1024
 DIGEST_ITER_TIME_MS = 125
 BULK_CHUNK = 8 * MiB
+PARALLEL_MIN = 16 * MiB  # transfers at least this big are split across processes
 
 
 # --- storage -------------------------------------------------------------------------------
@@ -128,6 +131,19 @@ class FileRange:
             parts.append(chunk)
             done += len(chunk)
         return b"".join(parts)
+
+    def readinto(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the bytes at ``offset`` (no intermediate copy)."""
+        if offset < 0 or offset + len(view) > self._size:
+            raise FormatError(
+                f"read [{offset}, +{len(view)}) beyond the end of {self.path!r} ({self._size} B)"
+            )
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], self.offset + offset + done)
+            if got <= 0:
+                raise FormatError(f"short read from {self.path!r}")
+            done += got
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if offset < 0 or offset + len(data) > self._size:
@@ -694,14 +710,81 @@ class Luks2Volume:
             )
 
     def _read_sectors(self, first: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        self._read_into(first, memoryview(buf))
+        return buf
+
+    def _read_into(self, first: int, view: memoryview) -> None:
+        """Decrypt the sectors at segment offset ``first`` into ``view`` (whole sectors)."""
         seg = self.segment
-        raw = self._storage.read(seg.offset + first, length)
-        return self._sector_cipher().decrypt(seg.iv_tweak + first // 512, raw)
+        cipher = self._sector_cipher()
+        for off in range(0, len(view), BULK_CHUNK):
+            part = view[off : off + BULK_CHUNK]
+            self._storage_read_into(seg.offset + first + off, part)
+            cipher.crypt_inplace(seg.iv_tweak + (first + off) // 512, part, encrypt=False)
+
+    def _storage_read_into(self, offset: int, view: memoryview) -> None:
+        if isinstance(self._storage, FileRange):
+            self._storage.readinto(offset, view)
+        else:
+            view[:] = self._storage.read(offset, len(view))
 
     def _write_sectors(self, first: int, plain: bytes | bytearray | memoryview) -> None:
         seg = self.segment
-        enc = self._sector_cipher().encrypt(seg.iv_tweak + first // 512, plain)
-        self._storage.write(seg.offset + first, enc)
+        cipher = self._sector_cipher()
+        view = memoryview(plain)
+        scratch = bytearray(min(BULK_CHUNK, len(view)))  # reused: one allocation per call
+        for off in range(0, len(view), BULK_CHUNK):
+            n = min(BULK_CHUNK, len(view) - off)
+            buf = memoryview(scratch)[:n]
+            buf[:] = view[off : off + n]
+            cipher.crypt_inplace(seg.iv_tweak + (first + off) // 512, buf, encrypt=True)
+            self._storage.write(seg.offset + first + off, buf)
+
+    def _workers(self, length: int) -> int:
+        """How many processes share a transfer (fork only for big ones on files)."""
+        if length < PARALLEL_MIN or not isinstance(self._storage, FileRange):
+            return 1
+        if not hasattr(os, "fork"):
+            return 1
+        wanted = os.environ.get("BASTION_LUKS_WORKERS")
+        cpus = os.cpu_count() or 1
+        n = int(wanted) if wanted and wanted.isdigit() else cpus
+        return max(1, min(n, cpus, 8))
+
+    def _split(self, length: int, workers: int) -> list[tuple[int, int]]:
+        ss = self.sector_size
+        step = -(-(length // ss) // workers) * ss
+        return [(o, min(step, length - o)) for o in range(0, length, step)]
+
+    def _in_children(self, parts: list[tuple[int, int]], job: Any) -> None:
+        """Run ``job(offset, length)`` for parts[1:] in forked children, parts[0] here."""
+        self._sector_cipher()
+        pids = []
+        for off, n in parts[1:]:
+            pid = os.fork()
+            if pid == 0:  # child: do one part, never return into the caller
+                code = 0
+                try:
+                    job(off, n)
+                except BaseException:
+                    code = 1
+                os._exit(code)
+            pids.append(pid)
+        error: BaseException | None = None
+        try:
+            job(*parts[0])
+        except BaseException as exc:
+            error = exc
+        failed = 0
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                failed += 1
+        if error is not None:
+            raise error
+        if failed:
+            raise BackendError(f"{failed} data-path worker process(es) failed")
 
     def read(self, offset: int, length: int) -> bytes:
         """Plaintext bytes ``[offset, offset+length)`` of the volume."""
@@ -711,10 +794,39 @@ class Luks2Volume:
         ss = self.sector_size
         start = offset - offset % ss
         end = -(-(offset + length) // ss) * ss
-        out = bytearray()
-        for pos in range(start, end, BULK_CHUNK):
-            out += self._read_sectors(pos, min(BULK_CHUNK, end - pos))
-        return bytes(out[offset - start : offset - start + length])
+        workers = self._workers(end - start)
+        if workers == 1:
+            buf = self._read_sectors(start, end - start)
+            if start == offset and end - start == length:
+                return bytes(buf)
+            return bytes(memoryview(buf)[offset - start : offset - start + length])
+        shared = mmap.mmap(-1, end - start)
+        try:
+            view = memoryview(shared)
+            self._in_children(
+                self._split(end - start, workers),
+                lambda o, n: self._read_into(start + o, view[o : o + n]),
+            )
+            out = bytes(view[offset - start : offset - start + length])
+            view.release()
+        finally:
+            shared.close()
+        return out
+
+    def readinto(self, offset: int, buffer: bytearray | memoryview) -> None:
+        """Fill a caller-owned writable ``buffer`` with plaintext from ``offset``.
+
+        Sector-aligned reads decrypt in place without an intermediate copy (for streaming
+        consumers that reuse one buffer); unaligned ones go through :meth:`read`.
+        """
+        view = memoryview(buffer).cast("B")
+        self._check_range(offset, len(view))
+        ss = self.sector_size
+        if offset % ss or len(view) % ss:
+            view[:] = self.read(offset, len(view))
+            return
+        if len(view):
+            self._read_into(offset, view)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write plaintext at ``offset``; partial sectors are read, patched and rewritten."""
@@ -733,11 +845,20 @@ class Luks2Volume:
             sector[head : head + n] = view[:n]
             self._write_sectors(start, sector)
             pos, done = start + ss, n
-        while len(data) - done >= ss:
-            n = min(BULK_CHUNK, (len(data) - done) // ss * ss)
-            self._write_sectors(pos, view[done : done + n])
-            pos += n
-            done += n
+        whole = (len(data) - done) // ss * ss
+        if whole:
+            body = view[done : done + whole]
+            base = pos
+            workers = self._workers(whole)
+            if workers == 1:
+                self._write_sectors(base, body)
+            else:
+                self._in_children(
+                    self._split(whole, workers),
+                    lambda o, n: self._write_sectors(base + o, body[o : o + n]),
+                )
+            pos += whole
+            done += whole
         if done < len(data):
             sector = self._read_sectors(pos, ss)
             rest = len(data) - done

@@ -79,7 +79,7 @@ class _CryptographyXts:
     def __init__(self, key: bytes) -> None:
         self._alg = algorithms.AES(key)
 
-    def run(self, buf: bytearray, sector: int, first_iv: int, step: int, encrypt: bool) -> None:
+    def run(self, buf: Any, sector: int, first_iv: int, step: int, encrypt: bool) -> None:
         view = memoryview(buf)
         out = bytearray(sector + 15)
         for n, off in enumerate(range(0, len(buf), sector)):
@@ -115,7 +115,7 @@ class _EvpXts:
                 self.close()
                 raise FormatError("OpenSSL refused the XTS key (are both halves equal?)")
 
-    def run(self, buf: bytearray, sector: int, first_iv: int, step: int, encrypt: bool) -> None:
+    def run(self, buf: Any, sector: int, first_iv: int, step: int, encrypt: bool) -> None:
         count = len(buf) // sector
         ivs = array("Q", bytes(16 * count))
         if first_iv + (count - 1) * step <= _MASK64:
@@ -185,6 +185,13 @@ class SectorCipher:
         if buf:
             self._impl.run(buf, self.sector_size, first_iv, self.step, enc)
         return buf
+
+    def crypt_inplace(self, first_iv: int, buf: Any, *, encrypt: bool) -> None:
+        """Encrypt or decrypt whole sectors in place in a writable buffer."""
+        if len(buf) % self.sector_size:
+            raise FormatError(f"{len(buf)} bytes are not whole {self.sector_size}-byte sectors")
+        if len(buf):
+            self._impl.run(buf, self.sector_size, first_iv, self.step, encrypt)
 
     def encrypt(self, first_iv: int, data: bytes | bytearray | memoryview) -> bytearray:
         """Encrypt sectors; the first uses IV ``first_iv``, the next ``first_iv + step``..."""

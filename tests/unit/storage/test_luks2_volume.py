@@ -366,3 +366,61 @@ def test_stop_after_every_write(tmp_path: Path, op: Op) -> None:
         Luks2Volume.open(FileRange(img), repair=True)
         assert reopen(img).stale_copy is None
         img.unlink()
+
+
+@pytest.mark.parametrize("workers", ["2", "3"])
+def test_parallel_transfers_match_serial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    import bastion.storage.luks2_volume as mod
+
+    img = tmp_path / "v.img"
+    vol = make(img, size=3 * MiB + 64 * 4096)
+    data = os.urandom(vol.data_size - 4096 - 100)
+    monkeypatch.setattr(mod, "PARALLEL_MIN", 8192)
+    monkeypatch.setenv("BASTION_LUKS_WORKERS", workers)
+    vol.write(100, data)
+    assert vol.read(100, len(data)) == data
+    monkeypatch.setenv("BASTION_LUKS_WORKERS", "1")
+    serial = reopen(img)
+    serial.unlock_passphrase(b"first")
+    assert serial.read(100, len(data)) == data
+    raw_parallel = img.read_bytes()
+    serial.write(100, data)
+    assert img.read_bytes() == raw_parallel
+
+
+def test_parallel_worker_failure_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bastion.storage.luks2_volume as mod
+
+    img = tmp_path / "v.img"
+    vol = make(img, size=3 * MiB + 64 * 4096)
+    monkeypatch.setattr(mod, "PARALLEL_MIN", 8192)
+    monkeypatch.setenv("BASTION_LUKS_WORKERS", "2")
+    parent = os.getpid()
+    real = vol._write_sectors
+
+    def failing_in_child(first: int, plain: bytes | bytearray | memoryview) -> None:
+        if os.getpid() != parent:
+            raise OSError("disk gone")
+        real(first, plain)
+
+    monkeypatch.setattr(vol, "_write_sectors", failing_in_child)
+    with pytest.raises(mod.BackendError, match="worker"):
+        vol.write(0, bytes(vol.data_size))
+
+
+def test_readinto(tmp_path: Path) -> None:
+    img = tmp_path / "v.img"
+    vol = make(img)
+    data = os.urandom(vol.data_size)
+    vol.write(0, data)
+    buf = bytearray(8192)
+    vol.readinto(4096, buf)
+    assert buf == data[4096 : 4096 + 8192]
+    vol.readinto(10, memoryview(buf)[:100])
+    assert buf[:100] == data[10:110]
+    with pytest.raises(ConfigError):
+        vol.readinto(vol.data_size - 4096, buf)
