@@ -113,6 +113,7 @@ def _area(text: bytes) -> bytes:
     return text + b"\0" * (JSON_SIZE - len(text))
 
 
+@settings(max_examples=60)
 @given(documents())
 def test_json_round_trip(doc: dict[str, Any]) -> None:
     m = parse_json_area(_area(json.dumps(doc).encode()))
@@ -120,6 +121,7 @@ def test_json_round_trip(doc: dict[str, Any]) -> None:
     assert parse_json_area(_area(m.to_bytes())) == m
 
 
+@settings(max_examples=60)
 @given(documents(), st.integers(0, 2**64 - 1), st.text("abc-", max_size=40))
 def test_header_round_trip(doc: dict[str, Any], seqid: int, label: str) -> None:
     m = metadata_from_json(doc)
@@ -155,6 +157,7 @@ def test_arbitrary_header_bytes(data: bytes) -> None:
         HeaderArea.parse(data)
 
 
+@settings(max_examples=80)
 @given(documents(), st.integers(0, HDR - 1), st.integers(1, 255))
 def test_any_flipped_byte_is_detected(doc: dict[str, Any], offset: int, xor: int) -> None:
     m = metadata_from_json(doc)
@@ -169,6 +172,7 @@ def test_any_flipped_byte_is_detected(doc: dict[str, Any], offset: int, xor: int
     raise AssertionError(f"flip at {offset} accepted: {parsed.binary}")
 
 
+@settings(max_examples=100)
 @given(json_value)
 def test_arbitrary_json_values_as_tokens(value: Any) -> None:
     with contextlib.suppress(FormatError):
