@@ -2,6 +2,7 @@
 
 A request whose ``Content-Length`` exceeds the bound is answered 413 before the app
 sees it; a chunked body is counted as it streams and cut off with 413 at the bound.
+Past the bound the app sees a client disconnect and its answer is dropped.
 A request declaring a body that is not JSON on a JSON route is left to FastAPI's
 validation (422). Responses use the error body of :mod:`bastion.server.errors`.
 """
@@ -14,10 +15,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.server.errors import error_body
-
-
-class BodyTooLargeError(Exception):
-    """Raised inside ``receive`` when a streamed body passes the bound."""
 
 
 class BodyLimitMiddleware:
@@ -40,27 +37,31 @@ class BodyLimitMiddleware:
             return
         seen = 0
         started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise BodyTooLargeError
+                    refused = True
+                    if not started:
+                        await _too_large(send, self.max_body, None)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the app answers is dropped
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await _too_large(send, self.max_body, None)
+        await self.app(scope, limited_receive, guarded_send)
 
 
 def _content_length(scope: Scope) -> int | None:

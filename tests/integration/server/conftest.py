@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ from bastion.io.clock import FixedClock
 from bastion.server.app import create_app
 from bastion.server.settings import ServerSettings
 
+# the matrix helpers (server_authz.py, authz_*.py) are importable by plain name
+sys.path.insert(0, str(Path(__file__).parent))
+
 PG_ADMIN_URL = os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# tests do not need durable commits; this keeps PostgreSQL from waiting on fsync
+PG_FAST = "?options=-csynchronous_commit%3Doff"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 pytestmark = pytest.mark.integration
@@ -86,7 +92,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     name = request.getfixturevalue("pg_database")
     if name is None:
         pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is unreachable (Debian package 'postgresql')")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}{PG_FAST}"
     _pg_wipe(name)
 
 
@@ -122,6 +128,40 @@ def make_app(db_url: str, tmp_path: Path, clock: FixedClock) -> Iterator[Callabl
     yield factory
     for app in apps:
         app.state.ctx.db.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def matrix_client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    """A module-wide app and client on its own database (the authorization matrix)."""
+    tmp = tmp_path_factory.mktemp("matrix")
+    name = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp / 'bastion.db'}"
+    else:
+        try:
+            admin = _pg_connect()
+        except Exception as exc:
+            if IN_CI:
+                pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}", pytrace=False)
+            pytest.skip(
+                f"PostgreSQL at {PG_ADMIN_URL} is unreachable (Debian package 'postgresql')"
+            )
+        name = f"bastion_matrix_{secrets.token_hex(4)}"
+        with admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}{PG_FAST}"
+    clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
+    app = create_app(ServerSettings(data_dir=tmp / "data", database_url=url, **CHEAP), clock=clock)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield client
+    finally:
+        app.state.ctx.db.dispose()
+        if name is not None:
+            with _pg_connect() as admin2:
+                admin2.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

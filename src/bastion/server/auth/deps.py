@@ -16,6 +16,8 @@ Use them through the ``Annotated`` aliases::
 * :data:`FleetViewer`/:data:`FleetOperator`/:data:`FleetAdmin`/:data:`FleetOwner` a
   :class:`~bastion.server.auth.rbac.FleetAccess` for the ``{fleet_id}`` path parameter.
 * :func:`fleet_role` builds the same for any minimum role.
+* :data:`OrgMemberAccess`/:data:`OrgOwnerAccess` an
+  :class:`~bastion.server.auth.rbac.OrgAccess` for the ``{org_id}`` path parameter.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from sqlalchemy.orm import Session
 
 from bastion.errors import AuthError
 from bastion.server.auth.principal import Principal, PrincipalKind, Via
-from bastion.server.auth.rbac import FleetAccess, Role, fleet_access, require_user_principal
+from bastion.server.auth.rbac import (
+    FleetAccess,
+    OrgAccess,
+    OrgRole,
+    Role,
+    fleet_access,
+    org_access,
+    require_user_principal,
+)
 from bastion.server.context import AppContext
 
 
@@ -134,6 +144,19 @@ def fleet_role(minimum: Role) -> Callable[..., FleetAccess]:
     return dependency
 
 
+def org_role(minimum: OrgRole) -> Callable[..., OrgAccess]:
+    """A dependency giving the caller's OrgAccess for path parameter ``org_id``."""
+
+    def dependency(
+        org_id: str,
+        principal: Annotated[Principal, Depends(current_principal)],
+        session: Annotated[Session, Depends(read_session)],
+    ) -> OrgAccess:
+        return org_access(session, principal, org_id, minimum)
+
+    return dependency
+
+
 DbSession = Annotated[Session, Depends(db_session)]
 ReadSession = Annotated[Session, Depends(read_session)]
 Ctx = Annotated[AppContext, Depends(get_ctx)]
@@ -144,3 +167,5 @@ FleetViewer = Annotated[FleetAccess, Depends(fleet_role(Role.VIEWER))]
 FleetOperator = Annotated[FleetAccess, Depends(fleet_role(Role.OPERATOR))]
 FleetAdmin = Annotated[FleetAccess, Depends(fleet_role(Role.ADMIN))]
 FleetOwner = Annotated[FleetAccess, Depends(fleet_role(Role.OWNER))]
+OrgMemberAccess = Annotated[OrgAccess, Depends(org_role(OrgRole.MEMBER))]
+OrgOwnerAccess = Annotated[OrgAccess, Depends(org_role(OrgRole.OWNER))]

@@ -1,0 +1,176 @@
+"""Organisations and fleets: roles, 2FA enforcement, owners, config and variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from bastion.server.auth import totp
+
+
+@pytest.fixture
+def org_world(api):
+    boss = api.user_and_login("boss@example.org")
+    org = api.client.post("/v1/orgs", headers=boss, json={"name": "acme"}).json()["id"]
+    fleet = api.client.post(f"/v1/orgs/{org}/fleets", headers=boss, json={"name": "pumps"}).json()[
+        "id"
+    ]
+    return api, boss, org, fleet
+
+
+def add(api, boss, org, fleet, email, role):
+    api.user(email)
+    assert (
+        api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": email}).status_code
+        == 200
+    )
+    if role:
+        r = api.client.put(
+            f"/v1/fleets/{fleet}/members", headers=boss, json={"email": email, "role": role}
+        )
+        assert r.status_code == 200, r.text
+    return api.login(email)
+
+
+def test_fleet_listing_shows_roles(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    viewer = add(api, boss, org, fleet, "v@example.org", "viewer")
+    assert [f["role"] for f in api.client.get("/v1/fleets", headers=boss).json()] == ["owner"]
+    assert [f["role"] for f in api.client.get("/v1/fleets", headers=viewer).json()] == ["viewer"]
+    member_only = add(api, boss, org, fleet, "m@example.org", None)
+    assert api.client.get("/v1/fleets", headers=member_only).json() == []
+    assert api.client.get(f"/v1/fleets/{fleet}", headers=member_only).status_code == 404
+
+
+def test_admin_cannot_grant_or_remove_owner(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    admin = add(api, boss, org, fleet, "a@example.org", "admin")
+    add(api, boss, org, fleet, "o@example.org", "owner")
+    api.user("new@example.org")
+    api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": "new@example.org"})
+    grant = api.client.put(
+        f"/v1/fleets/{fleet}/members",
+        headers=admin,
+        json={"email": "new@example.org", "role": "owner"},
+    )
+    assert grant.status_code == 403
+    demote = api.client.put(
+        f"/v1/fleets/{fleet}/members",
+        headers=admin,
+        json={"email": "o@example.org", "role": "viewer"},
+    )
+    assert demote.status_code == 403
+    ok = api.client.put(
+        f"/v1/fleets/{fleet}/members",
+        headers=admin,
+        json={"email": "new@example.org", "role": "operator"},
+    )
+    assert ok.status_code == 200
+
+
+def test_fleet_role_needs_org_membership(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    api.user("stranger@example.org")
+    response = api.client.put(
+        f"/v1/fleets/{fleet}/members",
+        headers=boss,
+        json={"email": "stranger@example.org", "role": "viewer"},
+    )
+    assert response.status_code == 404
+
+
+def test_last_owner_cannot_leave(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    me = api.client.get("/v1/me", headers=boss).json()["id"]
+    assert api.client.delete(f"/v1/orgs/{org}/members/{me}", headers=boss).status_code == 409
+
+
+def test_org_2fa_enforcement(org_world, clock) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    viewer = add(api, boss, org, fleet, "v@example.org", "viewer")
+    # the owner must have 2FA before enforcing it
+    assert (
+        api.client.patch(f"/v1/orgs/{org}", headers=boss, json={"require_2fa": True}).status_code
+        == 409
+    )
+    secret = api.client.post("/v1/me/totp", headers=boss).json()["secret"]
+    step = int(clock.now().timestamp()) // 30
+    api.client.post("/v1/me/totp/confirm", headers=boss, json={"code": totp.code_at(secret, step)})
+    clock.advance(30)
+    boss2 = api.login("boss@example.org", totp=totp.code_at(secret, step + 1))
+    assert (
+        api.client.patch(f"/v1/orgs/{org}", headers=boss2, json={"require_2fa": True}).status_code
+        == 200
+    )
+    # sessions without a second factor are now refused in this organisation
+    refused = api.client.get(f"/v1/fleets/{fleet}", headers=viewer)
+    assert refused.status_code == 403
+    assert "two-factor" in refused.json()["detail"]
+    assert api.client.get(f"/v1/fleets/{fleet}", headers=boss).status_code == 403
+    assert api.client.get(f"/v1/fleets/{fleet}", headers=boss2).status_code == 200
+    assert api.client.get("/v1/fleets", headers=viewer).json() == []
+
+
+def test_config_and_env(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    op = add(api, boss, org, fleet, "op@example.org", "operator")
+    assert (
+        api.client.put(
+            f"/v1/fleets/{fleet}/config", headers=op, json={"config": {"x": [1, 2]}}
+        ).status_code
+        == 200
+    )
+    assert api.client.get(f"/v1/fleets/{fleet}/config", headers=op).json() == {
+        "config": {"x": [1, 2]}
+    }
+    assert (
+        api.client.put(
+            f"/v1/fleets/{fleet}/env/LOG_LEVEL", headers=op, json={"value": "debug"}
+        ).status_code
+        == 200
+    )
+    assert api.client.get(f"/v1/fleets/{fleet}/env", headers=op).json() == [
+        {"name": "LOG_LEVEL", "value": "debug"}
+    ]
+    assert api.client.delete(f"/v1/fleets/{fleet}/env/LOG_LEVEL", headers=op).status_code == 204
+    assert api.client.delete(f"/v1/fleets/{fleet}/env/LOG_LEVEL", headers=op).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("env/1BAD", {"value": "x"}, 422),
+        ("env/GOOD", {"value": "x" * 9000}, 422),
+        ("env/GOOD", {"value": "a\x00b"}, 400),
+        ("env/GOOD", {"value": 5}, 422),
+        ("env/GOOD", {"value": "x", "extra": 1}, 422),
+        ("config", {"config": {"k": "x" * 70000}}, 413),
+        ("config", {"config": [1, 2]}, 422),
+        ("config", {}, 422),
+    ],
+)
+def test_bad_fleet_input(org_world, path, body, status) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    response = api.client.put(f"/v1/fleets/{fleet}/{path}", headers=boss, json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] in {"invalid", "bad_request", "too_large"}
+
+
+@pytest.mark.parametrize("name", ["UPPER", "-lead", "a" * 64, "sp ace", ""])
+def test_bad_names(org_world, name) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    assert api.client.post("/v1/orgs", headers=boss, json={"name": name}).status_code == 422
+
+
+def test_duplicate_names_conflict(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    assert api.client.post("/v1/orgs", headers=boss, json={"name": "acme"}).status_code == 409
+    assert (
+        api.client.post(f"/v1/orgs/{org}/fleets", headers=boss, json={"name": "pumps"}).status_code
+        == 409
+    )
+
+
+def test_org_audit_lists_only_that_org(org_world) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    events = [e["event"] for e in api.client.get(f"/v1/orgs/{org}/audit", headers=boss).json()]
+    assert events == ["org.create", "fleet.create"]
