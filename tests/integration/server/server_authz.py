@@ -232,16 +232,10 @@ class Row:
         return f"{self.method} {self.path}"
 
 
-_PLUGINS: list[Any] | None = None
-
-
 def plugin_modules() -> list[Any]:
-    """Every ``authz_*.py`` module next to this file, imported once."""
-    global _PLUGINS
-    if _PLUGINS is None:
-        here = Path(__file__).parent
-        _PLUGINS = [importlib.import_module(path.stem) for path in sorted(here.glob("authz_*.py"))]
-    return _PLUGINS
+    """Every ``authz_*.py`` module next to this file (imported once by Python's cache)."""
+    here = Path(__file__).parent
+    return [importlib.import_module(path.stem) for path in sorted(here.glob("authz_*.py"))]
 
 
 def all_rows(core: list[Row]) -> list[Row]:

@@ -32,7 +32,7 @@ def add(api, boss, org, fleet, email, role):
 
 
 def test_fleet_listing_shows_roles(org_world) -> None:
-    api, boss, org, fleet = org_world  # noqa: RUF059
+    api, boss, org, fleet = org_world
     viewer = add(api, boss, org, fleet, "v@example.org", "viewer")
     assert [f["role"] for f in api.client.get("/v1/fleets", headers=boss).json()] == ["owner"]
     assert [f["role"] for f in api.client.get("/v1/fleets", headers=viewer).json()] == ["viewer"]
@@ -42,7 +42,7 @@ def test_fleet_listing_shows_roles(org_world) -> None:
 
 
 def test_admin_cannot_grant_or_remove_owner(org_world) -> None:
-    api, boss, org, fleet = org_world  # noqa: RUF059
+    api, boss, org, fleet = org_world
     admin = add(api, boss, org, fleet, "a@example.org", "admin")
     add(api, boss, org, fleet, "o@example.org", "owner")
     api.user("new@example.org")
@@ -85,7 +85,7 @@ def test_last_owner_cannot_leave(org_world) -> None:
 
 
 def test_org_2fa_enforcement(org_world, clock) -> None:
-    api, boss, org, fleet = org_world  # noqa: RUF059
+    api, boss, org, fleet = org_world
     viewer = add(api, boss, org, fleet, "v@example.org", "viewer")
     # the owner must have 2FA before enforcing it
     assert (
@@ -111,7 +111,7 @@ def test_org_2fa_enforcement(org_world, clock) -> None:
 
 
 def test_config_and_env(org_world) -> None:
-    api, boss, org, fleet = org_world  # noqa: RUF059
+    api, boss, org, fleet = org_world
     op = add(api, boss, org, fleet, "op@example.org", "operator")
     assert (
         api.client.put(
