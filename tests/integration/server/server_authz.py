@@ -112,6 +112,8 @@ class World:
     emails: dict[str, str] = field(default_factory=dict)
     counter: itertools.count[int] = field(default_factory=itertools.count)
     tag: str = ""
+    #: anything a feature's add_principals wants to keep (e.g. a provisioning key secret)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def post(self, who: str, path: str, json: Any = None) -> dict[str, Any]:
         response = self.client.post(path, json=json, headers=self.headers[who])

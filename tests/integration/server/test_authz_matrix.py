@@ -209,6 +209,8 @@ def test_every_route_has_a_row(app) -> None:
             ("{fleet}", "{fleet_id}"),
             ("{user}", "{user_id}"),
             ("{token}", "{token_id}"),
+            ("{device}", "{device_id}"),
+            ("{pkey}", "{key_id}"),
         ):
             template = template.replace(var, param)
         covered.add((row.method, template))
