@@ -140,6 +140,6 @@ ROWS = [
     Row("DELETE", "/v1/fleets/{fleet}/provisioning-keys/{pkey}", "admin", 204, setup=_fresh_key),
     Row("POST", "/v1/enroll/begin", "enrol", body={}),
     Row("POST", "/v1/enroll/finish", "enrol", body={}),
-    Row("GET", "/v1/crl", "open"),
-    Row("GET", "/v1/ca", "open"),
+    Row("GET", "/v1/crl", "public"),
+    Row("GET", "/v1/ca", "public"),
 ]
