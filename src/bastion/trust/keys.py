@@ -46,6 +46,7 @@ from bastion.trust.signer import (
 )
 
 PassphraseCallback = Callable[[], bytes]
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+$")  # 2+ chars: "C:" stays a path
 
 
@@ -71,7 +72,11 @@ class KeyUri:
 
     @classmethod
     def parse(cls, text: str) -> KeyUri:
-        """Parse ``file:PATH[?passphrase-env=VAR]``, ``tpm:BACKEND#KEYFILE`` or a bare path."""
+        """Parse ``file:PATH[?passphrase-env=VAR]``, ``tpm:BACKEND#KEYFILE`` or a bare path.
+
+        In the ``file:`` and ``tpm:`` forms the paths are percent-decoded (write ``%3F``
+        for a ``?`` in a file name); a bare path is taken literally.
+        """
         if not text:
             raise ConfigError("empty key URI: expected file:PATH or tpm:BACKEND#KEYFILE")
         if text.startswith("tpm:"):
@@ -79,24 +84,30 @@ class KeyUri:
             if not sep or not backend or not keyfile:
                 raise ConfigError(
                     f"bad key URI {text!r}: expected tpm:BACKEND#KEYFILE, "
-                    "e.g. tpm:software:/var/lib/bastion/tpm#/keys/boot.tpmkey"
+                    "e.g. tpm:software:/var/lib/bastion/tpm.state#/keys/boot.tpmkey"
                 )
-            return cls("tpm", keyfile, tpm=backend)
+            from bastion.tpm.uri import parse_tpm_uri
+
+            parse_tpm_uri(backend)  # ConfigError naming the accepted forms
+            return cls("tpm", _unquote(keyfile, text), tpm=backend)
         if text.startswith("file:"):
             rest = text[5:]
             if rest.startswith("//"):
-                rest = urllib.parse.urlsplit(text).path
+                if not rest.startswith("///"):
+                    raise ConfigError(f"bad key URI {text!r}: file URIs name no host")
+                rest = rest[2:]
             path, _, query = rest.partition("?")
             env = None
             if query:
-                params = urllib.parse.parse_qs(query, strict_parsing=True)
-                unknown = set(params) - {"passphrase-env"}
-                if unknown:
+                name, eq, value = query.partition("=")
+                if name != "passphrase-env" or not eq:
                     raise ConfigError(
-                        f"bad key URI {text!r}: unknown parameter(s) {sorted(unknown)}, "
-                        "expected only passphrase-env"
+                        f"bad key URI {text!r}: expected only ?passphrase-env=VAR after the path"
                     )
-                env = params["passphrase-env"][-1]
+                if not _ENV_RE.match(value):
+                    raise ConfigError(f"bad key URI {text!r}: {value!r} is not a variable name")
+                env = value
+            path = _unquote(path, text)
             if not path:
                 raise ConfigError(f"bad key URI {text!r}: no path")
             return cls("file", path, passphrase_env=env)
@@ -109,9 +120,23 @@ class KeyUri:
 
     def __str__(self) -> str:
         if self.scheme == "tpm":
-            return f"tpm:{self.tpm}#{self.path}"
+            return f"tpm:{self.tpm}#{_quote(self.path)}"
         suffix = f"?passphrase-env={self.passphrase_env}" if self.passphrase_env else ""
-        return f"file:{self.path}{suffix}"
+        quoted = _quote(self.path)
+        if quoted.startswith("//"):  # keep it from reading as file://host
+            quoted = "//" + quoted
+        return f"file:{quoted}{suffix}"
+
+
+def _quote(path: str) -> str:
+    return urllib.parse.quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def _unquote(path: str, text: str) -> str:
+    try:
+        return urllib.parse.unquote(path, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"bad key URI {text!r}: percent-encoding is not UTF-8") from exc
 
 
 def generate_private_key(algorithm: KeyAlgorithm | str) -> PrivateKey:

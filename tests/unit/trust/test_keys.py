@@ -131,3 +131,28 @@ def test_load_public_key_forms(keygen) -> None:
 
 def test_algorithms_enum() -> None:
     assert {a.value for a in KeyAlgorithm} >= {"ed25519", "ecdsa-p256", "rsa-3072"}
+
+
+@pytest.mark.parametrize(
+    "path", ["//srv/k.pem", "a?b.pem", "a#b%c.pem", "tpm:x", " k.pem", "ü.pem"]
+)
+def test_uri_round_trip_of_odd_paths(path: str) -> None:
+    uri = KeyUri("file", path)
+    assert KeyUri.parse(str(uri)) == uri
+    tpm = KeyUri("tpm", path, tpm="software:/var/tpm.state")
+    assert KeyUri.parse(str(tpm)) == tpm
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "file://host/k.pem",
+        "file:/k?passphrase-env=1BAD",
+        "file:/k?passphrase-env",
+        "tpm:bogus#k",
+        "file:%ff",
+    ],
+)
+def test_uri_refused_more(text: str) -> None:
+    with pytest.raises(ConfigError):
+        KeyUri.parse(text)
