@@ -31,7 +31,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bastion.errors import ConfigError, DigestMismatchError, FormatError, LimitError, NotFoundError
+from bastion.errors import (
+    ConfigError,
+    DigestMismatchError,
+    FormatError,
+    LimitError,
+    NotFoundError,
+    VerificationError,
+)
 from bastion.formats.verity import (
     SUPERBLOCK_SIZE,
     VerityHasher,
@@ -301,6 +308,19 @@ def _resolve_params(
     return read_superblock(hash_path, hash_offset).params
 
 
+def _check_data_size(params: VerityParams, data_size: int | None, from_superblock: bool) -> None:
+    """Refuse parameters covering other than ``data_size`` bytes (a shrunk superblock)."""
+    if data_size is None or data_size == params.data_size:
+        return
+    message = (
+        f"verity parameters cover {params.data_size} bytes "
+        f"({params.data_blocks} blocks of {params.data_block_size}), expected {data_size}"
+    )
+    if from_superblock:
+        raise VerificationError(f"{message}: the superblock does not describe this volume")
+    raise ConfigError(message)
+
+
 def _check_root_length(params: VerityParams, root_hash: bytes) -> None:
     if len(root_hash) != params.digest_size:
         raise FormatError(
@@ -318,6 +338,7 @@ def verify_region(
     data_offset: int = 0,
     hash_offset: int = 0,
     superblock: bool = True,
+    data_size: int | None = None,
     workers: int | None = None,
     parallel_min_bytes: int = PARALLEL_MIN_BYTES,
 ) -> VerityParams:
@@ -325,10 +346,15 @@ def verify_region(
 
     ``params`` default to the superblock at ``hash_offset``; when given (for example from
     signed metadata) the superblock is not trusted and only moves the tree's start.
-    Raises :class:`DigestMismatchError` naming the first bad block (hash blocks first,
-    top level first, then data blocks), :class:`FormatError` for short files.
+    The root hash does not bind the number of data blocks a superblock claims (a smaller
+    count can still verify, covering a prefix), so a caller trusting the superblock
+    should pass the expected ``data_size``. Raises :class:`DigestMismatchError` naming
+    the first bad block (hash blocks first, top level first, then data blocks),
+    :class:`FormatError` for short files.
     """
+    from_superblock = params is None
     params = _resolve_params(params, hash_path, hash_offset, superblock)
+    _check_data_size(params, data_size, from_superblock)
     _check_root_length(params, root_hash)
     geo = params.geometry()
     hbs = params.hash_block_size
@@ -371,7 +397,8 @@ class VerityReader(io.RawIOBase):
     """A read-only file over a verity-protected data region; every byte returned is verified.
 
     Data and hash may be the same file at different offsets. ``params`` default to the
-    superblock; pass them (e.g. from signed metadata) to not trust it. Verified hash
+    superblock; pass them (e.g. from signed metadata) to not trust it, or pass the
+    expected ``data_size`` so a superblock claiming fewer blocks is refused. Verified hash
     blocks are cached (LRU, ``cache_blocks``); a failure raises
     :class:`DigestMismatchError` naming the data or hash block and level.
     """
@@ -394,11 +421,7 @@ class VerityReader(io.RawIOBase):
         self._hash_fd = -1
         self.params = _resolve_params(params, hash_path, hash_offset, superblock)
         _check_root_length(self.params, root_hash)
-        if data_size is not None and data_size != self.params.data_size:
-            raise ConfigError(
-                f"verity data size {data_size} does not match the parameters "
-                f"({self.params.data_blocks} blocks of {self.params.data_block_size} bytes)"
-            )
+        _check_data_size(self.params, data_size, params is None)
         self.root_hash = bytes(root_hash)
         self._geo = self.params.geometry()
         self._hasher = VerityHasher(self.params)

@@ -391,4 +391,27 @@ def test_missing_files(tmp_path: Path) -> None:
 def test_reader_refuses_inconsistent_data_size(volume: tuple[Path, Path, bytes, bytes]) -> None:
     data, hash_file, root, _ = volume
     with pytest.raises(ConfigError):
+        VerityReader(data, hash_file, root, PARAMS, data_size=PARAMS.data_size - 512)
+    with pytest.raises(VerificationError):
         VerityReader(data, hash_file, root, data_size=PARAMS.data_size - 512)
+
+
+def test_shrunk_superblock_is_refused_when_the_size_is_known(
+    volume: tuple[Path, Path, bytes, bytes],
+) -> None:
+    data, hash_file, root, payload = volume
+    # 4193 blocks give the same tree shape as 4200 (263, 17, 2, 1), so the root hash still
+    # matches: the root hash does not bind the block count a superblock claims
+    with open(hash_file, "r+b") as f:
+        f.seek(72)
+        f.write((4193).to_bytes(8, "little"))
+    shrunk = verify_region(data, hash_file, root)
+    assert shrunk.data_blocks == 4193
+    with pytest.raises(VerificationError, match="superblock does not describe"):
+        verify_region(data, hash_file, root, data_size=len(payload))
+    with pytest.raises(VerificationError, match="superblock does not describe"):
+        VerityReader(data, hash_file, root, data_size=len(payload))
+    # trusted params ignore the superblock entirely
+    verify_region(data, hash_file, root, PARAMS, data_size=len(payload))
+    with pytest.raises(ConfigError):
+        verify_region(data, hash_file, root, PARAMS, data_size=len(payload) - 512)
