@@ -26,6 +26,7 @@ from bastion.device.profile import make_profile
 from bastion.errors import (
     BastionError,
     DigestMismatchError,
+    FormatError,
     PolicyError,
     RollbackError,
     SignatureError,
@@ -180,7 +181,12 @@ TAMPER = [
     ("hash tree (top level)", _hash_top, "disk.img", False, DigestMismatchError, "running"),
     ("hash tree, full verify", _hash_top, "disk.img", True, DigestMismatchError, "initrd"),
     ("fuse bank", _fuses, "fuses", False, TamperError, "rom"),
-]
+    ("boot archive header", lambda d: _part(d, "boot") + 9, "disk.img", False, TamperError, "rom"),
+    ("unit statement", lambda d: _archive_entry_offset(d, "unit.a.sig") + 30, "disk.img", False,
+     (VerificationError, FormatError), "bootloader"),
+    ("loader statement", lambda d: _archive_entry_offset(d, "loader.sig") + 30, "disk.img", False,
+     (VerificationError, FormatError), "rom"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -195,7 +201,7 @@ def test_tamper_matrix(
     where: Callable[[Path], int],
     target: str,
     full: bool,
-    error: type[BaseException],
+    error: type[BaseException] | tuple[type[BaseException], ...],
     stage: str,
 ) -> None:
     dev = _device(base, tmp_path)
@@ -253,6 +259,36 @@ def test_boot_control_bit_flip_falls_back_to_other_copy(
     report = chain.boot(dev)
     assert report.reached is chain.Stage.RUNNING
     assert any("boot-control copy" in n for n in report.notes)
+
+
+def test_primary_gpt_bit_flip_falls_back_to_backup(base: dict[str, object], tmp_path: Path) -> None:
+    dev = _device(base, tmp_path)
+    _flip(dev / "disk.img", 512 + 40)
+    assert chain.boot(dev).reached is chain.Stage.RUNNING
+
+
+def test_tpm_nv_fuses_rollback(base: dict[str, object], tmp_path: Path) -> None:
+    from bastion.tpm.fuses import TpmFuseBank
+
+    built = base["image"]
+    assert isinstance(built, img.BuiltImage)
+    dev = tmp_path / "nv"
+    create_device(
+        dev, built.path, trust_of(product_keys()), product_keys().platform_root, fuses="tpm"
+    )
+    assert not (dev / "fuses").exists()
+    assert chain.boot(dev).reached is chain.Stage.RUNNING
+    plat = SimPlatform(dev)
+    tpm = plat.open_tpm()
+    try:
+        bank = TpmFuseBank(tpm)
+        assert bank.counter() == 1
+        assert bank.key_hash() == trust_of(product_keys()).platform_root_hash
+        bank.blow_to(2)
+    finally:
+        tpm.close()
+    with pytest.raises(RollbackError, match=r"^bootloader: slot a security version 1"):
+        chain.boot(dev)
 
 
 def test_profile_tamper_halts(base: dict[str, object], tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def _create(args: argparse.Namespace) -> int:
         load_image_trust(args.keys),
         keys.signer("platform-root"),
         tpm=args.tpm or "software",
+        fuses=args.fuses,
         profile=profile,
     )
     emit(
@@ -61,15 +62,21 @@ def _inspect(args: argparse.Namespace) -> int:
 
     layout = img.read_layout(plat.disk)
     ctl = parse_partition(img.read_partition(plat.disk, layout.find(img.PART_BOOTCTL)))
-    fuses = plat.fuses()
+    tpm = plat.open_tpm() if plat.config.get("fuses") == "tpm" else None
+    try:
+        fuses = plat.fuses(tpm)
+        key_hash, counter = fuses.key_hash(), fuses.counter()
+    finally:
+        if tpm is not None:
+            tpm.close()
     last = plat.load(chain.REPORT_FILE)
     doc: dict[str, Any] = {
         "device": args.device,
         "config": plat.config,
         "state": plat.state(),
         "fuses": {
-            "key_hash": (fuses.key_hash() or b"").hex() or None,
-            "counter": fuses.counter(),
+            "key_hash": (key_hash or b"").hex() or None,
+            "counter": counter,
         },
         "boot_control": {
             "active": "ab"[ctl.control.active],
@@ -149,6 +156,12 @@ def register(subparsers: Any) -> None:
     c.add_argument("--image", required=True)
     c.add_argument("--keys", required=True, metavar="DIR")
     c.add_argument("--tpm", metavar="KIND", help="software (default), swtpm, or a TPM URI")
+    c.add_argument(
+        "--fuses",
+        default="file",
+        choices=("file", "tpm"),
+        help="fuse bank: a file (default) or TPM NV bits indexes (counter in the TPM)",
+    )
     c.add_argument(
         "--tamper-response", default="halt", help="halt (default), try-other-slot, wipe-data"
     )

@@ -44,6 +44,7 @@ from bastion.device.platform import SimPlatform
 from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
 from bastion.device.profile import Feature, Mode, SecurityProfile, TamperResponse, parse_profile
 from bastion.errors import (
+    BackendError,
     BastionError,
     DigestMismatchError,
     FormatError,
@@ -163,7 +164,7 @@ class BootChain:
         self.full_verify = full_verify
         self.report = BootReport(full_verify=full_verify)
         self.profile = SecurityProfile()
-        self._tried: list[str] = []
+        self._stage = Stage.ROM
 
     # --- public --------------------------------------------------------------------------
 
@@ -190,8 +191,17 @@ class BootChain:
             try:
                 self._chain(tpm, rec)
             except BastionError as exc:
-                self.report.error = f"{type(exc).__name__}: {exc}"
-                raise
+                err = exc
+                if getattr(exc, "stage", None) is None:  # name the stage, always
+                    err = _prefixed(self._stage, exc)
+                self.report.error = f"{type(err).__name__}: {err}"
+                if err is exc:
+                    raise
+                raise err from exc
+            except OSError as exc:
+                err = BackendError(f"{self._stage.value}: I/O error: {exc}")
+                self.report.error = f"BackendError: {err}"
+                raise err from exc
             finally:
                 plat.store(EVENTLOG_FILE, rec.log_bytes())
                 self.report.events = len(rec.events)
@@ -226,11 +236,11 @@ class BootChain:
         plat = self.platform
         disk = plat.disk
         # ---------------- ROM ----------------
-        stage = Stage.ROM
+        stage = self._stage = Stage.ROM
         if plat.state().get("reprovision"):
             raise _fail(stage, "device was wiped after tamper; re-provision it")
         try:
-            fuses = plat.fuses()
+            fuses = plat.fuses(tpm)
             key_hash = fuses.key_hash()
             counter = fuses.counter()
         except BastionError as exc:
@@ -267,7 +277,7 @@ class BootChain:
         rec.extend(measure.rom_events(key_hash, loader))
         self.report.reached = stage
         # ---------------- bootloader ----------------
-        stage = Stage.BOOTLOADER
+        stage = self._stage = Stage.BOOTLOADER
         try:
             stage_obj = bu.parse_loader(loader)
             boot_verifier = Verifier.of(load_public_key(stage_obj.boot_key))
@@ -308,7 +318,7 @@ class BootChain:
         self.report.security_version = unit.security_version
         self.report.reached = stage
         # ---------------- kernel ----------------
-        stage = Stage.KERNEL
+        stage = self._stage = Stage.KERNEL
         if unit.modules:
             try:
                 cert = x509.load_pem_x509_certificate(unit.modcert)
@@ -327,7 +337,7 @@ class BootChain:
             self.report.notes.append(f"{len(unit.modules)} kernel module(s) verified")
         self.report.reached = stage
         # ---------------- initrd ----------------
-        stage = Stage.INITRD
+        stage = self._stage = Stage.INITRD
         params = unit.cmdline_params()
         if params.get("bastion.slot") != slot:
             raise _fail(stage, f"command line names slot {params.get('bastion.slot')!r}")
@@ -390,7 +400,7 @@ class BootChain:
         rec.extend(measure.lock_events())
         self.report.reached = stage
         # ---------------- running ----------------
-        stage = Stage.RUNNING
+        stage = self._stage = Stage.RUNNING
         if reader is not None:
             try:
                 with reader:

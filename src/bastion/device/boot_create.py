@@ -43,6 +43,7 @@ def create_device(
     platform_root: Signer,
     *,
     tpm: str = "software",
+    fuses: str = "file",
     profile: SecurityProfile | None = None,
 ) -> dict[str, Any]:
     """Create the device folder; returns a summary (verified image metadata included)."""
@@ -51,9 +52,13 @@ def create_device(
     if tpm not in TPM_KINDS and not tpm.startswith(("swtpm:", "software:")):
         raise ConfigError(f"--tpm {tpm!r}: expected software, swtpm or a TPM URI")
     metadata = img.verify_image_signature(image, trust)
-    plat = create_sim_folder(folder, tpm)
+    plat = create_sim_folder(folder, tpm, fuses)
     _sparse_copy(image, plat.disk)
-    plat.fuses().burn_key_hash(trust.platform_root_hash)
+    if fuses == "tpm":
+        with plat.power_on() as dev_tpm:
+            plat.fuses(dev_tpm).burn_key_hash(trust.platform_root_hash)
+    else:
+        plat.fuses().burn_key_hash(trust.platform_root_hash)
     prof = profile or SecurityProfile()
     envelope = sign_envelope(PAYLOAD_TYPE, prof.to_bytes(), [platform_root])
     plat.store("profile.json", envelope.to_bytes())
@@ -61,6 +66,7 @@ def create_device(
         "device": str(folder),
         "image": metadata,
         "tpm": tpm,
+        "fuses": fuses,
         "platform_key_hash": trust.platform_root_hash.hex(),
         "profile": prof.to_json(),
     }

@@ -4,9 +4,11 @@ A platform gives the boot chain its hardware: the disk (partitions of one image)
 one-time-programmable fuses, a TPM that starts each boot with reset PCRs, and a place
 for the event log and console. The ``sim`` platform is a folder::
 
-    DEV/device.json     {"platform": "sim", "tpm": "software" | "swtpm" | <TPM URI>}
+    DEV/device.json     {"platform": "sim", "tpm": "software" | "swtpm" | <TPM URI>,
+                         "fuses": "file" | "tpm"}
     DEV/disk.img        the GPT disk (a copy of the signed image, then the device's own)
-    DEV/fuses           the fuse bank file (tpm/fuses.py FileFuseBank)
+    DEV/fuses           the fuse bank file (tpm/fuses.py FileFuseBank), unless the fuses
+                        are TPM NV bits indexes (TpmFuseBank: the "TPM NV counter" case)
     DEV/tpm.state       the software TPM (or DEV/swtpm/ for a managed swtpm)
     DEV/profile.json    the signed security profile
     DEV/eventlog.bin    the TCG event log of the last boot
@@ -54,8 +56,8 @@ class Platform(Protocol):
         """The disk image (or block device) holding the GPT."""
         ...
 
-    def fuses(self) -> FuseBank:
-        """The one-time-programmable fuse bank."""
+    def fuses(self, tpm: Tpm | None = None) -> FuseBank:
+        """The one-time-programmable fuse bank (some platforms keep it in the TPM)."""
         ...
 
     def power_on(self) -> contextlib.AbstractContextManager[Tpm]:
@@ -94,9 +96,16 @@ class SimPlatform:
             raise FormatError(f"{self.folder / DEVICE_FILE} is not a sim device description")
         return doc
 
-    def fuses(self) -> FuseBank:
-        from bastion.tpm.fuses import FileFuseBank
+    def fuses(self, tpm: Tpm | None = None) -> FuseBank:
+        """The fuse bank: the ``fuses`` file, or TPM NV bits when device.json says
+        ``"fuses": "tpm"`` (then ``tpm`` must be the device's open TPM)."""
+        from bastion.tpm.fuses import FileFuseBank, TpmFuseBank
 
+        if self.config.get("fuses", "file") == "tpm":
+            if tpm is None:
+                raise ConfigError(f"device {self.folder} keeps its fuses in the TPM: open it")
+            nv: FuseBank = TpmFuseBank(tpm)
+            return nv
         bank: FuseBank = FileFuseBank(self.folder / "fuses")
         return bank
 
@@ -161,12 +170,15 @@ class SimPlatform:
         self.store("state.json", json.dumps(doc, sort_keys=True).encode())
 
 
-def create_sim_folder(folder: Path, tpm: str) -> SimPlatform:
+def create_sim_folder(folder: Path, tpm: str, fuses: str = "file") -> SimPlatform:
     """Create an empty device folder (ConflictError-free: refuses a non-empty folder)."""
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError(f"device folder {folder} exists and is not empty")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     plat = SimPlatform(folder)
-    plat.store(DEVICE_FILE, json.dumps({"platform": "sim", "tpm": tpm}, indent=2).encode())
+    if fuses not in ("file", "tpm"):
+        raise ConfigError(f"--fuses {fuses!r}: expected file or tpm")
+    doc = {"platform": "sim", "tpm": tpm, "fuses": fuses}
+    plat.store(DEVICE_FILE, json.dumps(doc, indent=2).encode())
     return plat
