@@ -252,3 +252,32 @@ def _reference_xts(key: bytes, tweak: int, data: bytes) -> bytes:
         if tv >> 128:
             tv = (tv & ((1 << 128) - 1)) ^ 0x87
     return bytes(out)
+
+
+def test_damaged_primary_of_cryptsetup_volume(tmp_path: Path) -> None:
+    """1 MiB metadata: bastion scans for the secondary, opens, repairs; cryptsetup agrees."""
+    img = image(tmp_path, size=24 * MiB)
+    kf = keyfile(tmp_path, b"pw")
+    cs(
+        "luksFormat",
+        "--type",
+        "luks2",
+        *CS_PBKDF2,
+        "--luks2-metadata-size",
+        "1m",
+        "--key-file",
+        kf,
+        img,
+    )
+    vk = dump_volume_key(img, kf)
+    data = bytearray(img.read_bytes())
+    data[0:4096] = bytes(4096)  # primary binary header gone
+    img.write_bytes(bytes(data))
+    vol = Luks2Volume.open(FileRange(img))
+    assert vol.stale_copy is not None and vol.stale_copy.value == "primary"
+    assert vol.header_size == 1 << 20
+    vol.unlock_passphrase(b"pw")
+    assert vol.volume_key == vk
+    Luks2Volume.open(FileRange(img), repair=True)
+    cs("isLuks", img)
+    assert dump_volume_key(img, kf) == vk

@@ -570,15 +570,18 @@ class Metadata:
     segments: Mapping[int, Segment]
     digests: Mapping[int, Digest]
     config: Config
+    extra: Mapping[str, Any] = field(default_factory=dict)  # unknown top-level objects
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "keyslots": {str(k): v.to_json() for k, v in sorted(self.keyslots.items())},
             "tokens": {str(k): v.to_json() for k, v in sorted(self.tokens.items())},
             "segments": {str(k): v.to_json() for k, v in sorted(self.segments.items())},
             "digests": {str(k): v.to_json() for k, v in sorted(self.digests.items())},
             "config": self.config.to_json(),
         }
+        out.update(self.extra)
+        return out
 
     def to_bytes(self) -> bytes:
         """Compact JSON text, as cryptsetup (json-c PLAIN) writes it."""
@@ -679,7 +682,8 @@ def metadata_from_json(value: Any) -> Metadata:
         _id(k, "digest", limits.LUKS2_MAX_DIGESTS): Digest.from_json(v, f"digest {k}")
         for k, v in _section(doc, "digests", limits.LUKS2_MAX_DIGESTS).items()
     }
-    return Metadata(keyslots, tokens, segments, digests, Config.from_json(doc.get("config")))
+    extra = _extra(doc, ("keyslots", "tokens", "segments", "digests", "config"))
+    return Metadata(keyslots, tokens, segments, digests, Config.from_json(doc.get("config")), extra)
 
 
 def validate(m: Metadata, *, hdr_size: int) -> None:

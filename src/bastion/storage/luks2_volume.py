@@ -191,7 +191,10 @@ class KdfSpec:
             return ksc.make_kdf(KdfType.PBKDF2, iterations=max(1000, its), hash_name=self.hash)
         memory = self.memory_kib or default_argon2_memory_kib()
         cpus = self.cpus or min(limits.LUKS2_MAX_ARGON2_PARALLEL, os.cpu_count() or 1)
-        t = self.iterations or _bench_argon2(self.type, memory, cpus, self.iter_time_ms)
+        t = self.iterations
+        if t is None:
+            t, benched = _bench_argon2(self.type, memory, cpus, self.iter_time_ms)
+            memory = benched if self.memory_kib is None else memory
         return ksc.make_kdf(self.type, time=t, memory_kib=memory, cpus=cpus)
 
 
@@ -216,13 +219,17 @@ def _bench_pbkdf2(hash_name: str, ms: int) -> int:
     return min(limits.LUKS2_MAX_PBKDF2_ITERATIONS, int(probe * ms / 1000 / elapsed))
 
 
-def _bench_argon2(kind: KdfType, memory: int, cpus: int, ms: int) -> int:
-    """Time cost reaching ``ms`` at ``memory``/``cpus``, at least 4 (cryptsetup's minimum)."""
+def _bench_argon2(kind: KdfType, memory: int, cpus: int, ms: int) -> tuple[int, int]:
+    """(time cost, memory KiB) reaching about ``ms``, as cryptsetup's benchmark settles:
+    time cost at least 4; when 4 passes at ``memory`` already take longer, memory shrinks."""
     params = ksc.make_kdf(kind, time=4, memory_kib=memory, cpus=cpus)
     start = time.perf_counter()
     ksc.derive(params, b"bench", 32)
     elapsed = max(time.perf_counter() - start, 1e-6)
-    return max(4, round(4 * ms / 1000 / elapsed))
+    target = ms / 1000
+    if elapsed > target:
+        return 4, max(32, int(memory * target / elapsed))
+    return max(4, round(4 * target / elapsed)), memory
 
 
 def _digest_iterations(kdf: KdfSpec) -> int:

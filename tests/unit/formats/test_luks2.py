@@ -104,6 +104,12 @@ def test_round_trip_keeps_unknown_fields() -> None:
     assert json.loads(m.to_bytes()) == _doc() | {"tokens": _doc()["tokens"]}
 
 
+def test_unknown_top_level_objects_are_kept() -> None:
+    doc = _doc() | {"x-future": {"a": ["1"]}}
+    m = parse_json_area(_area(doc))
+    assert json.loads(m.to_bytes())["x-future"] == {"a": ["1"]}
+
+
 def test_binary_header_round_trip_and_checksum() -> None:
     m = parse_json_area(_area(_doc()))
     data = _copy_bytes(m)

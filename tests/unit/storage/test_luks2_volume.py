@@ -424,3 +424,19 @@ def test_readinto(tmp_path: Path) -> None:
     assert buf[:100] == data[10:110]
     with pytest.raises(ConfigError):
         vol.readinto(vol.data_size - 4096, buf)
+
+
+def test_default_kdf_is_benchmarked_like_cryptsetup() -> None:
+    from bastion.formats.luks2 import Argon2Params, Pbkdf2Params
+    from bastion.storage.luks2_volume import default_argon2_memory_kib
+
+    assert 32 <= default_argon2_memory_kib() <= 1024 * 1024
+    fast = KdfSpec(KdfType.ARGON2ID, memory_kib=1024, cpus=2, iter_time_ms=50).resolve()
+    assert isinstance(fast, Argon2Params)
+    assert fast.time >= 4 and fast.memory == 1024 and fast.cpus == 2
+    from bastion.storage.luks2_volume import _bench_argon2
+
+    t, memory = _bench_argon2(KdfType.ARGON2I, 8192, 1, 0)
+    assert t == 4 and 32 <= memory < 8192
+    pb = KdfSpec(KdfType.PBKDF2, iter_time_ms=20).resolve()
+    assert isinstance(pb, Pbkdf2Params) and pb.iterations >= 1000
