@@ -3,6 +3,7 @@ FormatError, and anything it accepts re-marshals to the same bytes."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,68 @@ def test_credential_round_trip(mac: bytes, enc: bytes, secret: bytes) -> None:
     assert IdObject.parse(obj.to_bytes()) == obj
     cf = CredentialFile(obj.to_bytes(), EncryptedSecret(secret).to_bytes())
     assert CredentialFile.parse(cf.to_bytes()) == cf
+
+
+@given(st.binary(max_size=400))
+def test_software_tpm_state_file_is_decoded_or_refused(data: bytes) -> None:
+    from bastion.errors import TpmError
+    from bastion.tpm._software_state import State
+
+    with contextlib.suppress(TpmError):
+        State.from_json(data, "fuzz")
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=10,
+    )
+)
+def test_software_tpm_state_json_shapes(doc: object) -> None:
+    import json
+
+    from bastion.errors import TpmError
+    from bastion.tpm._software_state import State
+
+    for candidate in (doc, {"format": "bastion-software-tpm", "version": 1, "seeds": doc}):
+        with contextlib.suppress(TpmError):
+            State.from_json(json.dumps(candidate).encode(), "fuzz")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=70),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    st.sampled_from(
+        [
+            "seeds",
+            "ek_private",
+            "pcrs",
+            "nv",
+            "counter_max",
+            "fuse_memory",
+            "reset_count",
+            "restart_count",
+            "clock_ms",
+            "clock_at",
+            "format",
+            "version",
+        ]
+    ),
+    _JSON,
+)
+def test_software_tpm_state_with_one_bad_field(key: str, value: object) -> None:
+    import json
+
+    from bastion.errors import TpmError
+    from bastion.tpm._software_state import State
+
+    doc = json.loads(State.fresh(0.0).to_json())
+    doc[key] = value
+    with contextlib.suppress(TpmError):
+        State.from_json(json.dumps(doc).encode(), "fuzz")

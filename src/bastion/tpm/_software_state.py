@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,6 +142,8 @@ class State:
         st.restart_count = _u64(doc["restart_count"])
         st.clock_ms = _u64(doc["clock_ms"])
         st.clock_at = float(doc["clock_at"])
+        if not math.isfinite(st.clock_at):
+            raise ValueError(f"clock_at {st.clock_at} is not a finite time")
         return st
 
 

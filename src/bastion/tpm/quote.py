@@ -234,9 +234,10 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
 ) -> QuoteResult:
     """Run every quote check and collect the failures (see :func:`verify_quote`)."""
     failures: list[QuoteFailure] = []
-    sig: Signature | None = None
+    digest_alg: int = Alg.SHA256
     try:
-        sig = verify_signature(ak_public, attest, signature)
+        digest_alg = Signature.parse(signature).hash_alg
+        verify_signature(ak_public, attest, signature)
     except BastionError as exc:
         failures.append(QuoteFailure("quote.signature", exc))
     try:
@@ -278,7 +279,6 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
             )
         )
     else:
-        digest_alg = sig.hash_alg if sig is not None else selection.bank.alg_id
         try:
             expected = pcr_digest(selection, pcr_values, HashAlg(HASH_NAMES[digest_alg]))
         except (ConfigError, KeyError) as exc:

@@ -487,3 +487,21 @@ def test_sealed_objects_are_useless_with_a_new_state(tmp_path: Path) -> None:
     path.unlink()
     with pytest.raises(TpmError):
         SoftwareTpm(path).unseal(sealed, SEL)
+
+
+def test_sha1_bank_quote_uses_the_signing_hash(tpm: SoftwareTpm) -> None:
+    sel = PcrSelection.parse("sha1:0,7")
+    tpm.pcr_extend(7, {HashAlg.SHA1: D1[:20]})
+    ak = tpm.create_ak()
+    q = tpm.quote(ak, b"n", sel)
+    att = verify_quote(q.attest, q.signature, ak.public, b"n", sel, tpm.pcr_read(sel))
+    values = tpm.pcr_read(sel)
+    assert att.attested.pcr_digest == hashlib.sha256(values[0] + values[7]).digest()  # type: ignore[union-attr]
+
+
+def test_state_with_infinite_clock_is_corrupt(tpm: SoftwareTpm) -> None:
+    doc = json.loads(tpm.state_path.read_bytes())
+    doc["clock_at"] = float("inf")
+    tpm.state_path.write_text(json.dumps(doc))
+    with pytest.raises(TpmError):
+        tpm.quote(tpm.create_ak(), b"", SEL)
