@@ -238,6 +238,20 @@ def test_root_data_bit_flip_full_verify_and_first_read(
     assert first_read.value.block == target_block
 
 
+def test_shrunk_verity_superblock_refused(base: dict[str, object], tmp_path: Path) -> None:
+    dev = _device(base, tmp_path)
+    disk = dev / "disk.img"
+    at = _part(disk, "root-a-verity") + 72  # superblock data_blocks (u64 LE)
+    with open(disk, "r+b") as handle:
+        handle.seek(at)
+        blocks = int.from_bytes(handle.read(8), "little")
+        handle.seek(at)
+        handle.write((blocks // 2).to_bytes(8, "little"))
+    with pytest.raises(VerificationError) as info:
+        chain.boot(dev)
+    assert _stage_of(info.value) == "initrd"
+
+
 def test_data_volume_header_bit_flip_falls_back_to_secondary(
     base: dict[str, object], tmp_path: Path
 ) -> None:

@@ -55,6 +55,9 @@ BOOTCTL_PART_SIZE = 64 * 1024
 PART_BOOT = "boot"
 PART_BOOTCTL = "bootctl"
 PART_DATA = "data"
+#: kernel command line word carrying the verity data block count (4 KiB blocks): the root
+#: hash does not bind the count a superblock claims, so the signed command line does
+VERITY_BLOCKS_PARAM = "bastion.verity_blocks"
 
 
 def root_part(slot: str) -> str:
@@ -203,7 +206,7 @@ def open_statement(data: bytes, payload_type: str, verifier: Verifier) -> dict[s
 
 
 def make_unit(
-    spec: ImageSpec, keys: ImageKeys, root_hash: bytes, slot: str
+    spec: ImageSpec, keys: ImageKeys, root_hash: bytes, slot: str, *, data_blocks: int
 ) -> tuple[bu.BootUnit, bytes]:
     """The boot unit for ``slot`` and its signed statement."""
     modules: list[tuple[str, bytes]] = []
@@ -216,7 +219,12 @@ def make_unit(
         modules.append((name, data))
     cmdline = " ".join(
         w
-        for w in (spec.cmdline.strip(), f"roothash={root_hash.hex()}", f"bastion.slot={slot}")
+        for w in (
+            spec.cmdline.strip(),
+            f"roothash={root_hash.hex()}",
+            f"{VERITY_BLOCKS_PARAM}={data_blocks}",
+            f"bastion.slot={slot}",
+        )
         if w
     )
     cert_pem = (
@@ -352,7 +360,7 @@ def build_image(
             root_img, scratch, params, uuid=gpt.derived_uuid("verity-superblock", root_seed)
         )
         root_hash = result.root_hash
-        unit, unit_sig = make_unit(spec, keys, root_hash, "a")
+        unit, unit_sig = make_unit(spec, keys, root_hash, "a", data_blocks=params.data_blocks)
         loader, loader_sig = make_loader(keys)
         root_pem = keys.platform_root.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -501,6 +509,14 @@ def predict_pcrs(path: Path) -> dict[int, bytes]:
     return measure.predict(events)
 
 
+def verity_data_size(unit: bu.BootUnit) -> int:
+    """The root's verity data size in bytes, from the signed command line."""
+    text = unit.cmdline_params().get(VERITY_BLOCKS_PARAM, "")
+    if not text.isdigit() or not 0 < int(text) < 1 << 40:
+        raise FormatError(f"command line has no valid {VERITY_BLOCKS_PARAM}=")
+    return int(text) * 4096
+
+
 def verify_slot(
     path: Path,
     layout: gpt.GptDisk,
@@ -524,6 +540,7 @@ def verify_slot(
     if doc.get("sha256") != hashlib.sha256(raw).hexdigest() or doc.get("slot") != slot:
         raise SignatureError(f"slot {slot}: boot unit does not match its signed statement")
     root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
+    data_size = verity_data_size(unit)
     sig = bu.parse_verity_signature(read_partition(path, layout.find(sig_part(slot))))
     if verify_verity_signature(sig, verity_cert) != root_hash:
         raise SignatureError(f"slot {slot}: signed root hash differs from the command line's")
@@ -531,7 +548,14 @@ def verify_slot(
     if (root.part_guid, verity.part_guid) != gpt.verity_partition_uuids(root_hash):
         raise SignatureError(f"slot {slot}: partition UUIDs do not derive from the root hash")
     if full:
-        verify_region(path, path, root_hash, data_offset=root.offset, hash_offset=verity.offset)
+        verify_region(
+            path,
+            path,
+            root_hash,
+            data_offset=root.offset,
+            hash_offset=verity.offset,
+            data_size=data_size,
+        )
     return {
         "version": doc.get("version"),
         "security_version": unit.security_version,
@@ -622,7 +646,7 @@ def install_slot(
             uuid=gpt.derived_uuid("verity-superblock", root_seed),
         )
     root_hash = result.root_hash
-    unit, unit_sig = make_unit(spec, keys, root_hash, slot)
+    unit, unit_sig = make_unit(spec, keys, root_hash, slot, data_blocks=params.data_blocks)
     archive = read_archive(disk, layout)
     entries = {n: v for n, v in archive.entries}
     entries[f"unit.{slot}"] = unit.to_bytes()

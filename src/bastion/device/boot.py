@@ -347,6 +347,10 @@ class BootChain:
             root_hash = b""
         if len(root_hash) != 32:
             raise _fail(stage, "command line carries no valid roothash=")
+        try:
+            data_size = img.verity_data_size(unit)
+        except FormatError as exc:
+            raise _fail(stage, str(exc)) from exc
         self.report.root_hash = root_hash.hex()
         root = layout.find(img.root_part(slot))
         verity = layout.find(img.verity_part(slot))
@@ -380,10 +384,16 @@ class BootChain:
                     root_hash,
                     data_offset=root.offset,
                     hash_offset=verity.offset,
+                    data_size=data_size,
                 )
                 self.report.notes.append("root verified in full")
             reader = VerityReader(
-                disk, disk, root_hash, data_offset=root.offset, hash_offset=verity.offset
+                disk,
+                disk,
+                root_hash,
+                data_offset=root.offset,
+                hash_offset=verity.offset,
+                data_size=data_size,
             )
         except (VerificationError, FormatError) as exc:
             self._handle(stage, Feature.VERITY, exc, slot=slot)

@@ -129,7 +129,7 @@ def test_unsigned_module_without_module_key_refused(tmp_path: Path) -> None:
     keys = product_keys()
     bare = img.ImageKeys(keys.platform_root, keys.boot, keys.image, keys.verity, keys.verity_cert)
     with pytest.raises(Exception, match="module"):
-        img.make_unit(spec_for(tmp_path), bare, bytes(32), "a")
+        img.make_unit(spec_for(tmp_path), bare, bytes(32), "a", data_blocks=1)
 
 
 def test_not_an_image_refused(tmp_path: Path) -> None:
