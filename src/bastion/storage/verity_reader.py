@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bastion.errors import (
+    BackendError,
     ConfigError,
     DigestMismatchError,
     FormatError,
@@ -77,11 +78,19 @@ def default_workers() -> int:
 
 def _open(path: PathLike, what: str, flags: int = os.O_RDONLY) -> int:
     try:
-        return os.open(path, flags | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(path)
+        return fd
     except FileNotFoundError as exc:
         raise NotFoundError(f"verity {what} file {os.fspath(path)!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise FormatError(f"verity {what} file {os.fspath(path)!r} is a directory") from exc
+    except OSError as exc:
+        raise BackendError(
+            f"cannot open verity {what} file {os.fspath(path)!r}: {exc.strerror}"
+        ) from exc
 
 
 def _size(fd: int) -> int:
@@ -95,7 +104,10 @@ def _pread_full(fd: int, length: int, offset: int) -> bytes:
     chunks: list[bytes] = []
     got = 0
     while got < length:
-        chunk = os.pread(fd, length - got, offset + got)
+        try:
+            chunk = os.pread(fd, length - got, offset + got)
+        except OSError as exc:
+            raise BackendError(f"read error at byte {offset + got}: {exc.strerror}") from exc
         if not chunk:
             break
         chunks.append(chunk)

@@ -415,3 +415,13 @@ def test_shrunk_superblock_is_refused_when_the_size_is_known(
     verify_region(data, hash_file, root, PARAMS, data_size=len(payload))
     with pytest.raises(ConfigError):
         verify_region(data, hash_file, root, PARAMS, data_size=len(payload) - 512)
+
+
+def test_unreadable_inputs_are_bastion_errors(tmp_path: Path) -> None:
+    from bastion.errors import BackendError
+
+    with pytest.raises(FormatError, match="is a directory"):
+        read_superblock(tmp_path)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(BackendError, match="cannot open"):
+        read_superblock(tmp_path / "file" / "x")
