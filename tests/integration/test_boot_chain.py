@@ -400,6 +400,16 @@ def test_installed_slot_b_activated_boots(base: dict[str, object], tmp_path: Pat
     assert SimPlatform(dev).fuses().counter() == 2
 
 
+def test_tries_left_run_out_then_no_bootable_slot(base: dict[str, object], tmp_path: Path) -> None:
+    dev = _device(base, tmp_path, "fresh")
+    _flip(dev / "disk.img", _hash_top(dev / "disk.img"))  # every boot fails at mount
+    for _ in range(3):
+        with pytest.raises(DigestMismatchError):
+            chain.boot(dev)
+    with pytest.raises(TamperError, match=r"^bootloader: no bootable slot"):
+        chain.boot(dev)
+
+
 # --- rollback ----------------------------------------------------------------------------
 
 

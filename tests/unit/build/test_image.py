@@ -12,6 +12,7 @@ from tests.bootkit import make_tree, product_keys, spec_for, trust_of
 from tests.conftest import need_tool
 
 from bastion.build import image as img
+from bastion.build.fs import FsType
 from bastion.device import measure
 from bastion.errors import FormatError, SignatureError
 from bastion.formats import bootunit as bu
@@ -137,3 +138,13 @@ def test_not_an_image_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(1024 * 1024))
     with pytest.raises(FormatError):
         img.read_layout(path)
+
+
+@pytest.mark.parametrize("kind", [FsType.SQUASHFS, FsType.EROFS])
+def test_other_filesystems_build_and_verify(kind: FsType, tmp_path: Path) -> None:
+    need_tool(kind.tool)
+    built = img.build_image(
+        spec_for(make_tree(tmp_path / "tree"), fs=kind), product_keys(), tmp_path / "disk.img"
+    )
+    doc = img.verify_image(built.path, trust_of(product_keys()))
+    assert doc["fs"] == kind.value and doc["slots"]["a"]["root_verified"]
