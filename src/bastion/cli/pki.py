@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bastion.cli._common import add_json_flag, emit
 from bastion.cli.sign import passphrase_prompt
-from bastion.errors import ConfigError, NotFoundError
+from bastion.errors import BastionError, ConfigError, NotFoundError, VerificationError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_CHAIN_MAX_DEPTH, CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust import pki
@@ -132,7 +132,6 @@ def _verify(args: argparse.Namespace) -> int:
             read_bounded(path, CERT_MAX_SIZE * CERT_CHAIN_MAX_DEPTH, "certificate"), what=path
         )
 
-    leaf = certs(args.cert)[0]
     roots = [c for p in args.root for c in certs(p)]
     untrusted = [c for p in args.untrusted or [] for c in certs(p)]
     crls = (
@@ -140,20 +139,41 @@ def _verify(args: argparse.Namespace) -> int:
         if args.crl
         else None
     )
-    chain = pki.verify_chain(
-        leaf,
-        roots=roots,
-        intermediates=untrusted,
-        usage=args.usage,
-        server_name=args.server_name,
-        crls=crls,
-    )
-    subjects = [c.subject.rfc4514_string() for c in chain.chain]
-    emit(
-        args,
-        f"OK: {args.cert} ({args.usage}) chain: " + " <- ".join(subjects),
-        {"ok": True, "chain": subjects, "usage": args.usage, "crl_checked": crls is not None},
-    )
+    if len(args.cert) == 1:  # one certificate: its error is the command's error line
+        chain = pki.verify_chain(
+            certs(args.cert[0])[0],
+            roots=roots,
+            intermediates=untrusted,
+            usage=args.usage,
+            server_name=args.server_name,
+            crls=crls,
+        )
+        subjects = [c.subject.rfc4514_string() for c in chain.chain]
+        emit(
+            args,
+            f"OK: {args.cert[0]} ({args.usage}) chain: " + " <- ".join(subjects),
+            {"ok": True, "chain": subjects, "usage": args.usage, "crl_checked": crls is not None},
+        )
+        return 0
+    results: list[dict[str, Any]] = []
+    for path in args.cert:  # several, like `openssl verify a.pem b.pem`: one line each
+        try:
+            pki.verify_chain(
+                certs(path)[0],
+                roots=roots,
+                intermediates=untrusted,
+                usage=args.usage,
+                server_name=args.server_name,
+                crls=crls,
+            )
+            results.append({"cert": path, "ok": True})
+        except BastionError as exc:
+            results.append({"cert": path, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    failed = [r for r in results if not r["ok"]]
+    lines = [f"{r['cert']}: OK" if r["ok"] else f"{r['cert']}: {r['error']}" for r in results]
+    emit(args, "\n".join(lines), {"results": results, "usage": args.usage})
+    if failed:
+        raise VerificationError(f"{len(failed)} of {len(results)} certificates do not verify")
     return 0
 
 
@@ -204,6 +224,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--crl", action="append", metavar="CRL")
     p.add_argument("--usage", default="client", choices=["client", "server"])
     p.add_argument("--server-name", metavar="NAME")
-    p.add_argument("cert", metavar="CERT")
+    p.add_argument("cert", metavar="CERT", nargs="+")
     add_json_flag(p)
     p.set_defaults(func=_verify)

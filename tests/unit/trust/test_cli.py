@@ -286,6 +286,9 @@ def test_pki_issue_revoke_crl_verify(
         str(tmp_path / "d.pem"),
     )
     assert code == 2 and "RevokedError" in err
+    both = [str(tmp_path / "d.pem"), str(tmp_path / "s.pem")]
+    code, out, err = run(capsys, "pki", "verify", *chain, *both)
+    assert code == 2 and f"{both[0]}: OK" in out and "1 of 2" in err
     code, _, err = run(
         capsys,
         "pki",
