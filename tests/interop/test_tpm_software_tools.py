@@ -189,3 +189,33 @@ def test_tpm2_print_reads_software_structures(tmp_path: Path, ek_tpm: SoftwareTp
     assert "ff544347" in out.lower() and "8018" in out
     sealed_out = run([tool, "-t", "TPM2B_PUBLIC", str(tmp_path / "TPM2B_PUBLIC.2")]).stdout.decode()
     assert "keyedhash" in sealed_out.lower()
+
+
+@pytest.mark.parametrize("ek_alg", ["rsa", "ecc"])
+def test_bastion_make_credential_activates_in_swtpm(tmp_path: Path, swtpm, ek_alg: str) -> None:  # type: ignore[no-untyped-def]
+    from bastion.tpm.quote import make_credential
+
+    env = {**ENV, "TPM2TOOLS_TCTI": swtpm.uri}
+
+    def tool(*argv: str) -> subprocess.CompletedProcess[bytes]:
+        res = run([need_tool(argv[0]), *argv[1:]], cwd=tmp_path, env=env)
+        assert res.returncode == 0, (argv, res.stderr.decode())
+        return res
+
+    tool("tpm2_createek", "-c", "ek.ctx", "-G", ek_alg, "-u", "ek.pub")
+    tool("tpm2_flushcontext", "-t")
+    tool("tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s",
+         "ecdsa", "-u", "ak.pub", "-n", "ak.name")  # fmt: skip
+    tool("tpm2_flushcontext", "-t")
+    tool("tpm2_flushcontext", "-s")
+    secret = b"credential-for-" + ek_alg.encode()
+    blob, enc = make_credential(
+        (tmp_path / "ek.pub").read_bytes(), (tmp_path / "ak.name").read_bytes(), secret
+    )
+    (tmp_path / "cred.out").write_bytes(CredentialFile(blob, enc).to_bytes())
+    tool("tpm2_startauthsession", "--policy-session", "-S", "session.ctx")
+    tool("tpm2_policysecret", "-S", "session.ctx", "-c", "e")
+    tool("tpm2_activatecredential", "-c", "ak.ctx", "-C", "ek.ctx", "-i", "cred.out", "-o",
+         "act.out", "-P", "session:session.ctx")  # fmt: skip
+    tool("tpm2_flushcontext", "session.ctx")
+    assert (tmp_path / "act.out").read_bytes() == secret

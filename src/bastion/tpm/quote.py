@@ -24,6 +24,7 @@ Pure (bytes in, raise on failure), no TPM needed. Used by the fleet server, the
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import os
 from collections.abc import Mapping
@@ -400,29 +401,64 @@ def oaep(hash_alg: int, label: bytes = IDENTITY_LABEL) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=label)
 
 
+def kdfe(hash_alg: int, z: bytes, label: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:  # noqa: PLR0917 - the spec's KDFe
+    """KDFe (Part 1, 11.4.10.3): the SP800-56A concatenation KDF over the ECDH x-coordinate."""
+    if not label.endswith(b"\0"):
+        label += b"\0"
+    name = HASH_NAMES[hash_alg]
+    out = b""
+    counter = 1
+    while len(out) * 8 < bits:
+        out += hashlib.new(name, u32(counter) + z + label + party_u + party_v).digest()
+        counter += 1
+    return out[: (bits + 7) // 8]
+
+
+def _ecc_seed(ek: Public, size: int) -> tuple[bytes, bytes]:
+    """(seed, TPMS_ECC_POINT of the ephemeral key) for an ECC EK (Part 1, C.6.4)."""
+    assert isinstance(ek.parameters, EccParms) and isinstance(ek.unique, EccPoint)
+    key = public_key(ek)
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    coord = (key.curve.key_size + 7) // 8
+    eph = ec.generate_private_key(key.curve)
+    z = eph.exchange(ec.ECDH(), key)
+    nums = eph.public_key().public_numbers()
+    ex, ey = nums.x.to_bytes(coord, "big"), nums.y.to_bytes(coord, "big")
+    seed = kdfe(ek.name_alg, z, b"IDENTITY", ex, ek.unique.x, size * 8)
+    return seed, EccPoint(ex, ey).to_bytes()
+
+
 def make_credential(
     ek_public: bytes, ak_name: bytes, secret: bytes, *, seed: bytes | None = None
 ) -> tuple[bytes, bytes]:
     """TPM2_MakeCredential in software: returns (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET).
 
-    ``ek_public`` is the EK's TPM2B_PUBLIC (an RSA storage key); ``ak_name`` the Name of
-    the key that must be loaded next to the EK; ``secret`` at most the EK nameAlg's digest
-    size. ``seed`` is for reproducible tests only.
+    ``ek_public`` is the EK's TPM2B_PUBLIC: an RSA (seed encrypted with RSA-OAEP) or ECC
+    (seed agreed by ephemeral ECDH + KDFe) storage key, as the TCG EK templates make;
+    ``ak_name`` the Name of the key that must be loaded next to the EK; ``secret`` at most
+    the EK nameAlg's digest size. ``seed`` (RSA only) is for reproducible tests.
     """
     ek = Public.parse(ek_public)
-    if not isinstance(ek.parameters, RsaParms) or not isinstance(ek.unique, bytes):
-        raise ConfigError(f"make_credential needs an RSA EK, got object type 0x{ek.type:04x}")
+    if not isinstance(ek.parameters, RsaParms | EccParms):
+        raise ConfigError(f"make_credential needs an RSA or ECC EK, got type 0x{ek.type:04x}")
     if ek.parameters.symmetric.algorithm != Alg.AES:
         raise ConfigError("the EK is not a storage key (no symmetric algorithm)")
+    if ek.name_alg not in HASH_SIZES:
+        raise ConfigError(f"the EK nameAlg 0x{ek.name_alg:04x} is not a hash")
     size = HASH_SIZES[ek.name_alg]
     if not 0 < len(secret) <= min(size, limits.TPM_MAX_CREDENTIAL_SIZE):
         raise ConfigError(f"credential secret is {len(secret)} bytes, must be 1..{size}")
     if len(ak_name) > limits.TPM_MAX_NAME_SIZE or len(ak_name) < 2:
         raise ConfigError(f"AK name is {len(ak_name)} bytes, not a TPM Name")
-    seed = os.urandom(size) if seed is None else seed
-    key = public_key(ek)
-    assert isinstance(key, rsa.RSAPublicKey)
-    encrypted = key.encrypt(seed, oaep(ek.name_alg))
+    if isinstance(ek.parameters, EccParms):
+        if seed is not None:
+            raise ConfigError("an ECC EK derives its seed from ECDH; no seed can be given")
+        seed, encrypted = _ecc_seed(ek, size)
+    else:
+        seed = os.urandom(size) if seed is None else seed
+        key = public_key(ek)
+        assert isinstance(key, rsa.RSAPublicKey)
+        encrypted = key.encrypt(seed, oaep(ek.name_alg))
     id_object = secret_to_credential(
         secret, ak_name, seed, ek.name_alg, ek.parameters.symmetric.key_bits
     )
@@ -436,6 +472,7 @@ __all__ = [
     "credential_to_secret",
     "hash_digest",
     "kdfa",
+    "kdfe",
     "load_public",
     "make_credential",
     "oaep",

@@ -22,9 +22,13 @@ from bastion.formats.tpm2 import (
     Attest,
     CertifyInfo,
     ClockInfo,
+    Curve,
+    EccParms,
+    EccPoint,
     EncryptedSecret,
     IdObject,
     Public,
+    Reader,
     RsaParms,
     Scheme,
     Signature,
@@ -35,6 +39,7 @@ from bastion.tpm.pcr import EK_POLICY
 from bastion.tpm.quote import (
     credential_to_secret,
     kdfa,
+    kdfe,
     load_public,
     make_credential,
     oaep,
@@ -324,3 +329,35 @@ def test_load_public_rejects_non_key_pem() -> None:
     with pytest.raises(FormatError):
         load_public(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     assert hashlib.sha256(vec("ak.pub")).digest()
+
+
+def test_kdfe_definition() -> None:
+    z, u, v = b"z" * 32, b"u" * 32, b"v" * 32
+    first = hashlib.sha256(b"\0\0\0\1" + z + b"IDENTITY\0" + u + v).digest()
+    second = hashlib.sha256(b"\0\0\0\2" + z + b"IDENTITY\0" + u + v).digest()
+    assert kdfe(Alg.SHA256, z, b"IDENTITY", u, v, 256) == first
+    assert kdfe(Alg.SHA256, z, b"IDENTITY\0", u, v, 384) == first + second[:16]
+
+
+def test_make_credential_ecc_ek_round_trip() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    nums = key.public_key().public_numbers()
+    ek_pub = Public(
+        Alg.ECC, Alg.SHA256, 0x000300B2, EK_POLICY,
+        EccParms(SymDef(Alg.AES, 128, Alg.CFB), Scheme(), Curve.NIST_P256),
+        EccPoint(nums.x.to_bytes(32, "big"), nums.y.to_bytes(32, "big")),
+    )  # fmt: skip
+    name = Public.parse(AK).name
+    blob, enc = make_credential(ek_pub.to_bytes(), name, b"ecc-secret")
+    # the TPM side: ECDH with the EK private key on the ephemeral point, then KDFe
+    r = Reader(EncryptedSecret.parse(enc).secret, "point")
+    point = EccPoint.read(r)
+    r.done()
+    eph = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(point.x, "big"), int.from_bytes(point.y, "big"), ec.SECP256R1()
+    ).public_key()
+    z = key.exchange(ec.ECDH(), eph)
+    seed = kdfe(Alg.SHA256, z, b"IDENTITY", point.x, ek_pub.unique.x, 256)  # type: ignore[union-attr]
+    assert credential_to_secret(blob, name, seed) == b"ecc-secret"
+    with pytest.raises(ConfigError):
+        make_credential(ek_pub.to_bytes(), name, b"x", seed=bytes(32))
