@@ -161,3 +161,78 @@ def test_bastion_verifies_openssl_issued_device_cert(ca_dir) -> None:
     cert = x509.load_pem_x509_certificate((folder / "ossl.pem").read_bytes())
     chain = pki.verify_chain(cert, roots=[root.certificate], intermediates=[fleet.certificate])
     assert pki.device_id_of(chain.leaf) == "ossl-1"
+
+
+@pytest.mark.parametrize("client", ["device", "server cert as client"])
+def test_mutual_tls_handshake_with_bastion_certificates(ca_dir, client: str) -> None:
+    """A real TLS 1.3 handshake (Python's ssl = OpenSSL) with a bastion server cert and a
+    bastion device cert, both required and verified against the fleet root; a server
+    certificate offered as a client certificate is refused (wrong usage)."""
+    import socket
+    import ssl
+    import threading
+
+    folder, _root, fleet = ca_dir
+    chain_pem = fleet.certificate.public_bytes(PEM)
+    skey = ec.generate_private_key(ec.SECP256R1())
+    scert = pki.issue_server_certificate(fleet, skey.public_key(), ["localhost"], ["127.0.0.1"])
+    (folder / "tls-server.pem").write_bytes(scert.public_bytes(PEM) + chain_pem)
+    (folder / "tls-server.key").write_bytes(private_key_to_pem(skey))
+    dkey = ec.generate_private_key(ec.SECP256R1())
+    from cryptography import x509 as _x509
+    from cryptography.hazmat.primitives import hashes
+
+    csr = (
+        _x509.CertificateSigningRequestBuilder()
+        .subject_name(_x509.Name([]))
+        .sign(dkey, hashes.SHA256())
+    )
+    dcert = pki.issue_device_certificate(fleet, csr.public_bytes(PEM), "tls-dev-1")
+    (folder / "tls-device.pem").write_bytes(dcert.public_bytes(PEM) + chain_pem)
+    (folder / "tls-device.key").write_bytes(private_key_to_pem(dkey))
+
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(folder / "tls-server.pem", folder / "tls-server.key")
+    server_ctx.load_verify_locations(folder / "root.pem")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.create_default_context(cafile=str(folder / "root.pem"))
+    if client == "device":
+        client_ctx.load_cert_chain(folder / "tls-device.pem", folder / "tls-device.key")
+    else:
+        client_ctx.load_cert_chain(folder / "tls-server.pem", folder / "tls-server.key")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: dict[str, object] = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                seen["peer"] = tls.getpeercert()
+                tls.sendall(b"hello device")
+        except ssl.SSLError as exc:
+            seen["error"] = exc
+            conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            if client == "device":
+                assert tls.recv(100) == b"hello device"
+            else:
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    tls.recv(100)
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+    if client != "device":
+        assert "unsuitable certificate purpose" in str(seen["error"])
+        return
+    peer = seen["peer"]
+    assert isinstance(peer, dict)
+    assert ("URI", "urn:bastion:device:tls-dev-1") in peer["subjectAltName"]
