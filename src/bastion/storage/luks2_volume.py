@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
-import time
 import uuid as uuid_mod
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 from bastion import limits
 from bastion.errors import (
@@ -44,8 +42,6 @@ from bastion.formats.luks2 import (
     HeaderArea,
     HeaderChoice,
     HeaderCopy,
-    KdfParams,
-    KdfType,
     Keyslot,
     Metadata,
     Segment,
@@ -53,189 +49,35 @@ from bastion.formats.luks2 import (
     build_copy,
     choose_copy,
 )
+from bastion.storage.luks2_io import BlockStorage, FileRange
+from bastion.storage.luks2_kdf import (
+    DEFAULT_ITER_TIME_MS,
+    MINIMAL_KDF,
+    KdfSpec,
+    default_argon2_memory_kib,
+    digest_iterations,
+)
 from bastion.storage.luks2_xts import SectorCipher
+
+__all__ = [
+    "DEFAULT_DATA_OFFSET",
+    "DEFAULT_ITER_TIME_MS",
+    "DEFAULT_METADATA_SIZE",
+    "MINIMAL_KDF",
+    "BlockStorage",
+    "FileRange",
+    "KdfSpec",
+    "Luks2Volume",
+    "default_argon2_memory_kib",
+    "read_header",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
 DEFAULT_DATA_OFFSET = 16 * MiB
 DEFAULT_METADATA_SIZE = 16 * KiB
-DEFAULT_ITER_TIME_MS = 2000
-DEFAULT_ARGON2_MAX_MEMORY_KIB = 1024 * 1024
-DIGEST_ITER_TIME_MS = 125
 BULK_CHUNK = 8 * MiB
 PARALLEL_MIN = 16 * MiB  # transfers at least this big are split across processes
-
-
-# --- storage -------------------------------------------------------------------------------
-
-
-class BlockStorage(Protocol):
-    """Random-access bytes the volume lives in."""
-
-    @property
-    def size(self) -> int: ...
-
-    def read(self, offset: int, length: int) -> bytes: ...
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
-
-    def sync(self) -> None: ...
-
-
-class FileRange:
-    """A file or block device, or the byte range ``[offset, offset+size)`` inside one."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        offset: int = 0,
-        size: int | None = None,
-        writable: bool = True,
-    ) -> None:
-        self.path = os.fspath(path)
-        try:
-            self._fd = os.open(self.path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise NotFoundError(f"device {self.path!r} does not exist") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot open {self.path!r}: {exc.strerror}") from exc
-        st = os.fstat(self._fd)
-        total = os.lseek(self._fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
-        if offset < 0 or offset % 512:
-            self.close()
-            raise ConfigError(f"offset {offset} must be a non-negative multiple of 512")
-        self.offset = offset
-        self._size = total - offset if size is None else size
-        if self._size <= 0 or offset + self._size > total:
-            self.close()
-            raise ConfigError(
-                f"range [{offset}, +{size}) does not fit {self.path!r} of {total} bytes"
-            )
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or offset + length > self._size:
-            raise FormatError(
-                f"read [{offset}, +{length}) beyond the end of {self.path!r} ({self._size} bytes)"
-            )
-        parts = []
-        done = 0
-        while done < length:
-            chunk = os.pread(self._fd, length - done, self.offset + offset + done)
-            if not chunk:
-                raise FormatError(f"short read from {self.path!r}")
-            parts.append(chunk)
-            done += len(chunk)
-        return b"".join(parts)
-
-    def readinto(self, offset: int, view: memoryview) -> None:
-        """Fill ``view`` with the bytes at ``offset`` (no intermediate copy)."""
-        if offset < 0 or offset + len(view) > self._size:
-            raise FormatError(
-                f"read [{offset}, +{len(view)}) beyond the end of {self.path!r} ({self._size} B)"
-            )
-        done = 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], self.offset + offset + done)
-            if got <= 0:
-                raise FormatError(f"short read from {self.path!r}")
-            done += got
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if offset < 0 or offset + len(data) > self._size:
-            raise ConfigError(
-                f"write [{offset}, +{len(data)}) beyond the end of {self.path!r} ({self._size} B)"
-            )
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], self.offset + offset + done)
-
-    def sync(self) -> None:
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __enter__(self) -> FileRange:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --- KDF choice ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KdfSpec:
-    """How to build a new keyslot's KDF; unset costs are benchmarked like cryptsetup."""
-
-    type: KdfType = KdfType.ARGON2ID
-    iterations: int | None = None  # pbkdf2: --pbkdf-force-iterations; argon2: time cost
-    memory_kib: int | None = None  # argon2 --pbkdf-memory
-    cpus: int | None = None  # argon2 --pbkdf-parallel
-    hash: str = "sha256"
-    iter_time_ms: int = DEFAULT_ITER_TIME_MS
-
-    def resolve(self) -> KdfParams:
-        """Concrete parameters with a fresh salt (benchmarks when a cost is unset)."""
-        if self.type is KdfType.PBKDF2:
-            its = self.iterations or _bench_pbkdf2(self.hash, self.iter_time_ms)
-            return ksc.make_kdf(KdfType.PBKDF2, iterations=max(1000, its), hash_name=self.hash)
-        memory = self.memory_kib or default_argon2_memory_kib()
-        cpus = self.cpus or min(limits.LUKS2_MAX_ARGON2_PARALLEL, os.cpu_count() or 1)
-        t = self.iterations
-        if t is None:
-            t, benched = _bench_argon2(self.type, memory, cpus, self.iter_time_ms)
-            memory = benched if self.memory_kib is None else memory
-        return ksc.make_kdf(self.type, time=t, memory_kib=memory, cpus=cpus)
-
-
-#: systemd's "minimal PBKDF" for high-entropy secrets (TPM tokens, recovery keys)
-MINIMAL_KDF = KdfSpec(KdfType.PBKDF2, iterations=1000, hash="sha512")
-
-
-def default_argon2_memory_kib() -> int:
-    """cryptsetup's default: 1 GiB, capped at half the physical RAM."""
-    try:
-        ram_kib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // KiB
-    except (ValueError, OSError):
-        return DEFAULT_ARGON2_MAX_MEMORY_KIB
-    return max(32, min(DEFAULT_ARGON2_MAX_MEMORY_KIB, ram_kib // 2))
-
-
-def _bench_pbkdf2(hash_name: str, ms: int) -> int:
-    probe = 50_000
-    start = time.perf_counter()
-    ksc.pbkdf2(b"bench", b"\0" * 32, probe, hash_name, 32)
-    elapsed = max(time.perf_counter() - start, 1e-6)
-    return min(limits.LUKS2_MAX_PBKDF2_ITERATIONS, int(probe * ms / 1000 / elapsed))
-
-
-def _bench_argon2(kind: KdfType, memory: int, cpus: int, ms: int) -> tuple[int, int]:
-    """(time cost, memory KiB) reaching about ``ms``, as cryptsetup's benchmark settles:
-    time cost at least 4; when 4 passes at ``memory`` already take longer, memory shrinks."""
-    params = ksc.make_kdf(kind, time=4, memory_kib=memory, cpus=cpus)
-    start = time.perf_counter()
-    ksc.derive(params, b"bench", 32)
-    elapsed = max(time.perf_counter() - start, 1e-6)
-    target = ms / 1000
-    if elapsed > target:
-        return 4, max(32, int(memory * target / elapsed))
-    return max(4, round(4 * target / elapsed)), memory
-
-
-def _digest_iterations(kdf: KdfSpec) -> int:
-    if kdf.iterations is not None:  # forced costs: keep the digest cheap too
-        return 1000
-    return max(1000, _bench_pbkdf2("sha256", DIGEST_ITER_TIME_MS))
 
 
 # --- the volume ----------------------------------------------------------------------------
@@ -362,7 +204,7 @@ class Luks2Volume:
             af_hash="sha256",
         )
         digest = ksc.make_digest(
-            vk, keyslots=(0,), segments=(0,), iterations=_digest_iterations(kdf)
+            vk, keyslots=(0,), segments=(0,), iterations=digest_iterations(kdf)
         )
         metadata = replace(metadata, keyslots={0: keyslot}, digests={0: digest})
         binary = BinaryHeader(

@@ -434,9 +434,9 @@ def test_default_kdf_is_benchmarked_like_cryptsetup() -> None:
     fast = KdfSpec(KdfType.ARGON2ID, memory_kib=1024, cpus=2, iter_time_ms=50).resolve()
     assert isinstance(fast, Argon2Params)
     assert fast.time >= 4 and fast.memory == 1024 and fast.cpus == 2
-    from bastion.storage.luks2_volume import _bench_argon2
+    from bastion.storage.luks2_kdf import bench_argon2
 
-    t, memory = _bench_argon2(KdfType.ARGON2I, 8192, 1, 0)
+    t, memory = bench_argon2(KdfType.ARGON2I, 8192, 1, 0)
     assert t == 4 and 32 <= memory < 8192
     pb = KdfSpec(KdfType.PBKDF2, iter_time_ms=20).resolve()
     assert isinstance(pb, Pbkdf2Params) and pb.iterations >= 1000
