@@ -398,6 +398,8 @@ def test_installed_slot_b_activated_boots(base: dict[str, object], tmp_path: Pat
     report = chain.boot(dev, full_verify=True)
     assert report.slot == "b" and report.security_version == 2
     assert SimPlatform(dev).fuses().counter() == 2
+    predicted = img.predict_pcrs(dev / "disk.img", "b")
+    assert {i: predicted[i].hex() for i in measure.GOLDEN_PCRS} == report.pcrs
 
 
 def test_tries_left_run_out_then_no_bootable_slot(base: dict[str, object], tmp_path: Path) -> None:

@@ -491,14 +491,14 @@ def platform_key_hash(pem: bytes) -> bytes:
     return hashlib.sha256(der).digest()
 
 
-def predict_pcrs(path: Path) -> dict[int, bytes]:
-    """The PCRs (sha256) a device has after booting slot a of this image: golden values.
+def predict_pcrs(path: Path, slot: str = "a") -> dict[int, bytes]:
+    """The PCRs (sha256) a device has after booting ``slot`` of this image: golden values.
 
     A pure replay of what each stage measures (device/measure.py), read from the image.
     """
     layout = read_layout(path)
     archive = read_archive(path, layout)
-    unit = bu.parse_unit(archive.get("unit.a"))
+    unit = bu.parse_unit(archive.get(f"unit.{slot}"))
     root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
     events = measure.boot_events(
         platform_key_hash(archive.get("loader.key")),

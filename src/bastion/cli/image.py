@@ -151,8 +151,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _pcrs(args: argparse.Namespace) -> int:
-    pcrs = img.predict_pcrs(Path(args.image))
-    data = {"bank": "sha256", "pcrs": {str(k): v.hex() for k, v in pcrs.items()}}
+    if args.slot not in ("a", "b"):
+        raise ConfigError(f"--slot {args.slot!r}: expected a or b")
+    pcrs = img.predict_pcrs(Path(args.image), args.slot)
+    data = {"bank": "sha256", "slot": args.slot, "pcrs": {str(k): v.hex() for k, v in pcrs.items()}}
     text = "\n".join(f"sha256:{k:<2} {v.hex()}" for k, v in pcrs.items())
     emit(args, text, data)
     return 0
@@ -202,5 +204,6 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("pcrs", help="the PCR values after booting this image (golden values)")
     p.add_argument("image")
+    p.add_argument("--slot", default="a", help="the slot booted (default a)")
     add_json_flag(p)
     p.set_defaults(func=_pcrs)
