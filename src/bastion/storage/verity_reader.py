@@ -14,8 +14,9 @@ partition and its hash partition can live inside one GPT disk image:
   the way the kernel's dm-verity target reads a root filesystem.
 
 Leaf hashing (nearly all the work) uses every core: the data region is cut into ranges
-aligned to whole level-0 hash blocks, each hashed by a forked worker reading with
-``os.pread``; the parent builds the upper levels.
+aligned to whole level-0 hash blocks, each hashed by a worker process reading with
+``os.preadv`` (forked, or started by a fork server when the caller runs other threads);
+the parent builds the upper levels.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import io
 import multiprocessing
 import os
 import stat
+import threading
 import uuid as uuidlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -170,6 +172,13 @@ def _hash_range(job: tuple[str, int, VerityParams, int, int]) -> bytes:
     return hasher.pack(digests)
 
 
+def _start_method() -> str:
+    """``fork`` (fast) unless other threads run: a fork could copy a lock one of them holds."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def _jobs(
     path: str, data_offset: int, params: VerityParams, pieces: int
 ) -> list[tuple[str, int, VerityParams, int, int]]:
@@ -196,7 +205,7 @@ def hash_data_region(
     if nworkers == 1 or params.data_size < parallel_min_bytes:
         return _hash_range((path, data_offset, params, 0, params.data_blocks))
     jobs = _jobs(path, data_offset, params, nworkers * 4)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context(_start_method())
     with ctx.Pool(nworkers) as pool:
         parts = pool.map(_hash_range, jobs, chunksize=1)
     return b"".join(parts)

@@ -425,3 +425,30 @@ def test_unreadable_inputs_are_bastion_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(BackendError, match="cannot open"):
         read_superblock(tmp_path / "file" / "x")
+
+
+def test_parallel_hashing_from_a_threaded_caller(tmp_path: Path) -> None:
+    import threading
+
+    from bastion.storage import verity_reader
+
+    data = tmp_path / "d"
+    data.write_bytes(_payload())
+    expected = compute_tree(data, PARAMS, workers=1)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert verity_reader._start_method() != "fork"
+        results: list[object] = []
+        worker = threading.Thread(
+            target=lambda: results.append(
+                compute_tree(data, PARAMS, workers=2, parallel_min_bytes=0)
+            )
+        )
+        worker.start()
+        worker.join(timeout=60)
+        assert results == [expected]
+    finally:
+        stop.set()
+        other.join()
