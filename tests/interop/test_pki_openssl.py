@@ -224,9 +224,12 @@ def test_mutual_tls_handshake_with_bastion_certificates(ca_dir, client: str) -> 
         ):
             if client == "device":
                 assert tls.recv(100) == b"hello device"
-            else:
-                with pytest.raises((ssl.SSLError, ConnectionError)):
-                    tls.recv(100)
+            else:  # the server refuses the handshake: an alert or a closed socket
+                try:
+                    data = tls.recv(100)
+                except (ssl.SSLError, ConnectionError):
+                    data = b""
+                assert data == b""
     finally:
         thread.join(timeout=10)
         listener.close()

@@ -359,8 +359,15 @@ class KeySet:
         return KeyUri("file", str(self.folder / self.entry(role, index).private_key))
 
     def signer(self, role: str, index: int = 0, scheme: SignatureScheme | None = None) -> Signer:
-        """Open the private key of ``role`` as a Signer."""
-        return open_signer(self.key_uri(role, index), passphrase=self._passphrase, scheme=scheme)
+        """Open the private key of ``role`` as a Signer (checked against ``keys.json``)."""
+        entry = self.entry(role, index)
+        signer = open_signer(self.key_uri(role, index), passphrase=self._passphrase, scheme=scheme)
+        if signer.key_id != entry.key_id:
+            raise VerificationError(
+                f"key set {entry.name}: private key id {signer.key_id[:16]}... differs from "
+                f"the manifest's {entry.key_id[:16]}..."
+            )
+        return signer
 
     def signers(self, role: str) -> list[Signer]:
         """Signers for every key of ``role``."""

@@ -156,3 +156,14 @@ def test_encrypted_keyset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert (tmp_path / "k" / "boot.pub.pem").read_bytes() == public_key_to_pem(
         ks.public_key("boot")
     )
+
+
+def test_swapped_private_key_refused(keyset_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(keyset_dir, copy)
+    (copy / "boot.key.pem").write_bytes((copy / "image.key.pem").read_bytes())
+    ks = KeySet.load(copy)
+    with pytest.raises(VerificationError):
+        ks.signer("boot")
