@@ -170,14 +170,18 @@ def load_public(ak: AkPublic) -> PublicKey:
 def verify_signature(key: AkPublic, message: bytes, signature: bytes) -> Signature:
     """Check a TPMT_SIGNATURE over ``message``; SignatureError if it does not verify."""
     sig = Signature.parse(signature)
-    pub = load_public(key)
+    _verify_parsed(load_public(key), message, sig)
+    return sig
+
+
+def _verify_parsed(pub: PublicKey, message: bytes, sig: Signature) -> None:
     if sig.sig_alg == Alg.ECDSA and isinstance(pub, ec.EllipticCurvePublicKey):
         der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
         try:
             pub.verify(der, message, ec.ECDSA(hash_algorithm(sig.hash_alg)))
         except InvalidSignature:
             raise SignatureError("TPM signature (ECDSA) does not verify with the AK") from None
-        return sig
+        return
     if sig.sig_alg in (Alg.RSASSA, Alg.RSAPSS) and isinstance(pub, rsa.RSAPublicKey):
         h = hash_algorithm(sig.hash_alg)
         pad: padding.AsymmetricPadding = (
@@ -189,7 +193,7 @@ def verify_signature(key: AkPublic, message: bytes, signature: bytes) -> Signatu
             pub.verify(sig.sig, message, pad, h)
         except InvalidSignature:
             raise SignatureError("TPM signature (RSA) does not verify with the AK") from None
-        return sig
+        return
     raise SignatureError(
         f"signature scheme 0x{sig.sig_alg:04x} does not match the {type(pub).__name__} key"
     )
@@ -237,8 +241,9 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
     failures: list[QuoteFailure] = []
     digest_alg: int = Alg.SHA256
     try:
-        digest_alg = Signature.parse(signature).hash_alg
-        verify_signature(ak_public, attest, signature)
+        sig = Signature.parse(signature)
+        digest_alg = sig.hash_alg
+        _verify_parsed(load_public(ak_public), attest, sig)
     except BastionError as exc:
         failures.append(QuoteFailure("quote.signature", exc))
     try:
@@ -268,13 +273,14 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
             )
         )
     got_sel = parsed.attested.pcr_select.to_bytes()
-    if got_sel != selection_bytes(selection):
+    want_sel = selection_bytes(selection)
+    if got_sel != want_sel:
         failures.append(
             QuoteFailure(
                 "quote.pcr-selection",
                 DigestMismatchError(
                     f"quote covers PCR selection {got_sel.hex()}, expected {selection} "
-                    f"({selection_bytes(selection).hex()})",
+                    f"({want_sel.hex()})",
                     area="pcr-selection",
                 ),
             )
