@@ -270,3 +270,27 @@ def test_provisioning_key_needs_bearer(world: FleetWorld, tpm) -> None:  # type:
     for headers in ({}, world.headers["admin"]):
         response = world.client.post("/v1/enroll/begin", json=body, headers=headers)
         assert response.status_code in (401, 403)
+
+
+def test_mutated_evidence_never_5xx(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    """One flipped bit anywhere in any TPM structure: a 4xx, never a 5xx. The one 2xx
+    allowed is a changed EK modulus, which is still a valid key: the server cannot tell,
+    and the credential it answers cannot be activated by this (or any real) TPM."""
+    import random
+
+    key = world.create_key(max_uses=1000, rate_per_minute=0)
+    _, _, body = build_enrollment(tpm, "fuzz-1")
+    rng = random.Random(7)
+    fields = ["ek_public", "ak_public", "key_public", "certify_attest", "certify_signature"]
+    for i in range(60):
+        name = fields[i % len(fields)]
+        raw = bytearray(base64.b64decode(body[name]))
+        pos = rng.randrange(len(raw))
+        raw[pos] ^= 1 << rng.randrange(8)
+        mutated = dict(body, **{name: base64.b64encode(bytes(raw)).decode()})
+        response = world.client.post(
+            "/v1/enroll/begin", json=mutated, headers={"Authorization": f"Bearer {key}"}
+        )
+        if response.status_code == 200 and name == "ek_public":
+            continue
+        assert 400 <= response.status_code < 500, (name, pos, response.text)

@@ -8,8 +8,8 @@ credential activation (``make_credential`` here, ``ActivateCredential`` on the d
 
 Checks, in order (first failure raises; every one is a negative case in the tests):
 
-1. each TPM2B_PUBLIC parses (FormatError) and has the right shape: the EK is an RSA
-   restricted decryption key with fixedTPM|fixedParent (make_credential needs RSA);
+1. each TPM2B_PUBLIC parses (FormatError) and has the right shape: the EK is an RSA or
+   ECC restricted decryption (storage) key with fixedTPM|fixedParent and AES;
    the AK a restricted signing key with fixedTPM|fixedParent|sensitiveDataOrigin; the
    identity key a non-restricted signing key with fixedTPM|fixedParent|
    sensitiveDataOrigin (made inside the TPM, never exportable) -> PolicyError;
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bastion.errors import FormatError, PolicyError, SignatureError, VerificationError
 from bastion.formats.enrollment import certify_qualifying_data
-from bastion.formats.tpm2 import Alg, ObjectAttr, Public
+from bastion.formats.tpm2 import Alg, EccParms, ObjectAttr, Public, RsaParms
 from bastion.limits import ENROLL_MAX_CSR_SIZE
 from bastion.tpm.quote import public_key, verify_certify
 
@@ -103,8 +103,12 @@ def verify_evidence(ev: EnrollmentEvidence) -> VerifiedEvidence:
     ek = Public.parse(ev.ek_public)
     ak = Public.parse(ev.ak_public)
     key = Public.parse(ev.key_public)
-    if ek.type != Alg.RSA:
-        raise PolicyError(f"EK type is 0x{ek.type:04x}, expected RSA (0x{int(Alg.RSA):04x})")
+    if not isinstance(ek.parameters, RsaParms | EccParms):
+        raise PolicyError(f"EK type is 0x{ek.type:04x}, expected an RSA or ECC key")
+    if ek.parameters.symmetric.algorithm != Alg.AES:
+        raise PolicyError(
+            "EK is not a storage key (no symmetric algorithm): cannot wrap a credential"
+        )
     _require("EK", ek, EK_REQUIRED, _A.SIGN_ENCRYPT)
     _require("AK", ak, AK_REQUIRED, _A.DECRYPT)
     _require("identity key", key, KEY_REQUIRED, _A.RESTRICTED | _A.DECRYPT)

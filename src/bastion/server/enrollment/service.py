@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from bastion.errors import AuthError, BastionError, ExpiredError
+from bastion.errors import AuthError, BastionError, ConfigError, ExpiredError, PolicyError
 from bastion.formats import enrollment as en
 from bastion.limits import ENROLL_SECRET_SIZE
 from bastion.server.audit.service import record
@@ -135,7 +135,10 @@ class EnrollmentService:
             )
             verified = verify_evidence(ev)
             secret = os.urandom(ENROLL_SECRET_SIZE)
-            blob, encrypted = make_credential(ev.ek_public, verified.ak_name, secret)
+            try:
+                blob, encrypted = make_credential(ev.ek_public, verified.ak_name, secret)
+            except ConfigError as exc:  # an EK no credential can be made for
+                raise PolicyError(f"EK cannot receive a credential: {exc}") from exc
         except BastionError as exc:
             self._refused(
                 session, key=key, actor=actor, now=now, step="begin", exc=exc, extra=extra

@@ -77,7 +77,12 @@ CASES = [
         FormatError,
     ),
     (
-        "EK is ECC",
+        "EK is a signing key",
+        lambda d: {"ek_public": rsa_ek_public(d.ek, 0x000300B2 | A.SIGN_ENCRYPT).to_bytes()},
+        PolicyError,
+    ),
+    (
+        "EK is not a storage key (no AES)",
         lambda d: {"ek_public": ecc_public(OTHER, 0x000300B2, Scheme()).to_bytes()},
         PolicyError,
     ),
@@ -133,3 +138,22 @@ def test_every_refusal_is_a_bastion_error(ek: rsa.RSAPrivateKey) -> None:
     for i in range(0, len(good.certify_attest), 7):
         with pytest.raises(BastionError):
             verify_evidence(dataclasses.replace(good, certify_attest=_flip(good.certify_attest, i)))
+
+
+def test_ecc_ek_storage_key_accepted_and_credential_made(ek: rsa.RSAPrivateKey) -> None:
+    from bastion.formats.tpm2 import Alg, Curve, EccParms, Public, SymDef
+    from bastion.tpm.quote import make_credential
+
+    dev = Device.new(ek)
+    ecc = ecc_public(ec.generate_private_key(ec.SECP256R1()), 0x000300B2, Scheme())
+    ecc_ek = Public(
+        ecc.type,
+        ecc.name_alg,
+        ecc.attributes,
+        ecc.auth_policy,
+        EccParms(SymDef(Alg.AES, 128, Alg.CFB), Scheme(), Curve.NIST_P256),
+        ecc.unique,
+    ).to_bytes()
+    out = verify_evidence(dev.evidence(ek_public=ecc_ek))
+    blob, secret = make_credential(ecc_ek, out.ak_name, b"\x01" * 32)
+    assert blob and secret
