@@ -38,6 +38,7 @@ def run(argv: list[str], *, env: dict[str, str] | None = None, input: bytes | No
 
 def cryptsetup_volume(tmp_path: Path) -> tuple[Path, bytes]:
     cs = need_tool("cryptsetup")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     img = tmp_path / "v.img"
     with open(img, "wb") as f:
         f.truncate(20 * MiB)
@@ -195,3 +196,32 @@ def test_recovery_keys_both_ways(tmp_path: Path) -> None:
     run([cs, "open", "--test-passphrase", "--key-file", "-", str(img)], input=mine.key.encode())
     vol2 = Luks2Volume.open(FileRange(img))
     assert unlock_recovery_key(vol2, mine.key) == mine.keyslot
+
+
+def test_systemd_plugin_validates_bastion_token(tmp_path: Path) -> None:
+    """cryptsetup's systemd-tpm2 plugin accepts a bastion token on import, and rejects a
+    broken one (so the acceptance is a real validation)."""
+    import json
+
+    from bastion.tpm.software import SoftwareTpm
+
+    cs = need_tool("cryptsetup")
+    img, _ = cryptsetup_volume(tmp_path)
+    vol = Luks2Volume.open(FileRange(img))
+    vol.unlock_passphrase(b"pw")
+    res = enroll_tpm(vol, SoftwareTpm(tmp_path / "tpm.state"))
+    token = vol.tokens[res.token].to_json()
+    other, _ = cryptsetup_volume(tmp_path / "other")
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(token | {"keyslots": ["0"]}))
+    run([cs, "token", "import", "--json-file", str(good), str(other)])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(token | {"keyslots": ["0"], "tpm2-pcr-bank": "bogus"}))
+    proc = subprocess.run(
+        [cs, "token", "import", "--json-file", str(bad), str(other)],
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    imported = Luks2Volume.open(FileRange(other)).tokens
+    assert [t.to_json() for t in imported.values()] == [token | {"keyslots": ["0"]}]
