@@ -9,6 +9,7 @@ bastion error                 status  code
 LimitError                    413     ``too_large``
 FormatError                   400     ``bad_request``
 request validation (pydantic) 422     ``invalid``
+database DataError            400     ``bad_request`` (NUL, out of range)
 RateLimitError                429     ``rate_limited`` (+ ``Retry-After``)
 AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
 AuthError, authenticated      403     ``forbidden``
@@ -36,6 +37,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion.errors import (
@@ -141,6 +143,18 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")
         detail = exc.detail if isinstance(exc.detail, str) else "request refused"
         return JSONResponse(error_body(code, detail), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(DataError)
+    async def _data(_request: Request, exc: DataError) -> JSONResponse:
+        # the database refused a value the edge let through (a NUL character, a number
+        # out of the column's range): the client's input is at fault, not the server
+        log.info("database refused a value: %s", type(exc.orig).__name__)
+        return JSONResponse(
+            error_body(
+                "bad_request", "a value in the request cannot be stored (NUL or out of range)"
+            ),
+            400,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -138,7 +138,7 @@ def org_fleets(access: OrgMemberAccess, session: ReadSession) -> list[schemas.Fl
 def org_audit(
     access: OrgOwnerAccess,
     session: ReadSession,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=limits.API_LIST_MAX)] = 100,
 ) -> list[schemas.AuditEntryOut]:
     """The organisation's audit entries after sequence number ``after``."""

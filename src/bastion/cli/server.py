@@ -1,0 +1,198 @@
+"""``bastion server``: run the fleet server, verify its audit log, add operator accounts.
+
+* ``bastion server [--data-dir DIR] [--listen HOST:PORT] [--database-url URL]
+  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]`` serves the API (uvicorn). Plain
+  HTTP is refused on a non-loopback address.
+* ``bastion server audit verify`` checks the whole hash chain of the audit log and
+  prints the head hash (keep it somewhere else to detect a rewritten chain).
+* ``bastion server user add EMAIL [--password-file F]`` creates an operator account
+  directly in the database (the first account of a new server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+from pathlib import Path
+from typing import Any
+
+from bastion import limits
+from bastion.cli._common import add_json_flag, emit
+from bastion.errors import ConfigError, FormatError
+from bastion.io.files import read_bounded
+
+DEFAULT_LISTEN = "127.0.0.1:8443"
+
+
+def _db_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="server state folder (default: $BASTION_SERVER_DATA_DIR or /var/lib/bastion/server)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=default,
+        metavar="URL",
+        help="postgresql://user@host/db (default: SQLite file in the data folder)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "server", help="run the fleet server; verify its audit log; add operators"
+    )
+    _db_flags(parser, suppress=False)
+    parser.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="server certificate chain")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="server private key")
+    parser.add_argument(
+        "--client-ca", type=Path, metavar="PEM", help="CA that signs device client certificates"
+    )
+    parser.set_defaults(func=_serve)
+    sub = parser.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+    verify = audit_sub.add_parser("verify", help="verify the audit hash chain")
+    _db_flags(verify, suppress=True)
+    add_json_flag(verify)
+    verify.set_defaults(func=_audit_verify)
+
+    user = sub.add_parser("user", help="operator accounts")
+    user_sub = user.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
+    add = user_sub.add_parser("add", help="create an operator account")
+    add.add_argument("email")
+    add.add_argument("--password-file", type=Path, metavar="FILE", help="else prompt")
+    _db_flags(add, suppress=True)
+    add_json_flag(add)
+    add.set_defaults(func=_user_add)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ConfigError if malformed."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
+    return host.strip("[]"), int(port_text)
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
+    """ServerSettings from the flags (environment variables fill the rest)."""
+    from pydantic import ValidationError
+
+    from bastion.server.settings import ServerSettings
+
+    values: dict[str, Any] = dict(extra)
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    url = getattr(args, "database_url", None)
+    if url:
+        values["database_url"] = url
+    try:
+        return ServerSettings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ConfigError(f"server setting {where}: {first.get('msg')}") from exc
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bastion.server.tlsproto import serve
+
+    host, port = parse_listen(args.listen)
+    settings = settings_from(
+        args,
+        listen_host=host,
+        listen_port=port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+    )
+    settings.check_listen()
+    serve(settings)
+    return 0
+
+
+def _open_db(args: argparse.Namespace, *, create: bool = False) -> Any:
+    from bastion.server.db.engine import Database
+
+    settings = settings_from(args)
+    if settings.database_url is None:
+        if not create and not (settings.data_dir / "bastion.db").exists():
+            raise ConfigError(f"no server database in {settings.data_dir} (give --data-dir)")
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = Database(settings.resolved_database_url())
+    db.upgrade()
+    return settings, db
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from bastion.server.audit.service import verify_chain
+
+    _settings, db = _open_db(args)
+    try:
+        with db.session(write=False) as session:
+            report = verify_chain(session)
+    finally:
+        db.dispose()
+    emit(
+        args,
+        f"audit log intact: {report.entries} entries, head {report.head_hash}",
+        {"ok": True, "entries": report.entries, "head": report.head_hash},
+    )
+    return 0
+
+
+def read_password(path: Path | None, prompt: str = "password: ") -> str:
+    """A password from a file (first line) or the terminal."""
+    if path is not None:
+        text = read_bounded(path, limits.PASSWORD_MAX_LENGTH + 2, "password file").decode()
+        return text.splitlines()[0] if text else ""
+    if not os.isatty(0):
+        raise ConfigError("no terminal to prompt for a password: give --password-file")
+    first = getpass.getpass(prompt)
+    return first
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from bastion.io.clock import SystemClock
+    from bastion.server.auth.passwords import PasswordHasher
+    from bastion.server.users import service
+
+    password = read_password(args.password_file)
+    if not password:
+        raise FormatError("empty password")
+    settings, db = _open_db(args, create=True)
+    try:
+        ctx = _cli_context(settings, db, SystemClock(), PasswordHasher)
+        with db.session() as session:
+            user = service.create_user(ctx, session, args.email, password, "cli:server-user-add")
+    finally:
+        db.dispose()
+    emit(args, f"user {user.email} created (id {user.id})", {"id": user.id, "email": user.email})
+    return 0
+
+
+def _cli_context(settings: Any, db: Any, clock: Any, hasher_cls: Any) -> Any:
+    from bastion.server.auth.principal import AuthRegistry
+    from bastion.server.auth.ratelimit import RateLimiter
+    from bastion.server.context import AppContext
+
+    limiter = RateLimiter(1.0, 1, clock.monotonic)
+    return AppContext(
+        settings=settings,
+        db=db,
+        clock=clock,
+        passwords=hasher_cls(
+            settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
+        ),
+        auth=AuthRegistry(),
+        limiter=limiter,
+        login_limiter=limiter,
+    )
