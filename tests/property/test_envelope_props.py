@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.errors import FormatError
@@ -40,6 +40,7 @@ json_values = st.recursive(
 )
 
 
+@settings(max_examples=60)  # recursive JSON generation is slow; the bytes test covers volume
 @given(
     st.dictionaries(
         st.sampled_from(["payload", "payloadType", "signatures", "keyid", "sig", "x"]),

@@ -37,7 +37,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bastion.errors import ConflictError, FormatError, NotFoundError, VerificationError
+from bastion.errors import (
+    ConfigError,
+    ConflictError,
+    FormatError,
+    NotFoundError,
+    VerificationError,
+)
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust import pki
@@ -205,6 +211,8 @@ def create_keyset(
 
     ``rsa_algorithm`` overrides RSA-3072 (tests use RSA-2048 for speed).
     """
+    if not 1 <= len(product) <= 40 or not product.isprintable():
+        raise ConfigError(f"product name {product!r}: expected 1-40 printable characters")
     target = Path(folder)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConflictError(

@@ -58,7 +58,9 @@ from bastion.trust.signer import (
 )
 
 DEVICE_URN_PREFIX = "urn:bastion:device:"
-_DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# 64 = ub-common-name (RFC 5280): the id is the subject CN
+_DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _BACKDATE = dt.timedelta(minutes=5)
 
 
@@ -70,6 +72,9 @@ def _now(now: dt.datetime | None) -> dt.datetime:
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:
+    for label, value in (("common name", common_name), ("organization", organization)):
+        if value is not None and not 1 <= len(value) <= 64:
+            raise ConfigError(f"{label} {value!r}: expected 1-64 characters (RFC 5280 bound)")
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -82,10 +87,11 @@ def subject_text(cert: x509.Certificate) -> str:
 
 
 def check_device_id(device_id: str) -> str:
-    """Return ``device_id`` if it is 1..128 of ``[A-Za-z0-9._-]`` starting alphanumeric."""
+    """Return ``device_id`` if it is 1..64 of ``[A-Za-z0-9._-]`` starting alphanumeric."""
     if not _DEVICE_ID_RE.match(device_id):
         raise ConfigError(
-            f"device id {device_id!r}: expected 1-128 characters of A-Z a-z 0-9 . _ -"
+            f"device id {device_id!r}: expected 1-64 characters of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
         )
     return device_id
 
@@ -345,7 +351,13 @@ def issue_device_certificate(
     _check_issuable_key(public_key, "device")
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(DEVICE_URN_PREFIX + device_id)]
     if dns_domain:
-        names.append(x509.DNSName(f"{device_id}.{dns_domain}".lower()))
+        label = device_id.lower()
+        if not _DNS_LABEL_RE.match(label):
+            raise ConfigError(
+                f"device id {device_id!r} is not a DNS label (a-z 0-9 -), so it cannot be "
+                f"named under {dns_domain!r}; issue without a DNS domain"
+            )
+        names.append(x509.DNSName(f"{label}.{dns_domain.lower()}"))
     builder = (
         _base(_name(device_id), ca.certificate.subject, public_key, _now(now), validity, serial)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -376,12 +388,15 @@ def issue_server_certificate(
     except ValueError as exc:
         raise ConfigError(f"bad IP address: {exc}") from exc
     common = dns_names[0] if dns_names else ip_addresses[0]
+    # the CN is informational (clients match the SAN); a name too long for it is left out,
+    # and then the SAN must be critical (RFC 5280 4.2.1.6)
+    subject = _name(common) if len(common) <= 64 else x509.Name([])
     builder = (
-        _base(_name(common), ca.certificate.subject, public_key, _now(now), validity, None)
+        _base(subject, ca.certificate.subject, public_key, _now(now), validity, None)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=len(common) > 64)
         .add_extension(_aki(ca), critical=False)
     )
     return _sign_cert(builder, ca.signer)

@@ -167,3 +167,12 @@ def test_swapped_private_key_refused(keyset_dir: Path, tmp_path: Path) -> None:
     ks = KeySet.load(copy)
     with pytest.raises(VerificationError):
         ks.signer("boot")
+
+
+@pytest.mark.parametrize("product", ["", "x" * 41, "bad\nname"])
+def test_bad_product_name(tmp_path: Path, product: str) -> None:
+    from bastion.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        create_keyset(tmp_path / "k", product=product)
+    assert not (tmp_path / "k").exists()

@@ -248,7 +248,17 @@ def test_negative_table(keygen, world: Pki, case: str, error: type) -> None:
     assert str(info.value)
 
 
-@pytest.mark.parametrize("case", ["bad signature", "ed25519 key", "garbage", "bad device id"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad signature",
+        "ed25519 key",
+        "garbage",
+        "bad device id",
+        "id too long",
+        "id not a DNS label",
+    ],
+)
 def test_issue_refuses(world: Pki, case: str) -> None:
     csr = _csr(world.device_key)
     device_id = "dev-2"
@@ -271,8 +281,19 @@ def test_issue_refuses(world: Pki, case: str) -> None:
     elif case == "bad device id":
         device_id = "../etc/passwd"
         error = ConfigError
+    elif case == "id too long":
+        device_id = "a" * 65
+        error = ConfigError
+    elif case == "id not a DNS label":
+        device_id = "dev_1"
+        error = ConfigError
     with pytest.raises(error):
-        pki.issue_device_certificate(world.fleet, csr, device_id, now=NOW)
+        pki.issue_device_certificate(world.fleet, csr, device_id, now=NOW, dns_domain="d.example")
+
+
+def test_longest_device_id(world: Pki) -> None:
+    cert = pki.issue_device_certificate(world.fleet, _csr(world.device_key), "a" * 64, now=NOW)
+    assert pki.device_id_of(cert) == "a" * 64
 
 
 def test_ca_key_must_match_certificate(keygen, world: Pki) -> None:
@@ -313,3 +334,25 @@ def test_load_helpers(world: Pki) -> None:
         pki.load_certificates(b"nope")
     with pytest.raises(FormatError):
         pki.load_crl(b"nope")
+
+
+def test_long_server_name_goes_to_san_only(keygen, world: Pki) -> None:
+    name = ("a" * 60 + ".") * 2 + "example"
+    cert = pki.issue_server_certificate(
+        world.fleet, keygen("ecdsa-p256", 13).public_key(), [name], now=NOW
+    )
+    assert cert.subject == x509.Name([])
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    pki.verify_chain(
+        cert,
+        roots=[world.root.certificate],
+        intermediates=[world.fleet.certificate],
+        usage="server",
+        server_name=name,
+        now=NOW,
+    )
+
+
+def test_long_ca_name_refused(keygen) -> None:
+    with pytest.raises(ConfigError):
+        pki.create_root_ca(SoftwareSigner(keygen("ecdsa-p256", 10)), "x" * 65, now=NOW)
