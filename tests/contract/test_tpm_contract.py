@@ -378,10 +378,17 @@ def test_keys_are_bound_to_their_tpm(tpm_rig, tmp_path) -> None:  # type: ignore
     from tests.conftest import TpmRig
 
     key = tpm_rig.tpm.create_signing_key()
+    sealed = tpm_rig.tpm.seal(b"disk key", SEL)
+    ak = tpm_rig.tpm.create_ak()
     other = TpmRig(tpm_rig.kind, tmp_path / "other")
     try:
         with pytest.raises(BastionError):
             other.tpm.sign(key, sha(b"m"))
+        with pytest.raises(BastionError):
+            other.tpm.unseal(sealed, SEL)
+        with pytest.raises(BastionError):
+            other.tpm.quote(ak, b"n", SEL)
+        assert other.tpm.ek_public() != tpm_rig.tpm.ek_public()
     finally:
         other.close()
 

@@ -303,6 +303,24 @@ def test_sealed_by_tss_unsealed_by_tpm2_tools(swtpm: Swtpm, tmp_path: Path) -> N
     assert refused.returncode != 0
 
 
+def test_wrong_auth_values_lead_to_da_lockout(swtpm: Swtpm) -> None:
+    """Sealed objects are DA-protected (systemd's template has no noDA): a real TPM
+    locks out after a few wrong PINs, and the error says so."""
+    from bastion.errors import PolicyError, TpmError
+
+    tpm = tss(swtpm)
+    try:
+        sealed = tpm.seal(b"k", SEL, auth_value=b"right pin")
+        with pytest.raises(PolicyError):
+            tpm.unseal(sealed, SEL, auth_value=b"wrong pin")
+        with pytest.raises(TpmError, match="dictionary-attack lockout"):
+            for _ in range(10):
+                with pytest.raises(PolicyError):
+                    tpm.unseal(sealed, SEL, auth_value=b"wrong pin")
+    finally:
+        tpm.close()
+
+
 # --- the EK -------------------------------------------------------------------------------------
 
 

@@ -236,6 +236,13 @@ class TssTpm:
             return PolicyError(f"TPM refused {what}: the PCR policy or auth value does not match")
         if exc.error == TPM2_RC.NV_DEFINED:
             return ConflictError(f"TPM {what}: the NV index is already defined")
+        if exc.error == TPM2_RC.LOCKOUT:
+            return TpmError(
+                f"TPM refused {what}: the TPM is in dictionary-attack lockout after too many "
+                "wrong auth values; wait for it to recover or clear it with "
+                "tpm2_dictionarylockout -c (rc 0x921)",
+                rc=rc,
+            )
         return TpmError(message, rc=rc)
 
     def _srk(self, scope: _Scope) -> ESYS_TR:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import need_module, need_tss
 
 from bastion.cli.main import main
@@ -272,3 +274,40 @@ def test_fuses_default_file(
     monkeypatch.setenv("BASTION_HOME", str(tmp_path / "home"))
     assert run(capsys, "fuses", "blow", "1")[0] == 0
     assert (tmp_path / "home" / "fuses.bin").stat().st_size == 48
+
+
+# --- the AK file ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=300))
+def test_load_key_is_total(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    from bastion.cli.tpm import load_key
+    from bastion.errors import FormatError
+
+    path = tmp_path_factory.mktemp("k") / "ak.json"
+    path.write_bytes(data)
+    with pytest.raises(FormatError):
+        load_key(path)
+
+
+@settings(max_examples=50)
+@given(st.binary(min_size=0, max_size=200), st.binary(min_size=0, max_size=200))
+def test_key_file_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, public: bytes, private: bytes
+) -> None:
+    from bastion.cli.tpm import load_key, save_key
+    from bastion.errors import FormatError
+    from bastion.formats.tpm2 import object_name, tpm2b
+    from bastion.tpm.base import TpmKey
+
+    path = tmp_path_factory.mktemp("k") / "ak.json"
+    key = TpmKey(public=tpm2b(public), private=tpm2b(private), name=b"")
+    save_key(path, key)
+    try:
+        name = object_name(key.public)
+    except FormatError:
+        with pytest.raises(FormatError):
+            load_key(path)
+        return
+    assert load_key(path) == TpmKey(key.public, key.private, name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bastion.errors import ConfigError
 from bastion.tpm.uri import TpmKind, TpmUri, bastion_state_dir, open_tpm, parse_tpm_uri
@@ -103,3 +105,14 @@ def test_open_swtpm(swtpm) -> None:  # type: ignore[no-untyped-def]
         assert tpm.pcr_read(PcrSelection.parse("sha256:0")) == {0: bytes(32)}
     finally:
         tpm.close()
+
+
+@given(st.text(max_size=80))
+def test_parse_is_total(text: str) -> None:
+    try:
+        uri = parse_tpm_uri(text)
+    except ConfigError:
+        return
+    assert isinstance(uri, TpmUri)
+    if text.strip():
+        assert parse_tpm_uri(str(uri)) == uri
