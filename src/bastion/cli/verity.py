@@ -94,21 +94,23 @@ def _describe(
 
 
 def _text(info: dict[str, Any]) -> str:
+    """The header as veritysetup prints it (same labels, padding and tabs)."""
     rows = [
-        ("UUID:", info["uuid"] or ""),
-        ("Hash type:", info["hash_type"]),
-        ("Data blocks:", info["data_blocks"]),
-        ("Data block size:", info["data_block_size"]),
-        ("Hash blocks:", info["hash_blocks"]),
-        ("Hash block size:", info["hash_block_size"]),
-        ("Hash algorithm:", info["hash_algorithm"]),
-        ("Salt:", info["salt"]),
+        ("UUID:            ", info["uuid"] or ""),
+        ("Hash type:       ", info["hash_type"]),
+        ("Data blocks:     ", info["data_blocks"]),
+        ("Data block size: ", info["data_block_size"]),
+        ("Hash blocks:     ", info["hash_blocks"]),
+        ("Hash block size: ", info["hash_block_size"]),
+        ("Hash algorithm:  ", info["hash_algorithm"]),
+        ("Salt:            ", info["salt"]),
     ]
     if "root_hash" in info:
-        rows.append(("Root hash:", info["root_hash"]))
-    rows.append(("Hash device size:", f"{info['hash_device_size']} [bytes]"))
+        rows.append(("Root hash:      ", info["root_hash"]))
+    if not info["hash_offset"]:  # veritysetup prints the size only for a hash area at 0
+        rows.append(("Hash device size: ", f"{info['hash_device_size']} [bytes]"))
     lines = [f"VERITY header information for {info['hash_file']}"]
-    lines += [f"{label:<17}\t{value}" for label, value in rows]
+    lines += [f"{label}\t{value}" for label, value in rows]
     return "\n".join(lines)
 
 

@@ -48,7 +48,7 @@ def test_format_prints_veritysetup_style_header(
     assert "Salt:            \tab" in out
     root = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash:"))
     assert len(root) == 64
-    assert "Hash device size:\t20480 [bytes]" in out
+    assert "Hash device size: \t20480 [bytes]" in out
 
 
 def test_format_json_verify_and_dump(
