@@ -303,12 +303,16 @@ def _enroll_tpm(args: argparse.Namespace) -> int:
 
 
 def _lock(args: argparse.Namespace) -> int:
-    from bastion.storage.sealed import lock
+    from bastion.storage.sealed import lock, lock_volume
 
-    uuid = Luks2Volume.open(_storage(args, writable=False)).uuid if args.device else ""
+    vol = Luks2Volume.open(_storage(args, writable=False)) if args.device else None
+    uuid = vol.uuid if vol is not None else ""
     tpm = open_tpm(args.tpm)
     try:
-        lock(tpm, volume_uuid=uuid, pcr=args.pcr)
+        if vol is not None:
+            lock_volume(vol, tpm, pcr=args.pcr)
+        else:
+            lock(tpm, pcr=args.pcr)
     finally:
         tpm.close()
     emit(

@@ -296,6 +296,20 @@ def lock(
     tpm.pcr_extend(pcr, digests)
 
 
+def lock_volume(volume: Luks2Volume, tpm: Tpm, *, pcr: int = LOCK_PCR) -> tuple[HashAlg, ...]:
+    """:func:`lock` in every PCR bank the volume's ``systemd-tpm2`` tokens use (and sha256),
+    so a token bound to another bank (say sha1) is locked too. Returns the banks."""
+    banks = {HashAlg.SHA256}
+    for token in tpm2_tokens(volume).values():
+        try:
+            banks.add(Tpm2Token.from_token(token).bank)
+        except BastionError:
+            continue  # a token bastion cannot use cannot be unsealed by bastion either
+    ordered = tuple(sorted(banks, key=lambda b: b.alg_id))
+    lock(tpm, volume_uuid=volume.uuid, pcr=pcr, banks=ordered)
+    return ordered
+
+
 def remove_tpm_enrollment(volume: Luks2Volume, token_id: int) -> None:
     """Remove a ``systemd-tpm2`` token and its keyslot (token first: never a dangling token)."""
     token = Tpm2Token.from_token(volume.tokens[token_id]) if token_id in volume.tokens else None

@@ -26,6 +26,7 @@ from bastion.storage.sealed import (
     Tpm2Token,
     enroll_tpm,
     lock,
+    lock_volume,
     parse_pcr_list,
     remove_tpm_enrollment,
     reseal,
@@ -87,6 +88,18 @@ def test_lock_then_unlock_fails_until_reboot(tmp_path: Path, tpm_rig: Any) -> No
         unlock_with_token(reopen(img), tpm_rig.tpm)
     tpm = tpm_rig.power_cycle()
     assert unlock_with_token(reopen(img), tpm) >= 1
+
+
+def test_lock_volume_covers_the_token_bank(tmp_path: Path, tpm_rig: Any) -> None:
+    img, vol = volume(tmp_path)
+    enroll_tpm(vol, tpm_rig.tpm, bank=HashAlg.SHA1)
+    unlock_with_token(reopen(img), tpm_rig.tpm)
+    lock(tpm_rig.tpm, volume_uuid=vol.uuid)  # sha256 only: the sha1 token still opens
+    unlock_with_token(reopen(img), tpm_rig.tpm)
+    assert lock_volume(reopen(img), tpm_rig.tpm) == (HashAlg.SHA1, HashAlg.SHA256)
+    with pytest.raises(PolicyError):
+        unlock_with_token(reopen(img), tpm_rig.tpm)
+    assert unlock_with_token(reopen(img), tpm_rig.power_cycle()) >= 1
 
 
 def test_future_values_and_reseal(tmp_path: Path, tpm_backend: Any) -> None:
