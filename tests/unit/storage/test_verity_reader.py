@@ -278,6 +278,8 @@ def test_reader_file_protocol(volume: tuple[Path, Path, bytes, bytes]) -> None:
     assert reader.closed
     with pytest.raises(ValueError):
         reader.read(1)
+    with pytest.raises(ValueError):
+        reader.read()
     buffered = io.BufferedReader(VerityReader(data, hash_file, root), buffer_size=8192)
     assert buffered.read() == payload
     buffered.close()
