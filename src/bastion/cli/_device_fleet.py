@@ -30,21 +30,21 @@ def register(subparsers: Any) -> None:
         help="file holding the bst_pk_ key (deleted after a successful enrolment)",
     )
     p.add_argument("--serial", help="device serial (default: the folder name)")
-    p.add_argument("--fleet", metavar="FLEET_ID", help="refuse unless the key is for this fleet")
+    p.add_argument("--fleet", metavar="FLEET_ID", help="refuse unless the key is for this fleet id")
     api.add_server_flags(p)
     add_tpm_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_provision)
 
     ls = subparsers.add_parser("list", help="list a fleet's devices (operator)")
-    ls.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    ls.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(ls)
     add_json_flag(ls)
     ls.set_defaults(func=_list)
 
     show = subparsers.add_parser("show", help="show one device (operator)")
     show.add_argument("device_id", metavar="DEVICE_ID")
-    show.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    show.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(show)
     add_json_flag(show)
     show.set_defaults(func=_show)
@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
         "revoke", help="revoke a device: refused from now on, cert on the CRL"
     )
     rv.add_argument("device_id", metavar="DEVICE_ID")
-    rv.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    rv.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(rv)
     add_json_flag(rv)
     rv.set_defaults(func=_revoke)
@@ -68,7 +68,7 @@ def _provision(args: argparse.Namespace) -> int:
     dev: Path = args.dev
     dev.mkdir(parents=True, exist_ok=True, mode=0o700)
     tpm = open_tpm(args.tpm, default_state_dir=dev)
-    url = api.server_url(args)
+    url = api.device_server_url(args)
     try:
         with httpx.Client(base_url=url, timeout=30.0, verify=api.verify_setting(args)) as http:
             identity = provision_from_files(
@@ -96,23 +96,25 @@ def _line(d: dict[str, Any]) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with api.client(args) as http:
-        devices = api.call(http, "GET", f"/v1/fleets/{args.fleet}/devices")
+    with api.operator(args) as http:
+        devices = http.call("GET", f"/v1/fleets/{api.fleet_id(http, args.fleet)}/devices")
     emit(args, "\n".join(_line(d) for d in devices) or "no devices", devices)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    with api.client(args) as http:
-        device = api.call(http, "GET", f"/v1/fleets/{args.fleet}/devices/{args.device_id}")
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        device = http.call("GET", f"/v1/fleets/{fleet}/devices/{args.device_id}")
     text = "\n".join(f"{k}: {v}" for k, v in device.items() if k != "certificate")
     emit(args, text, device)
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with api.client(args) as http:
-        device = api.call(http, "POST", f"/v1/fleets/{args.fleet}/devices/{args.device_id}/revoke")
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        device = http.call("POST", f"/v1/fleets/{fleet}/devices/{args.device_id}/revoke")
     emit(
         args,
         f"revoked device {device['id']} (certificate {device['cert_serial']} on the CRL)",

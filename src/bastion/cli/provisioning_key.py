@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_usage)
 
     c = sub.add_parser("create", help="create a provisioning key for a fleet")
-    c.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    c.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     c.add_argument("--name", default="provisioning key")
     c.add_argument("--ttl", default="1h", help="lifetime (default 1h)")
     c.add_argument("--uses", type=int, default=1, help="enrolments allowed (default 1)")
@@ -57,14 +57,14 @@ def register(subparsers: Any) -> None:
     c.set_defaults(func=_create)
 
     ls = sub.add_parser("list", help="list a fleet's provisioning keys (never the keys)")
-    ls.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    ls.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(ls)
     add_json_flag(ls)
     ls.set_defaults(func=_list)
 
     rv = sub.add_parser("revoke", help="revoke a provisioning key")
     rv.add_argument("key_id", metavar="KEY_ID")
-    rv.add_argument("--fleet", required=True, metavar="FLEET_ID")
+    rv.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(rv)
     rv.set_defaults(func=_revoke)
 
@@ -78,8 +78,9 @@ def _create(args: argparse.Namespace) -> int:
         "allow_serials": args.allow_serial,
         "allow_ek_hashes": [h.lower() for h in args.allow_ek_hash],
     }
-    with api.client(args) as http:
-        created = api.call(http, "POST", f"/v1/fleets/{args.fleet}/provisioning-keys", body)
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        created = http.call("POST", f"/v1/fleets/{fleet}/provisioning-keys", body)
     key = created.pop("key")
     if args.out:
         atomic_write(args.out, (key + "\n").encode(), mode=0o600)
@@ -95,8 +96,8 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with api.client(args) as http:
-        keys = api.call(http, "GET", f"/v1/fleets/{args.fleet}/provisioning-keys")
+    with api.operator(args) as http:
+        keys = http.call("GET", f"/v1/fleets/{api.fleet_id(http, args.fleet)}/provisioning-keys")
     lines = [
         f"{k['id']}  {k['prefix']}...  {k['uses']}/{k['max_uses']} uses  expires {k['expires_at']}"
         f"{'  REVOKED' if k['revoked'] else ''}"
@@ -107,7 +108,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    with api.client(args) as http:
-        api.call(http, "DELETE", f"/v1/fleets/{args.fleet}/provisioning-keys/{args.key_id}")
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        http.call("DELETE", f"/v1/fleets/{fleet}/provisioning-keys/{args.key_id}")
     print(f"revoked provisioning key {args.key_id}")
     return 0

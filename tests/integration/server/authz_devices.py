@@ -24,10 +24,10 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 _device: dict[str, int | str] = {name: 403 for name in (*USERS, "read_token")}
 _device.update(_NOT_USER)
 _device.update({"device": OK, "other_device": OK})
-# enrolment routes: only a provisioning key passes authorization; an empty body is then 422
+# enrolment routes: only a provisioning key, and it really enrols (2xx with real evidence)
 _enrol: dict[str, int | str] = {name: 403 for name in (*USERS, "read_token")}
 _enrol.update(_NOT_USER)
-_enrol["provisioning_key"] = 422
+_enrol["provisioning_key"] = OK
 
 # public PKI material (CA certificate, CRL): credentials are not even looked at, so a
 # revoked device can still fetch the CRL that revokes it
@@ -107,6 +107,48 @@ def _fresh_key(world: World, _who: str) -> dict[str, Any]:
     return {"pkey": _new_key(world, 1)["id"]}
 
 
+def _enrol_tpm(world: World) -> Any:
+    """A software TPM that builds real enrolment evidence for the enrol rows."""
+    if "enrol_tpm" not in world.extra:
+        from bastion.tpm.software import SoftwareTpm
+
+        folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
+        world.extra["enrol_tpm"] = SoftwareTpm(folder / "tpm.state")
+    return world.extra["enrol_tpm"]
+
+
+def _begin_body(world: World, _who: str) -> dict[str, Any]:
+    """Real evidence from a TPM: a provisioning key gets 200, everyone else is refused."""
+    from bastion.device.provision import build_enrollment
+
+    _, _, body = build_enrollment(_enrol_tpm(world), world.unique("sn"))
+    return {"body": body}
+
+
+def _finish_body(world: World, who: str) -> dict[str, Any]:
+    """For the provisioning key a real begin + ActivateCredential + proof (200); for the
+    others a well-formed but unknown challenge (refused before it is looked at)."""
+    import base64
+
+    from bastion.device.provision import build_enrollment
+    from bastion.formats import enrollment as en
+
+    if who != "provisioning_key":
+        proof = base64.b64encode(b"\0" * 32).decode()
+        return {"body": {"challenge_id": "ch_" + "0" * 32, "proof": proof}}
+    tpm = _enrol_tpm(world)
+    ak, _, body = build_enrollment(tpm, world.unique("sn"))
+    begin = world.client.post("/v1/enroll/begin", json=body, headers=world.headers[who])
+    assert begin.status_code == 200, begin.text
+    out = begin.json()
+    secret = tpm.activate_credential(
+        ak, base64.b64decode(out["credential_blob"]), base64.b64decode(out["encrypted_secret"])
+    )
+    cid = out["challenge_id"]
+    proof = base64.b64encode(en.finish_proof(en.derive_keys(secret, cid), cid)).decode()
+    return {"body": {"challenge_id": cid, "proof": proof}}
+
+
 ROWS = [
     Row("GET", "/v1/device", "device"),
     Row("PATCH", "/v1/device", "device", body={"note": "matrix"}),
@@ -138,8 +180,8 @@ ROWS = [
     Row("POST", "/v1/fleets/{fleet}/provisioning-keys", "admin", 201, body={"name": "k"}),
     Row("GET", "/v1/fleets/{fleet}/provisioning-keys", "admin"),
     Row("DELETE", "/v1/fleets/{fleet}/provisioning-keys/{pkey}", "admin", 204, setup=_fresh_key),
-    Row("POST", "/v1/enroll/begin", "enrol", body={}),
-    Row("POST", "/v1/enroll/finish", "enrol", body={}),
+    Row("POST", "/v1/enroll/begin", "enrol", setup=_begin_body),
+    Row("POST", "/v1/enroll/finish", "enrol", setup=_finish_body),
     Row("GET", "/v1/crl", "public"),
     Row("GET", "/v1/ca", "public"),
 ]

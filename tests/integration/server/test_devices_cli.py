@@ -58,6 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FleetWorl
 def test_operator_and_device_cli(served, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     world, url = served
     token = world.headers["admin"]["Authorization"].split()[1]
+    monkeypatch.setenv("BASTION_CONFIG", str(tmp_path / "operator.json"))
     monkeypatch.setenv("BASTION_TOKEN", token)
     key_file = tmp_path / "pk"
     code = main(
@@ -110,7 +111,7 @@ def test_operator_and_device_cli(served, tmp_path: Path, monkeypatch, capsys) ->
     )
 
     monkeypatch.setenv("BASTION_TOKEN", token)
-    assert main(["device", "list", "--fleet", world.fleet_id, "--server", url]) == 0
+    assert main(["device", "list", "--fleet", "acme/cams", "--server", url]) == 0
     assert identity.device_id in capsys.readouterr().out
     assert (
         main(
@@ -137,7 +138,7 @@ def test_operator_and_device_cli(served, tmp_path: Path, monkeypatch, capsys) ->
         httpx.get(f"{url}/v1/device", headers={"Authorization": f"Bearer {api_key}"}).status_code
         == 401
     )
-    assert main(["provisioning-key", "list", "--fleet", world.fleet_id, "--server", url]) == 0
+    assert main(["provisioning-key", "list", "--fleet", "cams", "--server", url]) == 0
     assert "1/1 uses" in capsys.readouterr().out
 
 
@@ -196,7 +197,7 @@ def test_operator_and_device_cli(served, tmp_path: Path, monkeypatch, capsys) ->
             9,
             "http://",
         ),
-        (["device", "list", "--fleet", "nope", "--server", "{url}"], 4, "no operator token"),
+        (["device", "list", "--fleet", "nope", "--server", "{url}"], 4, "not logged in"),
         (
             ["provisioning-key", "create", "--fleet", "x", "--ttl", "soon", "--server", "{url}"],
             9,
@@ -208,6 +209,7 @@ def test_cli_bad_input_one_line(
     served, tmp_path: Path, monkeypatch, capsys, argv, code, needle
 ) -> None:  # type: ignore[no-untyped-def]
     world, url = served
+    monkeypatch.setenv("BASTION_CONFIG", str(tmp_path / "operator.json"))
     monkeypatch.delenv("BASTION_TOKEN", raising=False)
     if "--ttl" in argv:
         monkeypatch.setenv("BASTION_TOKEN", "bst_pat_x")
