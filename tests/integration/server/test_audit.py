@@ -71,3 +71,29 @@ def test_tampering_is_detected(app, case) -> None:
     with ctx.db.session(write=False) as session, pytest.raises(TamperError) as info:
         verify_chain(session)
     assert info.value.stage == "audit"
+
+
+def test_concurrent_writers_keep_one_chain(app) -> None:
+    """Writers in parallel threads queue on the head row; the chain stays linear."""
+    import threading
+
+    ctx = app.state.ctx
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(8):
+                with ctx.db.session() as session:
+                    record(session, "test.concurrent", f"user:{n}", {"i": i})
+                    session.commit()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with ctx.db.session(write=False) as session:
+        assert verify_chain(session).entries == 32
