@@ -106,40 +106,32 @@ def test_operator_flow(served, tmp_path: Path, capsys) -> None:
     assert report["ok"] and report["entries"] >= 6
 
 
-@pytest.mark.parametrize(
-    ("argv", "code", "fragment"),
-    [
-        (["env", "set", "--fleet", "pumps", "1BAD=x"], 3, "NAME=VALUE"),
-        (["env", "set", "--fleet", "pumps", "NOEQUALS"], 3, "NAME=VALUE"),
-        (["env", "set", "--fleet", "nope", "A=1"], 5, "not found"),
-        (["fleet", "create", "pumps"], 6, "already exists"),
-        (["fleet", "create", "Bad Name"], 3, "name"),
-        (["server", "--listen", "0.0.0.0:8443"], 9, "refusing plain HTTP"),
-        (["server", "--listen", "nonsense"], 9, "HOST:PORT"),
-    ],
-)
-def test_bad_input_is_one_line(served, tmp_path: Path, capsys, argv, code, fragment) -> None:
+BAD_INPUT = [
+    (["env", "set", "--fleet", "pumps", "1BAD=x"], 3, "NAME=VALUE"),
+    (["env", "set", "--fleet", "pumps", "NOEQUALS"], 3, "NAME=VALUE"),
+    (["env", "set", "--fleet", "nope", "A=1"], 5, "not found"),
+    (["fleet", "create", "pumps"], 6, "already exists"),
+    (["fleet", "create", "Bad Name"], 3, "name"),
+    (["fleet", "grant", "pumps", "nobody@example.org", "viewer"], 5, "no user"),
+    (["server", "--listen", "0.0.0.0:8443"], 9, "refusing plain HTTP"),
+    (["server", "--listen", "nonsense"], 9, "HOST:PORT"),
+]
+
+
+def test_bad_input_is_one_line(served, tmp_path: Path, capsys) -> None:
     url, data = served
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD)
-    run(
-        capsys,
-        "server",
-        "user",
-        "add",
-        "ops@example.org",
-        "--password-file",
-        str(pw),
-        *data,
-    )
+    run(capsys, "server", "user", "add", "ops@example.org", "--password-file", str(pw), *data)
     run(capsys, "login", "--server", url, "--email", "ops@example.org", "--password-file", str(pw))
     run(capsys, "org", "create", "acme")
     run(capsys, "fleet", "create", "pumps")
-    got, _out, err = run(capsys, *argv)
-    assert got == code, err
-    assert fragment in err
-    assert len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
+    for argv, code, fragment in BAD_INPUT:
+        got, _out, err = run(capsys, *argv)
+        assert got == code, (argv, err)
+        assert fragment in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Traceback" not in err
 
 
 def test_wrong_password_and_not_logged_in(served, tmp_path: Path, capsys) -> None:
