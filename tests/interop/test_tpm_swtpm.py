@@ -9,7 +9,8 @@
 * ``ek_public`` equals ``tpm2_createek -G rsa``; the software EK has the same template.
 * the swtpm launcher: ports, PID, restart, reaping.
 
-swtpm serves one connection at a time, so a TssTpm is closed before a tool runs.
+A TssTpm is closed before a tool runs, so one client at a time uses swtpm's three
+object slots (the tools leave objects loaded until ``tpm2_flushcontext``).
 """
 
 from __future__ import annotations

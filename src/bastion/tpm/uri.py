@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bastion.errors import ConfigError
+from bastion.errors import AuthError, ConfigError, NotFoundError
 from bastion.tpm.base import Tpm
 
 ACCEPTED = "software:PATH, swtpm:host=H,port=P or device:/dev/tpmrm0"
@@ -121,6 +121,8 @@ def open_tpm(spec: str | None, *, default_state_dir: Path | None = None) -> Tpm:
         uri.path.parent.mkdir(parents=True, exist_ok=True)
         tpm: Tpm = software.SoftwareTpm(uri.path)
         return tpm
+    if uri.kind is TpmKind.DEVICE:
+        _check_device(uri.path)
     try:
         from bastion.tpm.tss import TssTpm
     except ImportError as exc:
@@ -129,3 +131,18 @@ def open_tpm(spec: str | None, *, default_state_dir: Path | None = None) -> Tpm:
             "(apt-get install libtss2-dev pkg-config; pip install 'bastion[tpm]')"
         ) from exc
     return TssTpm(uri.tcti)
+
+
+def _check_device(path: Path | None) -> None:
+    """A clear error for the two usual problems with a kernel TPM device."""
+    assert path is not None
+    if not path.exists():
+        raise NotFoundError(
+            f"TPM device {path} does not exist (no TPM, or its driver is not loaded; "
+            "check /sys/class/tpm)"
+        )
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise AuthError(
+            f"TPM device {path} is not readable and writable by this user "
+            "(run as root or add the user to the 'tss' group)"
+        )

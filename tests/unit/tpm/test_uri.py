@@ -116,3 +116,11 @@ def test_parse_is_total(text: str) -> None:
     assert isinstance(uri, TpmUri)
     if text.strip():
         assert parse_tpm_uri(str(uri)) == uri
+
+
+def test_missing_device_is_named() -> None:
+    from bastion.errors import NotFoundError
+
+    missing = next(p for p in (f"/dev/tpmrm{i}" for i in range(200, 256)) if not Path(p).exists())
+    with pytest.raises(NotFoundError, match=f"TPM device {missing} does not exist"):
+        open_tpm(f"device:{missing}")
