@@ -108,6 +108,13 @@ def test_org_2fa_enforcement(org_world, clock) -> None:
     assert api.client.get(f"/v1/fleets/{fleet}", headers=boss).status_code == 403
     assert api.client.get(f"/v1/fleets/{fleet}", headers=boss2).status_code == 200
     assert api.client.get("/v1/fleets", headers=viewer).json() == []
+    # turning TOTP off downgrades the sessions that had passed it
+    clock.advance(30)
+    off = api.client.post(
+        "/v1/me/totp/disable", headers=boss2, json={"code": totp.code_at(secret, step + 2)}
+    )
+    assert off.status_code == 204, off.text
+    assert api.client.get(f"/v1/fleets/{fleet}", headers=boss2).status_code == 403
 
 
 def test_config_and_env(org_world) -> None:

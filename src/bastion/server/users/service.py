@@ -332,5 +332,9 @@ def totp_disable(ctx: AppContext, session: Session, principal: Principal, code: 
     user.totp_enabled = False
     user.totp_secret = None
     repo.delete_recovery_codes(session, user.id)
+    # tokens minted behind the second factor no longer satisfy an organisation's 2FA rule
+    for kind in (SESSION, PAT):
+        for row in repo.list_tokens(session, user.id, kind):
+            row.two_factor = False
     record(session, "user.totp_disable", principal.actor, {}, at=now)
     session.commit()
