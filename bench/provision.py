@@ -195,6 +195,28 @@ def _open_tpm(kind: str, folder: Path) -> tuple[Any, Any]:
     return TssTpm(sw.uri), sw
 
 
+class TimedTpm:
+    """Wraps a Tpm and adds up the seconds spent inside its methods."""
+
+    def __init__(self, tpm: Any) -> None:
+        self._tpm = tpm
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._tpm, name)
+        if not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+
+        return timed
+
+
 def enrol_worker(
     index: int,
     url: str,
@@ -211,18 +233,19 @@ def enrol_worker(
     tpm, sw = _open_tpm(kind, Path(folder) / f"dev-{index}")
     try:
         tpm.ek_public()  # manufacturing: the EK exists before enrolment
+        timed = TimedTpm(tpm)
         identities = []
         with httpx.Client(base_url=url, timeout=60) as client:
             barrier.wait(timeout=600)
             start = time.perf_counter()
             for i in range(count):
                 identities.append(
-                    provision(tpm, client, provisioning_key=key, serial=f"bench-{index}-{i}")
+                    provision(timed, client, provisioning_key=key, serial=f"bench-{index}-{i}")
                 )
             wall = time.perf_counter() - start
         # after the clock: open the sealed API keys (one more ActivateCredential each)
         keys = [identity.api_key(tpm) for identity in identities[:want_keys]]
-        out.put((index, count, start, start + wall, keys))
+        out.put((index, count, start, start + wall, keys, timed.seconds, wall))
     finally:
         tpm.close()
         if sw is not None:
@@ -396,6 +419,12 @@ def main() -> int:
                 f"  server CPU: {server_cpu:.1f} s for {done} enrolments = {per_enrol_ms:.1f} ms "
                 f"each -> server capacity ~{60_000 / per_enrol_ms:,.0f}/min per core; the rest of "
                 "the wall time is the device processes (TPM work) and CPU contention"
+            )
+            tpm_s, busy_s = sum(r[5] for r in results), sum(r[6] for r in results)
+            print(
+                f"  device side: {tpm_s:.1f} s inside TPM calls of {busy_s:.1f} s of device "
+                f"process time ({tpm_s / busy_s:.0%}); the rest is HTTP round trips to the "
+                "server and client-side work"
             )
             enrolled_keys = [k for r in results for k in r[4]]
             extra = max(0, args.pollers - len(enrolled_keys))
