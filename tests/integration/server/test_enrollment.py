@@ -294,3 +294,21 @@ def test_mutated_evidence_never_5xx(world: FleetWorld, tpm) -> None:  # type: ig
         if response.status_code == 200 and name == "ek_public":
             continue
         assert 400 <= response.status_code < 500, (name, pos, response.text)
+
+
+def test_key_revoked_between_begin_and_finish(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    key = world.create_key(max_uses=3)
+    ak, _, begin = _begin(world, tpm, key)
+    assert begin.status_code == 200, begin.text
+    key_id = next(
+        k["id"]
+        for k in world.client.get(
+            f"/v1/fleets/{world.fleet_id}/provisioning-keys", headers=world.headers["admin"]
+        ).json()
+        if key.startswith(k["prefix"])
+    )
+    world.client.delete(
+        f"/v1/fleets/{world.fleet_id}/provisioning-keys/{key_id}", headers=world.headers["admin"]
+    )
+    late = _finish(world, tpm, ak, key, begin.json())
+    assert late.status_code == 401 and "revoked" in late.json()["detail"], late.text
