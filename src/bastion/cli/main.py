@@ -19,20 +19,43 @@ from bastion import __version__
 from bastion.errors import BastionError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser with every discovered command group."""
+def _group_modules(only: str | None = None) -> list[str]:
+    """Names of the command-group modules, or just ``only`` when it is one of them."""
+    import bastion.cli as cli_pkg
+
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(cli_pkg.__path__)
+        if not info.name.startswith("_") and info.name != "main"
+    )
+    if only is not None and only in names:
+        return [only]
+    return names
+
+
+def _first_command(argv: Sequence[str]) -> str | None:
+    """The module name of the command group ``argv`` asks for, if it names one directly."""
+    for arg in argv:
+        if arg.startswith("-"):
+            return None  # a global option first: parse with every group
+        return arg.replace("-", "_")
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every discovered command group, or only the group module ``only``.
+
+    Loading one group instead of all of them keeps start-up fast: some groups pull in
+    the server stack or the TPM bindings, which a ``bastion verity`` call never needs.
+    """
     parser = argparse.ArgumentParser(
         prog="bastion",
         description="Secure Linux edge devices and their fleets end to end.",
     )
     parser.add_argument("--version", action="version", version=f"bastion {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    import bastion.cli as cli_pkg
-
-    for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "main":
-            continue
-        module = importlib.import_module(f"bastion.cli.{info.name}")
+    for name in _group_modules(only):
+        module = importlib.import_module(f"bastion.cli.{name}")
         register = getattr(module, "register", None)
         if callable(register):
             register(subparsers)
@@ -41,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_first_command(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -140,6 +140,7 @@ class SoftwareTpm:
         self._file = StateFile(Path(state_path))
         self._clock = clock or SystemClock()
         self._srk_cache: tuple[bytes, bytes] | None = None  # (storage seed, SRK QN)
+        self._ek_cache: tuple[str, rsa.RSAPrivateKey] | None = None  # (EK PEM, loaded key)
         with self._file.locked():
             if not self._file.exists():
                 self._file.save(State.fresh(self._now()))
@@ -453,9 +454,14 @@ class SoftwareTpm:
             self._mutate(change)
             st = self._read()
         assert st.ek_private is not None
+        cached = self._ek_cache
+        if cached is not None and cached[0] == st.ek_private:
+            return cached[1]
         key = serialization.load_pem_private_key(st.ek_private.encode(), None)
         if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != 2048:
             raise TpmError("software TPM state holds a bad EK")
+        # loading and checking an RSA key costs ~0.1 s; reuse it while the state holds it
+        self._ek_cache = (st.ek_private, key)
         return key
 
     def ek_public(self) -> bytes:

@@ -22,12 +22,7 @@ EXAMPLES = 12
 EXCLUDED = {("POST", "/v1/auth/logout")}
 #: 5xx found by this test in another feature's code, reported to its owner; they are
 #: still fuzzed and printed as warnings, but do not fail this test until fixed
-KNOWN_BUGS = {
-    ("POST", "/v1/fleets/{fleet_id}/provisioning-keys"): (
-        "provisioning/service.py raises ConfigError for a client-supplied EK hash (should be "
-        "FormatError -> 400)"
-    ),
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def test_no_server_errors(api) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from bastion import limits
-from bastion.errors import AuthError, ConfigError, NotFoundError
+from bastion.errors import AuthError, FormatError, NotFoundError
 from bastion.server.audit.service import record
 from bastion.server.provisioning import repository as repo
 from bastion.server.provisioning.models import ProvisioningKey
@@ -41,22 +41,22 @@ class KeySpec:
     allow_ek_hashes: tuple[str, ...] = ()
 
     def check(self) -> None:
-        """ConfigError on values out of range."""
+        """FormatError (a 400 at the HTTP edge) on values out of range."""
         if not 0 < self.ttl.total_seconds() <= limits.PROVISIONING_KEY_MAX_TTL_SECONDS:
-            raise ConfigError(
+            raise FormatError(
                 f"provisioning key lifetime must be 1..{limits.PROVISIONING_KEY_MAX_TTL_SECONDS} s"
             )
         if not 1 <= self.max_uses <= limits.PROVISIONING_KEY_MAX_USES:
-            raise ConfigError(f"max_uses must be 1..{limits.PROVISIONING_KEY_MAX_USES}")
+            raise FormatError(f"max_uses must be 1..{limits.PROVISIONING_KEY_MAX_USES}")
         if len(self.allow_serials) + len(self.allow_ek_hashes) > (
             limits.PROVISIONING_KEY_MAX_ALLOWLIST
         ):
-            raise ConfigError(
+            raise FormatError(
                 f"allow-list has more than {limits.PROVISIONING_KEY_MAX_ALLOWLIST} entries"
             )
         for h in self.allow_ek_hashes:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-                raise ConfigError(f"EK hash {h[:20]!r} is not 64 hex digits (sha256)")
+                raise FormatError(f"EK hash {h[:20]!r} is not 64 hex digits (sha256)")
 
 
 def state_of(key: ProvisioningKey) -> KeyState:
