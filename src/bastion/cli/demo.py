@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bastion.cli import _demo_lifecycle as life
 from bastion.cli._common import add_json_flag, emit
-from bastion.errors import BastionError, DigestMismatchError
+from bastion.errors import BastionError, ConfigError, DigestMismatchError
 from bastion.formats.verity import VerityParams
 from bastion.storage.verity_reader import VerityReader, format_region, verify_region
 
@@ -161,11 +162,34 @@ STEPS: list[DemoStep] = [
     DemoStep("verity-read", step_verity_read),
     DemoStep("verity-tamper-data", step_verity_tamper),
     DemoStep("verity-tamper-hash", step_verity_tamper_hash),
+    DemoStep("keys-init", life.step_keys),
+    DemoStep("image-build", life.step_build_image),
+    DemoStep("image-pcrs", life.step_golden_pcrs),
+    DemoStep("device-create", life.step_device_create),
+    DemoStep("first-boot", life.step_first_boot),
+    DemoStep("second-boot", life.step_second_boot),
+    DemoStep("eventlog", life.step_eventlog),
+    DemoStep("tpm-locked", life.step_key_locked),
+    DemoStep("recovery-key", life.step_recovery_key),
+    DemoStep("attest", life.step_attest),
+    DemoStep("fleet", life.step_fleet),
+    DemoStep("tamper-kernel", life.step_tamper_kernel),
 ]
 
 
-def run_steps(steps: list[DemoStep], ctx: DemoContext) -> list[tuple[DemoStep, StepOutcome]]:
-    """Run steps in order; an unexpected error or a failed step stops the run."""
+def _line(step: DemoStep, outcome: StepOutcome) -> str:
+    return f"[{'ok' if outcome.ok else 'FAIL'}] {step.name}: {outcome.detail}"
+
+
+def run_steps(
+    steps: list[DemoStep],
+    ctx: DemoContext,
+    progress: Callable[[DemoStep, StepOutcome], None] | None = None,
+) -> list[tuple[DemoStep, StepOutcome]]:
+    """Run steps in order; an unexpected error or a failed step stops the run.
+
+    ``progress`` is called after each step, so a long demo shows its progress live.
+    """
     results: list[tuple[DemoStep, StepOutcome]] = []
     for step in steps:
         try:
@@ -173,6 +197,8 @@ def run_steps(steps: list[DemoStep], ctx: DemoContext) -> list[tuple[DemoStep, S
         except BastionError as exc:
             outcome = StepOutcome(False, f"unexpected {type(exc).__name__}: {exc}")
         results.append((step, outcome))
+        if progress is not None:
+            progress(step, outcome)
         if not outcome.ok:
             break
     return results
@@ -181,10 +207,13 @@ def run_steps(steps: list[DemoStep], ctx: DemoContext) -> list[tuple[DemoStep, S
 def _cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bastion-demo-") as tmp:
         workdir = Path(args.dir) if args.dir else Path(tmp)
+        if args.dir and workdir.exists() and any(workdir.iterdir()):
+            raise ConfigError(f"demo folder {workdir} is not empty: give a new or empty folder")
         workdir.mkdir(parents=True, exist_ok=True)
-        results = run_steps(STEPS, DemoContext(workdir))
+        live = None if args.json else (lambda s, o: print(_line(s, o), flush=True))
+        results = run_steps(STEPS, DemoContext(workdir), live)
     ok = len(results) == len(STEPS) and all(o.ok for _, o in results)
-    lines = [f"[{'ok' if o.ok else 'FAIL'}] {s.name}: {o.detail}" for s, o in results]
+    lines = [] if live else [_line(s, o) for s, o in results]
     lines.append(f"demo {'passed' if ok else 'FAILED'}: {len(results)}/{len(STEPS)} steps")
     doc = {
         "ok": ok,
