@@ -122,3 +122,4 @@ BOOT_CONTAINER_MAX_ENTRIES = 4096  # named entries in one container (modules inc
 BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or image
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
+PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index

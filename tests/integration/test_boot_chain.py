@@ -22,7 +22,7 @@ from bastion.device import boot as chain
 from bastion.device import measure
 from bastion.device.boot_create import create_device, sign_profile
 from bastion.device.platform import SimPlatform
-from bastion.device.profile import make_profile
+from bastion.device.profile import device_id, make_profile
 from bastion.errors import (
     BastionError,
     DigestMismatchError,
@@ -541,3 +541,41 @@ def test_unit_statement_names_slot(base: dict[str, object]) -> None:
         archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, trust_of(product_keys()).boot
     )
     assert doc["slot"] == "a"
+
+
+# --- the security profile is bound to one device and cannot be rolled back ----------------
+
+
+def test_profile_for_another_device_refused(base: dict[str, object], tmp_path: Path) -> None:
+    dev = _device(base, tmp_path)
+    other = make_profile("halt", ("unit-signature",), device=device_id(b"another device's EK"))
+    sign_profile(dev, other, product_keys().platform_root)
+    with pytest.raises(TamperError, match=r"^rom: security profile refused: it is for device"):
+        chain.boot(dev)
+
+
+def test_profile_copied_from_another_device_refused(
+    base: dict[str, object], tmp_path: Path
+) -> None:
+    dev = _device(base, tmp_path)
+    built = base["image"]
+    assert isinstance(built, img.BuiltImage)
+    twin = tmp_path / "twin"  # a second device of the same product: its own TPM and EK
+    create_device(twin, built.path, trust_of(product_keys()), product_keys().platform_root)
+    sign_profile(twin, make_profile("halt", ("verity",), serial=2), product_keys().platform_root)
+    assert chain.boot(twin).reached is chain.Stage.RUNNING
+    shutil.copy(twin / "profile.json", dev / "profile.json")
+    with pytest.raises(TamperError, match=r"^rom: security profile refused: it is for device"):
+        chain.boot(dev)
+
+
+def test_profile_serial_rollback_refused(base: dict[str, object], tmp_path: Path) -> None:
+    dev = _device(base, tmp_path)
+    old = (dev / "profile.json").read_bytes()  # serial 1, accepted by the first boot
+    sign_profile(dev, make_profile("halt", serial=3), product_keys().platform_root)
+    assert chain.boot(dev).reached is chain.Stage.RUNNING  # newer serial accepted
+    (dev / "profile.json").write_bytes(old)
+    with pytest.raises(RollbackError, match=r"^rom: security profile serial 1 is older than"):
+        chain.boot(dev)
+    sign_profile(dev, make_profile("halt", serial=3), product_keys().platform_root)
+    assert chain.boot(dev).reached is chain.Stage.RUNNING  # equal serial accepted

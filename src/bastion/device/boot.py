@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,20 @@ from bastion.build import image as img
 from bastion.device import boot_data, measure
 from bastion.device.platform import SimPlatform
 from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
-from bastion.device.profile import Feature, Mode, SecurityProfile, TamperResponse, parse_profile
+from bastion.device.profile import (
+    Feature,
+    Mode,
+    SecurityProfile,
+    TamperResponse,
+    device_id,
+    parse_profile,
+)
 from bastion.errors import (
     BackendError,
     BastionError,
     DigestMismatchError,
     FormatError,
+    NotFoundError,
     RollbackError,
     SignatureError,
     TamperError,
@@ -65,6 +74,10 @@ from bastion.trust.signer import Verifier
 MOUNT_READ = 64 * 1024  # bytes of the root read at mount (superblocks live here)
 EVENTLOG_FILE = "eventlog.bin"
 REPORT_FILE = "boot.json"
+
+
+#: TPM NV bits index holding the highest accepted security-profile serial (thermometer code)
+PROFILE_SERIAL_NV = 0x013BA510
 
 
 class Stage(enum.StrEnum):
@@ -261,7 +274,7 @@ class BootChain:
                 f"{key_hash.hex()[:16]}...",
             )
         root_verifier = Verifier.of(load_public_key(root_pem))
-        self.profile = self._load_profile(root_verifier)
+        self.profile = self._load_profile(root_verifier, tpm)
         loader = archive.get("loader")
         try:
             doc = img.open_statement(
@@ -431,15 +444,42 @@ class BootChain:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _load_profile(self, root: Verifier) -> SecurityProfile:
+    def _load_profile(self, root: Verifier, tpm: Tpm) -> SecurityProfile:
+        """Verify the profile's signature, its binding to this TPM and its serial."""
         raw = self.platform.load("profile.json")
         if raw is None:
             raise _fail(Stage.ROM, "no signed security profile on the device")
         try:
             payload = verify_envelope(parse_envelope(raw), [root], payload_type=PROFILE_TYPE)
-            return parse_profile(payload)
+            profile = parse_profile(payload)
         except (VerificationError, FormatError) as exc:
             raise _fail(Stage.ROM, f"security profile refused: {exc}") from exc
+        mine = device_id(tpm.ek_public())
+        if not hmac.compare_digest(profile.device, mine):
+            raise _fail(
+                Stage.ROM,
+                f"security profile refused: it is for device {profile.device[:16]}..., "
+                f"this device is {mine[:16]}...",
+            )
+        # the highest accepted serial is kept as a thermometer code in a TPM NV bits index
+        # (bits only ever set, like fuses): serial n = bits 0..n-1 set
+        try:
+            bits = tpm.nv_read_bits(PROFILE_SERIAL_NV)
+        except NotFoundError:
+            tpm.nv_define_bits(PROFILE_SERIAL_NV)
+            bits = tpm.nv_read_bits(PROFILE_SERIAL_NV)
+        accepted = (bits + 1).bit_length() - 1  # length of the run of ones from bit 0
+        if profile.serial < accepted:
+            raise _prefixed(
+                Stage.ROM,
+                RollbackError(
+                    f"security profile serial {profile.serial} is older than the accepted "
+                    f"{accepted}"
+                ),
+            )
+        if profile.serial > accepted:
+            tpm.nv_set_bits(PROFILE_SERIAL_NV, (1 << profile.serial) - 1)
+        return profile
 
     def _verify_unit(self, archive: bu.Container, slot: str, boot: Verifier) -> bu.BootUnit:
         stage = Stage.BOOTLOADER

@@ -9,13 +9,14 @@ the platform root key, and records which TPM the device uses.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from bastion.build import image as img
 from bastion.device.platform import SimPlatform, create_sim_folder
-from bastion.device.profile import PAYLOAD_TYPE, SecurityProfile
+from bastion.device.profile import PAYLOAD_TYPE, SecurityProfile, device_id
 from bastion.errors import ConfigError
 from bastion.trust.envelope import sign_envelope
 from bastion.trust.signer import Signer
@@ -54,12 +55,13 @@ def create_device(
     metadata = img.verify_image_signature(image, trust)
     plat = create_sim_folder(folder, tpm, fuses)
     _sparse_copy(image, plat.disk)
-    if fuses == "tpm":
-        with plat.power_on() as dev_tpm:
+    with plat.power_on() as dev_tpm:
+        if fuses == "tpm":
             plat.fuses(dev_tpm).burn_key_hash(trust.platform_root_hash)
-    else:
-        plat.fuses().burn_key_hash(trust.platform_root_hash)
-    prof = profile or SecurityProfile()
+        else:
+            plat.fuses().burn_key_hash(trust.platform_root_hash)
+        ek = dev_tpm.ek_public()
+    prof = dataclasses.replace(profile or SecurityProfile(), device=device_id(ek))
     envelope = sign_envelope(PAYLOAD_TYPE, prof.to_bytes(), [platform_root])
     plat.store("profile.json", envelope.to_bytes())
     return {
@@ -73,9 +75,16 @@ def create_device(
 
 
 def sign_profile(folder: Path, profile: SecurityProfile, platform_root: Signer) -> None:
-    """Replace a device's security profile (signed by the platform root key)."""
+    """Replace a device's security profile (signed by the platform root key).
+
+    A profile not yet bound to a device (``device == ""``) is bound to this device's EK
+    here; give it a higher ``serial`` than the one it replaces, or the ROM refuses it.
+    """
     plat = SimPlatform(folder)
     _ = plat.config  # must be a device
+    if not profile.device:
+        with plat.power_on() as dev_tpm:
+            profile = dataclasses.replace(profile, device=device_id(dev_tpm.ek_public()))
     plat.store(
         "profile.json", sign_envelope(PAYLOAD_TYPE, profile.to_bytes(), [platform_root]).to_bytes()
     )

@@ -12,17 +12,25 @@ that does not verify is refused and the boot halts (fail closed).
 * per feature: ``enforce`` (refuse) or ``audit`` (record the failure and continue, like
   SELinux permissive). Measurements still record the real bytes in audit mode, so
   attestation sees the difference and sealed keys stay sealed.
+
+A profile is bound to one device and cannot be rolled back: ``device`` is the SHA-256 of
+that device's TPM endorsement key (TPM2B_PUBLIC), so a profile signed for one device is
+refused by every other; ``serial`` must not be lower than the highest serial the device
+has accepted, which the ROM keeps in a TPM NV counter, so an older (say, more permissive)
+profile signed earlier cannot be replayed.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.errors import FormatError, LimitError
-from bastion.limits import PROFILE_MAX_SIZE
+from bastion.limits import PROFILE_MAX_SERIAL, PROFILE_MAX_SIZE
 
 PAYLOAD_TYPE = "application/vnd.bastion.security-profile+json"
 
@@ -59,6 +67,8 @@ class SecurityProfile:
 
     tamper_response: TamperResponse = TamperResponse.HALT
     modes: tuple[tuple[Feature, Mode], ...] = field(default=())
+    device: str = ""  # sha256 hex of the device's EK TPM2B_PUBLIC ("" = not yet bound)
+    serial: int = 1  # monotonic: the ROM refuses a serial below the highest it accepted
 
     def mode(self, feature: Feature) -> Mode:
         """The mode of ``feature`` (enforce unless the profile says audit)."""
@@ -70,6 +80,8 @@ class SecurityProfile:
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1,
+            "device": self.device,
+            "serial": self.serial,
             "tamper_response": self.tamper_response.value,
             "features": {f.value: self.mode(f).value for f in Feature},
         }
@@ -86,10 +98,16 @@ def parse_profile(data: bytes) -> SecurityProfile:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"security profile is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or set(doc) != {"version", "tamper_response", "features"}:
-        raise FormatError("security profile must have exactly version, tamper_response, features")
+    keys = {"version", "device", "serial", "tamper_response", "features"}
+    if not isinstance(doc, dict) or set(doc) != keys:
+        raise FormatError(f"security profile must have exactly {', '.join(sorted(keys))}")
     if doc["version"] != 1:
         raise FormatError(f"security profile version {doc['version']!r}, expected 1")
+    device, serial = doc["device"], doc["serial"]
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise FormatError("security profile device must be 64 lower-case hex digits (EK SHA-256)")
+    if type(serial) is not int or not 1 <= serial <= PROFILE_MAX_SERIAL:
+        raise FormatError(f"security profile serial must be 1..{PROFILE_MAX_SERIAL}")
     try:
         response = TamperResponse(doc["tamper_response"])
         features = doc["features"]
@@ -100,13 +118,25 @@ def parse_profile(data: bytes) -> SecurityProfile:
         )
     except (ValueError, TypeError) as exc:
         raise FormatError(f"security profile: {exc}") from exc
-    return SecurityProfile(response, modes)
+    return SecurityProfile(response, modes, device, serial)
 
 
-def make_profile(tamper_response: str = "halt", audit: tuple[str, ...] = ()) -> SecurityProfile:
+_DEVICE_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def device_id(ek_public: bytes) -> str:
+    """The identity a profile is bound to: SHA-256 (hex) of the EK's TPM2B_PUBLIC bytes."""
+    return hashlib.sha256(ek_public).hexdigest()
+
+
+def make_profile(
+    tamper_response: str = "halt", audit: tuple[str, ...] = (), *, device: str = "", serial: int = 1
+) -> SecurityProfile:
     """A profile from CLI-style arguments (ConfigError-free: FormatError names bad values)."""
+    if not 1 <= serial <= PROFILE_MAX_SERIAL:
+        raise FormatError(f"security profile serial must be 1..{PROFILE_MAX_SERIAL}")
     try:
         modes = tuple(sorted((Feature(f), Mode.AUDIT) for f in set(audit)))
-        return SecurityProfile(TamperResponse(tamper_response), modes)
+        return SecurityProfile(TamperResponse(tamper_response), modes, device, serial)
     except ValueError as exc:
         raise FormatError(f"security profile: {exc}") from exc
