@@ -75,3 +75,13 @@ def test_read_bounded_refuses_large_and_missing(tmp_path: Path) -> None:
 def test_cli_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: bastion" in capsys.readouterr().err
+
+
+def test_cli_turns_an_unwrapped_os_error_into_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = main(["keys", "init", str(blocker / "keys")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and err.count("\n") == 1

@@ -76,11 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BastionError as exc:
         print(f"bastion: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        # a file-system refusal no adapter anticipated: one line, never a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"bastion: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 10
     except KeyboardInterrupt:
         print("bastion: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 141
     return int(code or 0)
 
 

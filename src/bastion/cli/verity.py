@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import uuid as uuidlib
 from typing import Any
 
@@ -54,6 +55,8 @@ def _file_size(path: str, what: str) -> int:
     except FileNotFoundError:
         raise NotFoundError(f"{what} file {path!r} does not exist") from None
     try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} file {path!r} is a directory")
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)

@@ -253,8 +253,8 @@ def open_signer(
     parsed = uri if isinstance(uri, KeyUri) else KeyUri.parse(uri)
     if parsed.scheme == "tpm":
         return _open_tpm_signer(parsed, scheme)
+    data = read_bounded(Path(parsed.path), KEY_FILE_MAX_SIZE, "private key")
     what = f"private key {parsed.path!r}"
-    data = read_bounded(Path(parsed.path), KEY_FILE_MAX_SIZE, what)
     encrypted = b"ENCRYPTED" in data
     secret = _passphrase_for(parsed, passphrase) if encrypted else None
     if encrypted and secret is None:
