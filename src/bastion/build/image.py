@@ -322,6 +322,25 @@ def plan_layout(
     return gpt.GptDisk(total, gpt.derived_uuid("disk", seed), tuple(parts))
 
 
+def _root_seed(spec: ImageSpec) -> bytes:
+    """The root's identity: derived from the root tree, filesystem type and epoch only."""
+    return hashlib.sha256(_tree_digest(spec.rootfs) + f":{spec.fs}:{spec.epoch}".encode()).digest()
+
+
+def _build_root_fs(
+    spec: ImageSpec, out: Path, root_seed: bytes, runner: CommandRunner | None
+) -> int:
+    """Build the root filesystem image with its UUID derived from ``root_seed``; its size."""
+    return build_filesystem(
+        spec.rootfs,
+        out,
+        spec.fs,
+        fs_uuid=gpt.derived_uuid("rootfs", root_seed),
+        epoch=spec.epoch,
+        runner=runner,
+    )
+
+
 def build_image(
     spec: ImageSpec, keys: ImageKeys, out: Path, *, runner: CommandRunner | None = None
 ) -> BuiltImage:
@@ -330,9 +349,7 @@ def build_image(
         raise ConfigError(f"security version must be >= 0, got {spec.security_version}")
     # the root's identity (fs UUID, verity salt) depends on the root inputs only, so the
     # same root gives the same root hash whatever kernel boots it; other GUIDs on all
-    root_seed = hashlib.sha256(
-        _tree_digest(spec.rootfs) + f":{spec.fs}:{spec.epoch}".encode()
-    ).digest()
+    root_seed = _root_seed(spec)
     seed_h = hashlib.sha256(root_seed)
     for part in (spec.kernel, spec.initrd, spec.cmdline.encode(), spec.version.encode()):
         seed_h.update(hashlib.sha256(part).digest())
@@ -340,14 +357,7 @@ def build_image(
     seed = seed_h.digest()
     with tempfile.TemporaryDirectory(prefix="bastion-image-") as tmp:
         root_img = Path(tmp) / "root.img"
-        fs_size = build_filesystem(
-            spec.rootfs,
-            root_img,
-            spec.fs,
-            fs_uuid=gpt.derived_uuid("rootfs", root_seed),
-            epoch=spec.epoch,
-            runner=runner,
-        )
+        fs_size = _build_root_fs(spec, root_img, root_seed, runner)
         root_size = _mib(max(fs_size, spec.root_size or 0))
         params = VerityParams(
             data_blocks=fs_size // 4096,
@@ -610,19 +620,10 @@ def install_slot(
         layout.find(verity_part(slot)),
         layout.find(sig_part(slot)),
     )
-    root_seed = hashlib.sha256(
-        _tree_digest(spec.rootfs) + f":{spec.fs}:{spec.epoch}".encode()
-    ).digest()
+    root_seed = _root_seed(spec)
     with tempfile.TemporaryDirectory(prefix="bastion-slot-") as tmp:
         root_img = Path(tmp) / "root.img"
-        fs_size = build_filesystem(
-            spec.rootfs,
-            root_img,
-            spec.fs,
-            fs_uuid=gpt.derived_uuid("rootfs", root_seed),
-            epoch=spec.epoch,
-            runner=runner,
-        )
+        fs_size = _build_root_fs(spec, root_img, root_seed, runner)
         params = VerityParams(
             data_blocks=fs_size // 4096,
             salt=hashlib.sha256(b"bastion-verity-salt\0" + root_seed).digest(),
