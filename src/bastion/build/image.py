@@ -431,8 +431,22 @@ def read_layout(path: Path) -> gpt.GptDisk:
     sectors = size // gpt.SECTOR
     with open(path, "rb") as handle:
         head = handle.read(34 * gpt.SECTOR)
-        handle.seek(size - 33 * gpt.SECTOR)
+        try:  # a table longer than 128 entries: read as much as its header says
+            need = gpt.head_length(head)
+        except FormatError:
+            need = len(head)
+        if need > len(head):
+            handle.seek(0)
+            head = handle.read(min(need, size))
+        handle.seek(max(0, size - 33 * gpt.SECTOR))
         tail = handle.read(33 * gpt.SECTOR)
+        try:
+            need = gpt.tail_length(tail)
+        except FormatError:
+            need = len(tail)
+        if need > len(tail):
+            handle.seek(max(0, size - need))
+            tail = handle.read(need)
     return gpt.parse(head, sectors, tail)
 
 
