@@ -211,3 +211,31 @@ def test_oversized_json_is_refused(name: str, extra: int, filler: bytes) -> None
     data = wrap % inner
     assert len(data) > bound
     _expect_refused(name, data)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\u00e9,:', max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(alphabet='[]{}"\\k', max_size=4), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+@given(_json_values, st.booleans())
+def test_depth_scan_matches_the_real_depth(value: Any, ascii_only: bool) -> None:
+    import json
+
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert strict_json.nesting_depth(text) == _depth(value)
+    if _depth(value) <= limits.JSON_MAX_DEPTH:
+        assert strict_json.loads(text.encode()) == value

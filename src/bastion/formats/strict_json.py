@@ -29,8 +29,11 @@ from typing import Any
 from bastion.errors import FormatError, LimitError
 from bastion.limits import JSON_MAX_DEPTH, JSON_MAX_SIZE
 
-# A JSON string literal (unrolled loop: linear, no backtracking blow-up).
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string literal, or an unterminated one running to the end of the text. Every
+# match attempt that starts at a quote succeeds (closing quote, end of text, or a lone
+# backslash at the end), and the quantifiers are possessive, so the scan is linear even
+# for hostile input such as '"' + '\\"' * n (no retry from every escaped quote).
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

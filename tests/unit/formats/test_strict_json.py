@@ -78,3 +78,22 @@ def test_loads_object_requires_an_object() -> None:
 def test_verity_signature_deep_json_is_format_error(data: bytes) -> None:
     with pytest.raises(FormatError):
         bootunit.parse_verity_signature(data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"' + '\\"' * 1_000_000,  # one unterminated string full of escaped quotes
+        '"' + '\\"' * 1_000_000 + "\\",  # ... ending in a lone backslash
+        '"\\' * 1_000_000,
+        '"' * 2_000_000,
+    ],
+    ids=["escaped-quotes", "trailing-backslash", "quote-backslash", "quotes"],
+)
+def test_depth_scan_is_linear_on_hostile_strings(text: str) -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(FormatError):
+        strict_json.loads(text)
+    assert time.monotonic() - start < 2.0  # the old scan took minutes: quadratic retries
