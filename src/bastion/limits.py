@@ -72,8 +72,9 @@ EVENTLOG_MAX_EVENT_DATA = 1 * MiB
 EVENTLOG_MAX_ALGORITHMS = 8
 
 # --- GPT / disk images ------------------------------------------------------------------
-GPT_MAX_PARTITION_ENTRIES = 128
+GPT_MAX_PARTITION_ENTRIES = 65536  # sfdisk table-length; its own bound is only u32
 GPT_ENTRY_SIZE_MAX = 1024
+GPT_MAX_ENTRY_ARRAY_SIZE = 8 * MiB  # bytes of one entry array (65536 x 128)
 
 # --- signed envelopes, keys, certificates -------------------------------------------------
 ENVELOPE_MAX_SIZE = 16 * MiB

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bastion.build.fs import FsType, build_filesystem
 from bastion.device import measure
 from bastion.errors import ConfigError, FormatError, SignatureError
-from bastion.formats import bootctl, gpt, modsig
+from bastion.formats import bootctl, gpt, modsig, strict_json
 from bastion.formats import bootunit as bu
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
@@ -196,13 +196,7 @@ def sign_statement(payload_type: str, statement: bytes, signer: Signer) -> bytes
 def open_statement(data: bytes, payload_type: str, verifier: Verifier) -> dict[str, Any]:
     """Verify a signed statement envelope and return its JSON (SignatureError/FormatError)."""
     payload = verify_envelope(parse_envelope(data), [verifier], payload_type=payload_type)
-    try:
-        doc = json.loads(payload)
-    except ValueError as exc:
-        raise FormatError(f"signed statement is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise FormatError("signed statement is not a JSON object")
-    return doc
+    return strict_json.loads_object(payload, what="signed statement")
 
 
 def make_unit(
@@ -437,8 +431,22 @@ def read_layout(path: Path) -> gpt.GptDisk:
     sectors = size // gpt.SECTOR
     with open(path, "rb") as handle:
         head = handle.read(34 * gpt.SECTOR)
-        handle.seek(size - 33 * gpt.SECTOR)
+        try:  # a table longer than 128 entries: read as much as its header says
+            need = gpt.head_length(head)
+        except FormatError:
+            need = len(head)
+        if need > len(head):
+            handle.seek(0)
+            head = handle.read(min(need, size))
+        handle.seek(max(0, size - 33 * gpt.SECTOR))
         tail = handle.read(33 * gpt.SECTOR)
+        try:
+            need = gpt.tail_length(tail)
+        except FormatError:
+            need = len(tail)
+        if need > len(tail):
+            handle.seek(max(0, size - need))
+            tail = handle.read(need)
     return gpt.parse(head, sectors, tail)
 
 

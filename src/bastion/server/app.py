@@ -30,6 +30,7 @@ from bastion.server.auth.ratelimit import RateLimiter
 from bastion.server.context import AppContext
 from bastion.server.db.engine import Database
 from bastion.server.errors import install_error_handlers
+from bastion.server.json_body import StrictJsonMiddleware
 from bastion.server.limits import BodyLimitMiddleware
 from bastion.server.settings import ServerSettings
 
@@ -70,6 +71,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.ctx = ctx
+    app.add_middleware(StrictJsonMiddleware, max_body=settings.max_body)  # inner
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
     install_error_handlers(app)
     for name in feature_modules():

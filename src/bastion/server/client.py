@@ -36,6 +36,7 @@ from bastion.errors import (
     TransportError,
     VerificationError,
 )
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 
 #: error code in a response body -> the bastion error the client raises
@@ -94,13 +95,16 @@ class OperatorConfig:
                 "chmod 600 it"
             )
         try:
-            data = json.loads(read_bounded(target, limits.KEY_FILE_MAX_SIZE, "operator config"))
+            data = strict_json.loads_object(
+                read_bounded(target, limits.KEY_FILE_MAX_SIZE, "operator config"),
+                what=f"operator config {target}",
+            )
             return cls(
                 server=str(data["server"]),
                 token=data.get("token"),
                 ca_file=data.get("ca_file"),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{target} is not a bastion operator config: {exc}") from exc
 
 
@@ -178,15 +182,15 @@ class ApiClient:
         if response.status_code == 204 or not response.content:
             return None
         try:
-            return response.json()
-        except ValueError as exc:
-            raise FormatError(f"{method} {path}: the answer is not JSON") from exc
+            return strict_json.loads(response.content, what=f"{method} {path} answer")
+        except FormatError as exc:
+            raise FormatError(f"{method} {path}: the answer is not strict JSON: {exc}") from exc
 
     @staticmethod
     def _error(method: str, path: str, response: httpx.Response) -> BastionError:
         try:
-            body = response.json()
-        except ValueError:
+            body = strict_json.loads(response.content, what="error body")
+        except FormatError:
             body = None
         code = body.get("error") if isinstance(body, dict) else None
         detail = body.get("detail") if isinstance(body, dict) else None

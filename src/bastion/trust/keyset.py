@@ -44,6 +44,7 @@ from bastion.errors import (
     NotFoundError,
     VerificationError,
 )
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust import pki
@@ -298,7 +299,7 @@ class KeySet:
         target = Path(folder)
         data = read_bounded(target / MANIFEST, JSON_MAX_SIZE, "key set manifest")
         try:
-            doc = json.loads(data)
+            doc = strict_json.loads_object(data, what=f"{target / MANIFEST}")
             if doc.get("format") != FORMAT or doc.get("version") != VERSION:
                 raise FormatError(
                     f"{target / MANIFEST}: format {doc.get('format')!r} v{doc.get('version')}, "
