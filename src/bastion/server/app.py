@@ -46,6 +46,9 @@ def create_app(
     db = Database(settings.resolved_database_url())
     if migrate:
         db.upgrade()
+    from bastion.server.audit.keys import install_audit_key
+
+    install_audit_key(settings, db, clock.now())
     ctx = AppContext(
         settings=settings,
         db=db,
