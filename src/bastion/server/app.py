@@ -48,7 +48,11 @@ def create_app(
         db.upgrade()
     from bastion.server.audit.keys import install_audit_key
 
-    install_audit_key(settings, db, clock.now())
+    try:
+        install_audit_key(settings, db, clock.now())
+    except BaseException:
+        db.dispose()
+        raise
     ctx = AppContext(
         settings=settings,
         db=db,

@@ -276,7 +276,11 @@ class Checkpoint:
             raise FormatError(
                 f"audit checkpoint: fields {sorted(doc)}, expected {sorted(known | {'signature'})}"
             )
-        if doc["format"] != CHECKPOINT_FORMAT or doc["version"] != 1:
+        if (
+            doc["format"] != CHECKPOINT_FORMAT
+            or type(doc["version"]) is not int
+            or doc["version"] != 1
+        ):
             raise FormatError(f"audit checkpoint: expected format {CHECKPOINT_FORMAT!r} version 1")
         seq = doc["seq"]
         if type(seq) is not int or not 0 <= seq < 2**63:
@@ -291,7 +295,9 @@ class Checkpoint:
         except ValueError as exc:
             raise FormatError(f"audit checkpoint: time {doc['time']!r} is malformed") from exc
         alg = doc["alg"]
-        if alg != HMAC_ALG and alg not in {s.value for s in SignatureScheme}:
+        if not isinstance(alg, str) or (
+            alg != HMAC_ALG and alg not in {s.value for s in SignatureScheme}
+        ):
             raise FormatError(f"audit checkpoint: unknown alg {alg!r}")
         sig = doc["signature"]
         if not isinstance(sig, str) or len(sig) > limits.AUDIT_MAC_MAX_LENGTH:
