@@ -84,6 +84,11 @@ def test_count_quota_drops_oldest_with_a_marker(world: FleetWorld, tmp_path: Pat
     assert lines[-5:] == [f"new {i}" for i in range(5)]
     assert "4 older log lines" in lines[-6] and "dropped" in lines[-6]
     assert lines[:4] == ["old 4", "old 5", "old 6", "old 7"]
+    # the drop is also a marker event in the device's events
+    events = read_all(world, dev, "events")
+    assert [(e["type"], e["data"]) for e in events] == [
+        (DROPPED_EVENT, {"kind": "log", "count": 4, "bytes": 20, "reason": "quota"})
+    ]
 
 
 def test_event_quota_marker_is_an_event(world: FleetWorld, tmp_path: Path) -> None:
@@ -138,9 +143,10 @@ def test_sweep_applies_a_lowered_quota(world: FleetWorld, tmp_path: Path) -> Non
     dev = Dev(world, tmp_path, "rec-sweep")
     dev.log(*[f"l{i}" for i in range(6)])
     with world.ctx.db.session() as session:
-        sweep_records(
+        removed = sweep_records(
             session, world.ctx.clock.now(), RecordQuota(3, MAX_BYTES, dt.timedelta(hours=1))
         )
+    assert removed >= 4  # other devices of this shared world may be trimmed too
     lines = [r["line"] for r in read_all(world, dev, "logs")]
     # the sweep's marker is the newest record: it was written after the survivors
     assert lines[:2] == ["l4", "l5"] and lines[2].startswith("[bastion] 4 older log lines")

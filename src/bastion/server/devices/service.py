@@ -180,10 +180,14 @@ def record_size(body: str) -> int:
     return len(body.encode())
 
 
+def _drop_event(kind: str, count: int, nbytes: int) -> str:
+    data = {"kind": kind, "count": count, "bytes": nbytes, "reason": "quota"}
+    return json.dumps({"data": data, "type": DROPPED_EVENT}, sort_keys=True)
+
+
 def _marker(kind: str, count: int, nbytes: int) -> str:
     if kind == "event":
-        data = {"kind": kind, "count": count, "bytes": nbytes, "reason": "quota"}
-        return json.dumps({"data": data, "type": DROPPED_EVENT}, sort_keys=True)
+        return _drop_event(kind, count, nbytes)
     return f"[bastion] {count} older log lines ({nbytes} bytes) dropped: device quota"
 
 
@@ -195,13 +199,15 @@ def _trim(
     *,
     quota: RecordQuota,
     now: dt.datetime,
-) -> list[str]:
+) -> tuple[list[str], int, int]:
     """Make room for ``incoming``: drop the oldest records (then the oldest incoming ones)
-    until everything fits with a marker, and add the marker. Returns what to store."""
+    until everything fits with a marker, and add the marker in the same stream.
+
+    Returns what to store, and how many records (and bytes) were dropped in all."""
     sizes = [record_size(b) for b in incoming]
     count, total = repo.usage(session, device_id, kind)
     if count + len(incoming) <= quota.max_count and total + sum(sizes) <= quota.max_bytes:
-        return incoming
+        return incoming, 0, 0
     room_count = quota.max_count - 1
     room_bytes = quota.max_bytes - _MARKER_RESERVE
     new_count, new_bytes = len(incoming), sum(sizes)
@@ -229,7 +235,34 @@ def _trim(
     session.add(
         DeviceRecord(device_id=device_id, kind=kind, at=now, body=marker, size=record_size(marker))
     )
-    return incoming[first:]
+    return incoming[first:], n_dropped, dropped_bytes
+
+
+def _make_room(
+    session: Session,
+    device_id: str,
+    kind: str,
+    incoming: list[str],
+    *,
+    quota: RecordQuota,
+    now: dt.datetime,
+) -> tuple[list[str], int]:
+    """:func:`_trim`, and for dropped log lines also a ``bastion.records_dropped`` event
+    in the device's events (itself under the events quota). Returns what to store and
+    how many stored records were deleted."""
+    keep, dropped, nbytes = _trim(session, device_id, kind, incoming, quota=quota, now=now)
+    deleted = dropped - (len(incoming) - len(keep))
+    if kind == "log" and dropped:
+        event = _drop_event(kind, dropped, nbytes)
+        stored, event_dropped, _ = _trim(session, device_id, "event", [event], quota=quota, now=now)
+        deleted += event_dropped
+        for body in stored:
+            session.add(
+                DeviceRecord(
+                    device_id=device_id, kind="event", at=now, body=body, size=record_size(body)
+                )
+            )
+    return keep, deleted
 
 
 def append_records(
@@ -250,7 +283,8 @@ def append_records(
     device = own(session, principal)
     repo.lock(session, device.id)
     repo.delete_records_before(session, now - quota.max_age, device.id)
-    for body in _trim(session, device.id, kind, list(bodies), quota=quota, now=now):
+    keep, _deleted = _make_room(session, device.id, kind, list(bodies), quota=quota, now=now)
+    for body in keep:
         session.add(
             DeviceRecord(device_id=device.id, kind=kind, at=now, body=body, size=record_size(body))
         )
@@ -265,10 +299,7 @@ def sweep_records(session: Session, now: dt.datetime, quota: RecordQuota) -> int
     removed = repo.delete_records_before(session, now - quota.max_age)
     for device_id, kind in repo.over_quota(session, quota.max_count, quota.max_bytes):
         repo.lock(session, device_id)
-        before = repo.usage(session, device_id, kind)[0]
-        _trim(session, device_id, kind, [], quota=quota, now=now)
-        session.flush()
-        removed += before + 1 - repo.usage(session, device_id, kind)[0]
+        removed += _make_room(session, device_id, kind, [], quota=quota, now=now)[1]
     session.commit()
     return removed
 
