@@ -124,3 +124,13 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+
+# --- audit log keys and checkpoints; device log/event quotas (hardening: audit and logs) ---
+AUDIT_HMAC_KEY_MIN_SIZE = 32  # bytes of an audit HMAC key
+AUDIT_MAC_MAX_LENGTH = 2048  # base64 characters of one stored MAC or signature (RSA-4096: 684)
+AUDIT_CHECKPOINT_MAX_SIZE = 16 * KiB  # an audit checkpoint file
+DEVICE_RECORDS_MAX_COUNT = 10_000  # default per-device quota of log lines, and of events
+DEVICE_RECORDS_MAX_BYTES = 16 * MiB  # default per-device quota of log bytes, and of event bytes
+DEVICE_RECORDS_MAX_AGE_SECONDS = 30 * 86400  # default retention of device logs and events
+DEVICE_RECORD_MAX_SIZE = 16 * KiB  # one log line or one event's JSON (bytes)
+DEVICE_RECORDS_PAGE_MAX = 1000  # records in one page of GET .../logs or .../events

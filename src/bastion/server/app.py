@@ -47,6 +47,13 @@ def create_app(
     db = Database(settings.resolved_database_url())
     if migrate:
         db.upgrade()
+    from bastion.server.audit.keys import install_audit_key
+
+    try:
+        install_audit_key(settings, db, clock.now())
+    except BaseException:
+        db.dispose()
+        raise
     ctx = AppContext(
         settings=settings,
         db=db,

@@ -55,6 +55,15 @@ class ServerSettings(BaseSettings):
     allow_signup: bool = False
     totp_issuer: str = "bastion"
 
+    # audit key URI (file:PATH, PATH, tpm:BACKEND#KEYFILE); unset: DATA_DIR/audit.key (HMAC)
+    audit_key: str | None = None
+    # per-device quota and retention of device logs and events (each kind separately)
+    device_records_max_count: int = Field(default=limits.DEVICE_RECORDS_MAX_COUNT, ge=2)
+    device_records_max_bytes: int = Field(
+        default=limits.DEVICE_RECORDS_MAX_BYTES, ge=2 * limits.DEVICE_RECORD_MAX_SIZE
+    )
+    device_records_max_age: int = Field(default=limits.DEVICE_RECORDS_MAX_AGE_SECONDS, ge=1)
+
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
         if self.database_url:

@@ -54,7 +54,8 @@ def served(make_app, db_url: str, tmp_path: Path, monkeypatch) -> Iterator[tuple
     }.items():
         monkeypatch.setenv(f"BASTION_SERVER_{key}", value)
     try:
-        yield url, ["--database-url", db_url]
+        # the data folder holds the audit key (outside the database) that verify needs
+        yield url, ["--database-url", db_url, "--data-dir", str(tmp_path / "data")]
     finally:
         server.should_exit = True
         thread.join(timeout=10)

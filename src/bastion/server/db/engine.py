@@ -58,6 +58,14 @@ class Database:
         )
         self._read = sessionmaker(bind=self.engine, expire_on_commit=False)
 
+    def set_session_info(self, name: str, value: object) -> None:
+        """Put ``value`` into ``session.info[name]`` of every session opened from now on
+        (per-app objects that service code reaches through its session: the audit key)."""
+        for factory in (self._write, self._read):
+            info = dict(factory.kw.get("info") or {})
+            info[name] = value
+            factory.configure(info=info)
+
     @contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
         """A session; uncommitted work is rolled back on exit."""
