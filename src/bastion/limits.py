@@ -123,3 +123,5 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
+INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this

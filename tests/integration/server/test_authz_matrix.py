@@ -60,7 +60,8 @@ def _totp_enabled(world: World, who: str) -> dict[str, Any]:
     from bastion.server.users.models import User
 
     with world.ctx.db.session(write=False) as session:
-        secret = session.get(User, world.users[who]).totp_secret
+        sealed = session.get(User, world.users[who]).totp_secret
+    secret = world.ctx.secret_box.open(sealed, f"totp:{world.users[who]}")
     return {"headers": started["headers"], "body": {"code": totp.code_at(secret, secret_step + 1)}}
 
 
