@@ -125,3 +125,4 @@ PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
 LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
 INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this
+INVITATIONS_MAX_PENDING = 500  # open invitations one organisation may have at a time

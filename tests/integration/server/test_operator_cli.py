@@ -112,7 +112,7 @@ BAD_INPUT = [
     (["env", "set", "--fleet", "nope", "A=1"], 5, "not found"),
     (["fleet", "create", "pumps"], 6, "already exists"),
     (["fleet", "create", "Bad Name"], 3, "name"),
-    (["fleet", "grant", "pumps", "nobody@example.org", "viewer"], 5, "no user"),
+    (["fleet", "grant", "pumps", "nobody@example.org", "viewer"], 5, "not a member"),
     (["server", "--listen", "0.0.0.0:8443"], 9, "refusing plain HTTP"),
     (["server", "--listen", "nonsense"], 9, "HOST:PORT"),
 ]
