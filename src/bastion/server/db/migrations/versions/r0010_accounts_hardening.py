@@ -31,12 +31,12 @@ TS = sa.DateTime(timezone=False)
 _USERS = sa.table("users", sa.column("id", sa.String), sa.column("totp_secret", sa.Text))
 
 
-def _box() -> Any:
+def _box(why: str) -> Any:
     loader = op.get_context().config.attributes.get("secret_box")  # type: ignore[union-attr]
     if loader is None:
         raise ConfigError(
-            "the database holds plaintext TOTP secrets and no server secret key was given "
-            "to seal them: start the server (or 'bastion server init') once to migrate"
+            f"the database holds {why} and no server secret key was given: start the "
+            "server (or run 'bastion server init') with its key to migrate"
         )
     return loader()
 
@@ -89,7 +89,7 @@ def upgrade() -> None:
     ).all()
     plain = [(user_id, secret) for user_id, secret in rows if not is_sealed(secret)]
     if plain:
-        box = _box()
+        box = _box("plaintext TOTP secrets to seal")
         for user_id, secret in plain:
             bind.execute(
                 sa.update(_USERS)
@@ -107,7 +107,7 @@ def downgrade() -> None:
     ).all()
     sealed = [(user_id, secret) for user_id, secret in rows if is_sealed(secret)]
     if sealed:
-        box = _box()
+        box = _box("sealed TOTP secrets to open")
         for user_id, secret in sealed:
             bind.execute(
                 sa.update(_USERS)
