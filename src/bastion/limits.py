@@ -134,3 +134,6 @@ DEVICE_RECORDS_MAX_BYTES = 16 * MiB  # default per-device quota of log bytes, an
 DEVICE_RECORDS_MAX_AGE_SECONDS = 30 * 86400  # default retention of device logs and events
 DEVICE_RECORD_MAX_SIZE = 16 * KiB  # one log line or one event's JSON (bytes)
 DEVICE_RECORDS_PAGE_MAX = 1000  # records in one page of GET .../logs or .../events
+LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
+INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this
+INVITATIONS_MAX_PENDING = 500  # open invitations one organisation may have at a time

@@ -8,8 +8,13 @@
 * ``bastion server audit checkpoint [--out FILE]`` exports the signed head for an auditor;
   ``bastion server audit checkpoint-verify FILE --key KEY`` checks one offline.
 * ``bastion server sweep`` applies device log/event retention and quotas (for a timer).
+* ``bastion server init [--data-dir DIR] [--database-url URL]`` creates the data folder
+  (0700), the database (SQLite file 0600, migrated) and the secret key (0600) that seals
+  stored TOTP seeds. Nothing else creates a missing data folder from the CLI.
 * ``bastion server user add EMAIL [--password-file F]`` creates an operator account
-  directly in the database (the first account of a new server).
+  directly in the database (the first account of a new server). A missing data folder
+  is refused with a message naming it (run ``server init`` first), so a mistyped
+  ``--data-dir`` never silently starts a second, empty server.
 """
 
 from __future__ import annotations
@@ -98,6 +103,11 @@ def register(subparsers: Any) -> None:
     add_json_flag(sweep)
     sweep.set_defaults(func=_sweep)
 
+    init = sub.add_parser("init", help="create the data folder, database and secret key")
+    _db_flags(init, suppress=True)
+    add_json_flag(init)
+    init.set_defaults(func=_init)
+
     user = sub.add_parser("user", help="operator accounts")
     user_sub = user.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
     add = user_sub.add_parser("add", help="create an operator account")
@@ -157,25 +167,64 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_db(args: argparse.Namespace, *, create: bool = False) -> Any:
+def _open_db(args: argparse.Namespace, *, need_db: bool = True) -> Any:
+    """Settings and a migrated Database; never creates a missing data folder."""
     from bastion.server.db.engine import Database
+    from bastion.server.secretbox import load_secret_box
 
     settings = settings_from(args)
     if settings.database_url is None:
-        if not create and not (settings.data_dir / "bastion.db").exists():
+        if not settings.data_dir.is_dir():
+            raise ConfigError(
+                f"data folder {settings.data_dir} does not exist: create it with "
+                f"'bastion server init --data-dir {settings.data_dir}' or give --data-dir"
+            )
+        if need_db and not (settings.data_dir / "bastion.db").exists():
             raise ConfigError(f"no server database in {settings.data_dir} (give --data-dir)")
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(settings.resolved_database_url())
     try:
-        db.upgrade()
+        db.upgrade(secret_box=lambda: load_secret_box(settings.resolved_secret_key(), create=False))
         from bastion.io.clock import SystemClock
         from bastion.server.audit.keys import install_audit_key
 
-        install_audit_key(settings, db, SystemClock().now(), create=create)
+        # user add may make the first database of an initialised folder, and its audit key
+        install_audit_key(settings, db, SystemClock().now(), create=not need_db)
     except BaseException:
         db.dispose()
         raise
     return settings, db
+
+
+def _init(args: argparse.Namespace) -> int:
+    from bastion.server.db.engine import Database, ensure_private_dir, redact
+    from bastion.server.secretbox import load_secret_box
+
+    settings = settings_from(args)
+    ensure_private_dir(settings.data_dir)
+    key_uri = settings.resolved_secret_key()
+    box = load_secret_box(key_uri, create=True)
+    db = Database(settings.resolved_database_url())
+    try:
+        db.upgrade(secret_box=lambda: box)
+        from bastion.io.clock import SystemClock
+        from bastion.server.audit.keys import install_audit_key
+
+        install_audit_key(settings, db, SystemClock().now(), create=True)
+    finally:
+        db.dispose()
+    url = redact(settings.resolved_database_url())
+    emit(
+        args,
+        f"server initialised: data folder {settings.data_dir}, database {url}, "
+        f"secret key {key_uri} (id {box.key_id})",
+        {
+            "data_dir": str(settings.data_dir),
+            "database": url,
+            "secret_key": key_uri,
+            "key_id": box.key_id,
+        },
+    )
+    return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -297,7 +346,7 @@ def _user_add(args: argparse.Namespace) -> int:
     password = read_password(args.password_file)
     if not password:
         raise FormatError("empty password")
-    settings, db = _open_db(args, create=True)
+    settings, db = _open_db(args, need_db=False)
     try:
         ctx = _cli_context(settings, db, SystemClock(), PasswordHasher)
         with db.session() as session:
