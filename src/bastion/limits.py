@@ -123,3 +123,11 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+
+# --- PE/COFF images, Authenticode, UKIs (formats/pe.py, trust/authenticode.py) -----------
+PE_MAX_IMAGE_SIZE = 1 * GiB  # a whole UKI (kernel + initrd) held in memory
+PE_MAX_SECTIONS = 96  # the Windows loader's bound; COFF allows 65535
+PE_MAX_DATA_DIRECTORIES = 16  # IMAGE_NUMBEROF_DIRECTORY_ENTRIES
+PE_MAX_CERT_TABLE_SIZE = 1 * MiB  # the whole WIN_CERTIFICATE table
+PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
+AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
