@@ -10,7 +10,7 @@ the section table (40 bytes per section). Everything is little-endian.
 The certificate table is data directory 4 (``IMAGE_DIRECTORY_ENTRY_SECURITY``); unlike
 every other directory its "address" is a **file offset**. It holds WIN_CERTIFICATE
 entries (``u32 dwLength, u16 wRevision, u16 wCertificateType, bCertificate``), each
-starting on an 8-byte boundary. ``dwLength`` counts the 8-byte header; sbsign writes it
+starting on an 8-byte boundary. ``dwLength`` counts the 8-byte header; sbsign (and bastion) write it
 unpadded, osslsigncode padded, so a reader steps by ``round_up(dwLength, 8)``.
 
 Authenticode image hash (Microsoft "Windows Authenticode Portable Executable Signature
@@ -137,10 +137,10 @@ class WinCertificate:
     cert_type: int = WIN_CERT_TYPE_PKCS_SIGNED_DATA
 
     def to_bytes(self) -> bytes:
-        """The entry, zero-padded to 8 bytes; ``dwLength`` counts the padding."""
-        length = round_up(WIN_CERT_HEADER_SIZE + len(self.certificate), CERT_TABLE_ALIGNMENT)
+        """The entry, zero-padded to 8 bytes; ``dwLength`` excludes the padding (as sbsign)."""
+        length = WIN_CERT_HEADER_SIZE + len(self.certificate)
         body = struct.pack("<IHH", length, self.revision, self.cert_type) + self.certificate
-        return body + bytes(length - len(body))
+        return body + bytes(round_up(length, CERT_TABLE_ALIGNMENT) - length)
 
 
 def parse_certificate_table(data: bytes) -> tuple[WinCertificate, ...]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -279,8 +279,11 @@ class AuthenticodeSignature:
         """The carried certificate named by issuer and serial; SignatureError if absent."""
         for der in self.certificates:
             cert = _load_cert(der)
-            if cert.serial_number == self.serial and cert.issuer.public_bytes() == self.issuer:
-                return cert
+            try:
+                if cert.serial_number == self.serial and cert.issuer.public_bytes() == self.issuer:
+                    return cert
+            except ValueError as exc:
+                raise FormatError(f"Authenticode certificate is malformed: {exc}") from exc
         raise SignatureError(
             f"Authenticode signer certificate (serial {self.serial:x}) is not in the signature"
         )
@@ -419,7 +422,10 @@ class VerifiedImage:
 
 
 def _verifier_for(cert: x509.Certificate, hash_name: str) -> Verifier:
-    key = cert.public_key()
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise FormatError(f"Authenticode signer certificate has a bad public key: {exc}") from exc
     if isinstance(key, rsa.RSAPublicKey):
         kind = "rsa"
     elif isinstance(key, ec.EllipticCurvePublicKey):
@@ -438,7 +444,7 @@ def _verifier_for(cert: x509.Certificate, hash_name: str) -> Verifier:
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
