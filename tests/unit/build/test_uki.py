@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from tests.pebuild import make_pe
 
@@ -41,7 +43,7 @@ def test_layout_and_contents() -> None:
         assert s.characteristics & (SCN_CNT_CODE | SCN_CNT_INITIALIZED_DATA) == kind
     # memory ranges do not overlap and SizeOfImage covers the last one
     spans = sorted((s.virtual_address, s.virtual_address + s.virtual_size) for s in uki.sections)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
     assert uki.size_of_image >= spans[-1][1]
     assert uki.section(".sbat") is not None  # the stub's own sections stay
     uki.authenticode_digest()
