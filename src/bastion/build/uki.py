@@ -15,14 +15,17 @@ own fixed order (see docs/uki.md). systemd-stub 252 (Debian 12) does not know
 ``.uname``; it is added only when given. Empty inputs are left out, as the stub skips
 empty sections.
 
-Building is pure (bytes in, bytes out); signing is :func:`bastion.trust.authenticode.sign_pe`.
+Building is pure (bytes in, bytes out). :func:`with_pcr_signature` adds ``.pcrpkey`` and
+a ``.pcrsig`` over the predicted PCR 11 (:mod:`bastion.trust.pcr11`); Secure Boot signing
+is :func:`bastion.trust.authenticode.sign_pe`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from bastion.errors import FormatError
+from bastion.errors import ConfigError, FormatError
 from bastion.formats.pe import (
     SCN_CNT_CODE,
     SCN_CNT_INITIALIZED_DATA,
@@ -31,6 +34,9 @@ from bastion.formats.pe import (
     PeImage,
     add_sections,
 )
+from bastion.trust.keys import load_public_key, public_key_to_pem
+from bastion.trust.pcr11 import DEFAULT_PHASES, pcrsig_json, sign_pcr11
+from bastion.trust.signer import Signer, key_id
 
 #: IMAGE_SUBSYSTEM_EFI_APPLICATION
 EFI_APPLICATION = 10
@@ -65,6 +71,24 @@ class UkiInputs:
             ".linux": self.linux,
         }
         return {name: values[name] or b"" for name in SECTION_ORDER if values[name]}
+
+
+def with_pcr_signature(
+    inputs: UkiInputs, signer: Signer, phases: Sequence[str] = DEFAULT_PHASES
+) -> UkiInputs:
+    """``inputs`` with ``.pcrpkey`` (the signer's public key as PEM, unless given) and a
+    ``.pcrsig`` signing the predicted PCR 11 for each of ``phases`` (as ukify does)."""
+    if inputs.pcrsig:
+        raise ConfigError("the inputs already carry a .pcrsig")
+    if inputs.pcrpkey:
+        given = load_public_key(inputs.pcrpkey, what=".pcrpkey")
+        if key_id(given) != signer.key_id:
+            raise ConfigError(".pcrpkey is not the public key of the PCR signing key")
+        with_key = inputs
+    else:
+        with_key = replace(inputs, pcrpkey=public_key_to_pem(signer.public_key()))
+    signatures = sign_pcr11(with_key.sections(), signer, phases)
+    return replace(with_key, pcrsig=pcrsig_json(signatures))
 
 
 def check_stub(stub: PeImage) -> None:

@@ -1,10 +1,13 @@
 """``bastion uki build|sign|verify``: unified kernel images and their Authenticode signatures.
 
 ``uki build --stub STUB --linux K [--initrd I] [--cmdline F] [--osrel F] [--pcrpkey F]
-[--pcrsig F] [--uname F] -o OUT`` appends the sections to the systemd stub;
+[--pcrsig F] [--uname F] [--pcr-key KEY [--phase P]...] -o OUT`` appends the sections to
+the systemd stub;
 ``uki sign --key KEY --cert CERT [--chain CERT...] [--append] UKI [-o OUT]`` adds an
 Authenticode signature (sbsign-compatible); ``uki verify --db CERT... UKI`` checks one
-against Secure Boot db certificates. Any PE image can be signed and verified.
+against Secure Boot db certificates; ``uki pcrs UKI`` predicts PCR 11. With ``--pcr-key``,
+``build`` also adds ``.pcrpkey`` and a ``.pcrsig`` signed for each ``--phase`` (default:
+systemd-measure's four). Any PE image can be signed and verified.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bastion.build.uki import UkiInputs, build_uki, uki_sections
+from bastion.build.uki import UkiInputs, build_uki, uki_sections, with_pcr_signature
 from bastion.cli._common import add_json_flag, emit
 from bastion.cli.sign import passphrase_prompt
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
 from bastion.trust.authenticode import sign_pe, verify_pe
 from bastion.trust.keys import open_signer
+from bastion.trust.pcr11 import DEFAULT_PHASES, predict_pcr11
 from bastion.trust.pki import load_certificates
 from bastion.trust.signer import SignatureScheme
 
@@ -51,6 +55,13 @@ def _build(args: argparse.Namespace) -> int:
         pcrsig=_read(args.pcrsig, "PCR signature"),
         uname=_read(args.uname, "uname"),
     )
+    if args.pcr_key:
+        pcr_signer = open_signer(
+            args.pcr_key,
+            passphrase=passphrase_prompt(args.pcr_key),
+            scheme=SignatureScheme.RSA_PKCS1V15_SHA256,
+        )
+        inputs = with_pcr_signature(inputs, pcr_signer, args.phase or DEFAULT_PHASES)
     uki = build_uki(read_bounded(args.stub, PE_MAX_IMAGE_SIZE, "stub"), inputs)
     atomic_write(Path(args.output), uki)
     sizes = {name: len(content) for name, content in uki_sections(uki).items()}
@@ -103,6 +114,18 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pcrs(args: argparse.Namespace) -> int:
+    sections = uki_sections(read_bounded(args.image, PE_MAX_IMAGE_SIZE, "UKI"))
+    phases = args.phase or ["", *DEFAULT_PHASES]
+    values = {phase: predict_pcr11(sections, phase).hex() for phase in phases}
+    emit(
+        args,
+        "\n".join(f"11:sha256={v}  {p or '(after the stub)'}" for p, v in values.items()),
+        {"pcr": 11, "bank": "sha256", "phases": values},
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add the ``uki`` group."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -120,9 +143,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--linux", required=True, metavar="KERNEL")
     for name in ("initrd", "cmdline", "osrel", "pcrpkey", "pcrsig", "uname"):
         p.add_argument(f"--{name}", metavar="FILE", help=f"contents of the .{name} section")
+    p.add_argument(
+        "--pcr-key", metavar="KEY", help="RSA key URI: add .pcrpkey and a signed .pcrsig"
+    )
+    p.add_argument("--phase", action="append", metavar="PATH", help="phase path to sign")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
     add_json_flag(p)
     p.set_defaults(func=_build)
+
+    p = sub.add_parser("pcrs", help="predict PCR 11 (systemd-stub 252) for a UKI")
+    p.add_argument("--phase", action="append", metavar="PATH")
+    p.add_argument("image", metavar="UKI")
+    add_json_flag(p)
+    p.set_defaults(func=_pcrs)
 
     p = sub.add_parser("sign", help="add an Authenticode signature to a PE image")
     p.add_argument("--key", required=True, metavar="KEY", help="key URI (file:PATH or tpm:...)")

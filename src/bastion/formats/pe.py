@@ -116,8 +116,11 @@ class Section:
 
     @property
     def content_size(self) -> int:
-        """Bytes of meaningful content: the virtual size, capped by the raw size."""
-        return min(self.virtual_size, self.size_of_raw_data) if self.virtual_size else 0
+        """Bytes of meaningful content: the virtual size capped by the raw size (the raw
+        size when VirtualSize is 0, as EDK2's loader reads it)."""
+        if not self.virtual_size:
+            return self.size_of_raw_data
+        return min(self.virtual_size, self.size_of_raw_data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from tests.pebuild import make_pe
+from tests.unit.trust.conftest import make_key
 
-from bastion.build.uki import SECTION_ORDER, UkiInputs, build_uki, uki_sections
-from bastion.errors import FormatError
+from bastion.build.uki import (
+    SECTION_ORDER,
+    UkiInputs,
+    build_uki,
+    uki_sections,
+    with_pcr_signature,
+)
+from bastion.errors import ConfigError, FormatError
 from bastion.formats.pe import SCN_CNT_CODE, SCN_CNT_INITIALIZED_DATA, PeImage, WinCertificate
+from bastion.trust.keys import public_key_to_pem
+from bastion.trust.pcr11 import pcr11_policy, predict_pcr11
+from bastion.trust.signer import SignatureScheme, SoftwareSigner
 
 STUB = make_pe(((".text", b"\xc3" * 300), (".sbat", b"sbat,1,x\n")), spare_headers=8)
 INPUTS = UkiInputs(
@@ -72,3 +83,28 @@ def test_refusals(case: str) -> None:
     stub, inputs = REFUSED[case]
     with pytest.raises(FormatError):
         build_uki(stub, inputs)
+
+
+def test_with_pcr_signature_adds_key_and_signature() -> None:
+    signer = SoftwareSigner(make_key("rsa-2048", 0), SignatureScheme.RSA_PKCS1V15_SHA256)
+    signed = with_pcr_signature(UkiInputs(linux=b"MZ k", cmdline=b"x"), signer, ["enter-initrd"])
+    assert signed.pcrpkey == public_key_to_pem(signer.public_key())
+    assert signed.pcrsig is not None
+    entry = json.loads(signed.pcrsig)["sha256"][0]
+    value = predict_pcr11(signed.sections(), "enter-initrd")  # .pcrpkey is measured
+    assert entry["pol"] == pcr11_policy(value).hex()
+
+
+PCR_REFUSED = {
+    "pcrsig already given": UkiInputs(linux=b"k", pcrsig=b"{}"),
+    "pcrpkey of another key": UkiInputs(
+        linux=b"k", pcrpkey=public_key_to_pem(make_key("rsa-2048", 1).public_key())
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PCR_REFUSED))
+def test_with_pcr_signature_refusals(case: str) -> None:
+    signer = SoftwareSigner(make_key("rsa-2048", 0), SignatureScheme.RSA_PKCS1V15_SHA256)
+    with pytest.raises(ConfigError):
+        with_pcr_signature(PCR_REFUSED[case], signer)

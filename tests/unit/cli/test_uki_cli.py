@@ -13,8 +13,10 @@ from cryptography.x509.oid import NameOID
 from tests.pebuild import make_pe
 from tests.unit.trust.conftest import make_key
 
+from bastion.build.uki import uki_sections
 from bastion.cli.main import main
 from bastion.trust.keys import private_key_to_pem
+from bastion.trust.pcr11 import pcr11_policy, predict_pcr11
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -80,3 +82,36 @@ def test_build_sign_verify(
     (tmp_path / "junk").write_bytes(b"nope")
     code, _, err = _run(capsys, "uki", "verify", "--db", str(cert), str(tmp_path / "junk"))
     assert code == 3 and "MZ" in err
+
+
+def test_build_with_pcr_key_and_pcrs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stub = tmp_path / "stub.efi"
+    stub.write_bytes(make_pe(spare_headers=8))
+    (tmp_path / "k").write_bytes(b"MZ kernel")
+    key, _ = _material(tmp_path, "rsa-2048", 0)
+    uki = str(tmp_path / "uki.efi")
+    code, out, _ = _run(
+        capsys,
+        "uki",
+        "build",
+        "--stub",
+        str(stub),
+        "--linux",
+        str(tmp_path / "k"),
+        "--pcr-key",
+        str(key),
+        "--phase",
+        "enter-initrd",
+        "-o",
+        uki,
+        "--json",
+    )
+    assert code == 0 and set(json.loads(out)["sections"]) == {".linux", ".pcrpkey", ".pcrsig"}
+    code, out, _ = _run(capsys, "uki", "pcrs", uki, "--phase", "enter-initrd", "--json")
+    assert code == 0
+    predicted = json.loads(out)["phases"]["enter-initrd"]
+    sections = uki_sections(Path(uki).read_bytes())
+    assert predicted == predict_pcr11(sections, "enter-initrd").hex()
+    entries = json.loads(sections[".pcrsig"])["sha256"]
+    assert len(entries) == 1
+    assert entries[0]["pol"] == pcr11_policy(bytes.fromhex(predicted)).hex()
