@@ -102,3 +102,64 @@ def test_pcrsig_byte_identical_to_measure_sign(tmp_path: Path, swtpm) -> None:  
     )
     signer = SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256)
     assert pcrsig_json(sign_pcr11(sections, signer)) == proc.stdout
+
+
+def test_built_uki_prediction_equals_calculate_on_objcopy_dumps(tmp_path: Path) -> None:
+    """Build on the real stub with a .pcrsig; objcopy dumps the sections back out and
+    systemd-measure's value for them is the one signed in the UKI's .pcrsig."""
+    from tests.interop.test_authenticode_sbsign import need_stub
+
+    from bastion.build.uki import UkiInputs, build_uki, with_pcr_signature
+    from bastion.trust.pcr11 import pcr11_policy
+
+    signer = SoftwareSigner(make_key("rsa-2048", 3), SignatureScheme.RSA_PKCS1V15_SHA256)
+    full = CASES["full"]
+    inputs = UkiInputs(
+        linux=full[".linux"], osrel=full[".osrel"], cmdline=full[".cmdline"], initrd=full[".initrd"]
+    )
+    uki = tmp_path / "uki.efi"
+    uki.write_bytes(build_uki(need_stub(), with_pcr_signature(inputs, signer, ["enter-initrd"])))
+    args = []
+    for name, option in OPTIONS.items():
+        out = tmp_path / f"dump-{option}"
+        proc = subprocess.run(
+            [
+                need_tool("objcopy"),
+                "--dump-section",
+                f"{name}={out}",
+                str(uki),
+                str(tmp_path / "x"),
+            ],
+            capture_output=True,
+            check=False,
+        )
+        if proc.returncode == 0 and out.is_file() and out.stat().st_size:
+            args.append(f"--{option}={out}")
+    assert len(args) == 5  # linux osrel cmdline initrd pcrpkey
+    proc = subprocess.run(
+        [
+            measure_tool(),
+            "calculate",
+            "--bank=sha256",
+            "--json=short",
+            "--phase=enter-initrd",
+            *args,
+        ],
+        capture_output=True,
+        check=True,
+    )
+    value = bytes.fromhex(json.loads(proc.stdout)["sha256"][0]["hash"])
+    objcopy_sig = tmp_path / "dump-pcrsig"
+    subprocess.run(
+        [
+            need_tool("objcopy"),
+            "--dump-section",
+            f".pcrsig={objcopy_sig}",
+            str(uki),
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    entry = json.loads(objcopy_sig.read_bytes())["sha256"][0]
+    assert entry["pol"] == pcr11_policy(value).hex()
