@@ -131,3 +131,5 @@ PE_MAX_DATA_DIRECTORIES = 16  # IMAGE_NUMBEROF_DIRECTORY_ENTRIES
 PE_MAX_CERT_TABLE_SIZE = 1 * MiB  # the whole WIN_CERTIFICATE table
 PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
 AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
+PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
+PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig

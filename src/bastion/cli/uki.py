@@ -5,7 +5,8 @@
 the systemd stub;
 ``uki sign --key KEY --cert CERT [--chain CERT...] [--append] UKI [-o OUT]`` adds an
 Authenticode signature (sbsign-compatible); ``uki verify --db CERT... UKI`` checks one
-against Secure Boot db certificates; ``uki pcrs UKI`` predicts PCR 11. With ``--pcr-key``,
+against Secure Boot db certificates (and, with ``--pcr-pubkey``, its ``.pcrsig``);
+``uki pcrs UKI`` predicts PCR 11. With ``--pcr-key``,
 ``build`` also adds ``.pcrpkey`` and a ``.pcrsig`` signed for each ``--phase`` (default:
 systemd-measure's four). Any PE image can be signed and verified.
 """
@@ -22,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bastion.build.uki import UkiInputs, build_uki, uki_sections, with_pcr_signature
 from bastion.cli._common import add_json_flag, emit
 from bastion.cli.sign import passphrase_prompt
+from bastion.errors import ConfigError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
 from bastion.trust.authenticode import sign_pe, verify_pe
-from bastion.trust.keys import open_signer
-from bastion.trust.pcr11 import DEFAULT_PHASES, predict_pcr11
+from bastion.trust.keys import load_public_key_file, open_signer
+from bastion.trust.pcr11 import DEFAULT_PHASES, predict_pcr11, verify_pcrsig
 from bastion.trust.pki import load_certificates
 from bastion.trust.signer import SignatureScheme
 
@@ -95,13 +97,22 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    result = verify_pe(read_bounded(args.image, PE_MAX_IMAGE_SIZE, "PE image"), _certs(args.db))
+    data = read_bounded(args.image, PE_MAX_IMAGE_SIZE, "PE image")
+    result = verify_pe(data, _certs(args.db))
     signer = result.signer.subject.rfc4514_string()
+    phases: list[str] | None = None
+    if args.pcr_pubkey:
+        key = load_public_key_file(args.pcr_pubkey)
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ConfigError(f"{args.pcr_pubkey}: a .pcrsig key is RSA")
+        phases = verify_pcrsig(uki_sections(data), key, args.phase or DEFAULT_PHASES)
     emit(
         args,
         f"OK: {args.image} signature #{result.index} by {signer} ({result.hash_name} "
-        f"{result.digest.hex()})",
+        f"{result.digest.hex()})"
+        + ("" if phases is None else f"; .pcrsig signs phases {', '.join(phases)}"),
         {
+            "pcrsig_phases": phases,
             "ok": True,
             "index": result.index,
             "signer": signer,
@@ -169,6 +180,10 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("verify", help="verify a PE image's Authenticode signatures against db")
     p.add_argument("--db", action="append", required=True, metavar="CERT")
+    p.add_argument(
+        "--pcr-pubkey", metavar="PEM", help="also verify the UKI's .pcrsig with this RSA key"
+    )
+    p.add_argument("--phase", action="append", metavar="PATH", help="phase paths to accept")
     p.add_argument("image", metavar="IMAGE")
     add_json_flag(p)
     p.set_defaults(func=_verify)

@@ -19,6 +19,11 @@ TPM2_VerifySignature checks for PolicyAuthorize with an empty policyRef); ``pkfp
 the SHA-256 of the public key as a PKCS#1 ``RSAPublicKey`` DER. Only the sha256 bank
 and RSA keys are supported, like systemd's TPM-side verification.
 
+:func:`verify_pcrsig` checks a UKI's ``.pcrsig`` against a trusted RSA public key: every
+entry must be for PCR 11, carry the key's fingerprint and a valid signature, and sign the
+policy of the PCR 11 value predicted from the UKI's own sections for one of the phase
+paths; it returns the phase paths covered.
+
 Pure: section bytes in, digests and JSON bytes out; the key is reached only through a
 :class:`~bastion.trust.signer.Signer`.
 """
@@ -34,10 +39,17 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bastion.errors import ConfigError
+from bastion.errors import (
+    ConfigError,
+    DigestMismatchError,
+    FormatError,
+    LimitError,
+    SignatureError,
+)
+from bastion.limits import PCRSIG_MAX_ENTRIES, PCRSIG_MAX_SIZE
 from bastion.tpm.base import HashAlg, PcrSelection
 from bastion.tpm.pcr import extend, policy_pcr, reset_value
-from bastion.trust.signer import SignatureScheme, Signer
+from bastion.trust.signer import SignatureScheme, Signer, Verifier
 
 PCR_KERNEL_IMAGE = 11
 #: the sections systemd-stub 252 measures, in its order (UAPI UKI spec, stub 252 enum)
@@ -140,3 +152,73 @@ def pcrsig_json(signatures: Sequence[PcrSignature]) -> bytes:
     """The ``.pcrsig`` section / ``tpm2-pcr-signature.json``: compact JSON and a newline."""
     doc = {HashAlg.SHA256.value: [s.to_json() for s in signatures]}
     return json.dumps(doc, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise FormatError(f".pcrsig: duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_pcrsig(data: bytes) -> list[dict[str, object]]:
+    """The sha256 entries of a ``.pcrsig`` JSON (strict: size, duplicates, shape)."""
+    if len(data) > PCRSIG_MAX_SIZE:
+        raise LimitError(f".pcrsig is {len(data)} bytes, limit {PCRSIG_MAX_SIZE}")
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f".pcrsig is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or set(doc) != {HashAlg.SHA256.value}:
+        raise FormatError('.pcrsig must be an object with exactly one bank, "sha256"')
+    entries = doc[HashAlg.SHA256.value]
+    if not isinstance(entries, list) or not entries:
+        raise FormatError(".pcrsig sha256 must be a non-empty list")
+    if len(entries) > PCRSIG_MAX_ENTRIES:
+        raise LimitError(f".pcrsig has {len(entries)} entries, limit {PCRSIG_MAX_ENTRIES}")
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != {"pcrs", "pkfp", "pol", "sig"}:
+            raise FormatError(".pcrsig entries must have exactly pcrs, pkfp, pol and sig")
+        if not all(isinstance(entry[k], str) for k in ("pkfp", "pol", "sig")):
+            raise FormatError(".pcrsig pkfp, pol and sig must be strings")
+    return entries
+
+
+def verify_pcrsig(
+    sections: Mapping[str, bytes],
+    public_key: rsa.RSAPublicKey,
+    phases: Sequence[str] = DEFAULT_PHASES,
+) -> list[str]:
+    """Check the UKI's ``.pcrsig`` with the trusted ``public_key``; return the phase paths
+    (of ``phases``) it signs. Raises SignatureError / DigestMismatchError / FormatError."""
+    data = sections.get(".pcrsig")
+    if not data:
+        raise SignatureError("the UKI has no .pcrsig")
+    fingerprint = public_key_fingerprint(public_key)
+    verifier = Verifier.of(public_key, SignatureScheme.RSA_PKCS1V15_SHA256)
+    expected = {pcr11_policy(predict_pcr11(sections, p)).hex(): p for p in phases}
+    covered = []
+    for index, entry in enumerate(parse_pcrsig(data)):
+        if entry["pcrs"] != [PCR_KERNEL_IMAGE]:
+            raise FormatError(f".pcrsig entry {index} is for PCRs {entry['pcrs']}, not [11]")
+        if entry["pkfp"] != fingerprint:
+            raise SignatureError(
+                f".pcrsig entry {index} is by key {entry['pkfp']}, expected {fingerprint}"
+            )
+        try:
+            policy = bytes.fromhex(str(entry["pol"]))
+            signature = base64.b64decode(str(entry["sig"]), validate=True)
+        except ValueError as exc:
+            raise FormatError(f".pcrsig entry {index}: bad hex or base64: {exc}") from exc
+        verifier.verify(policy, signature)
+        phase = expected.get(policy.hex())
+        if phase is None:
+            raise DigestMismatchError(
+                f".pcrsig entry {index} signs policy {policy.hex()}, which is not PCR 11 of "
+                f"this UKI's sections for any of the phases {list(phases)}",
+                area="pcrsig",
+            )
+        covered.append(phase)
+    return covered

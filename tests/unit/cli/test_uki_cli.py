@@ -15,8 +15,8 @@ from tests.unit.trust.conftest import make_key
 
 from bastion.build.uki import uki_sections
 from bastion.cli.main import main
-from bastion.trust.keys import private_key_to_pem
-from bastion.trust.pcr11 import pcr11_policy, predict_pcr11
+from bastion.trust.keys import private_key_to_pem, public_key_to_pem
+from bastion.trust.pcr11 import DEFAULT_PHASES, pcr11_policy, predict_pcr11
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -115,3 +115,26 @@ def test_build_with_pcr_key_and_pcrs(tmp_path: Path, capsys: pytest.CaptureFixtu
     entries = json.loads(sections[".pcrsig"])["sha256"]
     assert len(entries) == 1
     assert entries[0]["pol"] == pcr11_policy(bytes.fromhex(predicted)).hex()
+
+
+def test_verify_checks_pcrsig(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stub = tmp_path / "stub.efi"
+    stub.write_bytes(make_pe(spare_headers=8))
+    (tmp_path / "k").write_bytes(b"MZ kernel")
+    key, cert = _material(tmp_path, "rsa-2048", 0)
+    pub = tmp_path / "pcr.pub"
+    pub.write_bytes(public_key_to_pem(make_key("rsa-2048", 0).public_key()))
+    uki = str(tmp_path / "uki.efi")
+    argv = ["uki", "build", "--stub", str(stub), "--linux", str(tmp_path / "k"), "-o", uki]
+    assert _run(capsys, *argv, "--pcr-key", str(key))[0] == 0
+    assert _run(capsys, "uki", "sign", "--key", str(key), "--cert", str(cert), uki)[0] == 0
+    code, out, _ = _run(
+        capsys, "uki", "verify", "--db", str(cert), "--pcr-pubkey", str(pub), uki, "--json"
+    )
+    assert code == 0 and json.loads(out)["pcrsig_phases"] == list(DEFAULT_PHASES)
+    other_pub = tmp_path / "other.pub"
+    other_pub.write_bytes(public_key_to_pem(make_key("rsa-2048", 1).public_key()))
+    code, _, err = _run(
+        capsys, "uki", "verify", "--db", str(cert), "--pcr-pubkey", str(other_pub), uki
+    )
+    assert code == 2 and ".pcrsig" in err
