@@ -290,9 +290,15 @@ class AuthenticodeSignature:
 
 
 def _load_cert(der: bytes) -> x509.Certificate:
+    """Load a carried certificate and parse, now, the fields verification reads
+    (cryptography parses lazily, so a bad name would otherwise fail much later)."""
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject.rfc4514_string()
+        cert.issuer.public_bytes()
+        _ = cert.serial_number
+        return cert
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         raise FormatError(f"Authenticode signature carries a bad certificate: {exc}") from exc
 
 

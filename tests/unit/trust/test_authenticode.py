@@ -150,6 +150,13 @@ NEGATIVE: dict[str, tuple[bytes, list[x509.Certificate], type[Exception]]] = {
         [DB],
         SignatureError,
     ),
+    "carried certificate with X.509 version 2": (
+        _SIG_IMG.with_certificates(
+            [WinCertificate(_DER.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x01", 1))]
+        ),
+        [DB],
+        SignatureError,
+    ),
     "wrong WIN_CERTIFICATE type": (_entry(0x200, 0x0001), [DB], SignatureError),
     "wrong WIN_CERTIFICATE revision": (_entry(0x100, 0x0002), [DB], SignatureError),
 }
