@@ -137,3 +137,12 @@ DEVICE_RECORDS_PAGE_MAX = 1000  # records in one page of GET .../logs or .../eve
 LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
 INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this
 INVITATIONS_MAX_PENDING = 500  # open invitations one organisation may have at a time
+# --- PE/COFF images, Authenticode, UKIs (formats/pe.py, trust/authenticode.py) -----------
+PE_MAX_IMAGE_SIZE = 1 * GiB  # a whole UKI (kernel + initrd) held in memory
+PE_MAX_SECTIONS = 96  # the Windows loader's bound; COFF allows 65535
+PE_MAX_DATA_DIRECTORIES = 16  # IMAGE_NUMBEROF_DIRECTORY_ENTRIES
+PE_MAX_CERT_TABLE_SIZE = 1 * MiB  # the whole WIN_CERTIFICATE table
+PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
+AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
+PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
+PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
