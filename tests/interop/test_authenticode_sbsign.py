@@ -1,4 +1,4 @@
-"""Authenticode against sbsigntool (and pesign's image hash), both directions, on the Debian stub."""
+"""Authenticode against sbsigntool (pesign hashes the image), both ways, on the Debian stub."""
 
 from __future__ import annotations
 
