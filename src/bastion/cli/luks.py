@@ -15,7 +15,7 @@ from typing import Any
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
 from bastion.errors import ConfigError, FormatError
-from bastion.formats.luks2 import Argon2Params, KdfType, Pbkdf2Params
+from bastion.formats.luks2 import AnyKdf, KdfType
 from bastion.io.files import read_bounded
 from bastion.storage.luks2_volume import (
     DEFAULT_ITER_TIME_MS,
@@ -99,7 +99,7 @@ def _unlock(vol: Luks2Volume, args: argparse.Namespace) -> int:
     return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
 
 
-def _kdf_json(kdf: Pbkdf2Params | Argon2Params) -> dict[str, Any]:
+def _kdf_json(kdf: AnyKdf) -> dict[str, Any]:
     out = kdf.to_json()
     out.pop("salt", None)
     return out
