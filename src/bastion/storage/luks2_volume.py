@@ -37,6 +37,7 @@ from bastion.formats import luks2_keyslot as ksc
 from bastion.formats.luks2 import (
     BINARY_HEADER_SIZE,
     DEFAULT_CIPHER,
+    MAGIC_SECONDARY,
     VERSION,
     BinaryHeader,
     Config,
@@ -74,6 +75,7 @@ __all__ = [
     "KdfSpec",
     "Luks2Volume",
     "default_argon2_memory_kib",
+    "existing_content",
     "read_header",
 ]
 
@@ -153,6 +155,19 @@ def read_header(storage: BlockStorage, *, repair: bool = False) -> HeaderChoice:
                 "the LUKS2 volume is what you want to keep)"
             )
     return choice
+
+
+def existing_content(storage: BlockStorage) -> tuple[str, ...]:
+    """What a new header would overwrite: LUKS headers (either copy, any version) and the
+    foreign signatures blkid would report, by name (empty for a blank device)."""
+    head = storage.read(0, min(PROBE_SIZE, storage.size)) if storage.size else b""
+    found: list[str] = []
+    version = primary_version(head)
+    if version is not None:
+        found.append(f"LUKS{version} header")
+    elif any(head[off : off + 6] == MAGIC_SECONDARY for off in limits.LUKS2_HDR_SIZES):
+        found.append("LUKS2 secondary header")
+    return (*found, *probe_signatures(head))
 
 
 class Luks2Volume:
