@@ -281,3 +281,15 @@ def test_damaged_primary_of_cryptsetup_volume(tmp_path: Path) -> None:
     Luks2Volume.open(FileRange(img), repair=True)
     cs("isLuks", img)
     assert dump_volume_key(img, kf) == vk
+
+
+@pytest.mark.parametrize("label", ["données-chiffrées", "ラベル"])
+def test_utf8_labels_both_ways(tmp_path: Path, label: str) -> None:
+    """cryptsetup stores a UTF-8 label byte for byte; bastion reads and writes the same."""
+    img, key = image(tmp_path, size=20 * MiB), keyfile(tmp_path, b"pw")
+    cs("luksFormat", "--type", "luks2", *CS_PBKDF2, "--label", label, "--key-file", key, img)
+    with FileRange(img) as storage:
+        vol = Luks2Volume.open(storage)
+        assert vol.label == label
+        vol.add_token({"type": "x-test", "keyslots": []})  # bastion rewrites the header
+    assert f"Label:         \t{label}" in cs("luksDump", img).stdout
