@@ -625,8 +625,13 @@ class Metadata:
         return out
 
     def to_bytes(self) -> bytes:
-        """Compact JSON text, as cryptsetup (json-c PLAIN) writes it."""
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=True).encode()
+        """Compact JSON text, as cryptsetup (json-c PLAIN, NOSLASHESCAPE) writes it:
+        non-ASCII text as raw UTF-8 (escaped only if a lone surrogate cannot be UTF-8)."""
+        doc = self.to_json()
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
     def with_changes(self, **changes: Any) -> Metadata:
         """A copy with some top-level mappings replaced (validated)."""
@@ -739,9 +744,8 @@ def validate(m: Metadata, *, hdr_size: int) -> None:
     ks_size = m.config.keyslots_size
     if ks_size % 4096 or ks_size > limits.LUKS2_MAX_KEYSLOTS_SIZE:
         raise FormatError(f"LUKS2 config.keyslots_size {ks_size} is not 4 KiB-aligned or too big")
-    if len(m.config.requirements) != len(set(m.config.requirements)) or (
-        sum(1 for r in m.config.requirements if re.fullmatch(r"online-reencrypt(-v[0-9]+)?", r)) > 1
-    ):
+    online = [r for r in m.config.requirements if re.fullmatch(r"online-reencrypt(-v[0-9]+)?", r)]
+    if len(online) > 1:
         raise FormatError("LUKS2 config.requirements: repeated re-encryption requirement")
     _validate_segments(m, hdr_size)
     lo, hi = 2 * hdr_size, 2 * hdr_size + ks_size
@@ -772,8 +776,7 @@ def validate(m: Metadata, *, hdr_size: int) -> None:
                 f"LUKS2 keyslot {n} is named by {len(named)} digests, expected exactly 1"
             )
     reencrypt = [n for n, ks in m.keyslots.items() if ks.type == "reencrypt"]
-    online = any(r.startswith("online-reencrypt") for r in m.config.requirements)
-    if len(reencrypt) > 1 or bool(reencrypt) != online:
+    if len(reencrypt) > 1 or bool(reencrypt) != bool(online):
         raise FormatError(
             f"LUKS2 re-encryption: {len(reencrypt)} reencrypt keyslot(s) and "
             f"{'an' if online else 'no'} online-reencrypt requirement (expected one and one)"

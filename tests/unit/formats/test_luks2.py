@@ -312,3 +312,14 @@ def test_metadata_helpers() -> None:
     with pytest.raises(FormatError):
         m.with_changes(keyslots={})
     assert replace(m, tokens={}).tokens == {}
+
+
+def test_json_text_is_raw_utf8_like_json_c() -> None:
+    doc = _doc()
+    doc["tokens"]["0"]["name"] = "données/é"
+    m = parse_json_area(_area(json.dumps(doc).encode()))
+    assert '"name":"données/é"'.encode() in m.to_bytes()
+    doc["tokens"]["0"]["name"] = "\ud800"  # a lone surrogate has no UTF-8 form: escaped
+    m = parse_json_area(_area(json.dumps(doc).encode()))
+    assert b'"name":"\\ud800"' in m.to_bytes()
+    assert parse_json_area(_area(m.to_bytes())) == m
