@@ -76,11 +76,11 @@ def _write(template: bytes, case: Case, *paths: Path) -> None:
 
 
 def _bastion(path: Path) -> Luks2Volume | FormatError:
-    storage = FileRange(path, writable=False)
-    try:
-        return Luks2Volume.open(storage)
-    except FormatError as exc:
-        return exc
+    with FileRange(path, writable=False) as storage:  # the header stays in memory
+        try:
+            return Luks2Volume.open(storage)
+        except FormatError as exc:
+            return exc
 
 
 def _cryptsetup_accepts(path: Path) -> bool:
