@@ -64,6 +64,8 @@ def test_unbound_keyslot_never_opens_the_data(tmp_path: Path) -> None:
             vol.unlock_passphrase(b"unbound passphrase", keyslot=1)
         assert not vol.is_unlocked
         assert vol.unlock_passphrase(b"bound passphrase") == 0
+        with pytest.raises(ConfigError, match="unbound"):
+            vol.change_keyslot(1, b"would hold the data key")
         # removing the unbound keyslot takes its digest along; cryptsetup agrees
         vol.remove_keyslot(1)
         assert set(vol.metadata.digests) == {0}

@@ -558,6 +558,11 @@ class Luks2Volume:
         m = self._metadata
         if keyslot not in m.keyslots:
             raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+        if keyslot not in self._bound_digest()[1].keyslots:
+            raise ConfigError(
+                f"LUKS2 keyslot {keyslot} is unbound: it does not hold the data key, so "
+                "bastion cannot re-key it with the data key"
+            )
         old = m.keyslots[keyslot]
         ks, area = self._new_keyslot(new_passphrase, kdf or KdfSpec(), old.priority)
         ks = replace(ks, extra=old.extra)
