@@ -145,7 +145,12 @@ def read_header(storage: BlockStorage, *, repair: bool = False) -> HeaderChoice:
             f"LUKS2 device of {storage.size} bytes cannot hold its header copies and "
             f"keyslots area ({needed} bytes)"
         )
-    if choice.stale is not None and not repair:
+    recovery = (  # cryptsetup probes only when a copy is damaged or older
+        isinstance(primary, FormatError)
+        or isinstance(secondary, FormatError)
+        or primary.binary.seqid != secondary.binary.seqid
+    )
+    if recovery and not repair:
         foreign = probe_signatures(head)
         if foreign:
             raise FormatError(
