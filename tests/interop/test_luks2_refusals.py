@@ -96,8 +96,8 @@ def _patch(offset: int, data: bytes) -> Callable[[Path, Path], None]:
 
 
 OVERWRITES = [
-    ("ext4", _first_4k_of("mkfs.ext4", "-q", "-F"), "ext4 signature"),
-    ("swap", _first_4k_of("mkswap"), "swap signature"),
+    ("ext4", _first_4k_of("mkfs.ext4", "-q", "-F"), "signatures: ext4"),
+    ("swap", _first_4k_of("mkswap"), "signatures: swap"),
     ("luks1-version", _patch(6, b"\x00\x01"), "LUKS1"),
     ("checksum-only", _patch(448, b"\xff" * 8), None),
 ]

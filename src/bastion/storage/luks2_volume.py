@@ -155,9 +155,9 @@ def read_header(storage: BlockStorage, *, repair: bool = False) -> HeaderChoice:
         if foreign:
             raise FormatError(
                 f"LUKS2 {choice.stale} header copy needs recovery ({choice.reason}) and the "
-                f"device also carries a {', '.join(foreign)} signature: refusing to trust "
-                f"the {winner.binary.copy} copy over it (run `bastion luks repair` only if "
-                "the LUKS2 volume is what you want to keep)"
+                f"device also carries foreign signatures: {', '.join(foreign)}; refusing to "
+                f"trust the {winner.binary.copy} copy over them (run `bastion luks repair` "
+                "only if the LUKS2 volume is what you want to keep)"
             )
     return choice
 

@@ -314,7 +314,7 @@ def test_repair_over_a_foreign_signature_needs_confirmation(
     monkeypatch.setattr("sys.stdin", _Pipe(""))
     code, _, err = run(capsys, "luks", "open-test", str(img), "--key-file", str(key))
     assert code == 3
-    assert "LVM2_member signature" in err
+    assert "signatures: LVM2_member" in err
     code, _, err = run(capsys, "luks", "repair", str(img))
     assert code == 9
     assert "--batch-mode" in err

@@ -84,7 +84,7 @@ def test_primary_overwritten_by_foreign_signature_is_refused(
     img = _volume(tmp_path)
     write(img)  # also breaks the primary header (magic or checksum)
     before = img.read_bytes()
-    with FileRange(img) as storage, pytest.raises(FormatError, match=f"{name} signature"):
+    with FileRange(img) as storage, pytest.raises(FormatError, match=f"signatures: {name}"):
         Luks2Volume.open(storage)
     assert img.read_bytes() == before  # nothing written
 
@@ -93,7 +93,7 @@ def test_secondary_damaged_with_foreign_signature_is_refused(tmp_path: Path) -> 
     img = _volume(tmp_path)
     _patch(img, 16384 + 448, b"\xff" * 8)  # secondary checksum
     _patch(img, 65536 + 64, b"_BHRfS_M")  # btrfs superblock inside the keyslots area
-    with FileRange(img) as storage, pytest.raises(FormatError, match="btrfs signature"):
+    with FileRange(img) as storage, pytest.raises(FormatError, match="signatures: btrfs"):
         read_header(storage)
 
 
