@@ -38,7 +38,7 @@ KDF_SALT_SIZE = 32
 DEFAULT_CIPHER = "aes-xts-plain64"
 SUPPORTED_CIPHERS = ("aes-xts-plain64",)
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
-_UINT64_RE = re.compile(r"^[0-9]{1,20}$")
+_UINT64_RE = re.compile(r"^[0-9]+$")
 
 
 class KdfType(enum.StrEnum):
@@ -53,12 +53,12 @@ class KdfType(enum.StrEnum):
 
 
 def _u64(value: Any, what: str) -> int:
-    if not isinstance(value, str) or not _UINT64_RE.match(value):
+    if not isinstance(value, str) or not _UINT64_RE.fullmatch(value):
         raise FormatError(f"LUKS2 {what}: expected a decimal string-uint64, got {value!r}")
-    n = int(value)
-    if n >= 1 << 64:
-        raise FormatError(f"LUKS2 {what}: {n} does not fit 64 bits")
-    return n
+    digits = value.lstrip("0") or "0"  # leading zeros are fine for strtoull, so for us
+    if len(digits) > 20 or int(digits) >= 1 << 64:
+        raise FormatError(f"LUKS2 {what}: {digits[:24]} does not fit 64 bits")
+    return int(digits)
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:

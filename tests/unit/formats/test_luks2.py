@@ -158,6 +158,8 @@ JSON_NEGATIVE = [
     ("key_size negative", ["keyslots", "0", "key_size"], -1, "integer"),
     ("u64 not string", ["segments", "0", "offset"], 16777216, "string"),
     ("u64 negative", ["segments", "0", "offset"], "-1", "string-uint64"),
+    ("u64 newline", ["segments", "0", "offset"], "16777216\n", "string-uint64"),
+    ("u64 too long", ["segments", "0", "offset"], "9" * 5000, "64 bits"),
     ("bad base64", ["digests", "0", "salt"], "!!!", "base64"),
     ("digest missing keyslot", ["digests", "0", "keyslots"], ["0", "7"], "missing keyslot"),
     ("keyslot in no digest", ["digests", "0", "keyslots"], [], "named by 0 digests"),
