@@ -123,3 +123,8 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+
+# --- enrolment hardening: EK certificates, EK CA trust stores (docs/provisioning.md) ----------
+EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
+ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
+EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store

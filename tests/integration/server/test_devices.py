@@ -211,7 +211,17 @@ def test_revoke_refuses_next_request_and_lists_on_crl(world: FleetWorld, tmp_pat
     ca = x509.load_pem_x509_certificate(c.get("/v1/ca").content)
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     assert "device.revoke" in world.audit_events()
-    # coming back needs a new provisioning key: a fresh enrolment is a new device
+    # revocation sticks: the revoked TPM's EK is denied until an admin lifts it; then
+    # coming back needs a new provisioning key, and a fresh enrolment is a new device
+    from bastion.errors import VerificationError
+    from bastion.server.provisioning.policy import ek_hash
+
+    with pytest.raises(VerificationError, match="deny-list"):
+        Dev(world, tmp_path / "a", "cam-f")
+    ek = ek_hash(dev.tpm.ek_public())
+    lift = f"/v1/fleets/{world.fleet_id}/ek-denylist/{ek}"
+    assert c.delete(lift, headers=world.headers["operator"]).status_code == 403
+    assert c.delete(lift, headers=world.headers["admin"]).status_code == 204
     again = Dev(world, tmp_path / "a", "cam-f")
     assert again.id != dev.id
     assert c.get("/v1/device", headers=dev.headers).status_code == 401
