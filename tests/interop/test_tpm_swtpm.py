@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from tests.conftest import TpmRig, need_module, need_tool, need_tss
+from tests.conftest import TpmRig, need_tool, need_tss
 
 from bastion.cli.main import main
 from bastion.errors import BackendError
@@ -68,7 +68,6 @@ def test_cli_quote_accepted_by_tpm2_checkquote(
         sw = Swtpm.start(tmp_path / "sw")
         uri = sw.uri
     else:
-        need_module("bastion.tpm.software")
         sw, uri = None, f"software:{tmp_path / 'tpm.state'}"
     try:
         assert main(["tpm", "extend", "7", "--data", "shim", "--tpm", uri]) == 0
@@ -211,8 +210,6 @@ def test_tpm2_makecredential_offline_activates(backend: str, tmp_path: Path) -> 
     need_tool("tpm2_makecredential")
     if backend == "tss":
         need_tss()
-    else:
-        need_module("bastion.tpm.software")
     rig = TpmRig(backend, tmp_path)
     try:
         ak = rig.tpm.create_ak()
@@ -345,7 +342,6 @@ def test_ek_public_matches_tpm2_createek(swtpm: Swtpm, tmp_path: Path) -> None:
 
 
 def test_software_ek_has_the_tcg_template(swtpm: Swtpm, tmp_path: Path) -> None:
-    need_module("bastion.tpm.software")
     from dataclasses import replace
 
     from bastion.tpm.software import SoftwareTpm

@@ -1,24 +1,20 @@
 """Authorization-matrix rows and principals for provisioning, enrolment and device routes.
 
-Principals added to the world (each device enrolled for real through a private swtpm
-with tpm2-pytss, then the TPM is stopped; the decrypted device API key is kept):
+Principals added to the world (each device enrolled for real with a fresh software TPM
+into fleet A, a development fleet (EK policy ``any``); the decrypted device API key is
+kept):
 ``provisioning_key`` (a fleet-A key with uses left), ``device`` and ``other_device``
 (two enrolled devices of fleet A), ``revoked_device`` (enrolled, then revoked).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from server_authz import _NOT_USER, OK, USERS, Row, World, all_levels
-
-from bastion.io.runner import find_tool
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # device routes: only a (non-revoked) device; every device sees only itself
 _device: dict[str, int | str] = {name: 403 for name in (*USERS, "read_token")}
@@ -38,15 +34,15 @@ LEVELS = {"device": _device, "enrol": _enrol, "open": _open}
 
 
 def _enrol_device(world: World, key: str, serial: str) -> tuple[str, dict[str, str]]:
-    from devicekit import tss_tpm
-
+    """Enrol a fresh software TPM (fleet A is a development fleet, EK policy ``any``)."""
     from bastion.device.provision import provision
+    from bastion.tpm.software import SoftwareTpm
 
     folder = Path(tempfile.mkdtemp(prefix="authz-tpm-"))
     try:
-        with tss_tpm(folder) as tpm:
-            identity = provision(tpm, world.client, provisioning_key=key, serial=serial)
-            headers = {"Authorization": f"Bearer {identity.api_key(tpm)}"}
+        tpm = SoftwareTpm(folder / "tpm.state")
+        identity = provision(tpm, world.client, provisioning_key=key, serial=serial)
+        headers = {"Authorization": f"Bearer {identity.api_key(tpm)}"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return identity.device_id, headers
@@ -61,10 +57,8 @@ def _new_key(world: World, uses: int = 100) -> dict[str, Any]:
 
 
 def add_principals(world: World) -> None:
-    if find_tool("swtpm") is None:
-        if IN_CI:
-            raise RuntimeError("swtpm missing: the matrix needs it for device principals")
-        return
+    # fleet A enrols software TPMs: a development fleet, as the demo's
+    world.put("org_owner", f"/v1/fleets/{world.vars['fleet']}/ek-policy", {"ek_policy": "any"})
     key = _new_key(world)
     world.vars["pkey"] = key["id"]
     world.extra["pkey_secret"] = key["key"]
@@ -109,12 +103,11 @@ def _fresh_key(world: World, _who: str) -> dict[str, Any]:
 
 def _enrol_tpm(world: World) -> Any:
     """A software TPM that builds real enrolment evidence for the enrol rows."""
-    if "enrol_tpm" not in world.extra:
-        from bastion.tpm.software import SoftwareTpm
+    from bastion.tpm.software import SoftwareTpm
 
-        folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
-        world.extra["enrol_tpm"] = SoftwareTpm(folder / "tpm.state")
-    return world.extra["enrol_tpm"]
+    # a fresh TPM each time: one EK may be active in only one device of the fleet
+    folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
+    return SoftwareTpm(folder / "tpm.state")
 
 
 def _begin_body(world: World, _who: str) -> dict[str, Any]:
