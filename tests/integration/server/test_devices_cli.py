@@ -226,3 +226,37 @@ def test_cli_bad_input_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
     del world
+
+
+def _live_keys(world: FleetWorld) -> int:
+    listed = world.client.get(
+        f"/v1/fleets/{world.fleet_id}/provisioning-keys", headers=world.headers["admin"]
+    ).json()
+    return sum(1 for k in listed if not k["revoked"])
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "folder", "write-fails"])
+def test_provisioning_key_create_leaves_no_unseen_live_key(  # type: ignore[no-untyped-def]
+    served, tmp_path: Path, monkeypatch, capsys, where: str
+) -> None:
+    world, url = served
+    monkeypatch.setenv("BASTION_CONFIG", str(tmp_path / "operator.json"))
+    monkeypatch.setenv("BASTION_TOKEN", world.headers["admin"]["Authorization"].split()[1])
+    out = {
+        "missing-folder": tmp_path / "no" / "such" / "pk",
+        "folder": tmp_path,
+        "write-fails": tmp_path / "pk",
+    }[where]
+    if where == "write-fails":  # the probe passes, then the real write fails
+
+        def broken(*_a: object, **_k: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("bastion.cli.provisioning_key.atomic_write", broken)
+    before = _live_keys(world)
+    argv = ["provisioning-key", "create", "--fleet", world.fleet_id, "--server", url]
+    code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err, err
+    assert _live_keys(world) == before
+    assert not (tmp_path / "pk").exists()
