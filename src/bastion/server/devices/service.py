@@ -42,6 +42,7 @@ from bastion.server.devices.models import (
     DeviceStatus,
     RevokedCertificate,
 )
+from bastion.server.ektrust.service import deny
 from bastion.server.orgs import repository as org_repo
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
 
@@ -210,8 +211,6 @@ def revoke(
         device.status = DeviceStatus.REVOKED
         device.revoked_at = now
         _revoke_cert(session, device, now, "revoked")
-        from bastion.server.ektrust.service import deny
-
         deny(
             session,
             fleet_id=fleet_id,

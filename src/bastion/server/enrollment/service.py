@@ -248,6 +248,7 @@ class EnrollmentService:
                 raise ExpiredError(f"enrolment challenge {challenge.id} expired")
             keys = en.derive_keys(challenge.secret, challenge.id)
             en.check_finish_proof(keys, challenge.id, proof)
+            org_repo.lock_fleet(session, key.fleet_id)  # one finish per fleet at a time
             ektrust.check_not_denied(session, key.fleet_id, challenge.ek_hash)
             _check_unique(session, key.fleet_id, challenge.serial, challenge.ek_hash)
             if not pk_repo.consume_use(session, key.id, now):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
@@ -89,3 +89,15 @@ def delete_env(session: Session, fleet_id: str, name: str) -> int:
         delete(FleetEnvVar).where(FleetEnvVar.fleet_id == fleet_id, FleetEnvVar.name == name)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def lock_fleet(session: Session, fleet_id: str) -> None:
+    """Hold the fleet row's write lock until the transaction ends (a no-op UPDATE: a row
+    lock on PostgreSQL, the database write lock on SQLite): enrolment's uniqueness
+    checks and the device insert then run one fleet-wide transaction at a time."""
+    session.execute(
+        update(Fleet)
+        .where(Fleet.id == fleet_id)
+        .values(ek_policy=Fleet.ek_policy)
+        .execution_options(synchronize_session=False)
+    )

@@ -21,6 +21,7 @@ from bastion.server.auth.principal import Principal
 from bastion.server.auth.rbac import FleetAccess, OrgAccess, OrgRole, Role, scope_cap
 from bastion.server.context import AppContext
 from bastion.server.db.base import new_id
+from bastion.server.devices.service import revoke_all_of_fleet
 from bastion.server.orgs import repository as repo
 from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
 from bastion.server.users import repository as users_repo
@@ -186,8 +187,6 @@ def visible_fleets(
 
 
 def delete_fleet(ctx: AppContext, session: Session, access: FleetAccess) -> None:
-    from bastion.server.devices.service import revoke_all_of_fleet
-
     fleet = session.get(Fleet, access.fleet.id)
     if fleet is None:
         raise NotFoundError(f"fleet {access.fleet.id!r} not found")
