@@ -115,7 +115,12 @@ def _device_tpm(dev: Path, spec: str | None) -> Iterator[Tpm]:
 
 
 def _line(d: dict[str, Any]) -> str:
-    return f"{d['id']}  {d['status']:<8} {d['serial']:<24} last seen {d.get('last_seen_at') or '-'}"
+    trust = d.get("ek_trust") or "-"
+    flag = "  (DEVELOPMENT: no TPM hardware proof)" if trust == "any" else ""
+    return (
+        f"{d['id']}  {d['status']:<8} {d['serial']:<24} ek {trust:<10} "
+        f"last seen {d.get('last_seen_at') or '-'}{flag}"
+    )
 
 
 def _list(args: argparse.Namespace) -> int:

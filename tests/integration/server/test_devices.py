@@ -301,6 +301,11 @@ def test_deleting_a_fleet_revokes_its_devices_certificates(
     assert made.status_code == 201, made.text
     fleet = made.json()
     assert fleet["ek_policy"] == "any" and "DEVELOPMENT" in fleet["warning"]
+    for path in ("/v1/fleets", f"/v1/orgs/{world.org_id}/fleets", f"/v1/fleets/{fleet['id']}"):
+        listed = world.client.get(path, headers=owner).json()
+        rows = listed if isinstance(listed, list) else [listed]
+        for row in rows:  # every listing carries the policy, and the warning when "any"
+            assert ("DEVELOPMENT" in (row["warning"] or "")) is (row["ek_policy"] == "any")
     devs = []
     for serial in ("d-1", "d-2"):
         tpm = SoftwareTpm(tmp_path / serial / "tpm.state")
