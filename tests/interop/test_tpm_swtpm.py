@@ -431,3 +431,35 @@ def test_relative_state_dir_is_made_absolute(
         finally:
             tpm.close()
     assert os.listdir(tmp_path / "rel")
+
+
+def test_swtpm_volatile_state_resumes_pcrs_and_power_on_resets_them(tmp_path: Path) -> None:
+    """save_volatile + start(resume=True) keeps the PCRs a boot measured; a plain start
+    (a power-on) and restart() reset them."""
+    need_tss()
+    from bastion.tpm.tss import TssTpm
+
+    sel = PcrSelection(HashAlg.SHA256, (16,))
+    digest = {HashAlg.SHA256: hashlib.sha256(b"measured").digest()}
+    with Swtpm.start(tmp_path / "sw") as sw:
+        tpm = TssTpm(sw.uri)
+        tpm.pcr_extend(16, digest)
+        measured = tpm.pcr_read(sel)[16]
+        tpm.close()
+        sw.save_volatile()
+    assert measured != bytes(32)
+    with Swtpm.start(tmp_path / "sw", resume=True) as sw:
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == measured
+        tpm.close()
+        sw.save_volatile()
+        sw.restart()
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == bytes(32)
+        tpm.close()
+    with Swtpm.start(tmp_path / "sw") as sw:
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == bytes(32)
+        tpm.close()
+    with pytest.raises(BackendError, match="not running"):
+        sw.save_volatile()

@@ -581,3 +581,24 @@ def test_interop_swtpm_setup_ek_certificate(
     assert device["ek_trust"] == "certified"
     cas = world.client.get(f"/v1/fleets/{world.fleet_id}/ek-cas", headers=world.headers["viewer"])
     assert "CN=swtpm-localca" in [c["subject"] for c in cas.json()]
+
+
+def test_negative_genuine_ek_certificate_of_a_maker_the_fleet_does_not_trust(
+    world: FleetWorld,
+    tpm,  # type: ignore[no-untyped-def]
+) -> None:
+    """swtpm's real EK certificate, into a certified fleet that trusts only another
+    maker (and, before that, no maker at all)."""
+    from cryptography.hazmat.primitives import serialization
+
+    fleet = world.other_fleet_id
+    set_ek_policy(world, fleet, "certified")
+    try:
+        with pytest.raises(VerificationError, match="trusts no EK CA"):
+            world.enrol(tpm, world.create_key(fleet_id=fleet))
+        _, other_maker = _ca("Another TPM Maker")
+        trust_ek_ca(world, fleet, other_maker.public_bytes(serialization.Encoding.PEM))
+        with pytest.raises(VerificationError, match="untrusted"):
+            world.enrol(tpm, world.create_key(fleet_id=fleet))
+    finally:
+        set_ek_policy(world, fleet, "any")
