@@ -602,3 +602,16 @@ def test_negative_genuine_ek_certificate_of_a_maker_the_fleet_does_not_trust(
             world.enrol(tpm, world.create_key(fleet_id=fleet))
     finally:
         set_ek_policy(world, fleet, "any")
+
+
+def test_negative_policy_tightened_between_begin_and_finish(world: FleetWorld, tpm) -> None:  # type: ignore[no-untyped-def]
+    fleet = world.other_fleet_id  # development: begin passes with policy "any"
+    key = world.create_key(fleet_id=fleet)
+    ak, _, begin = _begin(world, tpm, key)
+    assert begin.status_code == 200, begin.text
+    set_ek_policy(world, fleet, "certified")
+    try:
+        late = _finish(world, tpm, ak, key, begin.json())
+        _refusal(late, 403, "became 'certified'")
+    finally:
+        set_ek_policy(world, fleet, "any")

@@ -85,3 +85,24 @@ def check_ek_policy(
             )
         return kind
     return kind
+
+
+_STRENGTH = {EkPolicy.ANY: 0, EkPolicy.ALLOW_LIST: 1, EkPolicy.CERTIFIED: 2}
+
+
+def check_still_meets(met: str | None, policy: str) -> None:
+    """At finish: PolicyError when the fleet's policy became stricter than the one the
+    evidence met at begin (an unknown or missing value counts as ``any``)."""
+    try:
+        have = _STRENGTH[EkPolicy(met or EkPolicy.ANY.value)]
+    except ValueError:
+        have = 0
+    try:
+        need = _STRENGTH[EkPolicy(policy)]
+    except ValueError as exc:
+        raise PolicyError(f"fleet EK policy {policy!r} is unknown") from exc
+    if have < need:
+        raise PolicyError(
+            f"the fleet's EK policy became {policy!r} after this enrolment began "
+            f"(its evidence met {met or 'any'!r}); start again"
+        )

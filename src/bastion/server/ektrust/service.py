@@ -102,8 +102,11 @@ def list_cas(session: Session, fleet_id: str) -> list[FleetEkCa]:
 
 def remove_ca(session: Session, access: FleetAccess, ca_id: str, now: dt.datetime) -> None:
     """Stop trusting a CA (by id or SHA-256); devices enrolled through it stay enrolled."""
+    wanted = ca_id.strip()
     rows = [
-        r for r in repo.cas_of_fleet(session, access.fleet_id) if ca_id in (r.id, r.sha256.lower())
+        r
+        for r in repo.cas_of_fleet(session, access.fleet_id)
+        if wanted == r.id or wanted.lower() == r.sha256
     ]
     if not rows:
         raise NotFoundError(f"EK CA {ca_id[:64]!r} not found in this fleet")

@@ -46,7 +46,7 @@ from bastion.server.devices import repository as device_repo
 from bastion.server.devices.ca import DeviceCa
 from bastion.server.devices.models import Device, DeviceStatus
 from bastion.server.ektrust import service as ektrust
-from bastion.server.ektrust.policy import check_ek_policy
+from bastion.server.ektrust.policy import check_ek_policy, check_still_meets
 from bastion.server.enrollment.evidence import EnrollmentEvidence, verify_evidence
 from bastion.server.enrollment.models import EnrollmentChallenge
 from bastion.server.orgs import repository as org_repo
@@ -149,6 +149,7 @@ class EnrollmentService:
         fleet = org_repo.get_fleet(session, key.fleet_id)
         if fleet is None:
             raise AuthError(f"provisioning key {key.id} has no fleet")
+        ektrust.check_not_denied(session, fleet.id, ek_sha256)
         met = check_ek_policy(
             fleet.ek_policy,
             key=state_of(key),
@@ -158,7 +159,6 @@ class EnrollmentService:
             anchors=ektrust.anchors(session, fleet.id) if ev.ek_certificate else [],
             now=now,
         )
-        ektrust.check_not_denied(session, fleet.id, ek_sha256)
         _check_unique(session, fleet.id, ev.serial, ek_sha256)
         return met.value
 
@@ -249,6 +249,10 @@ class EnrollmentService:
             keys = en.derive_keys(challenge.secret, challenge.id)
             en.check_finish_proof(keys, challenge.id, proof)
             org_repo.lock_fleet(session, key.fleet_id)  # one finish per fleet at a time
+            fleet = org_repo.get_fleet(session, key.fleet_id)
+            if fleet is None:
+                raise AuthError(f"provisioning key {key.id} has no fleet")
+            check_still_meets(challenge.ek_trust, fleet.ek_policy)
             ektrust.check_not_denied(session, key.fleet_id, challenge.ek_hash)
             _check_unique(session, key.fleet_id, challenge.serial, challenge.ek_hash)
             if not pk_repo.consume_use(session, key.id, now):
