@@ -163,11 +163,13 @@ def manufacture_swtpm(state: Path, ca_dir: Path) -> Path:
         f"issuercert = {ca_dir / 'issuercert.pem'}\n"
         f"certserial = {ca_dir / 'certserial'}\n"
     )
+    options = ca_dir / "swtpm-localca.options"
+    options.write_text("--platform-manufacturer bastion-tests\n--platform-model swtpm\n")
     setup = ca_dir / "swtpm_setup.conf"
     setup.write_text(
         "create_certs_tool = swtpm_localca\n"
         f"create_certs_tool_config = {localca}\n"
-        "create_certs_tool_options = /etc/swtpm-localca.options\n"
+        f"create_certs_tool_options = {options}\n"
         "active_pcr_banks = sha256\n"
     )
     subprocess.run(
