@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,20 +103,25 @@ def _fresh_key(world: World, _who: str) -> dict[str, Any]:
     return {"pkey": _new_key(world, 1)["id"]}
 
 
-def _enrol_tpm(world: World) -> Any:
-    """A software TPM that builds real enrolment evidence for the enrol rows."""
+@contextmanager
+def _enrol_tpm() -> Iterator[Any]:
+    """A fresh software TPM that builds real enrolment evidence for the enrol rows (one
+    EK may be active in only one device of the fleet); its folder is removed after."""
     from bastion.tpm.software import SoftwareTpm
 
-    # a fresh TPM each time: one EK may be active in only one device of the fleet
     folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
-    return SoftwareTpm(folder / "tpm.state")
+    try:
+        yield SoftwareTpm(folder / "tpm.state")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _begin_body(world: World, _who: str) -> dict[str, Any]:
     """Real evidence from a TPM: a provisioning key gets 200, everyone else is refused."""
     from bastion.device.provision import build_enrollment
 
-    _, _, body = build_enrollment(_enrol_tpm(world), world.unique("sn"))
+    with _enrol_tpm() as tpm:
+        _, _, body = build_enrollment(tpm, world.unique("sn"))
     return {"body": body}
 
 
@@ -129,14 +136,14 @@ def _finish_body(world: World, who: str) -> dict[str, Any]:
     if who != "provisioning_key":
         proof = base64.b64encode(b"\0" * 32).decode()
         return {"body": {"challenge_id": "ch_" + "0" * 32, "proof": proof}}
-    tpm = _enrol_tpm(world)
-    ak, _, body = build_enrollment(tpm, world.unique("sn"))
-    begin = world.client.post("/v1/enroll/begin", json=body, headers=world.headers[who])
-    assert begin.status_code == 200, begin.text
-    out = begin.json()
-    secret = tpm.activate_credential(
-        ak, base64.b64decode(out["credential_blob"]), base64.b64decode(out["encrypted_secret"])
-    )
+    with _enrol_tpm() as tpm:
+        ak, _, body = build_enrollment(tpm, world.unique("sn"))
+        begin = world.client.post("/v1/enroll/begin", json=body, headers=world.headers[who])
+        assert begin.status_code == 200, begin.text
+        out = begin.json()
+        secret = tpm.activate_credential(
+            ak, base64.b64decode(out["credential_blob"]), base64.b64decode(out["encrypted_secret"])
+        )
     cid = out["challenge_id"]
     proof = base64.b64encode(en.finish_proof(en.derive_keys(secret, cid), cid)).decode()
     return {"body": {"challenge_id": cid, "proof": proof}}
