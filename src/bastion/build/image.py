@@ -43,11 +43,11 @@ from bastion.io.runner import CommandRunner
 from bastion.storage.verity_reader import format_region, verify_region
 from bastion.trust.envelope import parse_envelope, sign_envelope, verify_envelope
 from bastion.trust.keys import load_public_key
-from bastion.trust.signer import SignatureScheme, Signer, Verifier
+from bastion.trust.signer import PublicKey, SignatureScheme, Signer, Verifier
 
 MiB = 1024 * 1024
 IMAGE_PAYLOAD_TYPE = "application/vnd.bastion.disk-image+json"
-LOADER_VERSION = "bastion-loader 1"
+LOADER_VERSION = bu.LOADER_VERSION
 DEFAULT_DATA_SIZE = 64 * MiB
 SIG_PART_SIZE = 16 * 1024
 BOOTCTL_PART_SIZE = 64 * 1024
@@ -74,15 +74,27 @@ def sig_part(slot: str) -> str:
 
 @dataclass(frozen=True)
 class ImageKeys:
-    """The signers an image build needs (from ``bastion keys init``)."""
+    """The signers an image build needs (from ``bastion keys init``).
 
-    platform_root: Signer
+    ``platform_root`` is the platform root key's Signer, or only its public side
+    (a Verifier) together with ``loader_statement``, the bootloader statement it signed
+    at ``keys init``: then the build never needs the offline key.
+    """
+
+    platform_root: Signer | Verifier
     boot: Signer
     image: Signer
     verity: Signer
     verity_cert: x509.Certificate
     module: Signer | None = None
     module_cert: x509.Certificate | None = None
+    loader_statement: bytes | None = None
+
+    def platform_root_public(self) -> PublicKey:
+        """The platform root's public key (whichever side was given)."""
+        if isinstance(self.platform_root, Verifier):
+            return self.platform_root.public_key
+        return self.platform_root.public_key()
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,23 @@ def make_loader(keys: ImageKeys) -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     loader = bu.LoaderStage(LOADER_VERSION, boot_pem).to_bytes()
+    if keys.loader_statement is not None:
+        # signed once at `keys init`: check it covers this loader, never re-sign it
+        root = Verifier.of(keys.platform_root_public())
+        try:
+            doc = open_statement(keys.loader_statement, bu.STATEMENT_TYPE_LOADER, root)
+        except (SignatureError, FormatError) as exc:
+            raise SignatureError(f"key set loader statement: {exc}") from exc
+        if doc != json.loads(bu.loader_statement(loader)):
+            raise SignatureError(
+                "key set loader statement covers another boot key than the key set's"
+            )
+        return loader, keys.loader_statement
+    if isinstance(keys.platform_root, Verifier):
+        raise ConfigError(
+            "the platform root private key is needed to sign the bootloader: "
+            "the key set has no loader statement"
+        )
     return loader, sign_statement(
         bu.STATEMENT_TYPE_LOADER, bu.loader_statement(loader), keys.platform_root
     )
@@ -372,7 +401,7 @@ def build_image(
         root_hash = result.root_hash
         unit, unit_sig = make_unit(spec, keys, root_hash, "a", data_blocks=params.data_blocks)
         loader, loader_sig = make_loader(keys)
-        root_pem = keys.platform_root.public_key().public_bytes(
+        root_pem = keys.platform_root_public().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         archive_entries = [

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
 from bastion.cli.image import load_image_trust
 from bastion.device import boot as chain
 from bastion.device.boot_create import create_device
@@ -19,16 +19,20 @@ from bastion.trust.keyset import KeySet
 
 
 def _create(args: argparse.Namespace) -> int:
-    keys = KeySet.load(args.keys)
+    keys = KeySet.load(args.keys, passphrase_source(args, args.keys))
     profile = make_profile(args.tamper_response, tuple(args.audit or ()))
+    # the platform root delegated profile signing to the boot key at `keys init`; only
+    # a key set made before delegations existed still needs the (offline) root key
+    delegation = keys.statement("profile-delegation")
     summary = create_device(
         Path(args.device),
         Path(args.image),
         load_image_trust(args.keys),
-        keys.signer("platform-root"),
+        keys.signer("boot" if delegation else "platform-root"),
         tpm=args.tpm or "software",
         fuses=args.fuses,
         profile=profile,
+        profile_delegation=delegation,
     )
     emit(
         args,
@@ -172,6 +176,7 @@ def register(subparsers: Any) -> None:
         help="log-and-continue for a feature (repeatable): loader-signature, unit-signature, "
         "rollback, module-signatures, verity-signature, verity",
     )
+    add_passphrase_flag(c)
     add_json_flag(c)
     c.set_defaults(func=_create)
 

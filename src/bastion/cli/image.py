@@ -12,20 +12,27 @@ from typing import Any
 
 from bastion.build import image as img
 from bastion.build.fs import FsType
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
 from bastion.errors import ConfigError, FormatError
 from bastion.formats import bootunit as bu
 from bastion.io.files import read_bounded
 from bastion.limits import BOOT_CONTAINER_MAX_SIZE
+from bastion.trust.keys import PassphraseCallback
 from bastion.trust.keyset import KeySet
 from bastion.trust.signer import SignatureScheme
 
 
-def load_image_keys(folder: str) -> img.ImageKeys:
-    """The signers of a product key set folder."""
-    ks = KeySet.load(folder)
+def load_image_keys(folder: str, passphrase: PassphraseCallback | None = None) -> img.ImageKeys:
+    """The signers of a product key set folder: online keys only.
+
+    The platform root key signed the bootloader statement at ``keys init``; only a key
+    set made before that statement existed still needs the platform root private key.
+    """
+    ks = KeySet.load(folder, passphrase)
+    loader = ks.statement("loader")
     return img.ImageKeys(
-        platform_root=ks.signer("platform-root"),
+        platform_root=ks.verifier("platform-root") if loader else ks.signer("platform-root"),
+        loader_statement=loader,
         boot=ks.signer("boot"),
         image=ks.signer("image"),
         verity=ks.signer("verity", scheme=SignatureScheme.RSA_PKCS1V15_SHA256),
@@ -76,7 +83,8 @@ def _build(args: argparse.Namespace) -> int:
         root_size=args.root_size * 1024 * 1024 if args.root_size else None,
         epoch=args.epoch,
     )
-    built = img.build_image(spec, load_image_keys(args.keys), Path(args.output))
+    keys = load_image_keys(args.keys, passphrase_source(args, args.keys))
+    built = img.build_image(spec, keys, Path(args.output))
     data = dict(built.metadata, path=str(built.path), signature=str(built.path) + ".sig")
     emit(
         args,
@@ -187,6 +195,7 @@ def register(subparsers: Any) -> None:
     b.add_argument("--root-size", type=int, metavar="MIB", help="slot capacity")
     b.add_argument("--epoch", type=int, default=0, help="timestamp of every file (reproducible)")
     b.add_argument("-o", "--output", required=True, metavar="disk.img")
+    add_passphrase_flag(b)
     add_json_flag(b)
     b.set_defaults(func=_build)
 

@@ -5,7 +5,8 @@ TCG event-log entry, device/measure.py) once verified:
 
 * **rom**: fuse bank -> platform root key hash; the boot archive's platform key must
   hash to it; the signed security profile and the bootloader statement must verify with
-  it; measures ROM identity (PCR 0), the authority (PCR 7) and the loader (PCR 4).
+  it (the profile may instead be signed by the key a root-signed delegation names,
+  trust/delegation.py); measures ROM identity (PCR 0), the authority (PCR 7) and the loader (PCR 4).
 * **bootloader**: boot-control (two checksummed copies) -> slot; the slot's boot unit
   statement must verify with the boot key the loader carries, the unit and each section
   must match it; security version >= fuse counter; tries left decremented; every
@@ -42,6 +43,7 @@ from cryptography import x509
 from bastion.build import image as img
 from bastion.device import boot_data, measure
 from bastion.device.platform import SimPlatform
+from bastion.device.profile import DELEGATION_FILE as PROFILE_DELEGATION_FILE
 from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
 from bastion.device.profile import (
     Feature,
@@ -67,6 +69,7 @@ from bastion.formats import bootunit as bu
 from bastion.formats import eventlog as el
 from bastion.storage.verity_reader import VerityReader, verify_region
 from bastion.tpm.base import HashAlg, PcrSelection, Tpm
+from bastion.trust import delegation
 from bastion.trust.envelope import parse_envelope, verify_envelope
 from bastion.trust.keys import load_public_key
 from bastion.trust.signer import Verifier
@@ -449,8 +452,16 @@ class BootChain:
         raw = self.platform.load("profile.json")
         if raw is None:
             raise _fail(Stage.ROM, "no signed security profile on the device")
+        trusted = [root]
         try:
-            payload = verify_envelope(parse_envelope(raw), [root], payload_type=PROFILE_TYPE)
+            granted = self.platform.load(PROFILE_DELEGATION_FILE)
+            if granted is not None:  # a present but bad delegation refuses the boot
+                trusted.append(
+                    delegation.verify_delegation(
+                        granted, root, delegation.ROLE_PROFILE, what="profile delegation"
+                    )
+                )
+            payload = verify_envelope(parse_envelope(raw), trusted, payload_type=PROFILE_TYPE)
             profile = parse_profile(payload)
         except (VerificationError, FormatError) as exc:
             raise _fail(Stage.ROM, f"security profile refused: {exc}") from exc

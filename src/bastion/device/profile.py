@@ -33,6 +33,8 @@ from bastion.errors import FormatError, LimitError
 from bastion.limits import PROFILE_MAX_SERIAL, PROFILE_MAX_SIZE
 
 PAYLOAD_TYPE = "application/vnd.bastion.security-profile+json"
+#: device file holding the platform root's delegation of profile signing (trust/delegation)
+DELEGATION_FILE = "profile-delegation.json"
 
 
 class TamperResponse(enum.StrEnum):
