@@ -40,6 +40,7 @@ from bastion.formats import bootctl, gpt, modsig
 from bastion.formats import bootunit as bu
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
+from bastion.storage.luks2_volume import DEFAULT_DATA_OFFSET
 from bastion.storage.verity_reader import format_region, verify_region
 from bastion.trust.envelope import parse_envelope, sign_envelope, verify_envelope
 from bastion.trust.keys import load_public_key
@@ -58,6 +59,25 @@ PART_DATA = "data"
 #: kernel command line word carrying the verity data block count (4 KiB blocks): the root
 #: hash does not bind the count a superblock claims, so the signed command line does
 VERITY_BLOCKS_PARAM = "bastion.verity_blocks"
+#: the dm-verity data and hash block size bastion uses: a root slot is a multiple of it
+VERITY_BLOCK = 4096
+#: the smallest data partition: LUKS2 headers and keyslot area, plus 1 MiB of data
+DATA_MIN_SIZE = DEFAULT_DATA_OFFSET + MiB
+#: command-line parameters the boot chain sets or reads itself, and why; ``--cmdline``
+#: may not set them (a second ``roothash=`` or a ``root=`` would point past verity)
+RESERVED_CMDLINE = {
+    "roothash": "the verity root hash of the slot, set by bastion",
+    "usrhash": "a verity /usr hash would bypass bastion's signed root",
+    "root": "the root device is the verity device bastion opens from roothash=",
+    "mount.usr": "a /usr mount outside the signed root",
+    "systemd.verity": "verity is set up by bastion from the signed command line",
+    "rd.systemd.verity": "verity is set up by bastion from the signed command line",
+}
+RESERVED_CMDLINE_PREFIXES = {
+    "bastion.": "bastion's own parameters (slot, verity block count)",
+    "systemd.verity_": "verity is set up by bastion from the signed command line",
+    "rd.systemd.verity_": "verity is set up by bastion from the signed command line",
+}
 
 
 def root_part(slot: str) -> str:
@@ -370,12 +390,69 @@ def _build_root_fs(
     )
 
 
+def check_cmdline(cmdline: str) -> None:
+    """Refuse a user command line that sets a parameter the chain sets or reads itself."""
+    if not cmdline.isascii() or not all(c.isprintable() for c in cmdline):
+        raise ConfigError("kernel command line: only printable ASCII is allowed")
+    for word in cmdline.split():
+        key = word.lstrip('"').partition("=")[0].rstrip('"')
+        why = RESERVED_CMDLINE.get(key)
+        if why is None:
+            why = next((w for p, w in RESERVED_CMDLINE_PREFIXES.items() if key.startswith(p)), None)
+        if why is not None:
+            raise ConfigError(f"kernel command line: {key}= is reserved ({why}); remove it")
+
+
+def _tree_bytes(root: Path) -> int:
+    """The bytes of the regular files under ``root`` (a lower bound of the filesystem)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            st = Path(folder, name).lstat()
+            if not os.path.islink(Path(folder, name)):
+                total += st.st_size
+    return total
+
+
+def check_sizes(spec: ImageSpec) -> None:
+    """Refuse partition sizes the image cannot have, before anything is built or written."""
+    if spec.data_size % gpt.SECTOR:
+        raise ConfigError(
+            f"partition {PART_DATA}: size {spec.data_size} bytes is not a multiple of the "
+            f"{gpt.SECTOR}-byte sector"
+        )
+    if spec.data_size < DATA_MIN_SIZE:
+        raise ConfigError(
+            f"partition {PART_DATA}: size {spec.data_size} bytes is smaller than the "
+            f"{DATA_MIN_SIZE} bytes its LUKS2 volume needs (16 MiB of headers + 1 MiB)"
+        )
+    if spec.root_size is not None:
+        if spec.root_size <= 0 or spec.root_size % VERITY_BLOCK:
+            raise ConfigError(
+                f"partition {root_part('a')}: slot size {spec.root_size} bytes is not a "
+                f"positive multiple of the {VERITY_BLOCK}-byte verity block"
+            )
+        if not spec.rootfs.is_dir():
+            raise ConfigError(f"root tree {spec.rootfs}: not a folder")
+        content = _tree_bytes(spec.rootfs)
+        if content > spec.root_size:
+            raise ConfigError(
+                f"partition {root_part('a')}: the root tree {spec.rootfs} holds {content} "
+                f"bytes, more than the slot size {spec.root_size} bytes"
+            )
+
+
 def build_image(
     spec: ImageSpec, keys: ImageKeys, out: Path, *, runner: CommandRunner | None = None
 ) -> BuiltImage:
-    """Build ``out`` and ``out`` + ``.sig``; see the module docstring."""
+    """Build ``out`` and ``out`` + ``.sig``; see the module docstring.
+
+    The command line and the partition sizes are checked first: a refusal writes nothing.
+    """
     if spec.security_version < 0:
         raise ConfigError(f"security version must be >= 0, got {spec.security_version}")
+    check_cmdline(spec.cmdline)
+    check_sizes(spec)
     # the root's identity (fs UUID, verity salt) depends on the root inputs only, so the
     # same root gives the same root hash whatever kernel boots it; other GUIDs on all
     root_seed = _root_seed(spec)
@@ -387,6 +464,11 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="bastion-image-") as tmp:
         root_img = Path(tmp) / "root.img"
         fs_size = _build_root_fs(spec, root_img, root_seed, runner)
+        if spec.root_size is not None and fs_size > spec.root_size:
+            raise ConfigError(
+                f"partition {root_part('a')}: the {spec.fs} root filesystem is {fs_size} "
+                f"bytes, larger than the slot size {spec.root_size} bytes"
+            )
         root_size = _mib(max(fs_size, spec.root_size or 0))
         params = VerityParams(
             data_blocks=fs_size // 4096,
@@ -643,6 +725,7 @@ def install_slot(
     slot bootable (and active when ``activate``) with fresh tries. Returns the root hash.
     The building block of an A/B update; the data volume is untouched.
     """
+    check_cmdline(spec.cmdline)
     layout = read_layout(disk)
     root_p, verity_p, sig_p = (
         layout.find(root_part(slot)),

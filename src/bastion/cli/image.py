@@ -54,6 +54,20 @@ def load_image_trust(folder: str) -> img.ImageTrust:
     )
 
 
+_UNITS = {"B": 1, "K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}
+
+
+def size_arg(text: str) -> int:
+    """A size in bytes from ``N`` (MiB), ``NB``, ``NK``, ``NM`` or ``NG`` (binary units)."""
+    value = text.strip().upper().removesuffix("IB")
+    unit = _UNITS["M"]
+    if value[-1:] in _UNITS:
+        unit, value = _UNITS[value[-1]], value[:-1]
+    if not value.isdigit() or len(value) > 15:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (N MiB, or NB, NK, NM, NG)")
+    return int(value) * unit
+
+
 def _read(path: str, what: str) -> bytes:
     return read_bounded(path, BOOT_CONTAINER_MAX_SIZE, what)
 
@@ -79,8 +93,8 @@ def _build(args: argparse.Namespace) -> int:
         version=args.version,
         security_version=args.security_version,
         fs=fs,
-        data_size=args.data_size * 1024 * 1024,
-        root_size=args.root_size * 1024 * 1024 if args.root_size else None,
+        data_size=args.data_size,
+        root_size=args.root_size,
         epoch=args.epoch,
     )
     keys = load_image_keys(args.keys, passphrase_source(args, args.keys))
@@ -185,14 +199,29 @@ def register(subparsers: Any) -> None:
     b.add_argument("--rootfs", required=True, metavar="DIR")
     b.add_argument("--kernel", required=True, metavar="FILE")
     b.add_argument("--initrd", metavar="FILE")
-    b.add_argument("--cmdline", metavar="TEXT")
+    b.add_argument(
+        "--cmdline",
+        metavar="TEXT",
+        help="extra kernel command line (roothash=, root=, bastion.* ... are set by bastion)",
+    )
     b.add_argument("--modules", metavar="DIR", help="*.ko files, signed with the module key")
     b.add_argument("--version", required=True)
     b.add_argument("--security-version", type=int, required=True, metavar="N")
     b.add_argument("--keys", required=True, metavar="DIR", help="from `bastion keys init`")
     b.add_argument("--fs", default="ext4", help="ext4 (default), squashfs or erofs")
-    b.add_argument("--data-size", type=int, default=64, metavar="MIB")
-    b.add_argument("--root-size", type=int, metavar="MIB", help="slot capacity")
+    b.add_argument(
+        "--data-size",
+        type=size_arg,
+        default=img.DEFAULT_DATA_SIZE,
+        metavar="SIZE",
+        help="data partition: N MiB, or with a unit B, K, M, G (default 64; at least 17M)",
+    )
+    b.add_argument(
+        "--root-size",
+        type=size_arg,
+        metavar="SIZE",
+        help="root slot capacity (multiple of 4K; default: the root filesystem's size)",
+    )
     b.add_argument("--epoch", type=int, default=0, help="timestamp of every file (reproducible)")
     b.add_argument("-o", "--output", required=True, metavar="disk.img")
     add_passphrase_flag(b)
