@@ -553,6 +553,42 @@ def read_layout(path: Path) -> gpt.GptDisk:
     return gpt.parse(head, sectors, tail)
 
 
+def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
+    """The image's GPT, with a damaged primary or backup copy rewritten from the other.
+
+    Returns the layout and one line per copy repaired (empty when both were intact), so
+    the caller can report it. A disk whose copies are both damaged raises FormatError.
+    """
+    layout = read_layout(path)
+    size = path.stat().st_size
+    sectors = size // gpt.SECTOR
+    with open(path, "rb") as handle:
+        head = handle.read(34 * gpt.SECTOR)
+        handle.seek(size - 33 * gpt.SECTOR)
+        tail = handle.read(33 * gpt.SECTOR)
+    repaired: list[str] = []
+    writes: list[tuple[bytes, int]] = []
+    try:
+        gpt.parse(head, sectors)
+    except FormatError as exc:
+        writes.append((layout.head_bytes(), 0))
+        repaired.append(f"primary GPT header damaged ({exc}); rewritten from the backup")
+    try:
+        gpt.parse_backup(tail, sectors)
+    except FormatError as exc:
+        writes.append((layout.tail_bytes(), layout.tail_offset))
+        repaired.append(f"backup GPT header damaged ({exc}); rewritten from the primary")
+    if writes:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for data, offset in writes:
+                _pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return layout, repaired
+
+
 def read_partition(path: Path, part: gpt.Partition, limit: int | None = None) -> bytes:
     """The bytes of one partition (the first ``limit`` bytes when given)."""
     with open(path, "rb") as handle:

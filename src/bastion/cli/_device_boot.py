@@ -7,12 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
+from bastion.cli._common import (
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    fail_line,
+    passphrase_source,
+)
 from bastion.cli.image import load_image_trust
 from bastion.device import boot as chain
 from bastion.device.boot_create import create_device
 from bastion.device.platform import SimPlatform
 from bastion.device.profile import make_profile
+from bastion.errors import BastionError
 from bastion.formats import eventlog as el
 from bastion.formats.bootctl import parse_partition
 from bastion.trust.keyset import KeySet
@@ -44,14 +51,25 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(report: chain.BootReport | None) -> None:
+    """Each boot warning (a repaired header, an audited failure, a wipe) on stderr."""
+    for warning in report.warnings if report is not None else ():
+        fail_line(f"warning: {warning}")
+
+
 def _boot(args: argparse.Namespace) -> int:
-    report = chain.boot(Path(args.device), full_verify=args.full_verify)
+    try:
+        report = chain.boot(Path(args.device), full_verify=args.full_verify)
+    except BastionError as exc:
+        _warn(getattr(exc, "boot_report", None))  # then main prints the cause, one line
+        raise
+    _warn(report)
     lines = [
         f"booted {args.device}: slot {report.slot}, version {report.version}, "
         f"security version {report.security_version} -> {report.reached}"
     ]
     lines += [f"  note: {n}" for n in report.notes]
-    lines += [f"  WARNING: {w}" for w in report.warnings]
+    lines += [f"  warning: {w}" for w in report.warnings]
     if report.first_boot:
         lines.append("  first boot: data volume created and sealed to the TPM")
     if report.recovery_key:

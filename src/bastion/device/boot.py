@@ -181,6 +181,7 @@ class BootChain:
         self.report = BootReport(full_verify=full_verify)
         self.profile = SecurityProfile()
         self._stage = Stage.ROM
+        self._abandoned: str | None = None  # why a slot was given up (try-other-slot)
 
     # --- public --------------------------------------------------------------------------
 
@@ -194,9 +195,18 @@ class BootChain:
                 self.report = BootReport(
                     full_verify=self.full_verify,
                     notes=self.report.notes + self.report.warnings,
+                    warnings=list(self.report.warnings),
                 )
                 continue
-        raise _fail(Stage.BOOTLOADER, "no slot left to try after a tamper response")
+            except BastionError as exc:
+                setattr(exc, "boot_report", self.report)  # noqa: B010 - for the CLI's warnings
+                raise
+        err = _fail(
+            Stage.BOOTLOADER,
+            f"no slot left to try after a tamper response ({self._abandoned or 'no cause'})",
+        )
+        setattr(err, "boot_report", self.report)  # noqa: B010
+        raise err
 
     # --- one power-on --------------------------------------------------------------------
 
@@ -240,12 +250,16 @@ class BootChain:
         response = self.profile.tamper_response
         if response is TamperResponse.TRY_OTHER_SLOT and slot is not None:
             self._mark_unbootable(slot)
-            self.report.notes.append(f"slot {slot} marked unbootable after: {err}")
+            self._abandoned = f"slot {slot} marked unbootable after: {err}"
+            self.report.notes.append(self._abandoned)
             raise _RebootError() from err
         if response is TamperResponse.WIPE_DATA:
             boot_data.wipe(self.platform)
             self.platform.set_state(reprovision=True)
-            self.report.notes.append("data volume wiped; the device must be re-provisioned")
+            wiped = "tamper response: data volume wiped; the device must be re-provisioned"
+            self.report.notes.append(wiped)
+            self.report.warnings.append(wiped)
+            err.args = (f"{err}; {wiped}",)  # the one error line announces the wipe
         raise err from exc
 
     def _chain(self, tpm: Tpm, rec: _Recorder) -> None:
@@ -264,7 +278,9 @@ class BootChain:
         if key_hash is None:
             raise _fail(stage, "no platform key hash is burned into the fuses")
         try:
-            layout = img.read_layout(disk)
+            # like UEFI firmware, restore a damaged GPT copy from the intact one, and say so
+            layout, repaired = img.repair_layout(disk)
+            self.report.warnings.extend(repaired)
             archive = img.read_archive(disk, layout)
             root_pem = archive.get("loader.key")
         except FormatError as exc:
@@ -305,7 +321,8 @@ class BootChain:
             self.report.notes.append(f"boot-control {problem}; using the other copy")
         slot = state.control.choose()
         if slot is None:
-            raise _fail(stage, "no bootable slot in boot-control")
+            why = f" ({self._abandoned})" if self._abandoned else ""
+            raise _fail(stage, f"no bootable slot in boot-control{why}")
         self.report.slot = slot
         unit = self._verify_unit(archive, slot, boot_verifier)
         if unit.security_version < counter:
@@ -417,7 +434,12 @@ class BootChain:
         rec.extend(measure.root_events(root_hash))
         try:
             first, recovery = boot_data.open_data_volume(
-                plat, layout, tpm, self.profile, measure.seal_selection()
+                plat,
+                layout,
+                tpm,
+                self.profile,
+                measure.seal_selection(),
+                warnings=self.report.warnings,
             )
         except BastionError as exc:
             raise _prefixed(stage, exc) from exc

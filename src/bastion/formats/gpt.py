@@ -278,6 +278,17 @@ def parse_entries(header: GptHeader, array: bytes) -> tuple[Partition, ...]:
     return tuple(parts)
 
 
+def parse_backup(tail: bytes, total_sectors: int) -> tuple[GptHeader, tuple[Partition, ...]]:
+    """The backup header and its entries from the disk's last sectors (``tail``)."""
+    header = parse_header(tail[-SECTOR:])
+    if header.current_lba != total_sectors - 1:
+        raise FormatError(f"backup GPT header says it is at LBA {header.current_lba}")
+    rel = header.entries_lba * SECTOR - (total_sectors - len(tail) // SECTOR) * SECTOR
+    if rel < 0:
+        raise FormatError(f"backup GPT entries at LBA {header.entries_lba} not in tail")
+    return header, parse_entries(header, tail[rel:])
+
+
 def parse(head: bytes, total_sectors: int, tail: bytes | None = None) -> GptDisk:
     """Parse a disk from its first sectors (``head``, at least MBR + header + entries).
 
@@ -298,13 +309,7 @@ def parse(head: bytes, total_sectors: int, tail: bytes | None = None) -> GptDisk
         if tail is None:
             raise
         try:
-            header = parse_header(tail[-SECTOR:])
-            if header.current_lba != total_sectors - 1:
-                raise FormatError(f"backup GPT header says it is at LBA {header.current_lba}")
-            rel = header.entries_lba * SECTOR - (total_sectors - len(tail) // SECTOR) * SECTOR
-            if rel < 0:
-                raise FormatError(f"backup GPT entries at LBA {header.entries_lba} not in tail")
-            parts = parse_entries(header, tail[rel:])
+            header, parts = parse_backup(tail, total_sectors)
         except FormatError as backup_error:
             raise FormatError(f"primary GPT: {primary_error}; backup GPT: {backup_error}") from None
     if header.last_usable >= total_sectors:
