@@ -101,17 +101,31 @@ def create_device(
     }
 
 
-def sign_profile(folder: Path, profile: SecurityProfile, platform_root: Signer) -> None:
-    """Replace a device's security profile (signed by the platform root key).
+def sign_profile(
+    folder: Path,
+    profile: SecurityProfile,
+    platform_root: Signer,
+    *,
+    trust: Verifier | None = None,
+    profile_delegation: bytes | None = None,
+) -> None:
+    """Replace a device's security profile (signed by the platform root key, or by the
+    key ``profile_delegation`` names, checked against the platform root ``trust``).
 
     A profile not yet bound to a device (``device == ""``) is bound to this device's EK
     here; give it a higher ``serial`` than the one it replaces, or the ROM refuses it.
     """
+    if profile_delegation is not None:
+        if trust is None:
+            raise ConfigError("a profile delegation is checked against the platform root key")
+        check_profile_signer(platform_root, trust, profile_delegation)
     plat = SimPlatform(folder)
     _ = plat.config  # must be a device
     if not profile.device:
         with plat.power_on() as dev_tpm:
             profile = dataclasses.replace(profile, device=device_id(dev_tpm.ek_public()))
+    if profile_delegation is not None:
+        plat.store(DELEGATION_FILE, profile_delegation)
     plat.store(
         "profile.json", sign_envelope(PAYLOAD_TYPE, profile.to_bytes(), [platform_root]).to_bytes()
     )

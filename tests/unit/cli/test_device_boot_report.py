@@ -141,6 +141,9 @@ def test_wipe_announces_itself(
     _flip(disk, boot.offset + raw.index(KERNEL[:16]) + 2)
     code, out, err = _run(capsys, "device", "boot", "--json", str(dev))
     assert code == 2
+    error = json.loads(out)["error"]
+    assert error["code"] == 2 and error["kind"] == "TamperError"
+    assert "data volume wiped" in error["message"]
     lines = err.splitlines()
     assert lines[0].startswith("bastion: warning: tamper response: data volume wiped")
     assert lines[-1].startswith("bastion: TamperError: bootloader: ")

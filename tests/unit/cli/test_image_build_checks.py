@@ -110,8 +110,6 @@ def test_allowed_cmdline_and_sizes_build(
 def test_size_argument_is_a_usage_error(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(_build(inputs, tmp_path / "d.img", "--data-size", "lots"))
-    assert exc.value.code == 2
+    assert main(_build(inputs, tmp_path / "d.img", "--data-size", "lots")) == 9
     err = capsys.readouterr().err
     assert "usage: bastion image build" in err and "'lots' is not a size" in err

@@ -257,8 +257,8 @@ def test_bad_input_one_line_no_traceback(
 
 
 def test_group_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "verity")
-    assert code == 2 and "format" in out
+    code, _, err = _run(capsys, "verity")
+    assert code == 9 and "format" in err  # usage errors exit 9 (docs/cli.md), help on stderr
 
 
 def test_hash_file_is_not_truncated(
