@@ -81,7 +81,7 @@ def test_every_bastion_error_maps_to_its_documented_code() -> None:
         (["image", "nope"], "usage: bastion image ", "invalid choice"),
         (["device", "boot"], "usage: bastion device boot", "required: DEV"),
         (["server", "audit", "verify", "--what"], "usage: bastion server audit verify", "unrecog"),
-        (["keys", "generate", "rsa-9", "-o", "x"], "usage: bastion keys generate", "invalid choice"),
+        (["keys", "generate", "rsa-9", "-o", "x"], "usage: bastion keys generate", "invalid"),
         (["verity", "format", "a", "b", "--data-blocks", "x"], "usage: bastion verity format",
          "'x' is not an integer"),
         (["image"], "usage: bastion image ", "choose a sub-command: build, inspect"),
