@@ -62,6 +62,8 @@ def _boot(args: argparse.Namespace) -> int:
         report = chain.boot(Path(args.device), full_verify=args.full_verify)
     except BastionError as exc:
         _warn(getattr(exc, "boot_report", None))  # then main prints the cause, one line
+        if args.device not in str(exc):
+            exc.args = (f"{exc} (device {args.device})",)
         raise
     _warn(report)
     lines = [
@@ -117,15 +119,24 @@ def _inspect(args: argparse.Namespace) -> int:
         "last_boot": json.loads(last) if last else None,
     }
     text = [
-        f"device {args.device} ({doc['config'].get('tpm')} TPM)",
-        f"  fuses: key hash {doc['fuses']['key_hash']}, counter {doc['fuses']['counter']}",
+        f"device {args.device} ({doc['config'].get('tpm', '-')} TPM)",
+        f"  fuses: key hash {doc['fuses']['key_hash'] or '-'}, counter {doc['fuses']['counter']}",
         f"  boot control: active {doc['boot_control']['active']}",
     ]
     for name, s in doc["boot_control"]["slots"].items():
-        text.append(f"    slot {name}: {s}")
+        flags = [w for w in ("successful", "unbootable") if s[w]]
+        text.append(
+            f"    slot {name}: priority {s['priority']}, {s['tries_left']} tries left"
+            + "".join(f", {w}" for w in flags)
+        )
     if doc["last_boot"]:
         lb = doc["last_boot"]
-        text.append(f"  last boot: slot {lb['slot']} reached {lb['reached']} error {lb['error']}")
+        text.append(
+            f"  last boot: slot {lb.get('slot') or '-'} reached {lb.get('reached') or '-'}"
+            + (f", failed: {lb['error']}" if lb.get("error") else "")
+        )
+    else:
+        text.append("  last boot: none yet")
     emit(args, "\n".join(text), doc)
     return 0
 
@@ -155,7 +166,8 @@ def _eventlog(args: argparse.Namespace) -> int:
     ]
     lines += [f"replay sha256:{k:<2} {v}" for k, v in data["replay"].items()]
     if args.check:
-        lines.append(f"TPM PCRs equal the replay: {data['tpm_matches']}")
+        same = "yes" if data["tpm_matches"] else "NO: the event log does not explain the PCRs"
+        lines.append(f"TPM PCRs equal the replay: {same}")
     emit(args, "\n".join(lines), data)
     return 0 if not args.check or data["tpm_matches"] else 2
 

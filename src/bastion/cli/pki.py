@@ -140,14 +140,19 @@ def _verify(args: argparse.Namespace) -> int:
         else None
     )
     if len(args.cert) == 1:  # one certificate: its error is the command's error line
-        chain = pki.verify_chain(
-            certs(args.cert[0])[0],
-            roots=roots,
-            intermediates=untrusted,
-            usage=args.usage,
-            server_name=args.server_name,
-            crls=crls,
-        )
+        try:
+            chain = pki.verify_chain(
+                certs(args.cert[0])[0],
+                roots=roots,
+                intermediates=untrusted,
+                usage=args.usage,
+                server_name=args.server_name,
+                crls=crls,
+            )
+        except BastionError as exc:
+            if args.cert[0] in str(exc):
+                raise
+            raise _named(exc, args.cert[0]) from exc
         subjects = [c.subject.rfc4514_string() for c in chain.chain]
         emit(
             args,
@@ -171,10 +176,23 @@ def _verify(args: argparse.Namespace) -> int:
             results.append({"cert": path, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
     failed = [r for r in results if not r["ok"]]
     lines = [f"{r['cert']}: OK" if r["ok"] else f"{r['cert']}: {r['error']}" for r in results]
+    if failed and args.json:  # one JSON document: main's error object names each failure
+        raise VerificationError(
+            f"{len(failed)} of {len(results)} certificates do not verify: "
+            + "; ".join(f"{r['cert']}: {r['error']}" for r in failed)
+        )
     emit(args, "\n".join(lines), {"results": results, "usage": args.usage})
     if failed:
         raise VerificationError(f"{len(failed)} of {len(results)} certificates do not verify")
     return 0
+
+
+def _named(exc: BastionError, path: str) -> BastionError:
+    """The same error with the file it is about in front of the message."""
+    try:
+        return type(exc)(f"{path}: {exc}")
+    except TypeError:  # a class with other constructor arguments keeps its message
+        return exc
 
 
 def register(subparsers: Any) -> None:

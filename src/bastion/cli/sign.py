@@ -65,9 +65,7 @@ def _verify(args: argparse.Namespace) -> int:
         "valid_keyids": list(result.valid_keyids),
         "failures": list(result.failures),
     }
-    if not result.ok:
-        if args.json:
-            emit(args, "", data)
+    if not result.ok:  # with --json, main prints the error object
         raise SignatureError(f"{args.envelope}: " + "; ".join(result.failures))
     if args.output:
         atomic_write(args.output, result.payload)

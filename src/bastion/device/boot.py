@@ -590,7 +590,9 @@ def boot(folder: Path, *, full_verify: bool = False) -> BootReport:
 
 def read_eventlog(folder: Path) -> el.EventLog:
     """The event log of the device's last boot."""
-    raw = SimPlatform(folder).load(EVENTLOG_FILE)
+    plat = SimPlatform(folder)
+    _ = plat.config  # NotFoundError naming the folder when it is not a device
+    raw = plat.load(EVENTLOG_FILE)
     if raw is None:
         raise FormatError(f"device {folder} has no event log yet: boot it first")
     return el.parse(raw)
