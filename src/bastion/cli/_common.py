@@ -78,3 +78,19 @@ def passphrase_source(args: argparse.Namespace, what: str) -> Callable[[], bytes
         return asked[0]
 
     return ask
+
+
+def text_value(value: Any) -> str:
+    """A value as text output shows it, never as a Python repr: None is ``-``, a bool
+    ``yes``/``no``, a list its items joined by commas, a mapping ``key=value`` pairs."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(text_value(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={text_value(v)}" for k, v in value.items()) or "-"
+    return str(value)

@@ -136,13 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
     as_json = bool(getattr(args, "json", False))
+    func: Any = getattr(args, "func", None)
+    # a group typed without its sub-command: unless the group runs something itself
+    # (`bastion server` serves), its handler only prints help: make that a usage error
     choices = _missing_subcommand(used, args)
-    if choices is not None:
+    if choices is not None and getattr(func, "__name__", "_usage") in ("_usage", "<lambda>"):
         used.print_help(sys.stderr)
         message = f"choose a sub-command: {choices}"
         line = f"{used.prog}: error: {message}"
         return _fail(as_json, EXIT_USAGE, "UsageError", f"{used.prog}: {message}", line)
-    func: Any = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE

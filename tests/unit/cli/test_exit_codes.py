@@ -85,6 +85,7 @@ def test_every_bastion_error_maps_to_its_documented_code() -> None:
         (["verity", "format", "a", "b", "--data-blocks", "x"], "usage: bastion verity format",
          "'x' is not an integer"),
         (["image"], "usage: bastion image ", "choose a sub-command: build, inspect"),
+        (["fuses"], "usage: bastion fuses ", "choose a sub-command: show, blow, burn"),
         (["server", "audit"], "usage: bastion server audit ", "required: SUBCOMMAND"),
         (["--bogus"], "usage: bastion ", "unrecognized arguments"),
     ],
