@@ -46,6 +46,7 @@ def _summary(ks: KeySet) -> dict[str, Any]:
         "platform_root_hash": ks.platform_root_hash().hex(),
         "keys": [e.to_json() for e in ks.entries],
         "keep_offline": ks.offline_files(),
+        "statements": ks.statements,
     }
 
 
@@ -60,6 +61,11 @@ def _text(ks: KeySet, verb: str) -> str:
         "KEEP OFFLINE (move to offline storage, then delete here): "
         + ", ".join(str(ks.folder / f) for f in ks.offline_files())
     )
+    if ks.statements:
+        lines.append(
+            "signed by the platform root for builds and devices (so they never need it): "
+            + ", ".join(ks.statements.values())
+        )
     return "\n".join(lines)
 
 
