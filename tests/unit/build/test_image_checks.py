@@ -3,6 +3,8 @@ and ``install_slot`` refuses a reserved command-line word too."""
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ RESERVED = [
 @pytest.mark.parametrize("word", RESERVED)
 def test_reserved_words_are_refused_by_name(word: str) -> None:
     key = word.strip('"').split()[-1].partition("=")[0]
-    with pytest.raises(ConfigError, match=f"kernel command line: {key}= is reserved"):
+    with pytest.raises(ConfigError, match=re.escape(f"kernel command line: {key}= is reserved")):
         img.check_cmdline(f"console=ttyS0 {word}")
 
 
@@ -70,6 +72,6 @@ def test_install_slot_refuses_a_reserved_word_before_writing(tmp_path: Path) -> 
     tree = make_tree(tmp_path / "tree")
     disk = img.build_image(spec_for(tree), product_keys(), tmp_path / "disk.img").path
     before = disk.read_bytes()
-    with pytest.raises(ConfigError, match="bastion.slot= is reserved"):
+    with pytest.raises(ConfigError, match=re.escape("bastion.slot= is reserved")):
         img.install_slot(disk, spec_for(tree, cmdline="bastion.slot=a"), product_keys(), "b")
     assert disk.read_bytes() == before
