@@ -4,7 +4,6 @@ and ``install_slot`` refuses a reserved command-line word too."""
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest
