@@ -179,7 +179,12 @@ def _module_sign(s: dict[str, Path], out: Path) -> list[str]:
             "-o", str(out / "mod.ko")]  # fmt: skip
 
 
+def _keys_id(s: dict[str, Path], out: Path) -> list[str]:
+    return ["keys", "id", str(s["keys"] / "boot.key.pem")]
+
+
 SIGNING: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
+    "keys id": _keys_id,  # opens a private key, like every signing command
     "image build": _image_build,
     "device create": _device_create,
     "pki issue": _pki_issue,
