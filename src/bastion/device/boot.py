@@ -194,8 +194,8 @@ class BootChain:
             except _RebootError:
                 self.report = BootReport(
                     full_verify=self.full_verify,
-                    notes=self.report.notes + self.report.warnings,
-                    warnings=list(self.report.warnings),
+                    notes=list(self.report.notes),
+                    warnings=list(self.report.warnings),  # a repair stays reported
                 )
                 continue
             except BastionError as exc:
