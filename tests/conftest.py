@@ -1,20 +1,26 @@
-"""Shared test fixtures: locating reference tools, and failing (not skipping) in CI.
+"""Shared test fixtures: locating reference tools, strict runs, and a clean work tree.
 
 ``need_tool("veritysetup")`` returns the tool's path. When the tool is missing the test
-is skipped with a message naming the Debian package, except under ``CI=true`` where a
-missing tool is a failure: interop tests may never silently vanish in CI.
+is skipped with a message naming the Debian package, except in a strict run (``CI=true``
+or ``BASTION_STRICT_TESTS=1``, which ``make test`` sets) where a missing tool is a failure
+and any skipped test fails the whole run: interop tests may never silently vanish.
+
+Every test runs with its own temporary folder as the current directory, and the run fails
+if the repository's work tree changed under it (a test writing into the tree).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bastion.io.runner import TOOL_PACKAGES, find_tool
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = os.environ.get("CI", "").lower() == "true" or os.environ.get("BASTION_STRICT_TESTS") == "1"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def need_tool(name: str, package: str | None = None) -> str:
@@ -38,6 +44,56 @@ def need_module(name: str, pip_name: str | None = None) -> None:
         if IN_CI:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts in its own temporary folder, never in the work tree."""
+    monkeypatch.chdir(tmp_path)
+
+
+_TREE_KEY = pytest.StashKey[str | None]()
+
+
+def _tree_state() -> str | None:
+    """``git status`` of the repository (None outside a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        session.config.stash[_TREE_KEY] = _tree_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    before = session.config.stash.get(_TREE_KEY, None)
+    after = _tree_state()
+    problems: list[str] = []
+    if before is not None and after is not None and before != after:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))
+        problems.append("the tests changed the work tree: " + "; ".join(new[:10]))
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if IN_CI and skipped:
+        problems.append(f"{skipped} test(s) skipped in a strict run (zero skips allowed)")
+    for problem in problems:
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"bastion: {problem}", red=True, bold=True)
+    if problems and session.exitstatus == 0:
+        session.exitstatus = 1
 
 
 @pytest.fixture

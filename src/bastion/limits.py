@@ -72,8 +72,9 @@ EVENTLOG_MAX_EVENT_DATA = 1 * MiB
 EVENTLOG_MAX_ALGORITHMS = 8
 
 # --- GPT / disk images ------------------------------------------------------------------
-GPT_MAX_PARTITION_ENTRIES = 128
+GPT_MAX_PARTITION_ENTRIES = 65536  # sfdisk table-length; its own bound is only u32
 GPT_ENTRY_SIZE_MAX = 1024
+GPT_MAX_ENTRY_ARRAY_SIZE = 8 * MiB  # bytes of one entry array (65536 x 128)
 
 # --- signed envelopes, keys, certificates -------------------------------------------------
 ENVELOPE_MAX_SIZE = 16 * MiB
@@ -123,3 +124,25 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+
+# --- audit log keys and checkpoints; device log/event quotas (hardening: audit and logs) ---
+AUDIT_HMAC_KEY_MIN_SIZE = 32  # bytes of an audit HMAC key
+AUDIT_MAC_MAX_LENGTH = 2048  # base64 characters of one stored MAC or signature (RSA-4096: 684)
+AUDIT_CHECKPOINT_MAX_SIZE = 16 * KiB  # an audit checkpoint file
+DEVICE_RECORDS_MAX_COUNT = 10_000  # default per-device quota of log lines, and of events
+DEVICE_RECORDS_MAX_BYTES = 16 * MiB  # default per-device quota of log bytes, and of event bytes
+DEVICE_RECORDS_MAX_AGE_SECONDS = 30 * 86400  # default retention of device logs and events
+DEVICE_RECORD_MAX_SIZE = 16 * KiB  # one log line or one event's JSON (bytes)
+DEVICE_RECORDS_PAGE_MAX = 1000  # records in one page of GET .../logs or .../events
+LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
+INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this
+INVITATIONS_MAX_PENDING = 500  # open invitations one organisation may have at a time
+# --- PE/COFF images, Authenticode, UKIs (formats/pe.py, trust/authenticode.py) -----------
+PE_MAX_IMAGE_SIZE = 1 * GiB  # a whole UKI (kernel + initrd) held in memory
+PE_MAX_SECTIONS = 96  # the Windows loader's bound; COFF allows 65535
+PE_MAX_DATA_DIRECTORIES = 16  # IMAGE_NUMBEROF_DIRECTORY_ENTRIES
+PE_MAX_CERT_TABLE_SIZE = 1 * MiB  # the whole WIN_CERTIFICATE table
+PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
+AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
+PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
+PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.conftest import need_tool
 
@@ -167,3 +167,153 @@ def test_flipped_bit_in_sign_file_output_refused(material) -> None:
         bad[pos] ^= 0x80
         with pytest.raises((SignatureError, FormatError)):
             verify_module(bytes(bad), cert)
+
+
+# --- ECDSA and subjectKeyIdentifier signatures (sign-file with an EC key, sign-file -k) ---
+
+_EC_CURVES = {"p256": ec.SECP256R1(), "p384": ec.SECP384R1()}
+
+
+def _cert_for(key, cn: str) -> x509.Certificate:  # type: ignore[no-untyped-def]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _write_material(folder: Path, key, cert: x509.Certificate) -> None:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _run_sign_file(folder: Path, h: str, module: bytes, *flags: str) -> bytes:
+    (folder / "in.ko").write_bytes(module)
+    result = subprocess.run(
+        [
+            _sign_file(),
+            *flags,
+            h,
+            str(folder / "key.pem"),
+            str(folder / "cert.der"),
+            str(folder / "in.ko"),
+            str(folder / "out.ko"),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return (folder / "out.ko").read_bytes()
+
+
+def _openssl_verifies(folder: Path, signed: bytes) -> bool:
+    sm = SignedModule.parse(signed)
+    (folder / "v.ko").write_bytes(sm.module)
+    (folder / "v.p7s").write_bytes(sm.signature)
+    result = subprocess.run(
+        [
+            need_tool("openssl"),
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            str(folder / "v.p7s"),
+            "-content",
+            str(folder / "v.ko"),
+            "-certfile",
+            str(folder / "cert.pem"),
+            "-nointern",
+            "-noverify",
+            "-out",
+            os.devnull,
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("curve", "h"), [("p256", "sha256"), ("p384", "sha384"), ("p256", "sha512")]
+)
+@pytest.mark.parametrize("key_id", [False, True], ids=["issuer-serial", "skid"])
+def test_sign_file_ecdsa_verifies_in_bastion(tmp_path: Path, curve, h, key_id) -> None:
+    from bastion.formats.modsig import ALGO_ECDSA, sign_module
+
+    key = ec.generate_private_key(_EC_CURVES[curve])
+    cert = _cert_for(key, f"ec {curve}")
+    _write_material(tmp_path, key, cert)
+    module = os.urandom(5000)
+    reference = _run_sign_file(tmp_path, h, module, *(["-k"] if key_id else []))
+    signed = verify_module(reference, cert)
+    cms = signed.cms()
+    assert signed.module == module
+    assert (cms.key_algorithm, cms.hash_name, bool(cms.subject_key_id)) == (ALGO_ECDSA, h, key_id)
+    # our encoder writes sign-file's exact bytes for the same signature value
+    assert cms.to_bytes() == signed.signature
+    # other direction: bastion signs with the EC key, openssl cms verifies it
+    ours = sign_module(
+        module,
+        cert,
+        lambda m: key.sign(m, ec.ECDSA(getattr(hashes, h.upper())())),
+        h,
+        use_key_id=key_id,
+    )
+    assert verify_module(ours, cert).module == module
+    assert _openssl_verifies(tmp_path, ours)
+    # a flipped module byte, and another EC key with the same name, are refused
+    with pytest.raises(SignatureError):
+        verify_module(bytes([module[0] ^ 1]) + reference[1:], cert)
+    other = ec.generate_private_key(_EC_CURVES[curve])
+    with pytest.raises(SignatureError):
+        verify_module(reference, _cert_for(other, f"ec {curve}"))
+
+
+@pytest.mark.parametrize("h", ["sha256", "sha512"])
+def test_sign_file_k_rsa_equals_bastion(material, h: str) -> None:
+    """RSA signatures are deterministic: bastion -k output is sign-file -k output, byte for byte."""
+    from bastion.formats.modsig import sign_module
+
+    _folder, key, _cert = material
+    cert = _cert_for(key, "rsa skid")
+    folder = _folder / f"k-{h}"
+    _write_material(folder, key, cert)
+    module = os.urandom(3000)
+    reference = _run_sign_file(folder, h, module, "-k")
+    scheme = SignatureScheme(f"rsa-pkcs1v15-{h}")
+    ours = sign_module(module, cert, SoftwareSigner(key, scheme).sign, h, use_key_id=True)
+    assert ours == reference
+    assert verify_module(reference, cert).cms().subject_key_id == (
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    )
+    assert _openssl_verifies(folder, ours)
+
+
+@pytest.mark.parametrize(("h", "flags"), [("sha1", ()), ("md5", ()), ("sha1", ("-k",))])
+def test_sign_file_weak_hashes_refused_by_name(material, h: str, flags) -> None:
+    folder, key, cert = material
+    if "-k" in flags:
+        cert = _cert_for(key, "rsa skid weak")
+        folder = folder / "weak-k"
+        _write_material(folder, key, cert)
+    weak = _run_sign_file(folder, h, os.urandom(1000), *flags)
+    with pytest.raises(FormatError, match=f"{h} is refused"):
+        verify_module(weak, cert)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bastion.build.fs import FsType, build_filesystem
 from bastion.device import measure
 from bastion.errors import ConfigError, FormatError, SignatureError
-from bastion.formats import bootctl, gpt, modsig
+from bastion.formats import bootctl, gpt, modsig, strict_json
 from bastion.formats import bootunit as bu
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
@@ -228,13 +228,7 @@ def sign_statement(payload_type: str, statement: bytes, signer: Signer) -> bytes
 def open_statement(data: bytes, payload_type: str, verifier: Verifier) -> dict[str, Any]:
     """Verify a signed statement envelope and return its JSON (SignatureError/FormatError)."""
     payload = verify_envelope(parse_envelope(data), [verifier], payload_type=payload_type)
-    try:
-        doc = json.loads(payload)
-    except ValueError as exc:
-        raise FormatError(f"signed statement is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise FormatError("signed statement is not a JSON object")
-    return doc
+    return strict_json.loads_object(payload, what="signed statement")
 
 
 def make_unit(
@@ -542,15 +536,35 @@ def build_image(
 
 def read_layout(path: Path) -> gpt.GptDisk:
     """Parse the GPT of an image file (backup used if the primary is damaged)."""
+    head, tail, sectors = _gpt_ends(path)
+    return gpt.parse(head, sectors, tail)
+
+
+def _gpt_ends(path: Path) -> tuple[bytes, bytes, int]:
+    """The bytes of the primary and the backup GPT copies, and the disk's sector count."""
     size = path.stat().st_size
     if size % gpt.SECTOR:
         raise FormatError(f"image {path} size {size} is not a multiple of 512")
     sectors = size // gpt.SECTOR
     with open(path, "rb") as handle:
         head = handle.read(34 * gpt.SECTOR)
-        handle.seek(size - 33 * gpt.SECTOR)
+        try:  # a table longer than 128 entries: read as much as its header says
+            need = gpt.head_length(head)
+        except FormatError:
+            need = len(head)
+        if need > len(head):
+            handle.seek(0)
+            head = handle.read(min(need, size))
+        handle.seek(max(0, size - 33 * gpt.SECTOR))
         tail = handle.read(33 * gpt.SECTOR)
-    return gpt.parse(head, sectors, tail)
+        try:
+            need = gpt.tail_length(tail)
+        except FormatError:
+            need = len(tail)
+        if need > len(tail):
+            handle.seek(max(0, size - need))
+            tail = handle.read(need)
+    return head, tail, sectors
 
 
 def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
@@ -559,13 +573,8 @@ def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
     Returns the layout and one line per copy repaired (empty when both were intact), so
     the caller can report it. A disk whose copies are both damaged raises FormatError.
     """
-    layout = read_layout(path)
-    size = path.stat().st_size
-    sectors = size // gpt.SECTOR
-    with open(path, "rb") as handle:
-        head = handle.read(34 * gpt.SECTOR)
-        handle.seek(size - 33 * gpt.SECTOR)
-        tail = handle.read(33 * gpt.SECTOR)
+    head, tail, sectors = _gpt_ends(path)
+    layout = gpt.parse(head, sectors, tail)
     repaired: list[str] = []
     writes: list[tuple[bytes, int]] = []
     try:

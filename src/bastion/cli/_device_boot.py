@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from bastion.device.platform import SimPlatform
 from bastion.device.profile import make_profile
 from bastion.errors import BastionError
 from bastion.formats import eventlog as el
+from bastion.formats import strict_json
 from bastion.formats.bootctl import parse_partition
 from bastion.trust.keyset import KeySet
 
@@ -116,7 +116,7 @@ def _inspect(args: argparse.Namespace) -> int:
             },
             "errors": list(ctl.errors),
         },
-        "last_boot": json.loads(last) if last else None,
+        "last_boot": strict_json.loads(last, what="boot.json") if last else None,
     }
     text = [
         f"device {args.device} ({doc['config'].get('tpm', '-')} TPM)",

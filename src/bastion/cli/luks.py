@@ -14,7 +14,8 @@ from typing import Any
 
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
-from bastion.errors import ConfigError, FormatError
+from bastion.errors import ConfigError
+from bastion.formats import strict_json
 from bastion.formats.luks2 import Argon2Params, KdfType, Pbkdf2Params
 from bastion.io.files import read_bounded
 from bastion.storage.luks2_volume import (
@@ -257,10 +258,7 @@ def _repair(args: argparse.Namespace) -> int:
 def _token_import(args: argparse.Namespace) -> int:
     vol = _open(args, writable=True)
     raw = read_bounded(args.json_file, limits.JSON_MAX_SIZE, "token JSON file")
-    try:
-        token = json.loads(raw)
-    except ValueError as exc:
-        raise FormatError(f"token JSON file {args.json_file!r} is not JSON: {exc}") from exc
+    token = strict_json.loads(raw, what=f"token JSON file {args.json_file!r}")
     n = vol.add_token(token, token_id=args.token_id)
     emit(args, f"imported token {n}", {"token": n})
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
 from bastion.errors import ConfigError, FormatError, NotFoundError
+from bastion.formats import strict_json
 from bastion.formats.tpm2 import PcrsFile, object_name, parse_tpm2b
 from bastion.io.files import atomic_write, read_bounded
 from bastion.tpm.base import PCR_COUNT, HashAlg, PcrSelection, Tpm, TpmKey
@@ -69,7 +70,7 @@ def load_key(path: Path) -> TpmKey:
     what = f"TPM key file {str(path)!r}"
     data = read_bounded(path, limits.KEY_FILE_MAX_SIZE, what)
     try:
-        doc = json.loads(data)
+        doc = strict_json.loads_object(data, what=what)
         if doc.get("format") != AK_FILE_FORMAT:
             raise FormatError(f"{what}: format is {doc.get('format')!r}, expected {AK_FILE_FORMAT}")
         public, private = bytes.fromhex(doc["public"]), bytes.fromhex(doc["private"])

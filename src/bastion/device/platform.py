@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bastion.errors import ConfigError, FormatError, NotFoundError
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import JSON_MAX_SIZE
 from bastion.tpm.base import Tpm
@@ -88,10 +89,7 @@ class SimPlatform:
         raw = self.load(DEVICE_FILE)
         if raw is None:
             raise NotFoundError(f"{self.folder} is not a bastion device (no {DEVICE_FILE})")
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise FormatError(f"{self.folder / DEVICE_FILE} is not JSON: {exc}") from exc
+        doc = strict_json.loads(raw, what=str(self.folder / DEVICE_FILE))
         if not isinstance(doc, dict) or doc.get("platform") != "sim":
             raise FormatError(f"{self.folder / DEVICE_FILE} is not a sim device description")
         return doc
@@ -162,7 +160,7 @@ class SimPlatform:
 
     def state(self) -> dict[str, Any]:
         raw = self.load("state.json")
-        return dict(json.loads(raw)) if raw else {}
+        return strict_json.loads_object(raw, what="state.json") if raw else {}
 
     def set_state(self, **values: Any) -> None:
         doc = self.state()

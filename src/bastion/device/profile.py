@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.errors import FormatError, LimitError
+from bastion.formats import strict_json
 from bastion.limits import PROFILE_MAX_SERIAL, PROFILE_MAX_SIZE
 
 PAYLOAD_TYPE = "application/vnd.bastion.security-profile+json"
@@ -96,10 +97,7 @@ def parse_profile(data: bytes) -> SecurityProfile:
     """Parse the profile JSON strictly (unknown keys or values are refused)."""
     if len(data) > PROFILE_MAX_SIZE:
         raise LimitError(f"security profile of {len(data)} bytes, limit {PROFILE_MAX_SIZE}")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"security profile is not JSON: {exc}") from exc
+    doc = strict_json.loads(data, what="security profile", max_size=PROFILE_MAX_SIZE)
     keys = {"version", "device", "serial", "tamper_response", "features"}
     if not isinstance(doc, dict) or set(doc) != keys:
         raise FormatError(f"security profile must have exactly {', '.join(sorted(keys))}")

@@ -51,6 +51,7 @@ from bastion.errors import (
     VerificationError,
 )
 from bastion.formats import enrollment as en
+from bastion.formats import strict_json
 from bastion.formats.tpm2 import Alg, Signature
 from bastion.io.files import atomic_write, read_bounded
 from bastion.tpm.base import Tpm, TpmKey
@@ -141,10 +142,7 @@ class DeviceIdentity:
 
     @classmethod
     def from_json(cls, raw: bytes) -> DeviceIdentity:
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise FormatError(f"{IDENTITY_FILE} is not JSON: {exc}") from exc
+        data = strict_json.loads(raw, what=IDENTITY_FILE)
         if not isinstance(data, dict) or data.get("version") != IDENTITY_VERSION:
             raise FormatError(f"{IDENTITY_FILE}: expected version {IDENTITY_VERSION}")
         values: dict[str, Any] = {}
@@ -184,8 +182,8 @@ def _post(http: httpx.Client, path: str, body: dict[str, Any], token: str) -> di
     if len(response.content) > limits.HTTP_MAX_BODY:
         raise FormatError(f"POST {path}: answer is {len(response.content)} bytes, too large")
     try:
-        data = response.json()
-    except ValueError:
+        data = strict_json.loads(response.content, what=f"POST {path} answer")
+    except FormatError:
         data = None
     if response.status_code >= 400:
         detail = data.get("detail") if isinstance(data, dict) else None

@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from bastion.errors import FormatError, LimitError
+from bastion.formats import strict_json
 from bastion.limits import (
     BOOT_CONTAINER_MAX_ENTRIES,
     BOOT_CONTAINER_MAX_SIZE,
@@ -313,10 +314,10 @@ def parse_verity_signature(data: bytes) -> VeritySignature:
     text, _, rest = bytes(data).partition(b"\0")
     if any(rest):
         raise FormatError("verity signature partition has non-NUL bytes after the JSON")
+    doc = strict_json.loads_object(
+        text, what="verity signature partition JSON", max_size=VERITY_SIG_MAX_SIZE
+    )
     try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict):
-            raise ValueError("not an object")
         root = bytes.fromhex(doc["rootHash"])
         if doc["rootHash"] != root.hex():
             raise ValueError("rootHash is not lower-case hex")

@@ -13,6 +13,12 @@ integers little-endian:
 :func:`replay` recomputes PCRs: ``PCR = H(PCR || digest)`` for every event except
 EV_NO_ACTION; an EV_NO_ACTION "StartupLocality" event sets PCR 0's initial value to
 ``0..0 || locality``.
+
+The legacy SHA-1 log (TPM 1.2 firmware, and TPM 2.0 firmware that logs only SHA-1) has
+no Spec ID Event03 header: every event, the first included, is a ``TCG_PCR_EVENT``
+(u32 pcr, u32 type, 20-byte SHA-1 digest, u32 size, data). :func:`parse` reads such a
+log as an :class:`EventLog` with ``legacy=True`` and one SHA-1 bank; a first event
+carrying the TPM 1.2 "Spec ID Event00" header is kept as an ordinary EV_NO_ACTION event.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from bastion.limits import (
 )
 
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
+LEGACY_SPEC_ID_SIGNATURE = b"Spec ID Event00\0"  # TPM 1.2 TCG_PCClientSpecIDEventStruct
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\0"
 PCR_COUNT = 24
 
@@ -42,6 +49,7 @@ ALGORITHMS: dict[int, tuple[str, int]] = {
     0x000C: ("sha384", 48),
     0x000D: ("sha512", 64),
 }
+ALG_SHA1 = 0x0004
 ALG_SHA256 = 0x000B
 
 
@@ -117,12 +125,15 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventLog:
-    """A whole crypto-agile event log."""
+    """A whole event log: crypto-agile, or the legacy SHA-1 format when ``legacy``."""
 
     spec: SpecIdEvent
     events: tuple[Event, ...]
+    legacy: bool = False
 
     def to_bytes(self) -> bytes:
+        if self.legacy:
+            return self._legacy_bytes()
         header = self.spec.to_bytes()
         out = bytearray(struct.pack("<II", 0, EventType.EV_NO_ACTION))
         out += bytes(20) + struct.pack("<I", len(header)) + header
@@ -132,6 +143,16 @@ class EventLog:
                 if len(value) != self.spec.digest_size(alg):
                     raise FormatError(f"digest for {alg:#06x} has {len(value)} bytes")
                 out += struct.pack("<H", alg) + value
+            out += struct.pack("<I", len(ev.data)) + ev.data
+        return bytes(out)
+
+    def _legacy_bytes(self) -> bytes:
+        out = bytearray()
+        for ev in self.events:
+            digest = ev.digest(ALG_SHA1)
+            if len(ev.digests) != 1 or len(digest) != 20:
+                raise FormatError("a legacy event log event carries exactly one SHA-1 digest")
+            out += struct.pack("<II", ev.pcr, ev.event_type) + digest
             out += struct.pack("<I", len(ev.data)) + ev.data
         return bytes(out)
 
@@ -198,11 +219,44 @@ def _parse_spec(data: bytes) -> SpecIdEvent:
     return SpecIdEvent(tuple(algs), pclass, minor, major, errata, uintn, vendor)
 
 
+def _is_crypto_agile(data: bytes) -> bool:
+    """Whether the first event is the Spec ID Event03 header (FormatError for other ids)."""
+    r = _Reader(data)
+    pcr, etype, digest = r.u32("pcrIndex"), r.u32("eventType"), r.take(20, "digest")
+    size = r.u32("eventSize")
+    head = data[r.pos : r.pos + min(size, 16)]
+    if pcr != 0 or etype != EventType.EV_NO_ACTION or digest != bytes(20):
+        return False
+    if head == SPEC_ID_SIGNATURE:
+        return True
+    if head.startswith(b"Spec ID Event") and head != LEGACY_SPEC_ID_SIGNATURE:
+        raise FormatError(f"first event has an unknown Spec ID header {head!r}")
+    return False
+
+
+def _parse_legacy(r: _Reader) -> EventLog:
+    events: list[Event] = []
+    while r.pos < len(r.data):
+        if len(events) >= EVENTLOG_MAX_EVENTS:
+            raise LimitError(f"event log has more than {EVENTLOG_MAX_EVENTS} events")
+        pcr, etype = r.u32("pcrIndex"), r.u32("eventType")
+        if pcr >= PCR_COUNT:
+            raise FormatError(f"event {len(events)} names PCR {pcr}, expected 0..23")
+        digest = r.take(20, "SHA-1 digest")
+        size = r.u32("eventSize")
+        if size > EVENTLOG_MAX_EVENT_DATA:
+            raise LimitError(f"event {len(events)} data of {size} bytes exceeds the limit")
+        events.append(Event(pcr, etype, ((ALG_SHA1, digest),), r.take(size, "event data")))
+    return EventLog(SpecIdEvent(((ALG_SHA1, 20),), spec_major=1), tuple(events), legacy=True)
+
+
 def parse(data: bytes) -> EventLog:
-    """Parse a crypto-agile event log; FormatError / LimitError on anything malformed."""
+    """Parse an event log (crypto-agile or legacy SHA-1); FormatError / LimitError if bad."""
     if len(data) > EVENTLOG_MAX_SIZE:
         raise LimitError(f"event log is {len(data)} bytes, limit {EVENTLOG_MAX_SIZE}")
     r = _Reader(bytes(data))
+    if not _is_crypto_agile(r.data):
+        return _parse_legacy(r)
     pcr, etype = r.u32("pcrIndex"), r.u32("eventType")
     if pcr != 0 or etype != EventType.EV_NO_ACTION or r.take(20, "digest") != bytes(20):
         raise FormatError("first event is not the EV_NO_ACTION Spec ID header on PCR 0")

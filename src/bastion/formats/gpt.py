@@ -18,7 +18,11 @@ import zlib
 from dataclasses import dataclass
 
 from bastion.errors import FormatError, LimitError
-from bastion.limits import GPT_ENTRY_SIZE_MAX, GPT_MAX_PARTITION_ENTRIES
+from bastion.limits import (
+    GPT_ENTRY_SIZE_MAX,
+    GPT_MAX_ENTRY_ARRAY_SIZE,
+    GPT_MAX_PARTITION_ENTRIES,
+)
 
 SECTOR = 512
 SIGNATURE = b"EFI PART"
@@ -109,21 +113,43 @@ class Partition:
         )
 
 
+def _array_sectors(num_entries: int, entry_size: int = ENTRY_SIZE) -> int:
+    return -(-num_entries * entry_size // SECTOR)
+
+
 @dataclass(frozen=True, slots=True)
 class GptDisk:
-    """A whole GPT: disk size, disk GUID and partitions (in entry-slot order)."""
+    """A whole GPT: disk size, disk GUID and partitions (in entry-slot order).
+
+    ``num_entries`` is the entry-array length (sfdisk ``table-length``); the usable
+    range is ``first_usable_lba``..``last_usable_lba`` when given (a header read from a
+    disk that another tool made), else the widest range the entry arrays leave.
+    """
 
     total_sectors: int
     disk_guid: uuid.UUID
     partitions: tuple[Partition, ...]
+    num_entries: int = NUM_ENTRIES
+    first_usable_lba: int | None = None
+    last_usable_lba: int | None = None
+    entry_size: int = ENTRY_SIZE
+
+    @property
+    def entry_array_sectors(self) -> int:
+        """Sectors one entry array takes."""
+        return _array_sectors(self.num_entries, self.entry_size)
 
     @property
     def first_usable(self) -> int:
-        return 2 + ENTRY_ARRAY_SECTORS
+        if self.first_usable_lba is not None:
+            return self.first_usable_lba
+        return 2 + self.entry_array_sectors
 
     @property
     def last_usable(self) -> int:
-        return self.total_sectors - 2 - ENTRY_ARRAY_SECTORS
+        if self.last_usable_lba is not None:
+            return self.last_usable_lba
+        return self.total_sectors - 2 - self.entry_array_sectors
 
     @property
     def size(self) -> int:
@@ -138,11 +164,32 @@ class GptDisk:
         raise FormatError(f"GPT has no partition named {name!r}")
 
     def validate(self) -> None:
-        """Check the layout: bounds, ordering, no overlap."""
-        if self.total_sectors < 2 * (2 + ENTRY_ARRAY_SECTORS):
+        """Check the layout: geometry, bounds, ordering, no overlap."""
+        arrays = self.entry_array_sectors
+        if not ENTRY_SIZE <= self.entry_size <= GPT_ENTRY_SIZE_MAX:
+            raise LimitError(f"GPT entry size {self.entry_size}")
+        if not 1 <= self.num_entries <= GPT_MAX_PARTITION_ENTRIES:
+            raise LimitError(
+                f"GPT of {self.num_entries} entries, limit 1..{GPT_MAX_PARTITION_ENTRIES}"
+            )
+        if self.total_sectors < 2 * (2 + arrays) + 1:
             raise FormatError(f"disk of {self.total_sectors} sectors is too small for a GPT")
-        if len(self.partitions) > NUM_ENTRIES:
-            raise LimitError(f"{len(self.partitions)} partitions, limit {NUM_ENTRIES}")
+        if self.first_usable < 2 + arrays:
+            raise FormatError(
+                f"GPT first usable LBA {self.first_usable} inside the primary entry array "
+                f"(LBA 2..{1 + arrays})"
+            )
+        if self.last_usable > self.total_sectors - 2 - arrays:
+            raise FormatError(
+                f"GPT last usable LBA {self.last_usable} inside the backup entry array or "
+                f"beyond the disk ({self.total_sectors} sectors)"
+            )
+        if self.first_usable > self.last_usable:
+            raise FormatError(
+                f"GPT first usable LBA {self.first_usable} beyond last usable {self.last_usable}"
+            )
+        if len(self.partitions) > self.num_entries:
+            raise LimitError(f"{len(self.partitions)} partitions, table has {self.num_entries}")
         spans = []
         for part in self.partitions:
             if not self.first_usable <= part.first_lba <= part.last_lba <= self.last_usable:
@@ -152,13 +199,15 @@ class GptDisk:
                 )
             spans.append((part.first_lba, part.last_lba, part.name))
         spans.sort()
-        for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        for (first, end, a), (start, last, b) in itertools.pairwise(spans):
             if start <= end:
-                raise FormatError(f"partitions {a!r} and {b!r} overlap")
+                raise FormatError(
+                    f"partitions {a!r} (LBA {first}..{end}) and {b!r} (LBA {start}..{last}) overlap"
+                )
 
     def _entries(self) -> bytes:
-        array = b"".join(p.to_bytes() for p in self.partitions)
-        return array.ljust(NUM_ENTRIES * ENTRY_SIZE, b"\0")
+        array = b"".join(p.to_bytes().ljust(self.entry_size, b"\0") for p in self.partitions)
+        return array.ljust(self.entry_array_sectors * SECTOR, b"\0")
 
     def _header(self, current: int, backup: int, entries_lba: int, entries_crc: int) -> bytes:
         fields = [
@@ -173,8 +222,8 @@ class GptDisk:
             self.last_usable,
             guid_to_bytes(self.disk_guid),
             entries_lba,
-            NUM_ENTRIES,
-            ENTRY_SIZE,
+            self.num_entries,
+            self.entry_size,
             entries_crc,
         ]
         raw = _HDR.pack(*fields)
@@ -193,23 +242,23 @@ class GptDisk:
         """LBA 0 .. first_usable-1: protective MBR, primary header, entry array."""
         self.validate()
         entries = self._entries()
-        crc = zlib.crc32(entries)
+        crc = zlib.crc32(entries[: self.num_entries * self.entry_size])
         header = self._header(1, self.total_sectors - 1, 2, crc)
         return self.protective_mbr() + header + entries
 
     def tail_bytes(self) -> bytes:
-        """The last 33 sectors: backup entry array then backup header (at the last LBA)."""
+        """The last sectors: backup entry array then backup header (at the last LBA)."""
         self.validate()
         entries = self._entries()
-        crc = zlib.crc32(entries)
+        crc = zlib.crc32(entries[: self.num_entries * self.entry_size])
         last = self.total_sectors - 1
-        header = self._header(last, 1, last - ENTRY_ARRAY_SECTORS, crc)
+        header = self._header(last, 1, last - self.entry_array_sectors, crc)
         return entries + header
 
     @property
     def tail_offset(self) -> int:
         """Byte offset where :meth:`tail_bytes` goes."""
-        return (self.total_sectors - 1 - ENTRY_ARRAY_SECTORS) * SECTOR
+        return (self.total_sectors - 1 - self.entry_array_sectors) * SECTOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,30 +275,76 @@ class GptHeader:
     entry_size: int
     entries_crc: int
 
+    @property
+    def array_sectors(self) -> int:
+        """Sectors the entry array this header describes takes."""
+        return _array_sectors(self.num_entries, self.entry_size)
+
 
 def parse_header(sector: bytes) -> GptHeader:
-    """Parse and CRC-check one header sector."""
+    """Parse and CRC-check one header sector (field checks that need no disk size)."""
     if len(sector) < HEADER_SIZE:
         raise FormatError(f"GPT header needs {HEADER_SIZE} bytes, got {len(sector)}")
-    (sig, rev, hsize, crc, _res, cur, bak, fu, lu, dguid, elba, nent, esize, ecrc) = _HDR.unpack(
+    (sig, _rev, hsize, crc, _res, cur, bak, fu, lu, dguid, elba, nent, esize, ecrc) = _HDR.unpack(
         sector[:HEADER_SIZE]
     )
     if sig != SIGNATURE:
         raise FormatError(f"GPT header signature is {sig!r}, expected {SIGNATURE!r}")
-    if rev != REVISION:
-        raise FormatError(f"GPT revision {rev:#x}, expected {REVISION:#x}")
-    if hsize != HEADER_SIZE:
-        raise FormatError(f"GPT header size {hsize}, expected {HEADER_SIZE}")
-    zeroed = sector[:16] + b"\0\0\0\0" + sector[20:HEADER_SIZE]
+    # the revision is not checked: sfdisk reads any (it prints "Header version: unknown")
+    if not HEADER_SIZE <= hsize <= min(SECTOR, len(sector)):
+        raise FormatError(f"GPT header size {hsize}, expected {HEADER_SIZE}..{SECTOR}")
+    zeroed = sector[:16] + b"\0\0\0\0" + sector[20:hsize]
     if zlib.crc32(zeroed) != crc:
         raise FormatError(f"GPT header CRC32 {crc:#010x} does not match {zlib.crc32(zeroed):#010x}")
     if not 1 <= nent <= GPT_MAX_PARTITION_ENTRIES:
-        raise LimitError(f"GPT declares {nent} entries, limit {GPT_MAX_PARTITION_ENTRIES}")
-    if esize < ENTRY_SIZE or esize > GPT_ENTRY_SIZE_MAX or esize % 8:
-        raise LimitError(f"GPT entry size {esize} outside {ENTRY_SIZE}..{GPT_ENTRY_SIZE_MAX}")
+        raise LimitError(f"GPT declares {nent} entries, limit 1..{GPT_MAX_PARTITION_ENTRIES}")
+    if not ENTRY_SIZE <= esize <= GPT_ENTRY_SIZE_MAX:
+        # UEFI says 128 * 2^n; sfdisk reads any stride, and a stride under 128 overlaps
+        raise LimitError(f"GPT entry size {esize}, expected {ENTRY_SIZE}..{GPT_ENTRY_SIZE_MAX}")
+    if nent * esize > GPT_MAX_ENTRY_ARRAY_SIZE:
+        raise LimitError(f"GPT entry array of {nent * esize} bytes")
     if not fu <= lu:
         raise FormatError(f"GPT first usable LBA {fu} beyond last usable {lu}")
     return GptHeader(cur, bak, fu, lu, guid_from_bytes(dguid), elba, nent, esize, ecrc)
+
+
+def _check_placement(header: GptHeader, total_sectors: int, primary: bool) -> None:
+    """The header's own LBAs against the disk: where it is, its array, its usable range."""
+    last = total_sectors - 1
+    which = "primary" if primary else "backup"
+    if header.last_usable >= last:
+        raise FormatError(
+            f"{which} GPT last usable LBA {header.last_usable} beyond the disk ({last} is last)"
+        )
+    if header.first_usable < 2:
+        raise FormatError(f"{which} GPT first usable LBA {header.first_usable} < 2")
+    if primary:
+        if header.current_lba != 1:
+            raise FormatError(f"primary GPT header says it is at LBA {header.current_lba}")
+        if not header.last_usable < header.backup_lba <= last:
+            raise FormatError(
+                f"primary GPT header puts its backup at LBA {header.backup_lba}, expected "
+                f"{header.last_usable + 1}..{last}"
+            )
+        if header.entries_lba < 2 or header.entries_lba + header.array_sectors > (
+            header.first_usable
+        ):
+            raise FormatError(
+                f"primary GPT entry array at LBA {header.entries_lba} "
+                f"(+{header.array_sectors}) overlaps the header or the usable range "
+                f"from LBA {header.first_usable}"
+            )
+    else:
+        if header.current_lba != last:
+            raise FormatError(f"backup GPT header says it is at LBA {header.current_lba}")
+        if (
+            header.entries_lba <= header.last_usable
+            or header.entries_lba + header.array_sectors > last
+        ):
+            raise FormatError(
+                f"backup GPT entry array at LBA {header.entries_lba} "
+                f"(+{header.array_sectors}) overlaps the usable range or the header"
+            )
 
 
 def parse_entries(header: GptHeader, array: bytes) -> tuple[Partition, ...]:
@@ -269,8 +364,13 @@ def parse_entries(header: GptHeader, array: bytes) -> tuple[Partition, ...]:
         tguid, pguid, first, last, attrs, name = _ENTRY.unpack(raw)
         if tguid == bytes(16):
             continue
-        if first > last or first < header.first_usable or last > header.last_usable:
-            raise FormatError(f"GPT entry {i} LBAs {first}..{last} outside the usable range")
+        if first > last:
+            raise FormatError(f"GPT entry {i}: first LBA {first} after last LBA {last}")
+        if first < header.first_usable or last > header.last_usable:
+            raise FormatError(
+                f"GPT entry {i} LBAs {first}..{last} outside the usable range "
+                f"{header.first_usable}..{header.last_usable}"
+            )
         text = name.decode("utf-16-le", "replace").split("\0", 1)[0]
         parts.append(
             Partition(guid_from_bytes(tguid), guid_from_bytes(pguid), first, last, attrs, text)
@@ -278,40 +378,76 @@ def parse_entries(header: GptHeader, array: bytes) -> tuple[Partition, ...]:
     return tuple(parts)
 
 
-def parse_backup(tail: bytes, total_sectors: int) -> tuple[GptHeader, tuple[Partition, ...]]:
-    """The backup header and its entries from the disk's last sectors (``tail``)."""
+def head_length(head: bytes) -> int:
+    """Bytes from LBA 0 that :func:`parse` needs, read from the primary header in ``head``.
+
+    ``head`` must hold at least LBA 0 and 1; the answer is bounded by the GPT limits.
+    """
+    if len(head) < 2 * SECTOR:
+        raise FormatError(f"GPT head needs {2 * SECTOR} bytes, got {len(head)}")
+    header = parse_header(head[SECTOR : 2 * SECTOR])
+    if header.entries_lba > GPT_MAX_ENTRY_ARRAY_SIZE // SECTOR:
+        raise LimitError(f"primary GPT entry array at LBA {header.entries_lba}")
+    return (header.entries_lba + header.array_sectors) * SECTOR
+
+
+def tail_length(last_sector: bytes) -> int:
+    """Bytes at the end of the disk that :func:`parse` needs, from the backup header."""
+    header = parse_header(last_sector[-SECTOR:])
+    if header.current_lba - header.entries_lba > GPT_MAX_ENTRY_ARRAY_SIZE // SECTOR + 1:
+        raise LimitError(f"backup GPT entry array at LBA {header.entries_lba}")
+    return (header.current_lba - header.entries_lba + 1) * SECTOR
+
+
+def _disk(header: GptHeader, total_sectors: int, parts: tuple[Partition, ...]) -> GptDisk:
+    geometry = (header.num_entries, None, None, header.entry_size)
+    default = GptDisk(total_sectors, header.disk_guid, parts, *geometry)
+    disk = GptDisk(
+        total_sectors,
+        header.disk_guid,
+        parts,
+        header.num_entries,
+        None if header.first_usable == default.first_usable else header.first_usable,
+        None if header.last_usable == default.last_usable else header.last_usable,
+        header.entry_size,
+    )
+    disk.validate()
+    return disk
+
+
+def parse_backup(tail: bytes, total_sectors: int) -> GptDisk:
+    """The disk as its backup header and entries describe it (``tail``: the last sectors)."""
     header = parse_header(tail[-SECTOR:])
-    if header.current_lba != total_sectors - 1:
-        raise FormatError(f"backup GPT header says it is at LBA {header.current_lba}")
+    _check_placement(header, total_sectors, primary=False)
     rel = header.entries_lba * SECTOR - (total_sectors - len(tail) // SECTOR) * SECTOR
     if rel < 0:
         raise FormatError(f"backup GPT entries at LBA {header.entries_lba} not in tail")
-    return header, parse_entries(header, tail[rel:])
+    return _disk(header, total_sectors, parse_entries(header, tail[rel:]))
 
 
 def parse(head: bytes, total_sectors: int, tail: bytes | None = None) -> GptDisk:
-    """Parse a disk from its first sectors (``head``, at least MBR + header + entries).
+    """Parse a disk from its first sectors (``head``: MBR, primary header and entries).
 
-    When the primary header or its entries are damaged and ``tail`` (the last 33 sectors)
-    is given, the backup is used; a FormatError names what failed in both.
+    Validated as sfdisk reads a GPT: header fields and CRCs, the header and entry
+    arrays placed where they say and clear of the usable range, every partition
+    ``first <= last`` inside the usable range, and no two partitions overlapping.
+    When the primary header or its entries are damaged and ``tail`` (the last sectors,
+    backup entries and header) is given, the backup is used; a FormatError names what
+    failed in both.
     """
-    if total_sectors < 2 * (2 + ENTRY_ARRAY_SECTORS):
+    if total_sectors < 2 * (2 + 1) + 1:
         raise FormatError(f"disk of {total_sectors} sectors is too small for a GPT")
     if len(head) < 2 * SECTOR or head[510:512] != b"\x55\xaa":
         raise FormatError("no protective MBR signature 0x55AA at LBA 0")
     try:
         header = parse_header(head[SECTOR : 2 * SECTOR])
-        if header.current_lba != 1:
-            raise FormatError(f"primary GPT header says it is at LBA {header.current_lba}")
+        _check_placement(header, total_sectors, primary=True)
         start = header.entries_lba * SECTOR
-        parts = parse_entries(header, head[start:])
+        return _disk(header, total_sectors, parse_entries(header, head[start:]))
     except FormatError as primary_error:
         if tail is None:
             raise
         try:
-            header, parts = parse_backup(tail, total_sectors)
+            return parse_backup(tail, total_sectors)
         except FormatError as backup_error:
             raise FormatError(f"primary GPT: {primary_error}; backup GPT: {backup_error}") from None
-    if header.last_usable >= total_sectors:
-        raise FormatError(f"GPT last usable LBA {header.last_usable} beyond the disk")
-    return GptDisk(total_sectors, header.disk_guid, parts)

@@ -24,6 +24,7 @@ from typing import Any
 
 from bastion import limits
 from bastion.errors import FormatError, LimitError
+from bastion.formats import strict_json
 
 BINARY_HEADER_SIZE = 4096
 KDF_SALT_SIZE = 32
@@ -476,26 +477,6 @@ class Metadata:
         raise LimitError(f"LUKS2: all {limits.LUKS2_MAX_TOKENS} tokens are in use")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"LUKS2 JSON: duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def _depth(value: Any, level: int = 0) -> None:
-    if level > limits.JSON_MAX_DEPTH:
-        raise LimitError(f"LUKS2 JSON nests deeper than {limits.JSON_MAX_DEPTH}")
-    if isinstance(value, dict):
-        for v in value.values():
-            _depth(v, level + 1)
-    elif isinstance(value, list):
-        for v in value:
-            _depth(v, level + 1)
-
-
 def _section(doc: dict[str, Any], name: str, maximum: int) -> dict[str, Any]:
     sec = _obj(doc.get(name), name)
     if len(sec) > maximum:
@@ -512,13 +493,7 @@ def parse_json_area(area: bytes) -> Metadata:
         raise FormatError("LUKS2 JSON area has no terminating NUL byte")
     if area[end:].count(0) != len(area) - end:
         raise FormatError("LUKS2 JSON area has non-NUL bytes after the JSON text")
-    try:
-        doc = json.loads(area[:end].decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"LUKS2 JSON area is not valid JSON: {exc}") from exc
-    _depth(doc)
+    doc = strict_json.loads(area[:end], what="LUKS2 JSON area", max_size=len(area))
     metadata = metadata_from_json(doc)
     validate(metadata, hdr_size=len(area) + BINARY_HEADER_SIZE)
     return metadata

@@ -13,10 +13,17 @@ The SignedData is what ``scripts/sign-file`` makes with OpenSSL's CMS (NOCERTS,
 DETACHED, BINARY, NOATTR): version 1, one digest algorithm (parameters absent),
 detached ``data`` content, no certificates, one SignerInfo naming the signer by
 issuer and serial number, no signed attributes, ``rsaEncryption`` (NULL parameters)
-and the RSA PKCS#1 v1.5 signature over the module bytes. :class:`CmsSignature`
-encodes exactly those bytes (``cryptography``'s PKCS#7 builder writes NULL digest
-parameters and so differs from sign-file) and decodes them with a small bounded DER
-reader. Signed attributes and subjectKeyIdentifier signer ids are refused.
+and the RSA PKCS#1 v1.5 signature over the module bytes. With an EC key sign-file
+writes ``ecdsa-with-SHA*`` (no parameters) and a DER ECDSA-Sig-Value; with ``-k`` it
+names the signer by the certificate's subjectKeyIdentifier (``[0]`` in the SignerInfo,
+CMS version 3 in both SignerInfo and SignedData) instead of issuer and serial.
+:class:`CmsSignature` encodes exactly those bytes (``cryptography``'s PKCS#7 builder
+writes NULL digest parameters and so differs from sign-file) and decodes them with a
+small bounded DER reader. Signed attributes are refused.
+
+Hashes: sha256, sha384 and sha512 are accepted. md4 and md5 are refused by name (the
+kernel's PKCS#7 parser has no entry for them and answers ENOPKG); sha1 is refused by
+name too: the kernel's parser still lists it, bastion does not sign or trust it.
 
 Pure: bytes in, frozen objects out. :func:`sign_module` takes the signing operation
 as a callable so private keys never enter this module; :func:`verify_module` checks
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from bastion.errors import ConflictError, FormatError, LimitError, SignatureError
 from bastion.limits import MODSIG_MAX_SIG_SIZE
@@ -54,6 +61,27 @@ _RSA_WITH_HASH = {
     bytes.fromhex("2a864886f70d01010c"): "sha384",
     bytes.fromhex("2a864886f70d01010d"): "sha512",
 }
+#: digests bastion refuses by name (see the module docstring for the kernel's view)
+REFUSED_HASH_OIDS: dict[bytes, str] = {
+    bytes.fromhex("2a864886f70d0204"): "md4",
+    bytes.fromhex("2a864886f70d0205"): "md5",
+    bytes.fromhex("2b0e03021a"): "sha1",
+}
+_ECDSA_WITH_HASH = {
+    bytes.fromhex("2a8648ce3d040302"): "sha256",
+    bytes.fromhex("2a8648ce3d040303"): "sha384",
+    bytes.fromhex("2a8648ce3d040304"): "sha512",
+}
+_ECDSA_OIDS = {name: oid for oid, name in _ECDSA_WITH_HASH.items()}
+_REFUSED_SIG_OIDS = {
+    bytes.fromhex("2a864886f70d010104"): "md5",  # md5WithRSAEncryption
+    bytes.fromhex("2a864886f70d010105"): "sha1",  # sha1WithRSAEncryption
+    bytes.fromhex("2a8648ce3d0401"): "sha1",  # ecdsa-with-SHA1
+}
+#: curves the kernel's ecdsa verifier takes and bastion accepts for module keys
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+ALGO_RSA = "rsa"
+ALGO_ECDSA = "ecdsa"
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
@@ -148,6 +176,11 @@ def _hash_name(oid: bytes, what: str) -> str:
     for name, value in HASH_OIDS.items():
         if value == oid:
             return name
+    if oid in REFUSED_HASH_OIDS:
+        raise FormatError(
+            f"module signature: {what} {REFUSED_HASH_OIDS[oid]} is refused "
+            "(weak hash; accepted: sha256, sha384, sha512)"
+        )
     raise FormatError(f"module signature: {what} {oid.hex()} is not sha256/sha384/sha512")
 
 
@@ -159,32 +192,47 @@ class CmsSignature:
     """The one-signer, detached, attribute-less PKCS#7 SignedData of a signed module.
 
     ``issuer`` is the DER Name of the signer certificate's issuer, ``serial`` its serial
-    number; ``signature`` is the raw RSA PKCS#1 v1.5 signature.
+    number; or, when ``subject_key_id`` is set (sign-file ``-k``), the signer is named by
+    that subjectKeyIdentifier and ``issuer``/``serial`` are empty/0. ``key_algorithm`` is
+    ``rsa`` (``signature`` is RSA PKCS#1 v1.5) or ``ecdsa`` (a DER ECDSA-Sig-Value).
     """
 
     hash_name: str
     issuer: bytes
     serial: int
     signature: bytes
+    key_algorithm: str = ALGO_RSA
+    subject_key_id: bytes = b""
 
     def __post_init__(self) -> None:
         if self.hash_name not in HASH_OIDS:
             raise FormatError(f"hash {self.hash_name!r}: expected one of {sorted(HASH_OIDS)}")
+        if self.key_algorithm not in (ALGO_RSA, ALGO_ECDSA):
+            raise FormatError(f"module signature key algorithm {self.key_algorithm!r}")
+
+    @property
+    def version(self) -> int:
+        """CMS version: 1 for issuer and serial, 3 for a subjectKeyIdentifier signer."""
+        return 3 if self.subject_key_id else 1
 
     def to_bytes(self) -> bytes:
         """DER, byte-identical to sign-file's output for the same inputs."""
         digest_alg = der_tlv(0x30, der_tlv(0x06, HASH_OIDS[self.hash_name]))
+        if self.subject_key_id:
+            sid = der_tlv(0x80, self.subject_key_id)
+        else:
+            sid = der_tlv(0x30, self.issuer + der_int(self.serial))
+        if self.key_algorithm == ALGO_ECDSA:
+            sig_alg = der_tlv(0x30, der_tlv(0x06, _ECDSA_OIDS[self.hash_name]))
+        else:
+            sig_alg = der_tlv(0x30, der_tlv(0x06, _OID_RSA) + b"\x05\x00")
         signer_info = der_tlv(
             0x30,
-            der_int(1)
-            + der_tlv(0x30, self.issuer + der_int(self.serial))
-            + digest_alg
-            + der_tlv(0x30, der_tlv(0x06, _OID_RSA) + b"\x05\x00")
-            + der_tlv(0x04, self.signature),
+            der_int(self.version) + sid + digest_alg + sig_alg + der_tlv(0x04, self.signature),
         )
         signed_data = der_tlv(
             0x30,
-            der_int(1)
+            der_int(self.version)
             + der_tlv(0x31, digest_alg)
             + der_tlv(0x30, der_tlv(0x06, _OID_DATA))
             + der_tlv(0x31, signer_info),
@@ -212,8 +260,11 @@ class CmsSignature:
             raise FormatError(
                 "module signature: SignedData must be (version, digests, content, ...)"
             )
-        if data[parts[0][2] : parts[0][3]] != b"\x01":
-            raise FormatError("module signature: SignedData version must be 1")
+        sd_version = data[parts[0][2] : parts[0][3]]
+        if sd_version not in (b"\x01", b"\x03"):
+            raise FormatError(
+                f"module signature: SignedData version {sd_version.hex()}, expected 1 or 3"
+            )
         digests = _children(data, parts[1][2], parts[1][3])
         if len(digests) != 1 or digests[0][0] != 0x30:
             raise FormatError("module signature: expected exactly one digest algorithm")
@@ -233,7 +284,13 @@ class CmsSignature:
         infos = _children(data, rest[-1][2], rest[-1][3])
         if len(infos) != 1 or infos[0][0] != 0x30:
             raise FormatError(f"module signature: expected exactly 1 signer, got {len(infos)}")
-        return cls._signer_info(data, infos[0][2], infos[0][3], set_hash)
+        parsed = cls._signer_info(data, infos[0][2], infos[0][3], set_hash)
+        if sd_version[0] != parsed.version:
+            raise FormatError(
+                f"module signature: SignedData version {sd_version[0]} does not fit a "
+                f"version {parsed.version} SignerInfo"
+            )
+        return parsed
 
     @classmethod
     def _signer_info(cls, data: bytes, start: int, end: int, set_hash: str) -> CmsSignature:
@@ -243,21 +300,30 @@ class CmsSignature:
                 "module signature: SignerInfo must be (version, sid, digest, sigalg, sig): "
                 "signed or unsigned attributes are not supported"
             )
-        if f[0][0] != 0x02 or data[f[0][2] : f[0][3]] != b"\x01":
+        version = data[f[0][2] : f[0][3]] if f[0][0] == 0x02 else b""
+        issuer, serial, skid = b"", 0, b""
+        if version == b"\x01":
+            if f[1][0] != 0x30:
+                raise FormatError("module signature: signer id is not IssuerAndSerialNumber")
+            sid = _children(data, f[1][2], f[1][3])
+            if len(sid) != 2 or sid[0][0] != 0x30 or sid[1][0] != 0x02:
+                raise FormatError("module signature: bad IssuerAndSerialNumber")
+            issuer = data[sid[0][1] : sid[0][3]]
+            serial_bytes = data[sid[1][2] : sid[1][3]]
+            if not serial_bytes:
+                raise FormatError("module signature: empty serial number")
+            serial = int.from_bytes(serial_bytes, "big", signed=True)
+        elif version == b"\x03":
+            if f[1][0] != 0x80:
+                raise FormatError("module signature: version 3 signer id is not [0] keyid")
+            skid = data[f[1][2] : f[1][3]]
+            if not skid:
+                raise FormatError("module signature: empty subjectKeyIdentifier")
+        else:
             raise FormatError(
-                "module signature: SignerInfo version must be 1 (issuer and serial number); "
-                "subjectKeyIdentifier signer ids are not supported"
+                "module signature: SignerInfo version must be 1 (issuer and serial number) "
+                "or 3 (subjectKeyIdentifier)"
             )
-        if f[1][0] != 0x30:
-            raise FormatError("module signature: signer id is not IssuerAndSerialNumber")
-        sid = _children(data, f[1][2], f[1][3])
-        if len(sid) != 2 or sid[0][0] != 0x30 or sid[1][0] != 0x02:
-            raise FormatError("module signature: bad IssuerAndSerialNumber")
-        issuer = data[sid[0][1] : sid[0][3]]
-        serial_bytes = data[sid[1][2] : sid[1][3]]
-        if not serial_bytes:
-            raise FormatError("module signature: empty serial number")
-        serial = int.from_bytes(serial_bytes, "big", signed=True)
         if f[2][0] != 0x30:
             raise FormatError("module signature: digestAlgorithm missing")
         hash_name = _hash_name(_alg_id(data, f[2][2], f[2][3], "digest")[0], "digest")
@@ -267,14 +333,29 @@ class CmsSignature:
             )
         if f[3][0] != 0x30:
             raise FormatError("module signature: signatureAlgorithm missing")
-        sig_oid, _ = _alg_id(data, f[3][2], f[3][3], "signature algorithm")
-        if sig_oid != _OID_RSA and _RSA_WITH_HASH.get(sig_oid) != hash_name:
+        sig_oid, has_null = _alg_id(data, f[3][2], f[3][3], "signature algorithm")
+        if sig_oid in _REFUSED_SIG_OIDS:
             raise FormatError(
-                f"module signature: signature algorithm {sig_oid.hex()} is not RSA with {hash_name}"
+                f"module signature: signature algorithm with {_REFUSED_SIG_OIDS[sig_oid]} "
+                "is refused (weak hash)"
+            )
+        if sig_oid in _ECDSA_WITH_HASH:
+            algo = ALGO_ECDSA
+            if _ECDSA_WITH_HASH[sig_oid] != hash_name or has_null:
+                raise FormatError(
+                    f"module signature: ecdsa-with-{_ECDSA_WITH_HASH[sig_oid]} (parameters "
+                    f"must be absent) does not fit digest {hash_name}"
+                )
+        elif sig_oid == _OID_RSA or _RSA_WITH_HASH.get(sig_oid) == hash_name:
+            algo = ALGO_RSA
+        else:
+            raise FormatError(
+                f"module signature: signature algorithm {sig_oid.hex()} is not RSA or ECDSA "
+                f"with {hash_name}"
             )
         if f[4][0] != 0x04:
             raise FormatError("module signature: signature is not an OCTET STRING")
-        return cls(hash_name, issuer, serial, data[f[4][2] : f[4][3]])
+        return cls(hash_name, issuer, serial, data[f[4][2] : f[4][3]], algo, skid)
 
 
 # --- the trailer and the whole signed module ---------------------------------------------
@@ -367,55 +448,113 @@ def is_signed(data: bytes) -> bool:
     return data.endswith(MAGIC)
 
 
+def _key_algorithm(certificate: x509.Certificate) -> str:
+    """``rsa`` or ``ecdsa`` for a module-signing certificate (FormatError otherwise)."""
+    key = certificate.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        return ALGO_RSA
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in EC_CURVES:
+            raise FormatError(
+                f"module signing certificate curve {key.curve.name}: expected one of {EC_CURVES}"
+            )
+        return ALGO_ECDSA
+    raise FormatError(
+        f"module signing certificate holds a {type(key).__name__}: expected RSA or EC"
+    )
+
+
+def certificate_key_id(certificate: x509.Certificate) -> bytes:
+    """The certificate's subjectKeyIdentifier extension (FormatError when it has none)."""
+    try:
+        ext = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound as exc:
+        raise FormatError("module signing certificate has no subjectKeyIdentifier") from exc
+    return ext.value.digest
+
+
 def sign_module(
     module: bytes,
     certificate: x509.Certificate,
     sign: Callable[[bytes], bytes],
     hash_name: str = "sha256",
+    *,
+    use_key_id: bool = False,
 ) -> bytes:
-    """Append a signature: ``sign(module)`` must return RSA PKCS#1 v1.5 over ``hash_name``.
+    """Append a signature: ``sign(module)`` signs with the certificate's key over ``hash_name``.
 
-    The new signature is checked with the certificate before it is returned;
-    ConflictError if ``module`` is already signed.
+    RSA keys: ``sign`` returns RSA PKCS#1 v1.5; EC keys: a DER ECDSA signature. With
+    ``use_key_id`` the signer is named by subjectKeyIdentifier (sign-file ``-k``). The new
+    signature is checked with the certificate before it is returned; ConflictError if
+    ``module`` is already signed.
     """
     if is_signed(module):
         raise ConflictError("module is already signed")
-    key = certificate.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise FormatError("module signing certificate must hold an RSA key")
+    algo = _key_algorithm(certificate)
+    skid = certificate_key_id(certificate) if use_key_id else b""
     cms = CmsSignature(
         hash_name,
-        certificate.issuer.public_bytes(),
-        certificate.serial_number,
+        b"" if skid else certificate.issuer.public_bytes(),
+        0 if skid else certificate.serial_number,
         sign(module),
+        algo,
+        skid,
     )
-    _check_rsa(key, cms, module)
+    _check_signature(certificate, cms, module)
     der = cms.to_bytes()
     return b"".join((module, der, ModuleSignatureInfo(len(der)).to_bytes(), MAGIC))
 
 
-def _check_rsa(key: rsa.RSAPublicKey, cms: CmsSignature, module: bytes) -> None:
+def _check_signature(certificate: x509.Certificate, cms: CmsSignature, module: bytes) -> None:
+    key = certificate.public_key()
+    algorithm = _HASHES[cms.hash_name]()
     try:
-        key.verify(cms.signature, module, padding.PKCS1v15(), _HASHES[cms.hash_name]())
+        if cms.key_algorithm == ALGO_RSA and isinstance(key, rsa.RSAPublicKey):
+            key.verify(cms.signature, module, padding.PKCS1v15(), algorithm)
+        elif cms.key_algorithm == ALGO_ECDSA and isinstance(key, ec.EllipticCurvePublicKey):
+            _key_algorithm(certificate)  # the curve must be one bastion accepts
+            key.verify(cms.signature, module, ec.ECDSA(algorithm))
+        else:
+            raise SignatureError(
+                f"module signature is {cms.key_algorithm} but the certificate holds a "
+                f"{type(key).__name__}"
+            )
     except InvalidSignature as exc:
         raise SignatureError(
-            f"module signature ({cms.hash_name}, RSA) does not verify with the certificate"
+            f"module signature ({cms.hash_name}, {cms.key_algorithm}) does not verify with "
+            "the certificate"
         ) from exc
+    except FormatError as exc:
+        raise SignatureError(f"module signature: {exc}") from exc
 
 
-def verify_module(data: bytes, certificate: x509.Certificate) -> SignedModule:
-    """Check a signed module against ``certificate``; SignatureError or FormatError."""
-    split, end = _split_offsets(data)
-    cms = CmsSignature.parse(data[split:end])
+def _check_signer(certificate: x509.Certificate, cms: CmsSignature) -> None:
+    if cms.subject_key_id:
+        try:
+            expected = certificate_key_id(certificate)
+        except FormatError as exc:
+            raise SignatureError(
+                "module names its signer by subjectKeyIdentifier but the certificate has none"
+            ) from exc
+        if cms.subject_key_id != expected:
+            raise SignatureError(
+                f"module was signed by key id {cms.subject_key_id.hex()}, the certificate's "
+                f"is {expected.hex()}"
+            )
+        return
     if cms.issuer != certificate.issuer.public_bytes() or cms.serial != certificate.serial_number:
         raise SignatureError(
             "module was signed by another certificate: signer serial "
             f"{cms.serial:x} vs certificate serial {certificate.serial_number:x} "
             "(or a different issuer)"
         )
-    key = certificate.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise SignatureError("module signing certificate does not hold an RSA key")
+
+
+def verify_module(data: bytes, certificate: x509.Certificate) -> SignedModule:
+    """Check a signed module against ``certificate``; SignatureError or FormatError."""
+    split, end = _split_offsets(data)
+    cms = CmsSignature.parse(data[split:end])
+    _check_signer(certificate, cms)
     module = data[:split]
-    _check_rsa(key, cms, module)
+    _check_signature(certificate, cms, module)
     return SignedModule(module, data[split:end])

@@ -44,6 +44,12 @@ TOOL_PACKAGES: dict[str, str] = {
     "openssl": "openssl",
     "systemd-cryptenroll": "systemd",
     "sign-file": "linux-kbuild-6.1",
+    "sbsign": "sbsigntool",
+    "sbverify": "sbsigntool",
+    "pesign": "pesign",
+    "objcopy": "binutils",
+    "objdump": "binutils",
+    "systemd-measure": "systemd",
 }
 
 

@@ -8,7 +8,8 @@ and flags override it). Errors come back as the server's one-line ``detail`` map
 the same :mod:`bastion.errors` class the server raised (the codes of
 :mod:`bastion.server.errors`), so the CLI prints one line with the usual exit code.
 
-This module imports no server code (no FastAPI): the CLI stays light.
+This module imports no server code but the settings' loopback check (no FastAPI): the
+CLI stays light. Plain ``http://`` is refused for any host but a loopback one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from bastion.errors import (
     TransportError,
     VerificationError,
 )
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 
 #: error code in a response body -> the bastion error the client raises
@@ -94,20 +97,41 @@ class OperatorConfig:
                 "chmod 600 it"
             )
         try:
-            data = json.loads(read_bounded(target, limits.KEY_FILE_MAX_SIZE, "operator config"))
+            data = strict_json.loads_object(
+                read_bounded(target, limits.KEY_FILE_MAX_SIZE, "operator config"),
+                what=f"operator config {target}",
+            )
             return cls(
                 server=str(data["server"]),
                 token=data.get("token"),
                 ca_file=data.get("ca_file"),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (FormatError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{target} is not a bastion operator config: {exc}") from exc
 
 
 def check_server_url(url: str) -> str:
-    """``url`` without a trailing slash; ConfigError unless http(s)."""
+    """``url`` without a trailing slash; ConfigError unless https, or http to loopback.
+
+    Plain ``http://`` would send the password and the bearer token in the clear, so it
+    is accepted only for a loopback host (``localhost``, 127.0.0.0/8, ``::1``), where
+    the server itself also allows it.
+    """
+    from bastion.server.settings import is_loopback
+
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"server URL {url!r} must start with http:// or https://")
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError as exc:
+        raise ConfigError(f"server URL {url!r} is malformed: {exc}") from exc
+    if not host:
+        raise ConfigError(f"server URL {url!r} names no host")
+    if url.startswith("http://") and not is_loopback(host):
+        raise ConfigError(
+            f"refusing plain http:// to {host!r}: the password and token would travel "
+            "unencrypted; use https:// (with --ca-file for a private CA) or a loopback address"
+        )
     return url.rstrip("/")
 
 
@@ -178,15 +202,15 @@ class ApiClient:
         if response.status_code == 204 or not response.content:
             return None
         try:
-            return response.json()
-        except ValueError as exc:
-            raise FormatError(f"{method} {path}: the answer is not JSON") from exc
+            return strict_json.loads(response.content, what=f"{method} {path} answer")
+        except FormatError as exc:
+            raise FormatError(f"{method} {path}: the answer is not strict JSON: {exc}") from exc
 
     @staticmethod
     def _error(method: str, path: str, response: httpx.Response) -> BastionError:
         try:
-            body = response.json()
-        except ValueError:
+            body = strict_json.loads(response.content, what="error body")
+        except FormatError:
             body = None
         code = body.get("error") if isinstance(body, dict) else None
         detail = body.get("detail") if isinstance(body, dict) else None

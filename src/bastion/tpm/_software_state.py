@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from bastion import limits
-from bastion.errors import NotFoundError, TpmError
+from bastion.errors import FormatError, NotFoundError, TpmError
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.tpm.base import PCR_COUNT, HashAlg
 from bastion.tpm.pcr import reset_value
@@ -105,8 +106,12 @@ class State:
     @classmethod
     def from_json(cls, data: bytes, where: str) -> State:
         try:
-            return cls._decode(json.loads(data))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return cls._decode(
+                strict_json.loads_object(
+                    data, what="software TPM state", max_size=limits.SOFTWARE_TPM_STATE_MAX_SIZE
+                )
+            )
+        except (FormatError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise TpmError(f"software TPM state {where} is corrupt: {exc}") from exc
 
     @classmethod

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bastion.errors import ConfigError, FormatError, LimitError, SignatureError
-from bastion.limits import ENVELOPE_MAX_SIGNATURES, ENVELOPE_MAX_SIZE, JSON_MAX_DEPTH
+from bastion.formats import strict_json
+from bastion.limits import ENVELOPE_MAX_SIGNATURES, ENVELOPE_MAX_SIZE
 from bastion.trust.signer import Signer, Verifier
 
 #: longest key id / payload type bastion accepts (bytes of UTF-8)
@@ -115,26 +116,6 @@ def _check_type(payload_type: str) -> None:
 # --- parsing ---------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FormatError(f"envelope: duplicate JSON key {key!r}")
-        out[key] = value
-    return out
-
-
-def _depth(obj: Any, level: int = 0) -> None:
-    if level > JSON_MAX_DEPTH:
-        raise LimitError(f"envelope: JSON nested deeper than {JSON_MAX_DEPTH}")
-    if isinstance(obj, dict):
-        for v in obj.values():
-            _depth(v, level + 1)
-    elif isinstance(obj, list):
-        for v in obj:
-            _depth(v, level + 1)
-
-
 def _b64(text: Any, what: str) -> bytes:
     if not isinstance(text, str):
         raise FormatError(f"envelope: {what} must be a base64 string, got {type(text).__name__}")
@@ -155,18 +136,7 @@ def _b64(text: Any, what: str) -> bytes:
 
 def parse_envelope(data: bytes) -> Envelope:
     """Parse a DSSE JSON envelope (see module docstring for the rules)."""
-    if len(data) > ENVELOPE_MAX_SIZE:
-        raise LimitError(f"envelope is {len(data)} bytes, limit is {ENVELOPE_MAX_SIZE}")
-    try:
-        text = data.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
-    except FormatError:
-        raise
-    except RecursionError as exc:
-        raise LimitError("envelope: JSON nested too deeply") from exc
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FormatError(f"envelope is not JSON: {exc}") from exc
-    _depth(obj)
+    obj = strict_json.loads(data, what="envelope", max_size=ENVELOPE_MAX_SIZE)
     if not isinstance(obj, dict):
         raise FormatError(f"envelope must be a JSON object, got {type(obj).__name__}")
     expected = {"payload", "payloadType", "signatures"}

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from bastion.errors import AuthError, ConfigError, FormatError
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import KEY_FILE_MAX_SIZE
 from bastion.tpm.base import Tpm, TpmKey
@@ -285,7 +286,7 @@ def tpm_key_to_bytes(key: TpmKey, algorithm: str) -> bytes:
 def tpm_key_from_bytes(data: bytes, what: str = "TPM key file") -> TpmKey:
     """Parse a ``.tpmkey`` file; FormatError if malformed."""
     try:
-        doc = json.loads(data)
+        doc = strict_json.loads_object(data, what=what, max_size=KEY_FILE_MAX_SIZE)
         if doc.get("format") != TPM_KEY_FORMAT or doc.get("version") != 1:
             raise FormatError(f"{what}: expected format {TPM_KEY_FORMAT!r} version 1")
         return TpmKey(

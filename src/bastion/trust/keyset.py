@@ -52,6 +52,7 @@ from bastion.errors import (
     VerificationError,
 )
 from bastion.formats import bootunit as bu
+from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import BOOT_STATEMENT_MAX_SIZE, CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust import delegation, pki
@@ -334,7 +335,7 @@ class KeySet:
         target = Path(folder)
         data = read_bounded(target / MANIFEST, JSON_MAX_SIZE, "key set manifest")
         try:
-            doc = json.loads(data)
+            doc = strict_json.loads_object(data, what=f"{target / MANIFEST}")
             if doc.get("format") != FORMAT or doc.get("version") != VERSION:
                 raise FormatError(
                     f"{target / MANIFEST}: format {doc.get('format')!r} v{doc.get('version')}, "

@@ -47,6 +47,7 @@ from bastion.errors import (
     SignatureError,
     VerificationError,
 )
+from bastion.formats import strict_json
 from bastion.formats.modsig import der_read, der_tlv
 from bastion.limits import CERT_CHAIN_MAX_DEPTH, CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust.signer import (
@@ -461,7 +462,7 @@ class RevocationState:
         if len(data) > JSON_MAX_SIZE:
             raise LimitError(f"revocation state is {len(data)} bytes, limit {JSON_MAX_SIZE}")
         try:
-            doc = json.loads(data)
+            doc = strict_json.loads_object(data, what="revocation state")
             entries = tuple(
                 RevokedEntry(
                     int(e["serial"], 16),

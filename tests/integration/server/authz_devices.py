@@ -158,6 +158,8 @@ ROWS = [
     Row("POST", "/v1/device/events", "device", body={"events": [{"type": "boot"}]}),
     Row("GET", "/v1/fleets/{fleet}/devices", "viewer"),
     Row("GET", "/v1/fleets/{fleet}/devices/{device}", "viewer"),
+    Row("GET", "/v1/fleets/{fleet}/devices/{device}/logs", "viewer"),
+    Row("GET", "/v1/fleets/{fleet}/devices/{device}/events", "viewer"),
     Row(
         "POST", "/v1/fleets/{fleet}/devices/{device}/revoke", "operator", setup=_victim("operator")
     ),

@@ -144,10 +144,10 @@ def tss_tpm(folder: Path) -> Iterator[Tpm]:
 
 
 @contextmanager
-def shared_world(backend: str, folder: Path) -> Iterator[FleetWorld]:
+def shared_world(backend: str, folder: Path, **settings: Any) -> Iterator[FleetWorld]:
     """A whole app + world for one test module, on its own SQLite file or PostgreSQL
     database (created here, dropped afterwards), so module tests share the set-up cost
-    and no other module's per-test wipe touches it."""
+    and no other module's per-test wipe touches it; ``settings`` override server settings."""
     import secrets
 
     import pytest
@@ -176,7 +176,8 @@ def shared_world(backend: str, folder: Path) -> Iterator[FleetWorld]:
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}"
     clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
     app = create_app(
-        ServerSettings(data_dir=folder / "data", database_url=url, **CHEAP), clock=clock
+        ServerSettings(data_dir=folder / "data", database_url=url, **{**CHEAP, **settings}),
+        clock=clock,
     )
     try:
         with TestClient(app, raise_server_exceptions=False) as client:

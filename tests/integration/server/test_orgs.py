@@ -17,12 +17,21 @@ def org_world(api):
     return api, boss, org, fleet
 
 
+def join(api, boss, org, email):
+    """Invite ``email`` as ``boss`` and accept as its holder; the holder's session."""
+    invitation = api.client.post(f"/v1/orgs/{org}/invitations", headers=boss, json={"email": email})
+    assert invitation.status_code == 201, invitation.text
+    headers = api.login(email)
+    accepted = api.client.post(
+        f"/v1/me/invitations/{invitation.json()['id']}/accept", headers=headers
+    )
+    assert accepted.status_code == 200, accepted.text
+    return headers
+
+
 def add(api, boss, org, fleet, email, role):
     api.user(email)
-    assert (
-        api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": email}).status_code
-        == 200
-    )
+    join(api, boss, org, email)
     if role:
         r = api.client.put(
             f"/v1/fleets/{fleet}/members", headers=boss, json={"email": email, "role": role}
@@ -46,7 +55,7 @@ def test_admin_cannot_grant_or_remove_owner(org_world) -> None:
     admin = add(api, boss, org, fleet, "a@example.org", "admin")
     add(api, boss, org, fleet, "o@example.org", "owner")
     api.user("new@example.org")
-    api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": "new@example.org"})
+    join(api, boss, org, "new@example.org")
     grant = api.client.put(
         f"/v1/fleets/{fleet}/members",
         headers=admin,
@@ -181,3 +190,50 @@ def test_org_audit_lists_only_that_org(org_world) -> None:
     api, boss, org, fleet = org_world  # noqa: RUF059
     events = [e["event"] for e in api.client.get(f"/v1/orgs/{org}/audit", headers=boss).json()]
     assert events == ["org.create", "fleet.create"]
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"config": {"k": ' + b"[" * depth + b"1" + b"]" * depth + b"}}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (_nested(300), 413),  # nested 300 deep: refused before the handler runs
+        (_nested(100_000), 413),  # would be a RecursionError in the stdlib parser
+        (b'{"config": {"k": 1, "k": 2}}', 422),  # duplicate key
+        (b'{"config": {"k": NaN}}', 422),
+        (b'{"config": {"k": Infinity}}', 422),
+        (b'{"config": {"k": -Infinity}}', 422),
+        (b'{"config": {"k": 1e999}}', 422),
+        (b'{"config": {"k": "\\ud800"}}', 422),  # lone surrogate escape
+        (b'{"config": {"k": "\xff"}}', 422),  # not UTF-8
+        (b'\xef\xbb\xbf{"config": {}}', 422),  # byte-order mark
+        (b'{"config": {}, "config": {"k": 1}}', 422),
+    ],
+)
+def test_strict_json_fleet_config_is_refused_and_not_stored(org_world, raw, status) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    api.client.put(f"/v1/fleets/{fleet}/config", headers=boss, json={"config": {"keep": 1}})
+    response = api.client.put(
+        f"/v1/fleets/{fleet}/config",
+        headers={**boss, "content-type": "application/json"},
+        content=raw,
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"] in {"invalid", "too_large"}
+    stored = api.client.get(f"/v1/fleets/{fleet}/config", headers=boss).json()
+    assert stored == {"config": {"keep": 1}}
+
+
+@pytest.mark.parametrize("ctype", ["application/json", "application/merge-patch+json", None])
+def test_strict_json_applies_to_every_json_content_type(org_world, ctype) -> None:
+    api, boss, org, fleet = org_world  # noqa: RUF059
+    headers = dict(boss)
+    if ctype:
+        headers["content-type"] = ctype
+    response = api.client.put(
+        f"/v1/fleets/{fleet}/config", headers=headers, content=b'{"config": {"a": 1, "a": 2}}'
+    )
+    assert response.status_code == 422, response.text
+    assert "duplicate JSON key" in response.json()["detail"]

@@ -110,3 +110,50 @@ def test_too_many_algorithms_refused() -> None:
     raw = el.EventLog(spec, ()).to_bytes()
     with pytest.raises(LimitError):
         el.parse(raw)
+
+
+def _legacy(pcr: int, etype: int, data: bytes) -> bytes:
+    import hashlib
+    import struct
+
+    return (
+        struct.pack("<II", pcr, etype)
+        + hashlib.sha1(data).digest()
+        + (struct.pack("<I", len(data)) + data)
+    )
+
+
+def test_legacy_sha1_log_parses_round_trips_and_replays() -> None:
+    import hashlib
+
+    raw = _legacy(0, 8, b"1.0\0") + _legacy(4, 0xD, b"loader") + _legacy(4, 4, bytes(4))
+    log = el.parse(raw)
+    assert log.legacy
+    assert [(e.pcr, e.event_type) for e in log.events] == [(0, 8), (4, 0xD), (4, 4)]
+    assert log.to_bytes() == raw
+    pcr4 = bytes(20)
+    for data in (b"loader", bytes(4)):
+        pcr4 = hashlib.sha1(pcr4 + hashlib.sha1(data).digest()).digest()
+    assert el.replay(log.events, el.ALG_SHA1)[4] == pcr4
+
+
+def test_legacy_log_with_tpm12_spec_id_header_parses() -> None:
+    header = b"Spec ID Event00\0" + bytes(8)
+    raw = _legacy(0, 3, header)[:8] + bytes(20) + len(header).to_bytes(4, "little") + header
+    log = el.parse(raw + _legacy(0, 4, bytes(4)))
+    assert log.legacy and len(log.events) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (_legacy(0, 8, b"x")[:-2], "truncated"),  # data cut short
+        (_legacy(0, 8, b"x")[:20], "truncated"),  # digest cut short
+        (_legacy(24, 8, b"x"), "PCR 24"),
+        (_legacy(0, 8, b"x")[:28] + (2**31).to_bytes(4, "little"), "exceeds"),
+        (_legacy(0, 8, b"x") + b"\0\0", "truncated"),  # stray bytes after the last event
+    ],
+)
+def test_legacy_log_negative(raw: bytes, fragment: str) -> None:
+    with pytest.raises(FormatError, match=fragment):
+        el.parse(raw)

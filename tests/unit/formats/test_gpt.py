@@ -134,3 +134,39 @@ def test_find_partition() -> None:
     assert disk.find("root-a").size == 2048 * 512
     with pytest.raises(FormatError):
         disk.find("nope")
+
+
+def test_parse_verdicts_on_hand_made_tables(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The interop table's bastion column, without sfdisk: primary alone, then with backup."""
+    from tests.interop.test_gpt_sfdisk import HAND_MADE, _craft
+
+    from bastion.build.image import read_layout
+
+    for name, (kwargs, _sfdisk, accepts, _why) in HAND_MADE.items():
+        path = tmp_path / f"{name}.img"
+        _craft(path, **kwargs)
+        if accepts:
+            assert read_layout(path).partitions, name
+        else:
+            with pytest.raises(FormatError):
+                read_layout(path)
+
+
+@pytest.mark.parametrize(
+    ("parts", "fragment"),
+    [
+        (((2048, 4095), (4095, 5000)), "overlap"),
+        (((5000, 6000), (2048, 5000)), "overlap"),  # unsorted entries that overlap
+        (((3000, 2048),), "after last"),
+        (((2048, 8159),), "outside the usable range"),
+        (((33, 100),), "outside the usable range"),
+    ],
+)
+def test_primary_only_negative_table(tmp_path, parts, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.interop.test_gpt_sfdisk import SECTORS, _craft
+
+    path = tmp_path / "d.img"
+    _craft(path, parts=parts)
+    data = path.read_bytes()
+    with pytest.raises(FormatError, match=fragment):
+        gpt.parse(data[: 34 * 512], SECTORS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from bastion.errors import ConflictError, FormatError, LimitError, SignatureError
 from bastion.formats import modsig
@@ -135,26 +135,108 @@ def test_sign_refuses_signed_module() -> None:
         sign_module((VEC / "module.sha256.ko").read_bytes(), _cert(), _signer(_key(), "sha256"))
 
 
-def test_sign_refuses_non_rsa_cert() -> None:
+def _cert_of(key, skid: bool = True) -> x509.Certificate:  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    k = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "ec")])
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "k")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(k.public_key())
-        .serial_number(1)
+        .public_key(key.public_key())
+        .serial_number(7)
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=1))
-        .sign(k, hashes.SHA256())
     )
+    if skid:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+        )
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        ed25519.Ed25519PrivateKey.generate,
+        lambda: ec.generate_private_key(ec.SECP256K1()),  # a curve the kernel does not verify
+    ],
+    ids=["ed25519", "secp256k1"],
+)
+def test_sign_refuses_unsupported_keys(make) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(FormatError):
-        sign_module(b"mod", cert, lambda d: b"")
+        sign_module(b"mod", _cert_of(make()), lambda d: b"")
+
+
+def _ec_sign(key, h: str):  # type: ignore[no-untyped-def]
+    return lambda data: key.sign(data, ec.ECDSA(getattr(hashes, h.upper())()))
+
+
+@pytest.mark.parametrize(
+    ("curve", "h"),
+    [(ec.SECP256R1(), "sha256"), (ec.SECP384R1(), "sha384"), (ec.SECP521R1(), "sha512")],
+)
+@pytest.mark.parametrize("key_id", [False, True])
+def test_ecdsa_and_key_id_round_trip(curve, h: str, key_id: bool) -> None:  # type: ignore[no-untyped-def]
+    key = ec.generate_private_key(curve)
+    cert = _cert_of(key)
+    signed = sign_module(b"module", cert, _ec_sign(key, h), h, use_key_id=key_id)
+    verified = verify_module(signed, cert)
+    cms = verified.cms()
+    assert (cms.key_algorithm, cms.hash_name, cms.version) == ("ecdsa", h, 3 if key_id else 1)
+    assert modsig.CmsSignature.parse(cms.to_bytes()) == cms
+
+
+def test_rsa_key_id_round_trip() -> None:
+    key = _key()
+    cert = _cert_of(key)
+    signed = sign_module(b"module", cert, _signer(key, "sha256"), use_key_id=True)
+    assert verify_module(signed, cert).cms().subject_key_id == modsig.certificate_key_id(cert)
+
+
+def test_key_id_negative_table() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _cert_of(key)
+    signed = sign_module(b"module", cert, _ec_sign(key, "sha256"), use_key_id=True)
+    # another key, a certificate without the extension, an RSA certificate
+    other = _cert_of(ec.generate_private_key(ec.SECP256R1()))
+    for wrong in (other, _cert_of(key, skid=False), _cert_of(_key())):
+        with pytest.raises(SignatureError):
+            verify_module(signed, wrong)
+    with pytest.raises(FormatError, match="subjectKeyIdentifier"):
+        sign_module(b"m", _cert_of(key, skid=False), _ec_sign(key, "sha256"), use_key_id=True)
+    # an ECDSA signature claimed as RSA
+    cms = SignedModule.parse(signed).cms()
+    as_rsa = modsig.CmsSignature(cms.hash_name, b"", 0, cms.signature, "rsa", cms.subject_key_id)
+    forged = b"module" + as_rsa.to_bytes()
+    forged += modsig.ModuleSignatureInfo(len(as_rsa.to_bytes())).to_bytes() + modsig.MAGIC
+    with pytest.raises(SignatureError):
+        verify_module(forged, cert)
+
+
+_SHA256 = bytes.fromhex("608648016503040201")
+
+
+@pytest.mark.parametrize(
+    ("oid", "name"),
+    [
+        (bytes.fromhex("2a864886f70d0204"), "md4"),
+        (bytes.fromhex("2a864886f70d0205"), "md5"),
+        (bytes.fromhex("2b0e03021a"), "sha1"),
+    ],
+)
+def test_weak_hashes_refused_by_name(
+    oid: bytes, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cms = CmsSignature("sha256", _cert().issuer.public_bytes(), 7, b"\x01" * 256)
+    with monkeypatch.context() as m:  # encode the same SignedData with the weak digest OID
+        m.setitem(modsig.HASH_OIDS, "sha256", oid)
+        weak = cms.to_bytes()
+    assert oid in weak
+    with pytest.raises(FormatError, match=f"{name} is refused"):
+        modsig.CmsSignature.parse(weak)
 
 
 def test_wrong_signing_callable_is_caught() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.conftest import need_tss
 
 from bastion.errors import ConfigError
 from bastion.tpm.uri import TpmKind, TpmUri, bastion_state_dir, open_tpm, parse_tpm_uri
@@ -87,7 +88,7 @@ def test_default_is_software_in_state_dir(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_open_swtpm_that_is_not_there_is_a_tpm_error() -> None:
-    pytest.importorskip("tpm2_pytss")
+    need_tss()
     from bastion.errors import TpmError
     from bastion.tpm.swtpm import free_port_pair
 

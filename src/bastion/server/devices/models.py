@@ -67,6 +67,8 @@ class DeviceRecord(Base):
     kind: Mapped[str] = mapped_column(String(8))
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     body: Mapped[str] = mapped_column(Text)
+    #: UTF-8 bytes of ``body``, summed for the per-device byte quota
+    size: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RevokedCertificate(Base):

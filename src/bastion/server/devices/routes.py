@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 
+from bastion import limits
 from bastion.errors import LimitError
 from bastion.server.auth.deps import (
     Ctx,
@@ -36,7 +37,11 @@ from bastion.server.devices.schemas import (
     DeviceOut,
     DevicePatchIn,
     EnvValueIn,
+    EventPageOut,
+    EventRecordOut,
     EventsIn,
+    LogPageOut,
+    LogRecordOut,
     LogsIn,
     TargetReleaseOut,
 )
@@ -45,7 +50,9 @@ from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX
 router = APIRouter(tags=["devices"])
 DevicePrincipal = Annotated[Principal, Depends(require_kind(PrincipalKind.DEVICE))]
 EnvName = Annotated[str, Path(pattern=ENV_NAME_PATTERN)]
-_MAX_RECORD = 16 * 1024
+_MAX_RECORD = limits.DEVICE_RECORD_MAX_SIZE
+Since = Annotated[int, Query(ge=0, le=2**63 - 1, description="return records after this id")]
+PageLimit = Annotated[int, Query(ge=1, le=limits.DEVICE_RECORDS_PAGE_MAX)]
 
 
 def _seen(request: Request, principal: Principal) -> None:
@@ -93,9 +100,12 @@ def post_logs(
 ) -> AcceptedOut:
     """Append log lines to the device's own log."""
     for line in body.lines:
-        if len(line) > _MAX_RECORD:
-            raise LimitError(f"log line is {len(line)} characters, limit is {_MAX_RECORD}")
-    n = service.append_records(session, principal, "log", body.lines, ctx.clock.now())
+        if service.record_size(line) > _MAX_RECORD:
+            raise LimitError(
+                f"log line is {service.record_size(line)} bytes, limit is {_MAX_RECORD}"
+            )
+    quota = service.RecordQuota.of(ctx.settings)
+    n = service.append_records(session, principal, "log", body.lines, ctx.clock.now(), quota=quota)
     return AcceptedOut(accepted=n)
 
 
@@ -106,9 +116,12 @@ def post_events(
     """Append events to the device's own event stream."""
     bodies = [json.dumps(e.model_dump(), sort_keys=True) for e in body.events]
     for text in bodies:
-        if len(text) > _MAX_RECORD:
-            raise LimitError(f"event is {len(text)} bytes of JSON, limit is {_MAX_RECORD}")
-    n = service.append_records(session, principal, "event", bodies, ctx.clock.now())
+        if service.record_size(text) > _MAX_RECORD:
+            raise LimitError(
+                f"event is {service.record_size(text)} bytes of JSON, limit is {_MAX_RECORD}"
+            )
+    quota = service.RecordQuota.of(ctx.settings)
+    n = service.append_records(session, principal, "event", bodies, ctx.clock.now(), quota=quota)
     return AcceptedOut(accepted=n)
 
 
@@ -131,6 +144,41 @@ def show_device(device_id: str, access: FleetViewer, session: ReadSession) -> De
     return DeviceDetailOut(
         **base, certificate=view.device.certificate, ek_sha256=view.device.ek_hash, env=view.env
     )
+
+
+@router.get("/fleets/{fleet_id}/devices/{device_id}/logs", response_model=LogPageOut)
+def device_logs(
+    device_id: str,
+    access: FleetViewer,
+    session: ReadSession,
+    since: Since = 0,
+    limit: PageLimit = 100,
+) -> LogPageOut:
+    """A page of the device's log lines after ``since``, oldest first."""
+    found = service.read_records(
+        session, access.fleet_id, device_id, "log", since=since, limit=limit
+    )
+    records = [LogRecordOut(id=r.id, at=r.at, line=r.body) for r in found]
+    return LogPageOut(records=records, next=found[-1].id if found else since)
+
+
+@router.get("/fleets/{fleet_id}/devices/{device_id}/events", response_model=EventPageOut)
+def device_events(
+    device_id: str,
+    access: FleetViewer,
+    session: ReadSession,
+    since: Since = 0,
+    limit: PageLimit = 100,
+) -> EventPageOut:
+    """A page of the device's events after ``since``, oldest first."""
+    found = service.read_records(
+        session, access.fleet_id, device_id, "event", since=since, limit=limit
+    )
+    records = []
+    for r in found:
+        doc = json.loads(r.body)
+        records.append(EventRecordOut(id=r.id, at=r.at, type=doc["type"], data=doc["data"]))
+    return EventPageOut(records=records, next=found[-1].id if found else since)
 
 
 @router.post("/fleets/{fleet_id}/devices/{device_id}/revoke", response_model=DeviceOut)

@@ -119,3 +119,34 @@ class EnvValueIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: str = Field(max_length=limits.DEVICE_MAX_ENV_VALUE)
+
+
+class LogRecordOut(BaseModel):
+    """One stored log line; ``id`` is the cursor for the next page (``since``)."""
+
+    id: int
+    at: dt.datetime
+    line: str
+
+
+class EventRecordOut(BaseModel):
+    """One stored event (``bastion.records_dropped`` marks records dropped by the quota)."""
+
+    id: int
+    at: dt.datetime
+    type: str
+    data: dict[str, Any]
+
+
+class LogPageOut(BaseModel):
+    """A page of log lines, oldest first; pass ``next`` as ``since`` for the next page."""
+
+    records: list[LogRecordOut]
+    next: int
+
+
+class EventPageOut(BaseModel):
+    """A page of events, oldest first; pass ``next`` as ``since`` for the next page."""
+
+    records: list[EventRecordOut]
+    next: int

@@ -88,3 +88,22 @@ class AuditEntryOut(BaseModel):
     event: str
     details: dict[str, Any] | list[Any] | str
     hash: str
+
+
+class InvitationIn(StrictModel):
+    email: str = Field(min_length=3, max_length=254)
+    role: OrgRoleName = "member"
+    expires_in_days: int = Field(default=7, ge=1, le=limits.INVITATION_TTL_DAYS_MAX)
+
+
+class InvitationOut(BaseModel):
+    """An invitation; the same fields whether or not the address has an account."""
+
+    id: str
+    org_id: str
+    org_name: str
+    email: str
+    role: OrgRoleName
+    state: Literal["pending", "accepted", "declined", "revoked"]
+    created_at: dt.datetime
+    expires_at: dt.datetime

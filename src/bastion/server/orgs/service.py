@@ -72,15 +72,16 @@ def update_org(
 def set_org_member(
     ctx: AppContext, session: Session, access: OrgAccess, email: str, role: str
 ) -> tuple[User, str]:
-    """Add a user to the organisation or change their standing."""
-    user = _user_by_email(session, email)
+    """Change a member's standing (``owner``/``member``); adding someone is an invitation.
+
+    A non-member gets the same NotFoundError whether or not the address has an account.
+    """
+    user = _member_by_email(session, access.org, email)
     member = session.get(OrgMember, (access.org.id, user.id))
-    if member is None:
-        session.add(OrgMember(org_id=access.org.id, user_id=user.id, role=role))
-    else:
-        if member.role == OrgRole.OWNER and role != OrgRole.OWNER:
-            _keep_an_owner(session, access.org.id, user.id)
-        member.role = role
+    assert member is not None
+    if member.role == OrgRole.OWNER and role != OrgRole.OWNER:
+        _keep_an_owner(session, access.org.id, user.id)
+    member.role = role
     record(
         session,
         "org.member_set",
@@ -204,9 +205,7 @@ def set_fleet_member(
     ctx: AppContext, session: Session, access: FleetAccess, email: str, role: Role
 ) -> User:
     """Give an organisation member a role in the fleet (admin; owner for owner roles)."""
-    user = _user_by_email(session, email)
-    if repo.org_role(session, access.org.id, user.id) is None:
-        raise NotFoundError(f"user {email!r} is not a member of organisation {access.org.name!r}")
+    user = _member_by_email(session, access.org, email)
     current = repo.fleet_member_role(session, access.fleet.id, user.id)
     touches_owner = role is Role.OWNER or current == Role.OWNER.value
     if touches_owner and access.role is not Role.OWNER:
@@ -325,10 +324,16 @@ def delete_env(ctx: AppContext, session: Session, access: FleetAccess, name: str
     session.commit()
 
 
-def _user_by_email(session: Session, email: str) -> User:
+def _member_by_email(session: Session, org: Organisation, email: str) -> User:
+    """The member of ``org`` with ``email``; one NotFoundError for no account or no member.
+
+    The same message either way, so the answer does not reveal who has an account.
+    """
     user = users_repo.get_user_by_email(session, email.strip().lower())
-    if user is None:
-        raise NotFoundError(f"no user with e-mail {email[:64]!r}")
+    if user is None or repo.org_role(session, org.id, user.id) is None:
+        raise NotFoundError(
+            f"{email[:64]!r} is not a member of organisation {org.name!r} (invite them first)"
+        )
     return user
 
 
