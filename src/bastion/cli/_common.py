@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bastion.errors import ConfigError
+from bastion.errors import BastionError, ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -94,3 +94,13 @@ def text_value(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={text_value(v)}" for k, v in value.items()) or "-"
     return str(value)
+
+
+def about_file(exc: BastionError, path: str) -> BastionError:
+    """``exc`` naming the file it is about (same class): for errors raised over bytes."""
+    if path in str(exc):
+        return exc
+    try:
+        return type(exc)(f"{path}: {exc}")
+    except TypeError:  # a class with other constructor arguments keeps its message
+        return exc

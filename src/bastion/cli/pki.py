@@ -15,7 +15,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
+from bastion.cli._common import (
+    about_file,
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    passphrase_source,
+)
 from bastion.errors import BastionError, ConfigError, NotFoundError, VerificationError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_CHAIN_MAX_DEPTH, CERT_MAX_SIZE, JSON_MAX_SIZE
@@ -150,9 +156,10 @@ def _verify(args: argparse.Namespace) -> int:
                 crls=crls,
             )
         except BastionError as exc:
-            if args.cert[0] in str(exc):
+            named = about_file(exc, args.cert[0])
+            if named is exc:
                 raise
-            raise _named(exc, args.cert[0]) from exc
+            raise named from exc
         subjects = [c.subject.rfc4514_string() for c in chain.chain]
         emit(
             args,
@@ -185,14 +192,6 @@ def _verify(args: argparse.Namespace) -> int:
     if failed:
         raise VerificationError(f"{len(failed)} of {len(results)} certificates do not verify")
     return 0
-
-
-def _named(exc: BastionError, path: str) -> BastionError:
-    """The same error with the file it is about in front of the message."""
-    try:
-        return type(exc)(f"{path}: {exc}")
-    except TypeError:  # a class with other constructor arguments keeps its message
-        return exc
 
 
 def register(subparsers: Any) -> None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.bootkit import KERNEL, make_tree
 from tests.conftest import need_tool
+from tests.pebuild import make_pe
 
 from bastion.cli.main import main
 from bastion.trust.keyset import KeySet
@@ -68,6 +69,8 @@ def encrypted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (base / "dev.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
     (base / "mod.ko").write_bytes(b"\x7fELF module " * 64)
     (base / "payload.txt").write_bytes(b"hello\n")
+    (base / "stub.efi").write_bytes(make_pe(spare_headers=8))
+    (base / "kernel.efi").write_bytes(make_pe())
     return {"base": base, "keys": keys}
 
 
@@ -179,12 +182,26 @@ def _module_sign(s: dict[str, Path], out: Path) -> list[str]:
             "-o", str(out / "mod.ko")]  # fmt: skip
 
 
+def _uki_sign(s: dict[str, Path], out: Path) -> list[str]:
+    return ["uki", "sign", "--key", str(s["keys"] / "verity.key.pem"), "--cert",
+            str(s["keys"] / "verity.crt.pem"), str(s["base"] / "kernel.efi"),
+            "-o", str(out / "signed.efi")]  # fmt: skip
+
+
+def _uki_build(s: dict[str, Path], out: Path) -> list[str]:
+    return ["uki", "build", "--stub", str(s["base"] / "stub.efi"), "--linux",
+            str(s["base"] / "kernel.efi"), "--pcr-key", str(s["keys"] / "verity.key.pem"),
+            "-o", str(out / "uki.efi")]  # fmt: skip
+
+
 def _keys_id(s: dict[str, Path], out: Path) -> list[str]:
     return ["keys", "id", str(s["keys"] / "boot.key.pem")]
 
 
 SIGNING: dict[str, Callable[[dict[str, Path], Path], list[str]]] = {
     "keys id": _keys_id,  # opens a private key, like every signing command
+    "uki sign": _uki_sign,
+    "uki build --pcr-key": _uki_build,
     "image build": _image_build,
     "device create": _device_create,
     "pki issue": _pki_issue,

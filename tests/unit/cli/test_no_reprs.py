@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.bootkit import INITRD, KERNEL, make_tree
 from tests.conftest import need_tool
+from tests.pebuild import make_pe
 
 from bastion.build import image as img
 from bastion.cli.main import main
@@ -84,6 +85,8 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
     (d / "pass2").write_bytes(b"second phrase")
     (d / "payload").write_bytes(b"hello\n")
     (d / "mod.ko").write_bytes(b"\x7fELF module " * 64)
+    (d / "stub.efi").write_bytes(make_pe(spare_headers=8))
+    (d / "kernel.efi").write_bytes(make_pe())
     with open(d / "v.img", "wb") as handle:
         handle.truncate(4 << 20)
     # made through the library: `luks format|repair` belong to the luks branch, which is
@@ -146,6 +149,14 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
          str(d / "payload"), "-o", str(d / "env.json")],
         ["verify", "--key", str(keys / "image.pub.pem"), "--type", "text/plain",
          str(d / "env.json")],
+        ["uki", "build", "--stub", str(d / "stub.efi"), "--linux", str(d / "kernel.efi"),
+         "--cmdline", str(d / "payload"), "--pcr-key", str(keys / "verity.key.pem"),
+         "-o", str(d / "uki.efi")],
+        ["uki", "sign", "--key", str(keys / "verity.key.pem"), "--cert",
+         str(keys / "verity.crt.pem"), str(d / "uki.efi")],
+        ["uki", "verify", "--db", str(keys / "verity.crt.pem"), "--pcr-pubkey",
+         str(keys / "verity.pub.pem"), str(d / "uki.efi")],
+        ["uki", "pcrs", str(d / "uki.efi")],
         ["pki", "issue", "--keyset", str(keys), "--csr", str(d / "dev.csr"), "--device-id",
          "dev-1", "-o", str(d / "dev.crt")],
         ["pki", "verify", "--root", str(keys / "fleet-root-ca.crt.pem"), "--untrusted",
@@ -170,6 +181,7 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
         (["pki", "verify", "--root", str(keys / "fleet-root-ca.crt.pem"), "--untrusted",
           str(keys / "fleet-ca.crt.pem"), "--crl", str(d / "crl.pem"), str(d / "dev.crt")], 2),
         (["device", "eventlog", str(d / "nodev")], 5),
+        (["uki", "verify", "--db", str(keys / "module.crt.pem"), str(d / "uki.efi")], 2),
     ]  # fmt: skip
     return ok, bad
 
@@ -223,7 +235,7 @@ def _run(argv: list[str], expected: int) -> Ran:
 def test_every_command_ran(runs: list[Ran]) -> None:
     commands = {" ".join(r.argv[:2]) for r in runs}
     for group in ("keys init", "image build", "device boot", "luks enroll-tpm", "tpm quote",
-                  "fuses blow", "module sign", "pki crl", "verity verify"):  # fmt: skip
+                  "fuses blow", "module sign", "pki crl", "verity verify", "uki sign"):  # fmt: skip
         assert group in commands
     assert {r.json for r in runs} == {True, False}
 
@@ -253,7 +265,7 @@ def test_json_output_is_one_document_without_reprs(runs: list[Ran]) -> None:
 
 def test_failures_are_one_line_and_a_json_error_object(runs: list[Ran]) -> None:
     failures = [r for r in runs if r.code != 0]
-    assert len(failures) == 2 * 12  # the 11 of _script and a tampered boot, in each mode
+    assert len(failures) == 2 * 13  # the 12 of _script and a tampered boot, in each mode
     for r in failures:
         lines = [line for line in r.err.splitlines() if not line.startswith("bastion: warning:")]
         assert len(lines) == 1 and lines[0].startswith("bastion: "), (r.argv, r.err)
