@@ -132,7 +132,29 @@ def test_server_commands_print_no_reprs(
     device_id = next(d["id"] for d in json.loads(out) if d["serial"] == dev.name)
     _check(["device", "list", "--fleet", "acme/cams", *s, *j], 0)
     _check(["device", "show", device_id, "--fleet", "acme/cams", *s, *j], 0)
+    from bastion.device.provision import DeviceIdentity
+    from bastion.tpm.software import SoftwareTpm
+
+    api_key = DeviceIdentity.load(dev).api_key(SoftwareTpm(dev / "tpm.state"))
+    auth = {"Authorization": f"Bearer {api_key}"}
+    for kind, body in (
+        ("logs", {"lines": ["booted", ""]}),
+        ("events", {"events": [{"type": "boot", "data": {"slot": "a", "n": None}}]}),
+    ):
+        assert httpx.post(f"{url}/v1/device/{kind}", json=body, headers=auth).status_code == 200
+        _check(["device", kind, device_id, "--fleet", "acme/cams", *s, *j], 0)
     _check(["device", "revoke", device_id, "--fleet", "acme/cams", *s, *j], 0)
+    out = _check(["org", "invite", f"bob-{mode}@example.com", "--org", "acme", *s, "--json"], 0)
+    _check(["org", "invite", f"carol-{mode}@example.com", "--org", "acme", *s, *j], 0)
+    _check(["org", "invitations", "--sent", "--org", "acme", *s, *j], 0)
+    _check(["org", "uninvite", json.loads(out)["id"], "--org", "acme", *s, *j], 0)
+    _check(["org", "set-role", "admin@example.com", "--role", "member", "--org", "acme",
+            *s, *j], 0)  # fmt: skip
+    checkpoint = tmp_path / "cp.json"
+    _check(["server", "audit", "checkpoint", *db, "--out", str(checkpoint), *j], 0)
+    _check(["server", "audit", "checkpoint-verify", str(checkpoint), "--key",
+            str(folder / "data" / "audit.key"), *j], 0)  # fmt: skip
+    _check(["server", "sweep", *db, *j], 0)
     # failures: one line, and the JSON error object with --json
     _check(["fleet", "create", name, "--org", "acme", *s, *j], 6)
     _check(["env", "set", "--fleet", f"acme/{name}", "1BAD=x", *s, *j], 3)
