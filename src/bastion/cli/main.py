@@ -99,11 +99,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(as_json: bool, code: int, kind: str, message: str, line: str | None = None) -> int:
+#: attributes of an error that say where it is (boot stage, verity area/block/level)
+_WHERE = ("stage", "area", "block", "level")
+
+
+def _fail(
+    as_json: bool,
+    code: int,
+    kind: str,
+    message: str,
+    line: str | None = None,
+    *,
+    exc: BaseException | None = None,
+) -> int:
     """Report a failure: one line on stderr, and the JSON error object on stdout."""
     print(line or f"bastion: {kind}: {message}", file=sys.stderr)
     if as_json:
-        doc = {"error": {"code": code, "kind": kind, "message": message}}
+        error: dict[str, Any] = {"code": code, "kind": kind, "message": message}
+        error.update({k: getattr(exc, k) for k in _WHERE if hasattr(exc, k)})
+        doc = {"error": error}
         json.dump(doc, sys.stdout, sort_keys=True)
         sys.stdout.write("\n")
     return code
@@ -151,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = func(args)
     except BastionError as exc:
-        return _fail(as_json, exc.exit_code, type(exc).__name__, str(exc))
+        return _fail(as_json, exc.exit_code, type(exc).__name__, str(exc), exc=exc)
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE
     except OSError as exc:

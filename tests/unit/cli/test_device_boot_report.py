@@ -143,6 +143,7 @@ def test_wipe_announces_itself(
     assert code == 2
     error = json.loads(out)["error"]
     assert error["code"] == 2 and error["kind"] == "TamperError"
+    assert error["stage"] == "bootloader"
     assert "data volume wiped" in error["message"]
     lines = err.splitlines()
     assert lines[0].startswith("bastion: warning: tamper response: data volume wiped")
