@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
-from bastion.errors import ConfigError
+from bastion.errors import ConfigError, FormatError
 from bastion.formats import strict_json
-from bastion.formats.luks2 import Argon2Params, KdfType, Pbkdf2Params
+from bastion.formats.luks2 import AnyKdf, KdfType
+from bastion.formats.signatures import PROBE_SIZE
+from bastion.formats.signatures import probe as probe_signatures
 from bastion.io.files import read_bounded
 from bastion.storage.luks2_volume import (
     DEFAULT_ITER_TIME_MS,
@@ -24,6 +27,8 @@ from bastion.storage.luks2_volume import (
     FileRange,
     KdfSpec,
     Luks2Volume,
+    existing_content,
+    read_header,
 )
 from bastion.storage.recovery import enroll_recovery_key, unlock_recovery_key
 from bastion.tpm.uri import open_tpm
@@ -45,6 +50,15 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=_size, default=0, help="byte offset of the volume in DEVICE")
     p.add_argument("--size", type=_size, default=None, help="byte size of the volume in DEVICE")
     add_json_flag(p)
+
+
+def _batch_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-q",
+        "--batch-mode",
+        action="store_true",
+        help="do not ask before overwriting a LUKS header, filesystem or other signature",
+    )
 
 
 def _kdf_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +114,7 @@ def _unlock(vol: Luks2Volume, args: argparse.Namespace) -> int:
     return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
 
 
-def _kdf_json(kdf: Pbkdf2Params | Argon2Params) -> dict[str, Any]:
+def _kdf_json(kdf: AnyKdf) -> dict[str, Any]:
     out = kdf.to_json()
     out.pop("salt", None)
     return out
@@ -108,7 +122,15 @@ def _kdf_json(kdf: Pbkdf2Params | Argon2Params) -> dict[str, Any]:
 
 def _describe(vol: Luks2Volume) -> dict[str, Any]:
     m = vol.metadata
-    seg = vol.segment
+    seg_id = min(m.segments)
+    seg = m.segments[seg_id]
+    data_size: int | None = None
+    problem: str | None = None
+    try:
+        data_size = vol.data_size
+    except FormatError as exc:
+        problem = str(exc)
+    bound = {k for dg in m.digests.values() if seg_id in dg.segments for k in dg.keyslots}
     return {
         "uuid": vol.uuid,
         "label": vol.label,
@@ -123,7 +145,9 @@ def _describe(vol: Luks2Volume) -> dict[str, Any]:
             "cipher": seg.encryption,
             "sector_size": seg.sector_size,
             "iv_tweak": seg.iv_tweak,
-            "data_size": vol.data_size,
+            "data_size": data_size,
+            "type": seg.type,
+            "unsupported": problem,
         },
         "keyslots": {
             str(n): {
@@ -132,6 +156,8 @@ def _describe(vol: Luks2Volume) -> dict[str, Any]:
                 "kdf": _kdf_json(ks.kdf),
                 "area_offset": ks.area_offset,
                 "area_size": ks.area_size,
+                "bound": n in bound,
+                "unusable": ks.unusable,
             }
             for n, ks in sorted(m.keyslots.items())
         },
@@ -152,8 +178,13 @@ def _text(desc: dict[str, Any]) -> str:
         f"sector {desc['segment']['sector_size']}, {desc['segment']['data_size']} bytes",
         "Keyslots:",
     ]
+    if desc["segment"]["unsupported"]:
+        lines.append(f"  not usable by bastion: {desc['segment']['unsupported']}")
     for n, ks in desc["keyslots"].items():
-        lines.append(f"  {n}: {ks['key_bits']} bits, {json.dumps(ks['kdf'], sort_keys=True)}")
+        note = "" if ks["bound"] else " (unbound)"
+        note += f" (unusable: {ks['unusable']})" if ks["unusable"] else ""
+        kdf = json.dumps(ks["kdf"], sort_keys=True)
+        lines.append(f"  {n}: {ks['key_bits']} bits, {kdf}{note}")
     lines.append("Tokens:")
     for n, tk in desc["tokens"].items():
         lines.append(f"  {n}: {tk['type']} (keyslots {', '.join(tk['keyslots']) or '-'})")
@@ -165,11 +196,32 @@ def _text(desc: dict[str, Any]) -> str:
 # --- handlers -------------------------------------------------------------------------------
 
 
+def _confirm(args: argparse.Namespace, found: tuple[str, ...], action: str) -> None:
+    """cryptsetup's YES dialog before writing over ``found`` (skipped by --batch-mode)."""
+    if not found or args.batch_mode:
+        return
+    what = f"{args.device} contains {', '.join(found)}"
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{what}; {action} would overwrite it and there is no terminal to confirm: "
+            "pass --batch-mode to overwrite"
+        )
+    sys.stderr.write(
+        f"WARNING: {what}.\nThis will overwrite data on {args.device} irrevocably.\n"
+        "Are you sure? (Type 'yes' in capital letters): "
+    )
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != "YES":
+        raise ConfigError(f"{action} of {args.device} aborted: the answer was not YES")
+
+
 def _format(args: argparse.Namespace) -> int:
     passphrase = _read_key(args.key_file)
     vk = _read_key(args.volume_key_file, "volume key file") if args.volume_key_file else None
+    storage = _storage(args)
+    _confirm(args, existing_content(storage), "format")
     vol = Luks2Volume.format(
-        _storage(args),
+        storage,
         passphrase,
         kdf=_kdf(args),
         sector_size=args.sector_size,
@@ -242,7 +294,11 @@ def _remove_key(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    vol = _open(args, writable=True)
+    storage = _storage(args)
+    foreign = probe_signatures(storage.read(0, min(PROBE_SIZE, storage.size)))
+    vol = Luks2Volume(storage, read_header(storage, repair=True))
+    if vol.stale_copy is not None:
+        _confirm(args, foreign, "repair")
     before = vol.header_status
     stale = vol.stale_copy
     if stale is not None:
@@ -350,6 +406,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label", default="")
     p.add_argument("--subsystem", default="")
     p.add_argument("--uuid", default=None)
+    _batch_flag(p)
     p.set_defaults(func=_format)
 
     p = sub.add_parser("dump", help="show the header (cryptsetup luksDump)")
@@ -392,6 +449,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("repair", help="rewrite a damaged or stale header copy")
     _device_args(p)
+    _batch_flag(p)
     p.set_defaults(func=_repair)
 
     p = sub.add_parser("token-import", help="store a JSON token (cryptsetup token import)")
