@@ -30,7 +30,6 @@ from tests.pebuild import make_pe
 
 from bastion.build import image as img
 from bastion.cli.main import main
-from bastion.storage.luks2_volume import MINIMAL_KDF, FileRange, Luks2Volume
 
 REPR = re.compile(
     r"\bNone\b|\bTrue\b|\bFalse\b|\bb'|\bb\"|\{'|\['|\[\]|\{\}|\(\)|"
@@ -89,18 +88,15 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
     (d / "kernel.efi").write_bytes(make_pe())
     with open(d / "v.img", "wb") as handle:
         handle.truncate(4 << 20)
-    # made through the library: `luks format|repair` belong to the luks branch, which is
-    # adding a confirmation prompt to both
-    with FileRange(str(d / "v.img"), writable=True) as storage:
-        Luks2Volume.format(
-            storage, b"pass phrase", kdf=MINIMAL_KDF, metadata_size=32768, data_offset=2 << 20
-        ).lock()
     make_tree(d / "tree")
     _csr(d / "dev.csr")
     h = hashlib.sha256(b"root key").hexdigest()
     q = d / "q"
     quote = ["--msg", str(q / "quote.msg"), "--sig", str(q / "quote.sig"),
              "--pcrs-file", str(q / "pcrs.bin"), "--pcrs", "sha256:0,7"]  # fmt: skip
+    luks = ["luks", "format", str(d / "v.img"), "--key-file", str(d / "pass"), *CHEAP,
+            "--sector-size", "512", "--luks2-metadata-size", "32k", "--data-offset", "2m",
+            "--batch-mode"]  # fmt: skip
     ok = [
         ["keys", "init", str(keys), "--product", "acme"],
         ["keys", "show", str(keys)],
@@ -122,7 +118,9 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
         ["verity", "format", str(d / "data.bin"), str(d / "hash.bin"),
          "--root-hash-file", str(d / "root.txt")],
         ["verity", "dump", str(d / "hash.bin")],
+        luks,
         ["luks", "dump", str(d / "v.img")],
+        ["luks", "repair", str(d / "v.img"), "--batch-mode"],
         ["luks", "open-test", str(d / "v.img"), "--key-file", str(d / "pass")],
         ["luks", "add-key", str(d / "v.img"), str(d / "pass2"), "--key-file", str(d / "pass"),
          *CHEAP],
@@ -278,9 +276,8 @@ def test_failures_are_one_line_and_a_json_error_object(runs: list[Ran]) -> None:
 
 def test_errors_name_the_file(runs: list[Ran]) -> None:
     """A failure about a file names it (the folder, the image, the envelope, ...)."""
-    # not about one file: a reserved --cmdline word, a quote's nonce; `luks open-test`
-    # is left to the luks branch, which is rewriting cli/luks.py
-    skip = (["image", "build"], ["tpm", "verify-quote"], ["luks", "open-test"])
+    # not about one file: a reserved --cmdline word, a quote's nonce
+    skip = (["image", "build"], ["tpm", "verify-quote"])
     for r in runs:
         if r.code == 0 or r.argv[:2] in skip:
             continue
