@@ -118,7 +118,7 @@ def _fail(
         error: dict[str, Any] = {"code": code, "kind": kind, "message": message}
         error.update({k: getattr(exc, k) for k in _WHERE if hasattr(exc, k)})
         doc = {"error": error}
-        json.dump(doc, sys.stdout, sort_keys=True)
+        json.dump(doc, sys.stdout, sort_keys=True, default=str)
         sys.stdout.write("\n")
     return code
 
