@@ -146,3 +146,7 @@ PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
 AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
 PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
 PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
+# --- enrolment hardening: EK certificates, EK CA trust stores (docs/provisioning.md) ----------
+EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
+ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
+EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store

@@ -460,3 +460,10 @@ def test_get_random(tpm_backend: Tpm, size: int) -> None:
     assert len(data) == size
     if size >= 16:
         assert data != tpm_backend.get_random(size)
+
+
+def test_ek_certificate_absent_without_a_maker(tpm_backend: Tpm) -> None:
+    """Neither the software TPM nor a bare swtpm has an EK certificate in NV (a maker's
+    certificate, from swtpm_setup --create-ek-cert, is tested in
+    tests/integration/server/test_enrollment.py)."""
+    assert tpm_backend.ek_certificate() is None

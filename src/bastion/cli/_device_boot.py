@@ -86,13 +86,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
     layout = img.read_layout(plat.disk)
     ctl = parse_partition(img.read_partition(plat.disk, layout.find(img.PART_BOOTCTL)))
-    tpm = plat.open_tpm() if plat.config.get("fuses") == "tpm" else None
-    try:
-        fuses = plat.fuses(tpm)
+    if plat.config.get("fuses") == "tpm":
+        with plat.attached_tpm() as tpm:
+            fuses = plat.fuses(tpm)
+            key_hash, counter = fuses.key_hash(), fuses.counter()
+    else:
+        fuses = plat.fuses(None)
         key_hash, counter = fuses.key_hash(), fuses.counter()
-    finally:
-        if tpm is not None:
-            tpm.close()
     last = plat.load(chain.REPORT_FILE)
     doc: dict[str, Any] = {
         "device": args.device,
@@ -175,11 +175,8 @@ def _eventlog(args: argparse.Namespace) -> int:
 def _check_tpm(folder: Path, pcrs: dict[int, bytes]) -> bool:
     from bastion.tpm.base import HashAlg, PcrSelection
 
-    tpm = SimPlatform(folder).open_tpm()
-    try:
+    with SimPlatform(folder).attached_tpm() as tpm:  # software or swtpm, as booted
         actual = tpm.pcr_read(PcrSelection(HashAlg.SHA256, tuple(sorted(pcrs))))
-    finally:
-        tpm.close()
     return all(actual[i] == v for i, v in pcrs.items())
 
 

@@ -186,6 +186,11 @@ class Tpm(Protocol):
         """TPM2B_PUBLIC of the RSA-2048 endorsement key (TCG default template)."""
         ...
 
+    def ek_certificate(self) -> bytes | None:
+        """The DER EK certificate its maker stored in NV (0x01c00002, TCG EK Credential
+        Profile), or None when the TPM has none (the software TPM never has one)."""
+        ...
+
     def create_ak(self) -> TpmKey:
         """Create a restricted ECDSA P-256 attestation key under the storage primary."""
         ...

@@ -467,6 +467,10 @@ class SoftwareTpm:
     def ek_public(self) -> bytes:
         return ek_template_public(self._ek_key().public_key()).to_bytes()
 
+    def ek_certificate(self) -> bytes | None:
+        """None: no manufacturer certified this key (it lives in a file)."""
+        return None
+
     def _make_key(self, pub_of: Public, secret: bytes) -> TpmKey:
         st = self._read()
         sens = Sensitive(pub_of.type, b"", os.urandom(32), secret)

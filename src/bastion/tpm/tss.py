@@ -482,6 +482,14 @@ class TssTpm:
                 self._ek_public = bytes(public.marshal())
         return self._ek_public
 
+    def ek_certificate(self) -> bytes | None:
+        """The RSA-2048 EK certificate from NV 0x01c00002 (None when the index is absent)."""
+        with self._op("read EK certificate"):
+            cert, _template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
+        if not cert:
+            return None
+        return bytes(cert)
+
     def create_ak(self) -> TpmKey:
         """A restricted ECDSA P-256 attestation key under the storage primary."""
         return self._create(ak_template(), "create AK")

@@ -234,9 +234,11 @@ def test_matrix(matrix_client, shared_world: World, row: Row) -> None:
     world = build_world(client, tag=f"-{secrets.token_hex(3)}") if row.fresh else shared_world
     expect = all_levels()[row.level]
     failures = []
+    missing = [name for name in PRINCIPALS if name not in world.headers]
+    assert not missing, (
+        f"principals missing from the world (a feature failed to add them): {missing}"
+    )
     for name in PRINCIPALS:
-        if name not in world.headers:
-            continue  # a principal another feature has not provided (yet)
         extra = row.setup(world, name) if row.setup else {}
         headers = extra.pop("headers", world.headers[name])
         body = extra.pop("body", row.body)
@@ -270,6 +272,8 @@ def test_every_route_has_a_row(app) -> None:
             ("{device}", "{device_id}"),
             ("{pkey}", "{key_id}"),
             ("{invitation}", "{invitation_id}"),
+            ("{ekca}", "{ca_id}"),
+            ("{ek}", "{ek_sha256}"),
         ):
             template = template.replace(var, param)
         covered.add((row.method, template))

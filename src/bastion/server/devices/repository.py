@@ -170,3 +170,16 @@ def revoked(session: Session) -> list[RevokedCertificate]:
             select(RevokedCertificate).order_by(RevokedCertificate.revoked_at)
         ).scalars()
     )
+
+
+def active_in_fleet(session: Session, fleet_id: str, *, ek_hash: str, serial: str) -> list[Device]:
+    """Active devices of the fleet with this EK or this serial (clone / duplicate check)."""
+    return list(
+        session.execute(
+            select(Device).where(
+                Device.fleet_id == fleet_id,
+                Device.status == "active",
+                (Device.ek_hash == ek_hash) | (Device.serial == serial),
+            )
+        ).scalars()
+    )

@@ -1,7 +1,9 @@
 """HTTP edge of devices: the device's own routes, operator routes, the CRL.
 
 Device routes (``/api/v1/device...``) accept only a device principal (API key or mTLS
-certificate) and never take a device id: balena's least privilege. Operator routes
+certificate) and never take a device id: balena's least privilege. Every request a
+device authenticates refreshes its ``last_seen_at`` (at most once a minute), whatever
+route it calls. Operator routes
 (``/api/v1/fleets/{fleet_id}/devices...``) use fleet RBAC: viewer reads, operator
 revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
 ``GET /api/v1/ca`` (PEM) are public.
@@ -9,10 +11,13 @@ revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated
 
+from cryptography import x509
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from sqlalchemy.orm import Session
 
 from bastion import limits
 from bastion.errors import LimitError
@@ -55,22 +60,13 @@ Since = Annotated[int, Query(ge=0, le=2**63 - 1, description="return records aft
 PageLimit = Annotated[int, Query(ge=1, le=limits.DEVICE_RECORDS_PAGE_MAX)]
 
 
-def _seen(request: Request, principal: Principal) -> None:
-    """Refresh last_seen_at in its own short write (at most once a minute per device)."""
-    ctx = request.app.state.ctx
-    with ctx.db.session(write=True) as session:
-        service.touch(session, principal, ctx.clock.now())
-
-
 # --- the device itself -----------------------------------------------------------------------
 
 
 @router.get("/device", response_model=DeviceOut)
-def get_own(principal: DevicePrincipal, session: ReadSession, request: Request) -> DeviceOut:
+def get_own(principal: DevicePrincipal, session: ReadSession) -> DeviceOut:
     """The calling device's own record."""
-    device = service.own(session, principal)
-    _seen(request, principal)
-    return DeviceOut.of(device)
+    return DeviceOut.of(service.own(session, principal))
 
 
 @router.patch("/device", response_model=DeviceOut)
@@ -286,7 +282,21 @@ def install(app: FastAPI) -> None:
     from bastion.server.app import API_PREFIX
 
     registry = auth_registry(app)
-    registry.add_token(DEVICE_KEY_PREFIX, service.authenticate_api_key)
-    registry.set_certificate(service.authenticate_certificate)
+    ctx = app.state.ctx
+
+    def seen(principal: Principal, now: dt.datetime) -> Principal:
+        # every authenticated device request refreshes last_seen_at (its own short write)
+        with ctx.db.session(write=True) as session:
+            service.touch(session, principal, now)
+        return principal
+
+    def by_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
+        return seen(service.authenticate_api_key(session, token, now), now)
+
+    def by_certificate(session: Session, cert: x509.Certificate, now: dt.datetime) -> Principal:
+        return seen(service.authenticate_certificate(session, cert, now), now)
+
+    registry.add_token(DEVICE_KEY_PREFIX, by_api_key)
+    registry.set_certificate(by_certificate)
     app_device_ca(app)
     app.include_router(router, prefix=API_PREFIX)

@@ -29,6 +29,8 @@ class DeviceOut(BaseModel):
     created_at: dt.datetime
     last_seen_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    #: how the EK was trusted at enrolment: certified | allow-list | any (development)
+    ek_trust: str | None = None
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -46,6 +48,7 @@ class DeviceOut(BaseModel):
             created_at=d.created_at,
             last_seen_at=d.last_seen_at,
             revoked_at=d.revoked_at,
+            ek_trust=d.ek_trust,
         )
 
 

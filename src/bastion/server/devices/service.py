@@ -11,8 +11,9 @@ revocation bites on the very next request. Device operations take the device id 
 the principal only: a device can never name another device.
 
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
-serial onto the CRL, API key dead), delete (same, then the row goes; the CRL entry
-stays), and per-device environment overrides.
+serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
+certificate onto the CRL, then the row goes; CRL and deny-list entries stay), and
+per-device environment overrides. Deleting a fleet puts all its devices on the CRL.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bastion.server.devices.models import (
     DeviceStatus,
     RevokedCertificate,
 )
+from bastion.server.ektrust.service import deny
 from bastion.server.orgs import repository as org_repo
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
 
@@ -358,16 +360,40 @@ def revoke(
         device.status = DeviceStatus.REVOKED
         device.revoked_at = now
         _revoke_cert(session, device, now, "revoked")
+        deny(
+            session,
+            fleet_id=fleet_id,
+            ek_hash=device.ek_hash,
+            reason=f"device {device.id} revoked",
+            actor=actor,
+            now=now,
+            device_id=device.id,
+        )
         record(
             session,
             "device.revoke",
             actor,
-            {"fleet": fleet_id, "device": device.id, "cert_serial": device.cert_serial},
+            {
+                "fleet": fleet_id,
+                "device": device.id,
+                "cert_serial": device.cert_serial,
+                "ek_sha256": device.ek_hash,
+                "ek_denied": True,
+            },
             org_id=org_id,
             at=now,
         )
         session.commit()
     return device
+
+
+def revoke_all_of_fleet(session: Session, fleet_id: str, now: dt.datetime) -> int:
+    """Put every device certificate of the fleet on the CRL (the fleet is being deleted;
+    in the caller's transaction). Returns how many devices there were."""
+    devices = repo.of_fleet(session, fleet_id)
+    for device in devices:
+        _revoke_cert(session, device, now, "fleet-deleted")
+    return len(devices)
 
 
 def delete_device(

@@ -57,6 +57,8 @@ class Fleet(Base):
     name: Mapped[str] = mapped_column(String(128))
     config: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: how enrolment must prove TPM hardware: certified | allow-list | any (development)
+    ek_policy: Mapped[str] = mapped_column(String(16), default="certified")
 
 
 class FleetMember(Base):

@@ -186,3 +186,15 @@ def answer_invitation(
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def lock_fleet(session: Session, fleet_id: str) -> None:
+    """Hold the fleet row's write lock until the transaction ends (a no-op UPDATE: a row
+    lock on PostgreSQL, the database write lock on SQLite): enrolment's uniqueness
+    checks and the device insert then run one fleet-wide transaction at a time."""
+    session.execute(
+        update(Fleet)
+        .where(Fleet.id == fleet_id)
+        .values(ek_policy=Fleet.ek_policy)
+        .execution_options(synchronize_session=False)
+    )

@@ -48,6 +48,7 @@ from bastion.server.auth.deps import (
     ReadSession,
 )
 from bastion.server.auth.rbac import OrgRole, Role
+from bastion.server.ektrust.policy import warning_for
 from bastion.server.orgs import invitations, schemas, service
 from bastion.server.orgs.models import Fleet, Organisation, OrgInvitation
 
@@ -72,6 +73,8 @@ def _fleet_out(fleet: Fleet, role: Role) -> schemas.FleetOut:
         name=fleet.name,
         role=role.value,
         created_at=fleet.created_at,
+        ek_policy=fleet.ek_policy,  # type: ignore[arg-type]
+        warning=warning_for(fleet.ek_policy),
     )
 
 
@@ -129,7 +132,8 @@ def create_fleet(
     body: schemas.FleetCreateIn, access: OrgOwnerAccess, ctx: Ctx, session: DbSession
 ) -> schemas.FleetOut:
     """Create a fleet in the organisation."""
-    return _fleet_out(service.create_fleet(ctx, session, access, body.name), Role.OWNER)
+    fleet = service.create_fleet(ctx, session, access, body.name, body.ek_policy)
+    return _fleet_out(fleet, Role.OWNER)
 
 
 @router.get("/orgs/{org_id}/fleets")

@@ -13,6 +13,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 FleetRoleName = Literal["viewer", "operator", "admin", "owner"]
 OrgRoleName = Literal["owner", "member"]
+EkPolicyName = Literal["certified", "allow-list", "any"]
 
 
 class StrictModel(BaseModel):
@@ -49,6 +50,8 @@ class MemberOut(BaseModel):
 
 class FleetCreateIn(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
+    #: certified (default) | allow-list | any (development only: no TPM hardware proof)
+    ek_policy: EkPolicyName = "certified"
 
 
 class FleetOut(BaseModel):
@@ -57,6 +60,9 @@ class FleetOut(BaseModel):
     name: str
     role: FleetRoleName
     created_at: dt.datetime
+    ek_policy: EkPolicyName = "certified"
+    #: the loud development-fleet warning (ek_policy "any"), else null
+    warning: str | None = None
 
 
 class FleetMemberIn(StrictModel):

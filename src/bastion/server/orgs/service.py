@@ -21,6 +21,7 @@ from bastion.server.auth.principal import Principal
 from bastion.server.auth.rbac import FleetAccess, OrgAccess, OrgRole, Role, scope_cap
 from bastion.server.context import AppContext
 from bastion.server.db.base import new_id
+from bastion.server.devices.service import revoke_all_of_fleet
 from bastion.server.orgs import repository as repo
 from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
 from bastion.server.users import repository as users_repo
@@ -136,19 +137,29 @@ def org_members(session: Session, access: OrgAccess) -> list[tuple[User, str]]:
     return out
 
 
-def create_fleet(ctx: AppContext, session: Session, access: OrgAccess, name: str) -> Fleet:
-    """A new fleet in the organisation (organisation owners own it)."""
+def create_fleet(
+    ctx: AppContext, session: Session, access: OrgAccess, name: str, ek_policy: str = "certified"
+) -> Fleet:
+    """A new fleet in the organisation (organisation owners own it); ``ek_policy`` is how
+    its enrolment proves TPM hardware (``any``: a development fleet, audited loudly)."""
     if repo.get_fleet_by_name(session, access.org.id, name) is not None:
         raise ConflictError(f"fleet {name!r} already exists in {access.org.name!r}")
     now = ctx.clock.now()
-    fleet = Fleet(id=new_id(), org_id=access.org.id, name=name, config="{}", created_at=now)
+    fleet = Fleet(
+        id=new_id(),
+        org_id=access.org.id,
+        name=name,
+        config="{}",
+        created_at=now,
+        ek_policy=ek_policy,
+    )
     session.add(fleet)
     _flush(session, f"fleet {name!r} already exists in {access.org.name!r}")
     record(
         session,
         "fleet.create",
         access.principal.actor,
-        {"fleet": fleet.id, "name": name},
+        {"fleet": fleet.id, "name": name, "ek_policy": ek_policy},
         org_id=access.org.id,
         at=now,
     )
@@ -180,14 +191,17 @@ def delete_fleet(ctx: AppContext, session: Session, access: FleetAccess) -> None
     fleet = session.get(Fleet, access.fleet.id)
     if fleet is None:
         raise NotFoundError(f"fleet {access.fleet.id!r} not found")
+    now = ctx.clock.now()
+    revoked = revoke_all_of_fleet(session, fleet.id, now)  # certificates stay on the CRL
+    session.flush()
     session.delete(fleet)
     record(
         session,
         "fleet.delete",
         access.principal.actor,
-        {"fleet": fleet.id, "name": fleet.name},
+        {"fleet": fleet.id, "name": fleet.name, "certificates_revoked": revoked},
         org_id=access.org.id,
-        at=ctx.clock.now(),
+        at=now,
     )
     session.commit()
 
