@@ -20,6 +20,7 @@ from tests.unit.cli.test_no_reprs import REPR, _strings
 
 from bastion.cli.main import main
 
+from .authz_ektrust import _ca_pem
 from .devicekit import FleetWorld, shared_world
 
 pytestmark = pytest.mark.integration
@@ -113,6 +114,20 @@ def test_server_commands_print_no_reprs(
     _check(["fleet", "create", name, "--org", "acme", *s, *j], 0)
     _check(["fleet", "list", *s, *j], 0)
     _check(["fleet", "grant", f"acme/{name}", "viewer@example.com", "viewer", *s, *j], 0)
+    # fleet EK trust settings
+    ca = tmp_path / "ek-ca.pem"
+    ca.write_text(_ca_pem())
+    fleet = f"acme/{name}"
+    _check(["fleet", "ek-policy", fleet, *s, *j], 0)
+    _check(["fleet", "ek-policy", fleet, "allow-list", *s, *j], 0)
+    out = _check(["fleet", "ek-ca", "add", fleet, str(ca), "--name", "vendor", *s, "--json"], 0)
+    _check(["fleet", "ek-ca", "list", fleet, *s, *j], 0)
+    _check(["fleet", "ek-ca", "remove", fleet, json.loads(out)["id"], *s, *j], 0)
+    _check(["fleet", "ek-deny", "add", fleet, "ab" * 32, "--reason", "stolen", *s, *j], 0)
+    _check(["fleet", "ek-deny", "list", fleet, *s, *j], 0)
+    _check(["fleet", "ek-deny", "remove", fleet, "ab" * 32, *s, *j], 0)
+    _check(["fleet", "ek-deny", "list", fleet, *s, *j], 0)
+    _check(["fleet", "ek-policy", fleet, "any", *s, *j], 0)
     _check(["env", "set", "--fleet", f"acme/{name}", "A=1", "EMPTY=", *s, *j], 0)
     _check(["env", "list", "--fleet", f"acme/{name}", *s, *j], 0)
     _check(["env", "unset", "A", "--fleet", f"acme/{name}", *s, *j], 0)
