@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bastion.cli import _fleet_http as api
-from bastion.cli._common import add_json_flag, add_tpm_flag, emit
+from bastion.cli._common import add_json_flag, add_tpm_flag, emit, text_value
 
 if TYPE_CHECKING:
     from bastion.tpm.base import Tpm
@@ -134,7 +134,7 @@ def _show(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         fleet = api.fleet_id(http, args.fleet)
         device = http.call("GET", f"/v1/fleets/{fleet}/devices/{args.device_id}")
-    text = "\n".join(f"{k}: {v}" for k, v in device.items() if k != "certificate")
+    text = "\n".join(f"{k}: {text_value(v)}" for k, v in device.items() if k != "certificate")
     emit(args, text, device)
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
-from bastion.errors import ConfigError, FormatError
+from bastion.errors import AuthError, ConfigError, FormatError
 from bastion.formats import strict_json
 from bastion.formats.luks2 import AnyKdf, KdfType
 from bastion.formats.signatures import PROBE_SIZE
@@ -111,7 +111,10 @@ def _unlock(vol: Luks2Volume, args: argparse.Namespace) -> int:
         return unlock_recovery_key(vol, text)
     if not getattr(args, "key_file", None):
         raise ConfigError("--key-file is required to unlock the volume")
-    return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
+    try:
+        return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
+    except AuthError as exc:  # name the volume and the key file
+        raise AuthError(f"{args.device}: {exc} (key file {args.key_file})") from exc
 
 
 def _kdf_json(kdf: AnyKdf) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.cli import _fleet_http as api
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, emit, text_value
 from bastion.errors import ConfigError
 from bastion.io.files import atomic_write
 
@@ -68,6 +68,7 @@ def register(subparsers: Any) -> None:
     rv.add_argument("key_id", metavar="KEY_ID")
     rv.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(rv)
+    add_json_flag(rv)
     rv.set_defaults(func=_revoke)
 
 
@@ -99,10 +100,13 @@ def _create(args: argparse.Namespace) -> int:
     if args.out:
         text = (
             f"provisioning key {created['id']} written to {args.out} "
-            f"(expires {created['expires_at']})"
+            f"(expires {text_value(created.get('expires_at'))})"
         )
     else:
-        text = f"{key}\n(shown once; expires {created['expires_at']}, {created['max_uses']} use(s))"
+        uses = "unlimited" if created.get("max_uses") is None else created["max_uses"]
+        text = (
+            f"{key}\n(shown once; expires {text_value(created.get('expires_at'))}, {uses} use(s))"
+        )
         created["key"] = key
     emit(args, text, created)
     return 0
@@ -129,7 +133,8 @@ def _list(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         keys = http.call("GET", f"/v1/fleets/{api.fleet_id(http, args.fleet)}/provisioning-keys")
     lines = [
-        f"{k['id']}  {k['prefix']}...  {k['uses']}/{k['max_uses']} uses  expires {k['expires_at']}"
+        f"{k['id']}  {k['prefix']}...  {k['uses']}/{text_value(k.get('max_uses'))} uses  "
+        f"expires {text_value(k.get('expires_at'))}"
         f"{'  REVOKED' if k['revoked'] else ''}"
         for k in keys
     ]
@@ -141,5 +146,5 @@ def _revoke(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         fleet = api.fleet_id(http, args.fleet)
         http.call("DELETE", f"/v1/fleets/{fleet}/provisioning-keys/{args.key_id}")
-    print(f"revoked provisioning key {args.key_id}")
+    emit(args, f"revoked provisioning key {args.key_id}", {"id": args.key_id, "revoked": True})
     return 0

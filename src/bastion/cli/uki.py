@@ -21,9 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bastion.build.uki import UkiInputs, build_uki, uki_sections, with_pcr_signature
-from bastion.cli._common import add_json_flag, emit
-from bastion.cli.sign import passphrase_prompt
-from bastion.errors import ConfigError
+from bastion.cli._common import (
+    about_file,
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    passphrase_source,
+)
+from bastion.errors import BastionError, ConfigError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
 from bastion.trust.authenticode import sign_pe, verify_pe
@@ -60,7 +65,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.pcr_key:
         pcr_signer = open_signer(
             args.pcr_key,
-            passphrase=passphrase_prompt(args.pcr_key),
+            passphrase=passphrase_source(args, args.pcr_key),
             scheme=SignatureScheme.RSA_PKCS1V15_SHA256,
         )
         inputs = with_pcr_signature(inputs, pcr_signer, args.phase or DEFAULT_PHASES)
@@ -83,7 +88,7 @@ def _sign(args: argparse.Namespace) -> int:
         if isinstance(cert.public_key(), rsa.RSAPublicKey)
         else None
     )
-    signer = open_signer(args.key, passphrase=passphrase_prompt(args.key), scheme=scheme)
+    signer = open_signer(args.key, passphrase=passphrase_source(args, args.key), scheme=scheme)
     image = read_bounded(args.image, PE_MAX_IMAGE_SIZE, "PE image")
     signed = sign_pe(image, signer, cert, chain=chain, append=args.append)
     out = Path(args.output or args.image)
@@ -98,7 +103,13 @@ def _sign(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     data = read_bounded(args.image, PE_MAX_IMAGE_SIZE, "PE image")
-    result = verify_pe(data, _certs(args.db))
+    try:
+        result = verify_pe(data, _certs(args.db))
+    except BastionError as exc:
+        named = about_file(exc, args.image)
+        if named is exc:
+            raise
+        raise named from exc
     signer = result.signer.subject.rfc4514_string()
     phases: list[str] | None = None
     if args.pcr_pubkey:
@@ -159,6 +170,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--phase", action="append", metavar="PATH", help="phase path to sign")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
+    add_passphrase_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_build)
 
@@ -175,6 +187,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--append", action="store_true", help="keep existing signatures")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of in place")
+    add_passphrase_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_sign)
 
