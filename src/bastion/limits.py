@@ -146,3 +146,5 @@ PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
 AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
 PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
 PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
+# --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
+TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
