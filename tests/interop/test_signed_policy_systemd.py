@@ -287,7 +287,8 @@ def test_bastion_token_opens_with_systemd_plugin(tmp_path: Path, swtpm: Any) -> 
     assert list(raw) == SYSTEMD_252_FIELDS
     assert raw["tpm2_pubkey"] == base64.b64encode(pem(3)).decode()
     dump = run([cs, "luksDump", str(img)]).decode()
-    assert "tpm2-pubkey-pcrs: 11" in dump and "tpm2-hash-pcrs:   n/a" in dump
+    # bound to signed PCR 11 and, by default as in systemd 252, to PCR 7's value
+    assert "tpm2-pubkey-pcrs: 11" in dump and "tpm2-hash-pcrs:   7" in dump
 
     assert plugin_open(img, swtpm.uri, good) == (res.keyslot, "")
     tpm = TssTpm(swtpm.uri)
@@ -335,4 +336,30 @@ def test_bastion_token_refused_by_plugin_when_pubkey_tampered(tmp_path: Path, sw
     attacker = measure_sign(tmp_path, swtpm.uri, 4, SECTIONS)
     rc, log = plugin_open(img, swtpm.uri, attacker)
     assert rc == -errno.ENOENT  # libcryptsetup maps the plugin's refusal to "no token"
+    assert "Current policy digest does not match stored policy digest" in log
+
+
+def test_bastion_token_bound_to_pcr7_too(tmp_path: Path, swtpm: Any) -> None:
+    """The default literal PCR 7 (Secure Boot state): a valid .pcrsig is not enough once
+    PCR 7 changed, for bastion and for systemd's plugin alike."""
+    from bastion.tpm.tss import TssTpm
+
+    img, _ = cryptsetup_volume(tmp_path)
+    good = measure_sign(tmp_path, swtpm.uri, 3, SECTIONS)
+    vol = Luks2Volume.open(FileRange(img, writable=True))
+    vol.unlock_passphrase(b"pw")
+    tpm = TssTpm(swtpm.uri)
+    try:
+        boot(tpm)
+        res = enroll_tpm_signed(vol, tpm, pem(3))
+        assert Tpm2Token.from_token(vol.tokens[res.token]).pcrs == (7,)
+        tpm.pcr_extend(7, {HashAlg.SHA256: hashlib.sha256(b"Secure Boot off").digest()})
+        with pytest.raises(PolicyError, match="tpm2_pubkey and PCRs 7 gives"):
+            unlock_with_token(
+                Luks2Volume.open(FileRange(img)), tpm, pcr_signature=good.read_bytes()
+            )
+    finally:
+        tpm.close()
+    rc, log = plugin_open(img, swtpm.uri, good)
+    assert rc == -errno.ENOENT
     assert "Current policy digest does not match stored policy digest" in log

@@ -67,6 +67,9 @@ DEFAULT_PCRS = (7, LOCK_PCR)
 SECRET_SIZE = 32
 _UNSUPPORTED = ("tpm2_pcrlock", "tpm2_srk")
 SIGNED_PCRS = (11,)
+#: PCRs a signed-policy token also binds by value by default, as systemd 252 does: PCR 11
+#: alone does not prove Secure Boot was on (a foreign boot loader can replay it)
+SIGNED_LITERAL_PCRS = (7,)
 _KNOWN = (
     "tpm2-blob",
     "tpm2-pcrs",
@@ -282,12 +285,13 @@ def enroll_tpm_signed(
     public_key_pem: bytes,
     *,
     pubkey_pcrs: Sequence[int] = SIGNED_PCRS,
-    pcrs: Sequence[int] = (),
+    pcrs: Sequence[int] = SIGNED_LITERAL_PCRS,
     pcr_values: Mapping[int, bytes] | None = None,
     pcr_signature: bytes | None = None,
 ) -> TpmEnrollment:
     """Seal a new keyslot's secret to PolicyAuthorize by ``public_key_pem`` over
-    ``pubkey_pcrs`` (then PolicyPCR over ``pcrs``, current values or ``pcr_values``).
+    ``pubkey_pcrs`` (then PolicyPCR over ``pcrs``, current values or ``pcr_values``;
+    ``pcrs=()`` binds by signature only, systemd's ``--tpm2-pcrs=``).
 
     With ``pcr_signature`` (a ``.pcrsig``) the secret is unsealed once before the keyslot
     is written, proving the enrolment works on this TPM now, as systemd-cryptenroll does
