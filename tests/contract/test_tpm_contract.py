@@ -659,3 +659,45 @@ def test_ticket_survives_power_cycle(tpm_rig) -> None:  # type: ignore[no-untype
     approval = approve(tpm_rig.tpm, key)
     tpm = tpm_rig.power_cycle()
     assert tpm.unseal_authorized(sealed, approval) == b"disk key"
+
+
+def test_ticket_from_another_tpm_refused(tpm_rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The other TPM checks the same signature but its ticket is under its own proof."""
+    from dataclasses import replace
+
+    from tests.conftest import TpmRig
+
+    key = authority()
+    sealed = seal_signed(tpm_rig.tpm, key)
+    approval = approve(tpm_rig.tpm, key)
+    other = TpmRig(tpm_rig.kind, tmp_path / "other")
+    try:
+        foreign = approve(other.tpm, key)
+        assert foreign.approved_policy == approval.approved_policy
+        with pytest.raises(PolicyError):
+            tpm_rig.tpm.unseal_authorized(sealed, replace(approval, ticket=foreign.ticket))
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("what", ["public", "signature", "ticket"])
+def test_malformed_inputs_refused(tpm_backend: Tpm, what: str) -> None:
+    from dataclasses import replace
+
+    from bastion.tpm import external
+
+    key = authority()
+    public = external.external_public(key.public_key()).to_bytes()
+    digest = sha(b"approved")
+    sig = sign_raw(key, digest)
+    if what == "public":
+        with pytest.raises((FormatError, TpmError)):
+            tpm_backend.load_external(public[:-7])
+    elif what == "signature":
+        with pytest.raises((FormatError, TpmError)):
+            tpm_backend.verify_signature(public, digest, sig[:-7])
+    else:
+        sealed = seal_signed(tpm_backend, key)
+        approval = approve(tpm_backend, key)
+        with pytest.raises((FormatError, PolicyError)):
+            tpm_backend.unseal_authorized(sealed, replace(approval, ticket=approval.ticket[:-3]))

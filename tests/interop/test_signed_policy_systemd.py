@@ -23,6 +23,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,7 +187,7 @@ def test_systemd_token_refused(tmp_path: Path, swtpm: Any, case: str) -> None:
         else:
             pcrsig = None
         vol = Luks2Volume.open(FileRange(img))
-        with pytest.raises(error, match=message.replace(".", r"\.").replace("(", r"\(")):
+        with pytest.raises(error, match=re.escape(message)):
             unlock_with_token(vol, tpm, token_id=token_id, pcr_signature=pcrsig)
     finally:
         tpm.close()

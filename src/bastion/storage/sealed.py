@@ -349,7 +349,8 @@ def current_policy(tpm: Tpm, token: Tpm2Token) -> bytes:
 
 def _unseal_signed(tpm: Tpm, token: Tpm2Token, token_id: int, pcr_signature: bytes | None) -> bytes:
     signed = token.signed_selection
-    assert signed is not None
+    if signed is None:
+        raise ConfigError(f"token {token_id} has no signed PCRs (tpm2_pubkey_pcrs)")
     pcr_names = "+".join(map(str, token.pubkey_pcrs))
     if pcr_signature is None:
         raise PolicyError(
