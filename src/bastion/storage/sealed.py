@@ -205,6 +205,7 @@ class Tpm2Token:
         }
         if self.pubkey_pcrs:
             fields["tpm2_pubkey_pcrs"] = list(self.pubkey_pcrs)
+        if self.pubkey:  # systemd writes it only with tpm2_pubkey_pcrs; keep a foreign one
             fields["tpm2_pubkey"] = base64.b64encode(self.pubkey).decode("ascii")
         fields.update(self.extra)
         return Token(TOKEN_TYPE, (self.keyslot,), fields)

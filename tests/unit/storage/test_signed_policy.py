@@ -175,3 +175,11 @@ def test_enroll_with_stale_signature_writes_nothing(img: Path, tmp_path: Path) -
     with pytest.raises(PolicyError):
         enroll_tpm_signed(volume, tpm, pem(3), pcr_signature=pcrsig(3, b"\x01" * 32))
     assert (dict(volume.tokens), set(volume.metadata.keyslots)) == before
+
+
+def test_token_round_trip_keeps_a_pubkey_without_pcrs() -> None:
+    raw = json.loads(VECTOR.read_text())
+    raw = {k: v for k, v in raw.items() if k != "tpm2_pubkey_pcrs"} | {"tpm2-pcrs": [7]}
+    token = Tpm2Token.from_token(Token.from_json(raw, "foreign"))
+    assert (token.pubkey_pcrs, token.signed_selection) == ((), None)
+    assert token.to_token().to_json() == raw
