@@ -150,3 +150,5 @@ PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
 EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
 ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
+# --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
+TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)

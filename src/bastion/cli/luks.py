@@ -2,7 +2,8 @@
 
 ``format``, ``dump`` (``--dump-volume-key``), ``open-test``, ``add-key`` (also
 ``--recovery-key``), ``remove-key``, ``repair``, ``token-import``/``token-export``, and
-``enroll-tpm`` (a ``systemd-tpm2`` token sealed through ``--tpm``). DEVICE is a file or a
+``enroll-tpm`` (a ``systemd-tpm2`` token sealed through ``--tpm``; with ``--public-key``
+to a signed PCR policy, which ``open-test --token-only --signature`` unlocks). DEVICE is a file or a
 block device; ``--offset``/``--size`` select a byte range inside a disk image.
 """
 
@@ -256,9 +257,10 @@ def _open_test(args: argparse.Namespace) -> int:
     if args.token_only:
         from bastion.storage.sealed import unlock_with_token
 
+        signature = _read_signature(args)
         tpm = open_tpm(args.tpm)
         try:
-            slot = unlock_with_token(vol, tpm, token_id=args.token_id)
+            slot = unlock_with_token(vol, tpm, token_id=args.token_id, pcr_signature=signature)
         finally:
             tpm.close()
     else:
@@ -334,26 +336,59 @@ def _token_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_signature(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "signature", None)
+    return read_bounded(path, limits.PCRSIG_MAX_SIZE, "PCR signature") if path else None
+
+
 def _enroll_tpm(args: argparse.Namespace) -> int:
-    from bastion.storage.sealed import enroll_tpm, parse_pcr_list
+    from bastion.storage.sealed import (
+        SIGNED_LITERAL_PCRS,
+        enroll_tpm,
+        enroll_tpm_signed,
+        parse_pcr_list,
+    )
 
     vol = _open(args, writable=True)
     _unlock(vol, args)
+    signature = _read_signature(args)
+    if signature is not None and not args.public_key:
+        raise ConfigError("--signature checks a signed-policy enrolment: give --public-key too")
     tpm = open_tpm(args.tpm)
     try:
-        result = enroll_tpm(vol, tpm, pcrs=parse_pcr_list(args.tpm2_pcrs), bank=args.tpm2_pcr_bank)
+        if args.public_key:
+            literal = (
+                SIGNED_LITERAL_PCRS
+                if args.tpm2_pcrs is None
+                else parse_pcr_list(args.tpm2_pcrs, allow_empty=True)
+            )
+            if args.tpm2_pcr_bank != "sha256":
+                raise ConfigError("signed PCR policies use the sha256 bank")
+            result = enroll_tpm_signed(
+                vol,
+                tpm,
+                read_bounded(args.public_key, limits.TPM2_PUBKEY_MAX_SIZE, "PCR public key"),
+                pubkey_pcrs=parse_pcr_list(args.public_key_pcrs),
+                pcrs=literal,
+                pcr_signature=signature,
+            )
+        else:
+            pcrs = parse_pcr_list(args.tpm2_pcrs if args.tpm2_pcrs is not None else "7+15")
+            result = enroll_tpm(vol, tpm, pcrs=pcrs, bank=args.tpm2_pcr_bank)
     finally:
         tpm.close()
+    signed = f", signed PCRs {'+'.join(map(str, result.pubkey_pcrs))}" if result.pubkey_pcrs else ""
     emit(
         args,
         f"TPM2 token {result.token} enrolled as keyslot {result.keyslot} "
-        f"(PCRs {'+'.join(str(p) for p in result.pcrs)})",
+        f"(PCRs {'+'.join(str(p) for p in result.pcrs) or 'none'}{signed})",
         {
             "keyslot": result.keyslot,
             "token": result.token,
             "pcrs": list(result.pcrs),
             "pcr_bank": result.bank.value,
             "policy_hash": result.policy_hash.hex(),
+            "pubkey_pcrs": list(result.pubkey_pcrs),
         },
     )
     return 0
@@ -428,6 +463,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-slot", type=int, default=None)
     p.add_argument("--token-only", action="store_true", help="unlock through a systemd-tpm2 token")
     p.add_argument("--token-id", type=int, default=None)
+    p.add_argument(
+        "--signature",
+        "--tpm2-signature",
+        default=None,
+        metavar="FILE",
+        help="the .pcrsig (tpm2-pcr-signature.json) for a signed-policy token",
+    )
     p.set_defaults(func=_open_test)
 
     p = sub.add_parser("add-key", help="add a keyslot (cryptsetup luksAddKey)")
@@ -472,8 +514,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-file", default=None, help="an existing passphrase")
     p.add_argument("--recovery-key-file", default=None)
     p.add_argument("--key-slot", type=int, default=None)
-    p.add_argument("--tpm2-pcrs", default="7+15", help="PCRs to bind, e.g. 7+15 (the default)")
+    p.add_argument(
+        "--tpm2-pcrs",
+        default=None,
+        help="PCRs bound by value, e.g. 7+15 (default 7+15; 7 with --public-key; '' for none)",
+    )
     p.add_argument("--tpm2-pcr-bank", default="sha256", choices=["sha1", "sha256", "sha384"])
+    p.add_argument(
+        "--public-key",
+        "--tpm2-public-key",
+        default=None,
+        metavar="PEM",
+        help="seal to a signed PCR policy by this RSA key (systemd-measure's signing key)",
+    )
+    p.add_argument(
+        "--public-key-pcrs",
+        "--tpm2-public-key-pcrs",
+        default="11",
+        metavar="PCRS",
+        help="PCRs covered by the signed policy (default 11)",
+    )
+    p.add_argument(
+        "--signature",
+        "--tpm2-signature",
+        default=None,
+        metavar="FILE",
+        help="a .pcrsig for the current PCRs: check that the enrolment unlocks now",
+    )
     p.set_defaults(func=_enroll_tpm)
 
     p = sub.add_parser("lock", help="extend PCR 15 after unlocking: TPM tokens stay sealed")

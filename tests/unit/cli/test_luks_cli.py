@@ -323,3 +323,67 @@ def test_repair_over_a_foreign_signature_needs_confirmation(
     assert json.loads(out)["repaired"] == "primary"
     code, _, _ = run(capsys, "luks", "open-test", str(img), "--key-file", str(key))
     assert code == 0
+
+
+def _pcrsig(tmp_path: Path, pcr11: bytes, name: str) -> Path:
+    """A .pcrsig by test key 3 for PCR 11 = ``pcr11`` (as systemd-measure writes it)."""
+    from tests.unit.trust.conftest import make_key
+
+    from bastion.trust.pcr11 import PcrSignature, pcr11_policy, pcrsig_json
+    from bastion.trust.pcr11 import public_key_fingerprint as fp
+    from bastion.trust.signer import SignatureScheme, SoftwareSigner
+
+    signer = SoftwareSigner(make_key("rsa-2048", 3), SignatureScheme.RSA_PKCS1V15_SHA256)
+    policy = pcr11_policy(pcr11)
+    entry = PcrSignature("", pcr11, policy, fp(signer.public_key()), signer.sign(policy))  # type: ignore[arg-type]
+    path = tmp_path / name
+    path.write_bytes(pcrsig_json([entry]))
+    return path
+
+
+def test_enroll_tpm_signed_and_open_with_signature(
+    volume: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from tests.unit.trust.conftest import make_key
+
+    img, key = volume
+    tpm = f"software:{tmp_path / 'tpm.state'}"
+    pub = tmp_path / "pcr.pub.pem"
+    pub.write_bytes(
+        make_key("rsa-2048", 3)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    good = _pcrsig(tmp_path, bytes(32), "good.json")  # PCR 11 of a fresh TPM
+    stale = _pcrsig(tmp_path, b"\x11" * 32, "stale.json")
+    base = ["luks", "enroll-tpm", str(img), "--key-file", str(key), "--tpm", tpm, "--json"]
+    code, _, err = run(capsys, *base, "--signature", str(good))
+    assert code == 9 and "--public-key" in err  # ConfigError: a signature alone is no policy
+    code, out, err = run(capsys, *base, "--public-key", str(pub), "--signature", str(good))
+    assert code == 0, err
+    enrolled = json.loads(out)
+    assert (enrolled["pubkey_pcrs"], enrolled["pcrs"]) == ([11], [7])
+    code, out, err = run(
+        capsys,
+        *base,
+        "--tpm2-public-key",
+        str(pub),
+        "--tpm2-public-key-pcrs",
+        "11",
+        "--tpm2-pcrs",
+        "",
+    )
+    assert code == 0, err
+    assert json.loads(out)["pcrs"] == []
+    open_test = ["luks", "open-test", str(img), "--token-only", "--tpm", tpm]
+    code, out, err = run(
+        capsys, *open_test, "--token-id", str(enrolled["token"]), "--signature", str(good), "--json"
+    )
+    assert (code, json.loads(out)["keyslot"]) == (0, enrolled["keyslot"]), err
+    code, _, err = run(
+        capsys, *open_test, "--token-id", str(enrolled["token"]), "--signature", str(stale)
+    )
+    assert code == 2 and "PCR 11 = " + "00" * 32 in err and err.count("\n") == 1
+    code, _, err = run(capsys, *open_test, "--token-id", str(enrolled["token"]))
+    assert code == 2 and "give the .pcrsig" in err
