@@ -150,3 +150,11 @@ PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
 EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
 ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
+# --- OpenID Connect sign-in (server/oidc/, docs/server.md) -----------------------------------
+OIDC_DOCUMENT_MAX_SIZE = 256 * KiB  # a provider's discovery document, JWKS or token answer
+OIDC_JWKS_MAX_KEYS = 64  # keys in a provider's JWKS
+OIDC_PARAM_MAX_LENGTH = 2048  # a code, state, ticket or cookie value handed back to us
+OIDC_LOGIN_TTL_SECONDS = 600  # a started sign-in (state, nonce, PKCE verifier) lives this long
+OIDC_TICKET_TTL_SECONDS = 300  # the second-factor ticket after a good OIDC sign-in
+OIDC_HTTP_TIMEOUT_SECONDS = 10.0  # one request to the provider
+OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched again after this

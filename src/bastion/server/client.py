@@ -56,6 +56,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "oidc_required": AuthError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 
