@@ -321,3 +321,47 @@ def test_org_requiring_oidc_refuses_password_sessions(
                 assert answer.json()["error"] == "oidc_required"
     listed = oidc_client.get("/v1/fleets", headers=password).json()
     assert fleet["id"] not in [f["id"] for f in listed]
+
+
+# --- another audience -----------------------------------------------------------------
+
+
+def test_id_token_for_another_audience_is_refused(
+    oidc_client: TestClient, oidc_provider: RunningProvider
+) -> None:
+    """A real ID token the provider issued to another client does not sign in here."""
+    import secrets
+
+    from bastion.errors import VerificationError
+    from bastion.server.oidc.provider import OidcProvider
+
+    other = OidcProvider(
+        oidc_provider.issuer, oidc_provider.other_client_id, oidc_provider.other_client_secret
+    )
+    verifier, nonce = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
+    redirect = "http://127.0.0.1:5000/callback"
+    url = other.authorization_url(
+        redirect_uri=redirect, state="s" * 43, nonce=nonce, code_verifier=verifier
+    )
+    params = sign_in(oidc_provider, url, "alice")
+    answer = other.exchange_code(code=params["code"], redirect_uri=redirect, code_verifier=verifier)
+    ours = oidc_client.app.state.ctx.oidc  # type: ignore[attr-defined]
+    now = oidc_client.app.state.ctx.clock.now()  # type: ignore[attr-defined]
+    with pytest.raises(VerificationError, match="aud"):
+        ours.verify(answer, nonce=nonce, now=now)
+    # the same ID token is good for the client it was issued to (the test is not vacuous)
+    theirs = OidcProvider(
+        oidc_provider.issuer, oidc_provider.other_client_id, oidc_provider.other_client_secret
+    )
+    assert theirs.verify(answer, nonce=nonce, now=now).subject == "alice"
+    theirs.close()
+    # and a code issued to the other client, handed to our callback, is refused
+    make_user(oidc_client, "alice@example.org")
+    state = parse_qs(urlsplit(start(oidc_client)).query)["state"][0]
+    url = other.authorization_url(
+        redirect_uri=redirect, state="t" * 43, nonce=nonce, code_verifier=verifier
+    )
+    foreign = sign_in(oidc_provider, url, "alice")
+    other.close()
+    refused = callback(oidc_client, {"state": state, "code": foreign["code"]})
+    assert refused.status_code == 401, refused.text
