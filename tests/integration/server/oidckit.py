@@ -36,6 +36,7 @@ OIDC_PROVIDER_VERSION = "9.13.3"
 HERE = Path(__file__).parent
 SCRIPT = HERE / "oidc_provider.mjs"
 SERVER_CALLBACK = "http://127.0.0.1:8443/v1/auth/oidc/callback"
+PASSWORD = "correct horse battery"
 
 #: the test accounts at the provider (sub -> claims)
 ACCOUNTS: dict[str, dict[str, Any]] = {
@@ -189,8 +190,24 @@ def start_provider(workdir: Path) -> RunningProvider:
     )
 
 
+def oidc_settings(provider: RunningProvider) -> dict[str, Any]:
+    """ServerSettings overrides that point an app at ``provider``."""
+    return {
+        "oidc_issuer": provider.issuer,
+        "oidc_client_id": provider.client_id,
+        "oidc_client_secret": provider.client_secret,
+        "oidc_redirect_uri": SERVER_CALLBACK,
+    }
+
+
 def sign_in(provider: RunningProvider, authorization_url: str, account: str) -> dict[str, str]:
     """Play the browser at the provider; the query parameters it redirects back with."""
+    query = parse_qs(urlsplit(sign_in_location(provider, authorization_url, account)).query)
+    return {k: v[0] for k, v in query.items()}
+
+
+def sign_in_location(provider: RunningProvider, authorization_url: str, account: str) -> str:
+    """Play the browser at the provider; the URL it finally redirects to (our callback)."""
     url = authorization_url
     with httpx.Client(follow_redirects=False, timeout=10) as browser:
         for _ in range(10):
@@ -201,11 +218,10 @@ def sign_in(provider: RunningProvider, authorization_url: str, account: str) -> 
                 raise AssertionError(
                     f"provider answered {response.status_code} at {url}: {response.text[:300]}"
                 )
-            location = response.headers["location"]
+            location = str(response.headers["location"])
             if location.startswith("/"):
                 location = provider.issuer + location
             if not location.startswith(provider.issuer):
-                query = parse_qs(urlsplit(location).query)
-                return {k: v[0] for k, v in query.items()}
+                return location
             url = location
     raise AssertionError("the provider redirected more than 10 times")

@@ -16,13 +16,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from oidckit import SERVER_CALLBACK, RunningProvider, sign_in, start_provider
+from oidckit import PASSWORD, RunningProvider, oidc_settings, sign_in, start_provider
 from sqlalchemy import select
 
 from bastion.server.audit.models import AuditEntry
 from bastion.server.auth import totp
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +30,6 @@ def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningP
         yield provider
     finally:
         provider.stop()
-
-
-def oidc_settings(provider: RunningProvider) -> dict[str, Any]:
-    return {
-        "oidc_issuer": provider.issuer,
-        "oidc_client_id": provider.client_id,
-        "oidc_client_secret": provider.client_secret,
-        "oidc_redirect_uri": SERVER_CALLBACK,
-    }
 
 
 @pytest.fixture
