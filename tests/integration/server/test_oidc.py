@@ -231,7 +231,7 @@ def _password_login(client: TestClient, email: str) -> str:
     return str(answer.json()["token"])
 
 
-def _enrol_totp(client: TestClient, token: str) -> str:
+def _enrol_totp(client: TestClient, token: str) -> tuple[str, list[str]]:
     headers = {"Authorization": f"Bearer {token}"}
     secret = client.post("/v1/me/totp", headers=headers).json()["secret"]
     ctx = client.app.state.ctx  # type: ignore[attr-defined]
@@ -241,13 +241,13 @@ def _enrol_totp(client: TestClient, token: str) -> str:
     )
     assert confirm.status_code == 200, confirm.text
     ctx.clock.advance(30)
-    return str(secret)
+    return str(secret), list(confirm.json()["recovery_codes"])
 
 
 def test_totp_user_needs_the_second_step(
     oidc_client: TestClient, oidc_provider: RunningProvider
 ) -> None:
-    secret = _enrol_totp(oidc_client, _password_login(oidc_client, "dave@example.org"))
+    secret, recovery = _enrol_totp(oidc_client, _password_login(oidc_client, "dave@example.org"))
     first = full_login(oidc_client, oidc_provider, "dave")
     assert first.status_code == 200, first.text
     body = first.json()
@@ -267,6 +267,17 @@ def test_totp_user_needs_the_second_step(
     assert done.json()["two_factor"] is True and done.json()["token"].startswith("bst_ses_")
     replay = oidc_client.post("/v1/auth/oidc/second-factor", json=good)
     assert replay.status_code == 401, replay.text
+    # a recovery code works too, once
+    ticket = full_login(oidc_client, oidc_provider, "dave").json()["ticket"]
+    body = {"ticket": ticket, "recovery_code": recovery[0]}
+    assert oidc_client.post("/v1/auth/oidc/second-factor", json=body).status_code == 200
+    ticket = full_login(oidc_client, oidc_provider, "dave").json()["ticket"]
+    body = {"ticket": ticket, "recovery_code": recovery[0]}
+    assert oidc_client.post("/v1/auth/oidc/second-factor", json=body).status_code == 401
+    # and the session of an OIDC sign-in with TOTP satisfies an organisation's 2FA rule
+    headers = {"Authorization": f"Bearer {done.json()['token']}"}
+    org = oidc_client.post("/v1/orgs", headers=headers, json={"name": "mfa", "require_2fa": True})
+    assert org.status_code == 201, org.text
 
 
 # --- organisations that require OIDC -------------------------------------------------

@@ -224,3 +224,45 @@ def test_jwks_drops_private_and_symmetric_keys() -> None:
 def test_clock_leeway_is_bounded() -> None:
     # a token expired 30 s ago passes (leeway 60 s); 120 s ago does not (table above)
     assert check(sign(claims(exp=NOW_S - 30))).subject == "alice"
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+def _settings(tmp_path: Any, **change: Any) -> Any:
+    from bastion.server.settings import ServerSettings
+
+    values = {
+        "data_dir": tmp_path,
+        "oidc_issuer": ISSUER,
+        "oidc_client_id": CLIENT,
+        "oidc_client_secret": "s3cret",
+    }
+    values.update(change)
+    return ServerSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+def test_provider_configuration(tmp_path: Any) -> None:
+    from bastion.errors import ConfigError
+    from bastion.server.oidc.provider import build_provider
+
+    assert build_provider(_settings(tmp_path, oidc_issuer=None)) is None
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    made = build_provider(
+        _settings(tmp_path, oidc_client_secret=None, oidc_client_secret_file=secret_file)
+    )
+    assert made is not None and made._secret == "from-a-file"
+    made.close()
+    bad = [
+        {"oidc_client_id": None},
+        {"oidc_client_secret": None},
+        {"oidc_client_secret": "  "},
+        {"oidc_scopes": "email"},
+        {"oidc_issuer": "http://id.example.org"},
+        {"oidc_redirect_uri": "http://fleet.example.org/cb"},
+        {"oidc_issuer": "https://id.example.org/" + "x" * 600},
+    ]
+    for change in bad:
+        with pytest.raises(ConfigError):
+            build_provider(_settings(tmp_path, **change))

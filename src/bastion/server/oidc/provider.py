@@ -35,6 +35,8 @@ from bastion.server.oidc import verify
 from bastion.server.settings import ServerSettings
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
+#: the issuer and redirect URI are stored in String(512) columns
+MAX_STORED_URL = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,14 @@ def build_provider(
     """The configured provider, or None when OIDC sign-in is off (no issuer)."""
     if not settings.oidc_issuer:
         return None
-    issuer = verify.check_endpoint(settings.oidc_issuer, "oidc_issuer")
+    try:
+        issuer = verify.check_endpoint(settings.oidc_issuer, "oidc_issuer")
+        if settings.oidc_redirect_uri is not None:
+            verify.check_endpoint(settings.oidc_redirect_uri, "oidc_redirect_uri")
+    except FormatError as exc:
+        raise ConfigError(str(exc)) from exc
+    if len(issuer) > MAX_STORED_URL:
+        raise ConfigError(f"oidc_issuer is longer than {MAX_STORED_URL} characters")
     if not settings.oidc_client_id:
         raise ConfigError("oidc_issuer is set but oidc_client_id is not")
     if settings.oidc_client_secret_file is not None:
@@ -236,8 +245,8 @@ def build_provider(
             "OIDC needs a client secret: BASTION_SERVER_OIDC_CLIENT_SECRET or "
             "oidc_client_secret_file"
         )
-    if settings.oidc_redirect_uri is not None:
-        verify.check_endpoint(settings.oidc_redirect_uri, "oidc_redirect_uri")
+    if len(settings.oidc_redirect_uri or "") > MAX_STORED_URL:
+        raise ConfigError(f"oidc_redirect_uri is longer than {MAX_STORED_URL} characters")
     if "openid" not in settings.oidc_scopes.split():
         raise ConfigError("oidc_scopes must contain 'openid'")
     return OidcProvider(issuer, settings.oidc_client_id, secret, scopes=settings.oidc_scopes)

@@ -160,6 +160,7 @@ def finish(
 ) -> Finished:
     """Complete a sign-in from the provider's redirect (rules in the module docstring)."""
     provider = _provider(ctx)
+    ctx.login_limiter.hit(f"addr:{client}")
     now = ctx.clock.now()
     state = _bounded(state, "state")
     row = session.execute(
@@ -263,6 +264,7 @@ def second_factor(
 ) -> Finished:
     """Exchange a second-factor ticket and a TOTP or recovery code for a session."""
     _provider(ctx)
+    ctx.login_limiter.hit(f"addr:{client}")
     now = ctx.clock.now()
     ticket = _bounded(ticket, "ticket")
     row = session.execute(
