@@ -64,13 +64,35 @@ def served(make_app, oidc_provider: RunningProvider) -> Iterator[tuple[str, obje
         thread.join(timeout=10)
 
 
-def test_cli_login_oidc(served, oidc_provider: RunningProvider, tmp_path: Path) -> None:
+def _enrol_totp(url: str, app: object, email: str) -> str:
+    """Enrol TOTP for ``email`` over HTTP; a code valid for the next login."""
+    from bastion.server.auth import totp
+
+    ctx = app.state.ctx  # type: ignore[attr-defined]
+    login = httpx.post(f"{url}/v1/auth/login", json={"email": email, "password": PASSWORD})
+    headers = {"Authorization": f"Bearer {login.json()['token']}"}
+    secret = httpx.post(f"{url}/v1/me/totp", headers=headers).json()["secret"]
+    step = int(ctx.clock.now().timestamp()) // 30
+    confirm = httpx.post(
+        f"{url}/v1/me/totp/confirm", headers=headers, json={"code": totp.code_at(secret, step)}
+    )
+    assert confirm.status_code == 200, confirm.text
+    ctx.clock.advance(30)
+    return str(totp.code_at(secret, step + 1))
+
+
+@pytest.mark.parametrize("with_totp", [False, True], ids=["password-less", "totp"])
+def test_cli_login_oidc(
+    served, oidc_provider: RunningProvider, tmp_path: Path, with_totp: bool
+) -> None:
     url, app = served
     from bastion.server.users import service
 
+    email, account = ("dave@example.org", "dave") if with_totp else ("alice@example.org", "alice")
     ctx = app.state.ctx  # type: ignore[attr-defined]
     with ctx.db.session() as session:
-        service.create_user(ctx, session, "alice@example.org", PASSWORD, "cli:test")
+        service.create_user(ctx, session, email, PASSWORD, "cli:test")
+    extra = ["--totp", _enrol_totp(url, app, email)] if with_totp else []
     config = tmp_path / "operator.json"
     env = {
         **os.environ,
@@ -79,8 +101,9 @@ def test_cli_login_oidc(served, oidc_provider: RunningProvider, tmp_path: Path) 
     }
     env.pop("BASTION_SERVER", None)
     env.pop("BASTION_TOKEN", None)
+    argv = ["login", "--oidc", "--server", url, "--json", *extra]
     cli = subprocess.Popen(
-        [sys.executable, "-m", "bastion.cli.main", "login", "--oidc", "--server", url, "--json"],
+        [sys.executable, "-m", "bastion.cli.main", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -93,7 +116,7 @@ def test_cli_login_oidc(served, oidc_provider: RunningProvider, tmp_path: Path) 
         assert first.startswith("Open this URL"), first + cli.stderr.read()
         authorization_url = cli.stderr.readline().strip()
         assert authorization_url.startswith(oidc_provider.issuer + "/auth?")
-        location = sign_in_location(oidc_provider, authorization_url, "alice")
+        location = sign_in_location(oidc_provider, authorization_url, account)
         assert location.startswith("http://127.0.0.1:") and "/callback?" in location
         page = httpx.get(location, timeout=10)  # the browser arrives at the CLI's listener
         assert page.status_code == 200 and b"Sign-in received" in page.content
@@ -103,8 +126,8 @@ def test_cli_login_oidc(served, oidc_provider: RunningProvider, tmp_path: Path) 
             cli.kill()
             cli.wait(timeout=5)
     assert cli.returncode == 0, err
-    assert json.loads(out)["email"] == "alice@example.org"
+    assert json.loads(out)["email"] == email
     stored = json.loads(config.read_text())
     assert stored["token"].startswith("bst_ses_")
     me = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {stored['token']}"})
-    assert me.status_code == 200 and me.json()["email"] == "alice@example.org"
+    assert me.status_code == 200 and me.json()["email"] == email
