@@ -152,3 +152,11 @@ ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begi
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
 # --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
 TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
+# --- OpenID Connect sign-in (server/oidc/, docs/server.md) -----------------------------------
+OIDC_DOCUMENT_MAX_SIZE = 256 * KiB  # a provider's discovery document, JWKS or token answer
+OIDC_JWKS_MAX_KEYS = 64  # keys in a provider's JWKS
+OIDC_PARAM_MAX_LENGTH = 2048  # a code, state, ticket or cookie value handed back to us
+OIDC_LOGIN_TTL_SECONDS = 600  # a started sign-in (state, nonce, PKCE verifier) lives this long
+OIDC_TICKET_TTL_SECONDS = 300  # the second-factor ticket after a good OIDC sign-in
+OIDC_HTTP_TIMEOUT_SECONDS = 10.0  # one request to the provider
+OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched again after this
