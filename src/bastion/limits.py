@@ -146,3 +146,8 @@ PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
 AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
 PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
 PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
+# --- initramfs cpio, serial console of a VM boot (formats/cpio.py, formats/bootlog.py) ---
+CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
+CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
+BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
+BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
