@@ -1,0 +1,97 @@
+"""Fixtures for real boots: the host's kernel, a test initrd, a db key, one VM at a time.
+
+QEMU under TCG takes a whole core for ~25 s; two at once on a loaded machine slow both
+past their time limits. The suite runs under pytest-xdist, so every boot takes an
+exclusive ``fcntl`` lock on one file in the system temp folder first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.bootkit import _cert
+from tests.conftest import need_tool
+
+from bastion.build import disk, initrd
+from bastion.io import qemu
+from bastion.trust.signer import SignatureScheme, SoftwareSigner
+
+LOCK_FILE = Path(tempfile.gettempdir()) / "bastion-e2e-qemu.lock"
+BOOT_TIMEOUT = 150.0
+
+
+@dataclass(frozen=True)
+class Parts:
+    kernel: bytes
+    initrd: bytes
+    secure_boot: disk.SecureBootSigner
+
+
+def _need_everything() -> Path:
+    for tool in ("qemu-system-x86_64", "swtpm", "swtpm_setup", "depmod", "veritysetup"):
+        need_tool(tool)
+    for tool in ("mkfs.vfat", "mcopy", "mkfs.erofs", "zstd"):
+        need_tool(tool)
+    for path, package in (
+        (qemu.DEFAULT_CODE, "ovmf"),
+        (qemu.DEFAULT_VARS, "ovmf"),
+        (Path(initrd.DEFAULT_BUSYBOX), "busybox-static"),
+        (disk.VmImageSpec.__dataclass_fields__["stub"].default, "systemd-boot-efi"),
+    ):
+        if not Path(path).is_file():
+            need_tool(str(path), package)
+    kernels = initrd.host_kernels()
+    if not kernels:
+        need_tool("/boot/vmlinuz-*", "linux-image-amd64")
+    return kernels[-1]
+
+
+@functools.cache
+def _parts(kernel: Path) -> Parts:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signer = disk.SecureBootSigner(
+        SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
+    )
+    spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
+    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
+
+
+@pytest.fixture(scope="session")
+def vm_parts() -> Parts:
+    """Kernel, initrd and db key, made once per worker."""
+    return _parts(_need_everything())
+
+
+def make_root(folder: Path) -> Path:
+    """A small root tree: a greeting and 256 KiB of fixed bytes (many data blocks)."""
+    (folder / "etc").mkdir(parents=True)
+    (folder / "etc" / "hello.txt").write_text("hello from the verity root\n")
+    (folder / "usr").mkdir()
+    (folder / "usr" / "blob").write_bytes(bytes(i * 7 % 251 for i in range(256 * 1024)))
+    return folder
+
+
+def locked_boot(image: Path, work: Path) -> qemu.BootResult:
+    """One boot while holding the machine-wide QEMU lock (waits for any other boot)."""
+    with open(LOCK_FILE, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return qemu.boot(image, work, qemu.VmConfig(timeout=BOOT_TIMEOUT))
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+BootVm = Callable[[Path, Path], qemu.BootResult]
+
+
+@pytest.fixture(scope="session")
+def boot_vm() -> BootVm:
+    """Boot an image under the machine-wide lock: ``boot_vm(image, work_dir)``."""
+    return locked_boot

@@ -1,0 +1,89 @@
+"""Real boots under QEMU (TCG), OVMF and swtpm: the signed UKI reaches the verity root.
+
+One good boot is shared by the checks on it (module-scoped); the tampered image boots
+once more. Each boot holds the machine-wide QEMU lock (see conftest.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import BootVm, Parts, make_root
+
+from bastion.build import disk
+from bastion.build.uki import uki_sections
+from bastion.formats import eventlog
+from bastion.formats.bootlog import Outcome
+from bastion.io.qemu import BootResult
+from bastion.trust.pcr11 import PCR_KERNEL_IMAGE, predict_pcr11
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@dataclass(frozen=True)
+class Booted:
+    image: disk.VmImage
+    result: BootResult
+
+
+def _build(parts: Parts, folder: Path) -> disk.VmImage:
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = disk.VmImageSpec(
+        kernel=parts.kernel, initrd=parts.initrd, root_dir=make_root(folder / "root")
+    )
+    return disk.build_vm_image(spec, folder / "disk.img", secure_boot=parts.secure_boot)
+
+
+@pytest.fixture(scope="module")
+def booted(vm_parts: Parts, boot_vm: BootVm, tmp_path_factory: pytest.TempPathFactory) -> Booted:
+    folder = tmp_path_factory.mktemp("good")
+    image = _build(vm_parts, folder)
+    return Booted(image, boot_vm(image.path, folder / "run"))
+
+
+def test_signed_image_boots_to_running(booted: Booted) -> None:
+    result = booted.result
+    assert result.outcome is Outcome.RUNNING, (result.reason, result.serial_log)
+    assert "BASTION: running" in result.serial_log.read_text()
+    assert result.report.root_read_only, result.report.root_mount
+    assert result.report.root_mount is not None
+    assert result.report.root_mount.startswith("/dev/mapper/root /sysroot erofs ")
+    assert result.report.powered_off and result.qemu_exit == 0
+    assert booted.image.signed
+
+
+def test_event_log_replays_to_the_guest_pcrs(booted: Booted) -> None:
+    report = booted.result.report
+    assert report.eventlog is not None, "the guest dumped no event log"
+    log = eventlog.parse(report.eventlog)
+    replayed = eventlog.replay(log.events)
+    guest = report.pcrs["sha256"]
+    assert {0, 4, 7, 9, 11} <= set(replayed)
+    for pcr, value in replayed.items():
+        assert guest[pcr] == value, f"PCR {pcr}: event log replay differs from the TPM"
+
+
+def test_pcr11_matches_the_prediction_for_the_booted_uki(booted: Booted) -> None:
+    report = booted.result.report
+    assert report.eventlog is not None
+    replayed = eventlog.replay(eventlog.parse(report.eventlog).events)
+    predicted = predict_pcr11(uki_sections(booted.image.uki))
+    assert replayed[PCR_KERNEL_IMAGE] == predicted
+    assert report.pcrs["sha256"][PCR_KERNEL_IMAGE] == predicted
+
+
+def test_flipped_root_byte_fails_verity(vm_parts: Parts, boot_vm: BootVm, tmp_path: Path) -> None:
+    image = _build(vm_parts, tmp_path)
+    root = image.partition(disk.PART_ROOT)
+    with open(image.path, "r+b") as handle:
+        offset = root.offset + 2 * 4096 + 17  # inside the third data block
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    result = boot_vm(image.path, tmp_path / "run")
+    assert result.outcome is Outcome.FAILED, (result.reason, result.serial_log)
+    assert result.reason.startswith("verity: reading the root failed"), result.reason
+    assert "BASTION: running" not in result.serial_log.read_text()
