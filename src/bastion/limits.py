@@ -151,3 +151,5 @@ CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
 CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
 BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
 BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
+BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)
+BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
