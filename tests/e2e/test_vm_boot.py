@@ -14,7 +14,7 @@ from tests.e2e.conftest import BootVm, Parts, make_root
 
 from bastion.build import disk
 from bastion.build.uki import uki_sections
-from bastion.formats import eventlog
+from bastion.formats import bls, eventlog
 from bastion.formats.bootlog import Outcome
 from bastion.io.qemu import BootResult
 from bastion.trust.pcr11 import PCR_KERNEL_IMAGE, predict_pcr11
@@ -52,6 +52,20 @@ def test_signed_image_boots_to_running(booted: Booted) -> None:
     assert result.report.root_mount.startswith("/dev/mapper/root /sysroot erofs ")
     assert result.report.powered_off and result.qemu_exit == 0
     assert booted.image.signed
+
+
+def test_systemd_boot_booted_the_counted_bls_entry(booted: Booted) -> None:
+    efivars = booted.result.report.efivars
+    assert efivars["LoaderInfo"].startswith("systemd-boot ")
+    assert efivars["StubInfo"].startswith("systemd-stub ")
+    entry = bls.parse(booted.image.uki_path.rsplit("/", 1)[1])
+    assert entry.to_string() == "bastion+3-0.efi"
+    assert efivars["LoaderEntrySelected"] == entry.to_string()
+    # systemd-boot renamed the entry as the boot counting rules say: one try used
+    renamed = "\\EFI\\Linux\\" + entry.booted().to_string()
+    assert efivars["LoaderBootCountPath"] == renamed == "\\EFI\\Linux\\bastion+2-1.efi"
+    # Debian's OVMF_VARS_4M.fd has no keys enrolled: Secure Boot is off
+    assert efivars["SecureBoot"] == "0"
 
 
 def test_event_log_replays_to_the_guest_pcrs(booted: Booted) -> None:

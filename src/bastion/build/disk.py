@@ -9,9 +9,12 @@ filesystem image):
    UKI (:mod:`bastion.build.uki`, Debian's systemd stub), signed for Secure Boot with
    :func:`bastion.trust.authenticode.sign_pe` when a db key is given;
 3. the ESP, a FAT filesystem made by ``mkfs.vfat --invariant`` and filled by one
-   ``mcopy -s -m`` (mtools) from a staged tree with fixed timestamps, holding the UKI
-   as ``\\EFI\\BOOT\\BOOTX64.EFI`` (the removable-media path
-   any UEFI firmware boots without boot entries);
+   ``mcopy -s -m`` (mtools) from a staged tree with fixed timestamps. At the
+   removable-media path ``\\EFI\\BOOT\\BOOTX64.EFI`` (booted by any UEFI firmware
+   without boot entries) it holds systemd-boot, signed like the UKI, with a
+   ``loader.conf`` without menu or editor; the UKI is a Boot Loader Specification
+   type #2 entry ``\\EFI\\Linux\\bastion+3-0.efi`` carrying a boot counter
+   (:mod:`bastion.formats.bls`). With ``loader=None`` the UKI itself is BOOTX64.EFI;
 4. the GPT (:mod:`bastion.formats.gpt`): ESP, root and root-verity with the Discoverable
    Partitions Specification type GUIDs for x86-64, and the root and verity PARTUUIDs
    taken from the root hash (first and last 128 bits), so the initrd finds both from
@@ -37,7 +40,7 @@ from cryptography import x509
 from bastion.build.fs import FsType, build_filesystem
 from bastion.build.uki import UkiInputs, build_uki
 from bastion.errors import ConfigError
-from bastion.formats import gpt
+from bastion.formats import bls, gpt
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
 from bastion.storage.verity_reader import format_region
@@ -48,6 +51,13 @@ MiB = 1024 * 1024
 BLOCK = 4096
 #: the removable-media boot path of x86-64 UEFI
 BOOT_PATH = "EFI/BOOT/BOOTX64.EFI"
+#: where systemd-boot finds Boot Loader Specification type #2 entries (UKIs)
+BLS_TYPE2_DIR = "EFI/Linux"
+LOADER_CONF = "loader/loader.conf"
+#: no menu, no command line editing (a UKI's command line is signed anyway)
+DEFAULT_LOADER_CONF = b"timeout 0\neditor no\nconsole-mode keep\n"
+DEFAULT_LOADER = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+DEFAULT_TRIES = 3
 ESP_MIN_SIZE = 32 * MiB
 DEFAULT_CONSOLE = ("console=ttyS0", "panic=-1", "loglevel=4")
 PART_ESP = "esp"
@@ -191,7 +201,24 @@ class VmImageSpec:
     cmdline: Sequence[str] = DEFAULT_CONSOLE
     osrel: bytes = DEFAULT_OSREL
     stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    #: systemd-boot as the removable-media loader, the UKI a BLS type #2 entry;
+    #: None puts the UKI itself at \\EFI\\BOOT\\BOOTX64.EFI
+    loader: Path | None = DEFAULT_LOADER
+    entry_name: str = "bastion"
+    #: boot counting tries for the entry (None: not assessed)
+    tries: int | None = DEFAULT_TRIES
+    loader_conf: bytes = DEFAULT_LOADER_CONF
     extra_esp_files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def entry(self) -> bls.EntryName:
+        """The UKI's BLS entry file name (``NAME+TRIES-0.efi``)."""
+        return bls.EntryName(self.entry_name, ".efi", self.tries, None if self.tries is None else 0)
+
+    def uki_path(self) -> str:
+        """Where the UKI goes in the ESP."""
+        if self.loader is None:
+            return BOOT_PATH
+        return f"{BLS_TYPE2_DIR}/{self.entry().to_string()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +231,7 @@ class VmImage:
     uki: bytes
     layout: gpt.GptDisk
     signed: bool
+    uki_path: str = BOOT_PATH
 
     def partition(self, name: str) -> gpt.Partition:
         return self.layout.find(name)
@@ -275,7 +303,12 @@ def build_vm_image(
         )
         if secure_boot is not None:
             uki = secure_boot.sign(uki)
-        esp_files = {BOOT_PATH: uki, **spec.extra_esp_files}
+        esp_files = {spec.uki_path(): uki}
+        if spec.loader is not None:
+            loader = spec.loader.read_bytes()
+            esp_files[BOOT_PATH] = loader if secure_boot is None else secure_boot.sign(loader)
+            esp_files[LOADER_CONF] = spec.loader_conf
+        esp_files.update(spec.extra_esp_files)
         esp_img = work / "esp.img"
         esp_len = build_esp(
             esp_img, esp_files, volume_id=int.from_bytes(seed[:4], "big"), runner=runner
@@ -295,4 +328,6 @@ def build_vm_image(
             ),
         ]
         layout = write_disk(Path(out), gpt.derived_uuid("vm-disk", seed), parts)
-    return VmImage(Path(out), root_hash, cmdline, uki, layout, secure_boot is not None)
+    return VmImage(
+        Path(out), root_hash, cmdline, uki, layout, secure_boot is not None, spec.uki_path()
+    )

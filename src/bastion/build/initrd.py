@@ -47,6 +47,7 @@ DEFAULT_MODULES = (
     "xts",
     "aesni_intel",
     "sha256_ssse3",
+    "efivarfs",
 )
 #: programs copied with their libraries
 DEFAULT_PROGRAMS = ("veritysetup", "cryptsetup")

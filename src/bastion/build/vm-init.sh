@@ -8,6 +8,7 @@
 #   BASTION: failed: <reason>        anything else, one line
 #   BASTION: eventlog begin|end      the TCG event log, base64, between the two
 #   BASTION: pcr sha256 <n> <hex>    PCR values as the kernel reads them
+#   BASTION: efivar <name> <value>   SecureBoot (0/1) and the boot loader's variables
 #   BASTION: poweroff                the last line before the power-off
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export DM_DISABLE_UDEV=1
@@ -45,6 +46,18 @@ fi
 for n in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
     f=/sys/class/tpm/tpm0/pcr-sha256/$n
     [ -r "$f" ] && say "pcr sha256 $n $(cat "$f")"
+done
+
+# --- firmware and boot loader state: Secure Boot, the BLS entry systemd-boot chose -------
+EFIVARS=/sys/firmware/efi/efivars
+modprobe efivarfs 2>/dev/null
+mount -t efivarfs efivarfs "$EFIVARS" 2>/dev/null
+f=$EFIVARS/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+[ -r "$f" ] && say "efivar SecureBoot $(tail -c +5 "$f" | od -An -tu1 -N1 | tr -d ' ')"
+for v in LoaderEntrySelected LoaderBootCountPath LoaderInfo StubInfo; do
+    f=$EFIVARS/$v-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+    # UTF-16LE after the 4 attribute bytes; these values are ASCII
+    [ -r "$f" ] && say "efivar $v $(tail -c +5 "$f" | tr -d '\000')"
 done
 
 # --- the root hash from the (signed, measured) kernel command line ------------------------

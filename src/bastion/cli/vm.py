@@ -1,10 +1,11 @@
 """``bastion vm build|boot``: a real boot of a bastion disk under QEMU, OVMF and swtpm.
 
 ``vm build OUT (--root DIR | --root-image FILE) [--kernel K] [--initrd I]
-[--db-key KEY --db-cert CERT] [--cmdline WORD]...`` makes a GPT disk with an ESP holding
-the (signed) UKI as \\EFI\\BOOT\\BOOTX64.EFI and an erofs root with its dm-verity
-partition; without ``--initrd`` a test initramfs is built from the host
-(:mod:`bastion.build.initrd`).
+[--db-key KEY --db-cert CERT] [--cmdline WORD]... [--no-loader] [--tries N]`` makes a
+GPT disk with an ESP holding (signed) systemd-boot as \\EFI\\BOOT\\BOOTX64.EFI and the
+UKI as the BLS entry \\EFI\\Linux\\bastion+3-0.efi (``--no-loader``: the UKI itself as
+BOOTX64.EFI), and an erofs root with its dm-verity partition; without ``--initrd`` a
+test initramfs is built from the host (:mod:`bastion.build.initrd`).
 ``vm boot IMAGE [--expect OUTCOME] [--vars FILE] [--timeout S] [--work DIR]`` boots it
 once and exits 0 when the outcome is the expected one (default ``running``), 1 otherwise.
 Both print JSON with ``--json``. See docs/vm.md.
@@ -73,6 +74,9 @@ def _build(args: argparse.Namespace) -> int:
             root_image=Path(args.root_image) if args.root_image else None,
             cmdline=tuple(args.cmdline or disk.DEFAULT_CONSOLE),
             stub=Path(args.stub),
+            loader=None if args.no_loader else Path(args.loader),
+            entry_name=args.entry_name,
+            tries=None if args.tries == 0 else args.tries,
         ),
         Path(args.output),
         secure_boot=_secure_boot(args),
@@ -82,6 +86,7 @@ def _build(args: argparse.Namespace) -> int:
         "root_hash": image.root_hash.hex(),
         "cmdline": image.cmdline,
         "uki_size": len(image.uki),
+        "uki_path": image.uki_path,
         "signed": image.signed,
         "partitions": [
             {"name": p.name, "type": str(p.type_guid), "uuid": str(p.part_guid), "size": p.size}
@@ -148,6 +153,16 @@ def register(subparsers: Any) -> None:
     b.add_argument("--compression", default=initrd.Compression.ZSTD, choices=initrd.Compression.ALL)
     b.add_argument("--cmdline", action="append", metavar="WORD", help="replaces the defaults")
     b.add_argument("--stub", default=str(disk.VmImageSpec.__dataclass_fields__["stub"].default))
+    b.add_argument("--loader", default=str(disk.DEFAULT_LOADER), help="systemd-boot image")
+    b.add_argument("--no-loader", action="store_true", help="the UKI itself as BOOTX64.EFI")
+    b.add_argument("--entry-name", default="bastion", help="BLS entry name (default bastion)")
+    b.add_argument(
+        "--tries",
+        type=int,
+        default=disk.DEFAULT_TRIES,
+        metavar="N",
+        help="boot counting tries (0: no counter)",
+    )
     b.add_argument("--db-key", metavar="KEY", help="Secure Boot db key (file: or tpm: URI)")
     b.add_argument("--db-cert", metavar="CERT", help="its certificate (PEM, chain after it)")
     add_json_flag(b)

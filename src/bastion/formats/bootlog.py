@@ -9,6 +9,7 @@ Pure: text in, a frozen :class:`ConsoleReport` out. bastion's test ``/init``
 ``eventlog begin`` / ``end``    the TCG event log in base64 on the lines between
 ``pcr sha256 <n> <hex>``        a PCR value as the guest kernel reads it
 ``root mounted <dev> <dir> ..`` the root mount as /proc/mounts shows it
+``efivar <name> <value>``       an EFI variable (SecureBoot, systemd-boot's Loader*)
 ``poweroff``                    the last line before the power-off
 ==============================  ==========================================================
 
@@ -60,6 +61,7 @@ class ConsoleReport:
     root_mount: str | None = None
     eventlog: bytes | None = None
     pcrs: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    efivars: dict[str, str] = field(default_factory=dict)
     markers: tuple[str, ...] = ()
 
     @property
@@ -104,6 +106,7 @@ def parse(text: str) -> ConsoleReport:
     root_mount: str | None = None
     eventlog: bytes | None = None
     pcrs: dict[str, dict[int, bytes]] = {}
+    efivars: dict[str, str] = {}
     markers: list[str] = []
     block: list[str] | None = None
     for raw in text.splitlines():
@@ -135,6 +138,9 @@ def parse(text: str) -> ConsoleReport:
                 failure = body[len("failed:") :].strip() or "(no reason given)"
         elif body == "poweroff":
             powered_off = True
+        elif body.startswith("efivar "):
+            name, _, value = body[len("efivar ") :].partition(" ")
+            efivars.setdefault(name, value)
         elif body.startswith("root mounted "):
             root_mount = body[len("root mounted ") :]
         elif match := _PCR.fullmatch(body):
@@ -151,6 +157,7 @@ def parse(text: str) -> ConsoleReport:
         root_mount=root_mount,
         eventlog=eventlog,
         pcrs=pcrs,
+        efivars=efivars,
         markers=tuple(markers),
     )
 

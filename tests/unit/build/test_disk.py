@@ -25,7 +25,7 @@ INITRD = b"070701" + b"0" * 200
 def _tools() -> None:
     for tool in ("mkfs.vfat", "mmd", "mcopy", "mkfs.erofs"):
         need_tool(tool)
-    if not STUB.is_file():
+    if not STUB.is_file() or not disk.DEFAULT_LOADER.is_file():
         pytest.skip("systemd-boot-efi is not installed")
 
 
@@ -100,15 +100,33 @@ def test_vm_image_layout_and_signature(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    # the ESP holds the signed UKI at the removable-media path, with our command line
+    # the ESP: signed systemd-boot at the removable-media path, the signed UKI as a
+    # counted BLS type #2 entry, a loader.conf without menu or editor
     esp_file = tmp_path / "esp.part"
     esp_file.write_bytes(raw[esp.offset : esp.offset + esp.size])
-    uki = _mcopy_out(esp_file, disk.BOOT_PATH, tmp_path)
+    assert image.uki_path == "EFI/Linux/bastion+3-0.efi"
+    uki = _mcopy_out(esp_file, image.uki_path, tmp_path)
     assert uki == image.uki
     verify_pe(uki, [sb.certificate])
+    loader = _mcopy_out(esp_file, disk.BOOT_PATH, tmp_path)
+    assert verify_pe(loader, [sb.certificate]).image.section(".sdmagic") is not None
+    assert _mcopy_out(esp_file, disk.LOADER_CONF, tmp_path) == disk.DEFAULT_LOADER_CONF
     sections = uki_sections(uki)
     assert sections[".cmdline"] == image.cmdline.encode() + b"\0"
     assert sections[".linux"] == KERNEL and sections[".initrd"] == INITRD
+
+
+def test_vm_image_without_loader(tmp_path: Path) -> None:
+    _tools()
+    spec = disk.VmImageSpec(
+        kernel=KERNEL, initrd=INITRD, root_dir=_root(tmp_path), stub=STUB, loader=None
+    )
+    image = disk.build_vm_image(spec, tmp_path / "disk.img")
+    assert image.uki_path == disk.BOOT_PATH and not image.signed
+    esp = image.partition(disk.PART_ESP)
+    esp_file = tmp_path / "esp.part"
+    esp_file.write_bytes(image.path.read_bytes()[esp.offset : esp.offset + esp.size])
+    assert _mcopy_out(esp_file, disk.BOOT_PATH, tmp_path) == image.uki
 
 
 def test_vm_image_refusals(tmp_path: Path) -> None:

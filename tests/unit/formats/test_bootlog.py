@@ -18,6 +18,7 @@ RUNNING = (
     "BASTION: initrd uptime=1.23\r\n"
     "BASTION: eventlog begin\r\n" + B64.replace("\n", "\r\n") + "BASTION: eventlog end\r\n"
     "BASTION: pcr sha256 11 " + "AB" * 32 + "\r\n"
+    "BASTION: efivar LoaderBootCountPath \\EFI\\Linux\\bastion+2-1.efi\r\n"
     "BASTION: root /dev/vda2 verity /dev/vda3\r\n"
     "BASTION: root mounted /dev/mapper/root /sysroot erofs ro,relatime\r\n"
     "BASTION: running\r\n"
@@ -32,6 +33,7 @@ def test_running_report() -> None:
     assert report.eventlog == EVENTLOG
     assert report.pcrs == {"sha256": {11: b"\xab" * 32}}
     assert report.root_read_only
+    assert report.efivars == {"LoaderBootCountPath": "\\EFI\\Linux\\bastion+2-1.efi"}
     assert bootlog.outcome(report, timed_out=False) is Outcome.RUNNING
 
 
