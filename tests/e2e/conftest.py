@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.bootkit import _cert
 from tests.conftest import need_tool
@@ -32,6 +36,8 @@ class Parts:
     kernel: bytes
     initrd: bytes
     secure_boot: disk.SecureBootSigner
+    #: OVMF variables with a test PK and KEK and our db certificate, Secure Boot on
+    sb_vars: bytes
 
 
 def _need_everything() -> Path:
@@ -54,6 +60,48 @@ def _need_everything() -> Path:
     return kernels[-1]
 
 
+def _enrolled_vars(db: x509.Certificate) -> bytes:
+    """Debian's empty OVMF vars with a throwaway PK and KEK, ``db``, and Secure Boot on.
+
+    Made with virt-firmware's ``virt-fw-vars`` here; bastion's own Secure Boot key set and
+    variable store builder replace this helper when they land.
+    """
+    tool = Path(sys.executable).with_name("virt-fw-vars")
+    if not tool.is_file():
+        need_tool("virt-fw-vars", "virt-firmware (pip)")
+    owner = "5a1c7e5a-0000-4000-8000-00000000b0b0"
+    with tempfile.TemporaryDirectory(prefix="bastion-e2e-vars-") as tmp:
+        folder = Path(tmp)
+        for name, cert in (
+            ("pk", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "PK")),
+            ("kek", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "KEK")),
+            ("db", db),
+        ):
+            (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        subprocess.run(
+            [
+                str(tool),
+                "-i",
+                str(qemu.DEFAULT_VARS),
+                "-o",
+                str(folder / "vars.fd"),
+                "--set-pk",
+                owner,
+                str(folder / "pk.pem"),
+                "--add-kek",
+                owner,
+                str(folder / "kek.pem"),
+                "--add-db",
+                owner,
+                str(folder / "db.pem"),
+                "--sb",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return (folder / "vars.fd").read_bytes()
+
+
 @functools.cache
 def _parts(kernel: Path) -> Parts:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -61,7 +109,12 @@ def _parts(kernel: Path) -> Parts:
         SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
     )
     spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
-    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
+    return Parts(
+        kernel.read_bytes(),
+        initrd.build_initrd(spec),
+        signer,
+        _enrolled_vars(signer.certificate),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,20 +132,28 @@ def make_root(folder: Path) -> Path:
     return folder
 
 
-def locked_boot(image: Path, work: Path) -> qemu.BootResult:
-    """One boot while holding the machine-wide QEMU lock (waits for any other boot)."""
+def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.BootResult:
+    """One boot while holding the machine-wide QEMU lock (waits for any other boot).
+
+    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off).
+    """
+    config = qemu.VmConfig(timeout=BOOT_TIMEOUT)
+    if vars_ is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "enrolled-vars.fd").write_bytes(vars_)
+        config = qemu.VmConfig(timeout=BOOT_TIMEOUT, vars=work / "enrolled-vars.fd")
     with open(LOCK_FILE, "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            return qemu.boot(image, work, qemu.VmConfig(timeout=BOOT_TIMEOUT))
+            return qemu.boot(image, work, config)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-BootVm = Callable[[Path, Path], qemu.BootResult]
+BootVm = Callable[..., qemu.BootResult]
 
 
 @pytest.fixture(scope="session")
 def boot_vm() -> BootVm:
-    """Boot an image under the machine-wide lock: ``boot_vm(image, work_dir)``."""
+    """Boot under the machine-wide lock: ``boot_vm(image, work_dir[, vars_bytes])``."""
     return locked_boot

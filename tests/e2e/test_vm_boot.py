@@ -1,7 +1,9 @@
 """Real boots under QEMU (TCG), OVMF and swtpm: the signed UKI reaches the verity root.
 
-One good boot is shared by the checks on it (module-scoped); the tampered image boots
-once more. Each boot holds the machine-wide QEMU lock (see conftest.py).
+One good boot, with Secure Boot on, is shared by the checks on it (module-scoped); an
+unsigned image under Secure Boot and an image with a flipped root byte (Secure Boot off,
+Debian's default variables) boot once each. Each boot holds the machine-wide QEMU lock
+(see conftest.py).
 """
 
 from __future__ import annotations
@@ -28,19 +30,20 @@ class Booted:
     result: BootResult
 
 
-def _build(parts: Parts, folder: Path) -> disk.VmImage:
+def _build(parts: Parts, folder: Path, *, signed: bool = True) -> disk.VmImage:
     folder.mkdir(parents=True, exist_ok=True)
     spec = disk.VmImageSpec(
         kernel=parts.kernel, initrd=parts.initrd, root_dir=make_root(folder / "root")
     )
-    return disk.build_vm_image(spec, folder / "disk.img", secure_boot=parts.secure_boot)
+    sb = parts.secure_boot if signed else None
+    return disk.build_vm_image(spec, folder / "disk.img", secure_boot=sb)
 
 
 @pytest.fixture(scope="module")
 def booted(vm_parts: Parts, boot_vm: BootVm, tmp_path_factory: pytest.TempPathFactory) -> Booted:
     folder = tmp_path_factory.mktemp("good")
     image = _build(vm_parts, folder)
-    return Booted(image, boot_vm(image.path, folder / "run"))
+    return Booted(image, boot_vm(image.path, folder / "run", vm_parts.sb_vars))
 
 
 def test_signed_image_boots_to_running(booted: Booted) -> None:
@@ -64,8 +67,8 @@ def test_systemd_boot_booted_the_counted_bls_entry(booted: Booted) -> None:
     # systemd-boot renamed the entry as the boot counting rules say: one try used
     renamed = "\\EFI\\Linux\\" + entry.booted().to_string()
     assert efivars["LoaderBootCountPath"] == renamed == "\\EFI\\Linux\\bastion+2-1.efi"
-    # Debian's OVMF_VARS_4M.fd has no keys enrolled: Secure Boot is off
-    assert efivars["SecureBoot"] == "0"
+    # booted with our db enrolled and Secure Boot on: both signatures were checked
+    assert efivars["SecureBoot"] == "1"
 
 
 def test_event_log_replays_to_the_guest_pcrs(booted: Booted) -> None:
@@ -86,6 +89,16 @@ def test_pcr11_matches_the_prediction_for_the_booted_uki(booted: Booted) -> None
     predicted = predict_pcr11(uki_sections(booted.image.uki))
     assert replayed[PCR_KERNEL_IMAGE] == predicted
     assert report.pcrs["sha256"][PCR_KERNEL_IMAGE] == predicted
+
+
+def test_secure_boot_refuses_an_unsigned_image(
+    vm_parts: Parts, boot_vm: BootVm, tmp_path: Path
+) -> None:
+    image = _build(vm_parts, tmp_path, signed=False)
+    result = boot_vm(image.path, tmp_path / "run", vm_parts.sb_vars)
+    assert result.outcome is Outcome.FIRMWARE_REFUSED, (result.reason, result.serial_log)
+    assert "BASTION:" not in result.serial_log.read_text()
+    assert result.seconds < 90  # stopped at the refusal, not at the time limit
 
 
 def test_flipped_root_byte_fails_verity(vm_parts: Parts, boot_vm: BootVm, tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ from bastion.errors import FormatError, LimitError
 from bastion.limits import BOOTLOG_MAX_EVENTLOG_SIZE, BOOTLOG_MAX_SIZE
 
 PREFIX = "BASTION: "
-FIRMWARE_REFUSALS = ("Access Denied", "Security Violation")
+#: matched without regard to case (OVMF says "Access Denied", systemd-boot "Security violation")
+FIRMWARE_REFUSALS = ("access denied", "security violation")
 PANIC = "Kernel panic"
 _PCR = re.compile(r"pcr (sha1|sha256|sha384|sha512) (\d{1,2}) ([0-9A-Fa-f]+)")
 _B64 = re.compile(r"[A-Za-z0-9+/=]*")
@@ -116,8 +117,9 @@ def parse(text: str) -> ConsoleReport:
                 block.append(line.strip())
             continue
         if refusal is None:
+            lowered = line.lower()
             for word in FIRMWARE_REFUSALS:
-                if word in line:
+                if word in lowered:
                     refusal = line.strip()
         if panic is None and PANIC in line:
             panic = line[line.index(PANIC) :].strip()

@@ -64,6 +64,12 @@ OUTCOMES = [
         Outcome.FIRMWARE_REFUSED,
     ),
     ("security violation", "Security Violation\n", False, Outcome.FIRMWARE_REFUSED),
+    (
+        "systemd-boot load error",
+        "Error loading \\EFI\\Linux\\bastion+3-0.efi: Security violation\n",
+        False,
+        Outcome.FIRMWARE_REFUSED,
+    ),
     ("panic", "[ 1.0] Kernel panic - not syncing: VFS\n", False, Outcome.PANIC),
     ("nothing, timed out", "BdsDxe: loading\nBASTION: initrd\n", True, Outcome.TIMEOUT),
     ("nothing, exited", "BASTION: initrd\n", False, Outcome.EXITED),
