@@ -97,8 +97,25 @@ def test_secure_boot_refuses_an_unsigned_image(
     image = _build(vm_parts, tmp_path, signed=False)
     result = boot_vm(image.path, tmp_path / "run", vm_parts.sb_vars)
     assert result.outcome is Outcome.FIRMWARE_REFUSED, (result.reason, result.serial_log)
+    assert "BdsDxe" in result.reason  # the firmware refused systemd-boot itself
     assert "BASTION:" not in result.serial_log.read_text()
     assert result.seconds < 90  # stopped at the refusal, not at the time limit
+
+
+def test_secure_boot_refuses_a_tampered_signed_uki(
+    vm_parts: Parts, boot_vm: BootVm, tmp_path: Path
+) -> None:
+    image = _build(vm_parts, tmp_path)
+    data = bytearray(image.path.read_bytes())
+    where = data.find(b"console=ttyS0 panic=-1 ")
+    assert where > 0 and data.find(b"console=ttyS0 panic=-1 ", where + 1) == -1
+    data[where + len("console=ttyS0 panic=-")] = ord("2")  # the signed UKI's .cmdline
+    image.path.write_bytes(bytes(data))
+    result = boot_vm(image.path, tmp_path / "run", vm_parts.sb_vars)
+    assert result.outcome is Outcome.FIRMWARE_REFUSED, (result.reason, result.serial_log)
+    # signed systemd-boot ran; the firmware's check refused the UKI it tried to load
+    assert "Error loading \\EFI\\Linux\\bastion+2-1.efi: Access Denied" in result.reason
+    assert "BASTION:" not in result.serial_log.read_text()
 
 
 def test_flipped_root_byte_fails_verity(vm_parts: Parts, boot_vm: BootVm, tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ FIRMWARE_REFUSALS = ("access denied", "security violation")
 PANIC = "Kernel panic"
 _PCR = re.compile(r"pcr (sha1|sha256|sha384|sha512) (\d{1,2}) ([0-9A-Fa-f]+)")
 _B64 = re.compile(r"[A-Za-z0-9+/=]*")
+#: terminal control sequences firmware and boot loaders print (colours, cursor moves)
+_ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
 
 
 class Outcome(enum.StrEnum):
@@ -111,7 +113,7 @@ def parse(text: str) -> ConsoleReport:
     markers: list[str] = []
     block: list[str] | None = None
     for raw in text.splitlines():
-        line = raw.strip("\r\x00")
+        line = _ANSI.sub("", raw).strip("\r\x00")
         if block is not None and not line.startswith(PREFIX):
             if not line.startswith("["):  # a kernel message printed in between
                 block.append(line.strip())

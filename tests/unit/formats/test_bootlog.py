@@ -87,6 +87,12 @@ def test_outcomes(case: str, text: str, timed_out: bool, expected: Outcome) -> N
     assert bootlog.reason(report, expected)
 
 
+def test_terminal_colours_are_dropped() -> None:
+    text = "\x1b[1m\x1b[31m\x1b[40mError loading \\EFI\\Linux\\a.efi: Access Denied\r\n\x1b[0m"
+    report = bootlog.parse(text)
+    assert report.firmware_refusal == "Error loading \\EFI\\Linux\\a.efi: Access Denied"
+
+
 def test_failure_reason_is_kept() -> None:
     report = bootlog.parse("BASTION: failed: no roothash= on the kernel command line\n")
     assert report.failure == "no roothash= on the kernel command line"
