@@ -60,6 +60,7 @@ def _secure_boot(args: argparse.Namespace) -> disk.SecureBootSigner | None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    secure_boot = _secure_boot(args)
     kernel = _kernel(args.kernel)
     if args.initrd:
         initrd_bytes = read_bounded(args.initrd, PE_MAX_IMAGE_SIZE, "initrd")
@@ -79,7 +80,7 @@ def _build(args: argparse.Namespace) -> int:
             tries=None if args.tries == 0 else args.tries,
         ),
         Path(args.output),
-        secure_boot=_secure_boot(args),
+        secure_boot=secure_boot,
     )
     doc = {
         "output": str(image.path),
