@@ -36,8 +36,6 @@ class Parts:
     kernel: bytes
     initrd: bytes
     secure_boot: disk.SecureBootSigner
-    #: OVMF variables with a test PK and KEK and our db certificate, Secure Boot on
-    sb_vars: bytes
 
 
 def _need_everything() -> Path:
@@ -109,18 +107,19 @@ def _parts(kernel: Path) -> Parts:
         SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
     )
     spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
-    return Parts(
-        kernel.read_bytes(),
-        initrd.build_initrd(spec),
-        signer,
-        _enrolled_vars(signer.certificate),
-    )
+    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
 
 
 @pytest.fixture(scope="session")
 def vm_parts() -> Parts:
     """Kernel, initrd and db key, made once per worker."""
     return _parts(_need_everything())
+
+
+@pytest.fixture(scope="session")
+def sb_vars(vm_parts: Parts) -> bytes:
+    """OVMF variables with a test PK and KEK and the db certificate, Secure Boot on."""
+    return _enrolled_vars(vm_parts.secure_boot.certificate)
 
 
 def make_root(folder: Path) -> Path:

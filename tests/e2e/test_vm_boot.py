@@ -40,10 +40,12 @@ def _build(parts: Parts, folder: Path, *, signed: bool = True) -> disk.VmImage:
 
 
 @pytest.fixture(scope="module")
-def booted(vm_parts: Parts, boot_vm: BootVm, tmp_path_factory: pytest.TempPathFactory) -> Booted:
+def booted(
+    vm_parts: Parts, sb_vars: bytes, boot_vm: BootVm, tmp_path_factory: pytest.TempPathFactory
+) -> Booted:
     folder = tmp_path_factory.mktemp("good")
     image = _build(vm_parts, folder)
-    return Booted(image, boot_vm(image.path, folder / "run", vm_parts.sb_vars))
+    return Booted(image, boot_vm(image.path, folder / "run", sb_vars))
 
 
 def test_signed_image_boots_to_running(booted: Booted) -> None:
@@ -92,10 +94,10 @@ def test_pcr11_matches_the_prediction_for_the_booted_uki(booted: Booted) -> None
 
 
 def test_secure_boot_refuses_an_unsigned_image(
-    vm_parts: Parts, boot_vm: BootVm, tmp_path: Path
+    vm_parts: Parts, sb_vars: bytes, boot_vm: BootVm, tmp_path: Path
 ) -> None:
     image = _build(vm_parts, tmp_path, signed=False)
-    result = boot_vm(image.path, tmp_path / "run", vm_parts.sb_vars)
+    result = boot_vm(image.path, tmp_path / "run", sb_vars)
     assert result.outcome is Outcome.FIRMWARE_REFUSED, (result.reason, result.serial_log)
     assert "BdsDxe" in result.reason  # the firmware refused systemd-boot itself
     assert "BASTION:" not in result.serial_log.read_text()
@@ -103,7 +105,7 @@ def test_secure_boot_refuses_an_unsigned_image(
 
 
 def test_secure_boot_refuses_a_tampered_signed_uki(
-    vm_parts: Parts, boot_vm: BootVm, tmp_path: Path
+    vm_parts: Parts, sb_vars: bytes, boot_vm: BootVm, tmp_path: Path
 ) -> None:
     image = _build(vm_parts, tmp_path)
     data = bytearray(image.path.read_bytes())
@@ -111,7 +113,7 @@ def test_secure_boot_refuses_a_tampered_signed_uki(
     assert where > 0 and data.find(b"console=ttyS0 panic=-1 ", where + 1) == -1
     data[where + len("console=ttyS0 panic=-")] = ord("2")  # the signed UKI's .cmdline
     image.path.write_bytes(bytes(data))
-    result = boot_vm(image.path, tmp_path / "run", vm_parts.sb_vars)
+    result = boot_vm(image.path, tmp_path / "run", sb_vars)
     assert result.outcome is Outcome.FIRMWARE_REFUSED, (result.reason, result.serial_log)
     # signed systemd-boot ran; the firmware's check refused the UKI it tried to load
     assert "Error loading \\EFI\\Linux\\bastion+2-1.efi: Access Denied" in result.reason
