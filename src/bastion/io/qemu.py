@@ -134,13 +134,21 @@ class EmulatorTpm:
     def __init__(self, state_dir: Path, runner: CommandRunner) -> None:
         self.state_dir = state_dir.resolve()
         self.runner = runner
-        # Unix socket paths are limited to 107 bytes: keep it in a short private folder
-        self._sock_dir = Path(tempfile.mkdtemp(prefix="bastion-tpm-"))
-        self.socket = self._sock_dir / "ctrl.sock"
+        self._sock_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def socket(self) -> Path:
+        """The control socket QEMU connects to (BackendError before ``start``)."""
+        if self._sock_dir is None:
+            raise BackendError("the swtpm for this boot is not started")
+        return self._sock_dir / "ctrl.sock"
+
     def start(self) -> None:
+        """Set up the TPM state if new (sha256 bank only), start swtpm, wait for its socket."""
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Unix socket paths are limited to 107 bytes: keep it in a short private folder
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="bastion-tpm-"))
         if not (self.state_dir / "tpm2-00.permall").exists():
             self.runner.run(
                 [
@@ -183,10 +191,13 @@ class EmulatorTpm:
         return None if self._proc is None else self._proc.pid
 
     def stop(self) -> None:
+        """Stop swtpm by its PID and reap it; remove the socket folder. Idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
             stop_process(proc)
-        shutil.rmtree(self._sock_dir, ignore_errors=True)
+        sock_dir, self._sock_dir = self._sock_dir, None
+        if sock_dir is not None:
+            shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def qemu_argv(
@@ -298,18 +309,19 @@ def boot(
     timed_out = False
     exit_code: int | None = None
     outcome_at: float | None = None
-    argv = qemu_argv(
-        config,
-        disk,
-        code=code,
-        vars_=vars_,
-        serial=serial,
-        tpm_socket=tpm.socket if tpm else None,
-    )
+    argv: list[str] = []
     start = time.monotonic()
     try:
         if tpm is not None:
             tpm.start()
+        argv = qemu_argv(
+            config,
+            disk,
+            code=code,
+            vars_=vars_,
+            serial=serial,
+            tpm_socket=tpm.socket if tpm else None,
+        )
         start = time.monotonic()
         proc = runner.spawn(argv, cwd=str(work_dir), output=str(qemu_log))
         deadline = start + config.timeout

@@ -7,15 +7,19 @@ the process by its PID in every case. The real QEMU runs in tests/e2e.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from tests.conftest import need_tool
 
-from bastion.errors import ConfigError
+from bastion.errors import BackendError, ConfigError
 from bastion.formats.bootlog import Outcome
 from bastion.io import qemu
+from bastion.io.runner import CommandRunner
 
 FAKE = """#!/bin/sh
 serial=
@@ -138,3 +142,49 @@ def test_exit_without_outcome_reports_qemu_errors(tmp_path: Path) -> None:
     assert result.outcome is Outcome.EXITED
     assert "could not open disk image" in result.reason
     assert result.qemu_exit == 1
+
+
+def test_emulator_tpm_starts_and_stops_by_pid(tmp_path: Path) -> None:
+    need_tool("swtpm")
+    need_tool("swtpm_setup")
+    tpm = qemu.EmulatorTpm(tmp_path / "tpm", CommandRunner())
+    with pytest.raises(BackendError):
+        _ = tpm.socket
+    tpm.start()
+    try:
+        pid = tpm.pid
+        assert pid is not None
+        assert tpm.socket.is_socket() and len(str(tpm.socket)) < 100
+        assert (tmp_path / "tpm" / "tpm2-00.permall").is_file()
+        folder = tpm.socket.parent
+    finally:
+        tpm.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not folder.exists()
+    tpm.stop()  # idempotent
+
+
+def test_comma_path_leaves_nothing_running(tmp_path: Path) -> None:
+    need_tool("swtpm")
+    need_tool("swtpm_setup")
+    bad = tmp_path / "a,b"
+    bad.mkdir()
+    disk = bad / "disk.img"
+    disk.write_bytes(b"\0" * 512)
+    before = set(Path(tempfile.gettempdir()).glob("bastion-tpm-*"))
+    with pytest.raises(ConfigError, match="comma"):
+        qemu.boot(disk, tmp_path / "w", _config(tmp_path, "exit 0\n", tpm=True))
+    # the swtpm started for the boot was stopped and its socket folder removed
+    assert set(Path(tempfile.gettempdir()).glob("bastion-tpm-*")) == before
+    state = str(tmp_path / "w" / "tpm")
+    assert not [p for p in _cmdlines() if state in p]
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
