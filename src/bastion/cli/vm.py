@@ -6,9 +6,9 @@ GPT disk with an ESP holding (signed) systemd-boot as \\EFI\\BOOT\\BOOTX64.EFI a
 UKI as the BLS entry \\EFI\\Linux\\bastion+3-0.efi (``--no-loader``: the UKI itself as
 BOOTX64.EFI), and an erofs root with its dm-verity partition; without ``--initrd`` a
 test initramfs is built from the host (:mod:`bastion.build.initrd`).
-``vm boot IMAGE [--expect OUTCOME] [--vars FILE] [--timeout S] [--work DIR]`` boots it
-once and exits 0 when the outcome is the expected one (default ``running``), 1 otherwise.
-Both print JSON with ``--json``. See docs/vm.md.
+``vm boot IMAGE [--expect OUTCOME] [--vars FILE] [--timeout S] [--work DIR]
+[--eventlog FILE]`` boots it once and exits 0 when the outcome is the expected one
+(default ``running``), 1 otherwise. Both print JSON with ``--json``. See docs/vm.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bastion.cli.sign import passphrase_prompt
 from bastion.errors import ConfigError
 from bastion.formats.bootlog import Outcome
 from bastion.io import qemu
-from bastion.io.files import read_bounded
+from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
 from bastion.trust.keys import open_signer
 from bastion.trust.pki import load_certificates
@@ -114,6 +114,10 @@ def _boot(args: argparse.Namespace) -> int:
     )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bastion-vm-"))
     result = qemu.boot(Path(args.image), work, config)
+    if args.eventlog:
+        if result.report.eventlog is None:
+            raise ConfigError("the guest printed no event log (was the TPM enabled?)")
+        atomic_write(Path(args.eventlog), result.report.eventlog)
     expected = Outcome(args.expect)
     doc: dict[str, Any] = {**result.to_json(), "expected": str(expected)}
     doc["ok"] = result.outcome is expected
@@ -179,5 +183,6 @@ def register(subparsers: Any) -> None:
     r.add_argument("--memory", type=int, default=1024, metavar="MIB")
     r.add_argument("--no-tpm", action="store_true", help="boot without a swtpm")
     r.add_argument("--work", metavar="DIR", help="keep logs here (default: a new temp folder)")
+    r.add_argument("--eventlog", metavar="FILE", help="write the guest's TCG event log here")
     add_json_flag(r)
     r.set_defaults(func=_boot)

@@ -100,6 +100,11 @@ class BootResult:
             "root_mount": self.report.root_mount,
             "root_read_only": self.report.root_read_only,
             "eventlog_bytes": None if self.report.eventlog is None else len(self.report.eventlog),
+            "pcrs": {
+                bank: {str(n): v.hex() for n, v in sorted(values.items())}
+                for bank, values in self.report.pcrs.items()
+            },
+            "efivars": dict(self.report.efivars),
             "qemu_exit": self.qemu_exit,
         }
 

@@ -96,3 +96,5 @@ def test_host_initrd(tmp_path: Path) -> None:
     subprocess.run(["cpio", "-id", "--quiet"], input=data, cwd=out, check=True)
     assert (out / "init").read_bytes() == initrd.default_init()
     assert os.readlink(out / "sbin/modprobe") == "../bin/busybox"
+    # the same host files give the same archive
+    assert cpio.archive(initrd.initrd_entries(initrd.InitrdSpec(release))) == data

@@ -105,7 +105,7 @@ def _canned(tmp_path: Path, text: str) -> qemu.BootResult:
 
 
 BOOTS = [
-    ("running as expected", "BASTION: running\n", "running", 0),
+    ("running as expected", "BASTION: pcr sha256 7 00ff\nBASTION: running\n", "running", 0),
     ("failed when running expected", "BASTION: failed: verity: x\n", "running", 1),
     ("failed as expected", "BASTION: failed: verity: x\n", "failed", 0),
     ("refused when running expected", "Access Denied\n", "running", 1),
@@ -149,9 +149,29 @@ def test_boot_exit_codes(
     assert doc["expected"] == expect
     assert doc["outcome"] in [str(o) for o in Outcome]
     assert doc["serial_log"] == str(tmp_path / "serial.log")
+    if code == 0 and expect == "running":
+        assert doc["pcrs"] == {"sha256": {"7": "00ff"}}
     config = seen["config"]
     assert isinstance(config, qemu.VmConfig)
     assert config.vars == tmp_path / "sb-vars.fd" and config.timeout == 99.0
+
+
+def test_boot_writes_the_event_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "BASTION: eventlog begin\nAAECAw==\nBASTION: eventlog end\nBASTION: running\n"
+    monkeypatch.setattr(qemu, "boot", lambda image, work, config: _canned(tmp_path, text))
+    out = tmp_path / "log.bin"
+    code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "d.img"), "--eventlog", str(out))
+    assert code == 0, err
+    assert out.read_bytes() == bytes([0, 1, 2, 3])
+    # no event log on the console: an error, not an empty file
+    monkeypatch.setattr(
+        qemu, "boot", lambda image, work, config: _canned(tmp_path, "BASTION: running\n")
+    )
+    out.unlink()
+    code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "d.img"), "--eventlog", str(out))
+    assert code == 9 and "no event log" in err and not out.exists()
 
 
 def test_boot_missing_image_is_a_config_error(
