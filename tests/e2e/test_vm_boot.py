@@ -8,10 +8,13 @@ Debian's default variables) boot once each. Each boot holds the machine-wide QEM
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.conftest import need_tool
 from tests.e2e.conftest import BootVm, Parts, make_root
 
 from bastion.build import disk
@@ -82,6 +85,22 @@ def test_event_log_replays_to_the_guest_pcrs(booted: Booted) -> None:
     assert {0, 4, 7, 9, 11} <= set(replayed)
     for pcr, value in replayed.items():
         assert guest[pcr] == value, f"PCR {pcr}: event log replay differs from the TPM"
+
+
+def test_tpm2_eventlog_replays_the_same(booted: Booted, tmp_path: Path) -> None:
+    tool = need_tool("tpm2_eventlog")
+    report = booted.result.report
+    assert report.eventlog is not None
+    (tmp_path / "log.bin").write_bytes(report.eventlog)
+    out = subprocess.run(
+        [tool, str(tmp_path / "log.bin")], capture_output=True, check=True, text=True
+    ).stdout
+    tail = out[out.rindex("pcrs:") :]
+    theirs = {
+        int(m.group(1)): bytes.fromhex(m.group(2))
+        for m in re.finditer(r"^\s+(\d+)\s*: 0x([0-9a-fA-F]{64})$", tail, re.MULTILINE)
+    }
+    assert theirs == eventlog.replay(eventlog.parse(report.eventlog).events)
 
 
 def test_pcr11_matches_the_prediction_for_the_booted_uki(booted: Booted) -> None:
