@@ -47,7 +47,7 @@ def _need_everything() -> Path:
         (qemu.DEFAULT_CODE, "ovmf"),
         (qemu.DEFAULT_VARS, "ovmf"),
         (Path(initrd.DEFAULT_BUSYBOX), "busybox-static"),
-        (disk.VmImageSpec.__dataclass_fields__["stub"].default, "systemd-boot-efi"),
+        (disk.DEFAULT_STUB, "systemd-boot-efi"),
         (disk.DEFAULT_LOADER, "systemd-boot-efi"),
     ):
         if not Path(path).is_file():

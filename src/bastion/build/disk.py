@@ -3,7 +3,7 @@
 ``build_vm_image`` makes, from a kernel, an initrd and a root folder (or a ready root
 filesystem image):
 
-1. the root filesystem (:mod:`bastion.build.fs`, erofs by default) and its dm-verity hash
+1. the root filesystem (erofs, :mod:`bastion.build.fs`) and its dm-verity hash
    partition (:func:`bastion.storage.verity_reader.format_region`: superblock + tree);
 2. the kernel command line ``roothash=<hex>`` (+ console and the caller's words) and the
    UKI (:mod:`bastion.build.uki`, Debian's systemd stub), signed for Secure Boot with
@@ -57,6 +57,7 @@ LOADER_CONF = "loader/loader.conf"
 #: no menu, no command line editing (a UKI's command line is signed anyway)
 DEFAULT_LOADER_CONF = b"timeout 0\neditor no\nconsole-mode keep\n"
 DEFAULT_LOADER = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+DEFAULT_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 DEFAULT_TRIES = 3
 ESP_MIN_SIZE = 32 * MiB
 DEFAULT_CONSOLE = ("console=ttyS0", "panic=-1", "loglevel=4")
@@ -196,11 +197,11 @@ class VmImageSpec:
     kernel: bytes
     initrd: bytes
     root_dir: Path | None = None
+    #: a ready erofs image (the test initrd mounts erofs only)
     root_image: Path | None = None
-    fs: FsType = FsType.EROFS
     cmdline: Sequence[str] = DEFAULT_CONSOLE
     osrel: bytes = DEFAULT_OSREL
-    stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    stub: Path = DEFAULT_STUB
     #: systemd-boot as the removable-media loader, the UKI a BLS type #2 entry;
     #: None puts the UKI itself at \\EFI\\BOOT\\BOOTX64.EFI
     loader: Path | None = DEFAULT_LOADER
@@ -252,12 +253,14 @@ def _root_fs(spec: VmImageSpec, out: Path, runner: CommandRunner) -> int:
         raise ConfigError("give exactly one of a root folder or a root image")
     if spec.root_dir is not None:
         fs_uuid = gpt.derived_uuid("vm-root-fs", str(spec.root_dir.resolve()).encode())
-        return build_filesystem(spec.root_dir, out, spec.fs, fs_uuid=fs_uuid, runner=runner)
-    assert spec.root_image is not None
-    size = spec.root_image.stat().st_size
+        return build_filesystem(spec.root_dir, out, FsType.EROFS, fs_uuid=fs_uuid, runner=runner)
+    image = spec.root_image
+    if image is None:  # pragma: no cover - excluded by the check above
+        raise ConfigError("no root image")
+    size = image.stat().st_size
     if size == 0:
-        raise ConfigError(f"root image {spec.root_image} is empty")
-    with open(spec.root_image, "rb") as src, open(out, "wb") as dst:
+        raise ConfigError(f"root image {image} is empty")
+    with open(image, "rb") as src, open(out, "wb") as dst:
         while chunk := src.read(4 * MiB):
             dst.write(chunk)
         padded = (size + BLOCK - 1) // BLOCK * BLOCK

@@ -21,6 +21,7 @@ functions here.
 
 from __future__ import annotations
 
+import enum
 import gzip
 import os
 import stat
@@ -57,13 +58,12 @@ _MODULE_FILES = ("modules.builtin", "modules.builtin.modinfo", "modules.order")
 _DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp")
 
 
-class Compression:
-    """Names of the supported initrd compressions."""
+class Compression(enum.StrEnum):
+    """The initrd compressions the kernel unpacks and bastion writes."""
 
     ZSTD = "zstd"
     GZIP = "gzip"
     NONE = "none"
-    ALL = (ZSTD, GZIP, NONE)
 
 
 def default_init() -> bytes:
@@ -248,14 +248,15 @@ def initrd_entries(spec: InitrdSpec, runner: CommandRunner | None = None) -> lis
 
 def compress(data: bytes, how: str, runner: CommandRunner | None = None) -> bytes:
     """``data`` compressed for the kernel's initramfs unpacker (zstd, gzip or none)."""
+    names = [str(c) for c in Compression]
+    if how not in names:
+        raise ConfigError(f"initrd compression {how!r}: expected one of {names}")
     if how == Compression.NONE:
         return data
     if how == Compression.GZIP:
         return gzip.compress(data, compresslevel=6, mtime=0)
-    if how == Compression.ZSTD:
-        runner = runner or CommandRunner()
-        return runner.run(["zstd", "-q", "-c", "-6", "--no-progress"], input=data).stdout
-    raise ConfigError(f"initrd compression {how!r}: expected one of {Compression.ALL}")
+    runner = runner or CommandRunner()
+    return runner.run(["zstd", "-q", "-c", "-6", "--no-progress"], input=data).stdout
 
 
 def build_initrd(

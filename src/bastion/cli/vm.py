@@ -155,9 +155,13 @@ def register(subparsers: Any) -> None:
     b.add_argument("--kernel", metavar="FILE", help="default: the newest /boot/vmlinuz-*")
     b.add_argument("--kernel-release", metavar="REL", help="modules folder (default: from name)")
     b.add_argument("--initrd", metavar="FILE", help="default: a test initramfs from the host")
-    b.add_argument("--compression", default=initrd.Compression.ZSTD, choices=initrd.Compression.ALL)
+    b.add_argument(
+        "--compression",
+        default=str(initrd.Compression.ZSTD),
+        choices=[str(c) for c in initrd.Compression],
+    )
     b.add_argument("--cmdline", action="append", metavar="WORD", help="replaces the defaults")
-    b.add_argument("--stub", default=str(disk.VmImageSpec.__dataclass_fields__["stub"].default))
+    b.add_argument("--stub", default=str(disk.DEFAULT_STUB), help="systemd EFI stub")
     b.add_argument("--loader", default=str(disk.DEFAULT_LOADER), help="systemd-boot image")
     b.add_argument("--no-loader", action="store_true", help="the UKI itself as BOOTX64.EFI")
     b.add_argument("--entry-name", default="bastion", help="BLS entry name (default bastion)")
