@@ -141,6 +141,8 @@ def test_boot_exit_codes(
         str(tmp_path / "sb-vars.fd"),
         "--timeout",
         "99",
+        "--work",
+        str(tmp_path / "w"),
         "--json",
     )
     assert got == code
@@ -162,7 +164,10 @@ def test_boot_writes_the_event_log(
     text = "BASTION: eventlog begin\nAAECAw==\nBASTION: eventlog end\nBASTION: running\n"
     monkeypatch.setattr(qemu, "boot", lambda image, work, config: _canned(tmp_path, text))
     out = tmp_path / "log.bin"
-    code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "d.img"), "--eventlog", str(out))
+    work = ("--work", str(tmp_path / "w"))
+    code, _, err = _run(
+        capsys, "vm", "boot", str(tmp_path / "d.img"), *work, "--eventlog", str(out)
+    )
     assert code == 0, err
     assert out.read_bytes() == bytes([0, 1, 2, 3])
     # no event log on the console: an error, not an empty file
@@ -170,7 +175,9 @@ def test_boot_writes_the_event_log(
         qemu, "boot", lambda image, work, config: _canned(tmp_path, "BASTION: running\n")
     )
     out.unlink()
-    code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "d.img"), "--eventlog", str(out))
+    code, _, err = _run(
+        capsys, "vm", "boot", str(tmp_path / "d.img"), *work, "--eventlog", str(out)
+    )
     assert code == 9 and "no event log" in err and not out.exists()
 
 
