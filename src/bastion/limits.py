@@ -160,3 +160,10 @@ OIDC_LOGIN_TTL_SECONDS = 600  # a started sign-in (state, nonce, PKCE verifier) 
 OIDC_TICKET_TTL_SECONDS = 300  # the second-factor ticket after a good OIDC sign-in
 OIDC_HTTP_TIMEOUT_SECONDS = 10.0  # one request to the provider
 OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched again after this
+# --- initramfs cpio, serial console of a VM boot (formats/cpio.py, formats/bootlog.py) ---
+CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
+CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
+BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
+BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
+BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)
+BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
