@@ -152,3 +152,5 @@ ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begi
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
 # --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
 TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
+# --- the device plane (device/platform/) -------------------------------------------------
+PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform (efivarfs file)
