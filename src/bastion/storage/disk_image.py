@@ -135,9 +135,13 @@ class DiskImage:
             return None
         return self.signature_path.read_bytes()
 
-    def digest(self) -> tuple[int, bytes]:
-        """(size in bytes, SHA-256) of the whole image."""
-        return self.path.stat().st_size, file_sha256(self.path)
+    def size(self) -> int:
+        """The image's size in bytes."""
+        return self.path.stat().st_size
+
+    def sha256(self) -> bytes:
+        """SHA-256 of the whole image."""
+        return file_sha256(self.path)
 
     def layout(self) -> gpt.GptDisk:
         return read_layout(self.path)

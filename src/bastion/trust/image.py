@@ -73,8 +73,12 @@ class SignedImageSource(ImageSource, Protocol):
         """The signature's bytes, or None when there is none."""
         ...
 
-    def digest(self) -> tuple[int, bytes]:
-        """(size in bytes, SHA-256) of the whole image."""
+    def size(self) -> int:
+        """The image's size in bytes."""
+        ...
+
+    def sha256(self) -> bytes:
+        """SHA-256 of the whole image."""
         ...
 
 
@@ -154,10 +158,12 @@ def verify_image_signature(source: SignedImageSource, trust: ImageTrust) -> dict
     signature = source.read_signature()
     if signature is None:
         raise SignatureError(f"image signature {source.signature_path} is missing")
-    # the signature is checked before the (long) hash of the image is worth computing
+    # the signature and the size are checked before the (long) hash of the image
     doc = open_statement(signature, IMAGE_PAYLOAD_TYPE, trust.image)
-    size, digest = source.digest()
-    return _check_digest(doc, size, digest)
+    size = source.size()
+    if doc.get("size") != size:  # before the (long) hash
+        raise SignatureError(f"image is {size} bytes, the signature says {doc.get('size')}")
+    return _check_digest(doc, size, source.sha256())
 
 
 def verify_slot(

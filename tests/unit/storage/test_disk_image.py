@@ -41,8 +41,10 @@ def test_partitions_by_name(tmp_path: Path) -> None:
     assert disk.read_partition(fi.PART_BOOTCTL, 15) == bytes(10) + b"hello"
     part = disk.layout().find(fi.PART_BOOTCTL)
     assert disk.path.read_bytes()[part.offset + 10 : part.offset + 15] == b"hello"
-    size, digest = disk.digest()
-    assert size == disk.path.stat().st_size and digest == file_sha256(disk.path)
+    assert disk.size() == disk.path.stat().st_size
+    assert (
+        disk.sha256() == file_sha256(disk.path) == hashlib.sha256(disk.path.read_bytes()).digest()
+    )
     assert disk.read_signature() is None
 
 
