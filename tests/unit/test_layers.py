@@ -209,3 +209,76 @@ def test_old_device_plane_is_refused() -> None:
         "device/ imports bastion.build",
         "device/ imports bastion.build.image",
     ]
+
+
+# --- build/image.py builds; it re-exports nothing ------------------------------------------
+
+ROOT = SRC.parents[1]
+BUILD_IMAGE = "bastion.build.image"
+
+
+def own_names(source: str) -> set[str]:
+    """Names a module defines itself (functions, classes, assignments), not imports."""
+    names: set[str] = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def borrowed_uses(source: str, module: str, defined: set[str]) -> list[str]:
+    """Names taken from ``module`` that it does not define itself."""
+    tree = ast.parse(source)
+    aliases: set[str] = set()
+    out: list[str] = []
+    parent, _, leaf = module.rpartition(".")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            out.extend(f"imports {a.name}" for a in node.names if a.name not in defined)
+        elif isinstance(node, ast.ImportFrom) and node.module == parent:
+            aliases.update(a.asname or a.name for a in node.names if a.name == leaf)
+        elif isinstance(node, ast.Import):
+            aliases.update(a.asname for a in node.names if a.name == module and a.asname)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr not in defined
+        ):
+            out.append(f"uses {node.value.id}.{node.attr}")
+    return out
+
+
+def test_build_image_reexports_nothing() -> None:
+    defined = own_names((SRC / "build" / "image.py").read_text(encoding="utf-8"))
+    assert {"build_image", "install_slot", "ImageSpec"} <= defined
+    found: list[str] = []
+    for folder in ("src", "tests", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == Path(__file__).resolve():
+                continue
+            uses = borrowed_uses(path.read_text(encoding="utf-8"), BUILD_IMAGE, defined)
+            found.extend(f"{path.relative_to(ROOT)}: {u}" for u in uses)
+    assert found == [], "\n".join(found)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from bastion.build.image import read_layout", "imports read_layout"),
+        ("from bastion.build import image as img\nimg.predict_pcrs(p)", "uses img.predict_pcrs"),
+        ("import bastion.build.image as bi\nbi.ImageTrust", "uses bi.ImageTrust"),
+    ],
+)
+def test_reexport_checker_reports(source: str, expected: str) -> None:
+    assert expected in borrowed_uses(source, BUILD_IMAGE, {"build_image"})
+
+
+def test_reexport_checker_allows_own_names() -> None:
+    source = "from bastion.build import image as img\nimg.build_image(s, k, o)\n"
+    assert borrowed_uses(source, BUILD_IMAGE, {"build_image"}) == []
