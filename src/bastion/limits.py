@@ -167,3 +167,5 @@ BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the run
 BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
 BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)
 BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
+# --- the device plane (device/platform/) -------------------------------------------------
+PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform (efivarfs file)
