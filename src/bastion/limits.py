@@ -150,3 +150,7 @@ PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
 EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
 ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
+# --- operator's console: account lifecycle, metrics (docs/adr/0020) ---------------------------
+REAUTH_MAX_AGE_SECONDS = 10 * 60  # a session proves password (+2FA) this recently for changes
+SESSIONS_LIST_MAX = 200  # sessions shown by GET /v1/me/sessions (newest first)
+METRICS_TOKEN_MIN_LENGTH = 32  # characters of the bearer token that guards /metrics

@@ -51,6 +51,8 @@ class UserToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     #: True when the login that made this session passed a second factor
     two_factor: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: last time the holder gave password (+ second factor): login or re-authentication
+    authenticated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class RecoveryCode(Base):
