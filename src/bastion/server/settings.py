@@ -68,6 +68,8 @@ class ServerSettings(BaseSettings):
         default=limits.DEVICE_RECORDS_MAX_BYTES, ge=2 * limits.DEVICE_RECORD_MAX_SIZE
     )
     device_records_max_age: int = Field(default=limits.DEVICE_RECORDS_MAX_AGE_SECONDS, ge=1)
+    # bearer token that lets a non-loopback Prometheus scrape /metrics (unset: loopback only)
+    metrics_token: str | None = Field(default=None, min_length=limits.METRICS_TOKEN_MIN_LENGTH)
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
