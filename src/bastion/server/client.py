@@ -35,6 +35,7 @@ from bastion.errors import (
     LimitError,
     NotFoundError,
     RateLimitError,
+    ReauthRequiredError,
     TransportError,
     VerificationError,
 )
@@ -56,6 +57,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "reauth_required": ReauthRequiredError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 
