@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (``served`` is a fixture imported from test_operator_cli)
 """The operator's console commands against a live server (uvicorn in a thread):
 ``server user reset-password|disable|enable``, ``user``, ``totp``, ``token``, ``audit``
 and ``fleet config``. Commands run through ``bastion.cli.main.main``; SQLite and
@@ -17,7 +18,7 @@ import pytest
 from bastion import limits
 from bastion.server.auth import totp
 
-from .test_operator_cli import run, served  # noqa: F401  (served is a fixture)
+from .test_operator_cli import run, served  # noqa: F401
 
 pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
