@@ -172,3 +172,7 @@ class ConfigError(BastionError):
     """Bad configuration or command-line usage (unknown backend URI, bad flag value)."""
 
     exit_code = 9
+
+
+class ReauthRequiredError(AuthError):
+    """A security-relevant change needs a login (or re-authentication) made moments ago."""

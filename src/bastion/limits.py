@@ -169,3 +169,7 @@ BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UT
 BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
 # --- the device plane (device/platform/) -------------------------------------------------
 PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform (efivarfs file)
+# --- operator's console: account lifecycle, metrics (docs/adr/0020) ---------------------------
+REAUTH_MAX_AGE_SECONDS = 10 * 60  # a session proves password (+2FA) this recently for changes
+SESSIONS_LIST_MAX = 200  # sessions shown by GET /v1/me/sessions (newest first)
+METRICS_TOKEN_MIN_LENGTH = 32  # characters of the bearer token that guards /metrics

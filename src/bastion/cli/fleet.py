@@ -1,5 +1,6 @@
 """``bastion fleet``: fleets (create, list) and who holds which role in them; EK trust
-(``ek-policy``, ``ek-ca``, ``ek-deny``) lives in :mod:`bastion.cli._fleet_ektrust`."""
+(``ek-policy``, ``ek-ca``, ``ek-deny``) lives in :mod:`bastion.cli._fleet_ektrust`, the
+fleet configuration (``config get|set``) in :mod:`bastion.cli._fleet_config`."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def register(subparsers: Any) -> None:
     from bastion.cli import _fleet_ektrust
 
     _fleet_ektrust.register(sub)
+    from bastion.cli import _fleet_config
+
+    _fleet_config.register(sub)
 
 
 def _api(args: argparse.Namespace) -> Any:

@@ -15,6 +15,10 @@
   directly in the database (the first account of a new server). A missing data folder
   is refused with a message naming it (run ``server init`` first), so a mistyped
   ``--data-dir`` never silently starts a second, empty server.
+* ``bastion server user reset-password EMAIL [--password-file F]``, ``... disable
+  EMAIL`` and ``... enable EMAIL`` administer an account on the database directly
+  (whoever runs the server is its administrator; the API has no server-wide admin).
+  Reset and disable revoke every session and personal token of the account at once.
 """
 
 from __future__ import annotations
@@ -116,6 +120,23 @@ def register(subparsers: Any) -> None:
     _db_flags(add, suppress=True)
     add_json_flag(add)
     add.set_defaults(func=_user_add)
+    reset = user_sub.add_parser(
+        "reset-password", help="set a new password; every session and token of the user dies"
+    )
+    reset.add_argument("email")
+    reset.add_argument("--password-file", type=Path, metavar="FILE", help="else prompt")
+    _db_flags(reset, suppress=True)
+    add_json_flag(reset)
+    reset.set_defaults(func=_user_reset_password)
+    for name, helptext in (
+        ("disable", "refuse the account; every session and token of the user dies"),
+        ("enable", "allow a disabled account to log in again"),
+    ):
+        toggle = user_sub.add_parser(name, help=helptext)
+        toggle.add_argument("email")
+        _db_flags(toggle, suppress=True)
+        add_json_flag(toggle)
+        toggle.set_defaults(func=_user_set_disabled, disable=name == "disable")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -354,6 +375,55 @@ def _user_add(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     emit(args, f"user {user.email} created (id {user.id})", {"id": user.id, "email": user.email})
+    return 0
+
+
+def _user_reset_password(args: argparse.Namespace) -> int:
+    from bastion.io.clock import SystemClock
+    from bastion.server.auth.passwords import PasswordHasher
+    from bastion.server.users import lifecycle
+
+    password = read_password(args.password_file, "new password: ")
+    settings, db = _open_db(args)
+    try:
+        ctx = _cli_context(settings, db, SystemClock(), PasswordHasher)
+        with db.session() as session:
+            user, killed = lifecycle.reset_password(
+                ctx, session, args.email, password, "cli:server-user-reset-password"
+            )
+    finally:
+        db.dispose()
+    emit(
+        args,
+        f"password of {user.email} reset; {killed} session(s) and token(s) revoked",
+        {"id": user.id, "email": user.email, "tokens_revoked": killed},
+    )
+    return 0
+
+
+def _user_set_disabled(args: argparse.Namespace) -> int:
+    from bastion.io.clock import SystemClock
+    from bastion.server.auth.passwords import PasswordHasher
+    from bastion.server.users import lifecycle
+
+    word = "disable" if args.disable else "enable"
+    settings, db = _open_db(args)
+    try:
+        ctx = _cli_context(settings, db, SystemClock(), PasswordHasher)
+        with db.session() as session:
+            user, killed = lifecycle.set_disabled(
+                ctx, session, args.email, args.disable, f"cli:server-user-{word}"
+            )
+    finally:
+        db.dispose()
+    text = f"{user.email} {word}d"
+    if args.disable:
+        text += f"; {killed} session(s) and token(s) revoked"
+    emit(
+        args,
+        text,
+        {"id": user.id, "email": user.email, "disabled": args.disable, "tokens_revoked": killed},
+    )
     return 0
 
 

@@ -35,6 +35,7 @@ from bastion.errors import (
     LimitError,
     NotFoundError,
     RateLimitError,
+    ReauthRequiredError,
     TransportError,
     VerificationError,
 )
@@ -57,6 +58,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "unavailable": BackendError,
     "internal": BackendError,
     "oidc_required": AuthError,
+    "reauth_required": ReauthRequiredError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 

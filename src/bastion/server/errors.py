@@ -12,6 +12,7 @@ request validation (pydantic) 422     ``invalid``
 database DataError            400     ``bad_request`` (NUL, out of range)
 RateLimitError                429     ``rate_limited`` (+ ``Retry-After``)
 OidcRequiredError             403     ``oidc_required``
+ReauthRequiredError           403     ``reauth_required`` (re-authenticate)
 AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
 AuthError, authenticated      403     ``forbidden``
 ExpiredError / RevokedError   401     ``unauthenticated``
@@ -52,6 +53,7 @@ from bastion.errors import (
     NotFoundError,
     OidcRequiredError,
     RateLimitError,
+    ReauthRequiredError,
     RevokedError,
     TransportError,
     VerificationError,
@@ -75,6 +77,7 @@ CODE_TO_ERROR: dict[str, type[BastionError]] = {
     "unavailable": BackendError,
     "internal": BackendError,
     "oidc_required": OidcRequiredError,
+    "reauth_required": ReauthRequiredError,
 }
 
 
@@ -100,6 +103,8 @@ def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
         return 401, "unauthenticated", str(exc)
     if isinstance(exc, OidcRequiredError):
         return 403, "oidc_required", str(exc)
+    if isinstance(exc, ReauthRequiredError) and _authenticated(request):
+        return 403, "reauth_required", str(exc)
     if isinstance(exc, AuthError):
         if _authenticated(request):
             return 403, "forbidden", str(exc)

@@ -68,6 +68,8 @@ class ServerSettings(BaseSettings):
         default=limits.DEVICE_RECORDS_MAX_BYTES, ge=2 * limits.DEVICE_RECORD_MAX_SIZE
     )
     device_records_max_age: int = Field(default=limits.DEVICE_RECORDS_MAX_AGE_SECONDS, ge=1)
+    # bearer token that lets a non-loopback Prometheus scrape /metrics (unset: loopback only)
+    metrics_token: str | None = Field(default=None, min_length=limits.METRICS_TOKEN_MIN_LENGTH)
 
     # OpenID Connect sign-in (docs/server.md "OpenID Connect"); off while oidc_issuer is unset
     oidc_issuer: str | None = None

@@ -55,6 +55,13 @@ def _totp_enabled(world: World, who: str) -> dict[str, Any]:
         "/v1/me/totp/confirm", headers=started["headers"], json=started["body"]
     )
     assert confirm.status_code == 200, confirm.text
+    # disabling needs a session re-authenticated with the (new) second factor
+    reauth = world.client.post(
+        "/v1/auth/reauth",
+        headers=started["headers"],
+        json={"password": PASSWORD, "recovery_code": confirm.json()["recovery_codes"][0]},
+    )
+    assert reauth.status_code == 200, reauth.text
     secret_step = int(world.ctx.clock.now().timestamp()) // 30
     world.ctx.clock.advance(30)
     from bastion.server.users.models import User

@@ -69,7 +69,8 @@ class Principal:
     they belong to); users get their rights per fleet from memberships. ``scopes``
     caps what a personal API token may do (``read``, ``write``, ``admin``); sessions
     carry every scope. ``two_factor`` says the login passed a second factor (or the
-    token was minted by such a session).
+    token was minted by such a session). ``authenticated_at`` (sessions only) is when
+    the holder last proved password and second factor (see :mod:`.reauth`).
     """
 
     kind: PrincipalKind
@@ -83,6 +84,8 @@ class Principal:
     client: str = ""
     #: the login behind this session (or the session that minted this token) used OIDC
     oidc: bool = False
+    #: when a session's holder last gave password (+ second factor): login or re-auth
+    authenticated_at: dt.datetime | None = None
 
     @property
     def authenticated(self) -> bool:

@@ -433,6 +433,9 @@ def _issue_session(
             expires_at=expires,
             two_factor=two_factor,
             auth_method=OIDC,
+            # the provider just authenticated the holder: fresh for re-authentication
+            # (docs/adr/0020) once bastion's own second factor is satisfied too
+            authenticated_at=now if (two_factor or not user.totp_enabled) else None,
         )
     )
     record(

@@ -53,6 +53,8 @@ class UserToken(Base):
     two_factor: Mapped[bool] = mapped_column(Boolean, default=False)
     #: how the login behind this token was made: ``password`` or ``oidc``
     auth_method: Mapped[str] = mapped_column(String(16), default="password")
+    #: last time the holder gave password (+ second factor): login or re-authentication
+    authenticated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class RecoveryCode(Base):

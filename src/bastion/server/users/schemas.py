@@ -75,3 +75,41 @@ class TotpCodeIn(StrictModel):
 
 class RecoveryCodesOut(BaseModel):
     recovery_codes: list[str] = Field(description="single-use codes; shown only once")
+
+
+class ReauthIn(StrictModel):
+    password: str = Field(min_length=1, max_length=limits.PASSWORD_MAX_LENGTH)
+    totp: str | None = Field(default=None, pattern=r"^[0-9]{6}$")
+    recovery_code: str | None = Field(default=None, max_length=64)
+
+
+class ReauthOut(BaseModel):
+    authenticated_at: dt.datetime
+    fresh_until: dt.datetime = Field(description="security-relevant changes allowed until then")
+    two_factor: bool
+
+
+class PasswordChangeIn(StrictModel):
+    current_password: str = Field(min_length=1, max_length=limits.PASSWORD_MAX_LENGTH)
+    new_password: str = Field(
+        min_length=limits.PASSWORD_MIN_LENGTH, max_length=limits.PASSWORD_MAX_LENGTH
+    )
+
+
+class PasswordChangedOut(BaseModel):
+    sessions_revoked: int = Field(description="the caller's other sessions, now revoked")
+
+
+class SessionOut(BaseModel):
+    id: str
+    name: str
+    hint: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    authenticated_at: dt.datetime | None
+    two_factor: bool
+    current: bool = Field(description="the session this request was made with")
+
+
+class SessionsRevokedOut(BaseModel):
+    revoked: int

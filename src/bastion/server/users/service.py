@@ -160,6 +160,7 @@ def login(
             created_at=now,
             expires_at=expires,
             two_factor=two_factor,
+            authenticated_at=now,
         )
     )
     record(
@@ -292,6 +293,7 @@ def authenticate_token(session: Session, token: str, now: dt.datetime) -> Princi
         token_id=row.id,
         two_factor=row.two_factor,
         oidc=row.auth_method == "oidc",
+        authenticated_at=row.authenticated_at if row.kind == SESSION else None,
     )
 
 
