@@ -124,3 +124,12 @@ BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or
 VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
+
+# --- UEFI Secure Boot variables (formats/efivars.py, docs/adr/0017-secureboot.md) --------
+EFI_VARIABLE_MAX_SIZE = 1 * MiB  # one variable's data or one .auth file (dbx today is ~30 KiB)
+EFI_SIGLIST_MAX_LISTS = 256  # EFI_SIGNATURE_LISTs in one variable
+EFI_SIGLIST_MAX_ENTRIES = 16_384  # EFI_SIGNATURE_DATA entries in one variable (all lists)
+EFI_SIGNATURE_MAX_SIZE = 64 * KiB  # one EFI_SIGNATURE_DATA (owner GUID + certificate DER)
+EFI_AUTH_CERT_MAX_SIZE = 64 * KiB  # the PKCS#7 SignedData in an EFI_VARIABLE_AUTHENTICATION_2
+EFI_AUTH_MAX_CERTIFICATES = 8  # certificates carried in that SignedData
+EFI_VARIABLE_NAME_MAX_CHARS = 128  # UTF-16 code units of a variable name

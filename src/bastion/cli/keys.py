@@ -15,6 +15,7 @@ from typing import Any
 
 from bastion.cli._common import TPM_HELP, add_json_flag, emit
 from bastion.errors import ConfigError, ConflictError
+from bastion.formats.efivars import EfiTime
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import KEY_FILE_MAX_SIZE
 from bastion.trust.keys import (
@@ -27,6 +28,7 @@ from bastion.trust.keys import (
     public_key_to_pem,
 )
 from bastion.trust.keyset import KeySet, create_keyset
+from bastion.trust.secureboot import Enrolment, write_enrolment
 from bastion.trust.signer import describe_key, key_id
 
 
@@ -64,8 +66,56 @@ def _text(ks: KeySet, verb: str) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    ks = create_keyset(args.dir, product=args.product, passphrase=_passphrase(args.passphrase_env))
-    emit(args, _text(ks, "created"), _summary(ks))
+    secret = _passphrase(args.passphrase_env)
+    ks = create_keyset(args.dir, product=args.product, passphrase=secret)
+    enrolment = _write_secureboot(args.dir, secret, os.path.join(args.dir, "secureboot"), None, [])
+    summary = _summary(ks)
+    summary["secureboot"] = _secureboot_summary(enrolment, os.path.join(args.dir, "secureboot"))
+    emit(args, _text(ks, "created") + "\n" + _secureboot_text(enrolment, summary), summary)
+    return 0
+
+
+def _write_secureboot(
+    folder: str, secret: bytes | None, out: str, when: str | None, dbx: list[str]
+) -> Enrolment:
+    import datetime as dt
+
+    keyset = KeySet.load(folder, passphrase=(lambda: secret) if secret else None)
+    try:
+        moment = dt.datetime.fromisoformat(when) if when else dt.datetime.now(dt.UTC)
+        hashes = [bytes.fromhex(h) for h in dbx]
+    except ValueError as exc:
+        raise ConfigError(f"bad --timestamp or --dbx-hash: {exc}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return write_enrolment(keyset, out, EfiTime.from_datetime(moment), dbx_hashes=hashes)
+
+
+def _secureboot_summary(enrolment: Enrolment, out: str) -> dict[str, Any]:
+    return {
+        "folder": out,
+        "owner_guid": str(enrolment.owner),
+        "timestamp": str(enrolment.timestamp),
+        "files": sorted(enrolment.files),
+    }
+
+
+def _secureboot_text(enrolment: Enrolment, summary: dict[str, Any]) -> str:
+    info = summary["secureboot"]
+    return (
+        f"Secure Boot enrolment files in {info['folder']} (owner GUID {info['owner_guid']}, "
+        f"timestamp {info['timestamp']}): {' '.join(info['files'])}\n"
+        "Secure Boot: secureboot-pk and secureboot-kek are OFFLINE keys (they only sign "
+        "variable updates); secureboot-db is the online key that signs boot artefacts."
+    )
+
+
+def _secureboot(args: argparse.Namespace) -> int:
+    enrolment = _write_secureboot(
+        args.dir, _passphrase(args.passphrase_env), args.output, args.timestamp, args.dbx_hash
+    )
+    summary = {"secureboot": _secureboot_summary(enrolment, args.output)}
+    emit(args, _secureboot_text(enrolment, summary), summary)
     return 0
 
 
@@ -145,6 +195,27 @@ def register(subparsers: Any) -> None:
     p.add_argument("--passphrase-env", metavar="VAR", help="encrypt private keys with $VAR")
     add_json_flag(p)
     p.set_defaults(func=_init)
+
+    p = sub.add_parser(
+        "secureboot",
+        help="write PK/KEK/db (.esl .auth .cer) enrolment files from a key set "
+        "(needs the offline PK and KEK keys)",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder for the files")
+    p.add_argument(
+        "--timestamp", metavar="ISO8601", help="EFI_TIME of the updates (default: now, UTC)"
+    )
+    p.add_argument(
+        "--dbx-hash",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="SHA-256 to forbid in dbx (writes dbx.esl and dbx.auth); repeatable",
+    )
+    p.add_argument("--passphrase-env", metavar="VAR", help="passphrase of an encrypted key set")
+    add_json_flag(p)
+    p.set_defaults(func=_secureboot)
 
     p = sub.add_parser("show", help="list a key set and check it")
     p.add_argument("dir", metavar="DIR")
