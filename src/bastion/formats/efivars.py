@@ -102,7 +102,12 @@ def parse_guid(data: bytes, offset: int = 0) -> uuid.UUID:
 
 @dataclass(frozen=True, slots=True, order=True)
 class EfiTime:
-    """An EFI_TIME. Ordering compares the calendar fields (what firmware compares)."""
+    """An EFI_TIME. Ordering compares the calendar fields (what firmware compares).
+
+    Month 0 is accepted: ``sbvarsign`` (sbsigntool 0.9.4) stores ``struct tm``'s
+    zero-based month, and edk2 checks only that Pad1, Nanosecond, TimeZone, Daylight
+    and Pad2 are zero, so such an update enrols. bastion never writes month 0.
+    """
 
     year: int
     month: int
@@ -119,7 +124,7 @@ class EfiTime:
     def __post_init__(self) -> None:
         checks = (
             ("year", self.year, 1900, 9999),
-            ("month", self.month, 1, 12),
+            ("month", self.month, 0, 12),  # 0: sbvarsign writes tm_mon (0-11), see below
             ("day", self.day, 1, 31),
             ("hour", self.hour, 0, 23),
             ("minute", self.minute, 0, 59),

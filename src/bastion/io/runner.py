@@ -44,6 +44,12 @@ TOOL_PACKAGES: dict[str, str] = {
     "openssl": "openssl",
     "systemd-cryptenroll": "systemd",
     "sign-file": "linux-kbuild-6.1",
+    "cert-to-efi-sig-list": "efitools",
+    "sign-efi-sig-list": "efitools",
+    "efi-updatevar": "efitools",
+    "sbvarsign": "sbsigntool",
+    "sbsiglist": "sbsigntool",
+    "sbkeysync": "sbsigntool",
 }
 
 

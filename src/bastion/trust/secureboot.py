@@ -349,7 +349,6 @@ def verify_update(
         raise VerificationError(
             f"{variable} update timestamp: Pad1, Nanosecond, TimeZone, Daylight, Pad2 must be 0"
         )
-    parsed.timestamp.to_datetime()
     if current is not None and not append and parsed.timestamp <= current:
         raise RollbackError(
             f"{variable} update timestamp {parsed.timestamp} is not later than the "

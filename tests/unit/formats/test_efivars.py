@@ -82,13 +82,20 @@ def test_efi_time() -> None:
     assert ev.EfiTime(2026, 1, 2, nanosecond=1) > T.__class__(2026, 1, 2)
     assert not ev.EfiTime(2026, 1, 2, timezone=60).is_authentication_form
     assert T.to_datetime() == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    for bad in (raw[:15], struct.pack("<HBBBBBBIhBB", 2026, 13, 1, 0, 0, 0, 0, 0, 0, 0, 0)):
+    for bad in (
+        raw[:15],
+        struct.pack("<HBBBBBBIhBB", 2026, 13, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+        struct.pack("<HBBBBBBIhBB", 2026, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    ):
         with pytest.raises(FormatError):
             ev.EfiTime.parse(bad)
     with pytest.raises(FormatError, match="naive"):
         ev.EfiTime.from_datetime(dt.datetime(2026, 1, 1))
     with pytest.raises(FormatError, match="calendar"):
         ev.EfiTime(2026, 2, 31).to_datetime()
+    assert (
+        ev.EfiTime.parse(struct.pack("<HBBBBBBIhBB", 2026, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0)).month == 0
+    )
 
 
 def test_signable_bytes_layout() -> None:
