@@ -115,7 +115,24 @@ def _secureboot(args: argparse.Namespace) -> int:
         args.dir, _passphrase(args.passphrase_env), args.output, args.timestamp, args.dbx_hash
     )
     summary = {"secureboot": _secureboot_summary(enrolment, args.output)}
-    emit(args, _secureboot_text(enrolment, summary), summary)
+    text = _secureboot_text(enrolment, summary)
+    if args.ovmf_vars:
+        from bastion.build.ovmf import DEBIAN_OVMF_VARS, enrol_from_keyset
+
+        secret = _passphrase(args.passphrase_env)
+        keyset = KeySet.load(args.dir, passphrase=(lambda: secret) if secret else None)
+        out = os.path.join(args.output, "OVMF_VARS_4M.secboot.fd")
+        store = enrol_from_keyset(
+            keyset,
+            out,
+            timestamp=enrolment.timestamp.to_datetime(),
+            template=args.ovmf_template or DEBIAN_OVMF_VARS,
+        )
+        summary["secureboot"]["ovmf_vars"] = out
+        text += f"\nOVMF variable store with PK/KEK/db enrolled, Secure Boot on: {out}"
+        if not store.secure_boot_enable:  # pragma: no cover - enrol_ovmf_vars sets it
+            raise ConfigError(f"{out}: SecureBootEnable is not set")
+    emit(args, text, summary)
     return 0
 
 
@@ -212,6 +229,16 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="HEX",
         help="SHA-256 to forbid in dbx (writes dbx.esl and dbx.auth); repeatable",
+    )
+    p.add_argument(
+        "--ovmf-vars",
+        action="store_true",
+        help="also write OUT/OVMF_VARS_4M.secboot.fd: OVMF's empty store with the keys enrolled",
+    )
+    p.add_argument(
+        "--ovmf-template",
+        metavar="FILE",
+        help="the empty OVMF store to copy (default /usr/share/OVMF/OVMF_VARS_4M.fd)",
     )
     p.add_argument("--passphrase-env", metavar="VAR", help="passphrase of an encrypted key set")
     add_json_flag(p)
