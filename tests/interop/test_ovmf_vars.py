@@ -152,3 +152,37 @@ def test_cli_writes_the_store(
     doc = json.loads(capsys.readouterr().out)["secureboot"]
     store = read_secureboot_store(doc["ovmf_vars"])
     assert store.db == (out / "db.esl").read_bytes() and store.pk == (out / "PK.esl").read_bytes()
+
+
+def test_pcr7_predicted_from_the_enrolled_store(keyset: KeySet, tmp_path: Path) -> None:
+    """PCR 7 from the store virt-firmware reads back; tpm2_eventlog parses our events and
+    replays the same value. A real OVMF boot's event log remains the final proof."""
+    _need_ovmf()
+    from tests.conftest import need_tool
+
+    from bastion.build.ovmf import read_secureboot_store
+    from bastion.formats import eventlog as el
+    from bastion.trust import pcr7
+
+    enrol_from_keyset(keyset, tmp_path / "vars.fd", timestamp=WHEN)
+    store = read_secureboot_store(tmp_path / "vars.fd")
+    state = pcr7.state_for_boot(
+        pk=store.pk,
+        kek=store.kek,
+        db=store.db,
+        dbx=store.dbx,
+        secure_boot=store.secure_boot_enable,
+        boot_signer=keyset.certificate("secureboot-db"),
+    )
+    value = pcr7.predict(state)
+    log = tmp_path / "pcr7.log"
+    log.write_bytes(el.EventLog(el.SpecIdEvent(), tuple(pcr7.events(state))).to_bytes())
+    r = subprocess.run(
+        [need_tool("tpm2_eventlog"), str(log)], capture_output=True, check=True, timeout=60
+    )
+    text = r.stdout.decode()
+    names = re.findall(r"UnicodeName: (\S+)", text)
+    assert names == ["SecureBoot", "PK", "KEK", "db", "dbx", "db"]
+    assert text.count("EV_EFI_VARIABLE_DRIVER_CONFIG") == 5
+    assert "EV_EFI_VARIABLE_AUTHORITY" in text and "EV_SEPARATOR" in text
+    assert re.search(r"7\s*: 0x" + value.hex(), text, re.IGNORECASE)
