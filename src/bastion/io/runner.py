@@ -50,6 +50,11 @@ TOOL_PACKAGES: dict[str, str] = {
     "sbvarsign": "sbsigntool",
     "sbsiglist": "sbsigntool",
     "sbkeysync": "sbsigntool",
+    "sbsign": "sbsigntool",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "cpio": "cpio",
+    "objcopy": "binutils",
+    "gcc": "gcc",
 }
 
 
