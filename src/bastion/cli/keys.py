@@ -57,6 +57,11 @@ def _text(ks: KeySet, verb: str) -> str:
     for e in ks.entries:
         cert = f"  + {e.certificate}" if e.certificate else ""
         lines.append(f"  {e.name:<14} {e.algorithm:<11} {e.location:<8} {e.key_id[:16]}...{cert}")
+    if any(e.role.startswith("secureboot-") for e in ks.entries):
+        lines.append(
+            "Secure Boot: secureboot-pk and secureboot-kek are OFFLINE keys (they only sign "
+            "firmware key updates); secureboot-db is the online key that signs boot artefacts"
+        )
     lines.append(f"platform root hash (fuse this into devices): {ks.platform_root_hash().hex()}")
     lines.append(
         "KEEP OFFLINE (move to offline storage, then delete here): "
@@ -104,9 +109,7 @@ def _secureboot_text(enrolment: Enrolment, summary: dict[str, Any]) -> str:
     info = summary["secureboot"]
     return (
         f"Secure Boot enrolment files in {info['folder']} (owner GUID {info['owner_guid']}, "
-        f"timestamp {info['timestamp']}): {' '.join(info['files'])}\n"
-        "Secure Boot: secureboot-pk and secureboot-kek are OFFLINE keys (they only sign "
-        "variable updates); secureboot-db is the online key that signs boot artefacts."
+        f"timestamp {info['timestamp']}): {' '.join(info['files'])}"
     )
 
 

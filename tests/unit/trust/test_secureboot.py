@@ -396,3 +396,30 @@ def test_cli_keys_secureboot(
     )
     code = main(["keys", "secureboot", str(keyset.folder), "-o", str(out), "--dbx-hash", "zz"])
     assert code != 0 and "dbx-hash" in capsys.readouterr().err
+
+
+def test_keys_init_writes_enrolment_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KS_PASS", "correct horse battery")
+    folder = tmp_path / "keys"
+    assert main(["keys", "init", str(folder), "--passphrase-env", "KS_PASS", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    info = doc["secureboot"]
+    assert info["files"] == sorted(
+        f"{v}.{e}" for v in ("PK", "KEK", "db") for e in ("auth", "cer", "esl")
+    )
+    assert {"secureboot-pk.key.pem", "secureboot-kek.key.pem"} <= set(doc["keep_offline"])
+    assert "secureboot-db.key.pem" not in doc["keep_offline"]
+    ks = KeySet.load(folder)
+    assert b"ENCRYPTED" in (folder / "secureboot-pk.key.pem").read_bytes()
+    pk = ks.certificate("secureboot-pk")
+    assert info["owner_guid"] == str(sb.owner_guid(pk))
+    out = folder / "secureboot"
+    assert sb.verify_update("PK", (out / "PK.auth").read_bytes(), pk=None).signer == pk
+    kek = ks.certificate("secureboot-kek")
+    assert sb.verify_update("db", (out / "db.auth").read_bytes(), pk=pk, kek=[kek]).signer == kek
+    assert main(["keys", "show", str(folder)]) == 0
+    listing = capsys.readouterr().out
+    assert "secureboot-pk and secureboot-kek are OFFLINE keys" in listing
+    assert "secureboot-db is the online key that signs boot artefacts" in listing
