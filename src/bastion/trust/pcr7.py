@@ -76,7 +76,13 @@ def authority_entry(db: bytes, signer: x509.Certificate) -> SignatureData:
             try:
                 anchor = x509.load_der_x509_certificate(entry.data)
                 signer.verify_directly_issued_by(anchor)
-            except (ValueError, TypeError, InvalidSignature):
+            except (
+                ValueError,
+                TypeError,
+                x509.InvalidVersion,
+                x509.DuplicateExtension,
+                InvalidSignature,
+            ):
                 continue
             return entry
     raise VerificationError(

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -80,6 +81,7 @@ from bastion.formats.pkcs7_signed import (
     OID_SHA256,
     OID_SHA256_WITH_RSA,
     SignedData,
+    SignerInfo,
 )
 from bastion.trust import pki
 from bastion.trust.signer import SignatureScheme, Signer, Verifier
@@ -99,6 +101,14 @@ _ALLOWED_TYPES = {
     "dbx": (EFI_CERT_X509_GUID, EFI_CERT_SHA256_GUID),
 }
 _SCHEME = SignatureScheme.RSA_PKCS1V15_SHA256
+#: what cryptography raises on malformed certificate fields (parsed lazily)
+_X509_ERRORS = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
 
 
 def _vendor(name: str) -> uuid.UUID:
@@ -120,6 +130,38 @@ def _spki(key: object) -> bytes:
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except (x509.ExtensionNotFound, *_X509_ERRORS):
+        return None
+
+
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return pki.subject_text(cert)
+    except ValueError:
+        return "<unparsable subject>"
+
+
+def _describe_signer(sd: SignedData, si: SignerInfo) -> str:
+    """Name the signer for an error message (best effort over untrusted bytes)."""
+    for der in sd.certificates:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            if (si.subject_key_id and _subject_key_id(cert) == si.subject_key_id) or (
+                not si.subject_key_id
+                and _issuer_der(cert) == si.issuer
+                and cert.serial_number == si.serial
+            ):
+                return repr(_subject(cert))
+        except (FormatError, *_X509_ERRORS):
+            continue
+    if si.subject_key_id:
+        return f"an absent certificate with key id {si.subject_key_id.hex()}"
+    return f"an absent certificate with serial {si.serial:#x}"
 
 
 def _issuer_der(cert: x509.Certificate) -> bytes:
@@ -279,29 +321,32 @@ def verify_signed_data(
     if sd.digest_oids != (OID_SHA256,) or len(sd.signer_infos) != 1:
         raise SignatureError("auth SignedData: expected one SHA-256 signer")
     si = sd.signer_infos[0]
+    expected_version = 3 if si.subject_key_id else 1  # RFC 5652 5.1 and 5.3
+    if sd.version != expected_version or si.version != expected_version:
+        raise SignatureError(
+            f"auth SignedData: version {sd.version}/{si.version}, expected {expected_version}"
+        )
     if si.digest_oid != OID_SHA256 or si.signature_oid not in (OID_RSA, OID_SHA256_WITH_RSA):
         raise SignatureError("auth SignedData: signer must use RSA PKCS#1 v1.5 with SHA-256")
+    # Only certificates byte-identical to a trusted one are ever considered: nothing
+    # parsed out of the untrusted SignedData decides anything.
+    embedded = set(sd.certificates)
     signer_cert: x509.Certificate | None = None
-    for der in sd.certificates:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
-            raise FormatError(f"auth SignedData carries a malformed certificate: {exc}") from exc
+    for cert in trusted:
+        if _der(cert) not in embedded:
+            continue
         if si.subject_key_id:
-            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-            match = ski.value.digest == si.subject_key_id
+            match = _subject_key_id(cert) == si.subject_key_id
         else:
             match = _issuer_der(cert) == si.issuer and cert.serial_number == si.serial
         if match:
             signer_cert = cert
             break
     if signer_cert is None:
-        raise SignatureError("auth SignedData: the signer's certificate is not included")
-    allowed = {_der(t) for t in trusted}
-    if _der(signer_cert) not in allowed:
-        names = ", ".join(pki.subject_text(t) for t in trusted) or "none"
+        names = ", ".join(repr(_subject(t)) for t in trusted) or "none"
         raise SignatureError(
-            f"signed by {pki.subject_text(signer_cert)!r}, expected one of: {names}"
+            f"signed by {_describe_signer(sd, si)}, expected one of: {names} "
+            "(whose certificate must be included)"
         )
     if si.signed_attributes:
         ctype = si.attribute(OID_CONTENT_TYPE)
@@ -316,7 +361,10 @@ def verify_signed_data(
         covered = si.signed_attributes_der()
     else:
         covered = content
-    public = signer_cert.public_key()
+    try:
+        public = signer_cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise SignatureError(f"auth SignedData: signer key cannot be used: {exc}") from exc
     if not isinstance(public, rsa.RSAPublicKey) or public.key_size < 2048:
         raise SignatureError("auth SignedData: signer key is not RSA of 2048 bits or more")
     Verifier.of(public, _SCHEME).verify(covered, si.signature)
@@ -380,9 +428,15 @@ def verify_update(
 
 def _load(der: bytes, what: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise FormatError(f"{what} is not a DER X.509 certificate: {exc}") from exc
+        cert = x509.load_der_x509_certificate(der)
+        # force the lazily parsed parts now, so a malformed field is a FormatError here
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = cert.extensions
+        cert.public_key()
+    except _X509_ERRORS as exc:
+        raise FormatError(f"{what} is not a well-formed X.509 certificate: {exc}") from exc
+    return cert
 
 
 def certificates_in(lists: Iterable[SignatureList]) -> list[x509.Certificate]:

@@ -283,7 +283,47 @@ NEGATIVE: list[
         lambda k: {"pk": None},
         VerificationError,
     ),
+    (
+        "SignedData version 2",
+        "db",
+        lambda k: _resigned_data(k.sign("db", k.esl("db"), "KEK"), version=2),
+        lambda k: {"pk": k.certs["PK"], "kek": [k.certs["KEK"]]},
+        SignatureError,
+    ),
+    (
+        "setup-mode PK whose certificate subject is malformed",
+        "PK",
+        lambda k: _bad_subject(k.sign("PK", k.esl("PK"), "PK")),
+        lambda k: {"pk": None},
+        FormatError,
+    ),
 ]
+
+
+def _resigned_data(auth: bytes, **changes: object) -> bytes:
+    parsed = ev.AuthenticatedVariable.parse(auth)
+    sd = dataclasses.replace(SignedData.parse(parsed.signed_data), **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(parsed, signed_data=sd.to_bytes()).to_bytes()
+
+
+def _bad_subject(auth: bytes) -> bytes:
+    """Re-tag the last CommonName (in the new PK's certificate) as an illegal string type."""
+    at = auth.rfind(b"\x0c\x13acme Secure Boot PK")
+    assert at > len(auth) // 2
+    return auth[:at] + b"\x0d" + auth[at + 1 :]
+
+
+def test_rsa_signature_oid_forms_are_both_accepted(keys: Keys) -> None:
+    from bastion.formats.pkcs7_signed import OID_SHA256_WITH_RSA
+
+    auth = keys.sign("db", keys.esl("db"), "KEK")
+    parsed = ev.AuthenticatedVariable.parse(auth)
+    sd = SignedData.parse(parsed.signed_data)
+    si = dataclasses.replace(sd.signer_infos[0], signature_oid=OID_SHA256_WITH_RSA)
+    other = dataclasses.replace(sd, signer_infos=(si,)).to_bytes()
+    changed = dataclasses.replace(parsed, signed_data=other).to_bytes()
+    got = sb.verify_update("db", changed, pk=keys.certs["PK"], kek=[keys.certs["KEK"]])
+    assert got.signer == keys.certs["KEK"]
 
 
 @pytest.mark.parametrize(
