@@ -37,12 +37,12 @@ from bastion.formats.efivars import (
     parse_signature_lists,
 )
 from bastion.io.files import atomic_write, read_bounded
+from bastion.limits import OVMF_VARS_MAX_SIZE
 
 if TYPE_CHECKING:
     from bastion.trust.keyset import KeySet
 
 DEBIAN_OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-OVMF_VARS_MAX_SIZE = 16 * 1024 * 1024  # the 4M store is 540 KiB; qcow2 is not accepted
 
 
 @dataclass(frozen=True, slots=True)
