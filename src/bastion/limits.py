@@ -133,4 +133,6 @@ EFI_SIGNATURE_MAX_SIZE = 64 * KiB  # one EFI_SIGNATURE_DATA (owner GUID + certif
 EFI_AUTH_CERT_MAX_SIZE = 64 * KiB  # the PKCS#7 SignedData in an EFI_VARIABLE_AUTHENTICATION_2
 EFI_AUTH_MAX_CERTIFICATES = 8  # certificates carried in that SignedData
 EFI_VARIABLE_NAME_MAX_CHARS = 128  # UTF-16 code units of a variable name
-OVMF_VARS_MAX_SIZE = 16 * MiB  # an edk2 variable-store flash image (OVMF_VARS_4M.fd: 528 KiB, raw only)
+OVMF_VARS_MAX_SIZE = (
+    16 * MiB
+)  # an edk2 variable-store flash image (OVMF_VARS_4M.fd: 528 KiB, raw only)
