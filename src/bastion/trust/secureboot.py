@@ -23,9 +23,10 @@ the way edk2 does, with bastion's rules (fail closed):
 * PK is signed by the current PK, or, when no PK is given (setup mode), by the PK the
   update itself carries (the self-signed first enrolment);
 * KEK is signed by the PK; db and dbx are signed by a KEK certificate (a PK-signed db
-  is refused: the offline PK signs only PK and KEK);
-* the signer's certificate, found in the SignedData by issuer and serial number, must
-  be byte-identical to one of those certificates (no chains);
+  or dbx is refused, though edk2 2022.11 takes one: the offline PK signs only PK, KEK);
+* the signer is one of those certificates, included byte-identical in the SignedData
+  and named by issuer and serial number (or key id); nothing else in the SignedData is
+  trusted, no chains; SignedData and SignerInfo versions 1 (3 for a key-id signer);
 * SHA-256 only; RSA PKCS#1 v1.5; signed attributes, when present (``sbvarsign``), must
   name content type ``data`` and carry the SHA-256 of the signed bytes;
 * the timestamp has Pad1, Nanosecond, TimeZone, Daylight and Pad2 zero, and is later
