@@ -85,8 +85,13 @@ def prepare(data_dir: Path, uses: int) -> str:
         org = Organisation(name="bench", created_at=now)
         session.add(org)
         session.flush()
+        # a development fleet: the bench's software TPMs and swtpms have no EK certificate
         fleet = Fleet(
-            org_id=org.id, name="bench", created_at=now, config='{"target_release": "1.0"}'
+            org_id=org.id,
+            name="bench",
+            created_at=now,
+            config='{"target_release": "1.0"}',
+            ek_policy="any",
         )
         session.add(fleet)
         session.commit()
@@ -230,26 +235,32 @@ def enrol_worker(
 ) -> None:
     from bastion.device.provision import provision
 
-    tpm, sw = _open_tpm(kind, Path(folder) / f"dev-{index}")
+    # one TPM per enrolment: the fleet refuses a second active device with the same EK
+    # (a clone), so each enrolment needs its own. Manufacturing happens before the clock:
+    # every EK exists before the first enrolment starts.
+    made = [_open_tpm(kind, Path(folder) / f"dev-{index}-{i}") for i in range(count)]
     try:
-        tpm.ek_public()  # manufacturing: the EK exists before enrolment
-        timed = TimedTpm(tpm)
+        for tpm, _sw in made:
+            tpm.ek_public()
+        timed = [TimedTpm(tpm) for tpm, _sw in made]
         identities = []
         with httpx.Client(base_url=url, timeout=60) as client:
             barrier.wait(timeout=600)
             start = time.perf_counter()
             for i in range(count):
                 identities.append(
-                    provision(timed, client, provisioning_key=key, serial=f"bench-{index}-{i}")
+                    provision(timed[i], client, provisioning_key=key, serial=f"bench-{index}-{i}")
                 )
             wall = time.perf_counter() - start
         # after the clock: open the sealed API keys (one more ActivateCredential each)
-        keys = [identity.api_key(tpm) for identity in identities[:want_keys]]
-        out.put((index, count, start, start + wall, keys, timed.seconds, wall))
+        keys = [identity.api_key(made[i][0]) for i, identity in enumerate(identities[:want_keys])]
+        tpm_seconds = sum(t.seconds for t in timed)
+        out.put((index, count, start, start + wall, keys, tpm_seconds, wall))
     finally:
-        tpm.close()
-        if sw is not None:
-            sw.stop()
+        for tpm, sw in made:
+            tpm.close()
+            if sw is not None:
+                sw.stop()
 
 
 # --- polling --------------------------------------------------------------------------------------

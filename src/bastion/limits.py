@@ -125,6 +125,33 @@ VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
 
+# --- audit log keys and checkpoints; device log/event quotas (hardening: audit and logs) ---
+AUDIT_HMAC_KEY_MIN_SIZE = 32  # bytes of an audit HMAC key
+AUDIT_MAC_MAX_LENGTH = 2048  # base64 characters of one stored MAC or signature (RSA-4096: 684)
+AUDIT_CHECKPOINT_MAX_SIZE = 16 * KiB  # an audit checkpoint file
+DEVICE_RECORDS_MAX_COUNT = 10_000  # default per-device quota of log lines, and of events
+DEVICE_RECORDS_MAX_BYTES = 16 * MiB  # default per-device quota of log bytes, and of event bytes
+DEVICE_RECORDS_MAX_AGE_SECONDS = 30 * 86400  # default retention of device logs and events
+DEVICE_RECORD_MAX_SIZE = 16 * KiB  # one log line or one event's JSON (bytes)
+DEVICE_RECORDS_PAGE_MAX = 1000  # records in one page of GET .../logs or .../events
+LOGIN_DELAY_MAX_SECONDS = 10.0  # longest a login to an account under guessing is slowed
+INVITATION_TTL_DAYS_MAX = 30  # organisation invitations expire at the latest after this
+INVITATIONS_MAX_PENDING = 500  # open invitations one organisation may have at a time
+# --- PE/COFF images, Authenticode, UKIs (formats/pe.py, trust/authenticode.py) -----------
+PE_MAX_IMAGE_SIZE = 1 * GiB  # a whole UKI (kernel + initrd) held in memory
+PE_MAX_SECTIONS = 96  # the Windows loader's bound; COFF allows 65535
+PE_MAX_DATA_DIRECTORIES = 16  # IMAGE_NUMBEROF_DIRECTORY_ENTRIES
+PE_MAX_CERT_TABLE_SIZE = 1 * MiB  # the whole WIN_CERTIFICATE table
+PE_MAX_CERTIFICATES = 16  # WIN_CERTIFICATE entries (signatures) in one image
+AUTHENTICODE_MAX_CERTS = 16  # certificates carried inside one SignedData
+PCRSIG_MAX_SIZE = 64 * KiB  # the .pcrsig JSON of a UKI
+PCRSIG_MAX_ENTRIES = 64  # signed phase paths in one .pcrsig
+# --- enrolment hardening: EK certificates, EK CA trust stores (docs/provisioning.md) ----------
+EK_CA_MAX_PER_FLEET = 64  # TPM manufacturer CA certificates one fleet trusts
+ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begin (~1-2 KiB real)
+EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
+# --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
+TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
 # --- UEFI Secure Boot variables (formats/efivars.py, docs/adr/0017-secureboot.md) --------
 EFI_VARIABLE_MAX_SIZE = 1 * MiB  # one variable's data or one .auth file (dbx today is ~30 KiB)
 EFI_SIGLIST_MAX_LISTS = 256  # EFI_SIGNATURE_LISTs in one variable
@@ -133,6 +160,4 @@ EFI_SIGNATURE_MAX_SIZE = 64 * KiB  # one EFI_SIGNATURE_DATA (owner GUID + certif
 EFI_AUTH_CERT_MAX_SIZE = 64 * KiB  # the PKCS#7 SignedData in an EFI_VARIABLE_AUTHENTICATION_2
 EFI_AUTH_MAX_CERTIFICATES = 8  # certificates carried in that SignedData
 EFI_VARIABLE_NAME_MAX_CHARS = 128  # UTF-16 code units of a variable name
-OVMF_VARS_MAX_SIZE = (
-    16 * MiB
-)  # an edk2 variable-store flash image (OVMF_VARS_4M.fd: 528 KiB, raw only)
+OVMF_VARS_MAX_SIZE = 16 * MiB  # a raw edk2 variable store (OVMF_VARS_4M.fd is 528 KiB)

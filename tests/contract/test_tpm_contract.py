@@ -460,3 +460,251 @@ def test_get_random(tpm_backend: Tpm, size: int) -> None:
     assert len(data) == size
     if size >= 16:
         assert data != tpm_backend.get_random(size)
+
+
+def test_ek_certificate_absent_without_a_maker(tpm_backend: Tpm) -> None:
+    """Neither the software TPM nor a bare swtpm has an EK certificate in NV (a maker's
+    certificate, from swtpm_setup --create-ek-cert, is tested in
+    tests/integration/server/test_enrollment.py)."""
+    assert tpm_backend.ek_certificate() is None
+
+
+# --- signed policies: LoadExternal, VerifySignature, PolicyAuthorize -------------------------
+
+PCR11 = PcrSelection.parse("sha256:11")
+_KEYS: dict[str, object] = {}
+
+
+def authority(kind: str = "rsa"):  # type: ignore[no-untyped-def]
+    """One RSA-2048 (systemd-measure's kind) or P-256 key per test session."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if kind not in _KEYS:
+        _KEYS[kind] = (
+            rsa.generate_private_key(65537, 2048)
+            if kind.startswith("rsa")
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+    return _KEYS[kind]
+
+
+def sign_raw(key, digest: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    """A TPMT_SIGNATURE over a SHA-256 ``digest`` by ``key`` (cryptography, not bastion)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+    from bastion.tpm import external
+
+    pre = utils.Prehashed(hashes.SHA256())
+    if isinstance(key, rsa.RSAPrivateKey):
+        raw = key.sign(digest, padding.PKCS1v15(), pre)
+    else:
+        raw = key.sign(digest, ec.ECDSA(pre))
+    return external.signature(key.public_key(), raw)
+
+
+def approve(tpm: Tpm, key, selection: PcrSelection = PCR11, values=None):  # type: ignore[no-untyped-def]
+    """The authority signs the PolicyPCR digest of ``values`` (default: current PCRs); the
+    TPM verifies it: a PolicyApproval, as a device assembles it from a .pcrsig."""
+    from bastion.tpm import external, pcr
+    from bastion.tpm.base import PolicyApproval
+
+    public = external.external_public(key.public_key()).to_bytes()
+    approved = pcr.policy_pcr(selection, values or tpm.pcr_read(selection))
+    ticket = tpm.verify_signature(
+        public, pcr.authorize_digest(approved), sign_raw(key, sha_of(approved))
+    )
+    return PolicyApproval(tpm.load_external(public), selection, approved, ticket)
+
+
+def sha_of(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def seal_signed(tpm: Tpm, key, **kw):  # type: ignore[no-untyped-def]
+    from bastion.tpm import external, pcr
+
+    name = oracle.parse_public(external.external_public(key.public_key()).to_bytes()).name
+    auth = kw.pop("auth_value", None)
+    policy = pcr.authorized_sealing_policy(name, with_auth_value=auth is not None, **kw)
+    return tpm.seal_to_policy(b"disk key", policy, auth_value=auth)
+
+
+@pytest.mark.parametrize("kind", ["rsa", "rsa-exponent-0", "ecc"])
+def test_load_external_name(tpm_backend: Tpm, kind: str) -> None:
+    from bastion.tpm import external
+
+    key = authority("rsa" if kind.startswith("rsa") else kind).public_key()
+    public = external.external_public(key, explicit_exponent=kind != "rsa-exponent-0")
+    name = tpm_backend.load_external(public.to_bytes())
+    assert name == oracle.parse_public(public.to_bytes()).name
+    if kind == "rsa":  # systemd 252 writes the exponent out: attrs 0x00060040, e = 65537
+        assert public.to_tpmt()[:8] == bytes.fromhex("0001000b00060040")
+
+
+def test_policy_authorize_digest_is_spec_formula() -> None:
+    """PolicyAuthorize = H(H(0^32 || TPM_CC_PolicyAuthorize || keyName) || policyRef)."""
+    from bastion.tpm import pcr
+
+    name = b"\x00\x0b" + sha(b"key")
+    inner = sha(bytes(32) + (0x16A).to_bytes(4, "big") + name)
+    assert pcr.policy_authorize(name) == sha(inner)
+    assert pcr.policy_authorize(name, b"ref") == sha(inner + b"ref")
+    # PolicyAuthorize replaces the digest so far: the literal PCR part comes after it
+    values = {7: bytes(32)}
+    sel7 = PcrSelection.parse("sha256:7")
+    assert pcr.authorized_sealing_policy(name, selection=sel7, values=values) == pcr.policy_pcr(
+        sel7, values, sha(inner)
+    )
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecc"])
+def test_signed_policy_unseals(tpm_backend: Tpm, kind: str) -> None:
+    key = authority(kind)
+    extend(tpm_backend, 11, b"uki sections")
+    sealed = seal_signed(tpm_backend, key)
+    assert tpm_backend.unseal_authorized(sealed, approve(tpm_backend, key)) == b"disk key"
+    # an update: PCR 11 changes, the authority signs the new value, the object is unchanged
+    extend(tpm_backend, 11, b"next release")
+    assert tpm_backend.unseal_authorized(sealed, approve(tpm_backend, key)) == b"disk key"
+
+
+def test_signed_policy_with_literal_pcrs_and_auth_value(tpm_backend: Tpm) -> None:
+    key = authority()
+    sel7 = PcrSelection.parse("sha256:7")
+    extend(tpm_backend, 7, b"secure boot db")
+    sealed = seal_signed(
+        tpm_backend, key, selection=sel7, values=tpm_backend.pcr_read(sel7), auth_value=b"1234"
+    )
+    approval = approve(tpm_backend, key)
+    assert (
+        tpm_backend.unseal_authorized(sealed, approval, selection=sel7, auth_value=b"1234")
+        == b"disk key"
+    )
+    for kw in (
+        {"selection": sel7},
+        {"auth_value": b"1234"},
+        {"selection": sel7, "auth_value": b"1"},
+    ):
+        with pytest.raises(PolicyError):
+            tpm_backend.unseal_authorized(sealed, approval, **kw)  # type: ignore[arg-type]
+    extend(tpm_backend, 7, b"evil db")
+    with pytest.raises(PolicyError):
+        tpm_backend.unseal_authorized(sealed, approval, selection=sel7, auth_value=b"1234")
+
+
+@pytest.mark.parametrize(
+    "case", ["flipped-signature", "other-digest", "other-key", "ecdsa-with-rsa-key"]
+)
+def test_verify_signature_negative(tpm_backend: Tpm, case: str) -> None:
+    from bastion.tpm import external
+
+    key = authority()
+    public = external.external_public(key.public_key()).to_bytes()
+    digest = sha(b"approved policy")
+    sig = sign_raw(key, digest)
+    error: type[Exception] = SignatureError
+    if case == "flipped-signature":
+        sig = sig[:-1] + bytes([sig[-1] ^ 1])
+    elif case == "other-digest":
+        digest = sha(b"another policy")
+    elif case == "other-key":
+        sig = sign_raw(authority("rsa-other"), digest)
+    else:
+        sig, error = sign_raw(authority("ecc"), digest), TpmError
+    with pytest.raises(error):
+        tpm_backend.verify_signature(public, digest, sig)
+    assert len(tpm_backend.verify_signature(public, digest, sign_raw(key, digest))) > 6
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "stale-pcr",
+        "flipped-ticket",
+        "null-ticket",
+        "ticket-for-other-policy",
+        "other-key-name",
+        "sealed-to-other-key",
+        "other-policy-ref",
+    ],
+)
+def test_unseal_authorized_negative(tpm_backend: Tpm, case: str) -> None:
+    """Every way the approval can be wrong: the TPM refuses (PolicyError), fail closed."""
+    from dataclasses import replace
+
+    from bastion.formats.tpm2 import VerifiedTicket
+    from bastion.tpm import pcr
+
+    key = authority()
+    sealed = seal_signed(tpm_backend, key)
+    approval = approve(tpm_backend, key)
+    if case == "stale-pcr":
+        extend(tpm_backend, 11, b"phase change")
+    elif case == "flipped-ticket":
+        approval = replace(approval, ticket=approval.ticket[:-1] + bytes([approval.ticket[-1] ^ 1]))
+    elif case == "null-ticket":
+        approval = replace(approval, ticket=VerifiedTicket(pcr.TPM_RH_NULL, b"").to_bytes())
+    elif case == "ticket-for-other-policy":
+        other = approve(tpm_backend, key, values={11: sha(b"other image")})
+        approval = replace(approval, ticket=other.ticket)
+    elif case == "other-key-name":
+        other = approve(tpm_backend, authority("rsa-other"))
+        approval = replace(approval, key_name=other.key_name)
+    elif case == "sealed-to-other-key":
+        sealed = seal_signed(tpm_backend, authority("rsa-other"))
+    else:
+        approval = replace(approval, policy_ref=b"other")
+    with pytest.raises(PolicyError):
+        tpm_backend.unseal_authorized(sealed, approval)
+
+
+def test_ticket_survives_power_cycle(tpm_rig) -> None:  # type: ignore[no-untyped-def]
+    """A ticket is an HMAC under the owner proof: valid across resets, on this TPM only."""
+    key = authority()
+    sealed = seal_signed(tpm_rig.tpm, key)
+    approval = approve(tpm_rig.tpm, key)
+    tpm = tpm_rig.power_cycle()
+    assert tpm.unseal_authorized(sealed, approval) == b"disk key"
+
+
+def test_ticket_from_another_tpm_refused(tpm_rig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The other TPM checks the same signature but its ticket is under its own proof."""
+    from dataclasses import replace
+
+    from tests.conftest import TpmRig
+
+    key = authority()
+    sealed = seal_signed(tpm_rig.tpm, key)
+    approval = approve(tpm_rig.tpm, key)
+    other = TpmRig(tpm_rig.kind, tmp_path / "other")
+    try:
+        foreign = approve(other.tpm, key)
+        assert foreign.approved_policy == approval.approved_policy
+        with pytest.raises(PolicyError):
+            tpm_rig.tpm.unseal_authorized(sealed, replace(approval, ticket=foreign.ticket))
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("what", ["public", "signature", "ticket"])
+def test_malformed_inputs_refused(tpm_backend: Tpm, what: str) -> None:
+    from dataclasses import replace
+
+    from bastion.tpm import external
+
+    key = authority()
+    public = external.external_public(key.public_key()).to_bytes()
+    digest = sha(b"approved")
+    sig = sign_raw(key, digest)
+    if what == "public":
+        with pytest.raises((FormatError, TpmError)):
+            tpm_backend.load_external(public[:-7])
+    elif what == "signature":
+        with pytest.raises((FormatError, TpmError)):
+            tpm_backend.verify_signature(public, digest, sig[:-7])
+    else:
+        sealed = seal_signed(tpm_backend, key)
+        approval = approve(tpm_backend, key)
+        with pytest.raises((FormatError, PolicyError)):
+            tpm_backend.unseal_authorized(sealed, replace(approval, ticket=approval.ticket[:-3]))

@@ -281,3 +281,36 @@ def test_damaged_primary_of_cryptsetup_volume(tmp_path: Path) -> None:
     Luks2Volume.open(FileRange(img), repair=True)
     cs("isLuks", img)
     assert dump_volume_key(img, kf) == vk
+
+
+@pytest.mark.parametrize("label", ["données-chiffrées", "ラベル"])
+def test_utf8_labels_both_ways(tmp_path: Path, label: str) -> None:
+    """cryptsetup stores a UTF-8 label byte for byte; bastion reads and writes the same."""
+    img, key = image(tmp_path, size=20 * MiB), keyfile(tmp_path, b"pw")
+    cs("luksFormat", "--type", "luks2", *CS_PBKDF2, "--label", label, "--key-file", key, img)
+    with FileRange(img) as storage:
+        vol = Luks2Volume.open(storage)
+        assert vol.label == label
+        vol.add_token({"type": "x-test", "keyslots": []})  # bastion rewrites the header
+    assert f"Label:         \t{label}" in cs("luksDump", img).stdout
+
+
+def test_utf8_token_text_is_written_as_cryptsetup_writes_it(tmp_path: Path) -> None:
+    """json-c writes non-ASCII as raw UTF-8 and '/' unescaped; bastion's rewrite keeps the
+    token's bytes identical."""
+    img, key = image(tmp_path, size=20 * MiB), keyfile(tmp_path, b"pw")
+    cs("luksFormat", "--type", "luks2", *CS_PBKDF2, "--key-file", key, img)
+    token = tmp_path / "token.json"
+    token.write_text('{"type":"x-utf","keyslots":[],"name":"données/é"}', encoding="utf-8")
+    cs("token", "import", "--json-file", token, "--token-id", "0", img)
+
+    def token_bytes() -> bytes:
+        area = img.read_bytes()[4096:16384].split(b"\0", 1)[0]
+        return area[area.index(b'"tokens":') :].split(b"}", 1)[0]
+
+    before = token_bytes()
+    assert "données/é".encode() in before
+    with FileRange(img) as storage:
+        Luks2Volume.open(storage).add_token({"type": "x-other", "keyslots": []})
+    assert token_bytes() == before
+    assert json.loads(cs("token", "export", "--token-id", "0", img).stdout)["name"] == "données/é"

@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from tests.conftest import TpmRig, need_module, need_tool, need_tss
+from tests.conftest import TpmRig, need_tool, need_tss
 
 from bastion.cli.main import main
 from bastion.errors import BackendError
@@ -68,7 +68,6 @@ def test_cli_quote_accepted_by_tpm2_checkquote(
         sw = Swtpm.start(tmp_path / "sw")
         uri = sw.uri
     else:
-        need_module("bastion.tpm.software")
         sw, uri = None, f"software:{tmp_path / 'tpm.state'}"
     try:
         assert main(["tpm", "extend", "7", "--data", "shim", "--tpm", uri]) == 0
@@ -211,8 +210,6 @@ def test_tpm2_makecredential_offline_activates(backend: str, tmp_path: Path) -> 
     need_tool("tpm2_makecredential")
     if backend == "tss":
         need_tss()
-    else:
-        need_module("bastion.tpm.software")
     rig = TpmRig(backend, tmp_path)
     try:
         ak = rig.tpm.create_ak()
@@ -345,7 +342,6 @@ def test_ek_public_matches_tpm2_createek(swtpm: Swtpm, tmp_path: Path) -> None:
 
 
 def test_software_ek_has_the_tcg_template(swtpm: Swtpm, tmp_path: Path) -> None:
-    need_module("bastion.tpm.software")
     from dataclasses import replace
 
     from bastion.tpm.software import SoftwareTpm
@@ -435,3 +431,35 @@ def test_relative_state_dir_is_made_absolute(
         finally:
             tpm.close()
     assert os.listdir(tmp_path / "rel")
+
+
+def test_swtpm_volatile_state_resumes_pcrs_and_power_on_resets_them(tmp_path: Path) -> None:
+    """save_volatile + start(resume=True) keeps the PCRs a boot measured; a plain start
+    (a power-on) and restart() reset them."""
+    need_tss()
+    from bastion.tpm.tss import TssTpm
+
+    sel = PcrSelection(HashAlg.SHA256, (16,))
+    digest = {HashAlg.SHA256: hashlib.sha256(b"measured").digest()}
+    with Swtpm.start(tmp_path / "sw") as sw:
+        tpm = TssTpm(sw.uri)
+        tpm.pcr_extend(16, digest)
+        measured = tpm.pcr_read(sel)[16]
+        tpm.close()
+        sw.save_volatile()
+    assert measured != bytes(32)
+    with Swtpm.start(tmp_path / "sw", resume=True) as sw:
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == measured
+        tpm.close()
+        sw.save_volatile()
+        sw.restart()
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == bytes(32)
+        tpm.close()
+    with Swtpm.start(tmp_path / "sw") as sw:
+        tpm = TssTpm(sw.uri)
+        assert tpm.pcr_read(sel)[16] == bytes(32)
+        tpm.close()
+    with pytest.raises(BackendError, match="not running"):
+        sw.save_volatile()

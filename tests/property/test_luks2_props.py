@@ -177,3 +177,34 @@ def test_any_flipped_byte_is_detected(doc: dict[str, Any], offset: int, xor: int
 def test_arbitrary_json_values_as_tokens(value: Any) -> None:
     with contextlib.suppress(FormatError):
         Token.from_json(value, "token")
+
+
+def _paths(node: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += _paths(value, (*prefix, key))
+    return out
+
+
+@settings(max_examples=300)
+@given(documents(), st.data())
+def test_any_field_replaced_gives_metadata_or_format_error(
+    doc: dict[str, Any], data: st.DataObject
+) -> None:
+    """A valid document with one field replaced by any JSON value (or deleted): parsed,
+    possibly with an unusable keyslot or unsupported segment, or FormatError; never
+    another exception, and what parses writes back to the same metadata."""
+    path = data.draw(st.sampled_from(_paths(doc)))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    if data.draw(st.booleans()):
+        del node[path[-1]]
+    else:
+        node[path[-1]] = data.draw(json_value)
+    try:
+        m = parse_json_area(_area(json.dumps(doc).encode()))
+    except FormatError:
+        return
+    assert parse_json_area(_area(m.to_bytes())) == m

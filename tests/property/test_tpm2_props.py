@@ -37,6 +37,7 @@ from bastion.formats.tpm2 import (
     Sensitive,
     Signature,
     SymDef,
+    VerifiedTicket,
 )
 
 VEC = Path(__file__).resolve().parents[1] / "vectors" / "tpm"
@@ -54,6 +55,7 @@ PARSERS: list[tuple[Any, bool]] = [
     (EncryptedSecret.parse, True),
     (CredentialFile.parse, True),
     (PcrsFile.parse, False),
+    (VerifiedTicket.parse, True),
 ]
 SEEDS = [
     (VEC / n).read_bytes()

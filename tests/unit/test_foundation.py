@@ -73,7 +73,7 @@ def test_read_bounded_refuses_large_and_missing(tmp_path: Path) -> None:
 
 
 def test_cli_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
+    assert main([]) == 9  # a usage error (docs/cli.md): 2 means a failed verification
     assert "usage: bastion" in capsys.readouterr().err
 
 

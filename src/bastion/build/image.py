@@ -40,14 +40,15 @@ from bastion.formats import bootctl, gpt, modsig, strict_json
 from bastion.formats import bootunit as bu
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
+from bastion.storage.luks2_volume import DEFAULT_DATA_OFFSET
 from bastion.storage.verity_reader import format_region, verify_region
 from bastion.trust.envelope import parse_envelope, sign_envelope, verify_envelope
 from bastion.trust.keys import load_public_key
-from bastion.trust.signer import SignatureScheme, Signer, Verifier
+from bastion.trust.signer import PublicKey, SignatureScheme, Signer, Verifier
 
 MiB = 1024 * 1024
 IMAGE_PAYLOAD_TYPE = "application/vnd.bastion.disk-image+json"
-LOADER_VERSION = "bastion-loader 1"
+LOADER_VERSION = bu.LOADER_VERSION
 DEFAULT_DATA_SIZE = 64 * MiB
 SIG_PART_SIZE = 16 * 1024
 BOOTCTL_PART_SIZE = 64 * 1024
@@ -58,6 +59,25 @@ PART_DATA = "data"
 #: kernel command line word carrying the verity data block count (4 KiB blocks): the root
 #: hash does not bind the count a superblock claims, so the signed command line does
 VERITY_BLOCKS_PARAM = "bastion.verity_blocks"
+#: the dm-verity data and hash block size bastion uses: a root slot is a multiple of it
+VERITY_BLOCK = 4096
+#: the smallest data partition: LUKS2 headers and keyslot area, plus 1 MiB of data
+DATA_MIN_SIZE = DEFAULT_DATA_OFFSET + MiB
+#: command-line parameters the boot chain sets or reads itself, and why; ``--cmdline``
+#: may not set them (a second ``roothash=`` or a ``root=`` would point past verity)
+RESERVED_CMDLINE = {
+    "roothash": "the verity root hash of the slot, set by bastion",
+    "usrhash": "a verity /usr hash would bypass bastion's signed root",
+    "root": "the root device is the verity device bastion opens from roothash=",
+    "mount.usr": "a /usr mount outside the signed root",
+    "systemd.verity": "verity is set up by bastion from the signed command line",
+    "rd.systemd.verity": "verity is set up by bastion from the signed command line",
+}
+RESERVED_CMDLINE_PREFIXES = {
+    "bastion.": "bastion's own parameters (slot, verity block count)",
+    "systemd.verity_": "verity is set up by bastion from the signed command line",
+    "rd.systemd.verity_": "verity is set up by bastion from the signed command line",
+}
 
 
 def root_part(slot: str) -> str:
@@ -74,15 +94,27 @@ def sig_part(slot: str) -> str:
 
 @dataclass(frozen=True)
 class ImageKeys:
-    """The signers an image build needs (from ``bastion keys init``)."""
+    """The signers an image build needs (from ``bastion keys init``).
 
-    platform_root: Signer
+    ``platform_root`` is the platform root key's Signer, or only its public side
+    (a Verifier) together with ``loader_statement``, the bootloader statement it signed
+    at ``keys init``: then the build never needs the offline key.
+    """
+
+    platform_root: Signer | Verifier
     boot: Signer
     image: Signer
     verity: Signer
     verity_cert: x509.Certificate
     module: Signer | None = None
     module_cert: x509.Certificate | None = None
+    loader_statement: bytes | None = None
+
+    def platform_root_public(self) -> PublicKey:
+        """The platform root's public key (whichever side was given)."""
+        if isinstance(self.platform_root, Verifier):
+            return self.platform_root.public_key
+        return self.platform_root.public_key()
 
 
 @dataclass(frozen=True)
@@ -251,6 +283,23 @@ def make_loader(keys: ImageKeys) -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     loader = bu.LoaderStage(LOADER_VERSION, boot_pem).to_bytes()
+    if keys.loader_statement is not None:
+        # signed once at `keys init`: check it covers this loader, never re-sign it
+        root = Verifier.of(keys.platform_root_public())
+        try:
+            doc = open_statement(keys.loader_statement, bu.STATEMENT_TYPE_LOADER, root)
+        except (SignatureError, FormatError) as exc:
+            raise SignatureError(f"key set loader statement: {exc}") from exc
+        if doc != json.loads(bu.loader_statement(loader)):
+            raise SignatureError(
+                "key set loader statement covers another boot key than the key set's"
+            )
+        return loader, keys.loader_statement
+    if isinstance(keys.platform_root, Verifier):
+        raise ConfigError(
+            "the platform root private key is needed to sign the bootloader: "
+            "the key set has no loader statement"
+        )
     return loader, sign_statement(
         bu.STATEMENT_TYPE_LOADER, bu.loader_statement(loader), keys.platform_root
     )
@@ -335,12 +384,69 @@ def _build_root_fs(
     )
 
 
+def check_cmdline(cmdline: str) -> None:
+    """Refuse a user command line that sets a parameter the chain sets or reads itself."""
+    if not cmdline.isascii() or not all(c.isprintable() for c in cmdline):
+        raise ConfigError("kernel command line: only printable ASCII is allowed")
+    for word in cmdline.split():
+        key = word.lstrip('"').partition("=")[0].rstrip('"')
+        why = RESERVED_CMDLINE.get(key)
+        if why is None:
+            why = next((w for p, w in RESERVED_CMDLINE_PREFIXES.items() if key.startswith(p)), None)
+        if why is not None:
+            raise ConfigError(f"kernel command line: {key}= is reserved ({why}); remove it")
+
+
+def _tree_bytes(root: Path) -> int:
+    """The bytes of the regular files under ``root`` (a lower bound of the filesystem)."""
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            st = Path(folder, name).lstat()
+            if not os.path.islink(Path(folder, name)):
+                total += st.st_size
+    return total
+
+
+def check_sizes(spec: ImageSpec) -> None:
+    """Refuse partition sizes the image cannot have, before anything is built or written."""
+    if spec.data_size % gpt.SECTOR:
+        raise ConfigError(
+            f"partition {PART_DATA}: size {spec.data_size} bytes is not a multiple of the "
+            f"{gpt.SECTOR}-byte sector"
+        )
+    if spec.data_size < DATA_MIN_SIZE:
+        raise ConfigError(
+            f"partition {PART_DATA}: size {spec.data_size} bytes is smaller than the "
+            f"{DATA_MIN_SIZE} bytes its LUKS2 volume needs (16 MiB of headers + 1 MiB)"
+        )
+    if spec.root_size is not None:
+        if spec.root_size <= 0 or spec.root_size % VERITY_BLOCK:
+            raise ConfigError(
+                f"partition {root_part('a')}: slot size {spec.root_size} bytes is not a "
+                f"positive multiple of the {VERITY_BLOCK}-byte verity block"
+            )
+        if not spec.rootfs.is_dir():
+            raise ConfigError(f"root tree {spec.rootfs}: not a folder")
+        content = _tree_bytes(spec.rootfs)
+        if content > spec.root_size:
+            raise ConfigError(
+                f"partition {root_part('a')}: the root tree {spec.rootfs} holds {content} "
+                f"bytes, more than the slot size {spec.root_size} bytes"
+            )
+
+
 def build_image(
     spec: ImageSpec, keys: ImageKeys, out: Path, *, runner: CommandRunner | None = None
 ) -> BuiltImage:
-    """Build ``out`` and ``out`` + ``.sig``; see the module docstring."""
+    """Build ``out`` and ``out`` + ``.sig``; see the module docstring.
+
+    The command line and the partition sizes are checked first: a refusal writes nothing.
+    """
     if spec.security_version < 0:
         raise ConfigError(f"security version must be >= 0, got {spec.security_version}")
+    check_cmdline(spec.cmdline)
+    check_sizes(spec)
     # the root's identity (fs UUID, verity salt) depends on the root inputs only, so the
     # same root gives the same root hash whatever kernel boots it; other GUIDs on all
     root_seed = _root_seed(spec)
@@ -352,6 +458,11 @@ def build_image(
     with tempfile.TemporaryDirectory(prefix="bastion-image-") as tmp:
         root_img = Path(tmp) / "root.img"
         fs_size = _build_root_fs(spec, root_img, root_seed, runner)
+        if spec.root_size is not None and fs_size > spec.root_size:
+            raise ConfigError(
+                f"partition {root_part('a')}: the {spec.fs} root filesystem is {fs_size} "
+                f"bytes, larger than the slot size {spec.root_size} bytes"
+            )
         root_size = _mib(max(fs_size, spec.root_size or 0))
         params = VerityParams(
             data_blocks=fs_size // 4096,
@@ -366,7 +477,7 @@ def build_image(
         root_hash = result.root_hash
         unit, unit_sig = make_unit(spec, keys, root_hash, "a", data_blocks=params.data_blocks)
         loader, loader_sig = make_loader(keys)
-        root_pem = keys.platform_root.public_key().public_bytes(
+        root_pem = keys.platform_root_public().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         archive_entries = [
@@ -425,6 +536,12 @@ def build_image(
 
 def read_layout(path: Path) -> gpt.GptDisk:
     """Parse the GPT of an image file (backup used if the primary is damaged)."""
+    head, tail, sectors = _gpt_ends(path)
+    return gpt.parse(head, sectors, tail)
+
+
+def _gpt_ends(path: Path) -> tuple[bytes, bytes, int]:
+    """The bytes of the primary and the backup GPT copies, and the disk's sector count."""
     size = path.stat().st_size
     if size % gpt.SECTOR:
         raise FormatError(f"image {path} size {size} is not a multiple of 512")
@@ -447,7 +564,38 @@ def read_layout(path: Path) -> gpt.GptDisk:
         if need > len(tail):
             handle.seek(max(0, size - need))
             tail = handle.read(need)
-    return gpt.parse(head, sectors, tail)
+    return head, tail, sectors
+
+
+def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
+    """The image's GPT, with a damaged primary or backup copy rewritten from the other.
+
+    Returns the layout and one line per copy repaired (empty when both were intact), so
+    the caller can report it. A disk whose copies are both damaged raises FormatError.
+    """
+    head, tail, sectors = _gpt_ends(path)
+    layout = gpt.parse(head, sectors, tail)
+    repaired: list[str] = []
+    writes: list[tuple[bytes, int]] = []
+    try:
+        gpt.parse(head, sectors)
+    except FormatError as exc:
+        writes.append((layout.head_bytes(), 0))
+        repaired.append(f"primary GPT header damaged ({exc}); rewritten from the backup")
+    try:
+        gpt.parse_backup(tail, sectors)
+    except FormatError as exc:
+        writes.append((layout.tail_bytes(), layout.tail_offset))
+        repaired.append(f"backup GPT header damaged ({exc}); rewritten from the primary")
+    if writes:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            for data, offset in writes:
+                _pwrite(fd, data, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return layout, repaired
 
 
 def read_partition(path: Path, part: gpt.Partition, limit: int | None = None) -> bytes:
@@ -622,6 +770,7 @@ def install_slot(
     slot bootable (and active when ``activate``) with fresh tries. Returns the root hash.
     The building block of an A/B update; the data volume is untouched.
     """
+    check_cmdline(spec.cmdline)
     layout = read_layout(disk)
     root_p, verity_p, sig_p = (
         layout.find(root_part(slot)),

@@ -298,7 +298,13 @@ def step_fleet(ctx: DemoContext) -> StepOutcome:
             _ok("login", "--server", url, "--email", "ops@demo.example",
                 "--password-file", str(password))  # fmt: skip
             _ok("org", "create", "demo")
-            _ok("fleet", "create", "cameras", "--org", "demo")
+            # the demo device has a software TPM (no EK certificate): it may enrol only
+            # into a development fleet, which every listing marks loudly
+            _ok("fleet", "create", "cameras", "--org", "demo", "--ek-policy", "any")
+            lines.append(
+                "fleet demo/cameras created with EK policy 'any': a DEVELOPMENT fleet "
+                "(the software TPM has no EK certificate; production fleets stay 'certified')"
+            )
             _ok("env", "set", "--fleet", "demo/cameras", "MODE=demo")
             pk_file = ctx.workdir / "provisioning.key"
             _ok("provisioning-key", "create", "--fleet", "demo/cameras", "--ttl", "10m",

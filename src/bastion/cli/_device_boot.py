@@ -6,12 +6,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import (
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    fail_line,
+    passphrase_source,
+)
 from bastion.cli.image import load_image_trust
 from bastion.device import boot as chain
 from bastion.device.boot_create import create_device
 from bastion.device.platform import SimPlatform
 from bastion.device.profile import make_profile
+from bastion.errors import BastionError
 from bastion.formats import eventlog as el
 from bastion.formats import strict_json
 from bastion.formats.bootctl import parse_partition
@@ -19,16 +26,20 @@ from bastion.trust.keyset import KeySet
 
 
 def _create(args: argparse.Namespace) -> int:
-    keys = KeySet.load(args.keys)
+    keys = KeySet.load(args.keys, passphrase_source(args, args.keys))
     profile = make_profile(args.tamper_response, tuple(args.audit or ()))
+    # the platform root delegated profile signing to the boot key at `keys init`; only
+    # a key set made before delegations existed still needs the (offline) root key
+    delegation = keys.statement("profile-delegation")
     summary = create_device(
         Path(args.device),
         Path(args.image),
         load_image_trust(args.keys),
-        keys.signer("platform-root"),
+        keys.signer("boot" if delegation else "platform-root"),
         tpm=args.tpm or "software",
         fuses=args.fuses,
         profile=profile,
+        profile_delegation=delegation,
     )
     emit(
         args,
@@ -40,14 +51,27 @@ def _create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(report: chain.BootReport | None) -> None:
+    """Each boot warning (a repaired header, an audited failure, a wipe) on stderr."""
+    for warning in report.warnings if report is not None else ():
+        fail_line(f"warning: {warning}")
+
+
 def _boot(args: argparse.Namespace) -> int:
-    report = chain.boot(Path(args.device), full_verify=args.full_verify)
+    try:
+        report = chain.boot(Path(args.device), full_verify=args.full_verify)
+    except BastionError as exc:
+        _warn(getattr(exc, "boot_report", None))  # then main prints the cause, one line
+        if args.device not in str(exc):
+            exc.args = (f"{exc} (device {args.device})",)
+        raise
+    _warn(report)
     lines = [
         f"booted {args.device}: slot {report.slot}, version {report.version}, "
         f"security version {report.security_version} -> {report.reached}"
     ]
     lines += [f"  note: {n}" for n in report.notes]
-    lines += [f"  WARNING: {w}" for w in report.warnings]
+    lines += [f"  warning: {w}" for w in report.warnings]
     if report.first_boot:
         lines.append("  first boot: data volume created and sealed to the TPM")
     if report.recovery_key:
@@ -62,13 +86,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
     layout = img.read_layout(plat.disk)
     ctl = parse_partition(img.read_partition(plat.disk, layout.find(img.PART_BOOTCTL)))
-    tpm = plat.open_tpm() if plat.config.get("fuses") == "tpm" else None
-    try:
-        fuses = plat.fuses(tpm)
+    if plat.config.get("fuses") == "tpm":
+        with plat.attached_tpm() as tpm:
+            fuses = plat.fuses(tpm)
+            key_hash, counter = fuses.key_hash(), fuses.counter()
+    else:
+        fuses = plat.fuses(None)
         key_hash, counter = fuses.key_hash(), fuses.counter()
-    finally:
-        if tpm is not None:
-            tpm.close()
     last = plat.load(chain.REPORT_FILE)
     doc: dict[str, Any] = {
         "device": args.device,
@@ -95,15 +119,24 @@ def _inspect(args: argparse.Namespace) -> int:
         "last_boot": strict_json.loads(last, what="boot.json") if last else None,
     }
     text = [
-        f"device {args.device} ({doc['config'].get('tpm')} TPM)",
-        f"  fuses: key hash {doc['fuses']['key_hash']}, counter {doc['fuses']['counter']}",
+        f"device {args.device} ({doc['config'].get('tpm', '-')} TPM)",
+        f"  fuses: key hash {doc['fuses']['key_hash'] or '-'}, counter {doc['fuses']['counter']}",
         f"  boot control: active {doc['boot_control']['active']}",
     ]
     for name, s in doc["boot_control"]["slots"].items():
-        text.append(f"    slot {name}: {s}")
+        flags = [w for w in ("successful", "unbootable") if s[w]]
+        text.append(
+            f"    slot {name}: priority {s['priority']}, {s['tries_left']} tries left"
+            + "".join(f", {w}" for w in flags)
+        )
     if doc["last_boot"]:
         lb = doc["last_boot"]
-        text.append(f"  last boot: slot {lb['slot']} reached {lb['reached']} error {lb['error']}")
+        text.append(
+            f"  last boot: slot {lb.get('slot') or '-'} reached {lb.get('reached') or '-'}"
+            + (f", failed: {lb['error']}" if lb.get("error") else "")
+        )
+    else:
+        text.append("  last boot: none yet")
     emit(args, "\n".join(text), doc)
     return 0
 
@@ -133,7 +166,8 @@ def _eventlog(args: argparse.Namespace) -> int:
     ]
     lines += [f"replay sha256:{k:<2} {v}" for k, v in data["replay"].items()]
     if args.check:
-        lines.append(f"TPM PCRs equal the replay: {data['tpm_matches']}")
+        same = "yes" if data["tpm_matches"] else "NO: the event log does not explain the PCRs"
+        lines.append(f"TPM PCRs equal the replay: {same}")
     emit(args, "\n".join(lines), data)
     return 0 if not args.check or data["tpm_matches"] else 2
 
@@ -141,11 +175,8 @@ def _eventlog(args: argparse.Namespace) -> int:
 def _check_tpm(folder: Path, pcrs: dict[int, bytes]) -> bool:
     from bastion.tpm.base import HashAlg, PcrSelection
 
-    tpm = SimPlatform(folder).open_tpm()
-    try:
+    with SimPlatform(folder).attached_tpm() as tpm:  # software or swtpm, as booted
         actual = tpm.pcr_read(PcrSelection(HashAlg.SHA256, tuple(sorted(pcrs))))
-    finally:
-        tpm.close()
     return all(actual[i] == v for i, v in pcrs.items())
 
 
@@ -172,6 +203,7 @@ def register(subparsers: Any) -> None:
         help="log-and-continue for a feature (repeatable): loader-signature, unit-signature, "
         "rollback, module-signatures, verity-signature, verity",
     )
+    add_passphrase_flag(c)
     add_json_flag(c)
     c.set_defaults(func=_create)
 

@@ -1,7 +1,8 @@
 """``bastion device provision|list|show|revoke``: enrol a device; operators manage devices.
 
 ``provision DEV --server URL --provisioning-key FILE`` runs the TPM-bound enrolment from
-the device (docs/provisioning.md) with the TPM given by ``--tpm`` (default: the software
+the device (docs/provisioning.md) with the TPM given by ``--tpm`` (default: a sim
+device's own TPM, the one that measured its boot, software or swtpm; else the software
 TPM in ``DEV/tpm.state``), stores the identity in the folder DEV (``identity.json``
 0600, ``device.pem``) and deletes the provisioning key file. ``list``, ``show`` and
 ``revoke`` are operator commands against ``/v1/fleets/{fleet}/devices`` (token from
@@ -11,11 +12,16 @@ TPM in ``DEV/tpm.state``), stores the identity in the folder DEV (``identity.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bastion.cli import _fleet_http as api
-from bastion.cli._common import add_json_flag, add_tpm_flag, emit
+from bastion.cli._common import add_json_flag, add_tpm_flag, emit, text_value
+
+if TYPE_CHECKING:
+    from bastion.tpm.base import Tpm
 
 
 def register(subparsers: Any) -> None:
@@ -63,25 +69,24 @@ def _provision(args: argparse.Namespace) -> int:
     import httpx
 
     from bastion.device.provision import provision_from_files
-    from bastion.tpm.uri import open_tpm
 
     dev: Path = args.dev
     dev.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tpm = open_tpm(args.tpm, default_state_dir=dev)
     url = api.device_server_url(args)
-    try:
-        with httpx.Client(base_url=url, timeout=30.0, verify=api.verify_setting(args)) as http:
-            identity = provision_from_files(
-                tpm,
-                server_url=url,
-                key_file=args.provisioning_key,
-                serial=args.serial or dev.resolve().name,
-                state_dir=dev,
-                http=http,
-                fleet_id=args.fleet,
-            )
-    finally:
-        tpm.close()
+    verify = api.verify_setting(args)
+    with (
+        _device_tpm(dev, args.tpm) as tpm,
+        httpx.Client(base_url=url, timeout=30.0, verify=verify) as http,
+    ):
+        identity = provision_from_files(
+            tpm,
+            server_url=url,
+            key_file=args.provisioning_key,
+            serial=args.serial or dev.resolve().name,
+            state_dir=dev,
+            http=http,
+            fleet_id=args.fleet,
+        )
     emit(
         args,
         f"enrolled device {identity.device_id} in fleet {identity.fleet_id}; identity in "
@@ -91,8 +96,31 @@ def _provision(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _device_tpm(dev: Path, spec: str | None) -> Iterator[Tpm]:
+    """``--tpm`` when given; else a sim device's own TPM (the one that measured its
+    boot: software or swtpm, from DEV/device.json); else the software TPM in DEV."""
+    from bastion.device.platform import DEVICE_FILE, SimPlatform
+    from bastion.tpm.uri import open_tpm
+
+    if not spec and (dev / DEVICE_FILE).exists():
+        with SimPlatform(dev).attached_tpm() as tpm:
+            yield tpm
+        return
+    tpm = open_tpm(spec, default_state_dir=dev)
+    try:
+        yield tpm
+    finally:
+        tpm.close()
+
+
 def _line(d: dict[str, Any]) -> str:
-    return f"{d['id']}  {d['status']:<8} {d['serial']:<24} last seen {d.get('last_seen_at') or '-'}"
+    trust = d.get("ek_trust") or "-"
+    flag = "  (DEVELOPMENT: no TPM hardware proof)" if trust == "any" else ""
+    return (
+        f"{d['id']}  {d['status']:<8} {d['serial']:<24} ek {trust:<10} "
+        f"last seen {d.get('last_seen_at') or '-'}{flag}"
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -106,7 +134,7 @@ def _show(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         fleet = api.fleet_id(http, args.fleet)
         device = http.call("GET", f"/v1/fleets/{fleet}/devices/{args.device_id}")
-    text = "\n".join(f"{k}: {v}" for k, v in device.items() if k != "certificate")
+    text = "\n".join(f"{k}: {text_value(v)}" for k, v in device.items() if k != "certificate")
     emit(args, text, device)
     return 0
 

@@ -1,4 +1,5 @@
-"""``bastion fleet``: fleets (create, list) and who holds which role in them."""
+"""``bastion fleet``: fleets (create, list) and who holds which role in them; EK trust
+(``ek-policy``, ``ek-ca``, ``ek-deny``) lives in :mod:`bastion.cli._fleet_ektrust`."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def register(subparsers: Any) -> None:
     create = sub.add_parser("create", help="create a fleet in an organisation you own")
     create.add_argument("name")
     create.add_argument("--org", help="organisation name or id (default: your only one)")
+    create.add_argument(
+        "--ek-policy",
+        choices=("certified", "allow-list", "any"),
+        default="certified",
+        help="how enrolment proves TPM hardware: certified (default), allow-list, "
+        "or any (DEVELOPMENT only: software TPMs enrol)",
+    )
     _client_flags(create)
     create.set_defaults(func=_create)
     ls = sub.add_parser("list", help="fleets you hold a role in")
@@ -32,6 +40,9 @@ def register(subparsers: Any) -> None:
     grant.add_argument("role", choices=("viewer", "operator", "admin", "owner"))
     _client_flags(grant)
     grant.set_defaults(func=_grant)
+    from bastion.cli import _fleet_ektrust
+
+    _fleet_ektrust.register(sub)
 
 
 def _api(args: argparse.Namespace) -> Any:
@@ -43,8 +54,13 @@ def _api(args: argparse.Namespace) -> Any:
 def _create(args: argparse.Namespace) -> int:
     with _api(args) as api:
         org = api.resolve_org(args.org)
-        fleet = api.call("POST", f"/v1/orgs/{org['id']}/fleets", {"name": args.name})
-    emit(args, f"fleet {org['name']}/{fleet['name']} created (id {fleet['id']})", fleet)
+        fleet = api.call(
+            "POST", f"/v1/orgs/{org['id']}/fleets", {"name": args.name, "ek_policy": args.ek_policy}
+        )
+    text = f"fleet {org['name']}/{fleet['name']} created (id {fleet['id']})"
+    if fleet.get("warning"):
+        text += f"\n  !! {fleet['warning']}"
+    emit(args, text, fleet)
     return 0
 
 
@@ -53,11 +69,17 @@ def _list(args: argparse.Namespace) -> int:
         fleets = api.call("GET", "/v1/fleets")
         orgs = {o["id"]: o["name"] for o in api.call("GET", "/v1/orgs")}
     lines = [
-        f"{f['id']}  {orgs.get(f['org_id'], f['org_id'])}/{f['name']:<24} {f['role']}"
+        f"{f['id']}  {orgs.get(f['org_id'], f['org_id'])}/{f['name']:<24} {f['role']:<8} {_ek(f)}"
         for f in fleets
     ]
     emit(args, "\n".join(lines) or "no fleets", fleets)
     return 0
+
+
+def _ek(fleet: dict[str, Any]) -> str:
+    from bastion.cli._fleet_ektrust import policy_text
+
+    return policy_text(str(fleet.get("ek_policy", "certified")), fleet.get("warning"))
 
 
 def _grant(args: argparse.Namespace) -> int:

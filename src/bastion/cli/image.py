@@ -12,20 +12,27 @@ from typing import Any
 
 from bastion.build import image as img
 from bastion.build.fs import FsType
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
 from bastion.errors import ConfigError, FormatError
 from bastion.formats import bootunit as bu
 from bastion.io.files import read_bounded
 from bastion.limits import BOOT_CONTAINER_MAX_SIZE
+from bastion.trust.keys import PassphraseCallback
 from bastion.trust.keyset import KeySet
 from bastion.trust.signer import SignatureScheme
 
 
-def load_image_keys(folder: str) -> img.ImageKeys:
-    """The signers of a product key set folder."""
-    ks = KeySet.load(folder)
+def load_image_keys(folder: str, passphrase: PassphraseCallback | None = None) -> img.ImageKeys:
+    """The signers of a product key set folder: online keys only.
+
+    The platform root key signed the bootloader statement at ``keys init``; only a key
+    set made before that statement existed still needs the platform root private key.
+    """
+    ks = KeySet.load(folder, passphrase)
+    loader = ks.statement("loader")
     return img.ImageKeys(
-        platform_root=ks.signer("platform-root"),
+        platform_root=ks.verifier("platform-root") if loader else ks.signer("platform-root"),
+        loader_statement=loader,
         boot=ks.signer("boot"),
         image=ks.signer("image"),
         verity=ks.signer("verity", scheme=SignatureScheme.RSA_PKCS1V15_SHA256),
@@ -45,6 +52,20 @@ def load_image_trust(folder: str) -> img.ImageTrust:
         verity_cert=ks.certificate("verity"),
         module_cert=ks.certificate("module"),
     )
+
+
+_UNITS = {"B": 1, "K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}
+
+
+def size_arg(text: str) -> int:
+    """A size in bytes from ``N`` (MiB), ``NB``, ``NK``, ``NM`` or ``NG`` (binary units)."""
+    value = text.strip().upper().removesuffix("IB")
+    unit = _UNITS["M"]
+    if value[-1:] in _UNITS:
+        unit, value = _UNITS[value[-1]], value[:-1]
+    if not value.isdigit() or len(value) > 15:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (N MiB, or NB, NK, NM, NG)")
+    return int(value) * unit
 
 
 def _read(path: str, what: str) -> bytes:
@@ -72,11 +93,12 @@ def _build(args: argparse.Namespace) -> int:
         version=args.version,
         security_version=args.security_version,
         fs=fs,
-        data_size=args.data_size * 1024 * 1024,
-        root_size=args.root_size * 1024 * 1024 if args.root_size else None,
+        data_size=args.data_size,
+        root_size=args.root_size,
         epoch=args.epoch,
     )
-    built = img.build_image(spec, load_image_keys(args.keys), Path(args.output))
+    keys = load_image_keys(args.keys, passphrase_source(args, args.keys))
+    built = img.build_image(spec, keys, Path(args.output))
     data = dict(built.metadata, path=str(built.path), signature=str(built.path) + ".sig")
     emit(
         args,
@@ -177,16 +199,32 @@ def register(subparsers: Any) -> None:
     b.add_argument("--rootfs", required=True, metavar="DIR")
     b.add_argument("--kernel", required=True, metavar="FILE")
     b.add_argument("--initrd", metavar="FILE")
-    b.add_argument("--cmdline", metavar="TEXT")
+    b.add_argument(
+        "--cmdline",
+        metavar="TEXT",
+        help="extra kernel command line (roothash=, root=, bastion.* ... are set by bastion)",
+    )
     b.add_argument("--modules", metavar="DIR", help="*.ko files, signed with the module key")
     b.add_argument("--version", required=True)
     b.add_argument("--security-version", type=int, required=True, metavar="N")
     b.add_argument("--keys", required=True, metavar="DIR", help="from `bastion keys init`")
     b.add_argument("--fs", default="ext4", help="ext4 (default), squashfs or erofs")
-    b.add_argument("--data-size", type=int, default=64, metavar="MIB")
-    b.add_argument("--root-size", type=int, metavar="MIB", help="slot capacity")
+    b.add_argument(
+        "--data-size",
+        type=size_arg,
+        default=img.DEFAULT_DATA_SIZE,
+        metavar="SIZE",
+        help="data partition: N MiB, or with a unit B, K, M, G (default 64; at least 17M)",
+    )
+    b.add_argument(
+        "--root-size",
+        type=size_arg,
+        metavar="SIZE",
+        help="root slot capacity (multiple of 4K; default: the root filesystem's size)",
+    )
     b.add_argument("--epoch", type=int, default=0, help="timestamp of every file (reproducible)")
     b.add_argument("-o", "--output", required=True, metavar="disk.img")
+    add_passphrase_flag(b)
     add_json_flag(b)
     b.set_defaults(func=_build)
 

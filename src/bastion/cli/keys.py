@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import TPM_HELP, add_json_flag, emit
+from bastion.cli._common import TPM_HELP, add_json_flag, emit, passphrase_source
 from bastion.errors import ConfigError, ConflictError
 from bastion.formats.efivars import EfiTime
 from bastion.io.files import atomic_write, read_bounded
@@ -48,6 +48,7 @@ def _summary(ks: KeySet) -> dict[str, Any]:
         "platform_root_hash": ks.platform_root_hash().hex(),
         "keys": [e.to_json() for e in ks.entries],
         "keep_offline": ks.offline_files(),
+        "statements": ks.statements,
     }
 
 
@@ -67,6 +68,11 @@ def _text(ks: KeySet, verb: str) -> str:
         "KEEP OFFLINE (move to offline storage, then delete here): "
         + ", ".join(str(ks.folder / f) for f in ks.offline_files())
     )
+    if ks.statements:
+        lines.append(
+            "signed by the platform root for builds and devices (so they never need it): "
+            + ", ".join(ks.statements.values())
+        )
     return "\n".join(lines)
 
 
@@ -186,8 +192,9 @@ def _generate(args: argparse.Namespace) -> int:
 def _id(args: argparse.Namespace) -> int:
     data = read_bounded(args.file, KEY_FILE_MAX_SIZE, "key file")
     if b"PRIVATE KEY" in data:
+        source = passphrase_source(args, args.file) if b"ENCRYPTED" in data else None
         public = load_private_key_pem(
-            data, _passphrase(args.passphrase_env), what=args.file
+            data, source() if source else None, what=args.file
         ).public_key()
     else:
         public = load_public_key(data, what=args.file)

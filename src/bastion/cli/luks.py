@@ -2,7 +2,8 @@
 
 ``format``, ``dump`` (``--dump-volume-key``), ``open-test``, ``add-key`` (also
 ``--recovery-key``), ``remove-key``, ``repair``, ``token-import``/``token-export``, and
-``enroll-tpm`` (a ``systemd-tpm2`` token sealed through ``--tpm``). DEVICE is a file or a
+``enroll-tpm`` (a ``systemd-tpm2`` token sealed through ``--tpm``; with ``--public-key``
+to a signed PCR policy, which ``open-test --token-only --signature`` unlocks). DEVICE is a file or a
 block device; ``--offset``/``--size`` select a byte range inside a disk image.
 """
 
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from bastion import limits
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit
-from bastion.errors import ConfigError
+from bastion.errors import AuthError, ConfigError, FormatError
 from bastion.formats import strict_json
-from bastion.formats.luks2 import Argon2Params, KdfType, Pbkdf2Params
+from bastion.formats.luks2 import AnyKdf, KdfType
+from bastion.formats.signatures import PROBE_SIZE
+from bastion.formats.signatures import probe as probe_signatures
 from bastion.io.files import read_bounded
 from bastion.storage.luks2_volume import (
     DEFAULT_ITER_TIME_MS,
@@ -24,6 +28,8 @@ from bastion.storage.luks2_volume import (
     FileRange,
     KdfSpec,
     Luks2Volume,
+    existing_content,
+    read_header,
 )
 from bastion.storage.recovery import enroll_recovery_key, unlock_recovery_key
 from bastion.tpm.uri import open_tpm
@@ -45,6 +51,15 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset", type=_size, default=0, help="byte offset of the volume in DEVICE")
     p.add_argument("--size", type=_size, default=None, help="byte size of the volume in DEVICE")
     add_json_flag(p)
+
+
+def _batch_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-q",
+        "--batch-mode",
+        action="store_true",
+        help="do not ask before overwriting a LUKS header, filesystem or other signature",
+    )
 
 
 def _kdf_args(p: argparse.ArgumentParser) -> None:
@@ -97,10 +112,13 @@ def _unlock(vol: Luks2Volume, args: argparse.Namespace) -> int:
         return unlock_recovery_key(vol, text)
     if not getattr(args, "key_file", None):
         raise ConfigError("--key-file is required to unlock the volume")
-    return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
+    try:
+        return vol.unlock_passphrase(_read_key(args.key_file), keyslot=args.key_slot)
+    except AuthError as exc:  # name the volume and the key file
+        raise AuthError(f"{args.device}: {exc} (key file {args.key_file})") from exc
 
 
-def _kdf_json(kdf: Pbkdf2Params | Argon2Params) -> dict[str, Any]:
+def _kdf_json(kdf: AnyKdf) -> dict[str, Any]:
     out = kdf.to_json()
     out.pop("salt", None)
     return out
@@ -108,7 +126,15 @@ def _kdf_json(kdf: Pbkdf2Params | Argon2Params) -> dict[str, Any]:
 
 def _describe(vol: Luks2Volume) -> dict[str, Any]:
     m = vol.metadata
-    seg = vol.segment
+    seg_id = min(m.segments)
+    seg = m.segments[seg_id]
+    data_size: int | None = None
+    problem: str | None = None
+    try:
+        data_size = vol.data_size
+    except FormatError as exc:
+        problem = str(exc)
+    bound = {k for dg in m.digests.values() if seg_id in dg.segments for k in dg.keyslots}
     return {
         "uuid": vol.uuid,
         "label": vol.label,
@@ -123,7 +149,9 @@ def _describe(vol: Luks2Volume) -> dict[str, Any]:
             "cipher": seg.encryption,
             "sector_size": seg.sector_size,
             "iv_tweak": seg.iv_tweak,
-            "data_size": vol.data_size,
+            "data_size": data_size,
+            "type": seg.type,
+            "unsupported": problem,
         },
         "keyslots": {
             str(n): {
@@ -132,6 +160,8 @@ def _describe(vol: Luks2Volume) -> dict[str, Any]:
                 "kdf": _kdf_json(ks.kdf),
                 "area_offset": ks.area_offset,
                 "area_size": ks.area_size,
+                "bound": n in bound,
+                "unusable": ks.unusable,
             }
             for n, ks in sorted(m.keyslots.items())
         },
@@ -152,8 +182,13 @@ def _text(desc: dict[str, Any]) -> str:
         f"sector {desc['segment']['sector_size']}, {desc['segment']['data_size']} bytes",
         "Keyslots:",
     ]
+    if desc["segment"]["unsupported"]:
+        lines.append(f"  not usable by bastion: {desc['segment']['unsupported']}")
     for n, ks in desc["keyslots"].items():
-        lines.append(f"  {n}: {ks['key_bits']} bits, {json.dumps(ks['kdf'], sort_keys=True)}")
+        note = "" if ks["bound"] else " (unbound)"
+        note += f" (unusable: {ks['unusable']})" if ks["unusable"] else ""
+        kdf = json.dumps(ks["kdf"], sort_keys=True)
+        lines.append(f"  {n}: {ks['key_bits']} bits, {kdf}{note}")
     lines.append("Tokens:")
     for n, tk in desc["tokens"].items():
         lines.append(f"  {n}: {tk['type']} (keyslots {', '.join(tk['keyslots']) or '-'})")
@@ -165,11 +200,32 @@ def _text(desc: dict[str, Any]) -> str:
 # --- handlers -------------------------------------------------------------------------------
 
 
+def _confirm(args: argparse.Namespace, found: tuple[str, ...], action: str) -> None:
+    """cryptsetup's YES dialog before writing over ``found`` (skipped by --batch-mode)."""
+    if not found or args.batch_mode:
+        return
+    what = f"{args.device} contains {', '.join(found)}"
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"{what}; {action} would overwrite it and there is no terminal to confirm: "
+            "pass --batch-mode to overwrite"
+        )
+    sys.stderr.write(
+        f"WARNING: {what}.\nThis will overwrite data on {args.device} irrevocably.\n"
+        "Are you sure? (Type 'yes' in capital letters): "
+    )
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != "YES":
+        raise ConfigError(f"{action} of {args.device} aborted: the answer was not YES")
+
+
 def _format(args: argparse.Namespace) -> int:
     passphrase = _read_key(args.key_file)
     vk = _read_key(args.volume_key_file, "volume key file") if args.volume_key_file else None
+    storage = _storage(args)
+    _confirm(args, existing_content(storage), "format")
     vol = Luks2Volume.format(
-        _storage(args),
+        storage,
         passphrase,
         kdf=_kdf(args),
         sector_size=args.sector_size,
@@ -201,9 +257,10 @@ def _open_test(args: argparse.Namespace) -> int:
     if args.token_only:
         from bastion.storage.sealed import unlock_with_token
 
+        signature = _read_signature(args)
         tpm = open_tpm(args.tpm)
         try:
-            slot = unlock_with_token(vol, tpm, token_id=args.token_id)
+            slot = unlock_with_token(vol, tpm, token_id=args.token_id, pcr_signature=signature)
         finally:
             tpm.close()
     else:
@@ -242,7 +299,11 @@ def _remove_key(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    vol = _open(args, writable=True)
+    storage = _storage(args)
+    foreign = probe_signatures(storage.read(0, min(PROBE_SIZE, storage.size)))
+    vol = Luks2Volume(storage, read_header(storage, repair=True))
+    if vol.stale_copy is not None:
+        _confirm(args, foreign, "repair")
     before = vol.header_status
     stale = vol.stale_copy
     if stale is not None:
@@ -275,26 +336,59 @@ def _token_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_signature(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "signature", None)
+    return read_bounded(path, limits.PCRSIG_MAX_SIZE, "PCR signature") if path else None
+
+
 def _enroll_tpm(args: argparse.Namespace) -> int:
-    from bastion.storage.sealed import enroll_tpm, parse_pcr_list
+    from bastion.storage.sealed import (
+        SIGNED_LITERAL_PCRS,
+        enroll_tpm,
+        enroll_tpm_signed,
+        parse_pcr_list,
+    )
 
     vol = _open(args, writable=True)
     _unlock(vol, args)
+    signature = _read_signature(args)
+    if signature is not None and not args.public_key:
+        raise ConfigError("--signature checks a signed-policy enrolment: give --public-key too")
     tpm = open_tpm(args.tpm)
     try:
-        result = enroll_tpm(vol, tpm, pcrs=parse_pcr_list(args.tpm2_pcrs), bank=args.tpm2_pcr_bank)
+        if args.public_key:
+            literal = (
+                SIGNED_LITERAL_PCRS
+                if args.tpm2_pcrs is None
+                else parse_pcr_list(args.tpm2_pcrs, allow_empty=True)
+            )
+            if args.tpm2_pcr_bank != "sha256":
+                raise ConfigError("signed PCR policies use the sha256 bank")
+            result = enroll_tpm_signed(
+                vol,
+                tpm,
+                read_bounded(args.public_key, limits.TPM2_PUBKEY_MAX_SIZE, "PCR public key"),
+                pubkey_pcrs=parse_pcr_list(args.public_key_pcrs),
+                pcrs=literal,
+                pcr_signature=signature,
+            )
+        else:
+            pcrs = parse_pcr_list(args.tpm2_pcrs if args.tpm2_pcrs is not None else "7+15")
+            result = enroll_tpm(vol, tpm, pcrs=pcrs, bank=args.tpm2_pcr_bank)
     finally:
         tpm.close()
+    signed = f", signed PCRs {'+'.join(map(str, result.pubkey_pcrs))}" if result.pubkey_pcrs else ""
     emit(
         args,
         f"TPM2 token {result.token} enrolled as keyslot {result.keyslot} "
-        f"(PCRs {'+'.join(str(p) for p in result.pcrs)})",
+        f"(PCRs {'+'.join(str(p) for p in result.pcrs) or 'none'}{signed})",
         {
             "keyslot": result.keyslot,
             "token": result.token,
             "pcrs": list(result.pcrs),
             "pcr_bank": result.bank.value,
             "policy_hash": result.policy_hash.hex(),
+            "pubkey_pcrs": list(result.pubkey_pcrs),
         },
     )
     return 0
@@ -350,6 +444,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label", default="")
     p.add_argument("--subsystem", default="")
     p.add_argument("--uuid", default=None)
+    _batch_flag(p)
     p.set_defaults(func=_format)
 
     p = sub.add_parser("dump", help="show the header (cryptsetup luksDump)")
@@ -368,6 +463,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-slot", type=int, default=None)
     p.add_argument("--token-only", action="store_true", help="unlock through a systemd-tpm2 token")
     p.add_argument("--token-id", type=int, default=None)
+    p.add_argument(
+        "--signature",
+        "--tpm2-signature",
+        default=None,
+        metavar="FILE",
+        help="the .pcrsig (tpm2-pcr-signature.json) for a signed-policy token",
+    )
     p.set_defaults(func=_open_test)
 
     p = sub.add_parser("add-key", help="add a keyslot (cryptsetup luksAddKey)")
@@ -392,6 +494,7 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("repair", help="rewrite a damaged or stale header copy")
     _device_args(p)
+    _batch_flag(p)
     p.set_defaults(func=_repair)
 
     p = sub.add_parser("token-import", help="store a JSON token (cryptsetup token import)")
@@ -411,8 +514,33 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-file", default=None, help="an existing passphrase")
     p.add_argument("--recovery-key-file", default=None)
     p.add_argument("--key-slot", type=int, default=None)
-    p.add_argument("--tpm2-pcrs", default="7+15", help="PCRs to bind, e.g. 7+15 (the default)")
+    p.add_argument(
+        "--tpm2-pcrs",
+        default=None,
+        help="PCRs bound by value, e.g. 7+15 (default 7+15; 7 with --public-key; '' for none)",
+    )
     p.add_argument("--tpm2-pcr-bank", default="sha256", choices=["sha1", "sha256", "sha384"])
+    p.add_argument(
+        "--public-key",
+        "--tpm2-public-key",
+        default=None,
+        metavar="PEM",
+        help="seal to a signed PCR policy by this RSA key (systemd-measure's signing key)",
+    )
+    p.add_argument(
+        "--public-key-pcrs",
+        "--tpm2-public-key-pcrs",
+        default="11",
+        metavar="PCRS",
+        help="PCRs covered by the signed policy (default 11)",
+    )
+    p.add_argument(
+        "--signature",
+        "--tpm2-signature",
+        default=None,
+        metavar="FILE",
+        help="a .pcrsig for the current PCRs: check that the enrolment unlocks now",
+    )
     p.set_defaults(func=_enroll_tpm)
 
     p = sub.add_parser("lock", help="extend PCR 15 after unlocking: TPM tokens stay sealed")

@@ -14,8 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bastion.cli._common import add_json_flag, emit
-from bastion.cli.sign import passphrase_prompt
+from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
 from bastion.errors import ConfigError
 from bastion.formats.modsig import HASH_OIDS, sign_module, verify_module
 from bastion.io.files import atomic_write, read_bounded
@@ -53,7 +52,7 @@ def _sign(args: argparse.Namespace) -> int:
     cert = _cert(args.cert)
     signer = open_signer(
         args.key,
-        passphrase=passphrase_prompt(args.key),
+        passphrase=passphrase_source(args, args.key),
         scheme=_scheme(cert, args.hash),
     )
     module = read_bounded(args.module, MODULE_MAX_SIZE, "module")
@@ -113,6 +112,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("module", metavar="MODULE")
     p.add_argument("-o", "--output", metavar="OUT", help="write here instead of in place")
+    add_passphrase_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_sign)
 

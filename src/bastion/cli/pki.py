@@ -15,8 +15,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from bastion.cli._common import add_json_flag, emit
-from bastion.cli.sign import passphrase_prompt
+from bastion.cli._common import (
+    about_file,
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    passphrase_source,
+)
 from bastion.errors import BastionError, ConfigError, NotFoundError, VerificationError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_CHAIN_MAX_DEPTH, CERT_MAX_SIZE, JSON_MAX_SIZE
@@ -30,13 +35,13 @@ PEM = serialization.Encoding.PEM
 def _ca(args: argparse.Namespace) -> pki.CertificateAuthority:
     if args.keyset:
         return KeySet.load(
-            args.keyset, passphrase=passphrase_prompt(args.keyset)
+            args.keyset, passphrase=passphrase_source(args, args.keyset)
         ).certificate_authority(args.ca_role)
     if not (args.ca_key and args.ca_cert):
         raise ConfigError("give --keyset DIR, or both --ca-key URI and --ca-cert PEM")
     cert = pki.load_certificates(read_bounded(args.ca_cert, CERT_MAX_SIZE, "CA certificate"))[0]
     return pki.CertificateAuthority(
-        open_signer(args.ca_key, passphrase=passphrase_prompt(args.ca_key)), cert
+        open_signer(args.ca_key, passphrase=passphrase_source(args, args.ca_key)), cert
     )
 
 
@@ -45,6 +50,7 @@ def _add_ca(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ca-role", default="fleet-ca", choices=["fleet-ca", "fleet-root-ca"])
     p.add_argument("--ca-key", metavar="URI", help="CA private key URI")
     p.add_argument("--ca-cert", metavar="PEM", help="CA certificate")
+    add_passphrase_flag(p)
 
 
 def _issue(args: argparse.Namespace) -> int:
@@ -140,14 +146,20 @@ def _verify(args: argparse.Namespace) -> int:
         else None
     )
     if len(args.cert) == 1:  # one certificate: its error is the command's error line
-        chain = pki.verify_chain(
-            certs(args.cert[0])[0],
-            roots=roots,
-            intermediates=untrusted,
-            usage=args.usage,
-            server_name=args.server_name,
-            crls=crls,
-        )
+        try:
+            chain = pki.verify_chain(
+                certs(args.cert[0])[0],
+                roots=roots,
+                intermediates=untrusted,
+                usage=args.usage,
+                server_name=args.server_name,
+                crls=crls,
+            )
+        except BastionError as exc:
+            named = about_file(exc, args.cert[0])
+            if named is exc:
+                raise
+            raise named from exc
         subjects = [c.subject.rfc4514_string() for c in chain.chain]
         emit(
             args,
@@ -171,6 +183,11 @@ def _verify(args: argparse.Namespace) -> int:
             results.append({"cert": path, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
     failed = [r for r in results if not r["ok"]]
     lines = [f"{r['cert']}: OK" if r["ok"] else f"{r['cert']}: {r['error']}" for r in results]
+    if failed and args.json:  # one JSON document: main's error object names each failure
+        raise VerificationError(
+            f"{len(failed)} of {len(results)} certificates do not verify: "
+            + "; ".join(f"{r['cert']}: {r['error']}" for r in failed)
+        )
     emit(args, "\n".join(lines), {"results": results, "usage": args.usage})
     if failed:
         raise VerificationError(f"{len(failed)} of {len(results)} certificates do not verify")

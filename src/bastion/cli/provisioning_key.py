@@ -1,7 +1,9 @@
 """``bastion provisioning-key create|list|revoke``: keys that can do nothing but enrol.
 
 ``create --fleet F`` makes a key (default: 1 hour, 1 use) and writes it, shown once,
-to ``--out FILE`` (mode 0600) or prints it. Options: ``--ttl`` (e.g. 30m, 2h, 7d),
+to ``--out FILE`` (mode 0600) or prints it. No live key is left that nobody saw: the
+output path is probed before the key is made, and if writing it still fails the key
+is revoked at once. Options: ``--ttl`` (e.g. 30m, 2h, 7d),
 ``--uses``, ``--rate`` (enrolment attempts per minute, 0 = unlimited),
 ``--allow-serial`` and ``--allow-ek-hash`` (repeatable allow-lists).
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bastion.cli import _fleet_http as api
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, emit, text_value
 from bastion.errors import ConfigError
 from bastion.io.files import atomic_write
 
@@ -66,6 +68,7 @@ def register(subparsers: Any) -> None:
     rv.add_argument("key_id", metavar="KEY_ID")
     rv.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
     api.add_server_flags(rv)
+    add_json_flag(rv)
     rv.set_defaults(func=_revoke)
 
 
@@ -78,28 +81,60 @@ def _create(args: argparse.Namespace) -> int:
         "allow_serials": args.allow_serial,
         "allow_ek_hashes": [h.lower() for h in args.allow_ek_hash],
     }
+    if args.out:
+        _check_writable(args.out)  # before any key exists
     with api.operator(args) as http:
         fleet = api.fleet_id(http, args.fleet)
         created = http.call("POST", f"/v1/fleets/{fleet}/provisioning-keys", body)
-    key = created.pop("key")
+        key = created.pop("key")
+        if args.out:
+            try:
+                atomic_write(args.out, (key + "\n").encode(), mode=0o600)
+            except BaseException as exc:
+                # nobody has seen this key: it must not stay live
+                http.call("DELETE", f"/v1/fleets/{fleet}/provisioning-keys/{created['id']}")
+                raise ConfigError(
+                    f"could not write the provisioning key to {str(args.out)!r} ({exc}); "
+                    f"key {created['id']} was revoked"
+                ) from exc
     if args.out:
-        atomic_write(args.out, (key + "\n").encode(), mode=0o600)
         text = (
             f"provisioning key {created['id']} written to {args.out} "
-            f"(expires {created['expires_at']})"
+            f"(expires {text_value(created.get('expires_at'))})"
         )
     else:
-        text = f"{key}\n(shown once; expires {created['expires_at']}, {created['max_uses']} use(s))"
+        uses = "unlimited" if created.get("max_uses") is None else created["max_uses"]
+        text = (
+            f"{key}\n(shown once; expires {text_value(created.get('expires_at'))}, {uses} use(s))"
+        )
         created["key"] = key
     emit(args, text, created)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """ConfigError unless a file can be written at ``path`` (probed with a temporary
+    file beside it, removed again)."""
+    import os
+    import tempfile
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"--out {str(path)!r} is a folder, not a file")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bastion-probe-", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(path)!r}: cannot write in {str(folder)!r}: {exc}") from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _list(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         keys = http.call("GET", f"/v1/fleets/{api.fleet_id(http, args.fleet)}/provisioning-keys")
     lines = [
-        f"{k['id']}  {k['prefix']}...  {k['uses']}/{k['max_uses']} uses  expires {k['expires_at']}"
+        f"{k['id']}  {k['prefix']}...  {k['uses']}/{text_value(k.get('max_uses'))} uses  "
+        f"expires {text_value(k.get('expires_at'))}"
         f"{'  REVOKED' if k['revoked'] else ''}"
         for k in keys
     ]
@@ -111,5 +146,5 @@ def _revoke(args: argparse.Namespace) -> int:
     with api.operator(args) as http:
         fleet = api.fleet_id(http, args.fleet)
         http.call("DELETE", f"/v1/fleets/{fleet}/provisioning-keys/{args.key_id}")
-    print(f"revoked provisioning key {args.key_id}")
+    emit(args, f"revoked provisioning key {args.key_id}", {"id": args.key_id, "revoked": True})
     return 0

@@ -3,10 +3,18 @@
 * ``bastion server [--data-dir DIR] [--listen HOST:PORT] [--database-url URL]
   [--tls-cert PEM --tls-key PEM [--client-ca PEM]]`` serves the API (uvicorn). Plain
   HTTP is refused on a non-loopback address.
-* ``bastion server audit verify`` checks the whole hash chain of the audit log and
-  prints the head hash (keep it somewhere else to detect a rewritten chain).
+* ``bastion server audit verify [--checkpoint FILE]`` checks the whole hash chain and
+  the MACs of the audit log (and that it still holds a checkpoint's entry).
+* ``bastion server audit checkpoint [--out FILE]`` exports the signed head for an auditor;
+  ``bastion server audit checkpoint-verify FILE --key KEY`` checks one offline.
+* ``bastion server sweep`` applies device log/event retention and quotas (for a timer).
+* ``bastion server init [--data-dir DIR] [--database-url URL]`` creates the data folder
+  (0700), the database (SQLite file 0600, migrated) and the secret key (0600) that seals
+  stored TOTP seeds. Nothing else creates a missing data folder from the CLI.
 * ``bastion server user add EMAIL [--password-file F]`` creates an operator account
-  directly in the database (the first account of a new server).
+  directly in the database (the first account of a new server). A missing data folder
+  is refused with a message naming it (run ``server init`` first), so a mistyped
+  ``--data-dir`` never silently starts a second, empty server.
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ def _db_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="URL",
         help="postgresql://user@host/db (default: SQLite file in the data folder)",
     )
+    parser.add_argument(
+        "--audit-key",
+        default=default,
+        metavar="URI",
+        help="audit key: file:PATH or tpm:BACKEND#KEYFILE (default: DATA_DIR/audit.key, HMAC)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -61,7 +75,38 @@ def register(subparsers: Any) -> None:
     verify = audit_sub.add_parser("verify", help="verify the audit hash chain")
     _db_flags(verify, suppress=True)
     add_json_flag(verify)
+    verify.add_argument(
+        "--checkpoint", type=Path, metavar="FILE", help="a checkpoint the chain must still hold"
+    )
     verify.set_defaults(func=_audit_verify)
+    cp = audit_sub.add_parser("checkpoint", help="export the signed chain head for an auditor")
+    _db_flags(cp, suppress=True)
+    cp.add_argument("--out", type=Path, metavar="FILE", help="write here (default: stdout)")
+    add_json_flag(cp)
+    cp.set_defaults(func=_audit_checkpoint)
+    cpv = audit_sub.add_parser(
+        "checkpoint-verify", help="check a checkpoint file offline (no database)"
+    )
+    cpv.add_argument("file", type=Path, metavar="FILE")
+    cpv.add_argument(
+        "--key",
+        required=True,
+        type=Path,
+        metavar="KEY",
+        help="the audit HMAC key file, or the Signer key's public key or certificate (PEM)",
+    )
+    add_json_flag(cpv)
+    cpv.set_defaults(func=_audit_checkpoint_verify)
+
+    sweep = sub.add_parser("sweep", help="apply device log/event retention and quotas")
+    _db_flags(sweep, suppress=True)
+    add_json_flag(sweep)
+    sweep.set_defaults(func=_sweep)
+
+    init = sub.add_parser("init", help="create the data folder, database and secret key")
+    _db_flags(init, suppress=True)
+    add_json_flag(init)
+    init.set_defaults(func=_init)
 
     user = sub.add_parser("user", help="operator accounts")
     user_sub = user.add_subparsers(dest="user_command", metavar="SUBCOMMAND", required=True)
@@ -94,6 +139,9 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
     url = getattr(args, "database_url", None)
     if url:
         values["database_url"] = url
+    audit_key = getattr(args, "audit_key", None)
+    if audit_key:
+        values["audit_key"] = audit_key
     try:
         return ServerSettings(**values)
     except ValidationError as exc:
@@ -119,33 +167,163 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_db(args: argparse.Namespace, *, create: bool = False) -> Any:
+def _open_db(args: argparse.Namespace, *, need_db: bool = True) -> Any:
+    """Settings and a migrated Database; never creates a missing data folder."""
     from bastion.server.db.engine import Database
+    from bastion.server.secretbox import load_secret_box
 
     settings = settings_from(args)
     if settings.database_url is None:
-        if not create and not (settings.data_dir / "bastion.db").exists():
+        if not settings.data_dir.is_dir():
+            raise ConfigError(
+                f"data folder {settings.data_dir} does not exist: create it with "
+                f"'bastion server init --data-dir {settings.data_dir}' or give --data-dir"
+            )
+        if need_db and not (settings.data_dir / "bastion.db").exists():
             raise ConfigError(f"no server database in {settings.data_dir} (give --data-dir)")
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = Database(settings.resolved_database_url())
-    db.upgrade()
+    try:
+        db.upgrade(secret_box=lambda: load_secret_box(settings.resolved_secret_key(), create=False))
+        from bastion.io.clock import SystemClock
+        from bastion.server.audit.keys import install_audit_key
+
+        # user add may make the first database of an initialised folder, and its audit key
+        install_audit_key(settings, db, SystemClock().now(), create=not need_db)
+    except BaseException:
+        db.dispose()
+        raise
     return settings, db
 
 
+def _init(args: argparse.Namespace) -> int:
+    from bastion.server.db.engine import Database, ensure_private_dir, redact
+    from bastion.server.secretbox import load_secret_box
+
+    settings = settings_from(args)
+    ensure_private_dir(settings.data_dir)
+    key_uri = settings.resolved_secret_key()
+    box = load_secret_box(key_uri, create=True)
+    db = Database(settings.resolved_database_url())
+    try:
+        db.upgrade(secret_box=lambda: box)
+        from bastion.io.clock import SystemClock
+        from bastion.server.audit.keys import install_audit_key
+
+        install_audit_key(settings, db, SystemClock().now(), create=True)
+    finally:
+        db.dispose()
+    url = redact(settings.resolved_database_url())
+    emit(
+        args,
+        f"server initialised: data folder {settings.data_dir}, database {url}, "
+        f"secret key {key_uri} (id {box.key_id})",
+        {
+            "data_dir": str(settings.data_dir),
+            "database": url,
+            "secret_key": key_uri,
+            "key_id": box.key_id,
+        },
+    )
+    return 0
+
+
 def _audit_verify(args: argparse.Namespace) -> int:
+    from bastion.server.audit.chain import verify_checkpoint
+    from bastion.server.audit.keys import session_key
     from bastion.server.audit.service import verify_chain
+
+    checkpoint_bytes = None
+    if args.checkpoint is not None:
+        checkpoint_bytes = read_bounded(
+            args.checkpoint, limits.AUDIT_CHECKPOINT_MAX_SIZE, "audit checkpoint"
+        )
+    _settings, db = _open_db(args)
+    try:
+        with db.session(write=False) as session:
+            checkpoint = None
+            if checkpoint_bytes is not None:
+                checkpoint = verify_checkpoint(checkpoint_bytes, session_key(session))
+            report = verify_chain(session, checkpoint)
+    finally:
+        db.dispose()
+    extra = f", holds checkpoint entry {report.checkpoint_seq}" if checkpoint else ""
+    emit(
+        args,
+        f"audit log intact: {report.entries} entries, head {report.head_hash}{extra}",
+        {
+            "ok": True,
+            "entries": report.entries,
+            "head": report.head_hash,
+            "server": report.server_id,
+            "key_id": report.key_id,
+            "checkpoint_seq": report.checkpoint_seq,
+        },
+    )
+    return 0
+
+
+def _checkpoint_json(cp: Any) -> dict[str, Any]:
+    return {
+        "server": cp.server,
+        "seq": cp.seq,
+        "hash": cp.hash,
+        "time": cp.time,
+        "alg": cp.alg,
+        "key_id": cp.key_id,
+    }
+
+
+def _audit_checkpoint(args: argparse.Namespace) -> int:
+    import sys
+
+    from bastion.io.clock import SystemClock
+    from bastion.io.files import atomic_write
+    from bastion.server.audit.service import checkpoint
 
     _settings, db = _open_db(args)
     try:
         with db.session(write=False) as session:
-            report = verify_chain(session)
+            cp = checkpoint(session, SystemClock().now())
     finally:
         db.dispose()
+    if args.out is None:
+        sys.stdout.write(cp.to_bytes().decode())
+        return 0
+    atomic_write(args.out, cp.to_bytes(), mode=0o644)
     emit(
         args,
-        f"audit log intact: {report.entries} entries, head {report.head_hash}",
-        {"ok": True, "entries": report.entries, "head": report.head_hash},
+        f"audit checkpoint: entry {cp.seq}, head {cp.hash}, at {cp.time} -> {args.out}",
+        _checkpoint_json(cp),
     )
+    return 0
+
+
+def _audit_checkpoint_verify(args: argparse.Namespace) -> int:
+    from bastion.server.audit.chain import verify_checkpoint
+    from bastion.server.audit.keys import open_audit_verifier
+
+    key = open_audit_verifier(args.key)
+    data = read_bounded(args.file, limits.AUDIT_CHECKPOINT_MAX_SIZE, "audit checkpoint")
+    cp = verify_checkpoint(data, key)
+    emit(
+        args,
+        f"checkpoint genuine: server {cp.server}, entry {cp.seq}, head {cp.hash}, at {cp.time}",
+        {"ok": True, **_checkpoint_json(cp)},
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from bastion.io.clock import SystemClock
+    from bastion.server.devices.service import RecordQuota, sweep_records
+
+    settings, db = _open_db(args)
+    try:
+        with db.session() as session:
+            removed = sweep_records(session, SystemClock().now(), RecordQuota.of(settings))
+    finally:
+        db.dispose()
+    emit(args, f"swept {removed} device log/event records", {"removed": removed})
     return 0
 
 
@@ -168,7 +346,7 @@ def _user_add(args: argparse.Namespace) -> int:
     password = read_password(args.password_file)
     if not password:
         raise FormatError("empty password")
-    settings, db = _open_db(args, create=True)
+    settings, db = _open_db(args, need_db=False)
     try:
         ctx = _cli_context(settings, db, SystemClock(), PasswordHasher)
         with db.session() as session:

@@ -11,13 +11,11 @@ terminal, from a prompt.
 from __future__ import annotations
 
 import argparse
-import getpass
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import add_json_flag, emit
+from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
 from bastion.errors import ConflictError, SignatureError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import ENVELOPE_MAX_SIZE
@@ -27,13 +25,11 @@ from bastion.trust.keys import load_verifier, open_signer
 
 def passphrase_prompt(uri: str) -> Callable[[], bytes] | None:
     """A getpass prompt when stdin is a terminal, else None (then the env var is needed)."""
-    if not sys.stdin.isatty():
-        return None
-    return lambda: getpass.getpass(f"passphrase for {uri}: ").encode()
+    return passphrase_source(argparse.Namespace(), uri)
 
 
 def _sign(args: argparse.Namespace) -> int:
-    signer = open_signer(args.key, passphrase=passphrase_prompt(args.key))
+    signer = open_signer(args.key, passphrase=passphrase_source(args, args.key))
     payload = read_bounded(args.input, ENVELOPE_MAX_SIZE, "payload")
     out = Path(args.output)
     if args.append:
@@ -69,9 +65,7 @@ def _verify(args: argparse.Namespace) -> int:
         "valid_keyids": list(result.valid_keyids),
         "failures": list(result.failures),
     }
-    if not result.ok:
-        if args.json:
-            emit(args, "", data)
+    if not result.ok:  # with --json, main prints the error object
         raise SignatureError(f"{args.envelope}: " + "; ".join(result.failures))
     if args.output:
         atomic_write(args.output, result.payload)
@@ -99,6 +93,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", metavar="IN")
     p.add_argument("-o", "--output", required=True, metavar="OUT.json")
     p.add_argument("--append", action="store_true", help="add a signature to the existing OUT.json")
+    add_passphrase_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_sign)
 

@@ -5,7 +5,8 @@ TCG event-log entry, device/measure.py) once verified:
 
 * **rom**: fuse bank -> platform root key hash; the boot archive's platform key must
   hash to it; the signed security profile and the bootloader statement must verify with
-  it; measures ROM identity (PCR 0), the authority (PCR 7) and the loader (PCR 4).
+  it (the profile may instead be signed by the key a root-signed delegation names,
+  trust/delegation.py); measures ROM identity (PCR 0), the authority (PCR 7) and the loader (PCR 4).
 * **bootloader**: boot-control (two checksummed copies) -> slot; the slot's boot unit
   statement must verify with the boot key the loader carries, the unit and each section
   must match it; security version >= fuse counter; tries left decremented; every
@@ -42,6 +43,7 @@ from cryptography import x509
 from bastion.build import image as img
 from bastion.device import boot_data, measure
 from bastion.device.platform import SimPlatform
+from bastion.device.profile import DELEGATION_FILE as PROFILE_DELEGATION_FILE
 from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
 from bastion.device.profile import (
     Feature,
@@ -67,6 +69,7 @@ from bastion.formats import bootunit as bu
 from bastion.formats import eventlog as el
 from bastion.storage.verity_reader import VerityReader, verify_region
 from bastion.tpm.base import HashAlg, PcrSelection, Tpm
+from bastion.trust import delegation
 from bastion.trust.envelope import parse_envelope, verify_envelope
 from bastion.trust.keys import load_public_key
 from bastion.trust.signer import Verifier
@@ -178,6 +181,7 @@ class BootChain:
         self.report = BootReport(full_verify=full_verify)
         self.profile = SecurityProfile()
         self._stage = Stage.ROM
+        self._abandoned: str | None = None  # why a slot was given up (try-other-slot)
 
     # --- public --------------------------------------------------------------------------
 
@@ -190,10 +194,19 @@ class BootChain:
             except _RebootError:
                 self.report = BootReport(
                     full_verify=self.full_verify,
-                    notes=self.report.notes + self.report.warnings,
+                    notes=list(self.report.notes),
+                    warnings=list(self.report.warnings),  # a repair stays reported
                 )
                 continue
-        raise _fail(Stage.BOOTLOADER, "no slot left to try after a tamper response")
+            except BastionError as exc:
+                setattr(exc, "boot_report", self.report)  # noqa: B010 - for the CLI's warnings
+                raise
+        err = _fail(
+            Stage.BOOTLOADER,
+            f"no slot left to try after a tamper response ({self._abandoned or 'no cause'})",
+        )
+        setattr(err, "boot_report", self.report)  # noqa: B010
+        raise err
 
     # --- one power-on --------------------------------------------------------------------
 
@@ -237,12 +250,16 @@ class BootChain:
         response = self.profile.tamper_response
         if response is TamperResponse.TRY_OTHER_SLOT and slot is not None:
             self._mark_unbootable(slot)
-            self.report.notes.append(f"slot {slot} marked unbootable after: {err}")
+            self._abandoned = f"slot {slot} marked unbootable after: {err}"
+            self.report.notes.append(self._abandoned)
             raise _RebootError() from err
         if response is TamperResponse.WIPE_DATA:
             boot_data.wipe(self.platform)
             self.platform.set_state(reprovision=True)
-            self.report.notes.append("data volume wiped; the device must be re-provisioned")
+            wiped = "tamper response: data volume wiped; the device must be re-provisioned"
+            self.report.notes.append(wiped)
+            self.report.warnings.append(wiped)
+            err.args = (f"{err}; {wiped}",)  # the one error line announces the wipe
         raise err from exc
 
     def _chain(self, tpm: Tpm, rec: _Recorder) -> None:
@@ -261,7 +278,9 @@ class BootChain:
         if key_hash is None:
             raise _fail(stage, "no platform key hash is burned into the fuses")
         try:
-            layout = img.read_layout(disk)
+            # like UEFI firmware, restore a damaged GPT copy from the intact one, and say so
+            layout, repaired = img.repair_layout(disk)
+            self.report.warnings.extend(repaired)
             archive = img.read_archive(disk, layout)
             root_pem = archive.get("loader.key")
         except FormatError as exc:
@@ -302,7 +321,8 @@ class BootChain:
             self.report.notes.append(f"boot-control {problem}; using the other copy")
         slot = state.control.choose()
         if slot is None:
-            raise _fail(stage, "no bootable slot in boot-control")
+            why = f" ({self._abandoned})" if self._abandoned else ""
+            raise _fail(stage, f"no bootable slot in boot-control{why}")
         self.report.slot = slot
         unit = self._verify_unit(archive, slot, boot_verifier)
         if unit.security_version < counter:
@@ -414,7 +434,12 @@ class BootChain:
         rec.extend(measure.root_events(root_hash))
         try:
             first, recovery = boot_data.open_data_volume(
-                plat, layout, tpm, self.profile, measure.seal_selection()
+                plat,
+                layout,
+                tpm,
+                self.profile,
+                measure.seal_selection(),
+                warnings=self.report.warnings,
             )
         except BastionError as exc:
             raise _prefixed(stage, exc) from exc
@@ -449,8 +474,16 @@ class BootChain:
         raw = self.platform.load("profile.json")
         if raw is None:
             raise _fail(Stage.ROM, "no signed security profile on the device")
+        trusted = [root]
         try:
-            payload = verify_envelope(parse_envelope(raw), [root], payload_type=PROFILE_TYPE)
+            granted = self.platform.load(PROFILE_DELEGATION_FILE)
+            if granted is not None:  # a present but bad delegation refuses the boot
+                trusted.append(
+                    delegation.verify_delegation(
+                        granted, root, delegation.ROLE_PROFILE, what="profile delegation"
+                    )
+                )
+            payload = verify_envelope(parse_envelope(raw), trusted, payload_type=PROFILE_TYPE)
             profile = parse_profile(payload)
         except (VerificationError, FormatError) as exc:
             raise _fail(Stage.ROM, f"security profile refused: {exc}") from exc
@@ -557,7 +590,9 @@ def boot(folder: Path, *, full_verify: bool = False) -> BootReport:
 
 def read_eventlog(folder: Path) -> el.EventLog:
     """The event log of the device's last boot."""
-    raw = SimPlatform(folder).load(EVENTLOG_FILE)
+    plat = SimPlatform(folder)
+    _ = plat.config  # NotFoundError naming the folder when it is not a device
+    raw = plat.load(EVENTLOG_FILE)
     if raw is None:
         raise FormatError(f"device {folder} has no event log yet: boot it first")
     return el.parse(raw)

@@ -3,8 +3,12 @@
 ``create_device`` refuses an image whose ``disk.img.sig`` does not verify with the image
 key (EMT and the issue: a signature over the whole raw image is checked before a device
 is provisioned), copies the image as the device's disk (keeping it sparse), burns the
-platform root key hash into a fresh fuse bank, writes the security profile signed by
-the platform root key, and records which TPM the device uses.
+platform root key hash into a fresh fuse bank, writes the security profile, and records
+which TPM the device uses.
+
+The profile is signed by the platform root key itself, or (so the offline root is never
+needed to create a device) by the key the root delegated profile signing to at
+``keys init``; the delegation is then stored beside the profile for the ROM to check.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from typing import Any
 
 from bastion.build import image as img
 from bastion.device.platform import SimPlatform, create_sim_folder
-from bastion.device.profile import PAYLOAD_TYPE, SecurityProfile, device_id
+from bastion.device.profile import DELEGATION_FILE, PAYLOAD_TYPE, SecurityProfile, device_id
 from bastion.errors import ConfigError
+from bastion.trust import delegation
 from bastion.trust.envelope import sign_envelope
-from bastion.trust.signer import Signer
+from bastion.trust.signer import Signer, Verifier
 
 TPM_KINDS = ("software", "swtpm")
 
@@ -37,6 +42,22 @@ def _sparse_copy(src: Path, dest: Path) -> None:
         os.fsync(fout.fileno())
 
 
+def check_profile_signer(signer: Signer, root: Verifier, profile_delegation: bytes | None) -> None:
+    """Refuse a profile signer the device's ROM would not accept."""
+    if profile_delegation is None:
+        if signer.key_id != root.key_id:
+            raise ConfigError("the profile signer is not the trusted platform root key")
+        return
+    delegate = delegation.verify_delegation(
+        profile_delegation, root, delegation.ROLE_PROFILE, what="profile delegation"
+    )
+    if delegate.key_id != signer.key_id:
+        raise ConfigError(
+            f"profile delegation names key {delegate.key_id[:16]}..., the profile signer "
+            f"is {signer.key_id[:16]}..."
+        )
+
+
 def create_device(
     folder: Path,
     image: Path,
@@ -46,10 +67,14 @@ def create_device(
     tpm: str = "software",
     fuses: str = "file",
     profile: SecurityProfile | None = None,
+    profile_delegation: bytes | None = None,
 ) -> dict[str, Any]:
-    """Create the device folder; returns a summary (verified image metadata included)."""
-    if platform_root.key_id != trust.platform_root.key_id:
-        raise ConfigError("the platform root signer does not match the trusted platform key")
+    """Create the device folder; returns a summary (verified image metadata included).
+
+    ``platform_root`` signs the profile: the platform root key, or the key that
+    ``profile_delegation`` (signed by the platform root) names.
+    """
+    check_profile_signer(platform_root, trust.platform_root, profile_delegation)
     if tpm not in TPM_KINDS and not tpm.startswith(("swtpm:", "software:")):
         raise ConfigError(f"--tpm {tpm!r}: expected software, swtpm or a TPM URI")
     metadata = img.verify_image_signature(image, trust)
@@ -63,6 +88,8 @@ def create_device(
         ek = dev_tpm.ek_public()
     prof = dataclasses.replace(profile or SecurityProfile(), device=device_id(ek))
     envelope = sign_envelope(PAYLOAD_TYPE, prof.to_bytes(), [platform_root])
+    if profile_delegation is not None:
+        plat.store(DELEGATION_FILE, profile_delegation)
     plat.store("profile.json", envelope.to_bytes())
     return {
         "device": str(folder),
@@ -74,17 +101,31 @@ def create_device(
     }
 
 
-def sign_profile(folder: Path, profile: SecurityProfile, platform_root: Signer) -> None:
-    """Replace a device's security profile (signed by the platform root key).
+def sign_profile(
+    folder: Path,
+    profile: SecurityProfile,
+    platform_root: Signer,
+    *,
+    trust: Verifier | None = None,
+    profile_delegation: bytes | None = None,
+) -> None:
+    """Replace a device's security profile (signed by the platform root key, or by the
+    key ``profile_delegation`` names, checked against the platform root ``trust``).
 
     A profile not yet bound to a device (``device == ""``) is bound to this device's EK
     here; give it a higher ``serial`` than the one it replaces, or the ROM refuses it.
     """
+    if profile_delegation is not None:
+        if trust is None:
+            raise ConfigError("a profile delegation is checked against the platform root key")
+        check_profile_signer(platform_root, trust, profile_delegation)
     plat = SimPlatform(folder)
     _ = plat.config  # must be a device
     if not profile.device:
         with plat.power_on() as dev_tpm:
             profile = dataclasses.replace(profile, device=device_id(dev_tpm.ek_public()))
+    if profile_delegation is not None:
+        plat.store(DELEGATION_FILE, profile_delegation)
     plat.store(
         "profile.json", sign_envelope(PAYLOAD_TYPE, profile.to_bytes(), [platform_root]).to_bytes()
     )

@@ -44,8 +44,14 @@ def open_data_volume(
     tpm: Tpm,
     profile: SecurityProfile,
     selection: PcrSelection,
+    *,
+    warnings: list[str] | None = None,
 ) -> tuple[bool, str | None]:
-    """(first boot?, recovery key on first boot) after the volume is unlocked."""
+    """(first boot?, recovery key on first boot) after the volume is unlocked.
+
+    A damaged or stale LUKS2 header copy is rewritten from the good one once the volume
+    unlocked, and reported as one line appended to ``warnings``.
+    """
     part = layout.find(PART_DATA)
     provisioned = bool(plat.state().get("data_volume"))
     if not _has_header(plat, part):
@@ -64,6 +70,14 @@ def open_data_volume(
             raise TamperError(f"data volume has no TPM token: {exc}") from exc
         if volume.read(0, len(MARKER)) != MARKER:
             raise TamperError("data volume content does not start with bastion's marker")
+        stale = volume.stale_copy
+        if stale is not None:
+            volume.repair()
+            if warnings is not None:
+                warnings.append(
+                    f"data volume: LUKS2 {stale.value} header copy was damaged or stale "
+                    f"({volume.header_status}); rewritten from the other copy"
+                )
         volume.lock()
     if not provisioned:
         plat.set_state(data_volume=True)

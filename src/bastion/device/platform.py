@@ -130,6 +130,7 @@ class SimPlatform:
                     yield tpm
                 finally:
                     tpm.close()
+                    sw.save_volatile()  # the TPM stays "on": PCRs survive the process
             return
         tpm = open_tpm(self.tpm_spec())
         try:
@@ -139,6 +140,32 @@ class SimPlatform:
                     f"TPM {kind!r} cannot be reset by the sim platform; use software or swtpm"
                 )
             reset()
+            yield tpm
+        finally:
+            tpm.close()
+
+    @contextlib.contextmanager
+    def attached_tpm(self) -> Iterator[Tpm]:
+        """The device's own TPM as its last boot left it (no reset): the software TPM's
+        state file, or the device's swtpm resumed with the PCRs its boot measured.
+        For provisioning and inspection after a boot."""
+        from bastion.tpm.uri import open_tpm
+
+        if str(self.config.get("tpm", "software")) == "swtpm":
+            from bastion.tpm.swtpm import Swtpm
+
+            state = (self.folder / "swtpm").resolve()
+            state.mkdir(exist_ok=True)
+            with Swtpm.start(state, resume=True) as sw:
+                tpm = open_tpm(sw.uri)
+                try:
+                    yield tpm
+                finally:
+                    tpm.close()
+                    sw.save_volatile()
+            return
+        tpm = open_tpm(self.tpm_spec())
+        try:
             yield tpm
         finally:
             tpm.close()

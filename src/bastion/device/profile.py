@@ -34,6 +34,8 @@ from bastion.formats import strict_json
 from bastion.limits import PROFILE_MAX_SERIAL, PROFILE_MAX_SIZE
 
 PAYLOAD_TYPE = "application/vnd.bastion.security-profile+json"
+#: device file holding the platform root's delegation of profile signing (trust/delegation)
+DELEGATION_FILE = "profile-delegation.json"
 
 
 class TamperResponse(enum.StrEnum):

@@ -6,8 +6,8 @@
 1. create an AK and an identity signing key in the TPM; build a CSR signed by the TPM
    (:mod:`bastion.device.tpm_csr`); have the AK certify the identity key with the
    qualifying data bound to that CSR;
-2. ``POST /v1/enroll/begin`` with the provisioning key; receive a credential made for
-   this TPM's EK and AK;
+2. ``POST /v1/enroll/begin`` with the provisioning key and the TPM's EK certificate
+   from NV when it has one; receive a credential made for this TPM's EK and AK;
 3. ``TPM2_ActivateCredential`` -> secret -> HKDF keys -> ``POST /v1/enroll/finish``
    with the HMAC proof; receive the certificate and the sealed device API key;
 4. check the sealed key opens, and return a :class:`DeviceIdentity`.
@@ -226,6 +226,9 @@ def build_enrollment(tpm: Tpm, serial: str) -> tuple[TpmKey, TpmKey, dict[str, A
         "certify_attest": _b64(certified.attest),
         "certify_signature": _b64(certified.signature),
     }
+    ek_cert = tpm.ek_certificate()
+    if ek_cert:  # the maker's proof that the EK is in hardware (certified fleets need it)
+        body["ek_certificate"] = _b64(ek_cert)
     return ak, key, body
 
 

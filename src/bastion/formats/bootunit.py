@@ -45,6 +45,8 @@ UNIT_ORDER = UNIT_SECTIONS[:4] + UNIT_SECTIONS[4:] + UNIT_OPTIONAL
 
 STATEMENT_TYPE_UNIT = "application/vnd.bastion.boot-unit+json"
 STATEMENT_TYPE_LOADER = "application/vnd.bastion.bootloader+json"
+#: the bootloader stage's identity (its ``.version`` section)
+LOADER_VERSION = "bastion-loader 1"
 
 
 class Kind(enum.IntEnum):

@@ -415,6 +415,16 @@ def _disk(header: GptHeader, total_sectors: int, parts: tuple[Partition, ...]) -
     return disk
 
 
+def parse_backup(tail: bytes, total_sectors: int) -> GptDisk:
+    """The disk as its backup header and entries describe it (``tail``: the last sectors)."""
+    header = parse_header(tail[-SECTOR:])
+    _check_placement(header, total_sectors, primary=False)
+    rel = header.entries_lba * SECTOR - (total_sectors - len(tail) // SECTOR) * SECTOR
+    if rel < 0:
+        raise FormatError(f"backup GPT entries at LBA {header.entries_lba} not in tail")
+    return _disk(header, total_sectors, parse_entries(header, tail[rel:]))
+
+
 def parse(head: bytes, total_sectors: int, tail: bytes | None = None) -> GptDisk:
     """Parse a disk from its first sectors (``head``: MBR, primary header and entries).
 
@@ -438,11 +448,6 @@ def parse(head: bytes, total_sectors: int, tail: bytes | None = None) -> GptDisk
         if tail is None:
             raise
         try:
-            header = parse_header(tail[-SECTOR:])
-            _check_placement(header, total_sectors, primary=False)
-            rel = header.entries_lba * SECTOR - (total_sectors - len(tail) // SECTOR) * SECTOR
-            if rel < 0:
-                raise FormatError(f"backup GPT entries at LBA {header.entries_lba} not in tail")
-            return _disk(header, total_sectors, parse_entries(header, tail[rel:]))
+            return parse_backup(tail, total_sectors)
         except FormatError as backup_error:
             raise FormatError(f"primary GPT: {primary_error}; backup GPT: {backup_error}") from None

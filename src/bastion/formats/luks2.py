@@ -29,6 +29,7 @@ from bastion.formats.luks2_json import (
     DIGEST_SIZES,
     KDF_SALT_SIZE,
     SUPPORTED_CIPHERS,
+    AnyKdf,
     Argon2Params,
     Config,
     Digest,
@@ -39,6 +40,7 @@ from bastion.formats.luks2_json import (
     Pbkdf2Params,
     Segment,
     Token,
+    UnknownKdf,
     metadata_from_json,
     parse_json_area,
     parse_kdf,
@@ -57,6 +59,7 @@ __all__ = [
     "SALT_SIZE",
     "SUPPORTED_CIPHERS",
     "VERSION",
+    "AnyKdf",
     "Argon2Params",
     "BinaryHeader",
     "Config",
@@ -71,7 +74,9 @@ __all__ = [
     "Pbkdf2Params",
     "Segment",
     "Token",
+    "UnknownKdf",
     "build_copy",
+    "primary_version",
     "choose_copy",
     "header_checksum",
     "metadata_from_json",
@@ -103,15 +108,14 @@ class HeaderCopy(enum.StrEnum):
 
 
 def _cstr(raw: bytes, what: str) -> str:
+    """A NUL-terminated field; label and subsystem are UTF-8 as cryptsetup stores them
+    (undecodable bytes survive a round trip as surrogate escapes)."""
     text = raw.split(b"\0", 1)[0]
-    try:
-        return text.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"LUKS2 binary header: {what} is not ASCII") from exc
+    return text.decode("utf-8", "surrogateescape")
 
 
 def _pad(text: str, size: int, what: str) -> bytes:
-    raw = text.encode("ascii")
+    raw = text.encode("utf-8", "surrogateescape")
     if len(raw) >= size:
         raise FormatError(f"LUKS2 {what} {text!r} is longer than {size - 1} bytes")
     return raw.ljust(size, b"\0")
@@ -195,6 +199,17 @@ class BinaryHeader:
         if with_csum:
             out[CSUM_OFFSET : CSUM_OFFSET + CSUM_SIZE] = self.csum.ljust(CSUM_SIZE, b"\0")
         return bytes(out)
+
+
+def primary_version(data: bytes) -> int | None:
+    """The version field when ``data`` starts with the primary LUKS magic, else None.
+
+    cryptsetup reads this first: version 1 is LUKS1, anything but 2 is refused, and only a
+    missing primary magic lets it look for a secondary LUKS2 header.
+    """
+    if len(data) < 8 or data[:6] != MAGIC_PRIMARY:
+        return None
+    return int.from_bytes(data[6:8], "big")
 
 
 def header_checksum(binary: BinaryHeader, json_area: bytes) -> bytes:

@@ -4,10 +4,18 @@ Pure. ``parse_json_area`` takes the JSON area of a header copy (JSON text, then 
 only) and returns a validated :class:`Metadata`; ``Metadata.to_bytes()`` writes compact
 JSON as cryptsetup (json-c PLAIN) does. Every object keeps its unknown fields
 (``extra``; tokens keep all fields) and writes them back unchanged. 64-bit values are
-decimal strings, binary values base64, ids decimal strings. Refused with FormatError:
-keyslot types other than ``luks2``, unknown KDFs, ciphers other than aes-xts-plain64,
-integrity segments, duplicate keys, bytes after the NUL, overlapping areas, dangling
-references, counts above the limits in :mod:`bastion.limits`.
+decimal strings, binary values base64, ids decimal strings.
+
+The header is judged as cryptsetup 2.6 judges it (``LUKS2_hdr_validate`` and the luks2
+keyslot validator): what cryptsetup refuses is a FormatError (missing or mistyped fields,
+bytes after the NUL, overlapping areas, dangling references, a keyslot named by no digest
+or by two, gaps in segment ids, counts above :mod:`bastion.limits`); what cryptsetup
+accepts but bastion cannot run (an unknown KDF such as ``argon2``, another cipher, hash
+or keyslot type, another segment type, dm-integrity) parses and is marked: the keyslot is
+``unusable`` and skipped, the segment ``unsupported`` and its data path refused, each with
+a message naming the feature. Deliberately refused at parse time: duplicate JSON keys
+(json-c keeps the last one silently), digest types other than pbkdf2 and digest hashes
+bastion has no implementation of.
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ BINARY_HEADER_SIZE = 4096
 KDF_SALT_SIZE = 32
 DEFAULT_CIPHER = "aes-xts-plain64"
 SUPPORTED_CIPHERS = ("aes-xts-plain64",)
-DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha512": 64}
-_UINT64_RE = re.compile(r"^[0-9]{1,20}$")
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+_UINT64_RE = re.compile(r"^[0-9]+$")
 
 
 class KdfType(enum.StrEnum):
@@ -46,12 +54,12 @@ class KdfType(enum.StrEnum):
 
 
 def _u64(value: Any, what: str) -> int:
-    if not isinstance(value, str) or not _UINT64_RE.match(value):
+    if not isinstance(value, str) or not _UINT64_RE.fullmatch(value):
         raise FormatError(f"LUKS2 {what}: expected a decimal string-uint64, got {value!r}")
-    n = int(value)
-    if n >= 1 << 64:
-        raise FormatError(f"LUKS2 {what}: {n} does not fit 64 bits")
-    return n
+    digits = value.lstrip("0") or "0"  # leading zeros are fine for strtoull, so for us
+    if len(digits) > 20 or int(digits) >= 1 << 64:
+        raise FormatError(f"LUKS2 {what}: {digits[:24]} does not fit 64 bits")
+    return int(digits)
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
@@ -147,91 +155,192 @@ class Argon2Params:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class UnknownKdf:
+    """A keyslot KDF bastion cannot run (its name or parameters); kept verbatim."""
+
+    type: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
 KdfParams = Pbkdf2Params | Argon2Params
+AnyKdf = Pbkdf2Params | Argon2Params | UnknownKdf
+
+
+class UnusableError(Exception):
+    """Internal: a keyslot or segment is well-formed but bastion cannot use it."""
+
+
+def _kdf_values(kdf: dict[str, Any], kind: str, what: str) -> KdfParams:
+    """Typed KDF parameters; UnusableError when the values are outside what bastion runs."""
+    if kind not in ("pbkdf2", "argon2i", "argon2id"):
+        raise UnusableError(
+            f"KDF {kind!r} is not supported (bastion runs pbkdf2, argon2i, argon2id)"
+        )
+    try:
+        salt = _b64(kdf.get("salt"), f"{what}.salt")
+    except FormatError as exc:
+        raise UnusableError(str(exc)) from exc
+    if len(salt) != KDF_SALT_SIZE:
+        raise UnusableError(f"{what}.salt is {len(salt)} bytes, expected {KDF_SALT_SIZE}")
+    try:
+        if kind == "pbkdf2":
+            hash_name = kdf["hash"]
+            if hash_name not in DIGEST_SIZES:
+                raise UnusableError(f"PBKDF2 hash {hash_name!r} is not supported")
+            iterations = _int(
+                kdf["iterations"], f"{what}.iterations", 1, limits.LUKS2_MAX_PBKDF2_ITERATIONS
+            )
+            return Pbkdf2Params(hash_name, iterations, salt)
+        cpus = _int(kdf["cpus"], f"{what}.cpus", 1, limits.LUKS2_MAX_ARGON2_PARALLEL)
+        memory = _int(kdf["memory"], f"{what}.memory", 8 * cpus, limits.LUKS2_MAX_ARGON2_MEMORY_KIB)
+        time = _int(kdf["time"], f"{what}.time", 1, limits.LUKS2_MAX_ARGON2_TIME)
+    except FormatError as exc:
+        raise UnusableError(f"{kind} parameters: {exc}") from exc
+    return Argon2Params(KdfType(kind), time, memory, cpus, salt)
+
+
+def _kdf_structure(obj: Any, what: str) -> tuple[str, dict[str, Any]]:
+    """cryptsetup's structural KDF rules; leftover parameters of another KDF are dropped."""
+    kdf = _obj(obj, what)
+    kind = _nonempty(kdf.get("type"), f"{what}.type")
+    keep = _KDF_FIELDS.get(kind)
+    if keep is None:
+        return kind, dict(kdf)
+    kdf = {k: v for k, v in kdf.items() if k in keep}  # cryptsetup's keyslot repair
+    for name in keep:
+        if name not in kdf:
+            raise FormatError(f"LUKS2 {what}: {kind} needs {name!r}")
+    for name in ("hash", "salt"):
+        if name in kdf:
+            _nonempty(kdf[name], f"{what}.{name}")
+    for name in ("iterations", "time", "memory", "cpus"):
+        if name in kdf and (not isinstance(kdf[name], int) or isinstance(kdf[name], bool)):
+            raise FormatError(f"LUKS2 {what}.{name}: expected an integer, got {kdf[name]!r}")
+    return kind, kdf
+
+
+_KDF_FIELDS = {
+    "pbkdf2": ("type", "salt", "hash", "iterations"),
+    "argon2i": ("type", "salt", "time", "memory", "cpus"),
+    "argon2id": ("type", "salt", "time", "memory", "cpus"),
+}
 
 
 def parse_kdf(obj: Any, what: str) -> KdfParams:
-    """Parse a keyslot ``kdf`` object; unknown types are refused."""
-    kdf = _obj(obj, what)
-    kind = _str(kdf.get("type"), f"{what}.type")
-    salt = _b64(kdf.get("salt"), f"{what}.salt")
-    if len(salt) != KDF_SALT_SIZE:
-        raise FormatError(f"LUKS2 {what}.salt: expected 32 bytes, got {len(salt)}")
-    if kind == "pbkdf2":
-        hash_name = _str(kdf.get("hash"), f"{what}.hash")
-        if hash_name not in DIGEST_SIZES:
-            raise FormatError(f"LUKS2 {what}.hash: unsupported hash {hash_name!r}")
-        iterations = _int(
-            kdf.get("iterations"), f"{what}.iterations", 1, limits.LUKS2_MAX_PBKDF2_ITERATIONS
-        )
-        return Pbkdf2Params(hash_name, iterations, salt)
-    if kind in ("argon2i", "argon2id"):
-        return Argon2Params(
-            KdfType(kind),
-            _int(kdf.get("time"), f"{what}.time", 1, limits.LUKS2_MAX_ARGON2_TIME),
-            _int(kdf.get("memory"), f"{what}.memory", 8, limits.LUKS2_MAX_ARGON2_MEMORY_KIB),
-            _int(kdf.get("cpus"), f"{what}.cpus", 1, limits.LUKS2_MAX_ARGON2_PARALLEL),
-            salt,
-        )
-    raise FormatError(f"LUKS2 {what}: unknown KDF type {kind!r} (expected pbkdf2, argon2i(d))")
+    """Parse a keyslot ``kdf`` object bastion can run; FormatError for anything else."""
+    kind, kdf = _kdf_structure(obj, what)
+    try:
+        return _kdf_values(kdf, kind, what)
+    except UnusableError as exc:
+        raise FormatError(f"LUKS2 {what}: {exc}") from exc
+
+
+def _nonempty(value: Any, what: str) -> str:
+    text = _str(value, what)
+    if not text:
+        raise FormatError(f"LUKS2 {what}: empty string")
+    return text
+
+
+def _u32(value: Any, what: str) -> int:
+    return _int(value, what, 0, (1 << 32) - 1)
+
+
+def _numbered_u64(value: Any, what: str) -> int:
+    return _u64(_nonempty(value, what), what)
 
 
 @dataclass(frozen=True, slots=True)
 class Keyslot:
-    """A ``luks2`` keyslot: KDF, AF parameters and its encrypted area."""
+    """A keyslot: KDF, AF parameters and its encrypted area.
+
+    ``unusable`` says why bastion cannot open it (a KDF, cipher, hash or keyslot type it
+    does not implement, or parameters outside its limits); such a keyslot keeps its JSON
+    verbatim in ``raw`` and is skipped when unlocking, as cryptsetup skips what it cannot
+    use instead of refusing the whole header.
+    """
 
     key_size: int
     area_offset: int
     area_size: int
     area_encryption: str
     area_key_size: int
-    kdf: KdfParams
+    kdf: AnyKdf
     af_hash: str
     af_stripes: int = limits.LUKS2_AF_STRIPES
     priority: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    type: str = "luks2"
+    unusable: str | None = None
+    raw: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, obj: Any, what: str) -> Keyslot:
         ks = _obj(obj, what)
-        kind = _str(ks.get("type"), f"{what}.type")
-        if kind != "luks2":
-            raise FormatError(f"LUKS2 {what}: unsupported keyslot type {kind!r} (expected luks2)")
+        kind = _nonempty(ks.get("type"), f"{what}.type")
+        key_size = _u32(ks.get("key_size"), f"{what}.key_size")
         area = _obj(ks.get("area"), f"{what}.area")
-        if _str(area.get("type"), f"{what}.area.type") != "raw":
-            raise FormatError(f"LUKS2 {what}.area: unsupported area type {area.get('type')!r}")
-        encryption = _str(area.get("encryption"), f"{what}.area.encryption")
-        if encryption not in SUPPORTED_CIPHERS:
-            raise FormatError(f"LUKS2 {what}.area: unsupported cipher {encryption!r}")
-        af = _obj(ks.get("af"), f"{what}.af")
-        if _str(af.get("type"), f"{what}.af.type") != "luks1":
-            raise FormatError(f"LUKS2 {what}.af: unsupported AF type {af.get('type')!r}")
-        stripes = _int(af.get("stripes"), f"{what}.af.stripes", 1, 1 << 20)
-        if stripes != limits.LUKS2_AF_STRIPES:
-            raise FormatError(f"LUKS2 {what}.af.stripes: expected 4000, got {stripes}")
-        af_hash = _str(af.get("hash"), f"{what}.af.hash")
-        if af_hash not in DIGEST_SIZES:
-            raise FormatError(f"LUKS2 {what}.af.hash: unsupported hash {af_hash!r}")
+        area_type = _nonempty(area.get("type"), f"{what}.area.type")
+        area_offset = _numbered_u64(area.get("offset"), f"{what}.area.offset")
+        area_size = _numbered_u64(area.get("size"), f"{what}.area.size")
         priority = ks.get("priority")
         if priority is not None:
             priority = _int(priority, f"{what}.priority", 0, 2)
-        area_key_size = _int(area.get("key_size"), f"{what}.area.key_size", 32, 64)
-        if area_key_size not in (32, 64):
-            raise FormatError(f"LUKS2 {what}.area.key_size: expected 32 or 64")
+        if kind != "luks2":
+            return cls(
+                key_size=key_size,
+                area_offset=area_offset,
+                area_size=area_size,
+                area_encryption=str(area.get("encryption", "")),
+                area_key_size=0,
+                kdf=UnknownKdf(""),
+                af_hash="",
+                priority=priority,
+                type=kind,
+                unusable=f"keyslot type {kind!r} is not supported (bastion opens luks2 keyslots)",
+                raw=dict(ks),
+            )
+        kdf_kind, kdf_obj = _kdf_structure(ks.get("kdf"), f"{what}.kdf")
+        af = _obj(ks.get("af"), f"{what}.af")
+        if _str(af.get("type"), f"{what}.af.type") != "luks1":
+            raise FormatError(f"LUKS2 {what}.af: unsupported AF type {af.get('type')!r}")
+        af_hash = _nonempty(af.get("hash"), f"{what}.af.hash")
+        stripes = _int(af.get("stripes"), f"{what}.af.stripes", -(1 << 63), (1 << 63) - 1)
+        if area_type != "raw":
+            raise FormatError(f"LUKS2 {what}.area: unsupported area type {area_type!r}")
+        encryption = _nonempty(area.get("encryption"), f"{what}.area.encryption")
+        area_key_size = _int(area.get("key_size"), f"{what}.area.key_size", -(1 << 63), 1 << 63)
+        raw = dict(ks)
+        raw["kdf"] = kdf_obj
+        kdf: AnyKdf = UnknownKdf(kdf_kind, kdf_obj)
+        unusable: str | None = None
+        try:
+            kdf = _kdf_values(kdf_obj, kdf_kind, f"{what}.kdf")
+            _keyslot_unusable(key_size, area_size, encryption, area_key_size, (af_hash, stripes))
+        except UnusableError as exc:
+            unusable = f"{what}: {exc}"
         return cls(
-            key_size=_int(ks.get("key_size"), f"{what}.key_size", 1, limits.LUKS2_MAX_KEY_SIZE),
-            area_offset=_u64(area.get("offset"), f"{what}.area.offset"),
-            area_size=_u64(area.get("size"), f"{what}.area.size"),
+            key_size=key_size,
+            area_offset=area_offset,
+            area_size=area_size,
             area_encryption=encryption,
             area_key_size=area_key_size,
-            kdf=parse_kdf(ks.get("kdf"), f"{what}.kdf"),
+            kdf=kdf,
             af_hash=af_hash,
             af_stripes=stripes,
             priority=priority,
             extra=_extra(ks, ("type", "key_size", "area", "kdf", "af", "priority")),
+            unusable=unusable,
+            raw=raw if unusable else None,
         )
 
     def to_json(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return dict(self.raw)
         out: dict[str, Any] = {
             "type": "luks2",
             "key_size": self.key_size,
@@ -251,9 +360,39 @@ class Keyslot:
         return out
 
 
+def _keyslot_unusable(
+    key_size: int, area_size: int, encryption: str, area_key_size: int, af: tuple[str, int]
+) -> None:
+    """Raise UnusableError when bastion cannot open a well-formed luks2 keyslot."""
+    af_hash, stripes = af
+    if encryption not in SUPPORTED_CIPHERS:
+        raise UnusableError(f"keyslot area cipher {encryption!r} is not supported")
+    if area_key_size not in (32, 64):
+        raise UnusableError(f"keyslot area key size {area_key_size} is not 32 or 64 bytes")
+    if af_hash not in DIGEST_SIZES:
+        raise UnusableError(f"AF hash {af_hash!r} is not supported")
+    if stripes != limits.LUKS2_AF_STRIPES:
+        raise UnusableError(f"AF stripes {stripes} (bastion opens {limits.LUKS2_AF_STRIPES})")
+    if not 1 <= key_size <= limits.LUKS2_MAX_KEY_SIZE:
+        raise UnusableError(f"key size {key_size} is outside 1..{limits.LUKS2_MAX_KEY_SIZE}")
+    if area_size < key_size * stripes:
+        raise UnusableError(f"keyslot area of {area_size} bytes is smaller than the key material")
+
+
+def _flags(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(f, str) for f in value):
+        raise FormatError(f"LUKS2 {what}: expected a list of strings")
+    return tuple(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """A ``crypt`` data segment; ``size`` None means ``"dynamic"`` (to the end)."""
+    """A data segment; ``size`` None means ``"dynamic"`` (to the end).
+
+    bastion runs ``crypt`` segments with aes-xts-plain64 and a 512..4096 power-of-two
+    sector; other well-formed segments (another type or cipher, dm-integrity, other sector
+    sizes) parse, keep their JSON in ``raw`` and say why in ``unsupported``.
+    """
 
     offset: int
     size: int | None
@@ -261,35 +400,74 @@ class Segment:
     encryption: str
     sector_size: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    type: str = "crypt"
+    flags: tuple[str, ...] = ()
+    unsupported: str | None = None
+    raw: Mapping[str, Any] | None = None
+
+    @property
+    def is_backup(self) -> bool:
+        """A re-encryption backup segment (a ``backup-*`` flag)."""
+        return any(f.startswith("backup-") for f in self.flags)
 
     @classmethod
     def from_json(cls, obj: Any, what: str) -> Segment:
         seg = _obj(obj, what)
-        if _str(seg.get("type"), f"{what}.type") != "crypt":
-            raise FormatError(f"LUKS2 {what}: unsupported segment type {seg.get('type')!r}")
-        encryption = _str(seg.get("encryption"), f"{what}.encryption")
-        if encryption not in SUPPORTED_CIPHERS:
-            raise FormatError(f"LUKS2 {what}: unsupported cipher {encryption!r}")
-        if "integrity" in seg:
-            raise FormatError(f"LUKS2 {what}: authenticated encryption is not supported")
-        sector_size = _int(seg.get("sector_size"), f"{what}.sector_size", 512, 4096)
-        if sector_size & (sector_size - 1):
-            raise FormatError(f"LUKS2 {what}.sector_size {sector_size} is not a power of two")
-        raw_size = seg.get("size")
+        kind = _nonempty(seg.get("type"), f"{what}.type")
+        offset = _numbered_u64(seg.get("offset"), f"{what}.offset")
+        raw_size = _nonempty(seg.get("size"), f"{what}.size")
         size = None if raw_size == "dynamic" else _u64(raw_size, f"{what}.size")
-        offset = _u64(seg.get("offset"), f"{what}.offset")
-        if offset % sector_size or (size is not None and size % sector_size):
-            raise FormatError(f"LUKS2 {what}: offset/size not aligned to {sector_size}")
+        if size == 0:
+            raise FormatError(f"LUKS2 {what}.size: zero")
+        if offset % 512 or (size or 0) % 512:
+            raise FormatError(f"LUKS2 {what}: offset/size not aligned to 512 bytes")
+        flags = _flags(seg["flags"], f"{what}.flags") if "flags" in seg else ()
+        if kind != "crypt":
+            return cls(
+                offset=offset,
+                size=size,
+                iv_tweak=0,
+                encryption="",
+                sector_size=512,
+                type=kind,
+                flags=flags,
+                unsupported=f"segment type {kind!r} is not supported (bastion runs crypt)",
+                raw=dict(seg),
+            )
+        iv_tweak = _numbered_u64(seg.get("iv_tweak"), f"{what}.iv_tweak")
+        encryption = _nonempty(seg.get("encryption"), f"{what}.encryption")
+        sector_size = _u32(seg.get("sector_size"), f"{what}.sector_size")
+        if not sector_size or sector_size % 512:
+            raise FormatError(f"LUKS2 {what}.sector_size {sector_size} is not a multiple of 512")
+        if size is not None and size % sector_size:
+            raise FormatError(f"LUKS2 {what}.size is not aligned to sector_size {sector_size}")
+        unsupported = None
+        if "integrity" in seg:
+            integ = _obj(seg["integrity"], f"{what}.integrity")
+            for name in ("type", "journal_encryption", "journal_integrity"):
+                _nonempty(integ.get(name), f"{what}.integrity.{name}")
+            unsupported = "authenticated encryption (dm-integrity) is not supported"
+        elif encryption not in SUPPORTED_CIPHERS:
+            unsupported = f"segment cipher {encryption!r} is not supported"
+        elif sector_size not in (512, 1024, 2048, 4096):
+            unsupported = f"sector size {sector_size} is not supported (512, 1024, 2048, 4096)"
         return cls(
             offset=offset,
             size=size,
-            iv_tweak=_u64(seg.get("iv_tweak"), f"{what}.iv_tweak"),
+            iv_tweak=iv_tweak,
             encryption=encryption,
             sector_size=sector_size,
-            extra=_extra(seg, ("type", "offset", "size", "iv_tweak", "encryption", "sector_size")),
+            extra=_extra(
+                seg, ("type", "offset", "size", "iv_tweak", "encryption", "sector_size", "flags")
+            ),
+            flags=flags,
+            unsupported=unsupported,
+            raw=dict(seg) if unsupported else None,
         )
 
     def to_json(self) -> dict[str, Any]:
+        if self.raw is not None:
+            return dict(self.raw)
         out: dict[str, Any] = {
             "type": "crypt",
             "offset": str(self.offset),
@@ -298,6 +476,8 @@ class Segment:
             "encryption": self.encryption,
             "sector_size": self.sector_size,
         }
+        if self.flags:
+            out["flags"] = list(self.flags)
         out.update(self.extra)
         return out
 
@@ -317,7 +497,7 @@ class Digest:
     @classmethod
     def from_json(cls, obj: Any, what: str) -> Digest:
         dg = _obj(obj, what)
-        if _str(dg.get("type"), f"{what}.type") != "pbkdf2":
+        if _nonempty(dg.get("type"), f"{what}.type") != "pbkdf2":
             raise FormatError(f"LUKS2 {what}: unsupported digest type {dg.get('type')!r}")
         hash_name = _str(dg.get("hash"), f"{what}.hash")
         if hash_name not in DIGEST_SIZES:
@@ -368,7 +548,7 @@ class Token:
     def from_json(cls, obj: Any, what: str) -> Token:
         tk = _obj(obj, what)
         return cls(
-            type=_str(tk.get("type"), f"{what}.type"),
+            type=_nonempty(tk.get("type"), f"{what}.type"),
             keyslots=_ids(tk.get("keyslots"), f"{what}.keyslots", limits.LUKS2_MAX_KEYSLOTS),
             fields=_extra(tk, ("type", "keyslots")),
         )
@@ -446,8 +626,13 @@ class Metadata:
         return out
 
     def to_bytes(self) -> bytes:
-        """Compact JSON text, as cryptsetup (json-c PLAIN) writes it."""
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=True).encode()
+        """Compact JSON text, as cryptsetup (json-c PLAIN, NOSLASHESCAPE) writes it:
+        non-ASCII text as raw UTF-8 (escaped only if a lone surrogate cannot be UTF-8)."""
+        doc = self.to_json()
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
     def with_changes(self, **changes: Any) -> Metadata:
         """A copy with some top-level mappings replaced (validated)."""
@@ -529,37 +714,29 @@ def validate(m: Metadata, *, hdr_size: int) -> None:
             f"LUKS2 config.json_size is {m.config.json_size}, "
             f"expected {hdr_size - BINARY_HEADER_SIZE} from the binary header"
         )
+    if hdr_size not in limits.LUKS2_HDR_SIZES:
+        raise FormatError(f"LUKS2 metadata size {hdr_size} is not an allowed size")
     ks_size = m.config.keyslots_size
     if ks_size % 4096 or ks_size > limits.LUKS2_MAX_KEYSLOTS_SIZE:
         raise FormatError(f"LUKS2 config.keyslots_size {ks_size} is not 4 KiB-aligned or too big")
+    online = [r for r in m.config.requirements if re.fullmatch(r"online-reencrypt(-v[0-9]+)?", r)]
+    if len(online) > 1:
+        raise FormatError("LUKS2 config.requirements: repeated re-encryption requirement")
+    _validate_segments(m, hdr_size)
     lo, hi = 2 * hdr_size, 2 * hdr_size + ks_size
     areas: list[tuple[int, int, str]] = []
     for n, ks in m.keyslots.items():
-        if ks.area_size == 0 or ks.area_offset < lo or ks.area_offset + ks.area_size > hi:
+        end = ks.area_offset + ks.area_size
+        if ks.area_size == 0 or ks.area_offset < lo or end > hi or end >= 1 << 64:
             raise FormatError(
                 f"LUKS2 keyslot {n} area [{ks.area_offset}, +{ks.area_size}) is outside "
                 f"the keyslots area [{lo}, {hi})"
             )
-        if ks.area_offset % 4096:
-            raise FormatError(f"LUKS2 keyslot {n} area offset is not 4 KiB-aligned")
-        needed = ks.key_size * ks.af_stripes
-        if ks.area_size < needed:
-            raise FormatError(f"LUKS2 keyslot {n} area is {ks.area_size} bytes, needs {needed}")
-        areas.append((ks.area_offset, ks.area_offset + ks.area_size, f"keyslot {n}"))
-    for n, seg in m.segments.items():
-        if seg.offset < hi:
-            raise FormatError(f"LUKS2 segment {n} starts at {seg.offset}, inside the metadata")
-        areas.append(
-            (seg.offset, (1 << 64) if seg.size is None else seg.offset + seg.size, f"segment {n}")
-        )
+        areas.append((ks.area_offset, end, f"keyslot {n}"))
     areas.sort()
     for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(areas):
         if start_b < end_a:
-            raise FormatError(f"LUKS2 {name_a} overlaps {name_b}")
-    dynamic = [n for n, s in m.segments.items() if s.size is None]
-    if dynamic and dynamic != [max(m.segments)]:
-        raise FormatError("LUKS2: only the last segment may have a dynamic size")
-    covered: set[int] = set()
+            raise FormatError(f"LUKS2 {name_a} area overlaps {name_b}")
     for n, dg in m.digests.items():
         for k in dg.keyslots:
             if k not in m.keyslots:
@@ -567,13 +744,53 @@ def validate(m: Metadata, *, hdr_size: int) -> None:
         for s in dg.segments:
             if s not in m.segments:
                 raise FormatError(f"LUKS2 digest {n} names missing segment {s}")
-        covered.update(dg.segments)
-    for s in m.segments:
-        if s not in covered:
-            raise FormatError(f"LUKS2 segment {s} has no digest")
+    for n, ks in m.keyslots.items():
+        named = [d for d, dg in m.digests.items() if n in dg.keyslots]
+        if ks.type == "luks2" and len(named) != 1:
+            raise FormatError(
+                f"LUKS2 keyslot {n} is named by {len(named)} digests, expected exactly 1"
+            )
+    reencrypt = [n for n, ks in m.keyslots.items() if ks.type == "reencrypt"]
+    if len(reencrypt) > 1 or bool(reencrypt) != bool(online):
+        raise FormatError(
+            f"LUKS2 re-encryption: {len(reencrypt)} reencrypt keyslot(s) and "
+            f"{'an' if online else 'no'} online-reencrypt requirement (expected one and one)"
+        )
     for n, tk in m.tokens.items():
-        if tk.type.startswith("luks2-") and tk.type != "luks2-keyring":
-            raise FormatError(f"LUKS2 token {n}: reserved type {tk.type!r}")
         for k in tk.keyslots:
             if k not in m.keyslots:
                 raise FormatError(f"LUKS2 token {n} names missing keyslot {k}")
+
+
+def _validate_segments(m: Metadata, hdr_size: int) -> None:
+    """cryptsetup's segment rules: ids 0..n-1 without gaps, regular segments first and not
+    overlapping, only the last one dynamic, every crypt segment under a digest, and the
+    keyslots area ending before the first data (offset 0 = detached header)."""
+    if not m.segments:
+        raise FormatError("LUKS2 segments section is empty")
+    ids = sorted(m.segments)
+    if ids != list(range(len(ids))):
+        raise FormatError(f"LUKS2 segments have a gap in their ids {ids}")
+    regular = [n for n in ids if not m.segments[n].is_backup]
+    if regular != ids[: len(regular)] or not regular:
+        raise FormatError("LUKS2: a regular segment follows a backup segment, or none exists")
+    spans = []
+    for n in regular:
+        seg = m.segments[n]
+        if seg.size is None and n != regular[-1]:
+            raise FormatError("LUKS2: only the last segment may have a dynamic size")
+        spans.append((seg.offset, (1 << 64) if seg.size is None else seg.offset + seg.size, n))
+    spans.sort()
+    for (_, end_a, a), (start_b, _, b) in itertools.pairwise(spans):
+        if start_b < end_a:
+            raise FormatError(f"LUKS2 segment {a} overlaps segment {b}")
+    first = min(m.segments[n].offset for n in regular)
+    if first and first < 2 * hdr_size + m.config.keyslots_size:
+        raise FormatError(
+            f"LUKS2 data starts at {first}, inside the metadata and keyslots area "
+            f"(ends at {2 * hdr_size + m.config.keyslots_size})"
+        )
+    covered = {s for dg in m.digests.values() for s in dg.segments}
+    for n, seg in m.segments.items():
+        if seg.type == "crypt" and n not in covered:
+            raise FormatError(f"LUKS2 segment {n} has no digest")

@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import os
 
+from argon2.exceptions import HashingError
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from bastion.errors import AuthError, FormatError
 from bastion.formats.luks2 import (
     DIGEST_SIZES,
+    AnyKdf,
     Argon2Params,
     Digest,
     KdfParams,
@@ -37,6 +39,7 @@ AREA_SECTOR = 512
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
 
@@ -49,23 +52,31 @@ def pbkdf2(password: bytes, salt: bytes, iterations: int, hash_name: str, length
     return kdf.derive(password)
 
 
-def derive(kdf: KdfParams, passphrase: bytes, length: int) -> bytes:
-    """The keyslot area key from a passphrase."""
+def derive(kdf: AnyKdf, passphrase: bytes, length: int) -> bytes:
+    """The keyslot area key from a passphrase (FormatError for a KDF bastion cannot run)."""
     if isinstance(kdf, Pbkdf2Params):
         return pbkdf2(passphrase, kdf.salt, kdf.iterations, kdf.hash, length)
+    if not isinstance(kdf, Argon2Params):
+        raise FormatError(f"LUKS2 KDF {kdf.type!r} is not supported")
     kind = Type.ID if kdf.type is KdfType.ARGON2ID else Type.I
-    return bytes(
-        hash_secret_raw(
-            secret=passphrase,
-            salt=kdf.salt,
-            time_cost=kdf.time,
-            memory_cost=kdf.memory,
-            parallelism=kdf.cpus,
-            hash_len=length,
-            type=kind,
-            version=0x13,
+    try:
+        return bytes(
+            hash_secret_raw(
+                secret=passphrase,
+                salt=kdf.salt,
+                time_cost=kdf.time,
+                memory_cost=kdf.memory,
+                parallelism=kdf.cpus,
+                hash_len=length,
+                type=kind,
+                version=0x13,
+            )
         )
-    )
+    except (HashingError, ValueError, OverflowError) as exc:
+        raise FormatError(
+            f"{kdf.type} parameters time={kdf.time} memory={kdf.memory} KiB cpus={kdf.cpus} "
+            f"rejected by Argon2: {exc}"
+        ) from exc
 
 
 # --- anti-forensic splitter (LUKS1 spec section 2.4) ---------------------------------------
@@ -147,6 +158,8 @@ def xts_sectors(
 
 def decrypt_keyslot(keyslot: Keyslot, area: bytes, passphrase: bytes) -> bytes:
     """The candidate volume key from a keyslot's area bytes (check it with verify_digest)."""
+    if keyslot.unusable:
+        raise FormatError(f"LUKS2 {keyslot.unusable}")
     size = split_size(keyslot.key_size, keyslot.af_stripes)
     if len(area) < size:
         raise FormatError(f"keyslot area truncated: {len(area)} of {size} bytes")

@@ -99,6 +99,9 @@ class ObjectAttr(enum.IntFlag):
 TPM_GENERATED_VALUE = 0xFF544347
 ST_ATTEST_CERTIFY = 0x8017
 ST_ATTEST_QUOTE = 0x8018
+ST_VERIFIED = 0x8022
+#: hierarchy handles a ticket can name (TPMI_RH_HIERARCHY+)
+TICKET_HIERARCHIES = frozenset({0x40000001, 0x40000007, 0x4000000B, 0x4000000C})
 #: TPM_PCR_SELECT_MIN for a 24-PCR PC Client TPM
 PCR_SELECT_MIN = 3
 
@@ -689,6 +692,36 @@ class Signature:
             out = cls(alg, hash_alg, sig=r.take(HASH_SIZES[hash_alg]))
         r.done()
         return out
+
+
+# --- TPMT_TK_VERIFIED ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedTicket:
+    """TPMT_TK_VERIFIED: the ticket TPM2_VerifySignature returns and TPM2_PolicyAuthorize
+    checks. ``hierarchy`` is the key's hierarchy (TPM_RH_NULL gives a NULL ticket with an
+    empty digest); ``digest`` is the TPM's HMAC over the signed digest and the key Name."""
+
+    hierarchy: int
+    digest: bytes
+    tag: int = ST_VERIFIED
+
+    def to_bytes(self) -> bytes:
+        return u16(self.tag) + u32(self.hierarchy) + tpm2b(self.digest)
+
+    @classmethod
+    def parse(cls, data: bytes) -> VerifiedTicket:
+        r = Reader(data, "TPMT_TK_VERIFIED")
+        tag = r.u16()
+        if tag != ST_VERIFIED:
+            raise FormatError(f"TPMT_TK_VERIFIED: tag 0x{tag:04x}, expected 0x{ST_VERIFIED:04x}")
+        hierarchy = r.u32()
+        if hierarchy not in TICKET_HIERARCHIES:
+            raise FormatError(f"TPMT_TK_VERIFIED: 0x{hierarchy:08x} is not a hierarchy")
+        digest = r.tpm2b(limits.TPM_MAX_DIGEST_SIZE, "ticket digest")
+        r.done()
+        return cls(hierarchy, digest, tag)
 
 
 # --- credentials ------------------------------------------------------------------------------

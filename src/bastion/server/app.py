@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import time
 
 from fastapi import FastAPI
 
@@ -26,12 +27,13 @@ from bastion import __version__
 from bastion.io.clock import Clock, SystemClock
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
-from bastion.server.auth.ratelimit import RateLimiter
+from bastion.server.auth.ratelimit import LoginDelay, RateLimiter
 from bastion.server.context import AppContext
-from bastion.server.db.engine import Database
+from bastion.server.db.engine import Database, ensure_private_dir
 from bastion.server.errors import install_error_handlers
 from bastion.server.json_body import StrictJsonMiddleware
 from bastion.server.limits import BodyLimitMiddleware
+from bastion.server.secretbox import load_secret_box
 from bastion.server.settings import ServerSettings
 
 API_PREFIX = "/v1"
@@ -43,10 +45,18 @@ def create_app(
     """A ready fleet server app; the database is migrated to the newest schema."""
     clock = clock or SystemClock()
     if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(settings.data_dir)
+    secret_box = load_secret_box(settings.resolved_secret_key(), create=True)
     db = Database(settings.resolved_database_url())
     if migrate:
-        db.upgrade()
+        db.upgrade(secret_box=lambda: secret_box)
+    from bastion.server.audit.keys import install_audit_key
+
+    try:
+        install_audit_key(settings, db, clock.now())
+    except BaseException:
+        db.dispose()
+        raise
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -61,6 +71,13 @@ def create_app(
             settings.login_burst,
             clock.monotonic,
             what="login attempts",
+        ),
+        secret_box=secret_box,
+        login_delay=LoginDelay(
+            clock.monotonic,
+            time.sleep,
+            free=settings.login_failures_free,
+            max_seconds=settings.login_delay_max,
         ),
     )
     app = FastAPI(

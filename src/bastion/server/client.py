@@ -8,7 +8,8 @@ and flags override it). Errors come back as the server's one-line ``detail`` map
 the same :mod:`bastion.errors` class the server raised (the codes of
 :mod:`bastion.server.errors`), so the CLI prints one line with the usual exit code.
 
-This module imports no server code (no FastAPI): the CLI stays light.
+This module imports no server code but the settings' loopback check (no FastAPI): the
+CLI stays light. Plain ``http://`` is refused for any host but a loopback one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +111,27 @@ class OperatorConfig:
 
 
 def check_server_url(url: str) -> str:
-    """``url`` without a trailing slash; ConfigError unless http(s)."""
+    """``url`` without a trailing slash; ConfigError unless https, or http to loopback.
+
+    Plain ``http://`` would send the password and the bearer token in the clear, so it
+    is accepted only for a loopback host (``localhost``, 127.0.0.0/8, ``::1``), where
+    the server itself also allows it.
+    """
+    from bastion.server.settings import is_loopback
+
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"server URL {url!r} must start with http:// or https://")
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError as exc:
+        raise ConfigError(f"server URL {url!r} is malformed: {exc}") from exc
+    if not host:
+        raise ConfigError(f"server URL {url!r} names no host")
+    if url.startswith("http://") and not is_loopback(host):
+        raise ConfigError(
+            f"refusing plain http:// to {host!r}: the password and token would travel "
+            "unencrypted; use https:// (with --ca-file for a private CA) or a loopback address"
+        )
     return url.rstrip("/")
 
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from bastion.io.clock import Clock
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
-from bastion.server.auth.ratelimit import RateLimiter
+from bastion.server.auth.ratelimit import LoginDelay, RateLimiter
 from bastion.server.db.engine import Database
+from bastion.server.secretbox import SecretBox
 from bastion.server.settings import ServerSettings
 
 
@@ -27,3 +28,7 @@ class AppContext:
     auth: AuthRegistry
     limiter: RateLimiter
     login_limiter: RateLimiter
+    #: seals stored secrets (TOTP seeds); None only in contexts that never touch them
+    secret_box: SecretBox | None = None
+    #: slows logins to an account under guessing (None: no delay, e.g. the CLI)
+    login_delay: LoginDelay | None = None

@@ -50,10 +50,24 @@ class ServerSettings(BaseSettings):
     # login attempts per email address / per client address
     login_rate_per_second: float = Field(default=0.2, gt=0)
     login_burst: int = Field(default=10, ge=1)
+    # failed logins an account absorbs before every attempt on it is delayed (not locked)
+    login_failures_free: int = Field(default=5, ge=0)
+    login_delay_max: float = Field(default=2.0, ge=0, le=limits.LOGIN_DELAY_MAX_SECONDS)
 
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False
     totp_issuer: str = "bastion"
+    # key URI sealing stored secrets (TOTP seeds); default file:<data_dir>/secret.key
+    secret_key: str | None = None
+
+    # audit key URI (file:PATH, PATH, tpm:BACKEND#KEYFILE); unset: DATA_DIR/audit.key (HMAC)
+    audit_key: str | None = None
+    # per-device quota and retention of device logs and events (each kind separately)
+    device_records_max_count: int = Field(default=limits.DEVICE_RECORDS_MAX_COUNT, ge=2)
+    device_records_max_bytes: int = Field(
+        default=limits.DEVICE_RECORDS_MAX_BYTES, ge=2 * limits.DEVICE_RECORD_MAX_SIZE
+    )
+    device_records_max_age: int = Field(default=limits.DEVICE_RECORDS_MAX_AGE_SECONDS, ge=1)
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
@@ -63,6 +77,14 @@ class ServerSettings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{(self.data_dir / 'bastion.db').resolve()}"
+
+    def resolved_secret_key(self) -> str:
+        """The URI of the key sealing stored secrets (``secret_key`` or the data folder's)."""
+        if self.secret_key:
+            return self.secret_key
+        from bastion.server.secretbox import default_key_uri
+
+        return default_key_uri(self.data_dir)
 
     def check_listen(self) -> None:
         """Refuse plain HTTP on a non-loopback address (ConfigError), and half TLS config."""

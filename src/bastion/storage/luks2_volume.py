@@ -37,8 +37,11 @@ from bastion.formats import luks2_keyslot as ksc
 from bastion.formats.luks2 import (
     BINARY_HEADER_SIZE,
     DEFAULT_CIPHER,
+    MAGIC_SECONDARY,
+    VERSION,
     BinaryHeader,
     Config,
+    Digest,
     HeaderArea,
     HeaderChoice,
     HeaderCopy,
@@ -48,7 +51,10 @@ from bastion.formats.luks2 import (
     Token,
     build_copy,
     choose_copy,
+    primary_version,
 )
+from bastion.formats.signatures import PROBE_SIZE
+from bastion.formats.signatures import probe as probe_signatures
 from bastion.storage.luks2_io import BlockStorage, FileRange
 from bastion.storage.luks2_kdf import (
     DEFAULT_ITER_TIME_MS,
@@ -69,6 +75,7 @@ __all__ = [
     "KdfSpec",
     "Luks2Volume",
     "default_argon2_memory_kib",
+    "existing_content",
     "read_header",
 ]
 
@@ -92,8 +99,24 @@ def _read_copy(storage: BlockStorage, offset: int, expect: HeaderCopy) -> Header
     return HeaderArea.parse(storage.read(offset, binary.hdr_size), expect=expect)
 
 
-def read_header(storage: BlockStorage) -> HeaderChoice:
-    """Read both copies and choose one (FormatError if neither is valid)."""
+def read_header(storage: BlockStorage, *, repair: bool = False) -> HeaderChoice:
+    """Read both copies and choose one, refusing where cryptsetup refuses (FormatError).
+
+    As cryptsetup's ``LUKS2_disk_hdr_read``: a primary LUKS magic with another version
+    (LUKS1) is never passed over for a secondary LUKS2 header; when one copy is damaged or
+    older, the device is probed for foreign signatures (a filesystem, LVM2, swap, a
+    partition table written over the volume) and the other copy is used only if there are
+    none, or when the caller is repairing on request (``repair=True``, cryptsetup repair).
+    The device must hold both copies and the keyslots area.
+    """
+    head = storage.read(0, min(PROBE_SIZE, storage.size)) if storage.size else b""
+    version = primary_version(head)
+    if version is not None and version != VERSION:
+        kind = "a LUKS1 header" if version == 1 else f"a LUKS header of version {version}"
+        raise FormatError(
+            f"{kind} is at offset 0: bastion reads LUKS2 only and does not fall back to a "
+            "secondary LUKS2 header behind it"
+        )
     primary: HeaderArea | FormatError
     try:
         primary = _read_copy(storage, 0, HeaderCopy.PRIMARY)
@@ -105,13 +128,51 @@ def read_header(storage: BlockStorage) -> HeaderChoice:
         if isinstance(primary, HeaderArea)
         else list(limits.LUKS2_HDR_SIZES)
     )
+    failures: list[FormatError] = []
     for off in offsets:
         try:
             secondary = _read_copy(storage, off, HeaderCopy.SECONDARY)
             break
         except FormatError as exc:
-            secondary = exc
-    return choose_copy(primary, secondary)
+            failures.append(exc)
+    else:  # report why the first (most likely) offset failed
+        secondary = failures[0]
+    choice = choose_copy(primary, secondary)
+    winner = choice.winner
+    needed = 2 * winner.binary.hdr_size + winner.metadata.config.keyslots_size
+    if storage.size < needed:
+        raise FormatError(
+            f"LUKS2 device of {storage.size} bytes cannot hold its header copies and "
+            f"keyslots area ({needed} bytes)"
+        )
+    recovery = (  # cryptsetup probes only when a copy is damaged or older
+        isinstance(primary, FormatError)
+        or isinstance(secondary, FormatError)
+        or primary.binary.seqid != secondary.binary.seqid
+    )
+    if recovery and not repair:
+        foreign = probe_signatures(head)
+        if foreign:
+            raise FormatError(
+                f"LUKS2 {choice.stale} header copy needs recovery ({choice.reason}) and the "
+                f"device also carries foreign signatures: {', '.join(foreign)}; refusing to "
+                f"trust the {winner.binary.copy} copy over them (run `bastion luks repair` "
+                "only if the LUKS2 volume is what you want to keep)"
+            )
+    return choice
+
+
+def existing_content(storage: BlockStorage) -> tuple[str, ...]:
+    """What a new header would overwrite: LUKS headers (either copy, any version) and the
+    foreign signatures blkid would report, by name (empty for a blank device)."""
+    head = storage.read(0, min(PROBE_SIZE, storage.size)) if storage.size else b""
+    found: list[str] = []
+    version = primary_version(head)
+    if version is not None:
+        found.append(f"LUKS{version} header")
+    elif any(head[off : off + 6] == MAGIC_SECONDARY for off in limits.LUKS2_HDR_SIZES):
+        found.append("LUKS2 secondary header")
+    return (*found, *probe_signatures(head))
 
 
 class Luks2Volume:
@@ -131,8 +192,9 @@ class Luks2Volume:
 
     @classmethod
     def open(cls, storage: BlockStorage, *, repair: bool = False) -> Luks2Volume:
-        """Read the header; with ``repair`` rewrite a damaged or stale copy from the winner."""
-        volume = cls(storage, read_header(storage))
+        """Read the header; with ``repair`` (an explicit request, as cryptsetup repair)
+        rewrite a damaged or stale copy from the winner even over foreign signatures."""
+        volume = cls(storage, read_header(storage, repair=repair))
         if repair and volume.stale_copy is not None:
             volume.repair()
         return volume
@@ -267,13 +329,37 @@ class Luks2Volume:
         """Why the header copy in use was chosen."""
         return self._choice.reason
 
+    def _data_segment(self) -> tuple[int, Segment]:
+        """The one crypt segment bastion runs (FormatError naming what it does not run)."""
+        segs = self._metadata.segments
+        if len(segs) != 1:
+            raise FormatError(
+                f"LUKS2 volume has {len(segs)} segments (a re-encryption or multi-segment "
+                "layout); bastion runs one crypt segment"
+            )
+        n, seg = next(iter(segs.items()))
+        if seg.unsupported:
+            raise FormatError(f"LUKS2 segment {n}: {seg.unsupported}")
+        if seg.offset == 0:
+            raise FormatError("LUKS2 detached header (data segment at offset 0) is not supported")
+        if seg.size is not None and seg.offset + seg.size > self._storage.size:
+            raise FormatError(
+                f"LUKS2 segment {n} ends at {seg.offset + seg.size}, beyond the "
+                f"{self._storage.size}-byte device"
+            )
+        return n, seg
+
     @property
     def segment(self) -> Segment:
-        if len(self._metadata.segments) != 1:
-            raise FormatError(
-                f"LUKS2 volume has {len(self._metadata.segments)} segments; bastion needs one"
-            )
-        return next(iter(self._metadata.segments.values()))
+        return self._data_segment()[1]
+
+    def _bound_digest(self) -> tuple[int, Digest]:
+        """The digest of the data segment: the keyslots it names open the data."""
+        n, _ = self._data_segment()
+        for dn, dg in sorted(self._metadata.digests.items()):
+            if n in dg.segments:
+                return dn, dg
+        raise FormatError(f"LUKS2 segment {n} has no digest")
 
     @property
     def data_size(self) -> int:
@@ -318,12 +404,8 @@ class Luks2Volume:
             self._cipher.close()
         self._cipher = None
 
-    def _try_keyslot(self, n: int, passphrase: bytes) -> bytes | None:
+    def _try_keyslot(self, n: int, passphrase: bytes, digest: Digest) -> bytes | None:
         ks = self._metadata.keyslots[n]
-        try:
-            _, digest = self._metadata.digest_for_keyslot(n)
-        except FormatError:
-            return None
         area = self._storage.read(ks.area_offset, ks.area_size)
         candidate = ksc.decrypt_keyslot(ks, area, passphrase)
         try:
@@ -335,18 +417,29 @@ class Luks2Volume:
     def unlock_passphrase(self, passphrase: bytes, *, keyslot: int | None = None) -> int:
         """Try the keyslots (high priority first, priority 0 only if named); return the opener."""
         self._check_requirements()
+        _, digest = self._bound_digest()
         if keyslot is not None:
             if keyslot not in self._metadata.keyslots:
                 raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+            ks = self._metadata.keyslots[keyslot]
+            if ks.unusable:
+                raise FormatError(f"LUKS2 {ks.unusable}")
+            if keyslot not in digest.keyslots:
+                raise ConfigError(
+                    f"LUKS2 keyslot {keyslot} is unbound (its digest names no data segment): "
+                    "it cannot open the volume"
+                )
             order = [keyslot]
         else:
+            # only usable keyslots bound to the data segment, as cryptsetup open
             prio = {
                 n: (ks.priority if ks.priority is not None else 1)
                 for n, ks in self._metadata.keyslots.items()
+                if n in digest.keyslots and not ks.unusable
             }
             order = sorted((n for n in prio if prio[n] > 0), key=lambda n: (-prio[n], n))
         for n in order:
-            vk = self._try_keyslot(n, passphrase)
+            vk = self._try_keyslot(n, passphrase, digest)
             if vk is not None:
                 self._set_key(vk)
                 return n
@@ -355,12 +448,9 @@ class Luks2Volume:
     def unlock_volume_key(self, volume_key: bytes) -> None:
         """Unlock with a known volume key (checked against the segment's digest)."""
         self._check_requirements()
-        for dg in self._metadata.digests.values():
-            if 0 in dg.segments or set(dg.segments) & set(self._metadata.segments):
-                ksc.verify_digest(volume_key, dg)
-                self._set_key(volume_key)
-                return
-        raise FormatError("LUKS2 volume has no digest for its data segment")
+        _, digest = self._bound_digest()
+        ksc.verify_digest(volume_key, digest)
+        self._set_key(volume_key)
 
     def lock(self) -> None:
         """Forget the volume key."""
@@ -458,19 +548,13 @@ class Luks2Volume:
         ks, area = self._new_keyslot(passphrase, kdf or KdfSpec(), priority)
         self._storage.write(ks.area_offset, area)
         self._storage.sync()
-        dn, dg = self._segment_digest()
+        dn, dg = self._bound_digest()
         digests = dict(m.digests)
         digests[dn] = replace(dg, keyslots=tuple(sorted((*dg.keyslots, n))))
         keyslots = dict(m.keyslots)
         keyslots[n] = ks
         self._commit(m.with_changes(keyslots=keyslots, digests=digests))
         return n
-
-    def _segment_digest(self) -> tuple[int, Any]:
-        for dn, dg in sorted(self._metadata.digests.items()):
-            if set(dg.segments) & set(self._metadata.segments):
-                return dn, dg
-        raise FormatError("LUKS2 volume has no digest for its data segment")
 
     def change_keyslot(
         self, keyslot: int, new_passphrase: bytes, *, kdf: KdfSpec | None = None
@@ -479,6 +563,11 @@ class Luks2Volume:
         m = self._metadata
         if keyslot not in m.keyslots:
             raise NotFoundError(f"LUKS2 keyslot {keyslot} does not exist")
+        if keyslot not in self._bound_digest()[1].keyslots:
+            raise ConfigError(
+                f"LUKS2 keyslot {keyslot} is unbound: it does not hold the data key, so "
+                "bastion cannot re-key it with the data key"
+            )
         old = m.keyslots[keyslot]
         ks, area = self._new_keyslot(new_passphrase, kdf or KdfSpec(), old.priority)
         ks = replace(ks, extra=old.extra)
@@ -503,6 +592,8 @@ class Luks2Volume:
         digests = {
             n: replace(d, keyslots=tuple(k for k in d.keyslots if k != keyslot))
             for n, d in m.digests.items()
+            # an unbound keyslot's own digest goes with it
+            if d.segments or d.keyslots != (keyslot,)
         }
         tokens = {
             n: replace(t, keyslots=tuple(k for k in t.keyslots if k != keyslot))
@@ -520,6 +611,8 @@ class Luks2Volume:
     def add_token(self, token: Token | Mapping[str, Any], *, token_id: int | None = None) -> int:
         """Store a token (any JSON object with ``type`` and ``keyslots``); returns its id."""
         tk = token if isinstance(token, Token) else Token.from_json(dict(token), "new token")
+        if tk.type.startswith("luks2-") and tk.type != "luks2-keyring":
+            raise ConfigError(f"token type {tk.type!r} is reserved for cryptsetup's built-ins")
         m = self._metadata
         n = m.free_token_id() if token_id is None else token_id
         if n in m.tokens:

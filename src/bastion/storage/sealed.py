@@ -16,8 +16,15 @@ bastion enrolment and bastion unlocks volumes enrolled by systemd-cryptenroll.
 
 Unlock: for each ``systemd-tpm2`` token, recompute the policy digest from the current PCR
 values and fail fast with PolicyError when it differs from ``tpm2-policy-hash`` (as
-systemd does), else unseal and open the named keyslot. Tokens with a PIN, a signed PCR
-policy (``tpm2_pubkey``), pcrlock or an SRK handle are refused with ConfigError.
+systemd does), else unseal and open the named keyslot. Tokens with a PIN, pcrlock or an
+SRK handle are refused with ConfigError.
+
+Signed PCR policies (``systemd-cryptenroll --tpm2-public-key=pub.pem
+--tpm2-public-key-pcrs=11``): :func:`enroll_tpm_signed` seals to TPM2_PolicyAuthorize by
+the authority's RSA key (then PolicyPCR over the literal ``tpm2-pcrs``, if any) and writes
+``tpm2_pubkey`` (base64 of the PEM as given) and ``tpm2_pubkey_pcrs``, as systemd 252 does.
+Such a token unlocks only with a ``.pcrsig`` (``pcr_signature=``) whose entry signs the
+current PCR 11 value (:mod:`bastion.storage.signed_policy`); updates never reseal it.
 
 Lock: :func:`lock` extends PCR 15 (UAPI PCR registry: "root volume key", where
 systemd-cryptsetup's ``tpm2-measure-pcr=`` measures too) with a measurement of the volume,
@@ -49,6 +56,7 @@ from bastion.errors import (
     PolicyError,
 )
 from bastion.formats.luks2 import Token
+from bastion.storage import signed_policy
 from bastion.storage.luks2_volume import MINIMAL_KDF, Luks2Volume
 from bastion.tpm import pcr as pcrmath
 from bastion.tpm.base import HashAlg, PcrSelection, SealedObject, Tpm
@@ -57,7 +65,11 @@ TOKEN_TYPE = "systemd-tpm2"
 LOCK_PCR = 15
 DEFAULT_PCRS = (7, LOCK_PCR)
 SECRET_SIZE = 32
-_UNSUPPORTED = ("tpm2_pubkey", "tpm2_pcrlock", "tpm2_srk", "tpm2_pubkey_pcrs")
+_UNSUPPORTED = ("tpm2_pcrlock", "tpm2_srk")
+SIGNED_PCRS = (11,)
+#: PCRs a signed-policy token also binds by value by default, as systemd 252 does: PCR 11
+#: alone does not prove Secure Boot was on (a foreign boot loader can replay it)
+SIGNED_LITERAL_PCRS = (7,)
 _KNOWN = (
     "tpm2-blob",
     "tpm2-pcrs",
@@ -65,12 +77,16 @@ _KNOWN = (
     "tpm2-primary-alg",
     "tpm2-policy-hash",
     "tpm2-pin",
+    "tpm2_pubkey",
+    "tpm2_pubkey_pcrs",
 )
 
 
-def parse_pcr_list(text: str) -> tuple[int, ...]:
-    """systemd's spelling ``7+15`` (also ``7,15``) -> (7, 15)."""
+def parse_pcr_list(text: str, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """systemd's spelling ``7+15`` (also ``7,15``) -> (7, 15); ``""`` -> () if allowed."""
     parts = [p for p in re.split(r"[+,]", text.strip()) if p]
+    if not parts and allow_empty and not text.strip():
+        return ()
     if not parts or not all(p.isdigit() and int(p) < 24 for p in parts):
         raise ConfigError(f"--tpm2-pcrs {text!r}: expected PCR numbers 0..23 like 7+15")
     return tuple(sorted({int(p) for p in parts}))
@@ -110,6 +126,8 @@ class Tpm2Token:
     policy_hash: bytes = b""
     pin: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    pubkey: bytes = b""
+    pubkey_pcrs: tuple[int, ...] = ()
 
     @classmethod
     def from_token(cls, token: Token) -> Tpm2Token:
@@ -131,12 +149,20 @@ class Tpm2Token:
             blob = base64.b64decode(raw_blob, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise FormatError("systemd-tpm2 token: tpm2-blob is not base64") from exc
-        pcrs = f.get("tpm2-pcrs")
-        if not isinstance(pcrs, list) or not all(
-            isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in pcrs
-        ):
-            raise FormatError("systemd-tpm2 token: tpm2-pcrs must be a list of PCR numbers")
-        if not pcrs:
+        pcrs = _pcr_list(f.get("tpm2-pcrs"), "tpm2-pcrs")
+        pubkey_pcrs = _pcr_list(f.get("tpm2_pubkey_pcrs", []), "tpm2_pubkey_pcrs")
+        pubkey = b""
+        raw_pubkey = f.get("tpm2_pubkey")
+        if raw_pubkey is not None:
+            if not isinstance(raw_pubkey, str) or len(raw_pubkey) > 2 * limits.TPM2_PUBKEY_MAX_SIZE:
+                raise FormatError("systemd-tpm2 token: tpm2_pubkey must be a base64 string")
+            try:
+                pubkey = base64.b64decode(raw_pubkey, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise FormatError("systemd-tpm2 token: tpm2_pubkey is not base64") from exc
+        if pubkey_pcrs and not pubkey:
+            raise FormatError("systemd-tpm2 token: tpm2_pubkey_pcrs is set but tpm2_pubkey is not")
+        if not pcrs and not pubkey_pcrs:
             raise ConfigError("systemd-tpm2 token binds no PCRs; bastion requires at least one")
         bank_name = f.get("tpm2-pcr-bank", "sha256")
         try:
@@ -163,6 +189,8 @@ class Tpm2Token:
             policy_hash=bytes.fromhex(policy_hex),
             pin=pin,
             extra={k: v for k, v in f.items() if k not in _KNOWN},
+            pubkey=pubkey,
+            pubkey_pcrs=tuple(pubkey_pcrs),
         )
 
     def to_token(self) -> Token:
@@ -175,16 +203,39 @@ class Tpm2Token:
             "tpm2-policy-hash": self.policy_hash.hex(),
             "tpm2-pin": self.pin,
         }
+        if self.pubkey_pcrs:
+            fields["tpm2_pubkey_pcrs"] = list(self.pubkey_pcrs)
+        if self.pubkey:  # systemd writes it only with tpm2_pubkey_pcrs; keep a foreign one
+            fields["tpm2_pubkey"] = base64.b64encode(self.pubkey).decode("ascii")
         fields.update(self.extra)
         return Token(TOKEN_TYPE, (self.keyslot,), fields)
 
     @property
     def selection(self) -> PcrSelection:
+        """The PCRs bound by literal value (``tpm2-pcrs``); ConfigError when there are none."""
         return PcrSelection(self.bank, self.pcrs)
+
+    @property
+    def literal_selection(self) -> PcrSelection | None:
+        """``tpm2-pcrs`` as a selection, or None for a token bound by signature only."""
+        return PcrSelection(self.bank, self.pcrs) if self.pcrs else None
+
+    @property
+    def signed_selection(self) -> PcrSelection | None:
+        """``tpm2_pubkey_pcrs`` as a selection, or None for a PCR-bound token."""
+        return PcrSelection(self.bank, self.pubkey_pcrs) if self.pubkey_pcrs else None
 
     @property
     def sealed(self) -> SealedObject:
         return split_blob(self.blob)
+
+
+def _pcr_list(value: object, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 24 for p in value
+    ):
+        raise FormatError(f"systemd-tpm2 token: {what} must be a list of PCR numbers")
+    return sorted(set(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +248,7 @@ class TpmEnrollment:
     bank: HashAlg
     policy_hash: bytes
     blob: bytes
+    pubkey_pcrs: tuple[int, ...] = ()
 
 
 def _passphrase(secret: bytes) -> bytes:
@@ -228,6 +280,64 @@ def enroll_tpm(
     return TpmEnrollment(slot, token_id, selection.indexes, selection.bank, policy, sealed.blob)
 
 
+def enroll_tpm_signed(
+    volume: Luks2Volume,
+    tpm: Tpm,
+    public_key_pem: bytes,
+    *,
+    pubkey_pcrs: Sequence[int] = SIGNED_PCRS,
+    pcrs: Sequence[int] = SIGNED_LITERAL_PCRS,
+    pcr_values: Mapping[int, bytes] | None = None,
+    pcr_signature: bytes | None = None,
+) -> TpmEnrollment:
+    """Seal a new keyslot's secret to PolicyAuthorize by ``public_key_pem`` over
+    ``pubkey_pcrs`` (then PolicyPCR over ``pcrs``, current values or ``pcr_values``;
+    ``pcrs=()`` binds by signature only, systemd's ``--tpm2-pcrs=``).
+
+    With ``pcr_signature`` (a ``.pcrsig``) the secret is unsealed once before the keyslot
+    is written, proving the enrolment works on this TPM now, as systemd-cryptenroll does
+    when it finds a signature.
+    """
+    volume.volume_key  # noqa: B018 - raises AuthError when locked, before touching the TPM
+    key = signed_policy.load_public_key(public_key_pem)
+    if not pubkey_pcrs:
+        raise ConfigError("a signed policy needs at least one PCR (tpm2_pubkey_pcrs), e.g. 11")
+    signed = PcrSelection(HashAlg.SHA256, tuple(pubkey_pcrs))
+    literal = PcrSelection(HashAlg.SHA256, tuple(pcrs)) if pcrs else None
+    values: dict[int, bytes] | None = None
+    if literal is not None:
+        values = dict(pcr_values) if pcr_values is not None else tpm.pcr_read(literal)
+        if set(values) != set(literal.indexes):
+            raise ConfigError(f"PCR values given for {sorted(values)}, selection is {literal}")
+    elif pcr_values:
+        raise ConfigError("pcr_values given but no literal PCRs (pcrs) to bind them to")
+    name = tpm.load_external(signed_policy.key_public(key).to_bytes())
+    policy = pcrmath.authorized_sealing_policy(name, selection=literal, values=values)
+    secret = os.urandom(SECRET_SIZE)
+    sealed = tpm.seal_to_policy(secret, policy)
+    if pcr_signature is not None:
+        approval = signed_policy.approve(tpm, key, signed, pcr_signature)
+        if pcr_values is None and not hmac.compare_digest(
+            tpm.unseal_authorized(sealed, approval, selection=literal), secret
+        ):
+            raise PolicyError("the TPM returned a different secret right after sealing it")
+    slot = volume.add_keyslot(_passphrase(secret), kdf=MINIMAL_KDF)
+    token = Tpm2Token(
+        slot,
+        sealed.blob,
+        tuple(literal.indexes) if literal else (),
+        HashAlg.SHA256,
+        "ecc",
+        policy,
+        pubkey=public_key_pem,
+        pubkey_pcrs=signed.indexes,
+    )
+    token_id = volume.add_token(token.to_token())
+    return TpmEnrollment(
+        slot, token_id, token.pcrs, HashAlg.SHA256, policy, sealed.blob, signed.indexes
+    )
+
+
 def tpm2_tokens(volume: Luks2Volume) -> dict[int, Token]:
     """The ``systemd-tpm2`` tokens of a volume, by token id."""
     return {n: t for n, t in volume.tokens.items() if t.type == TOKEN_TYPE}
@@ -238,13 +348,47 @@ def current_policy(tpm: Tpm, token: Tpm2Token) -> bytes:
     return pcrmath.sealing_policy(token.selection, tpm.pcr_read(token.selection))
 
 
-def unlock_token(volume: Luks2Volume, tpm: Tpm, token_id: int) -> int:
-    """Unlock through one ``systemd-tpm2`` token; returns the keyslot."""
+def _unseal_signed(tpm: Tpm, token: Tpm2Token, token_id: int, pcr_signature: bytes | None) -> bytes:
+    signed = token.signed_selection
+    if signed is None:
+        raise ConfigError(f"token {token_id} has no signed PCRs (tpm2_pubkey_pcrs)")
+    pcr_names = "+".join(map(str, token.pubkey_pcrs))
+    if pcr_signature is None:
+        raise PolicyError(
+            f"token {token_id} is bound to a signed policy for PCR {pcr_names}: give the "
+            ".pcrsig (tpm2-pcr-signature.json) of the booted image"
+        )
+    key = signed_policy.load_public_key(token.pubkey)
+    literal = token.literal_selection
+    values = tpm.pcr_read(literal) if literal is not None else None
+    if token.policy_hash:
+        now = pcrmath.authorized_sealing_policy(
+            signed_policy.key_name(key), selection=literal, values=values
+        )
+        if not hmac.compare_digest(now, token.policy_hash):
+            raise PolicyError(
+                f"token {token_id}: PolicyAuthorize by its tpm2_pubkey"
+                f"{' and PCRs ' + '+'.join(map(str, token.pcrs)) if literal else ''} gives "
+                f"{now.hex()[:16]}..., the token expects {token.policy_hash.hex()[:16]}... "
+                "(the key was replaced or a literal PCR changed)"
+            )
+    approval = signed_policy.approve(tpm, key, signed, pcr_signature)
+    return tpm.unseal_authorized(token.sealed, approval, selection=literal)
+
+
+def unlock_token(
+    volume: Luks2Volume, tpm: Tpm, token_id: int, *, pcr_signature: bytes | None = None
+) -> int:
+    """Unlock through one ``systemd-tpm2`` token; returns the keyslot. A signed-policy token
+    needs ``pcr_signature``, the ``.pcrsig`` JSON of the booted image."""
     if token_id not in volume.tokens:
         raise NotFoundError(f"LUKS2 token {token_id} does not exist")
     token = Tpm2Token.from_token(volume.tokens[token_id])
     if token.pin:
         raise ConfigError(f"token {token_id} needs a TPM PIN, which bastion does not support")
+    if token.pubkey_pcrs:
+        secret = _unseal_signed(tpm, token, token_id, pcr_signature)
+        return volume.unlock_passphrase(_passphrase(secret), keyslot=token.keyslot)
     if token.policy_hash:
         now = current_policy(tpm, token)
         if not hmac.compare_digest(now, token.policy_hash):
@@ -256,7 +400,13 @@ def unlock_token(volume: Luks2Volume, tpm: Tpm, token_id: int) -> int:
     return volume.unlock_passphrase(_passphrase(secret), keyslot=token.keyslot)
 
 
-def unlock_with_token(volume: Luks2Volume, tpm: Tpm, *, token_id: int | None = None) -> int:
+def unlock_with_token(
+    volume: Luks2Volume,
+    tpm: Tpm,
+    *,
+    token_id: int | None = None,
+    pcr_signature: bytes | None = None,
+) -> int:
     """Try each ``systemd-tpm2`` token (or one); the first that opens wins.
 
     Raises the single failure when there is one token, else a PolicyError listing them.
@@ -267,7 +417,7 @@ def unlock_with_token(volume: Luks2Volume, tpm: Tpm, *, token_id: int | None = N
     failures: list[BastionError] = []
     for n in ids:
         try:
-            return unlock_token(volume, tpm, n)
+            return unlock_token(volume, tpm, n, pcr_signature=pcr_signature)
         except BastionError as exc:  # policy, auth, format, TPM errors: try the next token
             failures.append(exc)
     if len(failures) == 1:
@@ -337,6 +487,11 @@ def reseal(
     old = Tpm2Token.from_token(volume.tokens[token_id]) if token_id in volume.tokens else None
     if old is None:
         raise NotFoundError(f"LUKS2 token {token_id} does not exist")
+    if old.pubkey_pcrs:
+        raise ConfigError(
+            f"token {token_id} is bound to a signed policy: updates sign the new PCR 11 "
+            "value instead of resealing"
+        )
     new = enroll_tpm(
         volume,
         tpm,

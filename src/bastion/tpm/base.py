@@ -119,6 +119,25 @@ class Attestation:
     signature: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyApproval:
+    """What TPM2_PolicyAuthorize needs to replace a policy by its authority's approval.
+
+    ``selection`` is the PCR selection of the approved PolicyPCR (systemd: PCR 11) and
+    ``approved_policy`` its digest for the PCR values the authority signed;
+    ``key_name`` is the Name of the authority's key as the TPM computed it in
+    ``load_external``; ``ticket`` the TPMT_TK_VERIFIED that ``verify_signature`` returned
+    for ``authorize_digest(approved_policy, policy_ref)``. The TPM recomputes the
+    PolicyPCR digest from its *current* PCRs, so a stale approval fails there.
+    """
+
+    key_name: bytes
+    selection: PcrSelection
+    approved_policy: bytes
+    ticket: bytes
+    policy_ref: bytes = b""
+
+
 @runtime_checkable
 class Tpm(Protocol):
     """The TPM operations bastion needs. Every method raises TpmError on TPM failure."""
@@ -150,6 +169,39 @@ class Tpm(Protocol):
         self, sealed: SealedObject, selection: PcrSelection, *, auth_value: bytes | None = None
     ) -> bytes:
         """Release a sealed secret; PolicyError if the PCRs (or auth value) do not match."""
+        ...
+
+    # --- signed policies (TPM2_PolicyAuthorize) -------------------------------------------
+    def load_external(self, public: bytes) -> bytes:
+        """TPM2_LoadExternal of a public key (TPM2B_PUBLIC, no sensitive part) in the owner
+        hierarchy; returns its Name as the TPM computed it. The object is flushed again."""
+        ...
+
+    def verify_signature(self, public: bytes, digest: bytes, signature: bytes) -> bytes:
+        """TPM2_LoadExternal (owner hierarchy) + TPM2_VerifySignature of a TPMT_SIGNATURE
+        over ``digest``; returns the TPMT_TK_VERIFIED ticket. SignatureError when the
+        signature does not verify."""
+        ...
+
+    def seal_to_policy(
+        self, secret: bytes, policy: bytes, *, auth_value: bytes | None = None
+    ) -> SealedObject:
+        """Seal ``secret`` under the storage primary with ``policy`` (a SHA-256 policy
+        digest, e.g. :func:`bastion.tpm.pcr.authorized_sealing_policy`) as authPolicy."""
+        ...
+
+    def unseal_authorized(
+        self,
+        sealed: SealedObject,
+        approval: PolicyApproval,
+        *,
+        selection: PcrSelection | None = None,
+        auth_value: bytes | None = None,
+    ) -> bytes:
+        """Unseal in a policy session: PolicyPCR(approval.selection) with the current PCRs,
+        PolicyAuthorize(approval), then PolicyPCR(``selection``) and PolicyAuthValue when
+        given. PolicyError when the PCRs differ from the approved policy, the ticket is not
+        valid for it, or the resulting digest is not the object's authPolicy."""
         ...
 
     # --- NV: counters and fuse bits ------------------------------------------------------
@@ -184,6 +236,11 @@ class Tpm(Protocol):
     # --- keys, quotes, credentials -------------------------------------------------------
     def ek_public(self) -> bytes:
         """TPM2B_PUBLIC of the RSA-2048 endorsement key (TCG default template)."""
+        ...
+
+    def ek_certificate(self) -> bytes | None:
+        """The DER EK certificate its maker stored in NV (0x01c00002, TCG EK Credential
+        Profile), or None when the TPM has none (the software TPM never has one)."""
         ...
 
     def create_ak(self) -> TpmKey:

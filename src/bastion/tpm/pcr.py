@@ -10,8 +10,13 @@ to compute the authPolicy a sealed object must carry, and inside the software TP
 * Policy digests (TPM 2.0 Part 3): each step is
   ``policy = H(policy || TPM_CC || args)``; chains start from all zeros
   (``empty_policy``). ``policy_pcr``, ``policy_auth_value``, ``policy_secret``,
-  ``policy_nv``, ``policy_or``, ``policy_command_code``. ``sealing_policy`` is the
-  one bastion seals to: PolicyPCR, then PolicyAuthValue when a PIN/auth value is used.
+  ``policy_nv``, ``policy_or``, ``policy_command_code``, ``policy_authorize``.
+  ``sealing_policy`` is the one bastion seals to: PolicyPCR, then PolicyAuthValue when a
+  PIN/auth value is used; ``authorized_sealing_policy`` the signed-policy form (systemd's
+  ``--tpm2-public-key``): PolicyAuthorize(key), then the literal PolicyPCR and
+  PolicyAuthValue, if any.
+* ``authorize_digest(approved, ref)``: aHash = H(approvedPolicy || policyRef), the digest
+  an authority signs and TPM2_VerifySignature checks for PolicyAuthorize.
 * ``auth_value_trim``: an authValue loses trailing zero bytes (Part 1, 19.6.5).
 """
 
@@ -26,12 +31,14 @@ from bastion.tpm.base import PCR_COUNT, HashAlg, PcrSelection
 
 TPM_CC_POLICY_NV = 0x00000149
 TPM_CC_POLICY_SECRET = 0x00000151
+TPM_CC_POLICY_AUTHORIZE = 0x0000016A
 TPM_CC_POLICY_AUTH_VALUE = 0x0000016B
 TPM_CC_POLICY_COMMAND_CODE = 0x0000016C
 TPM_CC_POLICY_OR = 0x00000171
 TPM_CC_POLICY_PCR = 0x0000017F
 
 TPM_RH_OWNER = 0x40000001
+TPM_RH_NULL = 0x40000007
 TPM_RH_ENDORSEMENT = 0x4000000B
 TPM_RH_PLATFORM = 0x4000000C
 
@@ -184,6 +191,41 @@ def policy_or(branches: Sequence[bytes], policy_alg: HashAlg = HashAlg.SHA256) -
     for b in branches:
         _check(b, policy_alg)
     return _h(policy_alg, empty_policy(policy_alg) + u32(TPM_CC_POLICY_OR) + b"".join(branches))
+
+
+def policy_authorize(
+    key_name: bytes, policy_ref: bytes = b"", policy_alg: HashAlg = HashAlg.SHA256
+) -> bytes:
+    """TPM2_PolicyAuthorize: the digest is first reset to zeros (whatever came before is
+    replaced by the approved policy), then H(H(0...0 || CC || keyName) || policyRef)."""
+    return _policy_update(
+        empty_policy(policy_alg), TPM_CC_POLICY_AUTHORIZE, key_name, policy_ref, policy_alg
+    )
+
+
+def authorize_digest(
+    approved_policy: bytes, policy_ref: bytes = b"", hash_alg: HashAlg = HashAlg.SHA256
+) -> bytes:
+    """aHash = H(approvedPolicy || policyRef): what the authority signs for PolicyAuthorize
+    (systemd-measure: PKCS#1 v1.5 / SHA-256 over the PolicyPCR digest, empty policyRef)."""
+    return _h(hash_alg, approved_policy + policy_ref)
+
+
+def authorized_sealing_policy(
+    key_name: bytes,
+    *,
+    selection: PcrSelection | None = None,
+    values: Mapping[int, bytes] | None = None,
+    with_auth_value: bool = False,
+    policy_ref: bytes = b"",
+) -> bytes:
+    """The authPolicy of an object sealed to a signed PCR policy, in systemd 252's order:
+    PolicyAuthorize(key_name, policy_ref), then PolicyPCR over ``selection`` with
+    ``values`` (PCRs bound by literal value, optional), then PolicyAuthValue."""
+    policy = policy_authorize(key_name, policy_ref)
+    if selection is not None:
+        policy = policy_pcr(selection, values or {}, policy)
+    return policy_auth_value(policy) if with_auth_value else policy
 
 
 def sealing_policy(

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -34,12 +35,15 @@ from bastion.errors import (
     FormatError,
     NotFoundError,
     PolicyError,
+    SignatureError,
     TpmError,
     VerificationError,
 )
 from bastion.formats.tpm2 import (
+    HASH_SIZES,
     ST_ATTEST_CERTIFY,
     ST_ATTEST_QUOTE,
+    ST_VERIFIED,
     Alg,
     Attest,
     CertifyInfo,
@@ -60,19 +64,31 @@ from bastion.formats.tpm2 import (
     Sensitive,
     Signature,
     SymDef,
+    VerifiedTicket,
     tpm2b,
     u16,
     u32,
 )
 from bastion.io.clock import Clock, SystemClock
 from bastion.tpm._software_state import BANKS, NvIndex, State, StateFile
-from bastion.tpm.base import PCR_COUNT, Attestation, HashAlg, PcrSelection, SealedObject, TpmKey
+from bastion.tpm.base import (
+    PCR_COUNT,
+    Attestation,
+    HashAlg,
+    PcrSelection,
+    PolicyApproval,
+    SealedObject,
+    TpmKey,
+)
 from bastion.tpm.pcr import (
     EK_POLICY,
     TPM_RH_OWNER,
     auth_value_trim,
+    authorize_digest,
+    authorized_sealing_policy,
     extend,
     pcr_digest,
+    policy_pcr,
     sealing_policy,
 )
 from bastion.tpm.quote import aes_cfb, credential_to_secret, kdfa, oaep
@@ -89,6 +105,12 @@ RC_AUTH_FAIL = 0x98E
 RC_NV_UNINITIALIZED = 0x14A
 RC_NV_DEFINED = 0x14C
 RC_HANDLE = 0x08B
+RC_HASH = 0x083
+RC_SCHEME = 0x092
+RC_SIGNATURE = 0x09B
+RC_KEY = 0x09C
+RC_CURVE = 0x0A6
+RC_ECC_POINT = 0x0A7
 
 #: TPMS_ATTEST.firmwareVersion before obfuscation: "bastion software TPM 1.0"
 FIRMWARE_VERSION = 0x6261_7374_0001_0000
@@ -103,6 +125,12 @@ SEALED_ATTRIBUTES = 0x00000012  # fixedTPM|fixedParent
 AES128_CFB = SymDef(Alg.AES, 128, Alg.CFB)
 NV_INDEX_FIRST, NV_INDEX_LAST = 0x01000000, 0x01FFFFFF
 _U64 = 2**64
+_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
+    Alg.SHA1: hashes.SHA1,
+    Alg.SHA256: hashes.SHA256,
+    Alg.SHA384: hashes.SHA384,
+    Alg.SHA512: hashes.SHA512,
+}
 T = TypeVar("T")
 
 
@@ -296,14 +324,15 @@ class SoftwareTpm:
             values = {i: given[i] for i in selection.indexes}
         return values
 
-    def seal(
-        self,
-        secret: bytes,
-        selection: PcrSelection,
-        *,
-        pcr_values: Mapping[int, bytes] | None = None,
-        auth_value: bytes | None = None,
-    ) -> SealedObject:
+    def _seal_object(self, st: State, secret: bytes, policy: bytes, auth: bytes) -> SealedObject:
+        seed = os.urandom(32)
+        unique = hashlib.sha256(seed + secret).digest()
+        pub = Public(Alg.KEYEDHASH, Alg.SHA256, SEALED_ATTRIBUTES, policy, KeyedHashParms(), unique)
+        sens = Sensitive(Alg.KEYEDHASH, auth, seed, secret)
+        return SealedObject(public=pub.to_bytes(), private=self._wrap(st, pub.name, sens))
+
+    @staticmethod
+    def _check_seal_inputs(secret: bytes, auth_value: bytes | None) -> bytes:
         if len(secret) > limits.TPM_MAX_SEALED_SIZE:
             raise TpmError(
                 f"secret is {len(secret)} bytes, a TPM seals at most {limits.TPM_MAX_SEALED_SIZE}",
@@ -312,17 +341,34 @@ class SoftwareTpm:
         auth = auth_value_trim(auth_value or b"")
         if len(auth) > 32:
             raise TpmError(f"auth value is {len(auth)} bytes, at most 32", rc=RC_SIZE)
+        return auth
+
+    def seal(
+        self,
+        secret: bytes,
+        selection: PcrSelection,
+        *,
+        pcr_values: Mapping[int, bytes] | None = None,
+        auth_value: bytes | None = None,
+    ) -> SealedObject:
+        auth = self._check_seal_inputs(secret, auth_value)
         st = self._read()
         values = self._policy_values(st, selection, pcr_values)
         try:
             policy = sealing_policy(selection, values, with_auth_value=auth_value is not None)
         except ConfigError as exc:
             raise TpmError(f"cannot compute the sealing policy: {exc}", rc=RC_VALUE) from exc
-        seed = os.urandom(32)
-        unique = hashlib.sha256(seed + secret).digest()
-        pub = Public(Alg.KEYEDHASH, Alg.SHA256, SEALED_ATTRIBUTES, policy, KeyedHashParms(), unique)
-        sens = Sensitive(Alg.KEYEDHASH, auth, seed, secret)
-        return SealedObject(public=pub.to_bytes(), private=self._wrap(st, pub.name, sens))
+        return self._seal_object(st, secret, policy, auth)
+
+    def seal_to_policy(
+        self, secret: bytes, policy: bytes, *, auth_value: bytes | None = None
+    ) -> SealedObject:
+        auth = self._check_seal_inputs(secret, auth_value)
+        if len(policy) != HashAlg.SHA256.digest_size:
+            raise TpmError(
+                f"authPolicy is {len(policy)} bytes, the SHA-256 nameAlg needs 32", rc=RC_SIZE
+            )
+        return self._seal_object(self._read(), secret, policy, auth)
 
     def unseal(
         self, sealed: SealedObject, selection: PcrSelection, *, auth_value: bytes | None = None
@@ -338,6 +384,149 @@ class SoftwareTpm:
                 f"TPM policy check failed (rc 0x{RC_POLICY_FAIL:x}): the policy for {selection}"
                 f"{' + auth value' if auth_value is not None else ''} with the current PCR "
                 f"values is {session.hex()}, the object requires {pub.auth_policy.hex()}"
+            )
+        if auth_value is not None and not hmac.compare_digest(
+            auth_value_trim(auth_value), sens.auth_value
+        ):
+            raise PolicyError(f"TPM auth value check failed (rc 0x{RC_AUTH_FAIL:x})")
+        return sens.sensitive
+
+    # --- signed policies ---------------------------------------------------------------------
+
+    @staticmethod
+    def _external(public: bytes) -> tuple[Public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey]:
+        """TPM2_LoadExternal checks of a public-only object; the key it holds."""
+        try:
+            pub = Public.parse(public)
+        except FormatError as exc:
+            raise TpmError(f"public area is malformed: {exc}", rc=RC_SIZE) from exc
+        if pub.name_alg != Alg.SHA256:
+            raise TpmError(f"nameAlg 0x{pub.name_alg:04x} is not SHA-256", rc=RC_HASH)
+        parms, unique = pub.parameters, pub.unique
+        if isinstance(parms, RsaParms) and isinstance(unique, bytes):
+            if len(unique) * 8 != parms.key_bits:
+                raise TpmError(
+                    f"RSA modulus is {len(unique) * 8} bits, keyBits says {parms.key_bits}",
+                    rc=RC_KEY,
+                )
+            try:
+                rkey = rsa.RSAPublicNumbers(
+                    parms.exponent or 65537, int.from_bytes(unique, "big")
+                ).public_key()
+            except ValueError as exc:
+                raise TpmError(f"RSA public key is not valid: {exc}", rc=RC_KEY) from exc
+            return pub, rkey
+        if isinstance(parms, EccParms) and isinstance(unique, EccPoint):
+            if parms.curve != Curve.NIST_P256:
+                raise TpmError(f"ECC curve 0x{parms.curve:04x} is not supported", rc=RC_CURVE)
+            try:
+                ekey = ec.EllipticCurvePublicNumbers(
+                    int.from_bytes(unique.x, "big"), int.from_bytes(unique.y, "big"), ec.SECP256R1()
+                ).public_key()
+            except ValueError as exc:
+                raise TpmError(f"ECC point is not on the curve: {exc}", rc=RC_ECC_POINT) from exc
+            return pub, ekey
+        raise TpmError("only RSA and ECC public keys can verify signatures", rc=RC_TYPE)
+
+    @staticmethod
+    def _owner_proof(st: State) -> bytes:
+        return kdfa(Alg.SHA256, st.proof, b"OWNER PROOF", b"", b"", 256)
+
+    def _ticket_hmac(self, st: State, digest: bytes, key_name: bytes) -> bytes:
+        """TPMT_TK_VERIFIED.digest = HMAC(proof(owner), TPM_ST_VERIFIED || digest || keyName)."""
+        return hmac.digest(self._owner_proof(st), u16(ST_VERIFIED) + digest + key_name, "sha256")
+
+    def load_external(self, public: bytes) -> bytes:
+        pub, _ = self._external(public)
+        return pub.name
+
+    def verify_signature(self, public: bytes, digest: bytes, signature: bytes) -> bytes:
+        st = self._read()
+        pub, key = self._external(public)
+        if not pub.attributes & ObjectAttr.SIGN_ENCRYPT:
+            raise TpmError("the key is not a signing key", rc=RC_ATTRIBUTES)
+        sig = Signature.parse(signature)
+        size = HASH_SIZES.get(sig.hash_alg)
+        if size is None or len(digest) != size:
+            raise TpmError(
+                f"digest is {len(digest)} bytes, the signature's hash needs {size}", rc=RC_SIZE
+            )
+        prehashed = utils.Prehashed(_HASHES[sig.hash_alg]())
+        try:
+            if isinstance(key, rsa.RSAPublicKey):
+                if sig.sig_alg != Alg.RSASSA:
+                    raise TpmError("RSA keys verify RSASSA signatures only", rc=RC_SCHEME)
+                key.verify(sig.sig, digest, padding.PKCS1v15(), prehashed)
+            else:
+                if sig.sig_alg != Alg.ECDSA:
+                    raise TpmError("ECC keys verify ECDSA signatures only", rc=RC_SCHEME)
+                der = utils.encode_dss_signature(
+                    int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big")
+                )
+                key.verify(der, digest, ec.ECDSA(prehashed))
+        except InvalidSignature as exc:
+            raise SignatureError(
+                f"TPM2_VerifySignature: the signature does not verify with key "
+                f"{pub.name.hex()} (rc 0x{RC_SIGNATURE:x})"
+            ) from exc
+        ticket = VerifiedTicket(TPM_RH_OWNER, self._ticket_hmac(st, digest, pub.name))
+        return ticket.to_bytes()
+
+    def _check_approval(self, st: State, approval: PolicyApproval) -> None:
+        """PolicyPCR(approval.selection) + the checks of TPM2_PolicyAuthorize."""
+        values = {i: self._bank(st, approval.selection.bank)[i] for i in approval.selection.indexes}
+        session = policy_pcr(approval.selection, values)
+        if not hmac.compare_digest(session, approval.approved_policy):
+            raise PolicyError(
+                f"TPM2_PolicyAuthorize refused (rc 0x{RC_VALUE:x}): the PCR policy of "
+                f"{approval.selection} with the current values is {session.hex()}, the "
+                f"approved policy is {approval.approved_policy.hex()}"
+            )
+        name = approval.key_name
+        if len(name) != 34 or name[:2] != u16(Alg.SHA256):
+            raise TpmError("keySign is not a SHA-256 object Name", rc=RC_SIZE)
+        if len(approval.policy_ref) > limits.TPM_MAX_DIGEST_SIZE:
+            raise TpmError("policyRef is longer than a digest", rc=RC_SIZE)
+        ticket = VerifiedTicket.parse(approval.ticket)
+        expected = self._ticket_hmac(
+            st, authorize_digest(approval.approved_policy, approval.policy_ref), name
+        )
+        if ticket.hierarchy != TPM_RH_OWNER or not hmac.compare_digest(ticket.digest, expected):
+            raise PolicyError(
+                f"TPM2_PolicyAuthorize refused (rc 0x{RC_VALUE:x}): the ticket was not issued "
+                f"by this TPM for this approved policy and key {name.hex()}"
+            )
+
+    def unseal_authorized(
+        self,
+        sealed: SealedObject,
+        approval: PolicyApproval,
+        *,
+        selection: PcrSelection | None = None,
+        auth_value: bytes | None = None,
+    ) -> bytes:
+        st = self._read()
+        pub, sens = self._load(st, sealed.public, sealed.private)
+        if pub.type != Alg.KEYEDHASH or pub.attributes & ObjectAttr.SIGN_ENCRYPT:
+            raise TpmError("object is not a sealed data object", rc=RC_TYPE)
+        self._check_approval(st, approval)
+        values = None
+        if selection is not None:
+            values = {i: self._bank(st, selection.bank)[i] for i in selection.indexes}
+        session = authorized_sealing_policy(
+            approval.key_name,
+            selection=selection,
+            values=values,
+            with_auth_value=auth_value is not None,
+            policy_ref=approval.policy_ref,
+        )
+        if not hmac.compare_digest(session, pub.auth_policy):
+            raise PolicyError(
+                f"TPM policy check failed (rc 0x{RC_POLICY_FAIL:x}): the session digest "
+                f"{session.hex()} (PolicyAuthorize by {approval.key_name.hex()[:16]}..."
+                f"{f', PolicyPCR {selection}' if selection else ''}"
+                f"{', PolicyAuthValue' if auth_value is not None else ''}) is not the "
+                f"object's authPolicy {pub.auth_policy.hex()}"
             )
         if auth_value is not None and not hmac.compare_digest(
             auth_value_trim(auth_value), sens.auth_value
@@ -466,6 +655,10 @@ class SoftwareTpm:
 
     def ek_public(self) -> bytes:
         return ek_template_public(self._ek_key().public_key()).to_bytes()
+
+    def ek_certificate(self) -> bytes | None:
+        """None: no manufacturer certified this key (it lives in a file)."""
+        return None
 
     def _make_key(self, pub_of: Public, secret: bytes) -> TpmKey:
         st = self._read()

@@ -9,6 +9,8 @@ with an absolute ``--tpmstate dir=`` and ``--pid file=`` (swtpm changes its fold
 connections; if a port was taken between choosing and binding, it retries with new
 ports. ``stop()`` ends the process by its PID and reaps it; ``restart()`` is a power
 cycle (same state folder: PCRs reset, NV kept), reusing the ports when it can.
+``save_volatile()`` keeps the PCRs in the state folder and ``start(resume=True)``
+brings them back: a sim device's TPM stays "on" between its boot and later commands.
 
 swtpm is not run with ``-d``: a daemonised swtpm is re-parented to PID 1, which on
 some machines does not reap it, leaving zombies. A child we ``wait()`` for cannot.
@@ -34,6 +36,8 @@ _START_TIMEOUT = 5.0  # seconds for swtpm to write its pid file and bind both po
 _STOP_TIMEOUT = 5.0
 _PORT_ATTEMPTS = 5
 HOST = "127.0.0.1"
+VOLATILE_FILE = "tpm2-00.volatilestate"  # where CMD_STORE_VOLATILE writes
+_CMD_STORE_VOLATILE = 10  # swtpm control channel command (swtpm_ioctl -v)
 
 
 def free_port_pair(attempts: int = 50) -> tuple[int, int]:
@@ -94,14 +98,45 @@ class Swtpm:
         self.port = 0
         self.ctrl_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._resume = False
 
     # --- lifecycle ---------------------------------------------------------------------
     @classmethod
-    def start(cls, state_dir: Path, *, runner: CommandRunner | None = None) -> Swtpm:
-        """Start a swtpm keeping its state in ``state_dir`` (created if missing)."""
+    def start(
+        cls, state_dir: Path, *, runner: CommandRunner | None = None, resume: bool = False
+    ) -> Swtpm:
+        """Start a swtpm keeping its state in ``state_dir`` (created if missing).
+
+        By default the TPM powers on fresh (TPM2_Startup(CLEAR): PCRs reset). With
+        ``resume``, it carries on from the volatile state :meth:`save_volatile` kept
+        (PCRs as the last boot left them): how a sim device's TPM stays "powered"
+        between the boot and later commands (provision, eventlog --check).
+        """
         tpm = cls(state_dir, runner=runner)
+        tpm._resume = resume
         tpm._launch(reuse_ports=False)
         return tpm
+
+    def save_volatile(self) -> None:
+        """Have swtpm write its volatile state (PCRs, sessions) into the state folder
+        (control command CMD_STORE_VOLATILE), for a later ``start(resume=True)``."""
+        if not self.running:
+            raise BackendError(f"swtpm for {self.state_dir} is not running")
+        try:
+            with socket.create_connection((HOST, self.ctrl_port), timeout=_STOP_TIMEOUT) as ctrl:
+                ctrl.sendall(_CMD_STORE_VOLATILE.to_bytes(4, "big"))
+                answer = b""
+                while len(answer) < 4:
+                    chunk = ctrl.recv(4 - len(answer))
+                    if not chunk:
+                        break
+                    answer += chunk
+        except OSError as exc:
+            raise BackendError(f"swtpm control channel {self.ctrl_port}: {exc}") from exc
+        if len(answer) != 4 or int.from_bytes(answer, "big") != 0:
+            raise BackendError(
+                f"swtpm did not store its volatile state (answer {answer.hex() or 'none'})"
+            )
 
     @property
     def pid(self) -> int:
@@ -150,6 +185,7 @@ class Swtpm:
     def restart(self) -> None:
         """Power-cycle: stop and start again on the same state (PCRs reset, NV kept)."""
         self.stop()
+        self._resume = False
         self._launch(reuse_ports=True)
 
     def __enter__(self) -> Swtpm:
@@ -180,7 +216,7 @@ class Swtpm:
             "--ctrl",
             f"type=tcp,port={self.ctrl_port},bindaddr={HOST}",
             "--flags",
-            "not-need-init,startup-clear",
+            "not-need-init" if self._resume else "not-need-init,startup-clear",
             "--pid",
             f"file={self.pid_file}",
             "--log",
@@ -189,6 +225,9 @@ class Swtpm:
 
     def _launch(self, *, reuse_ports: bool) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._resume:  # a fresh power-on: no saved PCRs may come back
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / VOLATILE_FILE).unlink()
         last = "no attempt"
         for attempt in range(_PORT_ATTEMPTS):
             if not (reuse_ports and attempt == 0 and self.port):

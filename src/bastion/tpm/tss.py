@@ -43,6 +43,8 @@ from tpm2_pytss.types import (
     TPM2B_DIGEST,
     TPM2B_ENCRYPTED_SECRET,
     TPM2B_ID_OBJECT,
+    TPM2B_NAME,
+    TPM2B_NONCE,
     TPM2B_NV_PUBLIC,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
@@ -55,8 +57,10 @@ from tpm2_pytss.types import (
     TPMT_HA,
     TPMT_PUBLIC,
     TPMT_SIG_SCHEME,
+    TPMT_SIGNATURE,
     TPMT_SYM_DEF,
     TPMT_TK_HASHCHECK,
+    TPMT_TK_VERIFIED,
 )
 from tpm2_pytss.utils import NVReadEK, create_ek_template
 
@@ -67,6 +71,7 @@ from bastion.errors import (
     FormatError,
     NotFoundError,
     PolicyError,
+    SignatureError,
     TpmError,
 )
 from bastion.tpm.base import (
@@ -74,6 +79,7 @@ from bastion.tpm.base import (
     Attestation,
     HashAlg,
     PcrSelection,
+    PolicyApproval,
     SealedObject,
     TpmKey,
 )
@@ -407,6 +413,106 @@ class TssTpm:
                 self._ectx.tr_set_auth(handle, auth_value)
             return bytes(self._ectx.unseal(handle, session1=session))
 
+    def seal_to_policy(
+        self, secret: bytes, policy: bytes, *, auth_value: bytes | None = None
+    ) -> SealedObject:
+        """Seal ``secret`` under the storage primary with ``policy`` as authPolicy."""
+        _check_secret(secret, auth_value)
+        if len(policy) != HashAlg.SHA256.digest_size:
+            raise ConfigError(f"authPolicy is {len(policy)} bytes, the SHA-256 nameAlg needs 32")
+        with self._op("seal to a policy digest") as scope:
+            srk = self._srk(scope)
+            sensitive = TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret))
+            if auth_value:
+                sensitive.userAuth = auth_value
+            priv, pub, *_ = self._ectx.create(
+                srk, TPM2B_SENSITIVE_CREATE(sensitive), TPM2B_PUBLIC(sealed_template(policy))
+            )
+            return SealedObject(public=pub.marshal(), private=priv.marshal())
+
+    # --- signed policies (PolicyAuthorize) ------------------------------------------------
+    def _load_external(self, scope: _Scope, public: bytes) -> ESYS_TR:
+        pub = _unmarshal_exact(TPM2B_PUBLIC, public, "external public key")
+        return scope.loaded(self._ectx.load_external(pub, None, ESYS_TR.OWNER))
+
+    def load_external(self, public: bytes) -> bytes:
+        """TPM2_LoadExternal in the owner hierarchy; the Name the TPM computed."""
+        with self._op("LoadExternal") as scope:
+            handle = self._load_external(scope, public)
+            return bytes(self._ectx.tr_get_name(handle))
+
+    def verify_signature(self, public: bytes, digest: bytes, signature: bytes) -> bytes:
+        """TPM2_VerifySignature with a loaded external key; the TPMT_TK_VERIFIED ticket."""
+        if len(digest) > limits.TPM_MAX_DIGEST_SIZE:
+            raise FormatError(f"digest is {len(digest)} bytes, at most a SHA-512 digest")
+        sig = _unmarshal_exact(TPMT_SIGNATURE, signature, "signature")
+        with self._op("VerifySignature") as scope:
+            handle = self._load_external(scope, public)
+            try:
+                ticket = self._ectx.verify_signature(handle, TPM2B_DIGEST(digest), sig)
+            except TSS2_Exception as exc:
+                if exc.error == TPM2_RC.SIGNATURE:
+                    raise SignatureError(
+                        "TPM2_VerifySignature: the signature does not verify with key "
+                        f"{bytes(self._ectx.tr_get_name(handle)).hex()} (rc 0x{int(exc.rc):03x})"
+                    ) from exc
+                raise
+            return bytes(ticket.marshal())
+
+    def unseal_authorized(
+        self,
+        sealed: SealedObject,
+        approval: PolicyApproval,
+        *,
+        selection: PcrSelection | None = None,
+        auth_value: bytes | None = None,
+    ) -> bytes:
+        """Unseal through PolicyPCR + PolicyAuthorize (+ PolicyPCR, PolicyAuthValue) in a
+        salted, response-encrypted policy session."""
+        ticket = _unmarshal_exact(TPMT_TK_VERIFIED, approval.ticket, "verified ticket")
+        with self._op(f"unseal authorized by {approval.selection}", policy=True) as scope:
+            srk = self._srk(scope)
+            handle = self._load(scope, srk, sealed.public, sealed.private)
+            session = scope.loaded(
+                self._ectx.start_auth_session(
+                    srk,
+                    ESYS_TR.NONE,
+                    TPM2_SE.POLICY,
+                    TPMT_SYM_DEF.parse("aes128cfb"),
+                    TPM2_ALG.SHA256,
+                )
+            )
+            self._ectx.trsess_set_attributes(
+                session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT
+            )
+            self._ectx.policy_pcr(session, b"", _tss_selection(approval.selection))
+            try:
+                self._ectx.policy_authorize(
+                    session,
+                    TPM2B_DIGEST(approval.approved_policy),
+                    TPM2B_NAME(approval.key_name),
+                    ticket,
+                    TPM2B_NONCE(approval.policy_ref),
+                )
+            except TSS2_Exception as exc:
+                if exc.error not in (TPM2_RC.VALUE, TPM2_RC.TICKET, TPM2_RC.POLICY_FAIL):
+                    raise
+                rc = int(exc.rc)
+                why = (
+                    f"the PCR policy of {approval.selection} with the current values is not "
+                    f"the approved policy {approval.approved_policy.hex()}"
+                    if rc & 0x0F00 == 0x0100  # parameter 1: approvedPolicy
+                    else "the ticket was not issued by this TPM for this approved policy and "
+                    f"key {approval.key_name.hex()}"
+                )
+                raise PolicyError(f"TPM2_PolicyAuthorize refused (rc 0x{rc:03x}): {why}") from exc
+            if selection is not None:
+                self._ectx.policy_pcr(session, b"", _tss_selection(selection))
+            if auth_value is not None:
+                self._ectx.policy_auth_value(session)
+                self._ectx.tr_set_auth(handle, auth_value)
+            return bytes(self._ectx.unseal(handle, session1=session))
+
     # --- NV ---------------------------------------------------------------------------------
     def _define(self, index: int, kind: TPM2_NT, what: str) -> None:
         _check_nv_index(index)
@@ -481,6 +587,14 @@ class TssTpm:
                 _handle, public = self._ek(scope)
                 self._ek_public = bytes(public.marshal())
         return self._ek_public
+
+    def ek_certificate(self) -> bytes | None:
+        """The RSA-2048 EK certificate from NV 0x01c00002 (None when the index is absent)."""
+        with self._op("read EK certificate"):
+            cert, _template = create_ek_template("EK-RSA2048", NVReadEK(self._ectx))
+        if not cert:
+            return None
+        return bytes(cert)
 
     def create_ak(self) -> TpmKey:
         """A restricted ECDSA P-256 attestation key under the storage primary."""

@@ -259,7 +259,10 @@ def open_signer(
     encrypted = b"ENCRYPTED" in data
     secret = _passphrase_for(parsed, passphrase) if encrypted else None
     if encrypted and secret is None:
-        raise AuthError(f"{what} is encrypted: give file:PATH?passphrase-env=VAR")
+        raise AuthError(
+            f"{what} is encrypted: give its passphrase (--passphrase-env VAR, "
+            "file:PATH?passphrase-env=VAR, or a terminal prompt)"
+        )
     return SoftwareSigner(load_private_key_pem(data, secret, what=what), scheme)
 
 

@@ -19,6 +19,13 @@ secureboot-kek RSA-2048     offline   UEFI KEK: signs db and dbx updates (+ X.50
 secureboot-db  RSA-2048     build     UEFI db: signs boot artefacts (+ X.509)
 ============== ============ ========= ==================================================
 
+While the platform root key is still on this machine, ``create_keyset`` also signs
+with it everything later builds need from it, so that no build or device command ever
+needs an offline key (ADR 0015): ``loader.statement.json``, the signed statement over
+the bootloader stage that carries the boot key (``image build`` copies it into every
+image), and ``profile-delegation.json``, which delegates signing device security
+profiles to the boot key (``device create``).
+
 Layout: ``<name>.key.pem`` (PKCS#8, mode 0600, optionally passphrase-encrypted),
 ``<name>.pub.pem``, ``<name>.crt.pem`` (+ ``.crt.der`` for the kernel's tools) where a
 certificate exists, and ``keys.json`` listing each key's role, algorithm, key id,
@@ -47,10 +54,12 @@ from bastion.errors import (
     NotFoundError,
     VerificationError,
 )
+from bastion.formats import bootunit as bu
 from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
-from bastion.limits import CERT_MAX_SIZE, JSON_MAX_SIZE
-from bastion.trust import pki
+from bastion.limits import BOOT_STATEMENT_MAX_SIZE, CERT_MAX_SIZE, JSON_MAX_SIZE
+from bastion.trust import delegation, pki
+from bastion.trust.envelope import sign_envelope
 from bastion.trust.keys import (
     KeyAlgorithm,
     KeyUri,
@@ -72,6 +81,11 @@ from bastion.trust.signer import (
 )
 
 MANIFEST = "keys.json"
+#: statements the platform root key signs at ``keys init`` (name -> file)
+STATEMENTS = {
+    "loader": "loader.statement.json",
+    "profile-delegation": "profile-delegation.json",
+}
 FORMAT = "bastion-keyset"
 VERSION = 1
 
@@ -248,6 +262,7 @@ def create_keyset(
     os.chmod(target, 0o700)
     t = now or dt.datetime.now(dt.UTC)
     entries: list[KeyEntry] = []
+    made: dict[str, PrivateKey] = {}
     root_ca: pki.CertificateAuthority | None = None
     for spec in ROLES:
         for index in range(spec.count):
@@ -260,6 +275,7 @@ def create_keyset(
             ):
                 algorithm = rsa_algorithm
             key = generate_private_key(algorithm)
+            made[name] = key
             public = key.public_key()
             atomic_write(target / f"{name}.key.pem", private_key_to_pem(key, passphrase), 0o600)
             atomic_write(target / f"{name}.pub.pem", public_key_to_pem(public), 0o644)
@@ -305,9 +321,26 @@ def create_keyset(
                     purpose=spec.purpose,
                 )
             )
-    keyset = KeySet(target, product, tuple(entries))
+    for name, data in offline_statements(made["platform-root"], made["boot"]).items():
+        atomic_write(target / STATEMENTS[name], data, 0o644)
+    keyset = KeySet(target, product, tuple(entries), statements=dict(STATEMENTS))
     atomic_write(target / MANIFEST, keyset.manifest_bytes(), 0o644)
     return keyset
+
+
+def offline_statements(platform_root: PrivateKey, boot: PrivateKey) -> dict[str, bytes]:
+    """What the platform root signs once so builds never need it (see :data:`STATEMENTS`)."""
+    root = SoftwareSigner(platform_root)
+    boot_pem = public_key_to_pem(boot.public_key())
+    loader = bu.LoaderStage(bu.LOADER_VERSION, boot_pem).to_bytes()
+    return {
+        "loader": sign_envelope(
+            bu.STATEMENT_TYPE_LOADER, bu.loader_statement(loader), [root]
+        ).to_bytes(),
+        "profile-delegation": delegation.sign_delegation(
+            root, delegation.ROLE_PROFILE, boot.public_key()
+        ),
+    }
 
 
 class KeySet:
@@ -319,10 +352,13 @@ class KeySet:
         product: str,
         entries: tuple[KeyEntry, ...],
         passphrase: PassphraseCallback | None = None,
+        *,
+        statements: dict[str, str] | None = None,
     ) -> None:
         self.folder = folder
         self.product = product
         self.entries = entries
+        self.statements = statements or {}
         self._passphrase = passphrase
 
     # --- loading -------------------------------------------------------------------------
@@ -357,11 +393,14 @@ class KeySet:
                 for e in doc["keys"]
             )
             product = str(doc["product"])
+            statements = {
+                str(k): _plain_name(v) for k, v in dict(doc.get("statements", {})).items()
+            }
         except FormatError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FormatError(f"{target / MANIFEST} is malformed: {exc}") from exc
-        keyset = cls(target, product, entries, passphrase)
+        keyset = cls(target, product, entries, passphrase, statements=statements)
         for entry in entries:
             actual = key_id(keyset.public_key(entry.role, _index(keyset, entry)))
             if actual != entry.key_id:
@@ -380,6 +419,8 @@ class KeySet:
             "platform_root_hash": self.platform_root_hash().hex(),
             "keys": [e.to_json() for e in self.entries],
         }
+        if self.statements:
+            doc["statements"] = self.statements
         return (json.dumps(doc, indent=2) + "\n").encode()
 
     # --- lookups -------------------------------------------------------------------------
@@ -447,6 +488,15 @@ class KeySet:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return hashlib.sha256(spki).digest()
+
+    def statement(self, name: str) -> bytes | None:
+        """A statement the platform root signed at ``keys init`` (None in older key sets)."""
+        file = self.statements.get(name)
+        if file is None:
+            return None
+        return read_bounded(
+            self.folder / file, BOOT_STATEMENT_MAX_SIZE, f"key set statement {name!r}"
+        )
 
     def offline_files(self) -> list[str]:
         """Private key files that must leave this machine for offline storage."""

@@ -1,24 +1,22 @@
 """Authorization-matrix rows and principals for provisioning, enrolment and device routes.
 
-Principals added to the world (each device enrolled for real through a private swtpm
-with tpm2-pytss, then the TPM is stopped; the decrypted device API key is kept):
+Principals added to the world (each device enrolled for real with a fresh software TPM
+into fleet A, a development fleet (EK policy ``any``); the decrypted device API key is
+kept):
 ``provisioning_key`` (a fleet-A key with uses left), ``device`` and ``other_device``
 (two enrolled devices of fleet A), ``revoked_device`` (enrolled, then revoked).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from server_authz import _NOT_USER, OK, USERS, Row, World, all_levels
-
-from bastion.io.runner import find_tool
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # device routes: only a (non-revoked) device; every device sees only itself
 _device: dict[str, int | str] = {name: 403 for name in (*USERS, "read_token")}
@@ -38,15 +36,15 @@ LEVELS = {"device": _device, "enrol": _enrol, "open": _open}
 
 
 def _enrol_device(world: World, key: str, serial: str) -> tuple[str, dict[str, str]]:
-    from devicekit import tss_tpm
-
+    """Enrol a fresh software TPM (fleet A is a development fleet, EK policy ``any``)."""
     from bastion.device.provision import provision
+    from bastion.tpm.software import SoftwareTpm
 
     folder = Path(tempfile.mkdtemp(prefix="authz-tpm-"))
     try:
-        with tss_tpm(folder) as tpm:
-            identity = provision(tpm, world.client, provisioning_key=key, serial=serial)
-            headers = {"Authorization": f"Bearer {identity.api_key(tpm)}"}
+        tpm = SoftwareTpm(folder / "tpm.state")
+        identity = provision(tpm, world.client, provisioning_key=key, serial=serial)
+        headers = {"Authorization": f"Bearer {identity.api_key(tpm)}"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return identity.device_id, headers
@@ -61,10 +59,8 @@ def _new_key(world: World, uses: int = 100) -> dict[str, Any]:
 
 
 def add_principals(world: World) -> None:
-    if find_tool("swtpm") is None:
-        if IN_CI:
-            raise RuntimeError("swtpm missing: the matrix needs it for device principals")
-        return
+    # fleet A enrols software TPMs: a development fleet, as the demo's
+    world.put("org_owner", f"/v1/fleets/{world.vars['fleet']}/ek-policy", {"ek_policy": "any"})
     key = _new_key(world)
     world.vars["pkey"] = key["id"]
     world.extra["pkey_secret"] = key["key"]
@@ -107,21 +103,25 @@ def _fresh_key(world: World, _who: str) -> dict[str, Any]:
     return {"pkey": _new_key(world, 1)["id"]}
 
 
-def _enrol_tpm(world: World) -> Any:
-    """A software TPM that builds real enrolment evidence for the enrol rows."""
-    if "enrol_tpm" not in world.extra:
-        from bastion.tpm.software import SoftwareTpm
+@contextmanager
+def _enrol_tpm() -> Iterator[Any]:
+    """A fresh software TPM that builds real enrolment evidence for the enrol rows (one
+    EK may be active in only one device of the fleet); its folder is removed after."""
+    from bastion.tpm.software import SoftwareTpm
 
-        folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
-        world.extra["enrol_tpm"] = SoftwareTpm(folder / "tpm.state")
-    return world.extra["enrol_tpm"]
+    folder = Path(tempfile.mkdtemp(prefix="authz-enrol-"))
+    try:
+        yield SoftwareTpm(folder / "tpm.state")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _begin_body(world: World, _who: str) -> dict[str, Any]:
     """Real evidence from a TPM: a provisioning key gets 200, everyone else is refused."""
     from bastion.device.provision import build_enrollment
 
-    _, _, body = build_enrollment(_enrol_tpm(world), world.unique("sn"))
+    with _enrol_tpm() as tpm:
+        _, _, body = build_enrollment(tpm, world.unique("sn"))
     return {"body": body}
 
 
@@ -136,14 +136,14 @@ def _finish_body(world: World, who: str) -> dict[str, Any]:
     if who != "provisioning_key":
         proof = base64.b64encode(b"\0" * 32).decode()
         return {"body": {"challenge_id": "ch_" + "0" * 32, "proof": proof}}
-    tpm = _enrol_tpm(world)
-    ak, _, body = build_enrollment(tpm, world.unique("sn"))
-    begin = world.client.post("/v1/enroll/begin", json=body, headers=world.headers[who])
-    assert begin.status_code == 200, begin.text
-    out = begin.json()
-    secret = tpm.activate_credential(
-        ak, base64.b64decode(out["credential_blob"]), base64.b64decode(out["encrypted_secret"])
-    )
+    with _enrol_tpm() as tpm:
+        ak, _, body = build_enrollment(tpm, world.unique("sn"))
+        begin = world.client.post("/v1/enroll/begin", json=body, headers=world.headers[who])
+        assert begin.status_code == 200, begin.text
+        out = begin.json()
+        secret = tpm.activate_credential(
+            ak, base64.b64decode(out["credential_blob"]), base64.b64decode(out["encrypted_secret"])
+        )
     cid = out["challenge_id"]
     proof = base64.b64encode(en.finish_proof(en.derive_keys(secret, cid), cid)).decode()
     return {"body": {"challenge_id": cid, "proof": proof}}
@@ -158,6 +158,8 @@ ROWS = [
     Row("POST", "/v1/device/events", "device", body={"events": [{"type": "boot"}]}),
     Row("GET", "/v1/fleets/{fleet}/devices", "viewer"),
     Row("GET", "/v1/fleets/{fleet}/devices/{device}", "viewer"),
+    Row("GET", "/v1/fleets/{fleet}/devices/{device}/logs", "viewer"),
+    Row("GET", "/v1/fleets/{fleet}/devices/{device}/events", "viewer"),
     Row(
         "POST", "/v1/fleets/{fleet}/devices/{device}/revoke", "operator", setup=_victim("operator")
     ),

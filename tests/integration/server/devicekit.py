@@ -26,7 +26,10 @@ ROLES = ("owner", "admin", "operator", "viewer")
 
 @dataclass
 class FleetWorld:
-    """One organisation with a fleet, a user per role, and a stranger in another org."""
+    """One organisation with a fleet, a user per role, and a stranger in another org.
+
+    Both fleets start as development fleets (EK policy ``any``) so the software TPM
+    can enrol; tests of the EK policy set it themselves."""
 
     client: TestClient
     org_id: str
@@ -95,8 +98,9 @@ def build_world(api: Any) -> FleetWorld:
             name="cams",
             created_at=now,
             config='{"target_release": "1.2.3", "mode": "prod"}',
-        )
-        fleet2 = Fleet(org_id=org.id, name="gateways", created_at=now)
+            ek_policy="any",  # development fleets: the software TPM enrols (test_enrollment
+        )  # turns "cams" certified)
+        fleet2 = Fleet(org_id=org.id, name="gateways", created_at=now, ek_policy="any")
         session.add_all([fleet, fleet2])
         session.flush()
         session.add(OrgMember(org_id=org.id, user_id=ids["owner"], role="owner"))
@@ -143,11 +147,94 @@ def tss_tpm(folder: Path) -> Iterator[Tpm]:
             tpm.close()
 
 
+def manufacture_swtpm(state: Path, ca_dir: Path) -> Path:
+    """Make ``state`` a swtpm with an EK certificate in NV, as a TPM maker would:
+    ``swtpm_setup --create-ek-cert`` signed by swtpm's local CA kept in ``ca_dir``
+    (created on first use, shared by later calls). Returns the CA certificate (PEM)
+    that issued the EK certificates: the one a fleet's trust store needs."""
+    import subprocess
+
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True)
+    localca = ca_dir / "swtpm-localca.conf"
+    localca.write_text(
+        f"statedir = {ca_dir}\n"
+        f"signingkey = {ca_dir / 'signkey.pem'}\n"
+        f"issuercert = {ca_dir / 'issuercert.pem'}\n"
+        f"certserial = {ca_dir / 'certserial'}\n"
+    )
+    options = ca_dir / "swtpm-localca.options"
+    options.write_text("--platform-manufacturer bastion-tests\n--platform-model swtpm\n")
+    setup = ca_dir / "swtpm_setup.conf"
+    setup.write_text(
+        "create_certs_tool = swtpm_localca\n"
+        f"create_certs_tool_config = {localca}\n"
+        f"create_certs_tool_options = {options}\n"
+        "active_pcr_banks = sha256\n"
+    )
+    subprocess.run(
+        [
+            "swtpm_setup",
+            "--tpm2",
+            "--tpm-state",
+            str(state),
+            "--create-ek-cert",
+            "--config",
+            str(setup),
+            "--overwrite",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return ca_dir / "issuercert.pem"
+
+
 @contextmanager
-def shared_world(backend: str, folder: Path) -> Iterator[FleetWorld]:
+def certified_tss_tpm(folder: Path, ca_dir: Path) -> Iterator[Tpm]:
+    """A fresh swtpm with a maker's EK certificate (see :func:`manufacture_swtpm`)."""
+    manufacture_swtpm(folder, ca_dir)
+    with tss_tpm(folder) as tpm:
+        yield tpm
+
+
+def set_ek_policy(world: FleetWorld, fleet_id: str, policy: str) -> None:
+    response = world.client.put(
+        f"/v1/fleets/{fleet_id}/ek-policy",
+        json={"ek_policy": policy},
+        headers=world.headers["owner"],
+    )
+    assert response.status_code == 200, response.text
+
+
+def trust_ek_ca(world: FleetWorld, fleet_id: str, pem: bytes) -> dict[str, Any]:
+    response = world.client.post(
+        f"/v1/fleets/{fleet_id}/ek-cas",
+        json={"certificate": pem.decode()},
+        headers=world.headers["admin"],
+    )
+    assert response.status_code in (201, 409), response.text
+    return dict(response.json())
+
+
+def forget_devices(world: FleetWorld) -> None:
+    """Delete every device row and EK denial (tests that enrol one TPM again and again)."""
+    from sqlalchemy import delete
+
+    from bastion.server.devices.models import Device
+    from bastion.server.ektrust.models import DeniedEk
+
+    with world.ctx.db.session() as session:
+        session.execute(delete(Device))
+        session.execute(delete(DeniedEk))
+        session.commit()
+
+
+@contextmanager
+def shared_world(backend: str, folder: Path, **settings: Any) -> Iterator[FleetWorld]:
     """A whole app + world for one test module, on its own SQLite file or PostgreSQL
     database (created here, dropped afterwards), so module tests share the set-up cost
-    and no other module's per-test wipe touches it."""
+    and no other module's per-test wipe touches it; ``settings`` override server settings."""
     import secrets
 
     import pytest
@@ -176,7 +263,8 @@ def shared_world(backend: str, folder: Path) -> Iterator[FleetWorld]:
         url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}"
     clock = FixedClock(dt.datetime.now(dt.UTC).replace(microsecond=0))
     app = create_app(
-        ServerSettings(data_dir=folder / "data", database_url=url, **CHEAP), clock=clock
+        ServerSettings(data_dir=folder / "data", database_url=url, **{**CHEAP, **settings}),
+        clock=clock,
     )
     try:
         with TestClient(app, raise_server_exceptions=False) as client:

@@ -142,14 +142,26 @@ class World:
         assert response.status_code == 200, response.text
         return {"Authorization": f"Bearer {response.json()['token']}"}
 
+    def accept(self, email: str, invitation_id: str) -> None:
+        """Log in as the holder of ``email`` and accept the invitation."""
+        login = self.client.post("/v1/auth/login", json={"email": email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        headers = {"Authorization": f"Bearer {login.json()['token']}"}
+        answer = self.client.post(f"/v1/me/invitations/{invitation_id}/accept", headers=headers)
+        assert answer.status_code == 200, answer.text
+
     def unique(self, stem: str) -> str:
         return f"{stem}{self.tag}-{next(self.counter)}"
 
     def add_member(self, who: str, email: str, fleet_role: str | None = None) -> None:
-        """As org_owner: add ``email`` to organisation A (and a role in fleet A)."""
-        self.put(
-            "org_owner", f"/v1/orgs/{self.vars['org']}/members", {"email": email, "role": "member"}
+        """As org_owner: invite ``email`` to organisation A, accept as its holder (and
+        give a role in fleet A)."""
+        invitation = self.post(
+            "org_owner",
+            f"/v1/orgs/{self.vars['org']}/invitations",
+            {"email": email, "role": "member"},
         )
+        self.accept(email, invitation["id"])
         if fleet_role:
             self.put(
                 "org_owner",

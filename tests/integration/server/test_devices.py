@@ -6,6 +6,7 @@ SQLite and PostgreSQL. The CRL and certificates are checked with ``openssl verif
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 from pathlib import Path
 
@@ -211,7 +212,17 @@ def test_revoke_refuses_next_request_and_lists_on_crl(world: FleetWorld, tmp_pat
     ca = x509.load_pem_x509_certificate(c.get("/v1/ca").content)
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     assert "device.revoke" in world.audit_events()
-    # coming back needs a new provisioning key: a fresh enrolment is a new device
+    # revocation sticks: the revoked TPM's EK is denied until an admin lifts it; then
+    # coming back needs a new provisioning key, and a fresh enrolment is a new device
+    from bastion.errors import VerificationError
+    from bastion.server.provisioning.policy import ek_hash
+
+    with pytest.raises(VerificationError, match="deny-list"):
+        Dev(world, tmp_path / "a", "cam-f")
+    ek = ek_hash(dev.tpm.ek_public())
+    lift = f"/v1/fleets/{world.fleet_id}/ek-denylist/{ek}"
+    assert c.delete(lift, headers=world.headers["operator"]).status_code == 403
+    assert c.delete(lift, headers=world.headers["admin"]).status_code == 204
     again = Dev(world, tmp_path / "a", "cam-f")
     assert again.id != dev.id
     assert c.get("/v1/device", headers=dev.headers).status_code == 401
@@ -276,3 +287,62 @@ def test_openssl_verify_with_crl(world: FleetWorld, tmp_path: Path) -> None:
     c.post(f"/v1/fleets/{world.fleet_id}/devices/{dev.id}/revoke", headers=world.headers["admin"])
     refused = verify()
     assert refused.returncode != 0 and "revoked" in (refused.stdout + refused.stderr)
+
+
+def test_deleting_a_fleet_revokes_its_devices_certificates(
+    world: FleetWorld, tmp_path: Path
+) -> None:
+    owner = world.headers["owner"]
+    made = world.client.post(
+        f"/v1/orgs/{world.org_id}/fleets",
+        json={"name": "doomed", "ek_policy": "any"},
+        headers=owner,
+    )
+    assert made.status_code == 201, made.text
+    fleet = made.json()
+    assert fleet["ek_policy"] == "any" and "DEVELOPMENT" in fleet["warning"]
+    for path in ("/v1/fleets", f"/v1/orgs/{world.org_id}/fleets", f"/v1/fleets/{fleet['id']}"):
+        listed = world.client.get(path, headers=owner).json()
+        rows = listed if isinstance(listed, list) else [listed]
+        for row in rows:  # every listing carries the policy, and the warning when "any"
+            assert ("DEVELOPMENT" in (row["warning"] or "")) is (row["ek_policy"] == "any")
+    devs = []
+    for serial in ("d-1", "d-2"):
+        tpm = SoftwareTpm(tmp_path / serial / "tpm.state")
+        key = world.create_key("owner", fleet_id=fleet["id"])
+        identity = world.enrol(tpm, key, serial=serial)
+        devs.append((identity, world.device_headers(identity, tpm)))
+    gone = world.client.delete(f"/v1/fleets/{fleet['id']}", headers=owner)
+    assert gone.status_code == 204, gone.text
+    crl = _crl(world)
+    for identity, headers in devs:
+        cert = x509.load_pem_x509_certificate(identity.certificate_pem.encode())
+        assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+        assert world.client.get("/v1/device", headers=headers).status_code == 401
+
+
+def test_every_device_request_refreshes_last_seen(world: FleetWorld, tmp_path: Path) -> None:
+    dev = Dev(world, tmp_path / "a", "cam-seen")
+    clock = world.ctx.clock
+
+    def last_seen() -> str | None:
+        shown = world.client.get(
+            f"/v1/fleets/{world.fleet_id}/devices/{dev.id}", headers=world.headers["viewer"]
+        )
+        value: str | None = shown.json()["last_seen_at"]
+        return value
+
+    assert last_seen() is None
+    for method, path in (
+        ("GET", "/v1/device/config"),
+        ("GET", "/v1/device/target-release"),
+        ("GET", "/v1/ca"),
+        ("GET", "/v1/crl"),
+    ):
+        clock.advance(61)
+        before = clock.now()
+        response = world.client.request(method, path, headers=dev.headers)
+        assert response.status_code == 200, (path, response.text)
+        seen = last_seen()
+        assert seen is not None, path
+        assert dt.datetime.fromisoformat(seen).replace(tzinfo=dt.UTC) >= before, path

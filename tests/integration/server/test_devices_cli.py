@@ -226,3 +226,100 @@ def test_cli_bad_input_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err
     del world
+
+
+def _live_keys(world: FleetWorld) -> int:
+    listed = world.client.get(
+        f"/v1/fleets/{world.fleet_id}/provisioning-keys", headers=world.headers["admin"]
+    ).json()
+    return sum(1 for k in listed if not k["revoked"])
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "folder", "write-fails"])
+def test_provisioning_key_create_leaves_no_unseen_live_key(  # type: ignore[no-untyped-def]
+    served, tmp_path: Path, monkeypatch, capsys, where: str
+) -> None:
+    world, url = served
+    monkeypatch.setenv("BASTION_CONFIG", str(tmp_path / "operator.json"))
+    monkeypatch.setenv("BASTION_TOKEN", world.headers["admin"]["Authorization"].split()[1])
+    out = {
+        "missing-folder": tmp_path / "no" / "such" / "pk",
+        "folder": tmp_path,
+        "write-fails": tmp_path / "pk",
+    }[where]
+    if where == "write-fails":  # the probe passes, then the real write fails
+
+        def broken(*_a: object, **_k: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("bastion.cli.provisioning_key.atomic_write", broken)
+    before = _live_keys(world)
+    argv = ["provisioning-key", "create", "--fleet", world.fleet_id, "--server", url]
+    code = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err, err
+    assert _live_keys(world) == before
+    assert not (tmp_path / "pk").exists()
+
+
+def test_fleet_ek_trust_cli(served, tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """ek-ca add|list|remove, ek-deny add|list|remove, ek-policy; development fleets are
+    marked loudly in ``fleet list`` and ``fleet ek-policy``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    world, url = served
+    monkeypatch.setenv("BASTION_CONFIG", str(tmp_path / "operator.json"))
+    monkeypatch.setenv("BASTION_TOKEN", world.headers["owner"]["Authorization"].split()[1])
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "CLI TPM Maker")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=9))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "maker.pem"
+    pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    fleet = world.fleet_id
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main([*argv, "--server", url])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = run("fleet", "ek-ca", "add", fleet, str(pem), "--json")
+    assert code == 0, out
+    ca_id = json.loads(out)["id"]
+    code, out, _ = run("fleet", "ek-ca", "list", fleet)
+    assert code == 0 and "CN=CLI TPM Maker" in out
+    assert run("fleet", "ek-ca", "remove", fleet, ca_id)[0] == 0
+    assert "no EK CA" in run("fleet", "ek-ca", "list", fleet)[1]
+
+    ek = "ab" * 32
+    assert run("fleet", "ek-deny", "add", fleet, ek, "--reason", "stolen")[0] == 0
+    code, out, _ = run("fleet", "ek-deny", "list", fleet)
+    assert code == 0 and ek in out and "stolen" in out
+    assert run("fleet", "ek-deny", "remove", fleet, ek)[0] == 0
+    assert ek not in run("fleet", "ek-deny", "list", fleet)[1]
+    code, _, err = run("fleet", "ek-deny", "remove", fleet, ek)
+    assert code != 0 and "not on this fleet's deny-list" in err
+
+    # "cams" is a development fleet in this world: loud everywhere it is listed
+    code, out, err = run("fleet", "ek-policy", fleet)
+    assert code == 0 and "ek any" in out and "DEVELOPMENT FLEET" in out + err
+    code, out, _ = run("fleet", "list")
+    line = next(x for x in out.splitlines() if x.startswith(fleet))
+    assert "DEVELOPMENT FLEET" in line
+    code, out, _ = run("fleet", "ek-policy", fleet, "certified")
+    assert code == 0 and "ek certified" in out and "DEVELOPMENT" not in out
+    run("fleet", "ek-policy", fleet, "any")

@@ -54,7 +54,8 @@ def served(make_app, db_url: str, tmp_path: Path, monkeypatch) -> Iterator[tuple
     }.items():
         monkeypatch.setenv(f"BASTION_SERVER_{key}", value)
     try:
-        yield url, ["--database-url", db_url]
+        # the data folder holds the audit key (outside the database) that verify needs
+        yield url, ["--database-url", db_url, "--data-dir", str(tmp_path / "data")]
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -112,7 +113,7 @@ BAD_INPUT = [
     (["env", "set", "--fleet", "nope", "A=1"], 5, "not found"),
     (["fleet", "create", "pumps"], 6, "already exists"),
     (["fleet", "create", "Bad Name"], 3, "name"),
-    (["fleet", "grant", "pumps", "nobody@example.org", "viewer"], 5, "no user"),
+    (["fleet", "grant", "pumps", "nobody@example.org", "viewer"], 5, "not a member"),
     (["server", "--listen", "0.0.0.0:8443"], 9, "refusing plain HTTP"),
     (["server", "--listen", "nonsense"], 9, "HOST:PORT"),
 ]
@@ -190,3 +191,56 @@ def test_tampered_audit_log_fails_verify(served, tmp_path: Path, capsys) -> None
     code, _, err = run(capsys, "server", "audit", "verify", *data)
     assert code == 2
     assert "audit entry 1" in err and "edited" in err
+
+
+def test_invitation_flow(served, tmp_path: Path, capsys, monkeypatch) -> None:
+    url, data = served
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD)
+    for email in ("ops@example.org", "bob@example.org"):
+        assert (
+            run(capsys, "server", "user", "add", email, "--password-file", str(pw), *data)[0] == 0
+        )
+    ops_config, bob_config = tmp_path / "operator.json", tmp_path / "bob.json"
+
+    def as_user(config: Path, email: str) -> None:
+        monkeypatch.setenv("BASTION_CONFIG", str(config))
+        if not config.exists():
+            code, _, err = run(
+                capsys, "login", "--server", url, "--email", email, "--password-file", str(pw)
+            )
+            assert code == 0, err
+
+    as_user(ops_config, "ops@example.org")
+    assert run(capsys, "org", "create", "acme")[0] == 0
+    code, out, err = run(capsys, "org", "invite", "bob@example.org", "--json")
+    assert code == 0, err
+    invitation = json.loads(out)["id"]
+    code, out, _ = run(capsys, "org", "invitations", "--sent", "--json")
+    assert [i["id"] for i in json.loads(out)] == [invitation]
+
+    as_user(bob_config, "bob@example.org")
+    code, out, _ = run(capsys, "org", "invitations")
+    assert code == 0 and invitation in out and "acme" in out
+    code, out, err = run(capsys, "org", "accept", invitation)
+    assert code == 0, err
+    assert "joined acme" in out
+    code, _, err = run(capsys, "org", "accept", invitation)
+    assert code == 6 and "already accepted" in err
+    code, out, _ = run(capsys, "org", "list", "--json")
+    assert [o["name"] for o in json.loads(out)] == ["acme"]
+    assert run(capsys, "org", "leave", "--org", "acme")[0] == 0
+    code, out, _ = run(capsys, "org", "list")
+    assert "no organisations" in out
+
+    as_user(ops_config, "ops@example.org")
+    code, _, err = run(capsys, "org", "leave")
+    assert code == 6 and "last owner" in err
+    code, out, _ = run(capsys, "org", "invite", "bob@example.org", "--json")
+    second = json.loads(out)["id"]
+    assert run(capsys, "org", "uninvite", second)[0] == 0
+    as_user(bob_config, "bob@example.org")
+    code, _, err = run(capsys, "org", "decline", second)
+    assert code == 6 and "revoked" in err
+    code, _, err = run(capsys, "org", "set-role", "bob@example.org", "--role", "owner")
+    assert code == 9  # bob belongs to no organisation any more: --org cannot default

@@ -17,12 +17,21 @@ def org_world(api):
     return api, boss, org, fleet
 
 
+def join(api, boss, org, email):
+    """Invite ``email`` as ``boss`` and accept as its holder; the holder's session."""
+    invitation = api.client.post(f"/v1/orgs/{org}/invitations", headers=boss, json={"email": email})
+    assert invitation.status_code == 201, invitation.text
+    headers = api.login(email)
+    accepted = api.client.post(
+        f"/v1/me/invitations/{invitation.json()['id']}/accept", headers=headers
+    )
+    assert accepted.status_code == 200, accepted.text
+    return headers
+
+
 def add(api, boss, org, fleet, email, role):
     api.user(email)
-    assert (
-        api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": email}).status_code
-        == 200
-    )
+    join(api, boss, org, email)
     if role:
         r = api.client.put(
             f"/v1/fleets/{fleet}/members", headers=boss, json={"email": email, "role": role}
@@ -46,7 +55,7 @@ def test_admin_cannot_grant_or_remove_owner(org_world) -> None:
     admin = add(api, boss, org, fleet, "a@example.org", "admin")
     add(api, boss, org, fleet, "o@example.org", "owner")
     api.user("new@example.org")
-    api.client.put(f"/v1/orgs/{org}/members", headers=boss, json={"email": "new@example.org"})
+    join(api, boss, org, "new@example.org")
     grant = api.client.put(
         f"/v1/fleets/{fleet}/members",
         headers=admin,

@@ -40,7 +40,7 @@ def test_bad_login_is_refused_and_audited(api, email, password) -> None:
         assert "user.login_failed" in events(api)
 
 
-def test_login_rate_limited_per_email(make_app) -> None:
+def test_login_rate_limited_per_address(make_app) -> None:
     from fastapi.testclient import TestClient
 
     app = make_app(login_rate_per_second=0.001, login_burst=3)

@@ -110,3 +110,35 @@ def test_swtpm_device_boots_twice(
     assert code == 0, err
     second = json.loads(out)
     assert not second["first_boot"] and second["pcrs"] == first["pcrs"]
+
+
+def test_swtpm_device_eventlog_check_and_provision_use_its_own_tpm(
+    setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a boot, ``eventlog --check`` and ``device provision`` (no --tpm) reach the
+    swtpm that measured the boot, with the PCRs it measured (not a fresh software TPM)."""
+    need_tool("swtpm")
+    need_module("tpm2_pytss", "tpm2-pytss")
+    from bastion.cli._device_fleet import _device_tpm
+    from bastion.tpm.base import HashAlg, PcrSelection
+
+    dev = tmp_path / "sw"
+    capsys.readouterr()
+    code, _, err = _run(
+        capsys, "device", "create", str(dev), "--image", str(setup["image"]), "--keys",
+        str(setup["keys"]), "--tpm", "swtpm",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run(capsys, "device", "boot", str(dev))
+    assert code == 0, err
+    code, out, err = _run(capsys, "device", "eventlog", "--check", "--json", str(dev))
+    assert code == 0, err
+    log = json.loads(out)
+    assert log["tpm_matches"] is True
+    replay = {int(k): bytes.fromhex(v) for k, v in log["replay"].items()}
+    with _device_tpm(dev, None) as tpm:  # what `device provision DEV` enrols with
+        assert type(tpm).__name__ == "TssTpm"
+        assert tpm.pcr_read(PcrSelection(HashAlg.SHA256, tuple(sorted(replay)))) == replay
+    assert not (dev / "tpm.state").exists()  # no stray software TPM was made
+    code, _, err = _run(capsys, "device", "eventlog", "--check", str(dev))
+    assert code == 0, err  # checking did not reset the TPM

@@ -91,9 +91,9 @@ def test_verify_refuses_flipped_bit_naming_the_block(
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "data block 123" in err and "Traceback" not in err
     code, out, _ = _run(capsys, "verity", "verify", str(data), str(hash_file), root, "--json")
-    doc = json.loads(out)
-    assert code == 2
-    assert (doc["verified"], doc["area"], doc["block"], doc["level"]) == (False, "data", 123, None)
+    doc = json.loads(out)["error"]  # the one JSON error object (docs/cli.md)
+    assert code == 2 == doc["code"] and doc["kind"] == "DigestMismatchError"
+    assert (doc["area"], doc["block"], doc["level"]) == ("data", 123, None)
 
 
 def test_appended_hash_area_default_offset(capsys: pytest.CaptureFixture[str], data: Path) -> None:
@@ -257,8 +257,8 @@ def test_bad_input_one_line_no_traceback(
 
 
 def test_group_without_subcommand_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _run(capsys, "verity")
-    assert code == 2 and "format" in out
+    code, _, err = _run(capsys, "verity")
+    assert code == 9 and "format" in err  # usage errors exit 9 (docs/cli.md), help on stderr
 
 
 def test_hash_file_is_not_truncated(

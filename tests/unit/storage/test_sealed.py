@@ -196,9 +196,13 @@ def test_parse_helpers() -> None:
         split_blob(b"\x00\x01a\x00\x01b\x00")
     with pytest.raises(FormatError):
         Tpm2Token.from_token(Token("other", (0,), {}))
-    with pytest.raises(ConfigError, match="tpm2_pubkey"):
+    with pytest.raises(ConfigError, match="tpm2_pcrlock"):
         Tpm2Token.from_token(
-            Token(TOKEN_TYPE, (0,), {"tpm2-blob": "", "tpm2-pcrs": [7], "tpm2_pubkey": "eA=="})
+            Token(TOKEN_TYPE, (0,), {"tpm2-blob": "", "tpm2-pcrs": [7], "tpm2_pcrlock": True})
+        )
+    with pytest.raises(FormatError, match="tpm2_pubkey"):  # systemd refuses this too
+        Tpm2Token.from_token(
+            Token(TOKEN_TYPE, (0,), {"tpm2-blob": "", "tpm2-pcrs": [], "tpm2_pubkey_pcrs": [11]})
         )
     tok = Token.from_json(
         json.loads(

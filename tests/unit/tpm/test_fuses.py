@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.conftest import TpmRig, need_module, need_tss
+from tests.conftest import TpmRig, need_tss
 
 from bastion.errors import ConfigError, ConflictError, FormatError, RollbackError
 from bastion.tpm.fuses import (
@@ -37,8 +37,6 @@ def bank_factory(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignor
     kind = request.param.removeprefix("tpm-")
     if kind == "tss":
         need_tss()
-    else:
-        need_module("bastion.tpm.software", "the software TPM backend (issue 3)")
     rig = TpmRig(kind, tmp_path)
     try:
         yield lambda: TpmFuseBank(rig.tpm, DEFAULT_BASE_INDEX)

@@ -314,9 +314,6 @@ def test_pki_issue_revoke_crl_verify(
 
 
 def test_keys_generate_tpm_and_sign(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import need_module
-
-    need_module("bastion.tpm.software", "the software TPM backend")
     tpm = f"software:{tmp_path / 'tpm.state'}"
     code, out, err = run(
         capsys,

@@ -28,6 +28,8 @@ class AuditEntry(Base):
     details: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    #: MAC or signature by the audit key (chain.entry_mac_input); NULL only before sealing
+    mac: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AuditHead(Base):
@@ -38,3 +40,7 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    #: random id given when the chain is sealed; bound into every MAC and checkpoint
+    server_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: MAC by the audit key over (server_id, seq, hash)
+    mac: Mapped[str | None] = mapped_column(Text, nullable=True)

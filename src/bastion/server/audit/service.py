@@ -1,11 +1,12 @@
-"""The audit API: append a chained entry, and verify the whole chain.
+"""The audit API: append a chained, MACed entry; seal; checkpoint; verify the chain.
 
-Every entry's ``hash`` is SHA-256 over a canonical JSON encoding of its sequence
-number, time, actor, event, organisation, details and the previous entry's hash. The
-chain starts from 64 zeros. :func:`verify_chain` recomputes every link and raises
-:class:`~bastion.errors.TamperError` (``stage="audit"``) naming the first entry that
-was edited, removed (a gap in sequence numbers or a broken ``prev_hash`` link),
-reordered, or truncated from the end (the head row disagrees with the last entry).
+Every entry's ``hash`` chains it to the previous one and its ``mac`` is made with the
+audit key kept outside the database (:mod:`.keys`); the head row carries its own MAC.
+The checks themselves are pure and live in :mod:`.chain`; this module only reads and
+writes rows. :func:`verify_chain` raises :class:`~bastion.errors.TamperError`
+(``stage="audit"``) naming the first entry that was edited, removed, reordered, forged
+or stripped of its MAC, or a head that was cut back; with a checkpoint
+(:func:`verify_chain` ``checkpoint=``) also a chain cut back with an old genuine head.
 
 Call :func:`record` inside the caller's transaction so the audit entry commits or
 rolls back with the change it describes::
@@ -18,50 +19,51 @@ rolls back with the change it describes::
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bastion.errors import TamperError
+from bastion.errors import ConfigError
+from bastion.server.audit.chain import (
+    GENESIS,
+    AuditHeadRow,
+    AuditRow,
+    ChainReport,
+    Checkpoint,
+    canonical,
+    encode_tag,
+    entry_hash,
+    entry_mac_input,
+    head_mac_input,
+    make_checkpoint,
+    verify_rows,
+)
+from bastion.server.audit.keys import session_key
 from bastion.server.audit.models import AuditEntry, AuditHead
 
-GENESIS = "0" * 64
+__all__ = [
+    "GENESIS",
+    "ChainReport",
+    "canonical",
+    "checkpoint",
+    "entry_hash",
+    "list_entries",
+    "record",
+    "seal",
+    "verify_chain",
+    "verify_entries",
+]
+
 _VERIFY_BATCH = 1000
 
 
-def canonical(value: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def entry_hash(
-    *,
-    seq: int,
-    at: dt.datetime,
-    actor: str,
-    event: str,
-    org_id: str | None,
-    details: str,
-    prev: str,
-) -> str:
-    """The SHA-256 (hex) that chains one entry to ``prev``."""
-    body = canonical(
-        {
-            "seq": seq,
-            "at": at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "actor": actor,
-            "event": event,
-            "org": org_id,
-            "details": details,
-            "prev": prev,
-        }
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
+def _locked_head(session: Session) -> AuditHead:
+    return session.execute(
+        select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    ).scalar_one()
 
 
 def record(
@@ -77,11 +79,13 @@ def record(
 
     ``event`` is a dotted name (``user.login``, ``token.create``, ``device.revoke``),
     ``actor`` a principal's :attr:`~bastion.server.auth.principal.Principal.actor`
-    string, ``details`` a JSON-able mapping that must never contain secrets.
+    string, ``details`` a JSON-able mapping that must never contain secrets. Refused
+    (ConfigError) when no audit key is attached or the chain was never sealed.
     """
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one()
+    key = session_key(session)
+    head = _locked_head(session)
+    if head.server_id is None:
+        raise ConfigError("the audit chain is not sealed: start the server once with its key")
     when = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     text = canonical(dict(details or {}))
     seq = head.seq + 1
@@ -97,90 +101,110 @@ def record(
         details=text,
         prev_hash=head.hash,
         hash=digest,
+        mac=encode_tag(key.tag(entry_mac_input(head.server_id, seq, digest))),
     )
     session.add(entry)
     head.seq = seq
     head.hash = digest
+    head.mac = encode_tag(key.tag(head_mac_input(head.server_id, seq, digest)))
     session.flush()
     return entry
 
 
-@dataclass(frozen=True, slots=True)
-class ChainReport:
-    """The result of a successful verification."""
+def _row(entry: AuditEntry) -> AuditRow:
+    return AuditRow(
+        seq=entry.seq,
+        at=entry.at,
+        actor=entry.actor,
+        event=entry.event,
+        org_id=entry.org_id,
+        details=entry.details,
+        prev_hash=entry.prev_hash,
+        hash=entry.hash,
+        mac=entry.mac,
+    )
 
-    entries: int
-    head_hash: str
+
+def _head_row(head: AuditHead) -> AuditHeadRow:
+    return AuditHeadRow(seq=head.seq, hash=head.hash, server_id=head.server_id, mac=head.mac)
 
 
-def verify_entries(entries: Iterable[AuditEntry], head_seq: int, head_hash: str) -> ChainReport:
-    """Check a sequence of entries (in ``seq`` order) against the head; raise on tamper."""
-    prev = GENESIS
-    expected_seq = 1
-    count = 0
-    for entry in entries:
-        if entry.seq != expected_seq:
-            raise TamperError(
-                f"audit entry {expected_seq} is missing or out of order: found seq {entry.seq}",
-                stage="audit",
+def _stream(session: Session) -> Iterator[AuditRow]:
+    last = 0
+    while True:
+        batch = (
+            session.execute(
+                select(AuditEntry)
+                .where(AuditEntry.seq > last)
+                .order_by(AuditEntry.seq)
+                .limit(_VERIFY_BATCH)
             )
-        if entry.prev_hash != prev:
-            raise TamperError(
-                f"audit entry {entry.seq}: previous-hash link broken "
-                f"(expected {prev[:16]}..., found {entry.prev_hash[:16]}...)",
-                stage="audit",
-            )
-        digest = entry_hash(
-            seq=entry.seq,
-            at=entry.at,
-            actor=entry.actor,
-            event=entry.event,
-            org_id=entry.org_id,
-            details=entry.details,
-            prev=prev,
+            .scalars()
+            .all()
         )
-        if digest != entry.hash:
-            raise TamperError(
-                f"audit entry {entry.seq} ({entry.event}) was edited: content hash "
-                f"{digest[:16]}... does not match stored {entry.hash[:16]}...",
-                stage="audit",
-            )
-        prev = entry.hash
-        expected_seq += 1
-        count += 1
-    if count != head_seq or prev != head_hash:
-        raise TamperError(
-            f"audit chain ends at entry {count} ({prev[:16]}...) but the head records "
-            f"entry {head_seq} ({head_hash[:16]}...): entries were removed from the end",
-            stage="audit",
+        if not batch:
+            return
+        rows = [_row(e) for e in batch]
+        last = rows[-1].seq
+        for entry in batch:
+            session.expunge(entry)
+        yield from rows
+
+
+def seal(session: Session, now: dt.datetime) -> int:
+    """Give a chain that has no server id one, and MAC its entries and head (commits).
+
+    Runs on every start and does nothing once sealed. Entries written before MACs
+    existed (the 0011 migration) are checked as a hash chain first (TamperError if
+    broken), then MACed; that adoption is recorded as ``audit.seal``. Returns the
+    number of entries adopted.
+    """
+    key = session_key(session)
+    head = _locked_head(session)
+    if head.server_id is not None:
+        return 0
+    verify_rows(_stream(session), _head_row(head), None)
+    server_id = secrets.token_hex(16)
+    adopted = 0
+    for entry in session.execute(select(AuditEntry).order_by(AuditEntry.seq)).scalars():
+        entry.mac = encode_tag(key.tag(entry_mac_input(server_id, entry.seq, entry.hash)))
+        adopted += 1
+    head.server_id = server_id
+    head.mac = encode_tag(key.tag(head_mac_input(server_id, head.seq, head.hash)))
+    session.flush()
+    if adopted:
+        record(
+            session,
+            "audit.seal",
+            "system:server",
+            {"adopted": adopted, "key_id": key.key_id, "alg": key.alg},
+            at=now,
         )
-    return ChainReport(entries=count, head_hash=prev)
+    session.commit()
+    return adopted
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Verify the whole stored chain, streaming in batches; raise TamperError on damage."""
+def verify_entries(entries: Iterable[Any], head_seq: int, head_hash: str) -> ChainReport:
+    """Check the hash chain only (no MACs) against a head; raise TamperError on damage."""
+    return verify_rows(entries, AuditHeadRow(head_seq, head_hash, None, None), None)
+
+
+def verify_chain(session: Session, checkpoint: Checkpoint | None = None) -> ChainReport:
+    """Verify the whole stored chain with the attached key (and a checked checkpoint)."""
+    key = session_key(session)
     head = session.execute(select(AuditHead).where(AuditHead.id == 1)).scalar_one()
+    head_row = _head_row(head)
+    session.expunge(head)
+    return verify_rows(_stream(session), head_row, key, checkpoint)
 
-    def stream() -> Iterable[AuditEntry]:
-        last = 0
-        while True:
-            batch = (
-                session.execute(
-                    select(AuditEntry)
-                    .where(AuditEntry.seq > last)
-                    .order_by(AuditEntry.seq)
-                    .limit(_VERIFY_BATCH)
-                )
-                .scalars()
-                .all()
-            )
-            if not batch:
-                return
-            yield from batch
-            last = batch[-1].seq
-            session.expunge_all()
 
-    return verify_entries(stream(), head.seq, head.hash)
+def checkpoint(session: Session, now: dt.datetime) -> Checkpoint:
+    """Verify the chain, then sign its head (seq, hash, time) with the audit key."""
+    report = verify_chain(session)
+    if report.server_id is None:  # pragma: no cover - verify_rows refuses unsealed chains
+        raise ConfigError("the audit chain is not sealed")
+    key = session_key(session)
+    return make_checkpoint(key, report.server_id, report.entries, report.head_hash, now)
 
 
 def list_entries(

@@ -15,11 +15,20 @@ complete; anything not committed is rolled back when the session closes.
 :meth:`Database.upgrade` applies every Alembic migration up to all heads
 (``upgrade heads``). Feature revisions may branch from ``0001_core`` so engineers can
 add tables in parallel without renumbering; Alembic applies every branch.
+A revision that must rewrite stored secrets reads the server's
+:class:`~bastion.server.secretbox.SecretBox` from ``config.attributes["secret_box"]``
+(a callable, so the key is only loaded when a revision needs it).
+
+Files: a SQLite database file is created mode 0600 (and an existing one, with its
+``-wal``/``-shm`` companions, is tightened to 0600) before the first connection;
+:func:`ensure_private_dir` makes the data folder 0700.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
+            _private_sqlite_file(url)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
@@ -58,6 +68,14 @@ class Database:
         )
         self._read = sessionmaker(bind=self.engine, expire_on_commit=False)
 
+    def set_session_info(self, name: str, value: object) -> None:
+        """Put ``value`` into ``session.info[name]`` of every session opened from now on
+        (per-app objects that service code reaches through its session: the audit key)."""
+        for factory in (self._write, self._read):
+            info = dict(factory.kw.get("info") or {})
+            info[name] = value
+            factory.configure(info=info)
+
     @contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
         """A session; uncommitted work is rolled back on exit."""
@@ -68,13 +86,17 @@ class Database:
             finally:
                 session.rollback()
 
-    def upgrade(self) -> None:
-        """Apply all migrations (to every head) from whatever state the database is in."""
+    def upgrade(self, secret_box: Callable[[], Any] | None = None) -> None:
+        """Apply all migrations (to every head) from whatever state the database is in.
+
+        ``secret_box`` returns the server's SecretBox, for revisions that seal secrets.
+        """
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["secret_box"] = secret_box
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
@@ -89,6 +111,34 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def ensure_private_dir(folder: Path) -> None:
+    """Create ``folder`` mode 0700, or take group and other access away from it."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if mode & 0o077:
+        folder.chmod(mode & 0o700)
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would follow the umask)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # a malformed URL fails in create_engine with a clear message
+        return
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite reports the missing folder itself
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if name.exists() and stat.S_IMODE(name.stat().st_mode) & 0o077:
+            name.chmod(0o600)
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.server.db.base import Base, UtcDateTime, new_id
@@ -21,6 +21,7 @@ class Device(Base):
     """An enrolled device: its TPM-bound identity and the few fields it may update."""
 
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_fleet_id_serial", "fleet_id", "serial"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     fleet_id: Mapped[str] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"), index=True)
@@ -43,6 +44,8 @@ class Device(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: how the EK was trusted at enrolment: certified | allow-list | any
+    ek_trust: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class DeviceEnvVar(Base):
@@ -67,6 +70,8 @@ class DeviceRecord(Base):
     kind: Mapped[str] = mapped_column(String(8))
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     body: Mapped[str] = mapped_column(Text)
+    #: UTF-8 bytes of ``body``, summed for the per-device byte quota
+    size: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RevokedCertificate(Base):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterator
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -77,9 +80,106 @@ def records(session: Session, device_id: str, kind: str, limit: int) -> list[Dev
     )
 
 
+def lock(session: Session, device_id: str) -> None:
+    """Lock the device row until commit (PostgreSQL; SQLite writers hold the file lock),
+    so one device's records get ids in commit order and its quota is applied serially."""
+    session.execute(select(Device.id).where(Device.id == device_id).with_for_update())
+
+
+def records_after(
+    session: Session, device_id: str, kind: str, since: int, limit: int
+) -> list[DeviceRecord]:
+    """A page of one device's records of ``kind`` with ids above ``since``, oldest first."""
+    return list(
+        session.execute(
+            select(DeviceRecord)
+            .where(
+                DeviceRecord.device_id == device_id,
+                DeviceRecord.kind == kind,
+                DeviceRecord.id > since,
+            )
+            .order_by(DeviceRecord.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def usage(session: Session, device_id: str, kind: str) -> tuple[int, int]:
+    """(count, bytes) of one device's records of ``kind``."""
+    row = session.execute(
+        select(func.count(), func.coalesce(func.sum(DeviceRecord.size), 0)).where(
+            DeviceRecord.device_id == device_id, DeviceRecord.kind == kind
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def oldest(
+    session: Session, device_id: str, kind: str, chunk: int = 500
+) -> Iterator[tuple[int, int]]:
+    """(id, size) of one device's records of ``kind``, oldest first, read in chunks."""
+    last = 0
+    while True:
+        batch = session.execute(
+            select(DeviceRecord.id, DeviceRecord.size)
+            .where(
+                DeviceRecord.device_id == device_id,
+                DeviceRecord.kind == kind,
+                DeviceRecord.id > last,
+            )
+            .order_by(DeviceRecord.id)
+            .limit(chunk)
+        ).all()
+        if not batch:
+            return
+        for rid, size in batch:
+            yield int(rid), int(size)
+        last = int(batch[-1][0])
+
+
+def delete_records(session: Session, ids: list[int]) -> None:
+    for start in range(0, len(ids), 500):
+        session.execute(delete(DeviceRecord).where(DeviceRecord.id.in_(ids[start : start + 500])))
+
+
+def delete_records_before(
+    session: Session, cutoff: dt.datetime, device_id: str | None = None
+) -> int:
+    """Remove records older than ``cutoff`` (one device's, or every device's)."""
+    query = delete(DeviceRecord).where(DeviceRecord.at < cutoff)
+    if device_id is not None:
+        query = query.where(DeviceRecord.device_id == device_id)
+    return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
+
+
+def over_quota(session: Session, max_count: int, max_bytes: int) -> list[tuple[str, str]]:
+    """(device_id, kind) pairs holding more than ``max_count`` records or ``max_bytes``."""
+    rows = session.execute(
+        select(DeviceRecord.device_id, DeviceRecord.kind)
+        .group_by(DeviceRecord.device_id, DeviceRecord.kind)
+        .having(
+            (func.count() > max_count) | (func.coalesce(func.sum(DeviceRecord.size), 0) > max_bytes)
+        )
+    ).all()
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
 def revoked(session: Session) -> list[RevokedCertificate]:
     return list(
         session.execute(
             select(RevokedCertificate).order_by(RevokedCertificate.revoked_at)
+        ).scalars()
+    )
+
+
+def active_in_fleet(session: Session, fleet_id: str, *, ek_hash: str, serial: str) -> list[Device]:
+    """Active devices of the fleet with this EK or this serial (clone / duplicate check)."""
+    return list(
+        session.execute(
+            select(Device).where(
+                Device.fleet_id == fleet_id,
+                Device.status == "active",
+                (Device.ek_hash == ek_hash) | (Device.serial == serial),
+            )
         ).scalars()
     )

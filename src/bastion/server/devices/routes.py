@@ -1,7 +1,9 @@
 """HTTP edge of devices: the device's own routes, operator routes, the CRL.
 
 Device routes (``/api/v1/device...``) accept only a device principal (API key or mTLS
-certificate) and never take a device id: balena's least privilege. Operator routes
+certificate) and never take a device id: balena's least privilege. Every request a
+device authenticates refreshes its ``last_seen_at`` (at most once a minute), whatever
+route it calls. Operator routes
 (``/api/v1/fleets/{fleet_id}/devices...``) use fleet RBAC: viewer reads, operator
 revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
 ``GET /api/v1/ca`` (PEM) are public.
@@ -9,11 +11,15 @@ revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from cryptography import x509
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from sqlalchemy.orm import Session
 
+from bastion import limits
 from bastion.errors import LimitError
 from bastion.server.auth.deps import (
     Ctx,
@@ -36,7 +42,11 @@ from bastion.server.devices.schemas import (
     DeviceOut,
     DevicePatchIn,
     EnvValueIn,
+    EventPageOut,
+    EventRecordOut,
     EventsIn,
+    LogPageOut,
+    LogRecordOut,
     LogsIn,
     TargetReleaseOut,
 )
@@ -45,25 +55,18 @@ from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX
 router = APIRouter(tags=["devices"])
 DevicePrincipal = Annotated[Principal, Depends(require_kind(PrincipalKind.DEVICE))]
 EnvName = Annotated[str, Path(pattern=ENV_NAME_PATTERN)]
-_MAX_RECORD = 16 * 1024
-
-
-def _seen(request: Request, principal: Principal) -> None:
-    """Refresh last_seen_at in its own short write (at most once a minute per device)."""
-    ctx = request.app.state.ctx
-    with ctx.db.session(write=True) as session:
-        service.touch(session, principal, ctx.clock.now())
+_MAX_RECORD = limits.DEVICE_RECORD_MAX_SIZE
+Since = Annotated[int, Query(ge=0, le=2**63 - 1, description="return records after this id")]
+PageLimit = Annotated[int, Query(ge=1, le=limits.DEVICE_RECORDS_PAGE_MAX)]
 
 
 # --- the device itself -----------------------------------------------------------------------
 
 
 @router.get("/device", response_model=DeviceOut)
-def get_own(principal: DevicePrincipal, session: ReadSession, request: Request) -> DeviceOut:
+def get_own(principal: DevicePrincipal, session: ReadSession) -> DeviceOut:
     """The calling device's own record."""
-    device = service.own(session, principal)
-    _seen(request, principal)
-    return DeviceOut.of(device)
+    return DeviceOut.of(service.own(session, principal))
 
 
 @router.patch("/device", response_model=DeviceOut)
@@ -93,9 +96,12 @@ def post_logs(
 ) -> AcceptedOut:
     """Append log lines to the device's own log."""
     for line in body.lines:
-        if len(line) > _MAX_RECORD:
-            raise LimitError(f"log line is {len(line)} characters, limit is {_MAX_RECORD}")
-    n = service.append_records(session, principal, "log", body.lines, ctx.clock.now())
+        if service.record_size(line) > _MAX_RECORD:
+            raise LimitError(
+                f"log line is {service.record_size(line)} bytes, limit is {_MAX_RECORD}"
+            )
+    quota = service.RecordQuota.of(ctx.settings)
+    n = service.append_records(session, principal, "log", body.lines, ctx.clock.now(), quota=quota)
     return AcceptedOut(accepted=n)
 
 
@@ -106,9 +112,12 @@ def post_events(
     """Append events to the device's own event stream."""
     bodies = [json.dumps(e.model_dump(), sort_keys=True) for e in body.events]
     for text in bodies:
-        if len(text) > _MAX_RECORD:
-            raise LimitError(f"event is {len(text)} bytes of JSON, limit is {_MAX_RECORD}")
-    n = service.append_records(session, principal, "event", bodies, ctx.clock.now())
+        if service.record_size(text) > _MAX_RECORD:
+            raise LimitError(
+                f"event is {service.record_size(text)} bytes of JSON, limit is {_MAX_RECORD}"
+            )
+    quota = service.RecordQuota.of(ctx.settings)
+    n = service.append_records(session, principal, "event", bodies, ctx.clock.now(), quota=quota)
     return AcceptedOut(accepted=n)
 
 
@@ -131,6 +140,41 @@ def show_device(device_id: str, access: FleetViewer, session: ReadSession) -> De
     return DeviceDetailOut(
         **base, certificate=view.device.certificate, ek_sha256=view.device.ek_hash, env=view.env
     )
+
+
+@router.get("/fleets/{fleet_id}/devices/{device_id}/logs", response_model=LogPageOut)
+def device_logs(
+    device_id: str,
+    access: FleetViewer,
+    session: ReadSession,
+    since: Since = 0,
+    limit: PageLimit = 100,
+) -> LogPageOut:
+    """A page of the device's log lines after ``since``, oldest first."""
+    found = service.read_records(
+        session, access.fleet_id, device_id, "log", since=since, limit=limit
+    )
+    records = [LogRecordOut(id=r.id, at=r.at, line=r.body) for r in found]
+    return LogPageOut(records=records, next=found[-1].id if found else since)
+
+
+@router.get("/fleets/{fleet_id}/devices/{device_id}/events", response_model=EventPageOut)
+def device_events(
+    device_id: str,
+    access: FleetViewer,
+    session: ReadSession,
+    since: Since = 0,
+    limit: PageLimit = 100,
+) -> EventPageOut:
+    """A page of the device's events after ``since``, oldest first."""
+    found = service.read_records(
+        session, access.fleet_id, device_id, "event", since=since, limit=limit
+    )
+    records = []
+    for r in found:
+        doc = json.loads(r.body)
+        records.append(EventRecordOut(id=r.id, at=r.at, type=doc["type"], data=doc["data"]))
+    return EventPageOut(records=records, next=found[-1].id if found else since)
 
 
 @router.post("/fleets/{fleet_id}/devices/{device_id}/revoke", response_model=DeviceOut)
@@ -238,7 +282,21 @@ def install(app: FastAPI) -> None:
     from bastion.server.app import API_PREFIX
 
     registry = auth_registry(app)
-    registry.add_token(DEVICE_KEY_PREFIX, service.authenticate_api_key)
-    registry.set_certificate(service.authenticate_certificate)
+    ctx = app.state.ctx
+
+    def seen(principal: Principal, now: dt.datetime) -> Principal:
+        # every authenticated device request refreshes last_seen_at (its own short write)
+        with ctx.db.session(write=True) as session:
+            service.touch(session, principal, now)
+        return principal
+
+    def by_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
+        return seen(service.authenticate_api_key(session, token, now), now)
+
+    def by_certificate(session: Session, cert: x509.Certificate, now: dt.datetime) -> Principal:
+        return seen(service.authenticate_certificate(session, cert, now), now)
+
+    registry.add_token(DEVICE_KEY_PREFIX, by_api_key)
+    registry.set_certificate(by_certificate)
     app_device_ca(app)
     app.include_router(router, prefix=API_PREFIX)

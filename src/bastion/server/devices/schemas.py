@@ -29,6 +29,8 @@ class DeviceOut(BaseModel):
     created_at: dt.datetime
     last_seen_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    #: how the EK was trusted at enrolment: certified | allow-list | any (development)
+    ek_trust: str | None = None
 
     @classmethod
     def of(cls, d: Device) -> DeviceOut:
@@ -46,6 +48,7 @@ class DeviceOut(BaseModel):
             created_at=d.created_at,
             last_seen_at=d.last_seen_at,
             revoked_at=d.revoked_at,
+            ek_trust=d.ek_trust,
         )
 
 
@@ -119,3 +122,34 @@ class EnvValueIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: str = Field(max_length=limits.DEVICE_MAX_ENV_VALUE)
+
+
+class LogRecordOut(BaseModel):
+    """One stored log line; ``id`` is the cursor for the next page (``since``)."""
+
+    id: int
+    at: dt.datetime
+    line: str
+
+
+class EventRecordOut(BaseModel):
+    """One stored event (``bastion.records_dropped`` marks records dropped by the quota)."""
+
+    id: int
+    at: dt.datetime
+    type: str
+    data: dict[str, Any]
+
+
+class LogPageOut(BaseModel):
+    """A page of log lines, oldest first; pass ``next`` as ``since`` for the next page."""
+
+    records: list[LogRecordOut]
+    next: int
+
+
+class EventPageOut(BaseModel):
+    """A page of events, oldest first; pass ``next`` as ``since`` for the next page."""
+
+    records: list[EventRecordOut]
+    next: int

@@ -11,8 +11,9 @@ revocation bites on the very next request. Device operations take the device id 
 the principal only: a device can never name another device.
 
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
-serial onto the CRL, API key dead), delete (same, then the row goes; the CRL entry
-stays), and per-device environment overrides.
+serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
+certificate onto the CRL, then the row goes; CRL and deny-list entries stay), and
+per-device environment overrides. Deleting a fleet puts all its devices on the CRL.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bastion.server.devices.models import (
     DeviceStatus,
     RevokedCertificate,
 )
+from bastion.server.ektrust.service import deny
 from bastion.server.orgs import repository as org_repo
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
 
@@ -151,16 +153,165 @@ def target_release(session: Session, principal: Principal) -> str | None:
     return value if isinstance(value, str) else None
 
 
+RECORD_KINDS = ("log", "event")
+DROPPED_EVENT = "bastion.records_dropped"
+#: room kept for the marker that says records were dropped (bytes; a marker is < 200)
+_MARKER_RESERVE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RecordQuota:
+    """Per-device bounds on each kind of record (logs and events separately)."""
+
+    max_count: int = limits.DEVICE_RECORDS_MAX_COUNT
+    max_bytes: int = limits.DEVICE_RECORDS_MAX_BYTES
+    max_age: dt.timedelta = dt.timedelta(seconds=limits.DEVICE_RECORDS_MAX_AGE_SECONDS)
+
+    @classmethod
+    def of(cls, settings: Any) -> RecordQuota:
+        """The quota configured in the server settings."""
+        return cls(
+            settings.device_records_max_count,
+            settings.device_records_max_bytes,
+            dt.timedelta(seconds=settings.device_records_max_age),
+        )
+
+
+def record_size(body: str) -> int:
+    """Bytes a record counts against the quota: its UTF-8 length."""
+    return len(body.encode())
+
+
+def _drop_event(kind: str, count: int, nbytes: int) -> str:
+    data = {"kind": kind, "count": count, "bytes": nbytes, "reason": "quota"}
+    return json.dumps({"data": data, "type": DROPPED_EVENT}, sort_keys=True)
+
+
+def _marker(kind: str, count: int, nbytes: int) -> str:
+    if kind == "event":
+        return _drop_event(kind, count, nbytes)
+    return f"[bastion] {count} older log lines ({nbytes} bytes) dropped: device quota"
+
+
+def _trim(
+    session: Session,
+    device_id: str,
+    kind: str,
+    incoming: list[str],
+    *,
+    quota: RecordQuota,
+    now: dt.datetime,
+) -> tuple[list[str], int, int]:
+    """Make room for ``incoming``: drop the oldest records (then the oldest incoming ones)
+    until everything fits with a marker, and add the marker in the same stream.
+
+    Returns what to store, and how many records (and bytes) were dropped in all."""
+    sizes = [record_size(b) for b in incoming]
+    count, total = repo.usage(session, device_id, kind)
+    if count + len(incoming) <= quota.max_count and total + sum(sizes) <= quota.max_bytes:
+        return incoming, 0, 0
+    room_count = quota.max_count - 1
+    room_bytes = quota.max_bytes - _MARKER_RESERVE
+    new_count, new_bytes = len(incoming), sum(sizes)
+    dropped: list[int] = []
+    dropped_bytes = 0
+    for rid, size in repo.oldest(session, device_id, kind):
+        kept = count - len(dropped)
+        if kept + new_count <= room_count and total - dropped_bytes + new_bytes <= room_bytes:
+            break
+        dropped.append(rid)
+        dropped_bytes += size
+    repo.delete_records(session, dropped)
+    n_dropped = len(dropped)
+    kept_count, kept_bytes = count - n_dropped, total - dropped_bytes
+    first = 0
+    while first < len(incoming) and (
+        kept_count + new_count > room_count or kept_bytes + new_bytes > room_bytes
+    ):
+        new_count -= 1
+        new_bytes -= sizes[first]
+        dropped_bytes += sizes[first]
+        n_dropped += 1
+        first += 1
+    marker = _marker(kind, n_dropped, dropped_bytes)
+    session.add(
+        DeviceRecord(device_id=device_id, kind=kind, at=now, body=marker, size=record_size(marker))
+    )
+    return incoming[first:], n_dropped, dropped_bytes
+
+
+def _make_room(
+    session: Session,
+    device_id: str,
+    kind: str,
+    incoming: list[str],
+    *,
+    quota: RecordQuota,
+    now: dt.datetime,
+) -> tuple[list[str], int]:
+    """:func:`_trim`, and for dropped log lines also a ``bastion.records_dropped`` event
+    in the device's events (itself under the events quota). Returns what to store and
+    how many stored records were deleted."""
+    keep, dropped, nbytes = _trim(session, device_id, kind, incoming, quota=quota, now=now)
+    deleted = dropped - (len(incoming) - len(keep))
+    if kind == "log" and dropped:
+        event = _drop_event(kind, dropped, nbytes)
+        stored, event_dropped, _ = _trim(session, device_id, "event", [event], quota=quota, now=now)
+        deleted += event_dropped
+        for body in stored:
+            session.add(
+                DeviceRecord(
+                    device_id=device_id, kind="event", at=now, body=body, size=record_size(body)
+                )
+            )
+    return keep, deleted
+
+
 def append_records(
-    session: Session, principal: Principal, kind: str, bodies: list[str], now: dt.datetime
+    session: Session,
+    principal: Principal,
+    kind: str,
+    bodies: list[str],
+    now: dt.datetime,
+    *,
+    quota: RecordQuota | None = None,
 ) -> int:
-    """Store log lines (``kind="log"``) or events (``"event"``) for the calling device."""
+    """Store log lines (``kind="log"``) or events (``"event"``) for the calling device.
+
+    Enforces retention (older than ``quota.max_age`` goes) and the per-device quota
+    (the oldest records go, and a marker record says how many) before storing.
+    """
+    quota = quota or RecordQuota()
     device = own(session, principal)
-    for body in bodies:
-        session.add(DeviceRecord(device_id=device.id, kind=kind, at=now, body=body))
+    repo.lock(session, device.id)
+    repo.delete_records_before(session, now - quota.max_age, device.id)
+    keep, _deleted = _make_room(session, device.id, kind, list(bodies), quota=quota, now=now)
+    for body in keep:
+        session.add(
+            DeviceRecord(device_id=device.id, kind=kind, at=now, body=body, size=record_size(body))
+        )
     device.last_seen_at = now
     session.commit()
     return len(bodies)
+
+
+def sweep_records(session: Session, now: dt.datetime, quota: RecordQuota) -> int:
+    """Apply retention to every device, and the quota to any device above it (after the
+    limits were lowered, say). Commits; returns how many records were removed."""
+    removed = repo.delete_records_before(session, now - quota.max_age)
+    for device_id, kind in repo.over_quota(session, quota.max_count, quota.max_bytes):
+        repo.lock(session, device_id)
+        removed += _make_room(session, device_id, kind, [], quota=quota, now=now)[1]
+    session.commit()
+    return removed
+
+
+def read_records(
+    session: Session, fleet_id: str, device_id: str, kind: str, *, since: int, limit: int
+) -> list[DeviceRecord]:
+    """A page of one device's logs or events after the cursor ``since`` (a record id)."""
+    device = in_fleet(session, fleet_id, device_id)
+    return repo.records_after(session, device.id, kind, since, limit)
 
 
 # --- operators ---------------------------------------------------------------------------------
@@ -209,16 +360,40 @@ def revoke(
         device.status = DeviceStatus.REVOKED
         device.revoked_at = now
         _revoke_cert(session, device, now, "revoked")
+        deny(
+            session,
+            fleet_id=fleet_id,
+            ek_hash=device.ek_hash,
+            reason=f"device {device.id} revoked",
+            actor=actor,
+            now=now,
+            device_id=device.id,
+        )
         record(
             session,
             "device.revoke",
             actor,
-            {"fleet": fleet_id, "device": device.id, "cert_serial": device.cert_serial},
+            {
+                "fleet": fleet_id,
+                "device": device.id,
+                "cert_serial": device.cert_serial,
+                "ek_sha256": device.ek_hash,
+                "ek_denied": True,
+            },
             org_id=org_id,
             at=now,
         )
         session.commit()
     return device
+
+
+def revoke_all_of_fleet(session: Session, fleet_id: str, now: dt.datetime) -> int:
+    """Put every device certificate of the fleet on the CRL (the fleet is being deleted;
+    in the caller's transaction). Returns how many devices there were."""
+    devices = repo.of_fleet(session, fleet_id)
+    for device in devices:
+        _revoke_cert(session, device, now, "fleet-deleted")
+    return len(devices)
 
 
 def delete_device(

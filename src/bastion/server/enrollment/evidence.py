@@ -53,6 +53,8 @@ class EnrollmentEvidence:
     csr_der: bytes
     certify_attest: bytes
     certify_signature: bytes
+    #: DER EK certificate read from the TPM's NV, if it has one
+    ek_certificate: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

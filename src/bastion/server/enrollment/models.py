@@ -30,3 +30,5 @@ class EnrollmentChallenge(Base):
     csr_pem: Mapped[str] = mapped_column(Text)
     secret: Mapped[bytes] = mapped_column(LargeBinary)
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+    #: the fleet EK policy the evidence met at begin (certified | allow-list | any)
+    ek_trust: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -75,6 +75,9 @@ def begin(
         csr_der=_csr_der(body.csr),
         certify_attest=_unb64(body.certify_attest, "certify_attest"),
         certify_signature=_unb64(body.certify_signature, "certify_signature"),
+        ek_certificate=(
+            _unb64(body.ek_certificate, "ek_certificate") if body.ek_certificate else None
+        ),
     )
     out = service.begin(
         session,

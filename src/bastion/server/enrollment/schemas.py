@@ -26,6 +26,10 @@ class EnrollBeginIn(BaseModel):
     csr: str = Field(min_length=10, max_length=limits.ENROLL_MAX_CSR_SIZE)
     certify_attest: str = _B64_ATT
     certify_signature: str = _B64_ATT
+    #: the EK certificate from the TPM's NV (base64 DER); none for a software TPM
+    ek_certificate: str | None = Field(
+        default=None, min_length=4, max_length=limits.ENROLL_MAX_EK_CERT_B64
+    )
 
 
 class EnrollBeginOut(BaseModel):

@@ -1,8 +1,12 @@
 """The server side of TPM-bound enrolment: ``begin`` and ``finish`` (ADR 0008).
 
 ``begin``: provisioning key admission (revoked, expired, used up, allow-lists, per-key
-rate limit), evidence verification (:mod:`.evidence`), then a challenge holding a fresh
-32-byte secret and ``make_credential(EK, Name(AK), secret)`` for the device.
+rate limit), evidence verification (:mod:`.evidence`), the fleet's EK policy (an EK
+certificate chaining to the fleet's EK CAs, an allow-listed EK, or ``any`` in a
+development fleet), the fleet's EK deny-list, and one active device per EK (no clones)
+and per serial; then a challenge holding a fresh 32-byte secret and
+``make_credential(EK, Name(AK), secret)`` for the device. ``finish`` checks the
+deny-list and uniqueness again (another device may have finished meanwhile).
 
 ``finish``: the challenge is deleted first (single use: a second finish, a replay, or a
 wrong proof all find nothing the next time), it must belong to the same provisioning
@@ -27,12 +31,22 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from bastion.errors import AuthError, BastionError, ConfigError, ExpiredError, PolicyError
+from bastion.errors import (
+    AuthError,
+    BastionError,
+    ConfigError,
+    ConflictError,
+    ExpiredError,
+    PolicyError,
+)
 from bastion.formats import enrollment as en
 from bastion.limits import ENROLL_SECRET_SIZE
 from bastion.server.audit.service import record
+from bastion.server.devices import repository as device_repo
 from bastion.server.devices.ca import DeviceCa
 from bastion.server.devices.models import Device, DeviceStatus
+from bastion.server.ektrust import service as ektrust
+from bastion.server.ektrust.policy import check_ek_policy, check_still_meets
 from bastion.server.enrollment.evidence import EnrollmentEvidence, verify_evidence
 from bastion.server.enrollment.models import EnrollmentChallenge
 from bastion.server.orgs import repository as org_repo
@@ -75,6 +89,20 @@ class Enrolled:
     sealed_api_key: bytes
 
 
+def _check_unique(session: Session, fleet_id: str, serial: str, ek_sha256: str) -> None:
+    """ConflictError when an active device of the fleet has this EK (a clone) or serial."""
+    for device in device_repo.active_in_fleet(session, fleet_id, ek_hash=ek_sha256, serial=serial):
+        if device.ek_hash == ek_sha256:
+            raise ConflictError(
+                f"active device {device.id} of this fleet already has EK sha256 "
+                f"{ek_sha256[:16]}... (a clone?); revoke it before enrolling this TPM again"
+            )
+        raise ConflictError(
+            f"active device {device.id} of this fleet already has serial {serial!r}; "
+            "revoke it before enrolling another device under that serial"
+        )
+
+
 @dataclass
 class EnrollmentService:
     """Holds the device CA and the per-key rate limiter; one per app."""
@@ -109,6 +137,31 @@ class EnrollmentService:
         )
         session.commit()
 
+    def _check_ek(
+        self,
+        session: Session,
+        key: ProvisioningKey,
+        ev: EnrollmentEvidence,
+        ek_sha256: str,
+        now: dt.datetime,
+    ) -> str:
+        """The fleet's EK policy, its deny-list, and one active device per EK and serial."""
+        fleet = org_repo.get_fleet(session, key.fleet_id)
+        if fleet is None:
+            raise AuthError(f"provisioning key {key.id} has no fleet")
+        ektrust.check_not_denied(session, fleet.id, ek_sha256)
+        met = check_ek_policy(
+            fleet.ek_policy,
+            key=state_of(key),
+            serial=ev.serial,
+            ek_public=ev.ek_public,
+            ek_certificate=ev.ek_certificate,
+            anchors=ektrust.anchors(session, fleet.id) if ev.ek_certificate else [],
+            now=now,
+        )
+        _check_unique(session, fleet.id, ev.serial, ek_sha256)
+        return met.value
+
     def begin(
         self,
         session: Session,
@@ -134,6 +187,7 @@ class EnrollmentService:
                 fleet_id=fleet_id,
             )
             verified = verify_evidence(ev)
+            ek_trust = self._check_ek(session, key, ev, extra["ek_sha256"], now)
             secret = os.urandom(ENROLL_SECRET_SIZE)
             try:
                 blob, encrypted = make_credential(ev.ek_public, verified.ak_name, secret)
@@ -155,6 +209,7 @@ class EnrollmentService:
             csr_pem=verified.csr.public_bytes(serialization.Encoding.PEM).decode(),
             secret=secret,
             expires_at=now + CHALLENGE_TTL,
+            ek_trust=ek_trust,
         )
         session.add(challenge)
         record(
@@ -193,6 +248,13 @@ class EnrollmentService:
                 raise ExpiredError(f"enrolment challenge {challenge.id} expired")
             keys = en.derive_keys(challenge.secret, challenge.id)
             en.check_finish_proof(keys, challenge.id, proof)
+            org_repo.lock_fleet(session, key.fleet_id)  # one finish per fleet at a time
+            fleet = org_repo.get_fleet(session, key.fleet_id)
+            if fleet is None:
+                raise AuthError(f"provisioning key {key.id} has no fleet")
+            check_still_meets(challenge.ek_trust, fleet.ek_policy)
+            ektrust.check_not_denied(session, key.fleet_id, challenge.ek_hash)
+            _check_unique(session, key.fleet_id, challenge.serial, challenge.ek_hash)
             if not pk_repo.consume_use(session, key.id, now):
                 check_admission(
                     state_of(key), now=now, serial=challenge.serial, ek_sha256=challenge.ek_hash
@@ -225,13 +287,19 @@ class EnrollmentService:
             api_key_prefix=display_prefix(api_key),
             provisioning_key_id=key.id,
             created_at=now,
+            ek_trust=challenge.ek_trust,
         )
         session.add(device)
         record(
             session,
             "enroll.finish",
             actor,
-            {"device": device_id, "serial": challenge.serial, "cert_serial": device.cert_serial}
+            {
+                "device": device_id,
+                "serial": challenge.serial,
+                "cert_serial": device.cert_serial,
+                "ek_trust": challenge.ek_trust or "",
+            }
             | extra,
             org_id=self._org_of(session, key.fleet_id),
             at=now,

@@ -3,12 +3,15 @@
 An organisation has members (``owner`` or ``member``); an organisation owner is owner
 of every fleet in it. A fleet has members with one role each (:class:`Role`). Fleet
 configuration is a JSON object; environment variables are name/value rows. Devices and
-their per-device overrides belong to the devices feature.
+their per-device overrides belong to the devices feature. Nobody becomes a member
+without consent: an owner creates an :class:`OrgInvitation` for an e-mail address and
+its holder accepts or declines it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 
 from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -54,6 +57,8 @@ class Fleet(Base):
     name: Mapped[str] = mapped_column(String(128))
     config: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: how enrolment must prove TPM hardware: certified | allow-list | any (development)
+    ek_policy: Mapped[str] = mapped_column(String(16), default="certified")
 
 
 class FleetMember(Base):
@@ -80,3 +85,31 @@ class FleetEnvVar(Base):
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class InvitationState(StrEnum):
+    """Where an invitation stands; only ``pending`` ones can be answered or revoked."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    REVOKED = "revoked"
+
+
+class OrgInvitation(Base):
+    """An owner's offer of membership to whoever holds ``email``."""
+
+    __tablename__ = "org_invitations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE"), index=True
+    )
+    email: Mapped[str] = mapped_column(String(254), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    #: the inviting user's id (kept after they leave: it is history, not a reference)
+    invited_by: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=InvitationState.PENDING.value)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+import datetime as dt
+
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
+from bastion.server.orgs.models import (
+    Fleet,
+    FleetEnvVar,
+    FleetMember,
+    InvitationState,
+    Organisation,
+    OrgInvitation,
+    OrgMember,
+)
 
 
 def get_org(session: Session, org_id: str) -> Organisation | None:
@@ -89,3 +99,102 @@ def delete_env(session: Session, fleet_id: str, name: str) -> int:
         delete(FleetEnvVar).where(FleetEnvVar.fleet_id == fleet_id, FleetEnvVar.name == name)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def get_invitation(session: Session, invitation_id: str) -> OrgInvitation | None:
+    return session.get(OrgInvitation, invitation_id)
+
+
+def pending_invitations_of_org(
+    session: Session, org_id: str, now: dt.datetime, limit: int
+) -> list[OrgInvitation]:
+    return list(
+        session.execute(
+            select(OrgInvitation)
+            .where(
+                OrgInvitation.org_id == org_id,
+                OrgInvitation.state == InvitationState.PENDING.value,
+                OrgInvitation.expires_at > now,
+            )
+            .order_by(OrgInvitation.created_at, OrgInvitation.id)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def count_pending_invitations(session: Session, org_id: str, now: dt.datetime) -> int:
+    return int(
+        session.execute(
+            select(func.count())
+            .select_from(OrgInvitation)
+            .where(
+                OrgInvitation.org_id == org_id,
+                OrgInvitation.state == InvitationState.PENDING.value,
+                OrgInvitation.expires_at > now,
+            )
+        ).scalar_one()
+    )
+
+
+def pending_invitation_for(
+    session: Session, org_id: str, email: str, now: dt.datetime
+) -> OrgInvitation | None:
+    return session.execute(
+        select(OrgInvitation)
+        .where(
+            OrgInvitation.org_id == org_id,
+            OrgInvitation.email == email,
+            OrgInvitation.state == InvitationState.PENDING.value,
+            OrgInvitation.expires_at > now,
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def pending_invitations_for_email(
+    session: Session, email: str, now: dt.datetime, limit: int
+) -> list[tuple[OrgInvitation, Organisation]]:
+    rows = session.execute(
+        select(OrgInvitation, Organisation)
+        .join(Organisation, Organisation.id == OrgInvitation.org_id)
+        .where(
+            OrgInvitation.email == email,
+            OrgInvitation.state == InvitationState.PENDING.value,
+            OrgInvitation.expires_at > now,
+        )
+        .order_by(OrgInvitation.created_at, OrgInvitation.id)
+        .limit(limit)
+    ).all()
+    return [(inv, org) for inv, org in rows]
+
+
+def answer_invitation(
+    session: Session, invitation_id: str, state: InvitationState, now: dt.datetime
+) -> bool:
+    """Move a pending invitation to ``state``; False when it was no longer pending.
+
+    One conditional UPDATE, so of two concurrent answers (or an answer and a revoke)
+    only one takes effect.
+    """
+    result = session.execute(
+        update(OrgInvitation)
+        .where(
+            OrgInvitation.id == invitation_id,
+            OrgInvitation.state == InvitationState.PENDING.value,
+        )
+        .values(state=state.value, answered_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def lock_fleet(session: Session, fleet_id: str) -> None:
+    """Hold the fleet row's write lock until the transaction ends (a no-op UPDATE: a row
+    lock on PostgreSQL, the database write lock on SQLite): enrolment's uniqueness
+    checks and the device insert then run one fleet-wide transaction at a time."""
+    session.execute(
+        update(Fleet)
+        .where(Fleet.id == fleet_id)
+        .values(ek_policy=Fleet.ek_policy)
+        .execution_options(synchronize_session=False)
+    )

@@ -6,8 +6,14 @@ method      path                                    minimum
 GET, POST   /v1/orgs                                user
 GET, PATCH  /v1/orgs/{org_id}                       member / owner
 GET         /v1/orgs/{org_id}/members               member
-PUT         /v1/orgs/{org_id}/members               owner
+PUT         /v1/orgs/{org_id}/members               owner (change a member's role)
 DELETE      /v1/orgs/{org_id}/members/{user_id}     owner
+GET, POST   /v1/orgs/{org_id}/invitations           owner
+DELETE      /v1/orgs/{org_id}/invitations/{inv_id}  owner (revoke a pending one)
+POST        /v1/orgs/{org_id}/leave                 member (session or admin token)
+GET         /v1/me/invitations                      user (invitations to my e-mail)
+POST        /v1/me/invitations/{inv_id}/accept      invitee (session or admin token)
+POST        /v1/me/invitations/{inv_id}/decline     invitee (session or admin token)
 GET, POST   /v1/orgs/{org_id}/fleets                member / owner
 GET         /v1/orgs/{org_id}/audit                 owner
 GET         /v1/fleets                              user
@@ -41,9 +47,10 @@ from bastion.server.auth.deps import (
     OrgOwnerAccess,
     ReadSession,
 )
-from bastion.server.auth.rbac import Role
-from bastion.server.orgs import schemas, service
-from bastion.server.orgs.models import Fleet, Organisation
+from bastion.server.auth.rbac import OrgRole, Role
+from bastion.server.ektrust.policy import warning_for
+from bastion.server.orgs import invitations, schemas, service
+from bastion.server.orgs.models import Fleet, Organisation, OrgInvitation
 
 router = APIRouter(prefix="/v1", tags=["organisations and fleets"])
 EnvName = Annotated[str, Path(pattern=schemas.ENV_NAME_PATTERN)]
@@ -66,6 +73,8 @@ def _fleet_out(fleet: Fleet, role: Role) -> schemas.FleetOut:
         name=fleet.name,
         role=role.value,
         created_at=fleet.created_at,
+        ek_policy=fleet.ek_policy,  # type: ignore[arg-type]
+        warning=warning_for(fleet.ek_policy),
     )
 
 
@@ -123,7 +132,8 @@ def create_fleet(
     body: schemas.FleetCreateIn, access: OrgOwnerAccess, ctx: Ctx, session: DbSession
 ) -> schemas.FleetOut:
     """Create a fleet in the organisation."""
-    return _fleet_out(service.create_fleet(ctx, session, access, body.name), Role.OWNER)
+    fleet = service.create_fleet(ctx, session, access, body.name, body.ek_policy)
+    return _fleet_out(fleet, Role.OWNER)
 
 
 @router.get("/orgs/{org_id}/fleets")
@@ -227,6 +237,84 @@ def set_env(
 @router.delete("/fleets/{fleet_id}/env/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_env(name: EnvName, access: FleetOperator, ctx: Ctx, session: DbSession) -> None:
     service.delete_env(ctx, session, access, name)
+
+
+def _invitation_out(invitation: OrgInvitation, org: Organisation) -> schemas.InvitationOut:
+    return schemas.InvitationOut(
+        id=invitation.id,
+        org_id=org.id,
+        org_name=org.name,
+        email=invitation.email,
+        role=invitation.role,  # type: ignore[arg-type]
+        state=invitation.state,  # type: ignore[arg-type]
+        created_at=invitation.created_at,
+        expires_at=invitation.expires_at,
+    )
+
+
+@router.post("/orgs/{org_id}/invitations", status_code=status.HTTP_201_CREATED)
+def invite(
+    body: schemas.InvitationIn, access: OrgOwnerAccess, ctx: Ctx, session: DbSession
+) -> schemas.InvitationOut:
+    """Invite an e-mail address; it joins only when its holder accepts."""
+    invitation = invitations.invite(
+        ctx, session, access, body.email, OrgRole(body.role), expires_in_days=body.expires_in_days
+    )
+    return _invitation_out(invitation, access.org)
+
+
+@router.get("/orgs/{org_id}/invitations")
+def org_invitations(
+    access: OrgOwnerAccess, ctx: Ctx, session: ReadSession
+) -> list[schemas.InvitationOut]:
+    """The organisation's pending invitations."""
+    return [
+        _invitation_out(inv, access.org)
+        for inv in invitations.org_invitations(ctx, session, access)
+    ]
+
+
+@router.delete("/orgs/{org_id}/invitations/{invitation_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_invitation(
+    invitation_id: str, access: OrgOwnerAccess, ctx: Ctx, session: DbSession
+) -> None:
+    """Withdraw a pending invitation."""
+    invitations.revoke(ctx, session, access, invitation_id)
+
+
+@router.post("/orgs/{org_id}/leave", status_code=status.HTTP_204_NO_CONTENT)
+def leave_org(access: OrgMemberAccess, ctx: Ctx, session: DbSession) -> None:
+    """Leave the organisation (and its fleets); its last owner cannot."""
+    invitations.leave(ctx, session, access)
+
+
+@router.get("/me/invitations")
+def my_invitations(
+    principal: CurrentUser, ctx: Ctx, session: ReadSession
+) -> list[schemas.InvitationOut]:
+    """Pending invitations addressed to the caller's e-mail."""
+    return [
+        _invitation_out(inv, org)
+        for inv, org in invitations.my_invitations(ctx, session, principal)
+    ]
+
+
+@router.post("/me/invitations/{invitation_id}/accept")
+def accept_invitation(
+    invitation_id: str, principal: CurrentUser, ctx: Ctx, session: DbSession
+) -> schemas.InvitationOut:
+    """Accept an invitation: become a member with the offered role."""
+    return _invitation_out(*invitations.answer(ctx, session, principal, invitation_id, accept=True))
+
+
+@router.post("/me/invitations/{invitation_id}/decline")
+def decline_invitation(
+    invitation_id: str, principal: CurrentUser, ctx: Ctx, session: DbSession
+) -> schemas.InvitationOut:
+    """Decline an invitation."""
+    return _invitation_out(
+        *invitations.answer(ctx, session, principal, invitation_id, accept=False)
+    )
 
 
 def install(app: FastAPI) -> None:

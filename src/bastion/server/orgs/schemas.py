@@ -13,6 +13,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 FleetRoleName = Literal["viewer", "operator", "admin", "owner"]
 OrgRoleName = Literal["owner", "member"]
+EkPolicyName = Literal["certified", "allow-list", "any"]
 
 
 class StrictModel(BaseModel):
@@ -49,6 +50,8 @@ class MemberOut(BaseModel):
 
 class FleetCreateIn(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
+    #: certified (default) | allow-list | any (development only: no TPM hardware proof)
+    ek_policy: EkPolicyName = "certified"
 
 
 class FleetOut(BaseModel):
@@ -57,6 +60,9 @@ class FleetOut(BaseModel):
     name: str
     role: FleetRoleName
     created_at: dt.datetime
+    ek_policy: EkPolicyName = "certified"
+    #: the loud development-fleet warning (ek_policy "any"), else null
+    warning: str | None = None
 
 
 class FleetMemberIn(StrictModel):
@@ -88,3 +94,22 @@ class AuditEntryOut(BaseModel):
     event: str
     details: dict[str, Any] | list[Any] | str
     hash: str
+
+
+class InvitationIn(StrictModel):
+    email: str = Field(min_length=3, max_length=254)
+    role: OrgRoleName = "member"
+    expires_in_days: int = Field(default=7, ge=1, le=limits.INVITATION_TTL_DAYS_MAX)
+
+
+class InvitationOut(BaseModel):
+    """An invitation; the same fields whether or not the address has an account."""
+
+    id: str
+    org_id: str
+    org_name: str
+    email: str
+    role: OrgRoleName
+    state: Literal["pending", "accepted", "declined", "revoked"]
+    created_at: dt.datetime
+    expires_at: dt.datetime

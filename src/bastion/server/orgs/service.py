@@ -21,6 +21,7 @@ from bastion.server.auth.principal import Principal
 from bastion.server.auth.rbac import FleetAccess, OrgAccess, OrgRole, Role, scope_cap
 from bastion.server.context import AppContext
 from bastion.server.db.base import new_id
+from bastion.server.devices.service import revoke_all_of_fleet
 from bastion.server.orgs import repository as repo
 from bastion.server.orgs.models import Fleet, FleetEnvVar, FleetMember, Organisation, OrgMember
 from bastion.server.users import repository as users_repo
@@ -72,15 +73,16 @@ def update_org(
 def set_org_member(
     ctx: AppContext, session: Session, access: OrgAccess, email: str, role: str
 ) -> tuple[User, str]:
-    """Add a user to the organisation or change their standing."""
-    user = _user_by_email(session, email)
+    """Change a member's standing (``owner``/``member``); adding someone is an invitation.
+
+    A non-member gets the same NotFoundError whether or not the address has an account.
+    """
+    user = _member_by_email(session, access.org, email)
     member = session.get(OrgMember, (access.org.id, user.id))
-    if member is None:
-        session.add(OrgMember(org_id=access.org.id, user_id=user.id, role=role))
-    else:
-        if member.role == OrgRole.OWNER and role != OrgRole.OWNER:
-            _keep_an_owner(session, access.org.id, user.id)
-        member.role = role
+    assert member is not None
+    if member.role == OrgRole.OWNER and role != OrgRole.OWNER:
+        _keep_an_owner(session, access.org.id, user.id)
+    member.role = role
     record(
         session,
         "org.member_set",
@@ -135,19 +137,29 @@ def org_members(session: Session, access: OrgAccess) -> list[tuple[User, str]]:
     return out
 
 
-def create_fleet(ctx: AppContext, session: Session, access: OrgAccess, name: str) -> Fleet:
-    """A new fleet in the organisation (organisation owners own it)."""
+def create_fleet(
+    ctx: AppContext, session: Session, access: OrgAccess, name: str, ek_policy: str = "certified"
+) -> Fleet:
+    """A new fleet in the organisation (organisation owners own it); ``ek_policy`` is how
+    its enrolment proves TPM hardware (``any``: a development fleet, audited loudly)."""
     if repo.get_fleet_by_name(session, access.org.id, name) is not None:
         raise ConflictError(f"fleet {name!r} already exists in {access.org.name!r}")
     now = ctx.clock.now()
-    fleet = Fleet(id=new_id(), org_id=access.org.id, name=name, config="{}", created_at=now)
+    fleet = Fleet(
+        id=new_id(),
+        org_id=access.org.id,
+        name=name,
+        config="{}",
+        created_at=now,
+        ek_policy=ek_policy,
+    )
     session.add(fleet)
     _flush(session, f"fleet {name!r} already exists in {access.org.name!r}")
     record(
         session,
         "fleet.create",
         access.principal.actor,
-        {"fleet": fleet.id, "name": name},
+        {"fleet": fleet.id, "name": name, "ek_policy": ek_policy},
         org_id=access.org.id,
         at=now,
     )
@@ -179,14 +191,17 @@ def delete_fleet(ctx: AppContext, session: Session, access: FleetAccess) -> None
     fleet = session.get(Fleet, access.fleet.id)
     if fleet is None:
         raise NotFoundError(f"fleet {access.fleet.id!r} not found")
+    now = ctx.clock.now()
+    revoked = revoke_all_of_fleet(session, fleet.id, now)  # certificates stay on the CRL
+    session.flush()
     session.delete(fleet)
     record(
         session,
         "fleet.delete",
         access.principal.actor,
-        {"fleet": fleet.id, "name": fleet.name},
+        {"fleet": fleet.id, "name": fleet.name, "certificates_revoked": revoked},
         org_id=access.org.id,
-        at=ctx.clock.now(),
+        at=now,
     )
     session.commit()
 
@@ -204,9 +219,7 @@ def set_fleet_member(
     ctx: AppContext, session: Session, access: FleetAccess, email: str, role: Role
 ) -> User:
     """Give an organisation member a role in the fleet (admin; owner for owner roles)."""
-    user = _user_by_email(session, email)
-    if repo.org_role(session, access.org.id, user.id) is None:
-        raise NotFoundError(f"user {email!r} is not a member of organisation {access.org.name!r}")
+    user = _member_by_email(session, access.org, email)
     current = repo.fleet_member_role(session, access.fleet.id, user.id)
     touches_owner = role is Role.OWNER or current == Role.OWNER.value
     if touches_owner and access.role is not Role.OWNER:
@@ -325,10 +338,16 @@ def delete_env(ctx: AppContext, session: Session, access: FleetAccess, name: str
     session.commit()
 
 
-def _user_by_email(session: Session, email: str) -> User:
+def _member_by_email(session: Session, org: Organisation, email: str) -> User:
+    """The member of ``org`` with ``email``; one NotFoundError for no account or no member.
+
+    The same message either way, so the answer does not reveal who has an account.
+    """
     user = users_repo.get_user_by_email(session, email.strip().lower())
-    if user is None:
-        raise NotFoundError(f"no user with e-mail {email[:64]!r}")
+    if user is None or repo.org_role(session, org.id, user.id) is None:
+        raise NotFoundError(
+            f"{email[:64]!r} is not a member of organisation {org.name!r} (invite them first)"
+        )
     return user
 
 

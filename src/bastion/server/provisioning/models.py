@@ -30,3 +30,5 @@ class ProvisioningKey(Base):
     #: JSON arrays of device serials and lowercase hex sha256(EK TPM2B_PUBLIC)
     allow_serials: Mapped[str] = mapped_column(Text, default="[]")
     allow_ek_hashes: Mapped[str] = mapped_column(Text, default="[]")
+    #: JSON array of [serial, ek sha256] pairs: a device must match both of one entry
+    allow_devices: Mapped[str] = mapped_column(Text, default="[]")

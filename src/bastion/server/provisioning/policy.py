@@ -68,6 +68,8 @@ class KeyState:
     revoked: bool
     allow_serials: frozenset[str] = frozenset()
     allow_ek_hashes: frozenset[str] = frozenset()
+    #: (serial, EK sha256) pairs: an entry naming both
+    allow_devices: frozenset[tuple[str, str]] = frozenset()
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -95,14 +97,42 @@ def check_admission(
         )
     if fleet_id is not None and not hmac.compare_digest(fleet_id, key.fleet_id):
         raise AuthError(f"provisioning key {key.key_id} is for another fleet, not {fleet_id}")
-    if key.allow_serials or key.allow_ek_hashes:
-        serial_ok = serial in key.allow_serials
-        ek_ok = ek_sha256.lower() in key.allow_ek_hashes
-        if not (serial_ok or ek_ok):
-            raise PolicyError(
-                f"device serial {serial!r} / EK sha256 {ek_sha256[:16]}... is not on the "
-                f"allow-list of provisioning key {key.key_id}"
-            )
+    if not allow_listed(key, serial, ek_sha256):
+        raise PolicyError(
+            f"device serial {serial!r} / EK sha256 {ek_sha256[:16]}... is not on the "
+            f"allow-list of provisioning key {key.key_id}"
+        )
+
+
+def has_allow_list(key: KeyState) -> bool:
+    """True when the key restricts which devices it enrols."""
+    return bool(key.allow_serials or key.allow_ek_hashes or key.allow_devices)
+
+
+def allow_listed(key: KeyState, serial: str, ek_sha256: str) -> bool:
+    """Whether the device passes the key's allow-list (True when the key has none).
+
+    A pair entry matches when both its serial and its EK do. The flat lists form one
+    entry each: with serials *and* EK hashes listed, a device must match both lists
+    (a claimed serial alone, or an EK alone, is not enough).
+    """
+    if not has_allow_list(key):
+        return True
+    ek = ek_sha256.lower()
+    if (serial, ek) in key.allow_devices:
+        return True
+    if not (key.allow_serials or key.allow_ek_hashes):
+        return False
+    serial_ok = not key.allow_serials or serial in key.allow_serials
+    ek_ok = not key.allow_ek_hashes or ek in key.allow_ek_hashes
+    return serial_ok and ek_ok
+
+
+def ek_listed(key: KeyState, serial: str, ek_sha256: str) -> bool:
+    """Whether the key names this EK (flat EK hash, or a pair with this serial): the
+    proof the ``allow-list`` fleet policy asks for."""
+    ek = ek_sha256.lower()
+    return ek in key.allow_ek_hashes or (serial, ek) in key.allow_devices
 
 
 @dataclass

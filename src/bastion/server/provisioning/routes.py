@@ -56,6 +56,7 @@ def create_key(
         rate_per_minute=body.rate_per_minute,
         allow_serials=tuple(body.allow_serials),
         allow_ek_hashes=tuple(body.allow_ek_hashes),
+        allow_devices=tuple((d.serial, d.ek_sha256) for d in body.allow_devices),
     )
     token, key = service.create(
         session,

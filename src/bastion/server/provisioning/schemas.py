@@ -11,6 +11,15 @@ from bastion import limits
 from bastion.server.provisioning.models import ProvisioningKey
 
 
+class AllowedDevice(BaseModel):
+    """One allow-list entry naming a device by serial and EK together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str = Field(min_length=1, max_length=limits.ENROLL_MAX_SERIAL_LENGTH)
+    ek_sha256: str = Field(min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$")
+
+
 class ProvisioningKeyIn(BaseModel):
     """What to create: lifetime (default 1 h), uses, rate limit and allow-lists."""
 
@@ -24,6 +33,10 @@ class ProvisioningKeyIn(BaseModel):
         default_factory=list, max_length=limits.PROVISIONING_KEY_MAX_ALLOWLIST
     )
     allow_ek_hashes: list[str] = Field(
+        default_factory=list, max_length=limits.PROVISIONING_KEY_MAX_ALLOWLIST
+    )
+    #: entries naming both a serial and an EK: the device must match both of one entry
+    allow_devices: list[AllowedDevice] = Field(
         default_factory=list, max_length=limits.PROVISIONING_KEY_MAX_ALLOWLIST
     )
 
@@ -44,6 +57,7 @@ class ProvisioningKeyOut(BaseModel):
     revoked: bool
     allow_serials: list[str]
     allow_ek_hashes: list[str]
+    allow_devices: list[AllowedDevice] = Field(default_factory=list)
 
     @classmethod
     def of(cls, k: ProvisioningKey) -> ProvisioningKeyOut:
@@ -61,6 +75,9 @@ class ProvisioningKeyOut(BaseModel):
             revoked=k.revoked_at is not None,
             allow_serials=json.loads(k.allow_serials),
             allow_ek_hashes=json.loads(k.allow_ek_hashes),
+            allow_devices=[
+                AllowedDevice(serial=s, ek_sha256=h) for s, h in json.loads(k.allow_devices or "[]")
+            ],
         )
 
 

@@ -39,6 +39,7 @@ class KeySpec:
     rate_per_minute: int = DEFAULT_RATE_PER_MINUTE
     allow_serials: tuple[str, ...] = ()
     allow_ek_hashes: tuple[str, ...] = ()
+    allow_devices: tuple[tuple[str, str], ...] = ()
 
     def check(self) -> None:
         """FormatError (a 400 at the HTTP edge) on values out of range."""
@@ -48,13 +49,13 @@ class KeySpec:
             )
         if not 1 <= self.max_uses <= limits.PROVISIONING_KEY_MAX_USES:
             raise FormatError(f"max_uses must be 1..{limits.PROVISIONING_KEY_MAX_USES}")
-        if len(self.allow_serials) + len(self.allow_ek_hashes) > (
+        if len(self.allow_serials) + len(self.allow_ek_hashes) + len(self.allow_devices) > (
             limits.PROVISIONING_KEY_MAX_ALLOWLIST
         ):
             raise FormatError(
                 f"allow-list has more than {limits.PROVISIONING_KEY_MAX_ALLOWLIST} entries"
             )
-        for h in self.allow_ek_hashes:
+        for h in (*self.allow_ek_hashes, *(ek for _, ek in self.allow_devices)):
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
                 raise FormatError(f"EK hash {h[:20]!r} is not 64 hex digits (sha256)")
 
@@ -70,6 +71,9 @@ def state_of(key: ProvisioningKey) -> KeyState:
         revoked=key.revoked_at is not None,
         allow_serials=frozenset(json.loads(key.allow_serials)),
         allow_ek_hashes=frozenset(h.lower() for h in json.loads(key.allow_ek_hashes)),
+        allow_devices=frozenset(
+            (str(s), str(h).lower()) for s, h in json.loads(key.allow_devices or "[]")
+        ),
     )
 
 
@@ -92,6 +96,7 @@ def create(
         rate_per_minute=spec.rate_per_minute,
         allow_serials=json.dumps(sorted(set(spec.allow_serials))),
         allow_ek_hashes=json.dumps(sorted({h.lower() for h in spec.allow_ek_hashes})),
+        allow_devices=json.dumps(sorted({(s, h.lower()) for s, h in spec.allow_devices})),
     )
     session.add(key)
     session.flush()
@@ -104,7 +109,9 @@ def create(
             "key": key.id,
             "expires_at": key.expires_at.isoformat(),
             "max_uses": key.max_uses,
-            "allow_list": len(spec.allow_serials) + len(spec.allow_ek_hashes),
+            "allow_list": len(spec.allow_serials)
+            + len(spec.allow_ek_hashes)
+            + len(spec.allow_devices),
         },
         org_id=org_id,
         at=now,

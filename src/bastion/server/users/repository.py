@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+import datetime as dt
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bastion.server.users.models import RecoveryCode, User, UserToken
+from bastion.server.users.models import RecoveryCode, UsedTotpStep, User, UserToken
 
 
 def get_user(session: Session, user_id: str) -> User | None:
@@ -49,3 +52,41 @@ def unused_recovery_codes(session: Session, user_id: str) -> list[RecoveryCode]:
 
 def delete_recovery_codes(session: Session, user_id: str) -> None:
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
+
+
+def spend_recovery_code(session: Session, code_id: str, now: dt.datetime) -> bool:
+    """Mark one recovery code used; False when another transaction used it first.
+
+    A single conditional UPDATE: on PostgreSQL a concurrent one waits on the row lock
+    and then finds ``used_at`` set; on SQLite writers are serialised.
+    """
+    result = session.execute(
+        update(RecoveryCode)
+        .where(RecoveryCode.id == code_id, RecoveryCode.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def spend_totp_step(session: Session, user_id: str, step: int, now: dt.datetime) -> bool:
+    """Record ``step`` as used by ``user_id``; False when it was already recorded.
+
+    The insert runs in a savepoint so a refused duplicate leaves the transaction usable.
+    On PostgreSQL a concurrent insert of the same key waits for the first transaction
+    and fails once it commits.
+    """
+    try:
+        with session.begin_nested():
+            session.add(UsedTotpStep(user_id=user_id, step=step, used_at=now))
+    except IntegrityError:
+        return False
+    return True
+
+
+def forget_totp_steps(session: Session, user_id: str, before: int | None = None) -> None:
+    """Drop the user's used steps (all, or those older than ``before``)."""
+    query = delete(UsedTotpStep).where(UsedTotpStep.user_id == user_id)
+    if before is not None:
+        query = query.where(UsedTotpStep.step < before)
+    session.execute(query)

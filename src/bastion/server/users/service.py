@@ -2,7 +2,10 @@
 
 Every function takes the app context and a session and owns its transaction: it
 commits what it changed together with the audit entry that describes it. Failed
-logins are audited too (committed before the error is raised).
+logins, throttled logins and failed second factors are audited too (committed before
+the error is raised). TOTP seeds are stored sealed with the server key
+(:mod:`bastion.server.secretbox`); TOTP steps and recovery codes are spent with
+statements that let only one of several concurrent logins win.
 
 Token authentication (:func:`authenticate_token`) is registered for the ``bst_ses_``
 and ``bst_pat_`` prefixes by :mod:`bastion.server.users.routes`.
@@ -19,10 +22,12 @@ from sqlalchemy.orm import Session
 
 from bastion.errors import (
     AuthError,
+    ConfigError,
     ConflictError,
     ExpiredError,
     FormatError,
     NotFoundError,
+    RateLimitError,
     RevokedError,
 )
 from bastion.server.audit.service import record
@@ -31,6 +36,7 @@ from bastion.server.auth.principal import Principal, PrincipalKind, Via
 from bastion.server.auth.rbac import SCOPES
 from bastion.server.context import AppContext
 from bastion.server.db.base import new_id
+from bastion.server.secretbox import SecretBox
 from bastion.server.users import repository as repo
 from bastion.server.users.models import RecoveryCode, User, UserToken
 
@@ -88,34 +94,53 @@ def login(
     recovery_code: str | None,
     client: str,
 ) -> LoginResult:
-    """Check password (and second factor when enrolled); issue a session token."""
+    """Check password (and second factor when enrolled); issue a session token.
+
+    Order: the caller's address is throttled first (429, audited); then the account's
+    guessing delay is waited out (a delay, never a lock: see
+    :class:`~bastion.server.auth.ratelimit.LoginDelay`); then password, then second
+    factor. Failed passwords and failed second factors are audited and counted
+    against the account.
+    """
     address = email.strip().lower()
-    ctx.login_limiter.hit(f"email:{address}")
-    ctx.login_limiter.hit(f"addr:{client}")
     now = ctx.clock.now()
+    try:
+        ctx.login_limiter.hit(f"addr:{client}")
+    except RateLimitError:
+        session.rollback()
+        record(
+            session,
+            "user.login_throttled",
+            f"anonymous@{client}",
+            {"email": address[:254], "client": client},
+            at=now,
+        )
+        session.commit()
+        raise
+    if ctx.login_delay is not None:
+        ctx.login_delay.wait(f"email:{address}")
     user = repo.get_user_by_email(session, address)
     if user is None:
         ctx.passwords.burn(password)
-        _login_failed(session, address, client, "unknown user", now)
+        _login_failed(ctx, session, address, client, "unknown user", now=now)
     assert user is not None
     try:
         ctx.passwords.verify(user.password_hash, password)
     except AuthError:
-        _login_failed(session, address, client, "wrong password", now)
+        _login_failed(ctx, session, address, client, "wrong password", now=now)
     if user.disabled:
-        _login_failed(session, address, client, "user disabled", now)
+        _login_failed(ctx, session, address, client, "user disabled", now=now)
     two_factor = False
     if user.totp_enabled:
         if totp_code:
-            assert user.totp_secret is not None
             try:
-                user.totp_last_step = totp.verify_totp(
-                    user.totp_secret, totp_code, now, user.totp_last_step
-                )
+                _spend_totp(ctx, session, user, totp_code, now)
             except AuthError as exc:
-                _login_failed(session, address, client, str(exc), now)
+                _second_factor_failed(
+                    ctx, session, user, client=client, method="totp", reason=str(exc), now=now
+                )
         elif recovery_code:
-            _use_recovery_code(session, user, recovery_code, client, now)
+            _use_recovery_code(ctx, session, user, recovery_code, client=client, now=now)
         else:
             raise AuthError("second factor required: give a TOTP code or a recovery code")
         two_factor = True
@@ -145,11 +170,17 @@ def login(
         at=now,
     )
     session.commit()
+    if ctx.login_delay is not None:
+        ctx.login_delay.succeeded(f"email:{address}")
     return LoginResult(token=token, expires_at=expires, two_factor=two_factor)
 
 
-def _login_failed(session: Session, email: str, client: str, reason: str, now: dt.datetime) -> None:
+def _login_failed(
+    ctx: AppContext, session: Session, email: str, client: str, reason: str, *, now: dt.datetime
+) -> None:
     session.rollback()
+    if ctx.login_delay is not None:
+        ctx.login_delay.failed(f"email:{email}")
     record(
         session,
         "user.login_failed",
@@ -161,18 +192,78 @@ def _login_failed(session: Session, email: str, client: str, reason: str, now: d
     raise AuthError("wrong e-mail, password or second factor")
 
 
+def _second_factor_failed(
+    ctx: AppContext,
+    session: Session,
+    user: User,
+    *,
+    client: str,
+    method: str,
+    reason: str,
+    now: dt.datetime,
+) -> None:
+    """Audit a right password with a wrong second factor (the password is known!)."""
+    session.rollback()
+    if ctx.login_delay is not None:
+        ctx.login_delay.failed(f"email:{user.email}")
+    record(
+        session,
+        "user.second_factor_failed",
+        f"anonymous@{client}",
+        {"user": user.id, "email": user.email, "method": method, "reason": reason},
+        at=now,
+    )
+    session.commit()
+    raise AuthError("wrong e-mail, password or second factor")
+
+
 def _use_recovery_code(
-    session: Session, user: User, code: str, client: str, now: dt.datetime
+    ctx: AppContext, session: Session, user: User, code: str, *, client: str, now: dt.datetime
 ) -> None:
     digest = totp.recovery_hash(code)
     for row in repo.unused_recovery_codes(session, user.id):
         if tokens.hmac_equal(row.code_hash, digest):
-            row.used_at = now
+            if not repo.spend_recovery_code(session, row.id, now):
+                break  # another login spent it a moment ago
             record(
                 session, "user.recovery_code_used", f"user:{user.id}", {"client": client}, at=now
             )
             return
-    _login_failed(session, user.email, client, "wrong recovery code", now)
+    _second_factor_failed(
+        ctx,
+        session,
+        user,
+        client=client,
+        method="recovery_code",
+        reason="wrong recovery code",
+        now=now,
+    )
+
+
+def _totp_context(user: User) -> str:
+    return f"totp:{user.id}"
+
+
+def _box(ctx: AppContext) -> SecretBox:
+    if ctx.secret_box is None:
+        raise ConfigError("this server context has no secret key to open TOTP secrets")
+    return ctx.secret_box
+
+
+def _spend_totp(ctx: AppContext, session: Session, user: User, code: str, now: dt.datetime) -> None:
+    """Check ``code`` and spend its time step; AuthError if wrong or already spent.
+
+    The step is recorded in ``used_totp_steps`` (primary key user, step) in this
+    transaction, so of two logins racing with one code only one can commit.
+    """
+    if user.totp_secret is None:
+        raise ConflictError("TOTP enrolment was not started")
+    secret = _box(ctx).open(user.totp_secret, _totp_context(user))
+    step = totp.verify_totp(secret, code, now, user.totp_last_step)
+    if not repo.spend_totp_step(session, user.id, step, now):
+        raise AuthError("TOTP code was already used")
+    user.totp_last_step = step
+    repo.forget_totp_steps(session, user.id, before=step - 2 * totp.DRIFT_STEPS - 1)
 
 
 def authenticate_token(session: Session, token: str, now: dt.datetime) -> Principal:
@@ -293,12 +384,12 @@ def totp_begin(ctx: AppContext, session: Session, principal: Principal) -> tuple
     user = get_me(session, principal)
     if user.totp_enabled:
         raise ConflictError("TOTP is already enabled; disable it first")
-    user.totp_secret = totp.new_secret()
+    secret = totp.new_secret()
+    user.totp_secret = _box(ctx).seal(secret, _totp_context(user))
     user.totp_last_step = None
+    repo.forget_totp_steps(session, user.id)
     session.commit()
-    return user.totp_secret, totp.provisioning_uri(
-        user.totp_secret, user.email, ctx.settings.totp_issuer
-    )
+    return secret, totp.provisioning_uri(secret, user.email, ctx.settings.totp_issuer)
 
 
 def totp_confirm(ctx: AppContext, session: Session, principal: Principal, code: str) -> list[str]:
@@ -309,7 +400,7 @@ def totp_confirm(ctx: AppContext, session: Session, principal: Principal, code: 
     if user.totp_secret is None:
         raise ConflictError("TOTP enrolment was not started")
     now = ctx.clock.now()
-    user.totp_last_step = totp.verify_totp(user.totp_secret, code, now, user.totp_last_step)
+    _spend_totp(ctx, session, user, code, now)
     user.totp_enabled = True
     codes = totp.new_recovery_codes()
     repo.delete_recovery_codes(session, user.id)
@@ -328,10 +419,24 @@ def totp_disable(ctx: AppContext, session: Session, principal: Principal, code: 
     if not user.totp_enabled or user.totp_secret is None:
         raise ConflictError("TOTP is not enabled")
     now = ctx.clock.now()
-    user.totp_last_step = totp.verify_totp(user.totp_secret, code, now, user.totp_last_step)
+    try:
+        _spend_totp(ctx, session, user, code, now)
+    except AuthError as exc:
+        session.rollback()
+        record(
+            session,
+            "user.second_factor_failed",
+            principal.actor,
+            {"user": user.id, "method": "totp", "reason": str(exc), "action": "disable"},
+            at=now,
+        )
+        session.commit()
+        raise
     user.totp_enabled = False
     user.totp_secret = None
+    user.totp_last_step = None
     repo.delete_recovery_codes(session, user.id)
+    repo.forget_totp_steps(session, user.id)
     # tokens minted behind the second factor no longer satisfy an organisation's 2FA rule
     for kind in (SESSION, PAT):
         for row in repo.list_tokens(session, user.id, kind):

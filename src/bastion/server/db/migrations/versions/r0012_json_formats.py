@@ -1,4 +1,4 @@
-"""Spare revision for the strict-JSON change (hardening).
+"""No schema change: the strict-JSON hardening needed none (kept so the chain stays linear).
 
 Revision ID: 0012_json_formats
 Revises: 0011_audit_logs
