@@ -10,10 +10,11 @@ Two QEMU (TCG) boots of Debian's OVMF Secure Boot build, about 20 s each:
    :func:`verify_update` verdict; the one difference (edk2 accepts a PK-signed dbx,
    bastion refuses it) is asserted as such. The store virt-firmware reads afterwards
    holds exactly the accepted data.
-2. **Boot under our keys, PCR 7.** A UKI (systemd-stub + kernel + initramfs, signed by
-   sbsign with the key set's db key) boots from that store with a swtpm TPM; the guest
-   prints the kernel's copy of the firmware event log and PCR 7. bastion's prediction
-   from the enrolled variables equals both the event-log replay and the TPM's PCR 7.
+2. **Boot under our keys, PCR 7.** bastion's UKI (``build.uki`` on systemd-stub with
+   the kernel and an initramfs), signed by bastion's Authenticode with the key set's db
+   key (``sbverify`` agrees), boots from that store with a swtpm TPM; the guest prints
+   the kernel's copy of the firmware event log and PCR 7. bastion's prediction from the
+   enrolled variables equals both the event-log replay and the TPM's PCR 7.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from tests.conftest import IN_CI, need_module, need_tool
 
 from bastion.build.ovmf import DEBIAN_OVMF_VARS, read_secureboot_store
+from bastion.build.uki import UkiInputs, build_uki
 from bastion.errors import BastionError
 from bastion.formats import efivars as ev
 from bastion.formats import eventlog as el
 from bastion.trust import pcr7
 from bastion.trust import secureboot as sb
+from bastion.trust.authenticode import sign_pe, verify_pe
 from bastion.trust.keys import KeyAlgorithm
 from bastion.trust.keyset import KeySet, create_keyset
 from bastion.trust.signer import SignatureScheme
@@ -201,7 +205,7 @@ def test_ovmf_enrols_and_boots_with_bastion_keys(keyset: KeySet, tmp_path: Path)
     _need_file(OVMF_CODE, "ovmf")
     _need_file(STUB, "systemd-boot-efi")
     kernel, efivarfs = _kernel()
-    gcc, sbsign = need_tool("gcc"), need_tool("sbsign")
+    gcc = need_tool("gcc")
     need_tool("swtpm")
     helper = tmp_path / "efiwrite"
     subprocess.run([gcc, "-static", "-Os", "-o", str(helper), str(HELPER)], check=True)
@@ -267,21 +271,24 @@ def test_ovmf_enrols_and_boots_with_bastion_keys(keyset: KeySet, tmp_path: Path)
     )
     work = tmp_path / "uki"
     work.mkdir()
-    (work / "initrd.img").write_bytes(_initramfs(work, probe, {}))
-    (work / "cmdline").write_bytes(b"console=ttyS0 quiet panic=-1")
-    sections = [(".cmdline", work / "cmdline", 0x30000), (".linux", kernel, 0x2000000)]
-    sections.append((".initrd", work / "initrd.img", 0x3000000))
-    objcopy = [need_tool("objcopy", "binutils")]
-    for name, path, vma in sections:
-        objcopy += ["--add-section", f"{name}={path}", "--change-section-vma", f"{name}={vma:#x}"]
-    subprocess.run([*objcopy, str(STUB), str(work / "uki.efi")], check=True)
+    initrd = _initramfs(work, probe, {})
+    # the UKI is bastion's own (build.uki) signed by bastion's Authenticode with the db key
+    inputs = UkiInputs(linux=kernel.read_bytes(), cmdline=b"console=ttyS0 quiet panic=-1",
+                       initrd=initrd)  # fmt: skip
+    uki = build_uki(STUB.read_bytes(), inputs)
+    db_signer = keyset.signer("secureboot-db", scheme=SignatureScheme.RSA_PKCS1V15_SHA256)
+    signed = sign_pe(uki, db_signer, keyset.certificate("secureboot-db"))
+    enrolled_db = sb.certificates_in(ev.parse_signature_lists(read_secureboot_store(vars_fd).db))
+    verify_pe(signed, enrolled_db)  # the offline check agrees with what firmware will do
     esp2 = tmp_path / "esp2"
     (esp2 / "EFI" / "BOOT").mkdir(parents=True)
-    db_key = keyset.folder / keyset.entry("secureboot-db").private_key
-    db_crt = keyset.folder / str(keyset.entry("secureboot-db").certificate)
+    (esp2 / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(signed)
+    # sbsigntool's verifier accepts it with the enrolled db certificate
+    db_pem = tmp_path / "db.pem"
+    db_pem.write_bytes(keyset.certificate("secureboot-db").public_bytes(Encoding.PEM))
     subprocess.run(
-        [sbsign, "--key", str(db_key), "--cert", str(db_crt),
-         "--output", str(esp2 / "EFI" / "BOOT" / "BOOTX64.EFI"), str(work / "uki.efi")],
+        [need_tool("sbverify", "sbsigntool"), "--cert", str(db_pem),
+         str(esp2 / "EFI" / "BOOT" / "BOOTX64.EFI")],
         check=True, capture_output=True,
     )  # fmt: skip
     tpm = tmp_path / "tpm"

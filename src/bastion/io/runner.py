@@ -57,6 +57,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "sbsiglist": "sbsigntool",
     "sbkeysync": "sbsigntool",
     "qemu-system-x86_64": "qemu-system-x86",
+    "busybox": "busybox-static",
     "cpio": "cpio",
     "gcc": "gcc",
 }
