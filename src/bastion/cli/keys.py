@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import TPM_HELP, add_json_flag, emit, passphrase_source
+from bastion.cli._common import (
+    TPM_HELP,
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    passphrase_source,
+)
 from bastion.errors import ConfigError, ConflictError
 from bastion.formats.efivars import EfiTime
 from bastion.io.files import atomic_write, read_bounded
@@ -79,7 +86,8 @@ def _text(ks: KeySet, verb: str) -> str:
 def _init(args: argparse.Namespace) -> int:
     secret = _passphrase(args.passphrase_env)
     ks = create_keyset(args.dir, product=args.product, passphrase=secret)
-    enrolment = _write_secureboot(args.dir, secret, os.path.join(args.dir, "secureboot"), None, [])
+    source = (lambda: secret) if secret is not None else None
+    enrolment = _write_secureboot(args.dir, source, os.path.join(args.dir, "secureboot"), None, [])
     summary = _summary(ks)
     summary["secureboot"] = _secureboot_summary(enrolment, os.path.join(args.dir, "secureboot"))
     emit(args, _text(ks, "created") + "\n" + _secureboot_text(enrolment, summary), summary)
@@ -87,11 +95,15 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _write_secureboot(
-    folder: str, secret: bytes | None, out: str, when: str | None, dbx: list[str]
+    folder: str,
+    passphrase: Callable[[], bytes] | None,
+    out: str,
+    when: str | None,
+    dbx: list[str],
 ) -> Enrolment:
     import datetime as dt
 
-    keyset = KeySet.load(folder, passphrase=(lambda: secret) if secret else None)
+    keyset = KeySet.load(folder, passphrase=passphrase)
     try:
         moment = dt.datetime.fromisoformat(when) if when else dt.datetime.now(dt.UTC)
         hashes = [bytes.fromhex(h) for h in dbx]
@@ -120,16 +132,14 @@ def _secureboot_text(enrolment: Enrolment, summary: dict[str, Any]) -> str:
 
 
 def _secureboot(args: argparse.Namespace) -> int:
-    enrolment = _write_secureboot(
-        args.dir, _passphrase(args.passphrase_env), args.output, args.timestamp, args.dbx_hash
-    )
+    source = passphrase_source(args, f"the Secure Boot PK and KEK keys in {args.dir}")
+    enrolment = _write_secureboot(args.dir, source, args.output, args.timestamp, args.dbx_hash)
     summary = {"secureboot": _secureboot_summary(enrolment, args.output)}
     text = _secureboot_text(enrolment, summary)
     if args.ovmf_vars:
         from bastion.build.ovmf import DEBIAN_OVMF_VARS, enrol_from_keyset
 
-        secret = _passphrase(args.passphrase_env)
-        keyset = KeySet.load(args.dir, passphrase=(lambda: secret) if secret else None)
+        keyset = KeySet.load(args.dir)  # public certificates only
         out = os.path.join(args.output, "OVMF_VARS_4M.secboot.fd")
         store = enrol_from_keyset(
             keyset,
@@ -250,7 +260,7 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="the empty OVMF store to copy (default /usr/share/OVMF/OVMF_VARS_4M.fd)",
     )
-    p.add_argument("--passphrase-env", metavar="VAR", help="passphrase of an encrypted key set")
+    add_passphrase_flag(p)
     add_json_flag(p)
     p.set_defaults(func=_secureboot)
 

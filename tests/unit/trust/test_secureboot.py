@@ -459,6 +459,13 @@ def test_keys_init_writes_enrolment_files(
     assert sb.verify_update("PK", (out / "PK.auth").read_bytes(), pk=None).signer == pk
     kek = ks.certificate("secureboot-kek")
     assert sb.verify_update("db", (out / "db.auth").read_bytes(), pk=pk, kek=[kek]).signer == kek
+    again = tmp_path / "again"
+    args = ["keys", "secureboot", str(folder), "-o", str(again)]
+    assert main([*args, "--passphrase-env", "KS_PASS"]) == 0
+    assert sb.verify_update("KEK", (again / "KEK.auth").read_bytes(), pk=pk).signer == pk
+    capsys.readouterr()
+    assert main([*args, "--timestamp", "2030-01-01T00:00:00Z"]) == 4  # encrypted, no passphrase
+    assert "secureboot-pk.key.pem" in capsys.readouterr().err
     assert main(["keys", "show", str(folder)]) == 0
     listing = capsys.readouterr().out
     assert "secureboot-pk and secureboot-kek are OFFLINE keys" in listing
