@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import uuid
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -100,23 +106,48 @@ def test_signed_data_arbitrary_bytes(data: bytes) -> None:
     assert isinstance(sd, SignedData)
 
 
-@given(
-    st.binary(min_size=1, max_size=40),
-    st.binary(min_size=1, max_size=300),
-    st.integers(1, 2**64),
-    st.binary(min_size=1, max_size=64),
-)
-def test_signed_data_round_trip(
-    issuer_body: bytes, cert_body: bytes, serial: int, sig: bytes
-) -> None:
-    from bastion.formats.modsig import der_tlv
+@given(st.integers(1, 2**64), st.binary(min_size=1, max_size=300), st.booleans())
+def test_signed_data_round_trip(serial: int, sig: bytes, attrs: bool) -> None:
+    import dataclasses
 
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from bastion.formats.modsig import der_tlv
+    from bastion.formats.pkcs7_signed import OID_CONTENT_TYPE, OID_DATA, Attribute
+
+    cert = _certificate()
     sd = SignedData.detached(
-        certificate=der_tlv(0x30, cert_body),
-        issuer=der_tlv(0x30, issuer_body),
+        certificate=cert.public_bytes(Encoding.DER),
+        issuer=cert.issuer.public_bytes(),
         serial=serial,
         signature=sig,
     )
+    if attrs:
+        value = der_tlv(0x06, OID_DATA)
+        raw = der_tlv(0x30, der_tlv(0x06, OID_CONTENT_TYPE) + der_tlv(0x31, value))
+        si = dataclasses.replace(
+            sd.signer_infos[0],
+            signed_attributes=raw,
+            attributes=(Attribute(OID_CONTENT_TYPE, (value,)),),
+        )
+        sd = dataclasses.replace(sd, signer_infos=(si,))
     again = SignedData.parse(sd.to_bytes())
     assert again == sd
     assert again.to_bytes() == sd.to_bytes()
+
+
+@functools.cache
+def _certificate() -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pkcs7 property")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )

@@ -1,4 +1,4 @@
-"""PKCS#7 / CMS SignedData (RFC 2315, RFC 5652): a bounded DER codec for one-signer blobs.
+"""PKCS#7 / CMS SignedData (RFC 2315, RFC 5652) for UEFI authenticated variables.
 
 This is the structure UEFI carries in an ``EFI_VARIABLE_AUTHENTICATION_2`` header: the
 **bare** SignedData (no ContentInfo wrapper; edk2 looks for the SHA-256 OID at byte 13)
@@ -11,6 +11,13 @@ certificates, one SignerInfo (version 1, issuer and serial number, ``sha256 NULL
 attributes (contentType, signingTime, messageDigest); :meth:`SignedData.parse` keeps
 them (raw, and as (OID, values) pairs) so the verifier can check them.
 
+ASN.1 goes through asn1crypto, as for Authenticode (ADR 0016): this module maps its CMS
+objects to small frozen dataclasses whose OIDs are DER content octets. Parsing is
+bounded (``EFI_AUTH_CERT_MAX_SIZE``, ``EFI_AUTH_MAX_CERTIFICATES``), wraps every
+asn1crypto exception in :class:`FormatError`, and is strict DER: the input must
+re-encode to exactly itself (asn1crypto alone would take BER lengths), and certificates
+must parse as X.509.
+
 Pure: bytes in, frozen objects out. The verifier (which key, which digest, what the
 attributes must say) is :mod:`bastion.trust.secureboot`.
 """
@@ -19,8 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from asn1crypto import cms, core
+from asn1crypto import x509 as ax509
+
 from bastion.errors import FormatError, LimitError
-from bastion.formats.modsig import der_int, der_read, der_tlv
+from bastion.formats.modsig import der_read, der_tlv
 from bastion.limits import EFI_AUTH_CERT_MAX_SIZE, EFI_AUTH_MAX_CERTIFICATES
 
 OID_SIGNED_DATA = bytes.fromhex("2a864886f70d010702")
@@ -35,32 +45,40 @@ _MAX_ATTRIBUTES = 32
 _MAX_SIGNERS = 4
 
 
-def _children(data: bytes, start: int, end: int, what: str) -> list[tuple[int, int, int, int]]:
-    """(tag, element_start, content_start, content_end) of each child in [start, end)."""
-    out = []
-    pos = start
-    window = data[:end]
-    while pos < end:
-        tag, cs, ce = der_read(window, pos)
-        out.append((tag, pos, cs, ce))
-        pos = ce
-        if len(out) > 64:
-            raise FormatError(f"{what}: more than 64 elements")
-    return out
+_ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
 
 
-def _alg_oid(data: bytes, start: int, end: int, what: str) -> bytes:
+def _first_child_tag(data: bytes) -> int:
+    _, start, end = der_read(data, 0)
+    return der_read(data[:end], start)[0] if start < end else -1
+
+
+def _dotted(oid: bytes) -> str:
+    """The dotted form of an OID given as its DER content octets."""
+    return str(core.ObjectIdentifier.load(der_tlv(0x06, oid)).dotted)
+
+
+def _oid(value: core.ObjectIdentifier) -> bytes:
+    return bytes(value.contents)
+
+
+def _alg(oid: bytes) -> dict[str, object]:
+    return {"algorithm": _dotted(oid), "parameters": core.Null()}
+
+
+def _alg_oid(alg: core.Sequence, what: str) -> bytes:
     """The OID of an AlgorithmIdentifier whose parameters are absent or NULL."""
-    kids = _children(data, start, end, what)
-    if not kids or kids[0][0] != 0x06 or len(kids) > 2:
-        raise FormatError(f"SignedData: {what} is not an AlgorithmIdentifier")
-    if len(kids) == 2 and (kids[1][0] != 0x05 or kids[1][2] != kids[1][3]):
+    params = alg["parameters"]
+    if not isinstance(params, (core.Void, core.Null)) and params.contents:
         raise FormatError(f"SignedData: {what} parameters must be absent or NULL")
-    return data[kids[0][2] : kids[0][3]]
+    return _oid(alg["algorithm"])
 
 
-def _alg(oid: bytes) -> bytes:
-    return der_tlv(0x30, der_tlv(0x06, oid) + b"\x05\x00")
+def _small_int(value: core.Integer, what: str) -> int:
+    raw = bytes(value.contents or b"")
+    if not 1 <= len(raw) <= 2:
+        raise FormatError(f"{what} is not a small INTEGER")
+    return int.from_bytes(raw, "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,158 +140,126 @@ class SignedData:
 
     def to_bytes(self) -> bytes:
         """The bare SignedData DER (what goes into WIN_CERTIFICATE_UEFI_GUID.CertData)."""
-        content = der_tlv(0x06, self.content_type)
+        encap: dict[str, object] = {"content_type": _dotted(self.content_type)}
         if self.content is not None:
-            content += der_tlv(0xA0, der_tlv(0x04, self.content))
-        body = der_int(self.version)
-        body += der_tlv(0x31, b"".join(_alg(o) for o in self.digest_oids))
-        body += der_tlv(0x30, content)
-        if self.certificates:
-            body += der_tlv(0xA0, b"".join(self.certificates))
-        infos = b""
+            encap["content"] = self.content
+        infos = []
         for si in self.signer_infos:
             if si.subject_key_id:
-                sid = der_tlv(0x80, si.subject_key_id)
+                sid = cms.SignerIdentifier({"subject_key_identifier": si.subject_key_id})
             else:
-                sid = der_tlv(0x30, si.issuer + der_int(si.serial))
-            attrs = der_tlv(0xA0, si.signed_attributes) if si.signed_attributes else b""
-            infos += der_tlv(
-                0x30,
-                der_int(si.version)
-                + sid
-                + _alg(si.digest_oid)
-                + attrs
-                + _alg(si.signature_oid)
-                + der_tlv(0x04, si.signature),
-            )
-        body += der_tlv(0x31, infos)
-        return der_tlv(0x30, body)
+                sid = cms.SignerIdentifier(
+                    {
+                        "issuer_and_serial_number": {
+                            "issuer": ax509.Name.load(si.issuer),
+                            "serial_number": si.serial,
+                        }
+                    }
+                )
+            info: dict[str, object] = {
+                "version": si.version,
+                "sid": sid,
+                "digest_algorithm": _alg(si.digest_oid),
+                "signature_algorithm": _alg(si.signature_oid),
+                "signature": si.signature,
+            }
+            if si.signed_attributes:
+                info["signed_attrs"] = cms.CMSAttributes.load(si.signed_attributes_der())
+            infos.append(cms.SignerInfo(info))
+        fields: dict[str, object] = {
+            "version": self.version,
+            "digest_algorithms": [_alg(o) for o in self.digest_oids],
+            "encap_content_info": encap,
+            "signer_infos": infos,
+        }
+        if self.certificates:
+            fields["certificates"] = [cms.CertificateChoices.load(c) for c in self.certificates]
+        return bytes(cms.SignedData(fields).dump())
 
     @classmethod
     def parse(cls, data: bytes, *, allow_content_info: bool = False) -> SignedData:
-        """Decode a bare SignedData (or, if allowed, one wrapped in a ContentInfo)."""
+        """Decode a bare SignedData (or, if allowed, one wrapped in a ContentInfo).
+
+        The input must be DER: it has to re-encode to exactly the bytes given.
+        """
         if len(data) > EFI_AUTH_CERT_MAX_SIZE:
             raise LimitError(f"SignedData is {len(data)} bytes, limit {EFI_AUTH_CERT_MAX_SIZE}")
-        tag, start, end = der_read(data, 0)
-        if tag != 0x30:
-            raise FormatError(f"SignedData: expected a SEQUENCE, got tag 0x{tag:02x}")
-        if end != len(data):
-            raise FormatError(f"SignedData: {len(data) - end} trailing bytes")
-        parts = _children(data, start, end, "SignedData")
-        if allow_content_info and parts and parts[0][0] == 0x06:
-            if len(parts) != 2 or parts[1][0] != 0xA0:
-                raise FormatError("ContentInfo must be (OID, [0] content)")
-            if data[parts[0][2] : parts[0][3]] != OID_SIGNED_DATA:
-                raise FormatError("ContentInfo: content type is not signedData")
-            return cls.parse(data[parts[1][2] : parts[1][3]])
-        if len(parts) < 4 or [p[0] for p in parts[:3]] != [0x02, 0x31, 0x30]:
-            raise FormatError("SignedData must be (version, digestAlgorithms, contentInfo, ...)")
-        version = _small_int(data, parts[0], "SignedData version")
-        digest_list = []
-        for d in _children(data, parts[1][2], parts[1][3], "digestAlgorithms"):
-            if d[0] != 0x30:
-                raise FormatError(f"SignedData: digest algorithm tag 0x{d[0]:02x}")
-            digest_list.append(_alg_oid(data, d[2], d[3], "digest algorithm"))
-        digests = tuple(digest_list)
-        ci = _children(data, parts[2][2], parts[2][3], "contentInfo")
-        if not ci or ci[0][0] != 0x06 or len(ci) > 2:
-            raise FormatError("SignedData: contentInfo must be (OID [, [0] content])")
-        content_type = data[ci[0][2] : ci[0][3]]
+        try:
+            if allow_content_info and _first_child_tag(data) == 0x06:
+                info = cms.ContentInfo.load(bytes(data), strict=True)
+                if info["content_type"].dotted != _dotted(OID_SIGNED_DATA):
+                    raise FormatError("ContentInfo: content type is not signedData")
+                if info.dump(force=True) != bytes(data):
+                    raise FormatError("ContentInfo is not DER")
+                _, start, end = der_read(data, 0)
+                _, _, oid_end = der_read(data[:end], start)
+                _, inner_start, inner_end = der_read(data[:end], oid_end)
+                return cls.parse(bytes(data[inner_start:inner_end]))
+            sd = cms.SignedData.load(bytes(data), strict=True)
+            parsed = cls._from_asn1(sd)
+            if sd.dump(force=True) != bytes(data):
+                raise FormatError("SignedData is not DER (it does not re-encode to itself)")
+            return parsed
+        except FormatError:
+            raise
+        except _ASN1_ERRORS as exc:
+            raise FormatError(f"SignedData is malformed: {exc}") from exc
+
+    @classmethod
+    def _from_asn1(cls, sd: cms.SignedData) -> SignedData:
+        version = _small_int(sd["version"], "SignedData version")
+        digests = tuple(_alg_oid(d, "digest algorithm") for d in sd["digest_algorithms"])
+        encap = sd["encap_content_info"]
         content: bytes | None = None
-        if len(ci) == 2:
-            if ci[1][0] != 0xA0:
-                raise FormatError("SignedData: contentInfo content is not [0]")
-            inner = _children(data, ci[1][2], ci[1][3], "content")
-            if len(inner) != 1 or inner[0][0] != 0x04:
+        if not isinstance(encap["content"], core.Void):
+            value = encap["content"].native
+            if not isinstance(value, bytes):
                 raise FormatError("SignedData: content must be one OCTET STRING")
-            content = data[inner[0][2] : inner[0][3]]
-        certs: tuple[bytes, ...] = ()
-        rest = parts[3:]
-        if rest and rest[0][0] == 0xA0:
-            kids = _children(data, rest[0][2], rest[0][3], "certificates")
-            if len(kids) > EFI_AUTH_MAX_CERTIFICATES:
-                raise LimitError(
-                    f"SignedData carries {len(kids)} certificates, "
-                    f"limit {EFI_AUTH_MAX_CERTIFICATES}"
-                )
-            for k in kids:
-                if k[0] != 0x30:
-                    raise FormatError(f"SignedData: certificate tag 0x{k[0]:02x}")
-            certs = tuple(data[k[1] : k[3]] for k in kids)
-            rest = rest[1:]
-        if rest and rest[0][0] == 0xA1:
-            rest = rest[1:]  # CRLs: not used by UEFI, ignored
-        if len(rest) != 1 or rest[0][0] != 0x31:
-            raise FormatError("SignedData: expected signerInfos as the last element")
-        infos = _children(data, rest[0][2], rest[0][3], "signerInfos")
+            content = value
+        certs: list[bytes] = []
+        if not isinstance(sd["certificates"], core.Void):
+            for choice in sd["certificates"]:
+                if len(certs) >= EFI_AUTH_MAX_CERTIFICATES:
+                    raise LimitError(
+                        f"SignedData carries more than {EFI_AUTH_MAX_CERTIFICATES} certificates"
+                    )
+                if choice.name != "certificate":
+                    raise FormatError(f"SignedData: certificate choice {choice.name!r}")
+                certs.append(bytes(choice.chosen.dump()))
+        infos = list(sd["signer_infos"])
         if not 1 <= len(infos) <= _MAX_SIGNERS:
             raise FormatError(f"SignedData: {len(infos)} signers, expected 1 to {_MAX_SIGNERS}")
-        signers = tuple(_signer_info(data, i) for i in infos)
-        return cls(version, digests, content_type, content, certs, signers)
+        signers = tuple(_signer_info(si) for si in infos)
+        return cls(version, digests, _oid(encap["content_type"]), content, tuple(certs), signers)
 
 
-def _small_int(data: bytes, element: tuple[int, int, int, int], what: str) -> int:
-    raw = data[element[2] : element[3]]
-    if element[0] != 0x02 or not 1 <= len(raw) <= 2:
-        raise FormatError(f"{what} is not a small INTEGER")
-    return int.from_bytes(raw, "big", signed=True)
-
-
-def _signer_info(data: bytes, element: tuple[int, int, int, int]) -> SignerInfo:
-    tag, _, start, end = element
-    if tag != 0x30:
-        raise FormatError(f"SignedData: SignerInfo tag 0x{tag:02x}")
-    f = _children(data, start, end, "SignerInfo")
-    if len(f) < 5:
-        raise FormatError(f"SignedData: SignerInfo has {len(f)} fields, expected 5 to 7")
-    version = _small_int(data, f[0], "SignerInfo version")
+def _signer_info(si: cms.SignerInfo) -> SignerInfo:
+    version = _small_int(si["version"], "SignerInfo version")
     issuer, serial, skid = b"", 0, b""
-    if f[1][0] == 0x30:
-        sid = _children(data, f[1][2], f[1][3], "IssuerAndSerialNumber")
-        if len(sid) != 2 or sid[0][0] != 0x30 or sid[1][0] != 0x02 or sid[1][2] == sid[1][3]:
+    sid = si["sid"]
+    if sid.name == "issuer_and_serial_number":
+        issuer = bytes(sid.chosen["issuer"].dump())
+        if not sid.chosen["serial_number"].contents:
             raise FormatError("SignedData: bad IssuerAndSerialNumber")
-        issuer = data[sid[0][1] : sid[0][3]]
-        serial = int.from_bytes(data[sid[1][2] : sid[1][3]], "big", signed=True)
-    elif f[1][0] == 0x80:
-        skid = data[f[1][2] : f[1][3]]
+        serial = int(sid.chosen["serial_number"].native)
+    else:
+        skid = bytes(sid.chosen.native)
         if not skid:
             raise FormatError("SignedData: empty subjectKeyIdentifier")
-    else:
-        raise FormatError(f"SignedData: signer id tag 0x{f[1][0]:02x}")
-    if f[2][0] != 0x30:
-        raise FormatError("SignedData: SignerInfo digestAlgorithm missing")
-    digest = _alg_oid(data, f[2][2], f[2][3], "signer digest algorithm")
-    idx = 3
+    digest = _alg_oid(si["digest_algorithm"], "signer digest algorithm")
     raw_attrs = b""
-    attrs: tuple[Attribute, ...] = ()
-    if f[idx][0] == 0xA0:
-        raw_attrs = data[f[idx][2] : f[idx][3]]
+    attrs: list[Attribute] = []
+    if not isinstance(si["signed_attrs"], core.Void):
+        raw_attrs = bytes(si["signed_attrs"].contents)
         if not raw_attrs:
             raise FormatError("SignedData: empty signed attributes")
-        attrs = _attributes(data, f[idx][2], f[idx][3])
-        idx += 1
-    if len(f) < idx + 2 or f[idx][0] != 0x30 or f[idx + 1][0] != 0x04:
-        raise FormatError("SignedData: SignerInfo signatureAlgorithm/signature missing")
-    sig_oid = _alg_oid(data, f[idx][2], f[idx][3], "signature algorithm")
-    signature = data[f[idx + 1][2] : f[idx + 1][3]]
-    extra = f[idx + 2 :]
-    if len(extra) > 1 or (extra and extra[0][0] != 0xA1):
-        raise FormatError("SignedData: unexpected fields after the signature")
-    return SignerInfo(version, issuer, serial, skid, digest, raw_attrs, attrs, sig_oid, signature)
-
-
-def _attributes(data: bytes, start: int, end: int) -> tuple[Attribute, ...]:
-    out = []
-    for tag, _, cs, ce in _children(data, start, end, "signed attributes"):
-        if tag != 0x30:
-            raise FormatError(f"SignedData: attribute tag 0x{tag:02x}")
-        kids = _children(data, cs, ce, "attribute")
-        if len(kids) != 2 or kids[0][0] != 0x06 or kids[1][0] != 0x31:
-            raise FormatError("SignedData: attribute must be (OID, SET OF values)")
-        values = tuple(
-            data[v[1] : v[3]] for v in _children(data, kids[1][2], kids[1][3], "attribute values")
-        )
-        out.append(Attribute(data[kids[0][2] : kids[0][3]], values))
-        if len(out) > _MAX_ATTRIBUTES:
-            raise FormatError(f"SignedData: more than {_MAX_ATTRIBUTES} signed attributes")
-    return tuple(out)
+        for attr in si["signed_attrs"]:
+            if len(attrs) >= _MAX_ATTRIBUTES:
+                raise FormatError(f"SignedData: more than {_MAX_ATTRIBUTES} signed attributes")
+            values = tuple(bytes(v.dump()) for v in attr["values"])
+            attrs.append(Attribute(_oid(attr["type"]), values))
+    sig_oid = _alg_oid(si["signature_algorithm"], "signature algorithm")
+    signature = bytes(si["signature"].native)
+    return SignerInfo(
+        version, issuer, serial, skid, digest, raw_attrs, tuple(attrs), sig_oid, signature
+    )

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import struct
 import uuid
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from bastion.errors import FormatError, LimitError
 from bastion.formats import efivars as ev
@@ -144,10 +150,28 @@ def test_auth_round_trip_and_split() -> None:
     assert ev.AuthenticatedVariable.parse(raw) == auth
 
 
+@functools.cache
+def _certificate() -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pkcs7 test")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+
+
 def _signed() -> SignedData:
+    cert = _certificate()
     return SignedData.detached(
-        certificate=der_tlv(0x30, der_tlv(0x04, bytes(300))),
-        issuer=der_tlv(0x30, b""),
+        certificate=cert.public_bytes(Encoding.DER),
+        issuer=cert.issuer.public_bytes(),
         serial=7,
         signature=b"\x01" * 8,
     )
