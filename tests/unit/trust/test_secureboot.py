@@ -470,3 +470,17 @@ def test_keys_init_writes_enrolment_files(
     listing = capsys.readouterr().out
     assert "secureboot-pk and secureboot-kek are OFFLINE keys" in listing
     assert "secureboot-db is the online key that signs boot artefacts" in listing
+
+
+def test_tpm_held_kek_signs_db_updates(keys: Keys, tpm_rig, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Keys by URI: a KEK that never leaves a TPM (both backends) signs db updates."""
+    from bastion.trust.keys import create_tpm_key
+
+    signer = create_tpm_key(tpm_rig.tpm, "rsa-2048", tmp_path / "kek.tpmkey")
+    cert = sb.create_certificate(signer, "KEK", "acme")
+    cert.verify_directly_issued_by(cert)
+    auth = sb.sign_update("db", keys.esl("db"), signer, cert, T).to_bytes()
+    got = sb.verify_update("db", auth, pk=keys.certs["PK"], kek=[cert])
+    assert got.signer == cert
+    with pytest.raises(SignatureError):
+        sb.verify_update("db", auth, pk=keys.certs["PK"], kek=[keys.certs["KEK"]])
