@@ -28,6 +28,7 @@ from bastion.build import image as img
 from bastion.device import boot as chain
 from bastion.device.boot_create import create_device
 from bastion.io.runner import require_tool
+from bastion.storage import disk_image as di
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.bootkit import product_keys, spec_for, trust_of
@@ -72,8 +73,8 @@ def bench_size(base: Path, mib: int, runs: int) -> dict[str, float]:
     full = _median(lambda: chain.boot(dev, full_verify=True), runs)
     layout = built.layout
     root, verity = layout.find("root-a"), layout.find("root-a-verity")
-    (work / "root.img").write_bytes(img.read_partition(built.path, root))
-    (work / "hash.img").write_bytes(img.read_partition(built.path, verity))
+    (work / "root.img").write_bytes(di.read_partition(built.path, root))
+    (work / "hash.img").write_bytes(di.read_partition(built.path, verity))
     veritysetup = require_tool("veritysetup")
     ref = _median(
         lambda: subprocess.run(

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from bastion.build import image as img
+from bastion.trust import image as ti
 from bastion.trust.signer import SignatureScheme, SoftwareSigner, Verifier
 
 KERNEL = b"\x7fELF-not-really-a-kernel " * 40
@@ -53,9 +54,9 @@ def product_keys(variant: int = 0) -> img.ImageKeys:
     )
 
 
-def trust_of(keys: img.ImageKeys) -> img.ImageTrust:
+def trust_of(keys: img.ImageKeys) -> ti.ImageTrust:
     """The public side of a key set."""
-    return img.ImageTrust(
+    return ti.ImageTrust(
         platform_root=Verifier.of(keys.platform_root.public_key()),
         boot=Verifier.of(keys.boot.public_key()),
         image=Verifier.of(keys.image.public_key()),

@@ -106,6 +106,10 @@ class RateLimitError(AuthError):
         self.retry_after = retry_after
 
 
+class OidcRequiredError(AuthError):
+    """An organisation lets its members act only with a login made through OIDC."""
+
+
 class NotFoundError(BastionError):
     """A named object (device, key slot, token, file) does not exist."""
 

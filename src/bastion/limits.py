@@ -152,6 +152,24 @@ ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begi
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
 # --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
 TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
+# --- OpenID Connect sign-in (server/oidc/, docs/server.md) -----------------------------------
+OIDC_DOCUMENT_MAX_SIZE = 256 * KiB  # a provider's discovery document, JWKS or token answer
+OIDC_JWKS_MAX_KEYS = 64  # keys in a provider's JWKS
+OIDC_PARAM_MAX_LENGTH = 2048  # a code, state, ticket or cookie value handed back to us
+OIDC_LOGIN_TTL_SECONDS = 600  # a started sign-in (state, nonce, PKCE verifier) lives this long
+OIDC_TICKET_TTL_SECONDS = 300  # the second-factor ticket after a good OIDC sign-in
+OIDC_HTTP_TIMEOUT_SECONDS = 10.0  # one request to the provider
+OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched again after this
+# --- initramfs cpio, serial console of a VM boot (formats/cpio.py, formats/bootlog.py) ---
+CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
+CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
+BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
+BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
+BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)
+BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
+# --- the device plane (device/platform/) -------------------------------------------------
+PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform (efivarfs file)
+
 # --- UEFI Secure Boot variables (formats/efivars.py, docs/adr/0017-secureboot.md) --------
 EFI_VARIABLE_MAX_SIZE = 1 * MiB  # one variable's data or one .auth file (dbx today is ~30 KiB)
 EFI_SIGLIST_MAX_LISTS = 256  # EFI_SIGNATURE_LISTs in one variable

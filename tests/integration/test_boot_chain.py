@@ -19,9 +19,8 @@ from tests.conftest import need_tool
 
 from bastion.build import image as img
 from bastion.device import boot as chain
-from bastion.device import measure
 from bastion.device.boot_create import create_device, sign_profile
-from bastion.device.platform import SimPlatform
+from bastion.device.platform.sim import SimPlatform
 from bastion.device.profile import device_id, make_profile
 from bastion.errors import (
     BastionError,
@@ -35,10 +34,14 @@ from bastion.errors import (
 )
 from bastion.formats import bootunit as bu
 from bastion.formats import eventlog as el
+from bastion.formats import image as fi
+from bastion.storage import disk_image as di
 from bastion.storage import recovery, sealed
 from bastion.storage.luks2_volume import FileRange, Luks2Volume
 from bastion.storage.verity_reader import VerityReader
 from bastion.tpm.base import HashAlg, PcrSelection
+from bastion.trust import image as ti
+from bastion.trust import measure
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +94,9 @@ def _flip(path: Path, offset: int, bit: int = 0) -> None:
 
 def _archive_entry_offset(disk: Path, name: str) -> int:
     """Absolute disk offset of an entry in the boot archive."""
-    layout = img.read_layout(disk)
-    part = layout.find(img.PART_BOOT)
-    raw = img.read_partition(disk, part, 1 << 20)
+    layout = di.read_layout(disk)
+    part = layout.find(fi.PART_BOOT)
+    raw = di.read_partition(disk, part, 1 << 20)
     count = int.from_bytes(raw[12:16], "little")
     for i in range(count):
         base = 16 + 32 * i
@@ -116,7 +119,7 @@ def _section_offset(disk: Path, slot: str, section: str) -> int:
 
 
 def _part(disk: Path, name: str) -> int:
-    return img.read_layout(disk).find(name).offset
+    return di.read_layout(disk).find(name).offset
 
 
 def _stage_of(exc: BaseException) -> str:
@@ -218,7 +221,7 @@ def test_root_data_bit_flip_full_verify_and_first_read(
 ) -> None:
     dev = _device(base, tmp_path)
     disk = dev / "disk.img"
-    layout = img.read_layout(disk)
+    layout = di.read_layout(disk)
     root = layout.find("root-a")
     target_block = 200  # inside the payload, far from what mounting reads
     _flip(disk, root.offset + target_block * 4096 + 17)
@@ -365,7 +368,7 @@ def test_audit_mode_logs_and_continues(base: dict[str, object], tmp_path: Path) 
     assert any("unit-signature" in w and ".osrel" in w for w in report.warnings)
     built = base["image"]
     assert isinstance(built, img.BuiltImage)
-    assert report.pcrs[11] != img.predict_pcrs(built.path)[11].hex()
+    assert report.pcrs[11] != ti.predict_pcrs(di.DiskImage(built.path))[11].hex()
 
 
 def test_try_other_slot_with_empty_slot_b_halts(base: dict[str, object], tmp_path: Path) -> None:
@@ -398,7 +401,7 @@ def test_installed_slot_b_activated_boots(base: dict[str, object], tmp_path: Pat
     report = chain.boot(dev, full_verify=True)
     assert report.slot == "b" and report.security_version == 2
     assert SimPlatform(dev).fuses().counter() == 2
-    predicted = img.predict_pcrs(dev / "disk.img", "b")
+    predicted = ti.predict_pcrs(di.DiskImage(dev / "disk.img"), "b")
     assert {i: predicted[i].hex() for i in measure.GOLDEN_PCRS} == report.pcrs
 
 
@@ -482,7 +485,7 @@ def test_event_log_replay_equals_tpm_and_prediction(
     tpm = _tpm_pcrs(dev)
     built = base["image"]
     assert isinstance(built, img.BuiltImage)
-    predicted = img.predict_pcrs(built.path)
+    predicted = ti.predict_pcrs(di.DiskImage(built.path))
     for i in measure.GOLDEN_PCRS:
         assert replay[i] == tpm[i] == predicted[i], f"PCR {i}"
 
@@ -493,7 +496,7 @@ def test_key_cannot_be_unsealed_after_boot_but_recovery_key_opens(
     dev = _device(base, tmp_path)
     chain.boot(dev)
     disk = dev / "disk.img"
-    data = img.read_layout(disk).find("data")
+    data = di.read_layout(disk).find("data")
     tpm = SimPlatform(dev).open_tpm()
     try:
         with FileRange(disk, offset=data.offset, size=data.size) as storage:
@@ -520,24 +523,27 @@ def test_different_kernel_changes_pcrs_and_key_is_not_released(
     )
     built = base["image"]
     assert isinstance(built, img.BuiltImage)
-    assert img.predict_pcrs(other.path)[11] != img.predict_pcrs(built.path)[11]
-    layout = img.read_layout(other.path)
-    boot_part = layout.find(img.PART_BOOT)
-    assert img.read_layout(dev / "disk.img").find(img.PART_BOOT).offset == boot_part.offset
+    assert (
+        ti.predict_pcrs(di.DiskImage(other.path))[11]
+        != ti.predict_pcrs(di.DiskImage(built.path))[11]
+    )
+    layout = di.read_layout(other.path)
+    boot_part = layout.find(fi.PART_BOOT)
+    assert di.read_layout(dev / "disk.img").find(fi.PART_BOOT).offset == boot_part.offset
     with open(dev / "disk.img", "r+b") as handle:
         handle.seek(boot_part.offset)
-        handle.write(img.read_partition(other.path, boot_part))
+        handle.write(di.read_partition(other.path, boot_part))
     with pytest.raises(PolicyError, match=r"^initrd: data key not released"):
         chain.boot(dev)
     log = chain.read_eventlog(dev)
-    assert el.replay(log.events)[11] == img.predict_pcrs(other.path)[11]
+    assert el.replay(log.events)[11] == ti.predict_pcrs(di.DiskImage(other.path))[11]
 
 
 def test_unit_statement_names_slot(base: dict[str, object]) -> None:
     built = base["image"]
     assert isinstance(built, img.BuiltImage)
-    archive = img.read_archive(built.path, img.read_layout(built.path))
-    doc = img.open_statement(
+    archive = di.read_archive(built.path, di.read_layout(built.path))
+    doc = ti.open_statement(
         archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, trust_of(product_keys()).boot
     )
     assert doc["slot"] == "a"

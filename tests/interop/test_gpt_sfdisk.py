@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from tests.conftest import need_tool
 
-from bastion.build.image import read_layout
 from bastion.errors import FormatError
 from bastion.formats import gpt
+from bastion.storage.disk_image import read_layout
 
 pytestmark = pytest.mark.interop
 

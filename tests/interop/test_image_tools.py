@@ -23,6 +23,8 @@ from bastion.device.boot_create import create_device
 from bastion.formats import bootunit as bu
 from bastion.formats import eventlog as el
 from bastion.formats import gpt
+from bastion.storage import disk_image as di
+from bastion.trust import image as ti
 
 pytestmark = pytest.mark.interop
 
@@ -39,7 +41,7 @@ def device(tmp_path_factory: pytest.TempPathFactory) -> tuple[img.BuiltImage, Pa
 
 
 def _extract(disk: Path, part: gpt.Partition, out: Path, size: int | None = None) -> Path:
-    out.write_bytes(img.read_partition(disk, part, size))
+    out.write_bytes(di.read_partition(disk, part, size))
     return out
 
 
@@ -72,9 +74,7 @@ def test_veritysetup_verifies_root_with_signed_root_hash(
     veritysetup = need_tool("veritysetup")
     built, _ = device
     layout = built.layout
-    sig = bu.parse_verity_signature(
-        img.read_partition(built.path, layout.find("root-a-verity-sig"))
-    )
+    sig = bu.parse_verity_signature(di.read_partition(built.path, layout.find("root-a-verity-sig")))
     root = _extract(built.path, layout.find("root-a"), tmp_path / "root.img")
     hashes = _extract(built.path, layout.find("root-a-verity"), tmp_path / "hash.img")
     ok = subprocess.run(
@@ -102,7 +102,7 @@ def test_openssl_verifies_the_verity_pkcs7(
     openssl = need_tool("openssl")
     built, _ = device
     sig = bu.parse_verity_signature(
-        img.read_partition(built.path, built.layout.find("root-a-verity-sig"))
+        di.read_partition(built.path, built.layout.find("root-a-verity-sig"))
     )
     (tmp_path / "sig.der").write_bytes(sig.signature)
     (tmp_path / "content").write_bytes(sig.root_hash.hex().encode())
@@ -123,7 +123,7 @@ def test_cryptsetup_reads_data_volume_after_first_boot(
     cryptsetup = need_tool("cryptsetup")
     _, dev = device
     disk = dev / "disk.img"
-    data = img.read_layout(disk).find("data")
+    data = di.read_layout(disk).find("data")
     vol = _extract(disk, data, tmp_path / "data.img")
     proc = subprocess.run(
         [cryptsetup, "luksDump", str(vol)], capture_output=True, text=True, check=False
@@ -144,7 +144,7 @@ def test_tpm2_eventlog_parses_the_boot_log(
     values = {
         int(k): v for k, v in re.findall(r"^\s+(\d+)\s*: 0x([0-9a-f]{64})$", proc.stdout, re.M)
     }
-    predicted = img.predict_pcrs(built.path)
+    predicted = ti.predict_pcrs(di.DiskImage(built.path))
     replay = el.replay(chain.read_eventlog(dev).events)
     assert values == {k: v.hex() for k, v in replay.items()}
     assert all(values[k] == predicted[k].hex() for k in values)

@@ -65,7 +65,7 @@ def _keyset(data: bytes) -> Any:
 
 
 def _sim_device(data: bytes) -> Any:
-    from bastion.device.platform import DEVICE_FILE, SimPlatform
+    from bastion.device.platform.sim import DEVICE_FILE, SimPlatform
 
     folder = _tmp() / "device"
     folder.mkdir(exist_ok=True)

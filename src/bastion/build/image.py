@@ -15,6 +15,8 @@
 4. ``disk.img.sig``: a signed envelope (image key) over the image's SHA-256 and metadata.
 
 Orchestration only: the formats are pure modules, signatures go through ``Signer``s.
+This module only builds: the layout is formats/image.py, reading an image file
+storage/disk_image.py, verifying it and predicting its PCRs trust/image.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,65 +32,47 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bastion.build.fs import FsType, build_filesystem
-from bastion.device import measure
 from bastion.errors import ConfigError, FormatError, SignatureError
-from bastion.formats import bootctl, gpt, modsig, strict_json
+from bastion.formats import bootctl, gpt, modsig
 from bastion.formats import bootunit as bu
+from bastion.formats.image import (
+    ARCHIVE_ORDER,
+    IMAGE_PAYLOAD_TYPE,
+    LOADER_VERSION,
+    PART_BOOT,
+    PART_BOOTCTL,
+    PART_DATA,
+    RESERVED_CMDLINE,
+    RESERVED_CMDLINE_PREFIXES,
+    VERITY_BLOCK,
+    VERITY_BLOCKS_PARAM,
+    mib_align,
+    plan_layout,
+    root_part,
+    sig_part,
+    verity_part,
+)
 from bastion.formats.verity import VerityParams
 from bastion.io.runner import CommandRunner
+from bastion.limits import MiB
+from bastion.storage.disk_image import (
+    file_sha256,
+    pwrite_all,
+    read_archive,
+    read_layout,
+    read_partition,
+)
 from bastion.storage.luks2_volume import DEFAULT_DATA_OFFSET
-from bastion.storage.verity_reader import format_region, verify_region
-from bastion.trust.envelope import parse_envelope, sign_envelope, verify_envelope
-from bastion.trust.keys import load_public_key
+from bastion.storage.verity_reader import format_region
+from bastion.trust.envelope import sign_envelope
+from bastion.trust.image import open_statement
 from bastion.trust.signer import PublicKey, SignatureScheme, Signer, Verifier
 
-MiB = 1024 * 1024
-IMAGE_PAYLOAD_TYPE = "application/vnd.bastion.disk-image+json"
-LOADER_VERSION = bu.LOADER_VERSION
 DEFAULT_DATA_SIZE = 64 * MiB
-SIG_PART_SIZE = 16 * 1024
-BOOTCTL_PART_SIZE = 64 * 1024
-
-PART_BOOT = "boot"
-PART_BOOTCTL = "bootctl"
-PART_DATA = "data"
-#: kernel command line word carrying the verity data block count (4 KiB blocks): the root
-#: hash does not bind the count a superblock claims, so the signed command line does
-VERITY_BLOCKS_PARAM = "bastion.verity_blocks"
-#: the dm-verity data and hash block size bastion uses: a root slot is a multiple of it
-VERITY_BLOCK = 4096
 #: the smallest data partition: LUKS2 headers and keyslot area, plus 1 MiB of data
 DATA_MIN_SIZE = DEFAULT_DATA_OFFSET + MiB
-#: command-line parameters the boot chain sets or reads itself, and why; ``--cmdline``
-#: may not set them (a second ``roothash=`` or a ``root=`` would point past verity)
-RESERVED_CMDLINE = {
-    "roothash": "the verity root hash of the slot, set by bastion",
-    "usrhash": "a verity /usr hash would bypass bastion's signed root",
-    "root": "the root device is the verity device bastion opens from roothash=",
-    "mount.usr": "a /usr mount outside the signed root",
-    "systemd.verity": "verity is set up by bastion from the signed command line",
-    "rd.systemd.verity": "verity is set up by bastion from the signed command line",
-}
-RESERVED_CMDLINE_PREFIXES = {
-    "bastion.": "bastion's own parameters (slot, verity block count)",
-    "systemd.verity_": "verity is set up by bastion from the signed command line",
-    "rd.systemd.verity_": "verity is set up by bastion from the signed command line",
-}
-
-
-def root_part(slot: str) -> str:
-    return f"root-{slot}"
-
-
-def verity_part(slot: str) -> str:
-    return f"root-{slot}-verity"
-
-
-def sig_part(slot: str) -> str:
-    return f"root-{slot}-verity-sig"
 
 
 @dataclass(frozen=True)
@@ -115,22 +98,6 @@ class ImageKeys:
         if isinstance(self.platform_root, Verifier):
             return self.platform_root.public_key
         return self.platform_root.public_key()
-
-
-@dataclass(frozen=True)
-class ImageTrust:
-    """The public side: what verifies an image (and what a device trusts)."""
-
-    platform_root: Verifier
-    boot: Verifier
-    image: Verifier
-    verity_cert: x509.Certificate
-    module_cert: x509.Certificate | None = None
-
-    @property
-    def platform_root_hash(self) -> bytes:
-        """SHA-256 of the platform root key's SubjectPublicKeyInfo: what is fused."""
-        return bytes.fromhex(self.platform_root.key_id)
 
 
 @dataclass(frozen=True)
@@ -161,10 +128,6 @@ class BuiltImage:
     root_hash: bytes
     layout: gpt.GptDisk
     metadata: dict[str, Any]
-
-
-def _mib(n: int) -> int:
-    return (n + MiB - 1) // MiB * MiB
 
 
 def _tree_digest(root: Path) -> bytes:
@@ -200,35 +163,9 @@ def sign_verity_root(
     return bu.VeritySignature(root_hash, cms.to_bytes(), fpr)
 
 
-def verify_verity_signature(sig: bu.VeritySignature, cert: x509.Certificate) -> bytes:
-    """Check the PKCS#7 over the hex root hash with ``cert``; returns the root hash."""
-    cms = modsig.CmsSignature.parse(sig.signature)
-    if cms.issuer != cert.issuer.public_bytes() or cms.serial != cert.serial_number:
-        raise SignatureError("verity signature was made by another certificate")
-    fpr = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    if sig.certificate_fingerprint and sig.certificate_fingerprint != fpr:
-        raise SignatureError("verity signature names another certificate fingerprint")
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise SignatureError("verity certificate does not hold an RSA key")
-    try:
-        Verifier.of(key, SignatureScheme.RSA_PKCS1V15_SHA256).verify(
-            sig.root_hash.hex().encode(), cms.signature
-        )
-    except SignatureError as exc:
-        raise SignatureError(f"verity root hash signature does not verify: {exc}") from exc
-    return sig.root_hash
-
-
 def sign_statement(payload_type: str, statement: bytes, signer: Signer) -> bytes:
     """A one-signature envelope over a statement, serialised."""
     return sign_envelope(payload_type, statement, [signer]).to_bytes()
-
-
-def open_statement(data: bytes, payload_type: str, verifier: Verifier) -> dict[str, Any]:
-    """Verify a signed statement envelope and return its JSON (SignatureError/FormatError)."""
-    payload = verify_envelope(parse_envelope(data), [verifier], payload_type=payload_type)
-    return strict_json.loads_object(payload, what="signed statement")
 
 
 def make_unit(
@@ -312,57 +249,6 @@ def _copy_into(src: Path, fd: int, offset: int) -> None:
             if chunk.count(0) != len(chunk):  # keep the image sparse
                 os.pwrite(fd, chunk, pos)
             pos += len(chunk)
-
-
-def _pwrite(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
-
-
-def file_sha256(path: Path) -> bytes:
-    """SHA-256 of a whole file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(4 * MiB), b""):
-            h.update(chunk)
-    return h.digest()
-
-
-def plan_layout(
-    seed: bytes,
-    root_hash: bytes,
-    *,
-    boot_size: int,
-    root_size: int,
-    verity_size: int,
-    data_size: int,
-) -> gpt.GptDisk:
-    """The GPT for the given sizes (each partition starts on a MiB boundary)."""
-    root_uuid, verity_uuid = gpt.verity_partition_uuids(root_hash)
-    ro = gpt.FLAG_READ_ONLY
-    na = gpt.FLAG_NO_AUTO
-    d = gpt.derived_uuid
-    spans: list[tuple[str, uuid.UUID, uuid.UUID, int, int]] = [
-        (PART_BOOT, gpt.TYPE_XBOOTLDR, d("boot", seed), boot_size, 0),
-        (root_part("a"), gpt.TYPE_ROOT_X86_64, root_uuid, root_size, ro),
-        (verity_part("a"), gpt.TYPE_ROOT_VERITY_X86_64, verity_uuid, verity_size, ro),
-        (sig_part("a"), gpt.TYPE_ROOT_VERITY_SIG_X86_64, d("sig-a", seed), SIG_PART_SIZE, ro),
-        (root_part("b"), gpt.TYPE_ROOT_X86_64, d("root-b", seed), root_size, ro | na),
-        (verity_part("b"), gpt.TYPE_ROOT_VERITY_X86_64, d("verity-b", seed), verity_size, ro | na),
-        (sig_part("b"), gpt.TYPE_ROOT_VERITY_SIG_X86_64, d("sig-b", seed), SIG_PART_SIZE, ro | na),
-        (PART_BOOTCTL, gpt.TYPE_LINUX_DATA, d("bootctl", seed), BOOTCTL_PART_SIZE, na),
-        (PART_DATA, gpt.TYPE_LINUX_DATA, d("data", seed), data_size, na),
-    ]
-    parts = []
-    lba = MiB // gpt.SECTOR
-    for name, tguid, pguid, size, flags in spans:
-        sectors = _mib(size) // gpt.SECTOR
-        parts.append(gpt.Partition(tguid, pguid, lba, lba + sectors - 1, flags, name))
-        lba += sectors
-    total = lba + MiB // gpt.SECTOR
-    return gpt.GptDisk(total, gpt.derived_uuid("disk", seed), tuple(parts))
 
 
 def _root_seed(spec: ImageSpec) -> bytes:
@@ -463,12 +349,12 @@ def build_image(
                 f"partition {root_part('a')}: the {spec.fs} root filesystem is {fs_size} "
                 f"bytes, larger than the slot size {spec.root_size} bytes"
             )
-        root_size = _mib(max(fs_size, spec.root_size or 0))
+        root_size = mib_align(max(fs_size, spec.root_size or 0))
         params = VerityParams(
             data_blocks=fs_size // 4096,
             salt=hashlib.sha256(b"bastion-verity-salt\0" + root_seed).digest(),
         )
-        verity_size = _mib(4096 + params.tree_size())
+        verity_size = mib_align(4096 + params.tree_size())
         # root hash first (in a scratch hash file), then the layout that depends on it
         scratch = Path(tmp) / "hash.img"
         result = format_region(
@@ -488,7 +374,7 @@ def build_image(
             ("unit.a.sig", unit_sig),
         ]
         archive = bu.Container(bu.Kind.ARCHIVE, tuple(archive_entries)).to_bytes()
-        boot_size = _mib(2 * len(archive) + MiB)
+        boot_size = mib_align(2 * len(archive) + MiB)
         layout = plan_layout(
             seed,
             root_hash,
@@ -503,13 +389,13 @@ def build_image(
         fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.ftruncate(fd, layout.size)
-            _pwrite(fd, layout.head_bytes(), 0)
-            _pwrite(fd, layout.tail_bytes(), layout.tail_offset)
-            _pwrite(fd, archive, layout.find(PART_BOOT).offset)
+            pwrite_all(fd, layout.head_bytes(), 0)
+            pwrite_all(fd, layout.tail_bytes(), layout.tail_offset)
+            pwrite_all(fd, archive, layout.find(PART_BOOT).offset)
             _copy_into(root_img, fd, layout.find(root_part("a")).offset)
-            _pwrite(fd, scratch.read_bytes(), layout.find(verity_part("a")).offset)
-            _pwrite(fd, verity_sig.to_bytes(), layout.find(sig_part("a")).offset)
-            _pwrite(fd, bootctl.initial_partition(), layout.find(PART_BOOTCTL).offset)
+            pwrite_all(fd, scratch.read_bytes(), layout.find(verity_part("a")).offset)
+            pwrite_all(fd, verity_sig.to_bytes(), layout.find(sig_part("a")).offset)
+            pwrite_all(fd, bootctl.initial_partition(), layout.find(PART_BOOTCTL).offset)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -529,229 +415,6 @@ def build_image(
     sig_path = out.with_name(out.name + ".sig")
     sig_path.write_bytes(sign_statement(IMAGE_PAYLOAD_TYPE, statement, keys.image))
     return BuiltImage(out, digest, layout.size, root_hash, layout, metadata)
-
-
-# --- reading images back -----------------------------------------------------------------
-
-
-def read_layout(path: Path) -> gpt.GptDisk:
-    """Parse the GPT of an image file (backup used if the primary is damaged)."""
-    head, tail, sectors = _gpt_ends(path)
-    return gpt.parse(head, sectors, tail)
-
-
-def _gpt_ends(path: Path) -> tuple[bytes, bytes, int]:
-    """The bytes of the primary and the backup GPT copies, and the disk's sector count."""
-    size = path.stat().st_size
-    if size % gpt.SECTOR:
-        raise FormatError(f"image {path} size {size} is not a multiple of 512")
-    sectors = size // gpt.SECTOR
-    with open(path, "rb") as handle:
-        head = handle.read(34 * gpt.SECTOR)
-        try:  # a table longer than 128 entries: read as much as its header says
-            need = gpt.head_length(head)
-        except FormatError:
-            need = len(head)
-        if need > len(head):
-            handle.seek(0)
-            head = handle.read(min(need, size))
-        handle.seek(max(0, size - 33 * gpt.SECTOR))
-        tail = handle.read(33 * gpt.SECTOR)
-        try:
-            need = gpt.tail_length(tail)
-        except FormatError:
-            need = len(tail)
-        if need > len(tail):
-            handle.seek(max(0, size - need))
-            tail = handle.read(need)
-    return head, tail, sectors
-
-
-def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
-    """The image's GPT, with a damaged primary or backup copy rewritten from the other.
-
-    Returns the layout and one line per copy repaired (empty when both were intact), so
-    the caller can report it. A disk whose copies are both damaged raises FormatError.
-    """
-    head, tail, sectors = _gpt_ends(path)
-    layout = gpt.parse(head, sectors, tail)
-    repaired: list[str] = []
-    writes: list[tuple[bytes, int]] = []
-    try:
-        gpt.parse(head, sectors)
-    except FormatError as exc:
-        writes.append((layout.head_bytes(), 0))
-        repaired.append(f"primary GPT header damaged ({exc}); rewritten from the backup")
-    try:
-        gpt.parse_backup(tail, sectors)
-    except FormatError as exc:
-        writes.append((layout.tail_bytes(), layout.tail_offset))
-        repaired.append(f"backup GPT header damaged ({exc}); rewritten from the primary")
-    if writes:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            for data, offset in writes:
-                _pwrite(fd, data, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return layout, repaired
-
-
-def read_partition(path: Path, part: gpt.Partition, limit: int | None = None) -> bytes:
-    """The bytes of one partition (the first ``limit`` bytes when given)."""
-    with open(path, "rb") as handle:
-        handle.seek(part.offset)
-        return handle.read(part.size if limit is None else min(limit, part.size))
-
-
-def read_archive(path: Path, layout: gpt.GptDisk) -> bu.Container:
-    """The boot partition archive (trailing zero padding of the partition ignored)."""
-    raw = read_partition(path, layout.find(PART_BOOT))
-    return bu.parse(_trim_container(raw), bu.Kind.ARCHIVE)
-
-
-def _trim_container(raw: bytes) -> bytes:
-    """Cut a container out of a zero-padded partition using its own entry table."""
-    if len(raw) < 16 or raw[:8] != bu.MAGIC:
-        raise FormatError("boot partition does not start with a bastion boot archive")
-    count = int.from_bytes(raw[12:16], "little")
-    end = 16 + 32 * count
-    if end > len(raw):
-        raise FormatError("boot archive entry table runs past the partition")
-    for i in range(count):
-        base = 16 + 32 * i + 16
-        off = int.from_bytes(raw[base : base + 8], "little")
-        size = int.from_bytes(raw[base + 8 : base + 16], "little")
-        end = max(end, off + size)
-    end = (end + 7) // 8 * 8
-    if end > len(raw):
-        raise FormatError("boot archive entries run past the partition")
-    return raw[:end]
-
-
-def verify_image_signature(path: Path, trust: ImageTrust) -> dict[str, Any]:
-    """Check ``disk.img.sig`` against the image key and the image bytes; returns metadata."""
-    sig_path = path.with_name(path.name + ".sig")
-    if not sig_path.exists():
-        raise SignatureError(f"image signature {sig_path} is missing")
-    doc = open_statement(sig_path.read_bytes(), IMAGE_PAYLOAD_TYPE, trust.image)
-    size = path.stat().st_size
-    if doc.get("size") != size:
-        raise SignatureError(f"image is {size} bytes, the signature says {doc.get('size')}")
-    actual = file_sha256(path).hex()
-    if doc.get("sha256") != actual:
-        raise SignatureError(f"image SHA-256 is {actual}, the signature says {doc.get('sha256')}")
-    return doc
-
-
-def platform_key_hash(pem: bytes) -> bytes:
-    """SHA-256 of the DER SubjectPublicKeyInfo of a PEM public key (the fused value)."""
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise FormatError(f"platform key is not a PEM public key: {exc}") from exc
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).digest()
-
-
-def predict_pcrs(path: Path, slot: str = "a") -> dict[int, bytes]:
-    """The PCRs (sha256) a device has after booting ``slot`` of this image: golden values.
-
-    A pure replay of what each stage measures (device/measure.py), read from the image.
-    """
-    layout = read_layout(path)
-    archive = read_archive(path, layout)
-    unit = bu.parse_unit(archive.get(f"unit.{slot}"))
-    root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
-    events = measure.boot_events(
-        platform_key_hash(archive.get("loader.key")),
-        archive.get("loader"),
-        unit.sections(),
-        root_hash,
-    )
-    return measure.predict(events)
-
-
-def verity_data_size(unit: bu.BootUnit) -> int:
-    """The root's verity data size in bytes, from the signed command line."""
-    text = unit.cmdline_params().get(VERITY_BLOCKS_PARAM, "")
-    if not text.isdigit() or not 0 < int(text) < 1 << 40:
-        raise FormatError(f"command line has no valid {VERITY_BLOCKS_PARAM}=")
-    return int(text) * 4096
-
-
-def verify_slot(
-    path: Path,
-    layout: gpt.GptDisk,
-    archive: bu.Container,
-    slot: str,
-    *,
-    boot: Verifier,
-    verity_cert: x509.Certificate,
-    full: bool,
-) -> dict[str, Any]:
-    """Offline checks of one slot: unit statement and sections, verity signature, UUIDs,
-    and (``full``) every root block against the root hash."""
-    raw = archive.get(f"unit.{slot}")
-    doc = open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
-    unit = bu.parse_unit(raw)
-    container = bu.parse(raw, bu.Kind.UNIT)
-    signed = doc.get("sections", {})
-    for name, digest in bu.section_digests(container.entries).items():
-        if signed.get(name) != digest:
-            raise SignatureError(f"slot {slot}: section {name} does not match its signed digest")
-    if doc.get("sha256") != hashlib.sha256(raw).hexdigest() or doc.get("slot") != slot:
-        raise SignatureError(f"slot {slot}: boot unit does not match its signed statement")
-    root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
-    data_size = verity_data_size(unit)
-    sig = bu.parse_verity_signature(read_partition(path, layout.find(sig_part(slot))))
-    if verify_verity_signature(sig, verity_cert) != root_hash:
-        raise SignatureError(f"slot {slot}: signed root hash differs from the command line's")
-    root, verity = layout.find(root_part(slot)), layout.find(verity_part(slot))
-    if (root.part_guid, verity.part_guid) != gpt.verity_partition_uuids(root_hash):
-        raise SignatureError(f"slot {slot}: partition UUIDs do not derive from the root hash")
-    if full:
-        verify_region(
-            path,
-            path,
-            root_hash,
-            data_offset=root.offset,
-            hash_offset=verity.offset,
-            data_size=data_size,
-        )
-    return {
-        "version": doc.get("version"),
-        "security_version": unit.security_version,
-        "root_hash": root_hash.hex(),
-        "root_verified": full,
-    }
-
-
-def verify_image(path: Path, trust: ImageTrust, *, full: bool = True) -> dict[str, Any]:
-    """Everything a device will check, offline: image signature, loader, units, verity."""
-    meta = verify_image_signature(path, trust)
-    layout = read_layout(path)
-    archive = read_archive(path, layout)
-    if platform_key_hash(archive.get("loader.key")) != trust.platform_root_hash:
-        raise SignatureError("boot partition carries another platform key")
-    loader = archive.get("loader")
-    doc = open_statement(archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, trust.platform_root)
-    if doc != json.loads(bu.loader_statement(loader)):
-        raise SignatureError("bootloader does not match its signed statement")
-    stage = bu.parse_loader(loader)
-    boot = Verifier.of(load_public_key(stage.boot_key))
-    if boot.key_id != trust.boot.key_id:
-        raise SignatureError("bootloader trusts another boot key than the product's")
-    slots = {}
-    for slot in ("a", "b"):
-        if f"unit.{slot}" in archive.names():
-            slots[slot] = verify_slot(
-                path, layout, archive, slot, boot=boot, verity_cert=trust.verity_cert, full=full
-            )
-    return dict(meta, slots=slots)
 
 
 def install_slot(
@@ -809,9 +472,8 @@ def install_slot(
     entries = {n: v for n, v in archive.entries}
     entries[f"unit.{slot}"] = unit.to_bytes()
     entries[f"unit.{slot}.sig"] = unit_sig
-    order = ["loader.key", "loader", "loader.sig", "unit.a", "unit.a.sig", "unit.b", "unit.b.sig"]
     new_archive = bu.Container(
-        bu.Kind.ARCHIVE, tuple((n, entries[n]) for n in order if n in entries)
+        bu.Kind.ARCHIVE, tuple((n, entries[n]) for n in ARCHIVE_ORDER if n in entries)
     ).to_bytes()
     boot_p = layout.find(PART_BOOT)
     if len(new_archive) > boot_p.size:
@@ -839,11 +501,11 @@ def install_slot(
     offset, record = bootctl.next_write(state, ctl)
     fd = os.open(disk, os.O_RDWR)
     try:
-        _pwrite(fd, sig + bytes(sig_p.size - len(sig)), sig_p.offset)
-        _pwrite(fd, new_archive + bytes(boot_p.size - len(new_archive)), boot_p.offset)
-        _pwrite(fd, new_layout.head_bytes(), 0)
-        _pwrite(fd, new_layout.tail_bytes(), new_layout.tail_offset)
-        _pwrite(fd, record, ctl_p.offset + offset)
+        pwrite_all(fd, sig + bytes(sig_p.size - len(sig)), sig_p.offset)
+        pwrite_all(fd, new_archive + bytes(boot_p.size - len(new_archive)), boot_p.offset)
+        pwrite_all(fd, new_layout.head_bytes(), 0)
+        pwrite_all(fd, new_layout.tail_bytes(), new_layout.tail_offset)
+        pwrite_all(fd, record, ctl_p.offset + offset)
         os.fsync(fd)
     finally:
         os.close(fd)

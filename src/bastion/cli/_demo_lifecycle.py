@@ -167,7 +167,7 @@ def step_eventlog(ctx: DemoContext) -> StepOutcome:
 
 
 def _data_volume(ctx: DemoContext) -> Any:
-    from bastion.build.image import read_layout
+    from bastion.storage.disk_image import read_layout
     from bastion.storage.luks2_volume import FileRange, Luks2Volume
 
     disk = Path(ctx.state["dev"]) / "disk.img"
@@ -177,7 +177,7 @@ def _data_volume(ctx: DemoContext) -> Any:
 
 def step_key_locked(ctx: DemoContext) -> StepOutcome:
     """After boot the TPM is locked: the sealed data key cannot be unsealed again."""
-    from bastion.device.platform import SimPlatform
+    from bastion.device.platform.sim import SimPlatform
     from bastion.storage.sealed import unlock_with_token
 
     volume = _data_volume(ctx)
@@ -202,7 +202,7 @@ def step_recovery_key(ctx: DemoContext) -> StepOutcome:
 
 def step_attest(ctx: DemoContext) -> StepOutcome:
     """Attestation: a fresh TPM quote, checked against the image's golden PCR values."""
-    from bastion.device.platform import SimPlatform
+    from bastion.device.platform.sim import SimPlatform
     from bastion.tpm.base import PcrSelection
     from bastion.tpm.quote import verify_quote
 
@@ -269,7 +269,7 @@ def step_fleet(ctx: DemoContext) -> StepOutcome:
     import httpx
     from cryptography import x509
 
-    from bastion.device.platform import SimPlatform
+    from bastion.device.platform.sim import SimPlatform
     from bastion.device.provision import DeviceIdentity
     from bastion.tpm.uri import open_tpm
 
@@ -353,7 +353,7 @@ def step_fleet(ctx: DemoContext) -> StepOutcome:
 
 def step_tamper_kernel(ctx: DemoContext) -> StepOutcome:
     """Flip one bit of the signed kernel: the bootloader stage must refuse to run it."""
-    from bastion.build.image import read_layout
+    from bastion.storage.disk_image import read_layout
 
     disk = Path(ctx.state["dev"]) / "disk.img"
     boot = read_layout(disk).find("boot")

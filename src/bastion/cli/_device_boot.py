@@ -16,12 +16,13 @@ from bastion.cli._common import (
 from bastion.cli.image import load_image_trust
 from bastion.device import boot as chain
 from bastion.device.boot_create import create_device
-from bastion.device.platform import SimPlatform
+from bastion.device.platform.sim import SimPlatform
 from bastion.device.profile import make_profile
 from bastion.errors import BastionError
 from bastion.formats import eventlog as el
 from bastion.formats import strict_json
 from bastion.formats.bootctl import parse_partition
+from bastion.formats.image import PART_BOOTCTL
 from bastion.trust.keyset import KeySet
 
 
@@ -82,10 +83,7 @@ def _boot(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     plat = SimPlatform(Path(args.device))
-    from bastion.build import image as img
-
-    layout = img.read_layout(plat.disk)
-    ctl = parse_partition(img.read_partition(plat.disk, layout.find(img.PART_BOOTCTL)))
+    ctl = parse_partition(plat.read_partition(PART_BOOTCTL))
     if plat.config.get("fuses") == "tpm":
         with plat.attached_tpm() as tpm:
             fuses = plat.fuses(tpm)

@@ -100,7 +100,7 @@ def _provision(args: argparse.Namespace) -> int:
 def _device_tpm(dev: Path, spec: str | None) -> Iterator[Tpm]:
     """``--tpm`` when given; else a sim device's own TPM (the one that measured its
     boot: software or swtpm, from DEV/device.json); else the software TPM in DEV."""
-    from bastion.device.platform import DEVICE_FILE, SimPlatform
+    from bastion.device.platform.sim import DEVICE_FILE, SimPlatform
     from bastion.tpm.uri import open_tpm
 
     if not spec and (dev / DEVICE_FILE).exists():

@@ -17,6 +17,8 @@ from bastion.errors import ConfigError, FormatError
 from bastion.formats import bootunit as bu
 from bastion.io.files import read_bounded
 from bastion.limits import BOOT_CONTAINER_MAX_SIZE
+from bastion.storage.disk_image import DiskImage, read_archive, read_layout
+from bastion.trust.image import ImageTrust, predict_pcrs, verify_image
 from bastion.trust.keys import PassphraseCallback
 from bastion.trust.keyset import KeySet
 from bastion.trust.signer import SignatureScheme
@@ -42,10 +44,10 @@ def load_image_keys(folder: str, passphrase: PassphraseCallback | None = None) -
     )
 
 
-def load_image_trust(folder: str) -> img.ImageTrust:
+def load_image_trust(folder: str) -> ImageTrust:
     """The public side of a product key set folder."""
     ks = KeySet.load(folder)
-    return img.ImageTrust(
+    return ImageTrust(
         platform_root=ks.verifier("platform-root"),
         boot=ks.verifier("boot"),
         image=ks.verifier("image"),
@@ -113,7 +115,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def inspect_image(path: Path) -> dict[str, Any]:
     """A description of an image's layout and boot partition (no verification)."""
-    layout = img.read_layout(path)
+    layout = read_layout(path)
     doc: dict[str, Any] = {
         "disk_guid": str(layout.disk_guid),
         "size": layout.size,
@@ -130,7 +132,7 @@ def inspect_image(path: Path) -> dict[str, Any]:
         ],
     }
     try:
-        archive = img.read_archive(path, layout)
+        archive = read_archive(path, layout)
         doc["boot"] = {"entries": [n for n in archive.names()]}
         for slot in ("a", "b"):
             name = f"unit.{slot}"
@@ -162,7 +164,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     trust = load_image_trust(args.keys)
-    doc = img.verify_image(Path(args.image), trust, full=not args.quick)
+    doc = verify_image(DiskImage(Path(args.image)), trust, full=not args.quick)
     emit(
         args,
         f"{args.image}: OK (image signature, bootloader, boot unit, verity signature"
@@ -175,7 +177,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _pcrs(args: argparse.Namespace) -> int:
     if args.slot not in ("a", "b"):
         raise ConfigError(f"--slot {args.slot!r}: expected a or b")
-    pcrs = img.predict_pcrs(Path(args.image), args.slot)
+    pcrs = predict_pcrs(DiskImage(Path(args.image)), args.slot)
     data = {"bank": "sha256", "slot": args.slot, "pcrs": {str(k): v.hex() for k, v in pcrs.items()}}
     text = "\n".join(f"sha256:{k:<2} {v.hex()}" for k, v in pcrs.items())
     emit(args, text, data)

@@ -5,6 +5,9 @@
 and the CA file in the operator config (mode 0600, see
 :func:`bastion.server.client.config_path`). ``bastion login --server URL --token
 bst_pat_...`` stores a personal API token instead (checked against ``/v1/me`` first).
+``bastion login --server URL --oidc [--callback-port N] [--totp CODE]`` signs in through
+the server's OpenID provider: it prints the URL to open in a browser and waits for the
+redirect on ``http://127.0.0.1:N/callback`` (:mod:`bastion.cli._oidc_loopback`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--recovery-code", metavar="CODE", help="a recovery code instead")
     parser.add_argument("--token", help="store this personal API token (bst_pat_...) instead")
     parser.add_argument("--ca-file", metavar="PEM", help="CA certificate of an HTTPS server")
+    parser.add_argument(
+        "--oidc", action="store_true", help="sign in through the server's OpenID provider"
+    )
+    parser.add_argument(
+        "--callback-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="loopback port for the provider's redirect (default: any free port)",
+    )
     add_json_flag(parser)
     parser.set_defaults(func=_login)
 
@@ -43,7 +56,11 @@ def _login(args: argparse.Namespace) -> int:
         raise ConfigError("give --server URL")
     server = check_server_url(server)
     ca_file = args.ca_file or (stored.ca_file if stored else None)
-    if args.token:
+    if args.oidc:
+        token, expires = _oidc_login(args, server, ca_file)
+        with ApiClient(server, token, ca_file=ca_file) as api:
+            me = api.call("GET", "/v1/me")
+    elif args.token:
         token = args.token.strip()
         with ApiClient(server, token, ca_file=ca_file) as api:
             me = api.call("GET", "/v1/me")
@@ -70,3 +87,34 @@ def _login(args: argparse.Namespace) -> int:
         {"server": server, "email": me["email"], "expires_at": expires, "config": str(path)},
     )
     return 0
+
+
+def _oidc_login(args: argparse.Namespace, server: str, ca_file: str | None) -> tuple[str, Any]:
+    """The OIDC flow of ``bastion login --oidc``: (session token, expiry)."""
+    import sys
+    from urllib.parse import urlencode
+
+    from bastion import limits
+    from bastion.cli._oidc_loopback import LoopbackReceiver
+    from bastion.server.client import ApiClient
+
+    if not 0 <= args.callback_port <= 65535:
+        raise ConfigError("--callback-port must be 0 to 65535")
+    receiver = LoopbackReceiver(args.callback_port)
+    try:
+        with ApiClient(server, ca_file=ca_file) as api:  # one client: it keeps the cookie
+            url = api.redirect_location(f"/v1/auth/oidc/login?cli_port={receiver.port}")
+            print(f"Open this URL in a browser to sign in:\n{url}", file=sys.stderr, flush=True)
+            params = receiver.wait(limits.OIDC_LOGIN_TTL_SECONDS)
+            query = urlencode({"state": params["state"], "code": params["code"]})
+            answer = api.call("GET", f"/v1/auth/oidc/callback?{query}")
+            if answer.get("second_factor_required"):
+                body: dict[str, Any] = {"ticket": answer["ticket"]}
+                if args.recovery_code:
+                    body["recovery_code"] = args.recovery_code
+                else:
+                    body["totp"] = args.totp or input("TOTP code: ").strip()
+                answer = api.call("POST", "/v1/auth/oidc/second-factor", body)
+    finally:
+        receiver.close()
+    return str(answer["token"]), answer["expires_at"]

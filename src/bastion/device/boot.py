@@ -1,7 +1,7 @@
 """The verified and measured boot chain: ROM -> bootloader -> kernel -> initrd -> running.
 
 Each stage verifies the next before handing over, and measures it (TPM extend plus a
-TCG event-log entry, device/measure.py) once verified:
+TCG event-log entry, trust/measure.py) once verified:
 
 * **rom**: fuse bank -> platform root key hash; the boot archive's platform key must
   hash to it; the signed security profile and the bootloader statement must verify with
@@ -21,6 +21,13 @@ TCG event-log entry, device/measure.py) once verified:
   marked successful and only then is the fuse counter raised to the unit's security
   version.
 
+Each stage is one method of :class:`BootChain`, handing a frozen result to the next
+(``FirmwareResult`` -> ``LoaderResult`` -> ``KernelResult`` -> ``InitrdResult`` ->
+``RunningResult``). The chain touches hardware only through its
+:class:`~bastion.device.platform.base.Platform` (disk partitions by name, TPM, fuses,
+console, store); the decisions are trust/image.py's and trust/measure.py's, the layout
+formats/image.py's.
+
 A failure raises a :class:`~bastion.errors.VerificationError` subclass whose message
 starts with the stage; the security profile decides the response (halt, try the other
 slot by rebooting into it, or wipe the data volume) and whether a feature is enforced or
@@ -34,15 +41,15 @@ import enum
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
-from bastion.build import image as img
-from bastion.device import boot_data, measure
-from bastion.device.platform import SimPlatform
+from bastion.device import boot_data
+from bastion.device.platform.base import ConsoleKind, FuseBank, Platform, VerifiedRoot
+from bastion.device.platform.sim import SimPlatform
 from bastion.device.profile import DELEGATION_FILE as PROFILE_DELEGATION_FILE
 from bastion.device.profile import PAYLOAD_TYPE as PROFILE_TYPE
 from bastion.device.profile import (
@@ -67,10 +74,19 @@ from bastion.errors import (
 from bastion.formats import bootctl, gpt, modsig
 from bastion.formats import bootunit as bu
 from bastion.formats import eventlog as el
-from bastion.storage.verity_reader import VerityReader, verify_region
+from bastion.formats.image import (
+    PART_BOOT,
+    PART_BOOTCTL,
+    parse_archive,
+    root_part,
+    sig_part,
+    verity_data_size,
+    verity_part,
+)
 from bastion.tpm.base import HashAlg, PcrSelection, Tpm
-from bastion.trust import delegation
+from bastion.trust import delegation, measure
 from bastion.trust.envelope import parse_envelope, verify_envelope
+from bastion.trust.image import open_statement, platform_key_hash, verify_verity_signature
 from bastion.trust.keys import load_public_key
 from bastion.trust.signer import Verifier
 
@@ -172,16 +188,72 @@ def _prefixed(stage: Stage, exc: BastionError) -> BastionError:
     return new
 
 
-class BootChain:
-    """One boot of a sim device."""
+# --- hand-offs between stages (each stage returns what the next one needs) ---------------
 
-    def __init__(self, platform: SimPlatform, *, full_verify: bool = False) -> None:
+
+@dataclass(frozen=True, slots=True)
+class FirmwareResult:
+    """ROM -> bootloader: the fused state and the verified boot archive."""
+
+    fuses: FuseBank
+    key_hash: bytes  # the platform root key hash burned into the fuses
+    counter: int  # the fuse counter (lowest security version allowed) at power-on
+    layout: gpt.GptDisk
+    archive: bu.Container
+    loader: bytes  # the bootloader stage, verified (or audited) against the platform key
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderResult:
+    """Bootloader -> kernel: the chosen slot and its verified boot unit."""
+
+    firmware: FirmwareResult
+    slot: str
+    unit: bu.BootUnit
+
+
+@dataclass(frozen=True, slots=True)
+class KernelResult:
+    """Kernel -> initrd: the unit whose modules were verified."""
+
+    loader: LoaderResult
+
+
+@dataclass(frozen=True, slots=True)
+class InitrdResult:
+    """Initrd -> running: the verity root (None when audited after a failure) and the
+    data volume's first-boot state."""
+
+    kernel: KernelResult
+    root_hash: bytes
+    root: VerifiedRoot | None
+    first_boot: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RunningResult:
+    """What the running system was handed: the slot, marked good, and its version."""
+
+    slot: str
+    security_version: int
+
+
+class BootChain:
+    """One boot of a device, through its :class:`Platform` only.
+
+    One method per stage, each taking the previous stage's result: ``firmware`` (the
+    ROM), ``bootloader``, ``kernel``, ``initrd``, ``running``. ``run`` powers the
+    device on and calls them in order (and once more after a try-other-slot response).
+    """
+
+    def __init__(self, platform: Platform, *, full_verify: bool = False) -> None:
         self.platform = platform
         self.full_verify = full_verify
         self.report = BootReport(full_verify=full_verify)
         self.profile = SecurityProfile()
         self._stage = Stage.ROM
         self._abandoned: str | None = None  # why a slot was given up (try-other-slot)
+        self._rec: _Recorder | None = None  # the event recorder of the current power-on
 
     # --- public --------------------------------------------------------------------------
 
@@ -213,9 +285,9 @@ class BootChain:
     def _boot_once(self) -> None:
         plat = self.platform
         with plat.power_on() as tpm:
-            rec = _Recorder(tpm)
+            rec = self._rec = _Recorder(tpm)
             try:
-                self._chain(tpm, rec)
+                self._chain(tpm)
             except BastionError as exc:
                 err = exc
                 if getattr(exc, "stage", None) is None:  # name the stage, always
@@ -245,27 +317,35 @@ class BootChain:
         """Apply the profile to a verification failure: audit, or respond and raise."""
         err = _prefixed(stage, exc)
         if feature is not None and self.profile.mode(feature) is Mode.AUDIT:
-            self.report.warnings.append(f"audit ({feature.value}): {err}")
+            self._warn(f"audit ({feature.value}): {err}")
             return
         response = self.profile.tamper_response
         if response is TamperResponse.TRY_OTHER_SLOT and slot is not None:
             self._mark_unbootable(slot)
             self._abandoned = f"slot {slot} marked unbootable after: {err}"
-            self.report.notes.append(self._abandoned)
+            self._note(self._abandoned)
             raise _RebootError() from err
         if response is TamperResponse.WIPE_DATA:
             boot_data.wipe(self.platform)
             self.platform.set_state(reprovision=True)
             wiped = "tamper response: data volume wiped; the device must be re-provisioned"
-            self.report.notes.append(wiped)
-            self.report.warnings.append(wiped)
+            self._note(wiped)
+            self._warn(wiped)
             err.args = (f"{err}; {wiped}",)  # the one error line announces the wipe
         raise err from exc
 
-    def _chain(self, tpm: Tpm, rec: _Recorder) -> None:
+    def _chain(self, tpm: Tpm) -> None:
+        firmware = self.firmware(tpm)
+        loader = self.bootloader(firmware)
+        kernel = self.kernel(loader)
+        initrd = self.initrd(kernel, tpm)
+        self.running(initrd)
+
+    # --- the stages ----------------------------------------------------------------------
+
+    def firmware(self, tpm: Tpm) -> FirmwareResult:
+        """ROM: fuses -> platform key -> security profile -> signed bootloader."""
         plat = self.platform
-        disk = plat.disk
-        # ---------------- ROM ----------------
         stage = self._stage = Stage.ROM
         if plat.state().get("reprovision"):
             raise _fail(stage, "device was wiped after tamper; re-provision it")
@@ -279,13 +359,14 @@ class BootChain:
             raise _fail(stage, "no platform key hash is burned into the fuses")
         try:
             # like UEFI firmware, restore a damaged GPT copy from the intact one, and say so
-            layout, repaired = img.repair_layout(disk)
-            self.report.warnings.extend(repaired)
-            archive = img.read_archive(disk, layout)
+            layout, repaired = plat.repair_disk_layout()
+            for line in repaired:
+                self._warn(line)
+            archive = parse_archive(plat.read_partition(PART_BOOT))
             root_pem = archive.get("loader.key")
         except FormatError as exc:
             raise _fail(stage, f"boot partition unreadable: {exc}") from exc
-        actual = img.platform_key_hash(root_pem)
+        actual = platform_key_hash(root_pem)
         if actual != key_hash:
             raise _fail(
                 stage,
@@ -296,9 +377,7 @@ class BootChain:
         self.profile = self._load_profile(root_verifier, tpm)
         loader = archive.get("loader")
         try:
-            doc = img.open_statement(
-                archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, root_verifier
-            )
+            doc = open_statement(archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, root_verifier)
             if doc != json.loads(bu.loader_statement(loader)):
                 raise TamperError(
                     f"bootloader digest {hashlib.sha256(loader).hexdigest()[:16]}... does not "
@@ -306,32 +385,34 @@ class BootChain:
                 )
         except (VerificationError, FormatError) as exc:
             self._handle(stage, Feature.LOADER_SIGNATURE, exc, slot=None)
-        rec.extend(measure.rom_events(key_hash, loader))
-        self.report.reached = stage
-        # ---------------- bootloader ----------------
+        self._extend(measure.rom_events(key_hash, loader))
+        self._reached(stage)
+        return FirmwareResult(fuses, key_hash, counter, layout, archive, loader)
+
+    def bootloader(self, firmware: FirmwareResult) -> LoaderResult:
+        """Bootloader: boot control -> slot -> signed boot unit -> rollback -> PCR 11."""
         stage = self._stage = Stage.BOOTLOADER
         try:
-            stage_obj = bu.parse_loader(loader)
+            stage_obj = bu.parse_loader(firmware.loader)
             boot_verifier = Verifier.of(load_public_key(stage_obj.boot_key))
         except (FormatError, VerificationError) as exc:
             raise _fail(stage, f"bootloader stage unusable: {exc}") from exc
-        ctl_part = layout.find(img.PART_BOOTCTL)
-        state = bootctl.parse_partition(img.read_partition(disk, ctl_part))
+        state = bootctl.parse_partition(self.platform.read_partition(PART_BOOTCTL))
         for problem in state.errors:
-            self.report.notes.append(f"boot-control {problem}; using the other copy")
+            self._note(f"boot-control {problem}; using the other copy")
         slot = state.control.choose()
         if slot is None:
             why = f" ({self._abandoned})" if self._abandoned else ""
             raise _fail(stage, f"no bootable slot in boot-control{why}")
         self.report.slot = slot
-        unit = self._verify_unit(archive, slot, boot_verifier)
-        if unit.security_version < counter:
+        unit = self._verify_unit(firmware.archive, slot, boot_verifier)
+        if unit.security_version < firmware.counter:
             self._handle(
                 stage,
                 Feature.ROLLBACK,
                 RollbackError(
                     f"slot {slot} security version {unit.security_version} is below the "
-                    f"fuse counter {counter}"
+                    f"fuse counter {firmware.counter}"
                 ),
                 slot=slot,
             )
@@ -346,12 +427,16 @@ class BootChain:
                     slot_state.unbootable,
                 ),
             )
-            self._write_bootctl(layout, state, new)
-        rec.extend(measure.unit_events(unit.sections()))
+            self._write_bootctl(state, new)
+        self._extend(measure.unit_events(unit.sections()))
         self.report.security_version = unit.security_version
-        self.report.reached = stage
-        # ---------------- kernel ----------------
+        self._reached(stage)
+        return LoaderResult(firmware, slot, unit)
+
+    def kernel(self, loader: LoaderResult) -> KernelResult:
+        """Kernel: every module must carry a valid signature by ``.modcert``."""
         stage = self._stage = Stage.KERNEL
+        unit, slot = loader.unit, loader.slot
         if unit.modules:
             try:
                 cert = x509.load_pem_x509_certificate(unit.modcert)
@@ -367,10 +452,16 @@ class BootChain:
                         SignatureError(f"module {name}: {exc}"),
                         slot=slot,
                     )
-            self.report.notes.append(f"{len(unit.modules)} kernel module(s) verified")
-        self.report.reached = stage
-        # ---------------- initrd ----------------
+            self._note(f"{len(unit.modules)} kernel module(s) verified")
+        self._reached(stage)
+        return KernelResult(loader)
+
+    def initrd(self, kernel: KernelResult, tpm: Tpm) -> InitrdResult:
+        """Initrd: signed root hash -> verity root -> PCR 15 -> data volume -> lock."""
+        plat = self.platform
         stage = self._stage = Stage.INITRD
+        unit, slot = kernel.loader.unit, kernel.loader.slot
+        layout = kernel.loader.firmware.layout
         params = unit.cmdline_params()
         if params.get("bastion.slot") != slot:
             raise _fail(stage, f"command line names slot {params.get('bastion.slot')!r}")
@@ -381,18 +472,16 @@ class BootChain:
         if len(root_hash) != 32:
             raise _fail(stage, "command line carries no valid roothash=")
         try:
-            data_size = img.verity_data_size(unit)
+            data_size = verity_data_size(unit)
         except FormatError as exc:
             raise _fail(stage, str(exc)) from exc
         self.report.root_hash = root_hash.hex()
-        root = layout.find(img.root_part(slot))
-        verity = layout.find(img.verity_part(slot))
+        root = layout.find(root_part(slot))
+        verity = layout.find(verity_part(slot))
         try:
             cert = x509.load_pem_x509_certificate(unit.veritycert)
-            sig = bu.parse_verity_signature(
-                img.read_partition(disk, layout.find(img.sig_part(slot)))
-            )
-            signed_root = img.verify_verity_signature(sig, cert)
+            sig = bu.parse_verity_signature(plat.read_partition(sig_part(slot)))
+            signed_root = verify_verity_signature(sig, cert)
             if signed_root != root_hash:
                 raise SignatureError(
                     f"signed root hash {signed_root.hex()[:16]}... differs from the command "
@@ -409,65 +498,81 @@ class BootChain:
                 TamperError("root/verity partition UUIDs do not derive from the root hash"),
                 slot=slot,
             )
+        reader: VerifiedRoot | None
         try:
             if self.full_verify:
-                verify_region(
-                    disk,
-                    disk,
-                    root_hash,
-                    data_offset=root.offset,
-                    hash_offset=verity.offset,
-                    data_size=data_size,
-                )
-                self.report.notes.append("root verified in full")
-            reader = VerityReader(
-                disk,
-                disk,
-                root_hash,
-                data_offset=root.offset,
-                hash_offset=verity.offset,
-                data_size=data_size,
-            )
+                plat.verify_root(root.name, verity.name, root_hash, data_size)
+                self._note("root verified in full")
+            reader = plat.open_root(root.name, verity.name, root_hash, data_size)
         except (VerificationError, FormatError) as exc:
             self._handle(stage, Feature.VERITY, exc, slot=slot)
             reader = None
-        rec.extend(measure.root_events(root_hash))
+        self._extend(measure.root_events(root_hash))
+        volume_warnings: list[str] = []
         try:
             first, recovery = boot_data.open_data_volume(
                 plat,
-                layout,
                 tpm,
                 self.profile,
                 measure.seal_selection(),
-                warnings=self.report.warnings,
+                warnings=volume_warnings,
             )
         except BastionError as exc:
             raise _prefixed(stage, exc) from exc
+        finally:
+            for line in volume_warnings:
+                self._warn(line)
         self.report.first_boot = first
         self.report.recovery_key = recovery
-        rec.extend(measure.lock_events())
-        self.report.reached = stage
-        # ---------------- running ----------------
+        self._extend(measure.lock_events())
+        self._reached(stage)
+        return InitrdResult(kernel, root_hash, reader, first)
+
+    def running(self, initrd: InitrdResult) -> RunningResult:
+        """Running: mount through verity, mark the slot good, then raise the fuses."""
         stage = self._stage = Stage.RUNNING
+        loader = initrd.kernel.loader
+        unit, slot, fuses = loader.unit, loader.slot, loader.firmware.fuses
+        reader = initrd.root
         if reader is not None:
             try:
-                with reader:
+                try:
                     reader.pread(min(MOUNT_READ, reader.size), 0)
+                finally:
+                    reader.close()
             except (VerificationError, FormatError) as exc:
                 self._handle(stage, Feature.VERITY, exc, slot=slot)
-        fresh = bootctl.parse_partition(img.read_partition(disk, ctl_part))
+        fresh = bootctl.parse_partition(self.platform.read_partition(PART_BOOTCTL))
         cur = fresh.control.slot(slot)
         if not cur.successful:
             done = fresh.control.with_slot(
                 slot, bootctl.SlotState(cur.priority, cur.tries_left, True, False)
             )
-            self._write_bootctl(layout, fresh, done)
+            self._write_bootctl(fresh, done)
         if unit.security_version > fuses.counter():
             fuses.blow_to(unit.security_version)
-            self.report.notes.append(f"fuse counter raised to {unit.security_version}")
-        self.report.reached = stage
+            self._note(f"fuse counter raised to {unit.security_version}")
+        self._reached(stage)
+        return RunningResult(slot, unit.security_version)
 
     # --- helpers -------------------------------------------------------------------------
+
+    def _extend(self, events: list[el.Event]) -> None:
+        if self._rec is None:
+            raise BackendError("boot chain: a stage ran outside a power-on")
+        self._rec.extend(events)
+
+    def _warn(self, message: str) -> None:
+        self.report.warnings.append(message)
+        self.platform.console(ConsoleKind.WARNING, message)
+
+    def _note(self, message: str) -> None:
+        self.report.notes.append(message)
+        self.platform.console(ConsoleKind.NOTE, message)
+
+    def _reached(self, stage: Stage) -> None:
+        self.report.reached = stage
+        self.platform.console(ConsoleKind.MARKER, f"bastion: {stage.value} reached")
 
     def _load_profile(self, root: Verifier, tpm: Tpm) -> SecurityProfile:
         """Verify the profile's signature, its binding to this TPM and its serial."""
@@ -518,7 +623,7 @@ class BootChain:
         stage = Stage.BOOTLOADER
         try:
             raw = archive.get(f"unit.{slot}")
-            doc = img.open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
+            doc = open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
         except (VerificationError, FormatError) as exc:
             self._handle(stage, Feature.UNIT_SIGNATURE, exc, slot=slot)
             doc = {}
@@ -561,26 +666,17 @@ class BootChain:
             self.report.version = str(doc.get("version"))
         return unit
 
-    def _write_bootctl(
-        self, layout: gpt.GptDisk, state: bootctl.PartitionState, new: bootctl.BootControl
-    ) -> None:
-        part = layout.find(img.PART_BOOTCTL)
+    def _write_bootctl(self, state: bootctl.PartitionState, new: bootctl.BootControl) -> None:
         offset, record = bootctl.next_write(state, new)
-        with open(self.platform.disk, "r+b") as handle:
-            handle.seek(part.offset + offset)
-            handle.write(record)
+        self.platform.write_partition(PART_BOOTCTL, offset, record)
 
     def _mark_unbootable(self, slot: str) -> None:
-        layout = img.read_layout(self.platform.disk)
-        part = layout.find(img.PART_BOOTCTL)
-        state = bootctl.parse_partition(img.read_partition(self.platform.disk, part))
+        state = bootctl.parse_partition(self.platform.read_partition(PART_BOOTCTL))
         cur = state.control.slot(slot)
         new = state.control.with_slot(slot, bootctl.SlotState(cur.priority, 0, False, True))
         other = "b" if slot == "a" else "a"
-        from dataclasses import replace
-
         new = replace(new, active=bootctl.slot_index(other))
-        self._write_bootctl(layout, state, new)
+        self._write_bootctl(state, new)
 
 
 def boot(folder: Path, *, full_verify: bool = False) -> BootReport:

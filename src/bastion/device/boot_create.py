@@ -18,12 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bastion.build import image as img
-from bastion.device.platform import SimPlatform, create_sim_folder
+from bastion.device.platform.sim import SimPlatform, create_sim_folder
 from bastion.device.profile import DELEGATION_FILE, PAYLOAD_TYPE, SecurityProfile, device_id
 from bastion.errors import ConfigError
+from bastion.storage.disk_image import DiskImage
 from bastion.trust import delegation
 from bastion.trust.envelope import sign_envelope
+from bastion.trust.image import ImageTrust, verify_image_signature
 from bastion.trust.signer import Signer, Verifier
 
 TPM_KINDS = ("software", "swtpm")
@@ -61,7 +62,7 @@ def check_profile_signer(signer: Signer, root: Verifier, profile_delegation: byt
 def create_device(
     folder: Path,
     image: Path,
-    trust: img.ImageTrust,
+    trust: ImageTrust,
     platform_root: Signer,
     *,
     tpm: str = "software",
@@ -77,7 +78,7 @@ def create_device(
     check_profile_signer(platform_root, trust.platform_root, profile_delegation)
     if tpm not in TPM_KINDS and not tpm.startswith(("swtpm:", "software:")):
         raise ConfigError(f"--tpm {tpm!r}: expected software, swtpm or a TPM URI")
-    metadata = img.verify_image_signature(image, trust)
+    metadata = verify_image_signature(DiskImage(image), trust)
     plat = create_sim_folder(folder, tpm, fuses)
     _sparse_copy(image, plat.disk)
     with plat.power_on() as dev_tpm:

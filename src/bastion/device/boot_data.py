@@ -4,7 +4,7 @@ First boot (the data partition holds no LUKS2 header and the device was never
 provisioned): format a LUKS2 volume on the partition with a fresh random volume key,
 keyslot 0 opened by a new systemd-style recovery key (returned once, never stored), and a
 ``systemd-tpm2`` token whose secret is sealed to the boot-chain PCRs as they are right
-now (device/measure.py SEAL_PCRS, before the lock event). Later boots: unseal through
+now (trust/measure.py SEAL_PCRS, before the lock event). Later boots: unseal through
 the token and unlock; a PCR mismatch means the data key is not released. The lock
 itself (extending PCR 15) is the chain's job, logged in the event log.
 
@@ -14,33 +14,31 @@ has a LUKS2 header is tampered with, never silently re-formatted.
 
 from __future__ import annotations
 
-from bastion.device.platform import SimPlatform
+from bastion.device.platform.base import Platform
 from bastion.device.profile import SecurityProfile
 from bastion.errors import FormatError, NotFoundError, PolicyError, TamperError
-from bastion.formats import gpt
+from bastion.formats.image import PART_DATA
 from bastion.formats.luks2 import Token
 from bastion.storage import recovery, sealed
-from bastion.storage.luks2_volume import MINIMAL_KDF, FileRange, Luks2Volume
+from bastion.storage.luks2_volume import MINIMAL_KDF, Luks2Volume
 from bastion.tpm.base import PcrSelection, Tpm
 
-PART_DATA = "data"
 LUKS_MAGICS = (b"LUKS\xba\xbe", b"SKUL\xba\xbe")
 MARKER = b"bastion data volume v1\n"
 WIPE_BYTES = 16 * 1024 * 1024  # both headers and the keyslot area of the default layout
+#: where a LUKS2 header may start (the primary, then the secondary's possible offsets)
+HEADER_OFFSETS = (0, 16384, 32768, 65536)
 
 
-def _has_header(plat: SimPlatform, part: gpt.Partition) -> bool:
-    with open(plat.disk, "rb") as handle:
-        for offset in (0, 16384, 32768, 65536):
-            handle.seek(part.offset + offset)
-            if handle.read(6) in LUKS_MAGICS:
-                return True
-    return False
+def _has_header(plat: Platform) -> bool:
+    head = plat.read_partition(PART_DATA, HEADER_OFFSETS[-1] + len(LUKS_MAGICS[0]))
+    return any(
+        head[offset : offset + len(LUKS_MAGICS[0])] in LUKS_MAGICS for offset in HEADER_OFFSETS
+    )
 
 
 def open_data_volume(
-    plat: SimPlatform,
-    layout: gpt.GptDisk,
+    plat: Platform,
     tpm: Tpm,
     profile: SecurityProfile,
     selection: PcrSelection,
@@ -52,13 +50,13 @@ def open_data_volume(
     A damaged or stale LUKS2 header copy is rewritten from the good one once the volume
     unlocked, and reported as one line appended to ``warnings``.
     """
-    part = layout.find(PART_DATA)
     provisioned = bool(plat.state().get("data_volume"))
-    if not _has_header(plat, part):
+    if not _has_header(plat):
         if provisioned:
             raise TamperError("data volume header is gone on a provisioned device")
-        return True, _first_boot(plat, part, tpm, selection)
-    with FileRange(plat.disk, offset=part.offset, size=part.size) as storage:
+        return True, _first_boot(plat, tpm, selection)
+    storage = plat.partition_storage(PART_DATA)
+    try:
         volume = Luks2Volume.open(storage)
         try:
             sealed.unlock_with_token(volume, tpm)
@@ -79,33 +77,33 @@ def open_data_volume(
                     f"({volume.header_status}); rewritten from the other copy"
                 )
         volume.lock()
+    finally:
+        storage.close()
     if not provisioned:
         plat.set_state(data_volume=True)
     return False, None
 
 
-def _first_boot(plat: SimPlatform, part: gpt.Partition, tpm: Tpm, selection: PcrSelection) -> str:
+def _first_boot(plat: Platform, tpm: Tpm, selection: PcrSelection) -> str:
     key = recovery.generate_recovery_key()
-    with FileRange(plat.disk, offset=part.offset, size=part.size) as storage:
+    storage = plat.partition_storage(PART_DATA)
+    try:
         volume = Luks2Volume.format(storage, key.encode("ascii"), kdf=MINIMAL_KDF, label="data")
         volume.add_token(Token(recovery.TOKEN_TYPE, (0,), {}))
         sealed.enroll_tpm(volume, tpm, pcrs=selection.indexes, bank=selection.bank)
         volume.write(0, MARKER)
         volume.sync()
         volume.lock()
+    finally:
+        storage.close()
     plat.set_state(data_volume=True)
     return key
 
 
-def wipe(plat: SimPlatform) -> None:
+def wipe(plat: Platform) -> None:
     """Crypto-erase the data volume: overwrite both LUKS2 headers and the keyslot area."""
-    from bastion.build.image import read_layout
-
     try:
-        part = read_layout(plat.disk).find(PART_DATA)
+        part = plat.disk_layout().find(PART_DATA)
     except FormatError:
         return
-    size = min(WIPE_BYTES, part.size)
-    with open(plat.disk, "r+b") as handle:
-        handle.seek(part.offset)
-        handle.write(bytes(size))
+    plat.write_partition(PART_DATA, 0, bytes(min(WIPE_BYTES, part.size)))

@@ -50,15 +50,22 @@ TOOL_PACKAGES: dict[str, str] = {
     "objcopy": "binutils",
     "objdump": "binutils",
     "systemd-measure": "systemd",
+    "qemu-system-x86_64": "qemu-system-x86",
+    "depmod": "kmod",
+    "ldd": "libc-bin",
+    "zstd": "zstd",
+    "cpio": "cpio",
+    "mkfs.vfat": "dosfstools",
+    "mmd": "mtools",
+    "mcopy": "mtools",
+    "mdir": "mtools",
     "cert-to-efi-sig-list": "efitools",
     "sign-efi-sig-list": "efitools",
     "efi-updatevar": "efitools",
     "sbvarsign": "sbsigntool",
     "sbsiglist": "sbsigntool",
     "sbkeysync": "sbsigntool",
-    "qemu-system-x86_64": "qemu-system-x86",
     "busybox": "busybox-static",
-    "cpio": "cpio",
     "gcc": "gcc",
 }
 
@@ -155,11 +162,13 @@ class CommandRunner:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        output: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` as a long-running child (stdio to /dev/null) and return it.
 
+        With ``output``, stdout and stderr are appended to that file instead.
         The caller owns the process: it must stop it and ``wait()`` for it (reap it).
-        Used for daemons bastion runs itself, such as a private swtpm.
+        Used for daemons bastion runs itself, such as a private swtpm or a QEMU.
         """
         if not argv:
             raise ValueError("empty command")
@@ -169,14 +178,21 @@ class CommandRunner:
         if env:
             full_env.update(env)
         try:
+            sink = open(output, "ab") if output else None  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise CommandError(f"cannot open {output} for {argv[0]}: {exc}") from exc
+        try:
             return subprocess.Popen(
                 [program, *argv[1:]],
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=sink or subprocess.DEVNULL,
+                stderr=sink or subprocess.DEVNULL,
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
             )
         except OSError as exc:
             raise CommandError(f"cannot start {argv[0]}: {exc}", argv=list(argv)) from exc
+        finally:
+            if sink is not None:
+                sink.close()

@@ -33,6 +33,7 @@ from bastion.server.db.engine import Database, ensure_private_dir
 from bastion.server.errors import install_error_handlers
 from bastion.server.json_body import StrictJsonMiddleware
 from bastion.server.limits import BodyLimitMiddleware
+from bastion.server.oidc.provider import build_provider
 from bastion.server.secretbox import load_secret_box
 from bastion.server.settings import ServerSettings
 
@@ -44,6 +45,7 @@ def create_app(
 ) -> FastAPI:
     """A ready fleet server app; the database is migrated to the newest schema."""
     clock = clock or SystemClock()
+    oidc = build_provider(settings)  # ConfigError before anything is opened
     if settings.database_url is None:
         ensure_private_dir(settings.data_dir)
     secret_box = load_secret_box(settings.resolved_secret_key(), create=True)
@@ -79,6 +81,7 @@ def create_app(
             free=settings.login_failures_free,
             max_seconds=settings.login_delay_max,
         ),
+        oidc=oidc,
     )
     app = FastAPI(
         title="bastion fleet API",

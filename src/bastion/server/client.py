@@ -56,6 +56,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "oidc_required": AuthError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 
@@ -205,6 +206,19 @@ class ApiClient:
             return strict_json.loads(response.content, what=f"{method} {path} answer")
         except FormatError as exc:
             raise FormatError(f"{method} {path}: the answer is not strict JSON: {exc}") from exc
+
+    def redirect_location(self, path: str) -> str:
+        """``GET path`` without following it; the ``Location`` of the redirect answer."""
+        try:
+            response = self._http.request("GET", path, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"GET {self.server}{path}: {exc}") from exc
+        if response.status_code >= 400:
+            raise self._error("GET", path, response)
+        location = response.headers.get("location")
+        if response.status_code not in (302, 303) or not location:
+            raise TransportError(f"GET {path}: expected a redirect, got {response.status_code}")
+        return str(location)
 
     @staticmethod
     def _error(method: str, path: str, response: httpx.Response) -> BastionError:

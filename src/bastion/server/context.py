@@ -13,6 +13,7 @@ from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
 from bastion.server.auth.ratelimit import LoginDelay, RateLimiter
 from bastion.server.db.engine import Database
+from bastion.server.oidc.provider import OidcProvider
 from bastion.server.secretbox import SecretBox
 from bastion.server.settings import ServerSettings
 
@@ -32,3 +33,5 @@ class AppContext:
     secret_box: SecretBox | None = None
     #: slows logins to an account under guessing (None: no delay, e.g. the CLI)
     login_delay: LoginDelay | None = None
+    #: the operator's OpenID provider (None: OIDC sign-in is off)
+    oidc: OidcProvider | None = None

@@ -11,6 +11,7 @@ FormatError                   400     ``bad_request``
 request validation (pydantic) 422     ``invalid``
 database DataError            400     ``bad_request`` (NUL, out of range)
 RateLimitError                429     ``rate_limited`` (+ ``Retry-After``)
+OidcRequiredError             403     ``oidc_required``
 AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
 AuthError, authenticated      403     ``forbidden``
 ExpiredError / RevokedError   401     ``unauthenticated``
@@ -49,6 +50,7 @@ from bastion.errors import (
     FormatError,
     LimitError,
     NotFoundError,
+    OidcRequiredError,
     RateLimitError,
     RevokedError,
     TransportError,
@@ -72,6 +74,7 @@ CODE_TO_ERROR: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "oidc_required": OidcRequiredError,
 }
 
 
@@ -95,6 +98,8 @@ def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
         return 429, "rate_limited", str(exc)
     if isinstance(exc, ExpiredError | RevokedError):
         return 401, "unauthenticated", str(exc)
+    if isinstance(exc, OidcRequiredError):
+        return 403, "oidc_required", str(exc)
     if isinstance(exc, AuthError):
         if _authenticated(request):
             return 403, "forbidden", str(exc)

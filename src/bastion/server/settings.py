@@ -69,6 +69,18 @@ class ServerSettings(BaseSettings):
     )
     device_records_max_age: int = Field(default=limits.DEVICE_RECORDS_MAX_AGE_SECONDS, ge=1)
 
+    # OpenID Connect sign-in (docs/server.md "OpenID Connect"); off while oidc_issuer is unset
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    # the client secret: BASTION_SERVER_OIDC_CLIENT_SECRET, or a file holding it
+    oidc_client_secret: str | None = Field(default=None, repr=False)
+    oidc_client_secret_file: Path | None = None
+    # this server's public callback URL, registered at the provider
+    oidc_redirect_uri: str | None = None
+    # let `bastion login --oidc` use http://127.0.0.1:PORT/callback as its redirect URI
+    oidc_allow_loopback_redirect: bool = True
+    oidc_scopes: str = "openid email"
+
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
         if self.database_url:

@@ -13,11 +13,13 @@ from tests.conftest import need_tool
 
 from bastion.build import image as img
 from bastion.build.fs import FsType
-from bastion.device import measure
 from bastion.errors import FormatError, SignatureError
 from bastion.formats import bootunit as bu
 from bastion.formats import gpt
+from bastion.storage import disk_image as di
 from bastion.storage.verity_reader import verify_region
+from bastion.trust import image as ti
+from bastion.trust import measure
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> img.BuiltImage:
 
 
 def test_layout_has_dps_types_and_uuids(built: img.BuiltImage) -> None:
-    layout = img.read_layout(built.path)
+    layout = di.read_layout(built.path)
     names = [p.name for p in layout.partitions]
     assert names == [
         "boot",
@@ -53,42 +55,40 @@ def test_layout_has_dps_types_and_uuids(built: img.BuiltImage) -> None:
 
 
 def test_verity_root_and_signature(built: img.BuiltImage) -> None:
-    layout = img.read_layout(built.path)
+    layout = di.read_layout(built.path)
     root, verity = layout.find("root-a"), layout.find("root-a-verity")
     verify_region(
         built.path, built.path, built.root_hash, data_offset=root.offset, hash_offset=verity.offset
     )
-    sig = bu.parse_verity_signature(
-        img.read_partition(built.path, layout.find("root-a-verity-sig"))
-    )
-    assert img.verify_verity_signature(sig, product_keys().verity_cert) == built.root_hash
+    sig = bu.parse_verity_signature(di.read_partition(built.path, layout.find("root-a-verity-sig")))
+    assert ti.verify_verity_signature(sig, product_keys().verity_cert) == built.root_hash
     with pytest.raises(SignatureError):
-        img.verify_verity_signature(sig, product_keys(1).verity_cert)
+        ti.verify_verity_signature(sig, product_keys(1).verity_cert)
 
 
 def test_boot_archive_signatures(built: img.BuiltImage) -> None:
-    layout = img.read_layout(built.path)
-    archive = img.read_archive(built.path, layout)
+    layout = di.read_layout(built.path)
+    archive = di.read_archive(built.path, layout)
     keys = trust_of(product_keys())
-    doc = img.open_statement(
-        archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, keys.platform_root
-    )
+    doc = ti.open_statement(archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, keys.platform_root)
     assert doc["sha256"] == hashlib.sha256(archive.get("loader")).hexdigest()
-    unit_doc = img.open_statement(archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, keys.boot)
+    unit_doc = ti.open_statement(archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, keys.boot)
     unit = bu.parse_unit(archive.get("unit.a"))
     assert unit_doc["security_version"] == unit.security_version == 1
     assert unit.cmdline_params()["roothash"] == built.root_hash.hex()
     assert unit.cmdline_params()["bastion.slot"] == "a"
     with pytest.raises(SignatureError):
-        img.open_statement(archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, keys.platform_root)
-    assert img.platform_key_hash(archive.get("loader.key")) == keys.platform_root_hash
+        ti.open_statement(archive.get("unit.a.sig"), bu.STATEMENT_TYPE_UNIT, keys.platform_root)
+    assert ti.platform_key_hash(archive.get("loader.key")) == keys.platform_root_hash
 
 
 def test_image_signature_verifies_and_detects_a_flipped_bit(
     built: img.BuiltImage, tmp_path: Path
 ) -> None:
     trust = trust_of(product_keys())
-    assert img.verify_image_signature(built.path, trust)["sha256"] == built.sha256.hex()
+    assert (
+        ti.verify_image_signature(di.DiskImage(built.path), trust)["sha256"] == built.sha256.hex()
+    )
     copy = tmp_path / "disk.img"
     shutil.copy(built.path, copy)
     shutil.copy(built.path.with_name("disk.img.sig"), tmp_path / "disk.img.sig")
@@ -98,9 +98,9 @@ def test_image_signature_verifies_and_detects_a_flipped_bit(
         handle.seek(built.size // 2)
         handle.write(bytes([byte[0] ^ 1]))
     with pytest.raises(SignatureError, match="SHA-256"):
-        img.verify_image_signature(copy, trust)
+        ti.verify_image_signature(di.DiskImage(copy), trust)
     with pytest.raises(SignatureError):
-        img.verify_image_signature(built.path, trust_of(product_keys(1)))
+        ti.verify_image_signature(di.DiskImage(built.path), trust_of(product_keys(1)))
 
 
 def test_reproducible(built: img.BuiltImage, tmp_path: Path) -> None:
@@ -114,14 +114,14 @@ def test_reproducible(built: img.BuiltImage, tmp_path: Path) -> None:
 
 
 def test_predicted_pcrs_change_with_the_kernel(built: img.BuiltImage, tmp_path: Path) -> None:
-    pcrs = img.predict_pcrs(built.path)
+    pcrs = ti.predict_pcrs(di.DiskImage(built.path))
     assert set(measure.GOLDEN_PCRS) <= set(pcrs)
     other = img.build_image(
         spec_for(make_tree(tmp_path / "t"), kernel=b"another kernel"),
         product_keys(),
         tmp_path / "k.img",
     )
-    pcrs2 = img.predict_pcrs(other.path)
+    pcrs2 = ti.predict_pcrs(di.DiskImage(other.path))
     assert pcrs2[11] != pcrs[11]
     assert pcrs2[4] == pcrs[4] and pcrs2[7] == pcrs[7]
 
@@ -137,7 +137,7 @@ def test_not_an_image_refused(tmp_path: Path) -> None:
     path = tmp_path / "zero.img"
     path.write_bytes(bytes(1024 * 1024))
     with pytest.raises(FormatError):
-        img.read_layout(path)
+        di.read_layout(path)
 
 
 @pytest.mark.parametrize("kind", [FsType.SQUASHFS, FsType.EROFS])
@@ -146,5 +146,5 @@ def test_other_filesystems_build_and_verify(kind: FsType, tmp_path: Path) -> Non
     built = img.build_image(
         spec_for(make_tree(tmp_path / "tree"), fs=kind), product_keys(), tmp_path / "disk.img"
     )
-    doc = img.verify_image(built.path, trust_of(product_keys()))
+    doc = ti.verify_image(di.DiskImage(built.path), trust_of(product_keys()))
     assert doc["fs"] == kind.value and doc["slots"]["a"]["root_verified"]

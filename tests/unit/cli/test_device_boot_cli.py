@@ -9,8 +9,8 @@ import pytest
 from tests.bootkit import KERNEL, make_tree
 from tests.conftest import need_module, need_tool
 
-from bastion.build import image as img
 from bastion.cli.main import main
+from bastion.storage import disk_image as di
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_create_boot_twice_eventlog_inspect_tamper(
     assert info["fuses"]["counter"] == 1 and info["boot_control"]["slots"]["a"]["successful"]
     # tamper: one bit of the kernel
     disk = dev / "disk.img"
-    boot = img.read_layout(disk).find("boot")
+    boot = di.read_layout(disk).find("boot")
     raw = disk.read_bytes()
     at = boot.offset + raw[boot.offset : boot.offset + boot.size].index(KERNEL[:16]) + 2
     with open(disk, "r+b") as handle:

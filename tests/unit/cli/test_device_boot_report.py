@@ -12,9 +12,9 @@ import pytest
 from tests.bootkit import KERNEL, make_tree
 from tests.conftest import need_tool
 
-from bastion.build import image as img
 from bastion.cli.main import main
 from bastion.formats import gpt
+from bastion.storage import disk_image as di
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def _backup_header(disk: Path) -> int:
 
 
 def _luks_primary(disk: Path) -> int:
-    return img.read_layout(disk).find("data").offset + 4096 + 8  # its JSON area
+    return di.read_layout(disk).find("data").offset + 4096 + 8  # its JSON area
 
 
 REPAIRS = [
@@ -119,7 +119,7 @@ def test_try_other_slot_failure_keeps_the_cause(
     assert main(["device", "create", str(dev), "--image", str(built["image"]), "--keys",
                  str(built["keys"]), "--tamper-response", "try-other-slot"]) == 0  # fmt: skip
     disk = dev / "disk.img"
-    boot = img.read_layout(disk).find("boot")
+    boot = di.read_layout(disk).find("boot")
     raw = disk.read_bytes()[boot.offset : boot.offset + boot.size]
     _flip(disk, boot.offset + raw.index(KERNEL[:16]) + 2)
     code, _, err = _run(capsys, "device", "boot", str(dev))
@@ -136,7 +136,7 @@ def test_wipe_announces_itself(
                  str(built["keys"]), "--tamper-response", "wipe-data"]) == 0  # fmt: skip
     assert main(["device", "boot", str(dev)]) == 0
     disk = dev / "disk.img"
-    boot = img.read_layout(disk).find("boot")
+    boot = di.read_layout(disk).find("boot")
     raw = disk.read_bytes()[boot.offset : boot.offset + boot.size]
     _flip(disk, boot.offset + raw.index(KERNEL[:16]) + 2)
     code, out, err = _run(capsys, "device", "boot", "--json", str(dev))

@@ -11,6 +11,7 @@ from tests.conftest import need_tool
 
 from bastion.build import image as img
 from bastion.cli.main import main
+from bastion.storage import disk_image as di
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_allowed_cmdline_and_sizes_build(
     out = tmp_path / "disk.img"
     extra = ["--data-size", "17M", "--root-size", "6M", "--cmdline", "console=ttyS0 rootwait"]
     assert main(_build(inputs, out, *extra)) == 0, capsys.readouterr().err
-    layout = img.read_layout(out)
+    layout = di.read_layout(out)
     assert layout.find("data").size == img.DATA_MIN_SIZE
     assert layout.find("root-a").size == 6 * 1024 * 1024
 

@@ -28,8 +28,8 @@ from tests.bootkit import INITRD, KERNEL, make_tree
 from tests.conftest import need_tool
 from tests.pebuild import make_pe
 
-from bastion.build import image as img
 from bastion.cli.main import main
+from bastion.storage import disk_image as di
 
 REPR = re.compile(
     r"\bNone\b|\bTrue\b|\bFalse\b|\bb'|\bb\"|\{'|\['|\[\]|\{\}|\(\)|"
@@ -203,7 +203,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Ran]:
                     done.append(_run([*cmd, *extra], 0))
             # a tampered kernel: the boot fails, naming its stage
             disk = d / "dev" / "disk.img"
-            part = img.read_layout(disk).find("boot")
+            part = di.read_layout(disk).find("boot")
             raw = disk.read_bytes()[part.offset : part.offset + part.size]
             at = part.offset + raw.index(KERNEL[:16]) + 2
             with open(disk, "r+b") as handle:

@@ -140,7 +140,7 @@ def test_parse_verdicts_on_hand_made_tables(tmp_path) -> None:  # type: ignore[n
     """The interop table's bastion column, without sfdisk: primary alone, then with backup."""
     from tests.interop.test_gpt_sfdisk import HAND_MADE, _craft
 
-    from bastion.build.image import read_layout
+    from bastion.storage.disk_image import read_layout
 
     for name, (kwargs, _sfdisk, accepts, _why) in HAND_MADE.items():
         path = tmp_path / f"{name}.img"

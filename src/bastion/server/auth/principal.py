@@ -81,6 +81,8 @@ class Principal:
     token_id: str | None = None
     two_factor: bool = False
     client: str = ""
+    #: the login behind this session (or the session that minted this token) used OIDC
+    oidc: bool = False
 
     @property
     def authenticated(self) -> bool:

@@ -10,7 +10,8 @@ Rules, checked in this order by :func:`fleet_access`:
 2. a fleet in an organisation the user is not a member of, or where they hold no
    role, is reported as 404 (its existence is not revealed);
 3. an organisation that enforces 2FA refuses principals whose login had no second
-   factor (403);
+   factor (403); one that requires OIDC refuses principals whose login was not made
+   through OIDC (403 ``oidc_required``);
 4. a personal API token's scopes cap the role: ``read`` -> viewer, ``write`` ->
    operator, ``admin`` -> owner;
 5. the capped role must reach the route's minimum (403 otherwise).
@@ -23,7 +24,7 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from bastion.errors import AuthError, NotFoundError
+from bastion.errors import AuthError, NotFoundError, OidcRequiredError
 from bastion.server.auth.principal import Principal, PrincipalKind
 from bastion.server.orgs import repository as repo
 from bastion.server.orgs.models import Fleet, Organisation
@@ -112,6 +113,15 @@ def check_two_factor(principal: Principal, org: Organisation) -> None:
         )
 
 
+def check_sign_in_method(principal: Principal, org: Organisation) -> None:
+    """OidcRequiredError when ``org`` requires OIDC and the principal's login was not."""
+    if org.require_oidc and not principal.oidc:
+        raise OidcRequiredError(
+            f"organisation {org.name!r} requires sign-in through OpenID Connect: "
+            "log in with 'bastion login --oidc' (GET /v1/auth/oidc/login)"
+        )
+
+
 def org_access(
     session: Session, principal: Principal, org_id: str, minimum: OrgRole = OrgRole.MEMBER
 ) -> OrgAccess:
@@ -122,6 +132,7 @@ def org_access(
     if org is None or role is None:
         raise NotFoundError(f"organisation {org_id!r} not found")
     check_two_factor(principal, org)
+    check_sign_in_method(principal, org)
     if minimum is OrgRole.OWNER and (role != OrgRole.OWNER or scope_cap(principal) != Role.OWNER):
         raise AuthError(f"only an owner of organisation {org.name!r} may do this")
     return OrgAccess(principal=principal, org=org, role=OrgRole(role))
@@ -148,6 +159,7 @@ def fleet_access(
     org = repo.get_org(session, fleet.org_id)
     assert org is not None
     check_two_factor(principal, org)
+    check_sign_in_method(principal, org)
     cap = scope_cap(principal)
     effective = role if role.rank <= cap.rank else cap
     if effective.rank < minimum.rank:

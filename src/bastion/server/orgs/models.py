@@ -28,6 +28,8 @@ class Organisation(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     require_2fa: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    #: members act here only with a login made through OIDC (docs/adr/0021-oidc-sign-in.md)
+    require_oidc: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class OrgMember(Base):

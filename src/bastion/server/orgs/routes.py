@@ -63,6 +63,7 @@ def _org_out(org: Organisation, role: str) -> schemas.OrgOut:
         require_2fa=org.require_2fa,
         role=role,  # type: ignore[arg-type]
         created_at=org.created_at,
+        require_oidc=org.require_oidc,
     )
 
 
@@ -102,8 +103,9 @@ def get_org(access: OrgMemberAccess) -> schemas.OrgOut:
 def update_org(
     body: schemas.OrgUpdateIn, access: OrgOwnerAccess, ctx: Ctx, session: DbSession
 ) -> schemas.OrgOut:
-    """Turn 2FA enforcement on or off for every member."""
-    return _org_out(service.update_org(ctx, session, access, body.require_2fa), access.role.value)
+    """Turn 2FA (and OIDC sign-in) enforcement on or off for every member."""
+    org = service.update_org(ctx, session, access, body.require_2fa, require_oidc=body.require_oidc)
+    return _org_out(org, access.role.value)
 
 
 @router.get("/orgs/{org_id}/members")

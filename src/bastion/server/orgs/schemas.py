@@ -26,7 +26,9 @@ class OrgCreateIn(StrictModel):
 
 
 class OrgUpdateIn(StrictModel):
-    require_2fa: bool
+    require_2fa: bool | None = None
+    #: members may act only with a login made through OIDC (the caller's must be one)
+    require_oidc: bool | None = None
 
 
 class OrgOut(BaseModel):
@@ -35,6 +37,7 @@ class OrgOut(BaseModel):
     require_2fa: bool
     role: OrgRoleName
     created_at: dt.datetime
+    require_oidc: bool = False
 
 
 class OrgMemberIn(StrictModel):

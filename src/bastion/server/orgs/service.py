@@ -51,18 +51,31 @@ def create_org(
 
 
 def update_org(
-    ctx: AppContext, session: Session, access: OrgAccess, require_2fa: bool
+    ctx: AppContext,
+    session: Session,
+    access: OrgAccess,
+    require_2fa: bool | None,
+    *,
+    require_oidc: bool | None = None,
 ) -> Organisation:
-    """Change the organisation's 2FA enforcement (owner only, checked by the route)."""
+    """Change the organisation's 2FA / OIDC enforcement (owner only, checked by the route)."""
     org = session.merge(access.org)
     if require_2fa and not access.principal.two_factor:
         raise ConflictError("enrol TOTP and log in with it before requiring 2FA for others")
-    org.require_2fa = require_2fa
+    if require_oidc and ctx.oidc is None:
+        raise ConflictError("this server has no OpenID provider configured")
+    if require_oidc and not access.principal.oidc:
+        raise ConflictError("sign in through OIDC yourself before requiring it for others")
+    changes: dict[str, bool] = {}
+    if require_2fa is not None:
+        org.require_2fa = changes["require_2fa"] = require_2fa
+    if require_oidc is not None:
+        org.require_oidc = changes["require_oidc"] = require_oidc
     record(
         session,
         "org.update",
         access.principal.actor,
-        {"require_2fa": require_2fa},
+        changes,
         org_id=org.id,
         at=ctx.clock.now(),
     )
@@ -177,6 +190,8 @@ def visible_fleets(
         if org_id is not None and org.id != org_id:
             continue
         if org.require_2fa and not principal.two_factor:
+            continue
+        if org.require_oidc and not principal.oidc:
             continue
         for fleet in repo.fleets_of_org(session, org.id):
             if org_role == OrgRole.OWNER:

@@ -51,6 +51,8 @@ class UserToken(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     #: True when the login that made this session passed a second factor
     two_factor: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: how the login behind this token was made: ``password`` or ``oidc``
+    auth_method: Mapped[str] = mapped_column(String(16), default="password")
 
 
 class RecoveryCode(Base):

@@ -291,6 +291,7 @@ def authenticate_token(session: Session, token: str, now: dt.datetime) -> Princi
         scopes=scopes,
         token_id=row.id,
         two_factor=row.two_factor,
+        oidc=row.auth_method == "oidc",
     )
 
 
@@ -336,6 +337,7 @@ def create_pat(
         created_at=now,
         expires_at=now + lifetime,
         two_factor=principal.two_factor,
+        auth_method="oidc" if principal.oidc else "password",
     )
     session.add(row)
     record(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from bastion.device import measure
 from bastion.formats import eventlog as el
+from bastion.trust import measure
 
 
 def _extend(pcr: bytes, data: bytes) -> bytes:

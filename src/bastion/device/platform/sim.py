@@ -1,8 +1,6 @@
-"""The ``Platform`` the device plane runs on, and the ``sim`` platform: a device folder.
+"""The ``sim`` platform: a device folder, implementing device/platform/base.py.
 
-A platform gives the boot chain its hardware: the disk (partitions of one image),
-one-time-programmable fuses, a TPM that starts each boot with reset PCRs, and a place
-for the event log and console. The ``sim`` platform is a folder::
+The ``sim`` platform is a folder::
 
     DEV/device.json     {"platform": "sim", "tpm": "software" | "swtpm" | <TPM URI>,
                          "fuses": "file" | "tpm"}
@@ -14,8 +12,12 @@ for the event log and console. The ``sim`` platform is a folder::
     DEV/eventlog.bin    the TCG event log of the last boot
     DEV/boot.json       the report of the last boot
     DEV/state.json      device flags (e.g. "reprovision": true after a wipe)
+    DEV/efivars/        EFI variables as efivarfs names them (``Name-VendorGuid``), if any:
+                        the sim firmware keeps its Secure Boot authority in the fuses
 
-Nothing is faked: the chain reads and verifies the real bytes of ``disk.img``.
+The disk is reached by partition name (storage/disk_image.py over ``disk.img``), verity
+runs in userspace over the real bytes, and the console keeps its lines in memory
+(``console_lines``). Nothing is faked: the chain reads and verifies the real bytes.
 """
 
 from __future__ import annotations
@@ -23,55 +25,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from bastion.device.platform.base import ConsoleKind, FuseBank, PartitionStorage, VerifiedRoot
 from bastion.errors import ConfigError, FormatError, NotFoundError
-from bastion.formats import strict_json
+from bastion.formats import gpt, strict_json
+from bastion.io.clock import Clock, SystemClock
 from bastion.io.files import atomic_write, read_bounded
-from bastion.limits import JSON_MAX_SIZE
+from bastion.limits import JSON_MAX_SIZE, PLATFORM_EFI_VAR_MAX_SIZE
+from bastion.storage.disk_image import DiskImage
 from bastion.tpm.base import Tpm
 
 DEVICE_FILE = "device.json"
 
 
-class FuseBank(Protocol):
-    """The fuse interface the chain uses (tpm/fuses.py implements it)."""
-
-    def key_hash(self) -> bytes | None: ...
-
-    def burn_key_hash(self, key_hash: bytes) -> None: ...
-
-    def counter(self) -> int: ...
-
-    def blow_to(self, value: int) -> None: ...
-
-
-class Platform(Protocol):
-    """Hardware of one device, as the boot chain sees it."""
-
-    @property
-    def disk(self) -> Path:
-        """The disk image (or block device) holding the GPT."""
-        ...
-
-    def fuses(self, tpm: Tpm | None = None) -> FuseBank:
-        """The one-time-programmable fuse bank (some platforms keep it in the TPM)."""
-        ...
-
-    def power_on(self) -> contextlib.AbstractContextManager[Tpm]:
-        """The TPM, with PCRs reset as at power-on, for the length of one boot."""
-        ...
-
-    def store(self, name: str, data: bytes) -> None:
-        """Persist a boot artefact (event log, report) by name."""
-        ...
-
-    def load(self, name: str) -> bytes | None:
-        """A stored artefact, or None."""
-        ...
+#: an efivarfs file name: the variable name, a dash, the vendor GUID
+_EFIVAR_NAME = re.compile(r"[A-Za-z0-9_]{1,64}-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -79,10 +52,54 @@ class SimPlatform:
     """The ``sim`` platform over a device folder."""
 
     folder: Path
+    clock: Clock = field(default_factory=SystemClock, compare=False)
+    console_lines: list[tuple[ConsoleKind, str]] = field(default_factory=list, compare=False)
 
     @property
     def disk(self) -> Path:
+        """The disk image file (for creating and inspecting a sim device)."""
         return self.folder / "disk.img"
+
+    # --- the disk ----------------------------------------------------------------------
+
+    @property
+    def image(self) -> DiskImage:
+        return DiskImage(self.disk)
+
+    def disk_layout(self) -> gpt.GptDisk:
+        return self.image.layout()
+
+    def repair_disk_layout(self) -> tuple[gpt.GptDisk, list[str]]:
+        return self.image.repair_layout()
+
+    def read_partition(self, name: str, limit: int | None = None) -> bytes:
+        return self.image.read_partition(name, limit)
+
+    def write_partition(self, name: str, offset: int, data: bytes) -> None:
+        self.image.write_partition(name, offset, data)
+
+    def partition_storage(self, name: str) -> PartitionStorage:
+        return self.image.partition_range(name)
+
+    def verify_root(self, root: str, verity: str, root_hash: bytes, data_size: int) -> None:
+        self.image.verify_root(root, verity, root_hash, data_size)
+
+    def open_root(self, root: str, verity: str, root_hash: bytes, data_size: int) -> VerifiedRoot:
+        return self.image.open_root(root, verity, root_hash, data_size)
+
+    # --- Secure Boot, console ------------------------------------------------------------
+
+    def efi_variable(self, name: str) -> bytes | None:
+        """``DEV/efivars/<name>``, or None (the sim firmware needs none to boot)."""
+        if not _EFIVAR_NAME.fullmatch(name):
+            raise ConfigError(f"EFI variable name {name!r} is not Name-VendorGuid")
+        path = self.folder / "efivars" / name
+        if not path.exists():
+            return None
+        return read_bounded(path, PLATFORM_EFI_VAR_MAX_SIZE, f"EFI variable {name}")
+
+    def console(self, kind: ConsoleKind, message: str) -> None:
+        self.console_lines.append((kind, message))
 
     @property
     def config(self) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Platforms the device plane runs on: ``base`` (the protocol), ``sim`` (a device folder)."""

@@ -1,0 +1,158 @@
+"""Fixtures for real boots: the host's kernel, a test initrd, a db key, one VM at a time.
+
+QEMU under TCG takes a whole core for ~25 s; two at once on a loaded machine slow both
+past their time limits. The suite runs under pytest-xdist, so every boot takes an
+exclusive ``fcntl`` lock on one file in the system temp folder first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.bootkit import _cert
+from tests.conftest import need_tool
+
+from bastion.build import disk, initrd
+from bastion.io import qemu
+from bastion.trust.signer import SignatureScheme, SoftwareSigner
+
+LOCK_FILE = Path(tempfile.gettempdir()) / "bastion-e2e-qemu.lock"
+BOOT_TIMEOUT = 150.0
+
+
+@dataclass(frozen=True)
+class Parts:
+    kernel: bytes
+    initrd: bytes
+    secure_boot: disk.SecureBootSigner
+
+
+def _need_everything() -> Path:
+    for tool in ("qemu-system-x86_64", "swtpm", "swtpm_setup", "depmod", "veritysetup"):
+        need_tool(tool)
+    for tool in ("mkfs.vfat", "mcopy", "mkfs.erofs", "zstd"):
+        need_tool(tool)
+    for path, package in (
+        (qemu.DEFAULT_CODE, "ovmf"),
+        (qemu.DEFAULT_VARS, "ovmf"),
+        (Path(initrd.DEFAULT_BUSYBOX), "busybox-static"),
+        (disk.DEFAULT_STUB, "systemd-boot-efi"),
+        (disk.DEFAULT_LOADER, "systemd-boot-efi"),
+    ):
+        if not Path(path).is_file():
+            need_tool(str(path), package)
+    kernels = initrd.host_kernels()
+    if not kernels:
+        need_tool("/boot/vmlinuz-*", "linux-image-amd64")
+    return kernels[-1]
+
+
+def _enrolled_vars(db: x509.Certificate) -> bytes:
+    """Debian's empty OVMF vars with a throwaway PK and KEK, ``db``, and Secure Boot on.
+
+    Made with virt-firmware's ``virt-fw-vars`` here; bastion's own Secure Boot key set and
+    variable store builder replace this helper when they land.
+    """
+    tool = Path(sys.executable).with_name("virt-fw-vars")
+    if not tool.is_file():
+        need_tool("virt-fw-vars", "virt-firmware (pip)")
+    owner = "5a1c7e5a-0000-4000-8000-00000000b0b0"
+    with tempfile.TemporaryDirectory(prefix="bastion-e2e-vars-") as tmp:
+        folder = Path(tmp)
+        for name, cert in (
+            ("pk", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "PK")),
+            ("kek", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "KEK")),
+            ("db", db),
+        ):
+            (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        subprocess.run(
+            [
+                str(tool),
+                "-i",
+                str(qemu.DEFAULT_VARS),
+                "-o",
+                str(folder / "vars.fd"),
+                "--set-pk",
+                owner,
+                str(folder / "pk.pem"),
+                "--add-kek",
+                owner,
+                str(folder / "kek.pem"),
+                "--add-db",
+                owner,
+                str(folder / "db.pem"),
+                "--sb",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return (folder / "vars.fd").read_bytes()
+
+
+@functools.cache
+def _parts(kernel: Path) -> Parts:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signer = disk.SecureBootSigner(
+        SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
+    )
+    spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
+    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
+
+
+@pytest.fixture(scope="session")
+def vm_parts() -> Parts:
+    """Kernel, initrd and db key, made once per worker."""
+    return _parts(_need_everything())
+
+
+@pytest.fixture(scope="session")
+def sb_vars(vm_parts: Parts) -> bytes:
+    """OVMF variables with a test PK and KEK and the db certificate, Secure Boot on."""
+    return _enrolled_vars(vm_parts.secure_boot.certificate)
+
+
+def make_root(folder: Path) -> Path:
+    """A small root tree: a greeting and 256 KiB of fixed bytes (many data blocks)."""
+    (folder / "etc").mkdir(parents=True)
+    (folder / "etc" / "hello.txt").write_text("hello from the verity root\n")
+    (folder / "usr").mkdir()
+    (folder / "usr" / "blob").write_bytes(bytes(i * 7 % 251 for i in range(256 * 1024)))
+    return folder
+
+
+def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.BootResult:
+    """One boot while holding the machine-wide QEMU lock (waits for any other boot).
+
+    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off).
+    """
+    config = qemu.VmConfig(timeout=BOOT_TIMEOUT)
+    if vars_ is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "enrolled-vars.fd").write_bytes(vars_)
+        config = qemu.VmConfig(timeout=BOOT_TIMEOUT, vars=work / "enrolled-vars.fd")
+    with open(LOCK_FILE, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return qemu.boot(image, work, config)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+BootVm = Callable[..., qemu.BootResult]
+
+
+@pytest.fixture(scope="session")
+def boot_vm() -> BootVm:
+    """Boot under the machine-wide lock: ``boot_vm(image, work_dir[, vars_bytes])``."""
+    return locked_boot

@@ -1,0 +1,190 @@
+"""``bastion vm build|boot``: JSON output, exit codes for expected and other outcomes.
+
+``vm build`` runs for real (mkfs.erofs, mkfs.vfat, mtools) with a stand-in kernel; the
+boot itself is replaced by a canned result here (real boots are in tests/e2e).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from tests.bootkit import _cert
+from tests.conftest import need_tool
+
+from bastion.build import disk
+from bastion.cli.main import main
+from bastion.formats import bootlog
+from bastion.formats.bootlog import Outcome
+from bastion.io import qemu
+from bastion.trust.keys import private_key_to_pem
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_build_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for tool in ("mkfs.erofs", "mkfs.vfat", "mcopy"):
+        need_tool(tool)
+    if not disk.DEFAULT_LOADER.is_file():
+        pytest.skip("systemd-boot-efi is not installed")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "hello").write_text("hi\n")
+    (tmp_path / "vmlinuz").write_bytes(b"MZ kernel" * 100)
+    (tmp_path / "initrd").write_bytes(b"070701" * 10)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "db.key").write_bytes(private_key_to_pem(key))
+    (tmp_path / "db.pem").write_bytes(_cert(key, "cli db").public_bytes(serialization.Encoding.PEM))
+    code, out, err = _run(
+        capsys,
+        "vm",
+        "build",
+        str(tmp_path / "disk.img"),
+        "--root",
+        str(root),
+        "--kernel",
+        str(tmp_path / "vmlinuz"),
+        "--initrd",
+        str(tmp_path / "initrd"),
+        "--db-key",
+        f"file:{tmp_path / 'db.key'}",
+        "--db-cert",
+        str(tmp_path / "db.pem"),
+        "--tries",
+        "5",
+        "--json",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["signed"] is True
+    assert doc["uki_path"] == "EFI/Linux/bastion+5-0.efi"
+    assert doc["cmdline"].endswith("roothash=" + doc["root_hash"])
+    assert [p["name"] for p in doc["partitions"]] == ["esp", "root-x86-64", "root-x86-64-verity"]
+
+
+def test_build_needs_key_and_cert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(
+        capsys,
+        "vm",
+        "build",
+        str(tmp_path / "d.img"),
+        "--root",
+        str(tmp_path),
+        "--kernel",
+        str(tmp_path / "k"),
+        "--initrd",
+        str(tmp_path / "i"),
+        "--db-key",
+        "file:x",
+    )
+    assert code == 9 and "--db-key and --db-cert go together" in err
+
+
+def _canned(tmp_path: Path, text: str) -> qemu.BootResult:
+    serial = tmp_path / "serial.log"
+    serial.write_text(text)
+    report = bootlog.parse(text)
+    result = bootlog.outcome(report, timed_out=False)
+    return qemu.BootResult(
+        outcome=result,
+        reason=bootlog.reason(report, result),
+        seconds=21.0,
+        outcome_seconds=20.5,
+        serial_log=serial,
+        report=report,
+        qemu_exit=0,
+        work_dir=tmp_path,
+    )
+
+
+BOOTS = [
+    ("running as expected", "BASTION: pcr sha256 7 00ff\nBASTION: running\n", "running", 0),
+    ("failed when running expected", "BASTION: failed: verity: x\n", "running", 1),
+    ("failed as expected", "BASTION: failed: verity: x\n", "failed", 0),
+    ("refused when running expected", "Access Denied\n", "running", 1),
+    ("refused as expected", "Access Denied\n", "firmware-refused", 0),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expect", "code"), BOOTS, ids=[b[0] for b in BOOTS])
+def test_boot_exit_codes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    text: str,
+    expect: str,
+    code: int,
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_boot(image: Path, work: Path, config: qemu.VmConfig) -> qemu.BootResult:
+        seen.update(image=image, config=config)
+        return _canned(tmp_path, text)
+
+    monkeypatch.setattr(qemu, "boot", fake_boot)
+    got, out, _ = _run(
+        capsys,
+        "vm",
+        "boot",
+        str(tmp_path / "disk.img"),
+        "--expect",
+        expect,
+        "--vars",
+        str(tmp_path / "sb-vars.fd"),
+        "--timeout",
+        "99",
+        "--work",
+        str(tmp_path / "w"),
+        "--json",
+    )
+    assert got == code
+    doc = json.loads(out)
+    assert doc["ok"] is (code == 0)
+    assert doc["expected"] == expect
+    assert doc["outcome"] in [str(o) for o in Outcome]
+    assert doc["serial_log"] == str(tmp_path / "serial.log")
+    if code == 0 and expect == "running":
+        assert doc["pcrs"] == {"sha256": {"7": "00ff"}}
+    config = seen["config"]
+    assert isinstance(config, qemu.VmConfig)
+    assert config.vars == tmp_path / "sb-vars.fd" and config.timeout == 99.0
+
+
+def test_boot_writes_the_event_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "BASTION: eventlog begin\nAAECAw==\nBASTION: eventlog end\nBASTION: running\n"
+    monkeypatch.setattr(qemu, "boot", lambda image, work, config: _canned(tmp_path, text))
+    out = tmp_path / "log.bin"
+    work = ("--work", str(tmp_path / "w"))
+    code, _, err = _run(
+        capsys, "vm", "boot", str(tmp_path / "d.img"), *work, "--eventlog", str(out)
+    )
+    assert code == 0, err
+    assert out.read_bytes() == bytes([0, 1, 2, 3])
+    # no event log on the console: an error, not an empty file
+    monkeypatch.setattr(
+        qemu, "boot", lambda image, work, config: _canned(tmp_path, "BASTION: running\n")
+    )
+    out.unlink()
+    code, _, err = _run(
+        capsys, "vm", "boot", str(tmp_path / "d.img"), *work, "--eventlog", str(out)
+    )
+    assert code == 9 and "no event log" in err and not out.exists()
+
+
+def test_boot_missing_image_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not (qemu.DEFAULT_CODE.is_file() and qemu.DEFAULT_VARS.is_file()):
+        pytest.skip("ovmf is not installed")
+    code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "nope.img"), "--work", str(tmp_path))
+    assert code == 9 and "nope.img" in err
