@@ -19,9 +19,11 @@ Two QEMU (TCG) boots of Debian's OVMF Secure Boot build, about 20 s each:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from tests.conftest import IN_CI, need_module, need_tool
 from bastion.build.ovmf import DEBIAN_OVMF_VARS, read_secureboot_store
 from bastion.build.uki import UkiInputs, build_uki
 from bastion.errors import BastionError
+from bastion.formats import cpio
 from bastion.formats import efivars as ev
 from bastion.formats import eventlog as el
 from bastion.trust import pcr7
@@ -71,28 +74,15 @@ def _kernel() -> tuple[Path, Path]:
     return kernel, _need_file(module, "linux-image-amd64")
 
 
-def _cpio_gz(root: Path) -> bytes:
-    listing = subprocess.run(
-        ["find", "."], cwd=root, capture_output=True, check=True
-    ).stdout  # fmt: skip
-    archive = subprocess.run(
-        [need_tool("cpio"), "-o", "-H", "newc", "--quiet"],
-        cwd=root, input=listing, capture_output=True, check=True,
-    ).stdout  # fmt: skip
-    return subprocess.run(["gzip", "-1"], input=archive, capture_output=True, check=True).stdout
-
-
-def _initramfs(folder: Path, script: str, files: dict[str, bytes]) -> bytes:
-    root = folder / "root"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(_need_file(Path("/bin/busybox"), "busybox-static"), root / "bin" / "busybox")
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-        (root / name).chmod(0o755)
-    (root / "init").write_text("#!/bin/busybox sh\nB=/bin/busybox\n" + script)
-    (root / "init").chmod(0o755)
-    return _cpio_gz(root)
+def _initramfs(script: str, files: dict[str, bytes]) -> bytes:
+    """A gzip newc initramfs (bastion's cpio codec): busybox, ``files``, and /init."""
+    busybox = _need_file(Path("/bin/busybox"), "busybox-static").read_bytes()
+    members = {"bin/busybox": busybox, **files}
+    members["init"] = ("#!/bin/busybox sh\nB=/bin/busybox\n" + script).encode()
+    dirs = sorted({str(Path(n).parent) for n in members if "/" in n})
+    entries = [cpio.CpioEntry(d, stat.S_IFDIR | 0o755) for d in dirs]
+    entries += [cpio.CpioEntry(n, stat.S_IFREG | 0o755, d) for n, d in sorted(members.items())]
+    return gzip.compress(cpio.archive(entries), compresslevel=1, mtime=0)
 
 
 def _qemu(folder: Path, vars_fd: Path, esp: Path, extra: list[str], done: str) -> str:
@@ -233,7 +223,7 @@ def test_ovmf_enrols_and_boots_with_bastion_keys(keyset: KeySet, tmp_path: Path)
     boot1, esp = tmp_path / "boot1", tmp_path / "esp1"
     boot1.mkdir()
     esp.mkdir()
-    (esp / "initrd.img").write_bytes(_initramfs(boot1, "\n".join(script) + "\n", files))
+    (esp / "initrd.img").write_bytes(_initramfs("\n".join(script) + "\n", files))
     shutil.copy(kernel, esp / "vmlinuz.efi")
     (esp / "startup.nsh").write_bytes(
         b"fs0:\r\nvmlinuz.efi initrd=\\initrd.img console=ttyS0 quiet panic=-1\r\n"
@@ -271,7 +261,7 @@ def test_ovmf_enrols_and_boots_with_bastion_keys(keyset: KeySet, tmp_path: Path)
     )
     work = tmp_path / "uki"
     work.mkdir()
-    initrd = _initramfs(work, probe, {})
+    initrd = _initramfs(probe, {})
     # the UKI is bastion's own (build.uki) signed by bastion's Authenticode with the db key
     inputs = UkiInputs(linux=kernel.read_bytes(), cmdline=b"console=ttyS0 quiet panic=-1",
                        initrd=initrd)  # fmt: skip
