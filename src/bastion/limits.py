@@ -173,3 +173,13 @@ PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform
 REAUTH_MAX_AGE_SECONDS = 10 * 60  # a session proves password (+2FA) this recently for changes
 SESSIONS_LIST_MAX = 200  # sessions shown by GET /v1/me/sessions (newest first)
 METRICS_TOKEN_MIN_LENGTH = 32  # characters of the bearer token that guards /metrics
+
+# --- UEFI Secure Boot variables (formats/efivars.py, docs/adr/0017-secureboot.md) --------
+EFI_VARIABLE_MAX_SIZE = 1 * MiB  # one variable's data or one .auth file (dbx today is ~30 KiB)
+EFI_SIGLIST_MAX_LISTS = 256  # EFI_SIGNATURE_LISTs in one variable
+EFI_SIGLIST_MAX_ENTRIES = 16_384  # EFI_SIGNATURE_DATA entries in one variable (all lists)
+EFI_SIGNATURE_MAX_SIZE = 64 * KiB  # one EFI_SIGNATURE_DATA (owner GUID + certificate DER)
+EFI_AUTH_CERT_MAX_SIZE = 64 * KiB  # the PKCS#7 SignedData in an EFI_VARIABLE_AUTHENTICATION_2
+EFI_AUTH_MAX_CERTIFICATES = 8  # certificates carried in that SignedData
+EFI_VARIABLE_NAME_MAX_CHARS = 128  # UTF-16 code units of a variable name
+OVMF_VARS_MAX_SIZE = 16 * MiB  # a raw edk2 variable store (OVMF_VARS_4M.fd is 528 KiB)

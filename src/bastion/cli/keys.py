@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bastion.cli._common import TPM_HELP, add_json_flag, emit, passphrase_source
+from bastion.cli._common import (
+    TPM_HELP,
+    add_json_flag,
+    add_passphrase_flag,
+    emit,
+    passphrase_source,
+)
 from bastion.errors import ConfigError, ConflictError
+from bastion.formats.efivars import EfiTime
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import KEY_FILE_MAX_SIZE
 from bastion.trust.keys import (
@@ -27,6 +35,7 @@ from bastion.trust.keys import (
     public_key_to_pem,
 )
 from bastion.trust.keyset import KeySet, create_keyset
+from bastion.trust.secureboot import Enrolment, write_enrolment
 from bastion.trust.signer import describe_key, key_id
 
 
@@ -56,6 +65,11 @@ def _text(ks: KeySet, verb: str) -> str:
     for e in ks.entries:
         cert = f"  + {e.certificate}" if e.certificate else ""
         lines.append(f"  {e.name:<14} {e.algorithm:<11} {e.location:<8} {e.key_id[:16]}...{cert}")
+    if any(e.role.startswith("secureboot-") for e in ks.entries):
+        lines.append(
+            "Secure Boot: secureboot-pk and secureboot-kek are OFFLINE keys (they only sign "
+            "firmware key updates); secureboot-db is the online key that signs boot artefacts"
+        )
     lines.append(f"platform root hash (fuse this into devices): {ks.platform_root_hash().hex()}")
     lines.append(
         "KEEP OFFLINE (move to offline storage, then delete here): "
@@ -70,8 +84,74 @@ def _text(ks: KeySet, verb: str) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    ks = create_keyset(args.dir, product=args.product, passphrase=_passphrase(args.passphrase_env))
-    emit(args, _text(ks, "created"), _summary(ks))
+    secret = _passphrase(args.passphrase_env)
+    ks = create_keyset(args.dir, product=args.product, passphrase=secret)
+    source = (lambda: secret) if secret is not None else None
+    enrolment = _write_secureboot(args.dir, source, os.path.join(args.dir, "secureboot"), None, [])
+    summary = _summary(ks)
+    summary["secureboot"] = _secureboot_summary(enrolment, os.path.join(args.dir, "secureboot"))
+    emit(args, _text(ks, "created") + "\n" + _secureboot_text(enrolment, summary), summary)
+    return 0
+
+
+def _write_secureboot(
+    folder: str,
+    passphrase: Callable[[], bytes] | None,
+    out: str,
+    when: str | None,
+    dbx: list[str],
+) -> Enrolment:
+    import datetime as dt
+
+    keyset = KeySet.load(folder, passphrase=passphrase)
+    try:
+        moment = dt.datetime.fromisoformat(when) if when else dt.datetime.now(dt.UTC)
+        hashes = [bytes.fromhex(h) for h in dbx]
+    except ValueError as exc:
+        raise ConfigError(f"bad --timestamp or --dbx-hash: {exc}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return write_enrolment(keyset, out, EfiTime.from_datetime(moment), dbx_hashes=hashes)
+
+
+def _secureboot_summary(enrolment: Enrolment, out: str) -> dict[str, Any]:
+    return {
+        "folder": out,
+        "owner_guid": str(enrolment.owner),
+        "timestamp": str(enrolment.timestamp),
+        "files": sorted(enrolment.files),
+    }
+
+
+def _secureboot_text(enrolment: Enrolment, summary: dict[str, Any]) -> str:
+    info = summary["secureboot"]
+    return (
+        f"Secure Boot enrolment files in {info['folder']} (owner GUID {info['owner_guid']}, "
+        f"timestamp {info['timestamp']}): {' '.join(info['files'])}"
+    )
+
+
+def _secureboot(args: argparse.Namespace) -> int:
+    source = passphrase_source(args, f"the Secure Boot PK and KEK keys in {args.dir}")
+    enrolment = _write_secureboot(args.dir, source, args.output, args.timestamp, args.dbx_hash)
+    summary = {"secureboot": _secureboot_summary(enrolment, args.output)}
+    text = _secureboot_text(enrolment, summary)
+    if args.ovmf_vars:
+        from bastion.build.ovmf import DEBIAN_OVMF_VARS, enrol_from_keyset
+
+        keyset = KeySet.load(args.dir)  # public certificates only
+        out = os.path.join(args.output, "OVMF_VARS_4M.secboot.fd")
+        store = enrol_from_keyset(
+            keyset,
+            out,
+            timestamp=enrolment.timestamp.to_datetime(),
+            template=args.ovmf_template or DEBIAN_OVMF_VARS,
+        )
+        summary["secureboot"]["ovmf_vars"] = out
+        text += f"\nOVMF variable store with PK/KEK/db enrolled, Secure Boot on: {out}"
+        if not store.secure_boot_enable:  # pragma: no cover - enrol_ovmf_vars sets it
+            raise ConfigError(f"{out}: SecureBootEnable is not set")
+    emit(args, text, summary)
     return 0
 
 
@@ -152,6 +232,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--passphrase-env", metavar="VAR", help="encrypt private keys with $VAR")
     add_json_flag(p)
     p.set_defaults(func=_init)
+
+    p = sub.add_parser(
+        "secureboot",
+        help="write PK/KEK/db (.esl .auth .cer) enrolment files from a key set "
+        "(needs the offline PK and KEK keys)",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="folder for the files")
+    p.add_argument(
+        "--timestamp", metavar="ISO8601", help="EFI_TIME of the updates (default: now, UTC)"
+    )
+    p.add_argument(
+        "--dbx-hash",
+        action="append",
+        default=[],
+        metavar="HEX",
+        help="SHA-256 to forbid in dbx (writes dbx.esl and dbx.auth); repeatable",
+    )
+    p.add_argument(
+        "--ovmf-vars",
+        action="store_true",
+        help="also write OUT/OVMF_VARS_4M.secboot.fd: OVMF's empty store with the keys enrolled",
+    )
+    p.add_argument(
+        "--ovmf-template",
+        metavar="FILE",
+        help="the empty OVMF store to copy (default /usr/share/OVMF/OVMF_VARS_4M.fd)",
+    )
+    add_passphrase_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=_secureboot)
 
     p = sub.add_parser("show", help="list a key set and check it")
     p.add_argument("dir", metavar="DIR")

@@ -59,6 +59,14 @@ TOOL_PACKAGES: dict[str, str] = {
     "mmd": "mtools",
     "mcopy": "mtools",
     "mdir": "mtools",
+    "cert-to-efi-sig-list": "efitools",
+    "sign-efi-sig-list": "efitools",
+    "efi-updatevar": "efitools",
+    "sbvarsign": "sbsigntool",
+    "sbsiglist": "sbsigntool",
+    "sbkeysync": "sbsigntool",
+    "busybox": "busybox-static",
+    "gcc": "gcc",
 }
 
 

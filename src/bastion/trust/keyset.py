@@ -14,6 +14,9 @@ module         RSA-3072     build     kernel module signatures (+ X.509 certific
 verity         RSA-3072     build     PKCS#7 over the dm-verity root hash (+ X.509)
 fleet-root-ca  ECDSA P-256  offline   root of the fleet PKI (self-signed, pathlen 1)
 fleet-ca       ECDSA P-256  server    issues device and server certificates (pathlen 0)
+secureboot-pk  RSA-2048     offline   UEFI PK: signs PK and KEK updates (+ X.509)
+secureboot-kek RSA-2048     offline   UEFI KEK: signs db and dbx updates (+ X.509)
+secureboot-db  RSA-2048     build     UEFI db: signs boot artefacts (+ X.509)
 ============== ============ ========= ==================================================
 
 While the platform root key is still on this machine, ``create_keyset`` also signs
@@ -138,6 +141,28 @@ ROLES: tuple[RoleSpec, ...] = (
         "issues device and server certificates, signs CRLs",
         certificate="intermediate-ca",
     ),
+    # UEFI Secure Boot (trust/secureboot.py, docs/secureboot.md): RSA-2048 as firmware expects
+    RoleSpec(
+        "secureboot-pk",
+        KeyAlgorithm.RSA_2048,
+        "offline",
+        "UEFI Platform Key: signs PK and KEK updates only",
+        certificate="secureboot",
+    ),
+    RoleSpec(
+        "secureboot-kek",
+        KeyAlgorithm.RSA_2048,
+        "offline",
+        "UEFI Key Exchange Key: signs db and dbx updates only",
+        certificate="secureboot",
+    ),
+    RoleSpec(
+        "secureboot-db",
+        KeyAlgorithm.RSA_2048,
+        "build",
+        "UEFI db: the online key that signs boot artefacts (UKI, boot loader)",
+        certificate="secureboot",
+    ),
 )
 
 
@@ -243,7 +268,11 @@ def create_keyset(
         for index in range(spec.count):
             name = spec.role if spec.count == 1 else f"{spec.role}-{index + 1}"
             algorithm = spec.algorithm
-            if rsa_algorithm is not None and algorithm.value.startswith("rsa"):
+            if (
+                rsa_algorithm is not None
+                and algorithm.value.startswith("rsa")
+                and spec.certificate != "secureboot"
+            ):
                 algorithm = rsa_algorithm
             key = generate_private_key(algorithm)
             made[name] = key
@@ -264,6 +293,12 @@ def create_keyset(
                     raise ConflictError("fleet-root-ca must be made before fleet-ca")
                 cert = pki.create_intermediate_ca(
                     root_ca, public, f"{product} fleet CA", organization=product, now=t
+                )
+            elif spec.certificate == "secureboot":
+                from bastion.trust.secureboot import VARIABLE_OF_ROLE, create_certificate
+
+                cert = create_certificate(
+                    SoftwareSigner(key), VARIABLE_OF_ROLE[spec.role], product, now=t
                 )
             if cert is not None:
                 cert_file = f"{name}.crt.pem"

@@ -90,6 +90,8 @@ def test_keys_init_names_the_offline_keys(
     assert sorted(json.loads(out)["keep_offline"]) == [
         "fleet-root-ca.key.pem",
         "platform-root.key.pem",
+        "secureboot-kek.key.pem",
+        "secureboot-pk.key.pem",
     ]
 
 

@@ -33,8 +33,18 @@ def test_keys_init_output_and_refusal(keyset: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "keys", "show", str(keyset), "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["keep_offline"] == ["platform-root.key.pem", "fleet-root-ca.key.pem"]
-    assert {k["algorithm"] for k in doc["keys"]} == {"ed25519", "rsa-3072", "ecdsa-p256"}
+    assert doc["keep_offline"] == [
+        "platform-root.key.pem",
+        "fleet-root-ca.key.pem",
+        "secureboot-pk.key.pem",
+        "secureboot-kek.key.pem",
+    ]
+    assert {k["algorithm"] for k in doc["keys"]} == {
+        "ed25519",
+        "rsa-3072",
+        "ecdsa-p256",
+        "rsa-2048",
+    }
     code, out, _ = run(capsys, "keys", "show", str(keyset))
     assert "KEEP OFFLINE" in out and "platform root hash" in out
     code, _, err = run(capsys, "keys", "init", str(keyset))

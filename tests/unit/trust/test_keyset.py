@@ -40,13 +40,16 @@ def test_layout_and_modes(keyset_dir: Path) -> None:
         "verity",
         "fleet-root-ca",
         "fleet-ca",
+        "secureboot-pk",
+        "secureboot-kek",
+        "secureboot-db",
     ]
     for entry in doc["keys"]:
         mode = stat.S_IMODE((keyset_dir / entry["private_key"]).stat().st_mode)
         assert mode == 0o600, entry["name"]
         assert len(entry["key_id"]) == 64
     offline = {e["name"] for e in doc["keys"] if e["offline"]}
-    assert offline == {"platform-root", "fleet-root-ca"}
+    assert offline == {"platform-root", "fleet-root-ca", "secureboot-pk", "secureboot-kek"}
     assert (keyset_dir / "module.crt.der").exists()
     assert {s.role for s in ROLES} == {e["role"] for e in doc["keys"]}
 
@@ -64,7 +67,12 @@ def test_load_and_accessors(keyset_dir: Path) -> None:
     assert len(ks.signers("update")) == 2
     env = sign_envelope("t", b"p", ks.signers("update"))
     assert verify_envelope(env, ks.verifiers("update"), payload_type="t", threshold=2) == b"p"
-    assert ks.offline_files() == ["platform-root.key.pem", "fleet-root-ca.key.pem"]
+    assert ks.offline_files() == [
+        "platform-root.key.pem",
+        "fleet-root-ca.key.pem",
+        "secureboot-pk.key.pem",
+        "secureboot-kek.key.pem",
+    ]
 
 
 def test_fleet_cas_chain(keyset_dir: Path) -> None:
