@@ -152,3 +152,14 @@ ENROLL_MAX_EK_CERT_B64 = 8 * KiB  # base64 DER EK certificate in /v1/enroll/begi
 EK_CA_MAX_PEM = 16 * KiB  # one CA certificate uploaded to a fleet's trust store
 # --- signed PCR policies (storage/signed_policy.py) ---------------------------------------
 TPM2_PUBKEY_MAX_SIZE = 16 * KiB  # the PEM public key of a systemd-tpm2 token (tpm2_pubkey)
+# --- remote attestation (trust/verdict.py, server/attestation) -------------------------------
+ATTEST_EVIDENCE_MAX_SIZE = 2 * MiB  # one evidence JSON document (event log in base64)
+ATTEST_EVENTLOG_MAX_SIZE = 1 * MiB  # the event log inside evidence (a firmware log: ~50 KiB)
+ATTEST_TPM_OBJECT_MAX_SIZE = 2 * KiB  # TPMS_ATTEST, TPMT_SIGNATURE, TPM2B_PUBLIC in evidence
+ATTEST_POSTURE_MAX_KEYS = 64  # facts in one posture report
+ATTEST_POSTURE_MAX_STRING = 4 * KiB  # one posture string (the kernel command line)
+ATTEST_POSTURE_MAX_LIST = 1024  # listening ports in a posture, entries of a port allow-list
+ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
+ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
+ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
+ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce

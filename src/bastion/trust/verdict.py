@@ -1,0 +1,735 @@
+"""The attestation verifier: evidence and golden values in, a :class:`Verdict` out. Pure.
+
+A device answers a fresh server nonce with *evidence* (:class:`Evidence`, JSON on the
+wire, :func:`parse_evidence`): a TPM2_Quote and its signature by the device's AK, the
+PCR values it read, its TCG event log, and a *posture* (facts it reports about the
+running system). :func:`evidence_result` checks everything and collects every failure
+(docs/attestation.md lists the ids); :func:`verify_evidence` raises instead.
+
+Checks, each adding failures with a stable id and never stopping the others:
+
+1. ``ak.unbound``: the evidence's AK is not the AK the server recorded at enrolment
+   (the one credential activation bound to the device's EK), or none was recorded;
+   the quote is always checked with the *recorded* AK.
+2. ``quote.signature``, ``quote.format``, ``quote.type``, ``quote.nonce``,
+   ``quote.pcr-selection``, ``quote.pcr-digest`` (:func:`bastion.tpm.quote.quote_result`):
+   the reported PCR values are the quoted ones only if the quote's pcrDigest covers them.
+3. ``eventlog.format`` / ``eventlog.replay``: the event log replayed (sha256 bank) must
+   give exactly the reported PCR values on every selected PCR the log touches.
+4. golden values from signed statements only (:func:`open_golden`, signed by a product
+   key): ``golden.unsigned`` for a statement no trusted key signed (its values are then
+   not used), ``release.unknown`` when no signed golden set is available;
+   ``pcr.mismatch.N`` for each selected PCR differing from the golden value, and
+   ``component.<name>.mismatch|missing|unexpected`` for each measured component of the
+   event log (kernel, command line, initrd, verity root hash, Secure Boot authority, ...).
+5. ``svn.below_floor``: the golden release's security version is below the fleet floor.
+6. ``tpm.reset.backwards``, ``tpm.restart.backwards``, ``tpm.clock.backwards``: the
+   quote's clock info against the last accepted quote (:class:`ClockState`).
+7. ``posture.<feature>.<problem>`` from :class:`PosturePolicy`, opt-in per feature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bastion import limits
+from bastion.errors import BastionError, ConfigError, FormatError, LimitError, VerificationError
+from bastion.formats import eventlog as el
+from bastion.formats import strict_json
+from bastion.formats.tpm2 import Attest
+from bastion.tpm.base import HashAlg, PcrSelection
+from bastion.tpm.quote import AkPublic, load_public, quote_result
+from bastion.trust.envelope import Envelope, parse_envelope, verify_envelope
+from bastion.trust.signer import Verifier
+
+EVIDENCE_FORMAT = "bastion-evidence/1"
+GOLDEN_PAYLOAD_TYPE = "application/vnd.bastion.golden-values+json"
+GOLDEN_TYPE = "golden-values"
+_HEX256 = 64
+
+#: what each measured event of the boot chain (device/measure.py) is called in a verdict
+_TAGGED: dict[tuple[int, bytes], str] = {
+    (4, b"bastion:bootloader\0"): "bootloader",
+    (7, b"bastion:platform-key\0"): "secure-boot-authority",
+    (15, b"bastion:verity-root\0"): "verity-root",
+}
+#: boot-unit sections (PCR 11, systemd-stub style) and their component names
+_SECTIONS: dict[bytes, str] = {
+    b".linux\0": "kernel",
+    b".osrel\0": "os-release",
+    b".cmdline\0": "cmdline",
+    b".initrd\0": "initrd",
+    b".svn\0": "svn",
+    b".modcert\0": "module-cert",
+    b".veritycert\0": "verity-cert",
+    b".modules\0": "modules",
+    b".profile\0": "profile",
+}
+_UNIT_PCR = 11
+
+
+# --- evidence -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a device sends: quote, signature, AK, reported PCRs, event log, posture."""
+
+    ak_public: bytes
+    quote: bytes
+    signature: bytes
+    bank: HashAlg
+    pcrs: Mapping[int, bytes]
+    eventlog: bytes
+    posture: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": EVIDENCE_FORMAT,
+            "ak_public": _b64(self.ak_public),
+            "quote": _b64(self.quote),
+            "signature": _b64(self.signature),
+            "bank": self.bank.value,
+            "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
+            "eventlog": _b64(self.eventlog),
+            "posture": dict(self.posture),
+        }
+
+    def to_bytes(self) -> bytes:
+        import json
+
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, what: str, limit: int) -> bytes:
+    if not isinstance(value, str):
+        raise FormatError(f"evidence: {what} must be a base64 string")
+    if len(value) > (limit + 2) // 3 * 4:
+        raise LimitError(f"evidence: {what} is longer than {limit} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"evidence: {what} is not base64: {exc}") from exc
+
+
+def _posture_value(name: str, value: Any) -> Any:
+    if isinstance(value, bool | int):
+        if not isinstance(value, bool) and not -(2**31) <= value < 2**31:
+            raise FormatError(f"evidence: posture {name} is out of range")
+        return value
+    if isinstance(value, str):
+        if len(value) > limits.ATTEST_POSTURE_MAX_STRING:
+            raise LimitError(
+                f"evidence: posture {name} is longer than {limits.ATTEST_POSTURE_MAX_STRING}"
+            )
+        return value
+    if isinstance(value, list):
+        if len(value) > limits.ATTEST_POSTURE_MAX_LIST:
+            raise LimitError(
+                f"evidence: posture {name} has more than {limits.ATTEST_POSTURE_MAX_LIST} items"
+            )
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise FormatError(f"evidence: posture {name} must be a list of integers")
+        if not all(0 <= v <= 65535 for v in value):
+            raise FormatError(f"evidence: posture {name} holds a value outside 0..65535")
+        return tuple(value)
+    raise FormatError(f"evidence: posture {name} must be a string, integer, boolean or list")
+
+
+def evidence_from_json(doc: Any) -> Evidence:
+    """Evidence from an already-parsed JSON object (FormatError / LimitError if bad)."""
+    if not isinstance(doc, dict):
+        raise FormatError("evidence must be a JSON object")
+    expected = {"format", "ak_public", "quote", "signature", "bank", "pcrs", "eventlog", "posture"}
+    if set(doc) != expected:
+        raise FormatError(
+            f"evidence fields {sorted(doc)} are not {sorted(expected)}"
+            if set(doc) - expected
+            else f"evidence lacks {sorted(expected - set(doc))}"
+        )
+    if doc["format"] != EVIDENCE_FORMAT:
+        raise FormatError(f"evidence format {doc['format']!r} is not {EVIDENCE_FORMAT!r}")
+    try:
+        bank = HashAlg(doc["bank"])
+    except ValueError:
+        raise FormatError(f"evidence: unknown PCR bank {doc['bank']!r}") from None
+    raw_pcrs = doc["pcrs"]
+    if not isinstance(raw_pcrs, dict) or len(raw_pcrs) > el.PCR_COUNT:
+        raise FormatError("evidence: pcrs must be an object of at most 24 PCRs")
+    pcrs: dict[int, bytes] = {}
+    for key, value in raw_pcrs.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) <= 2 and int(key) < 24):
+            raise FormatError(f"evidence: PCR index {key!r} is not 0..23")
+        if not isinstance(value, str) or len(value) != 2 * bank.digest_size:
+            raise FormatError(f"evidence: PCR {key} is not {bank.digest_size} bytes of hex")
+        try:
+            pcrs[int(key)] = bytes.fromhex(value)
+        except ValueError:
+            raise FormatError(f"evidence: PCR {key} is not hex") from None
+    posture = doc["posture"]
+    if not isinstance(posture, dict):
+        raise FormatError("evidence: posture must be an object")
+    if len(posture) > limits.ATTEST_POSTURE_MAX_KEYS:
+        raise LimitError(
+            f"evidence: posture has {len(posture)} facts, limit is {limits.ATTEST_POSTURE_MAX_KEYS}"
+        )
+    facts = {str(k): _posture_value(str(k), v) for k, v in posture.items()}
+    return Evidence(
+        ak_public=_unb64(doc["ak_public"], "ak_public", limits.ATTEST_TPM_OBJECT_MAX_SIZE),
+        quote=_unb64(doc["quote"], "quote", limits.ATTEST_TPM_OBJECT_MAX_SIZE),
+        signature=_unb64(doc["signature"], "signature", limits.ATTEST_TPM_OBJECT_MAX_SIZE),
+        bank=bank,
+        pcrs=pcrs,
+        eventlog=_unb64(doc["eventlog"], "eventlog", limits.ATTEST_EVENTLOG_MAX_SIZE),
+        posture=facts,
+    )
+
+
+def parse_evidence(data: bytes) -> Evidence:
+    """Parse wire evidence (strict JSON, bounded): :class:`Evidence` or FormatError."""
+    doc = strict_json.loads(data, what="evidence", max_size=limits.ATTEST_EVIDENCE_MAX_SIZE)
+    return evidence_from_json(doc)
+
+
+# --- golden values ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenValues:
+    """What a device running one signed image must measure (sha256 bank)."""
+
+    version: str
+    image_sha256: str
+    security_version: int
+    pcrs: Mapping[int, bytes]
+    components: Mapping[str, bytes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": GOLDEN_TYPE,
+            "image": {
+                "version": self.version,
+                "sha256": self.image_sha256,
+                "security_version": self.security_version,
+            },
+            "bank": "sha256",
+            "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
+            "components": {k: v.hex() for k, v in sorted(self.components.items())},
+        }
+
+    def statement(self) -> bytes:
+        """The canonical JSON payload a product key signs."""
+        import json
+
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _hex_map(value: Any, what: str, key_ok: Any) -> dict[str, bytes]:
+    if not isinstance(value, dict) or len(value) > limits.ATTEST_GOLDEN_MAX_ENTRIES:
+        raise FormatError(f"golden values: {what} must be an object of at most the limit")
+    out = {}
+    for k, v in value.items():
+        if not key_ok(k):
+            raise FormatError(f"golden values: bad {what} name {k!r}")
+        if not isinstance(v, str) or len(v) != _HEX256:
+            raise FormatError(f"golden values: {what} {k} is not a sha256 hex digest")
+        try:
+            out[k] = bytes.fromhex(v)
+        except ValueError:
+            raise FormatError(f"golden values: {what} {k} is not hex") from None
+    return out
+
+
+def golden_from_json(doc: Any) -> GoldenValues:
+    """Golden values from the (already verified) statement JSON; FormatError if bad."""
+    if not isinstance(doc, dict) or doc.get("type") != GOLDEN_TYPE or doc.get("bank") != "sha256":
+        raise FormatError("golden values: not a sha256 golden-values statement")
+    image = doc.get("image")
+    if not isinstance(image, dict):
+        raise FormatError("golden values: no image object")
+    version, sha, svn = image.get("version"), image.get("sha256"), image.get("security_version")
+    if not isinstance(version, str) or not 0 < len(version) <= 128:
+        raise FormatError("golden values: image version must be 1..128 characters")
+    if not isinstance(sha, str) or len(sha) != _HEX256:
+        raise FormatError("golden values: image sha256 is not a hex digest")
+    if not isinstance(svn, int) or isinstance(svn, bool) or not 0 <= svn < 2**32:
+        raise FormatError("golden values: security_version must be an integer 0..2^32-1")
+    pcrs = _hex_map(
+        doc.get("pcrs"), "PCR", lambda k: isinstance(k, str) and k.isdigit() and int(k) < 24
+    )
+    comps = _hex_map(
+        doc.get("components"),
+        "component",
+        lambda k: isinstance(k, str) and 0 < len(k) <= 64 and k.replace("-", "").isalnum(),
+    )
+    return GoldenValues(version, sha, svn, {int(k): v for k, v in pcrs.items()}, comps)
+
+
+def sign_golden(golden: GoldenValues, signer: Any) -> bytes:
+    """A signed golden-values statement (one-signature envelope, serialised)."""
+    from bastion.trust.envelope import sign_envelope
+
+    return sign_envelope(GOLDEN_PAYLOAD_TYPE, golden.statement(), [signer]).to_bytes()
+
+
+def open_golden(statement: bytes, product_keys: Iterable[Verifier]) -> GoldenValues:
+    """Verify a golden-values statement with the product key(s); SignatureError if no
+    trusted key signed it, FormatError if it is not a statement."""
+    if len(statement) > limits.ATTEST_GOLDEN_MAX_SIZE:
+        raise LimitError(
+            f"golden statement is {len(statement)} bytes, limit is {limits.ATTEST_POSTURE_MAX_KEYS}"
+        )
+    envelope: Envelope = parse_envelope(statement)
+    keys = list(product_keys)
+    if not keys:
+        raise ConfigError("no product key is trusted: golden values cannot be verified")
+    payload = verify_envelope(envelope, keys, payload_type=GOLDEN_PAYLOAD_TYPE)
+    return golden_from_json(strict_json.loads(payload, what="golden values"))
+
+
+def components_of(events: Iterable[el.Event]) -> tuple[dict[str, bytes], list[str]]:
+    """The measured components an event log records (name -> sha256 digest of what was
+    measured), and the names seen more than once (the first value is kept)."""
+    found: dict[str, bytes] = {}
+    dupes: list[str] = []
+    tags: set[bytes] = set()
+
+    def put(name: str, digest: bytes) -> None:
+        if name in found:
+            dupes.append(name)
+        else:
+            found[name] = digest
+
+    for ev in events:
+        if ev.event_type != el.EventType.EV_IPL:
+            continue
+        try:
+            digest = ev.digest(el.ALG_SHA256)
+        except FormatError:
+            continue
+        name = _TAGGED.get((ev.pcr, ev.data))
+        if name is not None:
+            put(name, digest)
+        elif ev.pcr == _UNIT_PCR and ev.data.endswith(b"\0") and ev.data.startswith(b"."):
+            # systemd-stub style: first the section name, then the section content
+            if ev.data not in tags:
+                tags.add(ev.data)
+                continue
+            label = _SECTIONS.get(ev.data, "section" + ev.data[:-1].decode("ascii", "replace"))
+            put(label.replace(".", "-").strip("-") or "section", digest)
+    return found, dupes
+
+
+# --- policy and results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PosturePolicy:
+    """What the reported posture must show; every feature is opt-in (None/False: off)."""
+
+    require_selinux: str | None = None  # "enforcing"
+    min_aslr: int | None = None  # randomize_va_space at least this (2: full)
+    require_lockdown: str | None = None  # "integrity" or "confidentiality"
+    require_secure_boot: bool = False
+    require_module_sig_enforce: bool = False
+    require_verity: bool = False
+    allowed_ports: tuple[int, ...] | None = None  # listening ports allowed (None: any)
+    forbidden_cmdline: tuple[str, ...] = ()  # command-line words or prefixes ("init=")
+
+    @classmethod
+    def from_json(cls, doc: Any) -> PosturePolicy:
+        """From a JSON object (settings, API); FormatError for unknown or bad fields."""
+        if doc is None:
+            return cls()
+        if not isinstance(doc, dict):
+            raise FormatError("posture policy must be an object")
+        known = set(cls.__dataclass_fields__)
+        if set(doc) - known:
+            raise FormatError(f"posture policy: unknown fields {sorted(set(doc) - known)}")
+        selinux = doc.get("require_selinux")
+        if selinux not in (None, "enforcing", "permissive"):
+            raise FormatError("posture policy: require_selinux must be 'enforcing' or null")
+        lockdown = doc.get("require_lockdown")
+        if lockdown not in (None, "integrity", "confidentiality"):
+            raise FormatError("posture policy: require_lockdown: integrity|confidentiality")
+        aslr = doc.get("min_aslr")
+        if aslr is not None and (isinstance(aslr, bool) or aslr not in (0, 1, 2)):
+            raise FormatError("posture policy: min_aslr must be 0, 1 or 2")
+        flags = {}
+        for name in ("require_secure_boot", "require_module_sig_enforce", "require_verity"):
+            value = doc.get(name, False)
+            if not isinstance(value, bool):
+                raise FormatError(f"posture policy: {name} must be a boolean")
+            flags[name] = value
+        ports = doc.get("allowed_ports")
+        if ports is not None and not (
+            isinstance(ports, list)
+            and len(ports) <= limits.ATTEST_POSTURE_MAX_LIST
+            and all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports)
+        ):
+            raise FormatError("posture policy: allowed_ports must be a list of ports")
+        words = doc.get("forbidden_cmdline", [])
+        if not (
+            isinstance(words, list)
+            and len(words) <= limits.ATTEST_POSTURE_MAX_LIST
+            and all(isinstance(w, str) and 0 < len(w) <= 256 for w in words)
+        ):
+            raise FormatError("posture policy: forbidden_cmdline must be a list of words")
+        return cls(
+            require_selinux=selinux,
+            min_aslr=aslr,
+            require_lockdown=lockdown,
+            allowed_ports=tuple(sorted(set(ports))) if ports is not None else None,
+            forbidden_cmdline=tuple(words),
+            **flags,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "require_selinux": self.require_selinux,
+            "min_aslr": self.min_aslr,
+            "require_lockdown": self.require_lockdown,
+            "require_secure_boot": self.require_secure_boot,
+            "require_module_sig_enforce": self.require_module_sig_enforce,
+            "require_verity": self.require_verity,
+            "allowed_ports": list(self.allowed_ports) if self.allowed_ports is not None else None,
+            "forbidden_cmdline": list(self.forbidden_cmdline),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClockState:
+    """The TPM clock info of an accepted quote: what the next quote may not go below."""
+
+    clock: int
+    reset_count: int
+    restart_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationPolicy:
+    """The fleet's attestation settings the verifier needs."""
+
+    selection: PcrSelection
+    svn_floor: int = 0
+    posture: PosturePolicy = PosturePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed check: a stable id (``pcr.mismatch.7``) and a one-line explanation."""
+
+    id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one attestation: every failure, and the facts worth keeping."""
+
+    failures: tuple[Failure, ...]
+    clock: ClockState | None = None
+    release: str | None = None
+    security_version: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failure_ids(self) -> tuple[str, ...]:
+        return tuple(f.id for f in self.failures)
+
+
+# --- the verifier -------------------------------------------------------------------------------
+
+
+def _check_ak(fail: Any, evidence_ak: bytes, recorded: AkPublic | None) -> AkPublic:
+    if recorded is None:
+        fail("ak.unbound", "the device has no AK recorded at enrolment")
+        return evidence_ak
+    try:
+        same = _spki(load_public(recorded)) == _spki(load_public(evidence_ak))
+    except BastionError as exc:
+        fail("ak.unbound", f"the evidence's AK cannot be read: {exc}")
+        return recorded
+    if not same:
+        fail("ak.unbound", "the quote's AK is not the AK bound to this device's EK at enrolment")
+    return recorded
+
+
+def _spki(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    der: bytes = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _behind(now: int, previous: int) -> bool:
+    """Whether a 32-bit counter went backwards. TPMs obfuscate resetCount/restartCount
+    for keys outside the endorsement hierarchy by adding a per-key constant modulo 2^32,
+    so they are compared as serial numbers (RFC 1982), not as integers."""
+    return now != previous and (now - previous) % 2**32 >= 2**31
+
+
+def _check_clock(
+    fail: Any, attest: Attest | None, previous: ClockState | None
+) -> ClockState | None:
+    if attest is None:
+        return None
+    info = attest.clock_info
+    now = ClockState(info.clock, info.reset_count, info.restart_count)
+    if previous is None:
+        return now
+    if _behind(now.reset_count, previous.reset_count):
+        fail(
+            "tpm.reset.backwards",
+            f"TPM resetCount {now.reset_count} is below the last accepted {previous.reset_count}",
+        )
+    elif now.reset_count == previous.reset_count:
+        if _behind(now.restart_count, previous.restart_count):
+            fail(
+                "tpm.restart.backwards",
+                f"TPM restartCount {now.restart_count} is below the last accepted "
+                f"{previous.restart_count} (same resetCount)",
+            )
+        elif now.clock < previous.clock:
+            fail(
+                "tpm.clock.backwards",
+                f"TPM clock {now.clock} ms is below the last accepted {previous.clock} ms "
+                "(same resetCount)",
+            )
+    return now
+
+
+def _check_log(fail: Any, ev: Evidence, selection: PcrSelection) -> list[el.Event] | None:
+    try:
+        log = el.parse(ev.eventlog)
+    except FormatError as exc:
+        fail("eventlog.format", f"event log: {exc}")
+        return None
+    try:
+        replayed = el.replay(log.events, selection.bank.alg_id)
+    except FormatError as exc:
+        fail("eventlog.replay", f"event log cannot be replayed: {exc}")
+        return list(log.events)
+    bad = [
+        i
+        for i in selection.indexes
+        if i in ev.pcrs
+        and not hmac.compare_digest(replayed.get(i, bytes(selection.bank.digest_size)), ev.pcrs[i])
+    ]
+    if bad:
+        fail(
+            "eventlog.replay",
+            f"replaying the event log does not give the quoted PCR(s) {bad}: the log "
+            "is not the one the TPM measured",
+        )
+    return list(log.events)
+
+
+def _pick_golden(
+    fail: Any,
+    statements: Sequence[bytes],
+    product_keys: Sequence[Verifier],
+    pcrs: Mapping[int, bytes],
+) -> GoldenValues | None:
+    verified: list[GoldenValues] = []
+    for n, statement in enumerate(statements):
+        try:
+            verified.append(open_golden(statement, product_keys))
+        except BastionError as exc:
+            fail("golden.unsigned", f"golden statement {n} is not signed by a product key: {exc}")
+    if not verified:
+        fail("release.unknown", "no signed golden values: the device's release cannot be judged")
+        return None
+    # the statement this device matches best (all PCRs equal wins; else the first listed)
+    for golden in verified:
+        if all(pcrs.get(i) == v for i, v in golden.pcrs.items()):
+            return golden
+    return verified[0]
+
+
+def _check_golden(
+    fail: Any,
+    golden: GoldenValues,
+    selection: PcrSelection,
+    pcrs: Mapping[int, bytes],
+    events: list[el.Event] | None,
+) -> None:
+    for i in selection.indexes:
+        want = golden.pcrs.get(i)
+        if want is None:
+            continue
+        got = pcrs.get(i)
+        if got is None or not hmac.compare_digest(got, want):
+            fail(
+                f"pcr.mismatch.{i}",
+                f"PCR {i} is {got.hex() if got else '(missing)'}, release {golden.version} "
+                f"expects {want.hex()}",
+            )
+    if events is None:
+        return
+    found, dupes = components_of(events)
+    for name in sorted(set(dupes)):
+        fail(f"component.{name}.duplicate", f"the event log measures {name} more than once")
+    for name, want in sorted(golden.components.items()):
+        got = found.get(name)
+        if got is None:
+            fail(f"component.{name}.missing", f"the event log does not measure {name}")
+        elif not hmac.compare_digest(got, want):
+            fail(
+                f"component.{name}.mismatch",
+                f"{name} measured {got.hex()}, release {golden.version} has {want.hex()}",
+            )
+    for name in sorted(set(found) - set(golden.components)):
+        fail(f"component.{name}.unexpected", f"{name} is measured but not in the release")
+
+
+def _check_posture(fail: Any, posture: Mapping[str, Any], policy: PosturePolicy) -> None:
+    def fact(name: str) -> Any:
+        value = posture.get(name)
+        if value is None:
+            fail(f"posture.{name}.missing", f"the device did not report {name}")
+        return value
+
+    if policy.require_selinux is not None:
+        mode = fact("selinux")
+        if mode is not None and mode != policy.require_selinux:
+            label = mode if mode in ("permissive", "disabled", "enforcing") else "other"
+            fail(f"posture.selinux.{label}", f"SELinux is {mode!r}, policy requires enforcing")
+    if policy.min_aslr is not None:
+        aslr = fact("randomize_va_space")
+        if aslr is not None and (not isinstance(aslr, int) or aslr < policy.min_aslr):
+            fail("posture.aslr.weak", f"randomize_va_space is {aslr!r}, need {policy.min_aslr}")
+    if policy.require_lockdown is not None:
+        mode = fact("lockdown")
+        order = {"none": 0, "integrity": 1, "confidentiality": 2}
+        if mode is not None and order.get(str(mode), -1) < order[policy.require_lockdown]:
+            fail("posture.lockdown.weak", f"lockdown is {mode!r}, need {policy.require_lockdown}")
+    for flag, name, ident in (
+        (policy.require_secure_boot, "secure_boot", "posture.secure_boot.off"),
+        (policy.require_module_sig_enforce, "module_sig_enforce", "posture.module_sig.off"),
+        (policy.require_verity, "verity", "posture.verity.off"),
+    ):
+        if flag:
+            value = fact(name)
+            if value is not None and value not in (True, "verified", "enabled", 1):
+                fail(ident, f"{name} is {value!r}")
+    if policy.allowed_ports is not None:
+        ports = fact("listening_ports")
+        if ports is not None:
+            seq = isinstance(ports, list | tuple)
+            extra = sorted(set(ports) - set(policy.allowed_ports)) if seq else []
+            if not seq:
+                fail("posture.ports.unexpected", "listening_ports is not a list")
+            elif extra:
+                fail("posture.ports.unexpected", f"ports {extra} listen, not in the policy")
+    if policy.forbidden_cmdline:
+        cmdline = fact("cmdline")
+        if cmdline is not None:
+            words = str(cmdline).split()
+            hits = [
+                w
+                for w in words
+                for bad in policy.forbidden_cmdline
+                if w == bad or (bad.endswith("=") and w.startswith(bad))
+            ]
+            if hits:
+                fail("posture.cmdline.forbidden", f"command line has forbidden {hits}")
+
+
+def evidence_result(
+    evidence: Evidence | bytes,
+    *,
+    nonce: bytes,
+    ak_public: AkPublic | None,
+    golden: Sequence[bytes],
+    product_keys: Sequence[Verifier],
+    policy: AttestationPolicy,
+    previous: ClockState | None = None,
+) -> Verdict:
+    """Run every check (module docstring) and return the :class:`Verdict`; never raises
+    for bad evidence (``evidence.format`` is a failure too)."""
+    failures: list[Failure] = []
+
+    def fail(ident: str, detail: str) -> None:
+        failures.append(Failure(ident, detail))
+
+    if isinstance(evidence, bytes):
+        try:
+            evidence = parse_evidence(evidence)
+        except FormatError as exc:
+            fail("evidence.format", str(exc))
+            return Verdict(tuple(failures))
+    selection = policy.selection
+    if selection.bank is not HashAlg.SHA256 or evidence.bank is not selection.bank:
+        fail("quote.pcr-selection", f"evidence bank {evidence.bank}, policy {selection}")
+    ak = _check_ak(fail, evidence.ak_public, ak_public)
+    quoted = quote_result(evidence.quote, evidence.signature, ak, nonce, selection, evidence.pcrs)
+    for qf in quoted.failures:
+        fail("quote.pcr-digest" if qf.id == "quote.pcr-values" else qf.id, str(qf.error))
+    clock = _check_clock(fail, quoted.attest, previous)
+    events = _check_log(fail, evidence, selection)
+    chosen = _pick_golden(fail, golden, product_keys, evidence.pcrs)
+    if chosen is not None:
+        _check_golden(fail, chosen, selection, evidence.pcrs, events)
+        if chosen.security_version < policy.svn_floor:
+            fail(
+                "svn.below_floor",
+                f"release {chosen.version} has security version {chosen.security_version}, "
+                f"the fleet floor is {policy.svn_floor}",
+            )
+    _check_posture(fail, evidence.posture, policy.posture)
+    return Verdict(
+        tuple(failures),
+        clock,
+        chosen.version if chosen else None,
+        chosen.security_version if chosen else None,
+    )
+
+
+def verify_evidence(
+    evidence: Evidence | bytes,
+    *,
+    nonce: bytes,
+    ak_public: AkPublic | None,
+    golden: Sequence[bytes],
+    product_keys: Sequence[Verifier],
+    policy: AttestationPolicy,
+    previous: ClockState | None = None,
+) -> Verdict:
+    """Like :func:`evidence_result`, but raise VerificationError naming every failure."""
+    verdict = evidence_result(
+        evidence,
+        nonce=nonce,
+        ak_public=ak_public,
+        golden=golden,
+        product_keys=product_keys,
+        policy=policy,
+        previous=previous,
+    )
+    if not verdict.ok:
+        raise VerificationError(
+            "attestation failed: "
+            + ", ".join(verdict.failure_ids)
+            + f" ({verdict.failures[0].detail})"
+        )
+    return verdict
+
+
+def golden_digest(statement: bytes) -> str:
+    """An identifier of a golden statement (SHA-256 of its bytes)."""
+    return hashlib.sha256(statement).hexdigest()
