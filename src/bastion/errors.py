@@ -106,6 +106,10 @@ class RateLimitError(AuthError):
         self.retry_after = retry_after
 
 
+class AttestationRequiredError(AuthError):
+    """A device lacks a passing attestation verdict younger than its fleet's interval."""
+
+
 class NotFoundError(BastionError):
     """A named object (device, key slot, token, file) does not exist."""
 

@@ -13,6 +13,7 @@ database DataError            400     ``bad_request`` (NUL, out of range)
 RateLimitError                429     ``rate_limited`` (+ ``Retry-After``)
 AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
 AuthError, authenticated      403     ``forbidden``
+AttestationRequiredError      403     ``attestation_required``
 ExpiredError / RevokedError   401     ``unauthenticated``
 other VerificationError       403     ``verification_failed``
 NotFoundError                 404     ``not_found``
@@ -41,6 +42,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion.errors import (
+    AttestationRequiredError,
     AuthError,
     BackendError,
     BastionError,
@@ -72,6 +74,7 @@ CODE_TO_ERROR: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "attestation_required": AttestationRequiredError,
 }
 
 
@@ -95,6 +98,8 @@ def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
         return 429, "rate_limited", str(exc)
     if isinstance(exc, ExpiredError | RevokedError):
         return 401, "unauthenticated", str(exc)
+    if isinstance(exc, AttestationRequiredError):
+        return 403, "attestation_required", str(exc)
     if isinstance(exc, AuthError):
         if _authenticated(request):
             return 403, "forbidden", str(exc)

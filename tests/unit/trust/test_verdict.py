@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.attestkit import SEL, boot_events, extend, golden_of
 
-from bastion.device import measure
 from bastion.device.attest import build_evidence, linux_posture
 from bastion.errors import FormatError, VerificationError
 from bastion.formats import eventlog as el
@@ -31,17 +30,14 @@ from bastion.trust.verdict import (
     AttestationPolicy,
     ClockState,
     Evidence,
-    GoldenValues,
     PosturePolicy,
     Verdict,
-    components_of,
     evidence_result,
     parse_evidence,
     sign_golden,
     verify_evidence,
 )
 
-SEL = measure.seal_selection()
 PRODUCT = SoftwareSigner(generate_private_key(KeyAlgorithm.ECDSA_P256))
 OTHER = SoftwareSigner(generate_private_key(KeyAlgorithm.ECDSA_P256))
 GOOD_POSTURE = {
@@ -64,26 +60,6 @@ STRICT = PosturePolicy(
     allowed_ports=(22,),
     forbidden_cmdline=("init=", "selinux=0"),
 )
-
-
-def boot_events(kernel: bytes = b"kernel v1", svn: int = 3) -> list[el.Event]:
-    """The events of a sim boot of a small image (device/measure.py, as the chain does)."""
-    sections = [
-        (".linux", kernel),
-        (".osrel", b"ID=bastion\n"),
-        (".cmdline", b"quiet roothash=00"),
-        (".initrd", b"initrd"),
-        (".svn", str(svn).encode()),
-        (".modcert", b"mod"),
-        (".veritycert", b"ver"),
-    ]
-    return measure.boot_events(hashlib.sha256(b"pk").digest(), b"loader", sections, bytes(32))
-
-
-def golden_of(events: list[el.Event], svn: int = 3, version: str = "1.0") -> GoldenValues:
-    pcrs = measure.predict(events)
-    comps, _ = components_of(events)
-    return GoldenValues(version, "ab" * 32, svn, {i: pcrs[i] for i in SEL.indexes}, comps)
 
 
 @dataclasses.dataclass
@@ -203,8 +179,7 @@ def _reset_backwards(dev: Device, tmp_path: Path) -> Verdict:
     saved = dev.state.with_name("saved.json")
     shutil.copy2(dev.state, saved)
     dev.tpm.power_cycle()
-    for ev in boot_events():
-        dev.tpm.pcr_extend(ev.pcr, {SEL.bank: ev.digest(el.ALG_SHA256)})
+    extend(dev.tpm, boot_events())
     later = judge(dev)
     assert later.ok and later.clock is not None
     shutil.copy2(saved, dev.state)
