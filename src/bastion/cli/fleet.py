@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
     from bastion.cli import _fleet_ektrust
 
     _fleet_ektrust.register(sub)
+    from bastion.cli import _fleet_attest
+
+    _fleet_attest.register(sub)
 
 
 def _api(args: argparse.Namespace) -> Any:

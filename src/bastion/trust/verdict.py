@@ -458,6 +458,8 @@ def _check_ak(fail: Any, evidence_ak: bytes, recorded: AkPublic | None) -> AkPub
     if recorded is None:
         fail("ak.unbound", "the device has no AK recorded at enrolment")
         return evidence_ak
+    if isinstance(recorded, bytes) and hmac.compare_digest(recorded, evidence_ak):
+        return recorded  # the same TPM2B_PUBLIC bytes: the same key
     try:
         same = _spki(load_public(recorded)) == _spki(load_public(evidence_ak))
     except BastionError as exc:
@@ -514,22 +516,64 @@ def _check_clock(
     return now
 
 
-def _check_log(fail: Any, ev: Evidence, selection: PcrSelection) -> list[el.Event] | None:
+@dataclass(frozen=True, slots=True)
+class _LogFacts:
+    """What the verifier needs from one event log: replayed PCRs (or why not) and the
+    measured components."""
+
+    replayed: Mapping[int, bytes] | None
+    replay_error: str | None
+    components: Mapping[str, bytes]
+    duplicates: tuple[str, ...]
+
+
+#: event log bytes -> facts. Devices booting one image write byte-identical logs and a
+#: device re-attests with the same log until it reboots; parsing and replaying bytes is
+#: a pure function, so it is done once per distinct log (bounded; malformed logs are not
+#: kept)
+_LOG_CACHE: dict[tuple[bytes, int], _LogFacts] = {}
+_LOG_CACHE_MAX = 1024
+
+
+def _log_facts(data: bytes, alg_id: int) -> _LogFacts:
+    key = (data, alg_id)
+    found = _LOG_CACHE.get(key)
+    if found is not None:
+        return found
+    log = el.parse(data)
     try:
-        log = el.parse(ev.eventlog)
+        replayed: Mapping[int, bytes] | None = el.replay(log.events, alg_id)
+        error = None
+    except FormatError as exc:
+        replayed, error = None, str(exc)
+    components, dupes = components_of(log.events)
+    facts = _LogFacts(replayed, error, components, tuple(dupes))
+    if len(_LOG_CACHE) >= _LOG_CACHE_MAX:
+        _LOG_CACHE.clear()
+    _LOG_CACHE[key] = facts
+    return facts
+
+
+def clear_caches() -> None:
+    """Forget memoized golden statements and event logs (benchmarks, tests)."""
+    _LOG_CACHE.clear()
+    _GOLDEN_CACHE.clear()
+
+
+def _check_log(fail: Any, ev: Evidence, selection: PcrSelection) -> _LogFacts | None:
+    try:
+        facts = _log_facts(ev.eventlog, selection.bank.alg_id)
     except FormatError as exc:
         fail("eventlog.format", f"event log: {exc}")
         return None
-    try:
-        replayed = el.replay(log.events, selection.bank.alg_id)
-    except FormatError as exc:
-        fail("eventlog.replay", f"event log cannot be replayed: {exc}")
-        return list(log.events)
+    if facts.replayed is None:
+        fail("eventlog.replay", f"event log cannot be replayed: {facts.replay_error}")
+        return facts
+    zero = bytes(selection.bank.digest_size)
     bad = [
         i
         for i in selection.indexes
-        if i in ev.pcrs
-        and not hmac.compare_digest(replayed.get(i, bytes(selection.bank.digest_size)), ev.pcrs[i])
+        if i in ev.pcrs and not hmac.compare_digest(facts.replayed.get(i, zero), ev.pcrs[i])
     ]
     if bad:
         fail(
@@ -537,7 +581,25 @@ def _check_log(fail: Any, ev: Evidence, selection: PcrSelection) -> list[el.Even
             f"replaying the event log does not give the quoted PCR(s) {bad}: the log "
             "is not the one the TPM measured",
         )
-    return list(log.events)
+    return facts
+
+
+#: verified golden statements: (statement, trusted key ids) -> values. A fleet judges
+#: every device against the same few statements; the signature check of immutable bytes
+#: with the same keys gives the same answer, so it is done once (failures are not kept)
+_GOLDEN_CACHE: dict[tuple[bytes, tuple[str, ...]], GoldenValues] = {}
+_GOLDEN_CACHE_MAX = 256
+
+
+def _open_golden_cached(statement: bytes, product_keys: Sequence[Verifier]) -> GoldenValues:
+    key = (statement, tuple(sorted(v.key_id for v in product_keys)))
+    found = _GOLDEN_CACHE.get(key)
+    if found is None:
+        found = open_golden(statement, product_keys)
+        if len(_GOLDEN_CACHE) >= _GOLDEN_CACHE_MAX:
+            _GOLDEN_CACHE.clear()
+        _GOLDEN_CACHE[key] = found
+    return found
 
 
 def _pick_golden(
@@ -549,7 +611,7 @@ def _pick_golden(
     verified: list[GoldenValues] = []
     for n, statement in enumerate(statements):
         try:
-            verified.append(open_golden(statement, product_keys))
+            verified.append(_open_golden_cached(statement, product_keys))
         except BastionError as exc:
             fail("golden.unsigned", f"golden statement {n} is not signed by a product key: {exc}")
     if not verified:
@@ -567,7 +629,7 @@ def _check_golden(
     golden: GoldenValues,
     selection: PcrSelection,
     pcrs: Mapping[int, bytes],
-    events: list[el.Event] | None,
+    facts: _LogFacts | None,
 ) -> None:
     for i in selection.indexes:
         want = golden.pcrs.get(i)
@@ -580,9 +642,9 @@ def _check_golden(
                 f"PCR {i} is {got.hex() if got else '(missing)'}, release {golden.version} "
                 f"expects {want.hex()}",
             )
-    if events is None:
+    if facts is None:
         return
-    found, dupes = components_of(events)
+    found, dupes = facts.components, facts.duplicates
     for name in sorted(set(dupes)):
         fail(f"component.{name}.duplicate", f"the event log measures {name} more than once")
     for name, want in sorted(golden.components.items()):
@@ -682,10 +744,10 @@ def evidence_result(
     for qf in quoted.failures:
         fail("quote.pcr-digest" if qf.id == "quote.pcr-values" else qf.id, str(qf.error))
     clock = _check_clock(fail, quoted.attest, previous)
-    events = _check_log(fail, evidence, selection)
+    facts = _check_log(fail, evidence, selection)
     chosen = _pick_golden(fail, golden, product_keys, evidence.pcrs)
     if chosen is not None:
-        _check_golden(fail, chosen, selection, evidence.pcrs, events)
+        _check_golden(fail, chosen, selection, evidence.pcrs, facts)
         if chosen.security_version < policy.svn_floor:
             fail(
                 "svn.below_floor",
