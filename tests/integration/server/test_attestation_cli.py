@@ -98,8 +98,9 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
     forged.write_bytes(sign_golden(values, KeySet.load(str(other)).signer("image")))
 
     fleet = world.fleet_id
+    product = str(keys / "image.pub.pem")
     code, out, err = _run(capsys, "fleet", "attestation", fleet, "--server", url,
-                          "--product-key", str(keys / "image.pub.pem"), "--svn-floor", "1")  # fmt: skip
+                          "--product-key", product, "--svn-floor", "1")  # fmt: skip
     assert code == 0, err
     assert "SVN floor 1" in out and "not enforced" in out
     code, _, err = _run(capsys, "fleet", "golden", "set", fleet, "--server", url,
