@@ -168,6 +168,8 @@ def test_settings_validation(world: FleetWorld) -> None:
         {"posture_policy": {"require_selinux": "maybe"}},
         {"product_key": "not a key"},
         {"interval_seconds": 1},
+        {"interval_seconds": None},
+        {"gating": None},
     ):
         r = world.client.put(url, json=body, headers=world.headers["admin"])
         assert r.status_code in (400, 422), (body, r.text)

@@ -134,6 +134,9 @@ def update_settings(
     session: Session, access: FleetAccess, changes: dict[str, Any], now: dt.datetime
 ) -> Settings:
     """Apply the given changes to the fleet's settings (admin; audited)."""
+    for name in ("gating", "interval_seconds", "svn_floor", "pcr_selection"):
+        if name in changes and changes[name] is None:
+            raise FormatError(f"{name} may not be null")
     row = repo.settings(session, access.fleet_id)
     if row is None:
         row = FleetAttestation(
