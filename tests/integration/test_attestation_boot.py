@@ -48,11 +48,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, img.BuiltImage]
     return {"one": one, "two": two}
 
 
+LAST: dict[str, object] = {}
+
+
 def _attest(dev: Path, golden: list[bytes], nonce: bytes = b"\x01" * 32) -> object:
     keys = product_keys()
     with SimPlatform(dev).attached_tpm() as tpm:
         ak = tpm.create_ak()
         ev = build_evidence(tpm, ak, nonce, SEL, sim_eventlog(dev), POSTURE)
+    LAST.update(evidence=ev, ak=ak.public)
     return evidence_result(
         ev.to_bytes(),
         nonce=nonce,
@@ -76,6 +80,7 @@ def test_booted_device_passes_against_its_signed_image(
     golden_one = sign_golden(golden_values(built["one"].path, trust_of(keys)), keys.image)
     verdict = _attest(dev, [golden_one])
     assert verdict.ok, verdict.failures  # type: ignore[attr-defined]
+    _checkquote_agrees(tmp_path, b"\x01" * 32)
     # judged against another image's golden values (same root, another kernel)
     golden_two = sign_golden(golden_values(built["two"].path, trust_of(keys)), keys.image)
     verdict = _attest(dev, [golden_two])
@@ -104,3 +109,26 @@ def test_golden_values_name_every_measured_component(built: dict[str, img.BuiltI
     assert open_golden(statement, [Verifier.of(keys.image.public_key())]) == golden
     with pytest.raises(SignatureError):
         open_golden(statement, [Verifier.of(product_keys(1).image.public_key())])
+
+
+def _checkquote_agrees(work: Path, nonce: bytes) -> None:
+    """The reference tool accepts the same quote, and refuses it for another nonce."""
+    import subprocess
+
+    from bastion.formats.tpm2 import Alg, PcrsFile
+    from bastion.tpm.quote import public_pem
+
+    tool = need_tool("tpm2_checkquote")
+    ev = LAST["evidence"]
+    (work / "q.msg").write_bytes(ev.quote)  # type: ignore[attr-defined]
+    (work / "q.sig").write_bytes(ev.signature)  # type: ignore[attr-defined]
+    (work / "ak.pem").write_bytes(public_pem(LAST["ak"]))  # type: ignore[arg-type]
+    pcrs = PcrsFile.from_values(Alg.SHA256, dict(ev.pcrs))  # type: ignore[attr-defined]
+    (work / "pcrs.bin").write_bytes(pcrs.to_bytes())
+    for qualifier, want in ((nonce, 0), (b"\x02" * 32, 1)):
+        run = subprocess.run(
+            [tool, "-u", "ak.pem", "-m", "q.msg", "-s", "q.sig", "-f", "pcrs.bin", "-g",
+             "sha256", "-q", qualifier.hex()],
+            cwd=work, capture_output=True, check=False,
+        )  # fmt: skip
+        assert (run.returncode != 0) == bool(want), run.stderr

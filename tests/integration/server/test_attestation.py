@@ -203,6 +203,18 @@ OPEN = [
 ]
 
 
+def test_every_device_route_is_in_the_matrix(world: FleetWorld) -> None:
+    paths = world.client.get("/openapi.json").json()["paths"]
+    routes = {
+        (method.upper(), path)
+        for path, ops in paths.items()
+        if path == "/v1/device" or path.startswith("/v1/device/")
+        for method in ops
+    }
+    covered = {(m, p) for m, p, _ in GATED + OPEN} | {("POST", "/v1/device/attestation")}
+    assert routes == covered, routes ^ covered
+
+
 def _fresh(dev: Dev) -> None:
     assert dev.attest()["ok"]
 

@@ -434,3 +434,42 @@ def test_evidence_parser_arbitrary_documents(doc: dict[str, Any]) -> None:
 
 def test_selection_is_the_fleet_one() -> None:
     assert PcrSelection.parse("sha256:0,4,7,11,15") == SEL
+
+
+_FACT = (
+    st.booleans()
+    | st.integers(min_value=-(2**31), max_value=2**31 - 1)
+    | st.text(max_size=32)
+    | st.lists(st.integers(min_value=0, max_value=65535), max_size=8)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ak=st.binary(max_size=64),
+    quote=st.binary(max_size=64),
+    sig=st.binary(max_size=64),
+    pcrs=st.dictionaries(st.integers(0, 23), st.binary(min_size=32, max_size=32), max_size=24),
+    log=st.binary(max_size=256),
+    posture=st.dictionaries(st.text(max_size=16), _FACT, max_size=8),
+)
+def test_evidence_round_trip_property(
+    ak: bytes,
+    quote: bytes,
+    sig: bytes,
+    pcrs: dict[int, bytes],
+    log: bytes,
+    posture: dict[str, Any],
+) -> None:
+    from bastion.tpm.base import HashAlg
+
+    ev = Evidence(ak, quote, sig, HashAlg.SHA256, pcrs, log, posture)
+    again = parse_evidence(ev.to_bytes())
+    assert again.to_bytes() == ev.to_bytes()
+    assert (again.ak_public, again.quote, again.signature, dict(again.pcrs), again.eventlog) == (
+        ak,
+        quote,
+        sig,
+        pcrs,
+        log,
+    )

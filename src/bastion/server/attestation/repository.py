@@ -63,6 +63,12 @@ def open_nonces(session: Session, device_id: str) -> list[AttestationNonce]:
     )
 
 
+def consume_nonce(session: Session, nonce_id: int) -> bool:
+    """Delete one open challenge; False if it was gone (used by a concurrent request)."""
+    result = session.execute(delete(AttestationNonce).where(AttestationNonce.id == nonce_id))
+    return bool(getattr(result, "rowcount", 0))
+
+
 def latest_verdict(session: Session, device_id: str) -> AttestationVerdict | None:
     return session.execute(
         select(AttestationVerdict)

@@ -268,7 +268,8 @@ def _take_nonce(session: Session, device_id: str, quote: bytes, now: dt.datetime
     except FormatError:
         answered = b""
     chosen = next((c for c in candidates if c.nonce == answered), candidates[0])
-    session.delete(chosen)
+    if not repo.consume_nonce(session, chosen.id):  # a concurrent request took it
+        raise VerificationError("the attestation challenge was already used")
     return chosen.nonce
 
 
