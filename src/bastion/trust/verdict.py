@@ -607,7 +607,7 @@ def _pick_golden(
     statements: Sequence[bytes],
     product_keys: Sequence[Verifier],
     pcrs: Mapping[int, bytes],
-) -> GoldenValues | None:
+) -> tuple[GoldenValues | None, bool]:
     verified: list[GoldenValues] = []
     for n, statement in enumerate(statements):
         try:
@@ -616,12 +616,13 @@ def _pick_golden(
             fail("golden.unsigned", f"golden statement {n} is not signed by a product key: {exc}")
     if not verified:
         fail("release.unknown", "no signed golden values: the device's release cannot be judged")
-        return None
-    # the statement this device matches best (all PCRs equal wins; else the first listed)
+        return None, False
+    # the statement whose PCRs this device shows; else the first listed (the fleet's
+    # newest), to name what differs from it
     for golden in verified:
         if all(pcrs.get(i) == v for i, v in golden.pcrs.items()):
-            return golden
-    return verified[0]
+            return golden, True
+    return verified[0], False
 
 
 def _check_golden(
@@ -745,10 +746,11 @@ def evidence_result(
         fail("quote.pcr-digest" if qf.id == "quote.pcr-values" else qf.id, str(qf.error))
     clock = _check_clock(fail, quoted.attest, previous)
     facts = _check_log(fail, evidence, selection)
-    chosen = _pick_golden(fail, golden, product_keys, evidence.pcrs)
+    chosen, matched = _pick_golden(fail, golden, product_keys, evidence.pcrs)
     if chosen is not None:
         _check_golden(fail, chosen, selection, evidence.pcrs, facts)
-        if chosen.security_version < policy.svn_floor:
+        # the security version is the matched release's (a mismatch already failed)
+        if matched and chosen.security_version < policy.svn_floor:
             fail(
                 "svn.below_floor",
                 f"release {chosen.version} has security version {chosen.security_version}, "
@@ -758,8 +760,8 @@ def evidence_result(
     return Verdict(
         tuple(failures),
         clock,
-        chosen.version if chosen else None,
-        chosen.security_version if chosen else None,
+        chosen.version if chosen and matched else None,
+        chosen.security_version if chosen and matched else None,
     )
 
 

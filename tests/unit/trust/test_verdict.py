@@ -473,3 +473,12 @@ def test_evidence_round_trip_property(
         pcrs,
         log,
     )
+
+
+def test_unmatched_release_names_no_release_and_no_svn(tmp_path: Path) -> None:
+    """Another kernel matches no golden set: the PCR and component failures say so; the
+    SVN of a release the device does not run is not judged, and no release is named."""
+    other = booted(tmp_path, boot_events(kernel=b"kernel v9"), "v9")
+    verdict = judge(other, floor=99)
+    assert set(verdict.failure_ids) == {"pcr.mismatch.11", "component.kernel.mismatch"}
+    assert verdict.release is None and verdict.security_version is None
