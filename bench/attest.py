@@ -38,8 +38,8 @@ from bastion.trust.verdict import (
     GoldenValues,
     PosturePolicy,
     clear_caches,
-    evidence_from_json,
     components_of,
+    evidence_from_json,
     evidence_result,
     sign_golden,
 )
@@ -129,9 +129,8 @@ def main() -> None:
             )  # fmt: skip
             assert v.ok, v.failures
 
-        print(
-            f"  the same, evidence already decoded (the server's path): {rate(decoded, args.seconds):,.0f}/s"
-        )
+        server_path = rate(decoded, args.seconds)
+        print(f"  the same, evidence already decoded (the server's path): {server_path:,.0f}/s")
         cold_rate = rate(cold, args.seconds)
         print(f"full verdicts, every log distinct, golden re-verified: {cold_rate:,.0f}/s per core")
 
