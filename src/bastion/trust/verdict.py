@@ -74,6 +74,14 @@ _SECTIONS: dict[bytes, str] = {
 _UNIT_PCR = 11
 
 
+def component_pcr(name: str) -> int:
+    """The PCR a component is measured into (boot-unit sections: PCR 11)."""
+    for (pcr, _), label in _TAGGED.items():
+        if label == name:
+            return pcr
+    return _UNIT_PCR
+
+
 # --- evidence -------------------------------------------------------------------------------
 
 
@@ -297,9 +305,13 @@ def open_golden(statement: bytes, product_keys: Iterable[Verifier]) -> GoldenVal
     return golden_from_json(strict_json.loads(payload, what="golden values"))
 
 
-def components_of(events: Iterable[el.Event]) -> tuple[dict[str, bytes], list[str]]:
+def components_of(
+    events: Iterable[el.Event], pcrs: Iterable[int] | None = None
+) -> tuple[dict[str, bytes], list[str]]:
     """The measured components an event log records (name -> sha256 digest of what was
-    measured), and the names seen more than once (the first value is kept)."""
+    measured), and the names seen more than once (the first value is kept). With
+    ``pcrs``, only events extended into those PCRs count (the ones a quote covers)."""
+    only = set(pcrs) if pcrs is not None else None
     found: dict[str, bytes] = {}
     dupes: list[str] = []
     tags: set[bytes] = set()
@@ -311,7 +323,7 @@ def components_of(events: Iterable[el.Event]) -> tuple[dict[str, bytes], list[st
             found[name] = digest
 
     for ev in events:
-        if ev.event_type != el.EventType.EV_IPL:
+        if ev.event_type != el.EventType.EV_IPL or (only is not None and ev.pcr not in only):
             continue
         try:
             digest = ev.digest(el.ALG_SHA256)
@@ -531,12 +543,13 @@ class _LogFacts:
 #: device re-attests with the same log until it reboots; parsing and replaying bytes is
 #: a pure function, so it is done once per distinct log (bounded; malformed logs are not
 #: kept)
-_LOG_CACHE: dict[tuple[bytes, int], _LogFacts] = {}
+_LOG_CACHE: dict[tuple[bytes, PcrSelection], _LogFacts] = {}
 _LOG_CACHE_MAX = 1024
 
 
-def _log_facts(data: bytes, alg_id: int) -> _LogFacts:
-    key = (data, alg_id)
+def _log_facts(data: bytes, selection: PcrSelection) -> _LogFacts:
+    key = (data, selection)
+    alg_id = selection.bank.alg_id
     found = _LOG_CACHE.get(key)
     if found is not None:
         return found
@@ -546,7 +559,8 @@ def _log_facts(data: bytes, alg_id: int) -> _LogFacts:
         error = None
     except FormatError as exc:
         replayed, error = None, str(exc)
-    components, dupes = components_of(log.events)
+    # only components in quoted PCRs: an event in a PCR outside the selection is unproven
+    components, dupes = components_of(log.events, selection.indexes)
     facts = _LogFacts(replayed, error, components, tuple(dupes))
     if len(_LOG_CACHE) >= _LOG_CACHE_MAX:
         _LOG_CACHE.clear()
@@ -562,7 +576,7 @@ def clear_caches() -> None:
 
 def _check_log(fail: Any, ev: Evidence, selection: PcrSelection) -> _LogFacts | None:
     try:
-        facts = _log_facts(ev.eventlog, selection.bank.alg_id)
+        facts = _log_facts(ev.eventlog, selection)
     except FormatError as exc:
         fail("eventlog.format", f"event log: {exc}")
         return None
@@ -648,7 +662,10 @@ def _check_golden(
     found, dupes = facts.components, facts.duplicates
     for name in sorted(set(dupes)):
         fail(f"component.{name}.duplicate", f"the event log measures {name} more than once")
+    quoted = set(selection.indexes)
     for name, want in sorted(golden.components.items()):
+        if component_pcr(name) not in quoted:
+            continue  # the fleet does not quote that PCR: nothing proves it either way
         got = found.get(name)
         if got is None:
             fail(f"component.{name}.missing", f"the event log does not measure {name}")

@@ -32,6 +32,7 @@ from bastion.trust.verdict import (
     Evidence,
     PosturePolicy,
     Verdict,
+    components_of,
     evidence_result,
     parse_evidence,
     sign_golden,
@@ -482,3 +483,40 @@ def test_unmatched_release_names_no_release_and_no_svn(tmp_path: Path) -> None:
     verdict = judge(other, floor=99)
     assert set(verdict.failure_ids) == {"pcr.mismatch.11", "component.kernel.mismatch"}
     assert verdict.release is None and verdict.security_version is None
+
+
+def test_components_outside_the_quoted_pcrs_are_not_trusted(device: Device) -> None:
+    """A fleet quoting PCRs 0,4,7,15 only: the kernel (PCR 11) is neither proven nor
+    refused, whatever the log claims; the other components still are."""
+    sel = PcrSelection.parse("sha256:0,4,7,15")
+    ev = build_evidence(device.tpm, device.ak, b"n", sel, device.log, {})
+    verdict = evidence_result(
+        ev,
+        nonce=b"n",
+        ak_public=device.ak.public,
+        golden=[GOLDEN],
+        product_keys=[Verifier.of(PRODUCT.public_key())],
+        policy=AttestationPolicy(sel),
+    )
+    assert verdict.ok, verdict.failures
+    evil = el.parse(device.log)
+    forged = [
+        e if e.pcr != 11 else el.Event(e.pcr, e.event_type, ((el.ALG_SHA256, bytes(32)),), e.data)
+        for e in evil.events
+    ]
+    log = el.EventLog(evil.spec, tuple(forged)).to_bytes()
+    ev = build_evidence(device.tpm, device.ak, b"n", sel, log, {})
+    verdict = evidence_result(
+        ev,
+        nonce=b"n",
+        ak_public=device.ak.public,
+        golden=[GOLDEN],
+        product_keys=[Verifier.of(PRODUCT.public_key())],
+        policy=AttestationPolicy(sel),
+    )
+    assert verdict.ok, verdict.failures  # PCR 11 events are not evidence here
+    assert components_of(forged, sel.indexes)[0].keys() == {
+        "bootloader",
+        "secure-boot-authority",
+        "verity-root",
+    }
