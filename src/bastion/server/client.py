@@ -26,6 +26,7 @@ import httpx
 
 from bastion import limits
 from bastion.errors import (
+    AttestationRequiredError,
     AuthError,
     BackendError,
     BastionError,
@@ -56,6 +57,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "upstream": TransportError,
     "unavailable": BackendError,
     "internal": BackendError,
+    "attestation_required": AttestationRequiredError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 
