@@ -129,9 +129,11 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
     from bastion.errors import AttestationRequiredError
     from bastion.server.client import ApiClient
 
-    with ApiClient(url, headers["Authorization"].split()[1]) as client:
-        with pytest.raises(AttestationRequiredError, match="never attested"):
-            client.call("GET", "/v1/device/config")
+    with (
+        ApiClient(url, headers["Authorization"].split()[1]) as client,
+        pytest.raises(AttestationRequiredError, match="never attested"),
+    ):
+        client.call("GET", "/v1/device/config")
 
     posture = tmp_path / "posture.json"
     posture.write_text(json.dumps({"selinux": "enforcing"}))
