@@ -4,7 +4,7 @@
 boot unit, verity signature: :func:`bastion.build.image.verify_image`), then replays
 the boot chain's own measurement lists (device/measure.py) over the image's bytes: the
 PCRs (:func:`bastion.device.measure.predict`) and each measured component
-(:func:`bastion.trust.verdict.components_of`). ``sign_golden`` wraps them in an envelope
+(:func:`bastion.trust.golden.components_of`). ``sign_golden`` wraps them in an envelope
 signed by the product's image key; the fleet server accepts only such statements
 (``bastion fleet golden set``) and the verifier uses nothing else.
 """
@@ -17,7 +17,7 @@ from bastion.build import image as img
 from bastion.device import measure
 from bastion.errors import FormatError
 from bastion.formats import bootunit as bu
-from bastion.trust.verdict import GoldenValues, components_of
+from bastion.trust.golden import GoldenValues, components_of
 
 
 def golden_values(path: Path, trust: img.ImageTrust, slot: str = "a") -> GoldenValues:

@@ -184,7 +184,7 @@ def _pcrs(args: argparse.Namespace) -> int:
 
 def _golden(args: argparse.Namespace) -> int:
     from bastion.build.golden import golden_values
-    from bastion.trust.verdict import sign_golden
+    from bastion.trust.golden import sign_golden
 
     if args.slot not in ("a", "b"):
         raise ConfigError(f"--slot {args.slot!r}: expected a or b")

@@ -26,60 +26,65 @@ Checks, each adding failures with a stable id and never stopping the others:
 6. ``tpm.reset.backwards``, ``tpm.restart.backwards``, ``tpm.clock.backwards``: the
    quote's clock info against the last accepted quote (:class:`ClockState`).
 7. ``posture.<feature>.<problem>`` from :class:`PosturePolicy`, opt-in per feature.
+
+Golden values and their signed statement live in :mod:`bastion.trust.golden`, the
+posture policy in :mod:`bastion.trust.posture`; this module re-exports both.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bastion import limits
-from bastion.errors import BastionError, ConfigError, FormatError, LimitError, VerificationError
+from bastion.errors import BastionError, FormatError, LimitError, VerificationError
 from bastion.formats import eventlog as el
 from bastion.formats import strict_json
 from bastion.formats.tpm2 import Attest
 from bastion.tpm.base import HashAlg, PcrSelection
 from bastion.tpm.quote import AkPublic, load_public, quote_result
-from bastion.trust.envelope import Envelope, parse_envelope, verify_envelope
+from bastion.trust.golden import (
+    GOLDEN_PAYLOAD_TYPE,
+    GoldenValues,
+    component_pcr,
+    components_of,
+    golden_digest,
+    golden_from_json,
+    open_golden,
+    sign_golden,
+)
+from bastion.trust.posture import PosturePolicy, check_posture
 from bastion.trust.signer import Verifier
 
+__all__ = [
+    "EVIDENCE_FORMAT",
+    "GOLDEN_PAYLOAD_TYPE",
+    "AttestationPolicy",
+    "ClockState",
+    "Evidence",
+    "Failure",
+    "GoldenValues",
+    "PosturePolicy",
+    "Verdict",
+    "clear_caches",
+    "component_pcr",
+    "components_of",
+    "evidence_from_json",
+    "evidence_result",
+    "golden_digest",
+    "golden_from_json",
+    "open_golden",
+    "parse_evidence",
+    "sign_golden",
+    "verify_evidence",
+]
+
 EVIDENCE_FORMAT = "bastion-evidence/1"
-GOLDEN_PAYLOAD_TYPE = "application/vnd.bastion.golden-values+json"
-GOLDEN_TYPE = "golden-values"
-_HEX256 = 64
-
-#: what each measured event of the boot chain (device/measure.py) is called in a verdict
-_TAGGED: dict[tuple[int, bytes], str] = {
-    (4, b"bastion:bootloader\0"): "bootloader",
-    (7, b"bastion:platform-key\0"): "secure-boot-authority",
-    (15, b"bastion:verity-root\0"): "verity-root",
-}
-#: boot-unit sections (PCR 11, systemd-stub style) and their component names
-_SECTIONS: dict[bytes, str] = {
-    b".linux\0": "kernel",
-    b".osrel\0": "os-release",
-    b".cmdline\0": "cmdline",
-    b".initrd\0": "initrd",
-    b".svn\0": "svn",
-    b".modcert\0": "module-cert",
-    b".veritycert\0": "verity-cert",
-    b".modules\0": "modules",
-    b".profile\0": "profile",
-}
-_UNIT_PCR = 11
-
-
-def component_pcr(name: str) -> int:
-    """The PCR a component is measured into (boot-unit sections: PCR 11)."""
-    for (pcr, _), label in _TAGGED.items():
-        if label == name:
-            return pcr
-    return _UNIT_PCR
 
 
 # --- evidence -------------------------------------------------------------------------------
@@ -110,8 +115,6 @@ class Evidence:
         }
 
     def to_bytes(self) -> bytes:
-        import json
-
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -209,214 +212,7 @@ def parse_evidence(data: bytes) -> Evidence:
     return evidence_from_json(doc)
 
 
-# --- golden values ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GoldenValues:
-    """What a device running one signed image must measure (sha256 bank)."""
-
-    version: str
-    image_sha256: str
-    security_version: int
-    pcrs: Mapping[int, bytes]
-    components: Mapping[str, bytes]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": GOLDEN_TYPE,
-            "image": {
-                "version": self.version,
-                "sha256": self.image_sha256,
-                "security_version": self.security_version,
-            },
-            "bank": "sha256",
-            "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
-            "components": {k: v.hex() for k, v in sorted(self.components.items())},
-        }
-
-    def statement(self) -> bytes:
-        """The canonical JSON payload a product key signs."""
-        import json
-
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
-
-
-def _hex_map(value: Any, what: str, key_ok: Any) -> dict[str, bytes]:
-    if not isinstance(value, dict) or len(value) > limits.ATTEST_GOLDEN_MAX_ENTRIES:
-        raise FormatError(f"golden values: {what} must be an object of at most the limit")
-    out = {}
-    for k, v in value.items():
-        if not key_ok(k):
-            raise FormatError(f"golden values: bad {what} name {k!r}")
-        if not isinstance(v, str) or len(v) != _HEX256:
-            raise FormatError(f"golden values: {what} {k} is not a sha256 hex digest")
-        try:
-            out[k] = bytes.fromhex(v)
-        except ValueError:
-            raise FormatError(f"golden values: {what} {k} is not hex") from None
-    return out
-
-
-def golden_from_json(doc: Any) -> GoldenValues:
-    """Golden values from the (already verified) statement JSON; FormatError if bad."""
-    if not isinstance(doc, dict) or doc.get("type") != GOLDEN_TYPE or doc.get("bank") != "sha256":
-        raise FormatError("golden values: not a sha256 golden-values statement")
-    image = doc.get("image")
-    if not isinstance(image, dict):
-        raise FormatError("golden values: no image object")
-    version, sha, svn = image.get("version"), image.get("sha256"), image.get("security_version")
-    if not isinstance(version, str) or not 0 < len(version) <= 128:
-        raise FormatError("golden values: image version must be 1..128 characters")
-    if not isinstance(sha, str) or len(sha) != _HEX256:
-        raise FormatError("golden values: image sha256 is not a hex digest")
-    if not isinstance(svn, int) or isinstance(svn, bool) or not 0 <= svn < 2**32:
-        raise FormatError("golden values: security_version must be an integer 0..2^32-1")
-    pcrs = _hex_map(
-        doc.get("pcrs"), "PCR", lambda k: isinstance(k, str) and k.isdigit() and int(k) < 24
-    )
-    comps = _hex_map(
-        doc.get("components"),
-        "component",
-        lambda k: isinstance(k, str) and 0 < len(k) <= 64 and k.replace("-", "").isalnum(),
-    )
-    return GoldenValues(version, sha, svn, {int(k): v for k, v in pcrs.items()}, comps)
-
-
-def sign_golden(golden: GoldenValues, signer: Any) -> bytes:
-    """A signed golden-values statement (one-signature envelope, serialised)."""
-    from bastion.trust.envelope import sign_envelope
-
-    return sign_envelope(GOLDEN_PAYLOAD_TYPE, golden.statement(), [signer]).to_bytes()
-
-
-def open_golden(statement: bytes, product_keys: Iterable[Verifier]) -> GoldenValues:
-    """Verify a golden-values statement with the product key(s); SignatureError if no
-    trusted key signed it, FormatError if it is not a statement."""
-    if len(statement) > limits.ATTEST_GOLDEN_MAX_SIZE:
-        raise LimitError(
-            f"golden statement is {len(statement)} bytes, limit is {limits.ATTEST_POSTURE_MAX_KEYS}"
-        )
-    envelope: Envelope = parse_envelope(statement)
-    keys = list(product_keys)
-    if not keys:
-        raise ConfigError("no product key is trusted: golden values cannot be verified")
-    payload = verify_envelope(envelope, keys, payload_type=GOLDEN_PAYLOAD_TYPE)
-    return golden_from_json(strict_json.loads(payload, what="golden values"))
-
-
-def components_of(
-    events: Iterable[el.Event], pcrs: Iterable[int] | None = None
-) -> tuple[dict[str, bytes], list[str]]:
-    """The measured components an event log records (name -> sha256 digest of what was
-    measured), and the names seen more than once (the first value is kept). With
-    ``pcrs``, only events extended into those PCRs count (the ones a quote covers)."""
-    only = set(pcrs) if pcrs is not None else None
-    found: dict[str, bytes] = {}
-    dupes: list[str] = []
-    tags: set[bytes] = set()
-
-    def put(name: str, digest: bytes) -> None:
-        if name in found:
-            dupes.append(name)
-        else:
-            found[name] = digest
-
-    for ev in events:
-        if ev.event_type != el.EventType.EV_IPL or (only is not None and ev.pcr not in only):
-            continue
-        try:
-            digest = ev.digest(el.ALG_SHA256)
-        except FormatError:
-            continue
-        name = _TAGGED.get((ev.pcr, ev.data))
-        if name is not None:
-            put(name, digest)
-        elif ev.pcr == _UNIT_PCR and ev.data.endswith(b"\0") and ev.data.startswith(b"."):
-            # systemd-stub style: first the section name, then the section content
-            if ev.data not in tags:
-                tags.add(ev.data)
-                continue
-            label = _SECTIONS.get(ev.data, "section" + ev.data[:-1].decode("ascii", "replace"))
-            put(label.replace(".", "-").strip("-") or "section", digest)
-    return found, dupes
-
-
 # --- policy and results -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PosturePolicy:
-    """What the reported posture must show; every feature is opt-in (None/False: off)."""
-
-    require_selinux: str | None = None  # "enforcing"
-    min_aslr: int | None = None  # randomize_va_space at least this (2: full)
-    require_lockdown: str | None = None  # "integrity" or "confidentiality"
-    require_secure_boot: bool = False
-    require_module_sig_enforce: bool = False
-    require_verity: bool = False
-    allowed_ports: tuple[int, ...] | None = None  # listening ports allowed (None: any)
-    forbidden_cmdline: tuple[str, ...] = ()  # command-line words or prefixes ("init=")
-
-    @classmethod
-    def from_json(cls, doc: Any) -> PosturePolicy:
-        """From a JSON object (settings, API); FormatError for unknown or bad fields."""
-        if doc is None:
-            return cls()
-        if not isinstance(doc, dict):
-            raise FormatError("posture policy must be an object")
-        known = set(cls.__dataclass_fields__)
-        if set(doc) - known:
-            raise FormatError(f"posture policy: unknown fields {sorted(set(doc) - known)}")
-        selinux = doc.get("require_selinux")
-        if selinux not in (None, "enforcing", "permissive"):
-            raise FormatError("posture policy: require_selinux must be 'enforcing' or null")
-        lockdown = doc.get("require_lockdown")
-        if lockdown not in (None, "integrity", "confidentiality"):
-            raise FormatError("posture policy: require_lockdown: integrity|confidentiality")
-        aslr = doc.get("min_aslr")
-        if aslr is not None and (isinstance(aslr, bool) or aslr not in (0, 1, 2)):
-            raise FormatError("posture policy: min_aslr must be 0, 1 or 2")
-        flags = {}
-        for name in ("require_secure_boot", "require_module_sig_enforce", "require_verity"):
-            value = doc.get(name, False)
-            if not isinstance(value, bool):
-                raise FormatError(f"posture policy: {name} must be a boolean")
-            flags[name] = value
-        ports = doc.get("allowed_ports")
-        if ports is not None and not (
-            isinstance(ports, list)
-            and len(ports) <= limits.ATTEST_POSTURE_MAX_LIST
-            and all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports)
-        ):
-            raise FormatError("posture policy: allowed_ports must be a list of ports")
-        words = doc.get("forbidden_cmdline", [])
-        if not (
-            isinstance(words, list)
-            and len(words) <= limits.ATTEST_POSTURE_MAX_LIST
-            and all(isinstance(w, str) and 0 < len(w) <= 256 for w in words)
-        ):
-            raise FormatError("posture policy: forbidden_cmdline must be a list of words")
-        return cls(
-            require_selinux=selinux,
-            min_aslr=aslr,
-            require_lockdown=lockdown,
-            allowed_ports=tuple(sorted(set(ports))) if ports is not None else None,
-            forbidden_cmdline=tuple(words),
-            **flags,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "require_selinux": self.require_selinux,
-            "min_aslr": self.min_aslr,
-            "require_lockdown": self.require_lockdown,
-            "require_secure_boot": self.require_secure_boot,
-            "require_module_sig_enforce": self.require_module_sig_enforce,
-            "require_verity": self.require_verity,
-            "allowed_ports": list(self.allowed_ports) if self.allowed_ports is not None else None,
-            "forbidden_cmdline": list(self.forbidden_cmdline),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +230,7 @@ class AttestationPolicy:
 
     selection: PcrSelection
     svn_floor: int = 0
-    posture: PosturePolicy = PosturePolicy()
+    posture: PosturePolicy = field(default_factory=PosturePolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -678,59 +474,6 @@ def _check_golden(
         fail(f"component.{name}.unexpected", f"{name} is measured but not in the release")
 
 
-def _check_posture(fail: Any, posture: Mapping[str, Any], policy: PosturePolicy) -> None:
-    def fact(name: str) -> Any:
-        value = posture.get(name)
-        if value is None:
-            fail(f"posture.{name}.missing", f"the device did not report {name}")
-        return value
-
-    if policy.require_selinux is not None:
-        mode = fact("selinux")
-        if mode is not None and mode != policy.require_selinux:
-            label = mode if mode in ("permissive", "disabled", "enforcing") else "other"
-            fail(f"posture.selinux.{label}", f"SELinux is {mode!r}, policy requires enforcing")
-    if policy.min_aslr is not None:
-        aslr = fact("randomize_va_space")
-        if aslr is not None and (not isinstance(aslr, int) or aslr < policy.min_aslr):
-            fail("posture.aslr.weak", f"randomize_va_space is {aslr!r}, need {policy.min_aslr}")
-    if policy.require_lockdown is not None:
-        mode = fact("lockdown")
-        order = {"none": 0, "integrity": 1, "confidentiality": 2}
-        if mode is not None and order.get(str(mode), -1) < order[policy.require_lockdown]:
-            fail("posture.lockdown.weak", f"lockdown is {mode!r}, need {policy.require_lockdown}")
-    for flag, name, ident in (
-        (policy.require_secure_boot, "secure_boot", "posture.secure_boot.off"),
-        (policy.require_module_sig_enforce, "module_sig_enforce", "posture.module_sig.off"),
-        (policy.require_verity, "verity", "posture.verity.off"),
-    ):
-        if flag:
-            value = fact(name)
-            if value is not None and value not in (True, "verified", "enabled", 1):
-                fail(ident, f"{name} is {value!r}")
-    if policy.allowed_ports is not None:
-        ports = fact("listening_ports")
-        if ports is not None:
-            seq = isinstance(ports, list | tuple)
-            extra = sorted(set(ports) - set(policy.allowed_ports)) if seq else []
-            if not seq:
-                fail("posture.ports.unexpected", "listening_ports is not a list")
-            elif extra:
-                fail("posture.ports.unexpected", f"ports {extra} listen, not in the policy")
-    if policy.forbidden_cmdline:
-        cmdline = fact("cmdline")
-        if cmdline is not None:
-            words = str(cmdline).split()
-            hits = [
-                w
-                for w in words
-                for bad in policy.forbidden_cmdline
-                if w == bad or (bad.endswith("=") and w.startswith(bad))
-            ]
-            if hits:
-                fail("posture.cmdline.forbidden", f"command line has forbidden {hits}")
-
-
 def evidence_result(
     evidence: Evidence | bytes,
     *,
@@ -773,7 +516,7 @@ def evidence_result(
                 f"release {chosen.version} has security version {chosen.security_version}, "
                 f"the fleet floor is {policy.svn_floor}",
             )
-    _check_posture(fail, evidence.posture, policy.posture)
+    check_posture(fail, evidence.posture, policy.posture)
     return Verdict(
         tuple(failures),
         clock,
@@ -809,8 +552,3 @@ def verify_evidence(
             + f" ({verdict.failures[0].detail})"
         )
     return verdict
-
-
-def golden_digest(statement: bytes) -> str:
-    """An identifier of a golden statement (SHA-256 of its bytes)."""
-    return hashlib.sha256(statement).hexdigest()
