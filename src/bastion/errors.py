@@ -110,6 +110,10 @@ class OidcRequiredError(AuthError):
     """An organisation lets its members act only with a login made through OIDC."""
 
 
+class AttestationRequiredError(AuthError):
+    """A device lacks a passing attestation verdict younger than its fleet's interval."""
+
+
 class NotFoundError(BastionError):
     """A named object (device, key slot, token, file) does not exist."""
 

@@ -183,3 +183,14 @@ EFI_AUTH_CERT_MAX_SIZE = 64 * KiB  # the PKCS#7 SignedData in an EFI_VARIABLE_AU
 EFI_AUTH_MAX_CERTIFICATES = 8  # certificates carried in that SignedData
 EFI_VARIABLE_NAME_MAX_CHARS = 128  # UTF-16 code units of a variable name
 OVMF_VARS_MAX_SIZE = 16 * MiB  # a raw edk2 variable store (OVMF_VARS_4M.fd is 528 KiB)
+# --- remote attestation (trust/verdict.py, server/attestation) -------------------------------
+ATTEST_EVIDENCE_MAX_SIZE = 2 * MiB  # one evidence JSON document (event log in base64)
+ATTEST_EVENTLOG_MAX_SIZE = 1 * MiB  # the event log inside evidence (a firmware log: ~50 KiB)
+ATTEST_TPM_OBJECT_MAX_SIZE = 2 * KiB  # TPMS_ATTEST, TPMT_SIGNATURE, TPM2B_PUBLIC in evidence
+ATTEST_POSTURE_MAX_KEYS = 64  # facts in one posture report
+ATTEST_POSTURE_MAX_STRING = 4 * KiB  # one posture string (the kernel command line)
+ATTEST_POSTURE_MAX_LIST = 1024  # listening ports in a posture, entries of a port allow-list
+ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
+ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
+ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
+ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce

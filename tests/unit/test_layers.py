@@ -204,7 +204,7 @@ def test_checker_allows(module: str, source: str) -> None:
 
 def test_old_device_plane_is_refused() -> None:
     """The device plane as it was (boot.py importing the image builder) fails the check."""
-    old = "from bastion.build import image as img\nfrom bastion.device import measure\n"
+    old = "from bastion.build import image as img\nfrom bastion.trust import measure\n"
     assert [v.what for v in check_source(old, "bastion.device.boot")] == [
         "device/ imports bastion.build",
         "device/ imports bastion.build.image",

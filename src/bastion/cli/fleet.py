@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
     from bastion.cli import _fleet_config
 
     _fleet_config.register(sub)
+    from bastion.cli import _fleet_attest
+
+    _fleet_attest.register(sub)
 
 
 def _api(args: argparse.Namespace) -> Any:

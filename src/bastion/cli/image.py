@@ -184,6 +184,25 @@ def _pcrs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _golden(args: argparse.Namespace) -> int:
+    from bastion.build.golden import golden_values
+    from bastion.trust.golden import sign_golden
+
+    if args.slot not in ("a", "b"):
+        raise ConfigError(f"--slot {args.slot!r}: expected a or b")
+    golden = golden_values(Path(args.image), load_image_trust(args.keys), args.slot)
+    signer = KeySet.load(args.keys, passphrase_source(args, args.keys)).signer("image")
+    out = Path(args.output)
+    out.write_bytes(sign_golden(golden, signer))
+    emit(
+        args,
+        f"{out}: golden values of {golden.version} (security version "
+        f"{golden.security_version}), signed with the image key",
+        golden.to_json() | {"output": str(out)},
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add the ``image`` command group."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -247,3 +266,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--slot", default="a", help="the slot booted (default a)")
     add_json_flag(p)
     p.set_defaults(func=_pcrs)
+
+    g = sub.add_parser(
+        "golden", help="signed golden values (PCRs, measured components) for attestation"
+    )
+    g.add_argument("image")
+    g.add_argument("--keys", required=True, metavar="DIR", help="from `bastion keys init`")
+    g.add_argument("--slot", default="a", help="the slot booted (default a)")
+    g.add_argument("-o", "--output", required=True, metavar="FILE")
+    add_passphrase_flag(g)
+    add_json_flag(g)
+    g.set_defaults(func=_golden)

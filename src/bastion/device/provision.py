@@ -40,6 +40,7 @@ from cryptography.x509.oid import NameOID
 from bastion import limits
 from bastion.device.tpm_csr import build_csr
 from bastion.errors import (
+    AttestationRequiredError,
     AuthError,
     BastionError,
     ConfigError,
@@ -70,6 +71,7 @@ _ERRORS: dict[str, type[BastionError]] = {
     "too_large": FormatError,
     "not_found": NotFoundError,
     "conflict": ConflictError,
+    "attestation_required": AttestationRequiredError,
 }
 
 

@@ -26,6 +26,7 @@ import httpx
 
 from bastion import limits
 from bastion.errors import (
+    AttestationRequiredError,
     AuthError,
     BackendError,
     BastionError,
@@ -59,6 +60,7 @@ ERROR_CODES: dict[str, type[BastionError]] = {
     "internal": BackendError,
     "oidc_required": AuthError,
     "reauth_required": ReauthRequiredError,
+    "attestation_required": AttestationRequiredError,
 }
 MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
 

@@ -15,6 +15,7 @@ OidcRequiredError             403     ``oidc_required``
 ReauthRequiredError           403     ``reauth_required`` (re-authenticate)
 AuthError, no credentials     401     ``unauthenticated`` (+ ``WWW-Authenticate``)
 AuthError, authenticated      403     ``forbidden``
+AttestationRequiredError      403     ``attestation_required``
 ExpiredError / RevokedError   401     ``unauthenticated``
 other VerificationError       403     ``verification_failed``
 NotFoundError                 404     ``not_found``
@@ -43,6 +44,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bastion.errors import (
+    AttestationRequiredError,
     AuthError,
     BackendError,
     BastionError,
@@ -78,6 +80,7 @@ CODE_TO_ERROR: dict[str, type[BastionError]] = {
     "internal": BackendError,
     "oidc_required": OidcRequiredError,
     "reauth_required": ReauthRequiredError,
+    "attestation_required": AttestationRequiredError,
 }
 
 
@@ -105,6 +108,8 @@ def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
         return 403, "oidc_required", str(exc)
     if isinstance(exc, ReauthRequiredError) and _authenticated(request):
         return 403, "reauth_required", str(exc)
+    if isinstance(exc, AttestationRequiredError):
+        return 403, "attestation_required", str(exc)
     if isinstance(exc, AuthError):
         if _authenticated(request):
             return 403, "forbidden", str(exc)

@@ -281,6 +281,7 @@ def test_every_route_has_a_row(app) -> None:
             ("{invitation}", "{invitation_id}"),
             ("{ekca}", "{ca_id}"),
             ("{ek}", "{ek_sha256}"),
+            ("{golden}", "{golden_id}"),
         ):
             template = template.replace(var, param)
         covered.add((row.method, template))

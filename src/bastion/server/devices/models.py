@@ -46,6 +46,9 @@ class Device(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     #: how the EK was trusted at enrolment: certified | allow-list | any
     ek_trust: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: TPM2B_PUBLIC of the AK credential activation bound to the EK at enrolment: the
+    #: only key whose quotes attest this device (NULL: enrolled before attestation)
+    ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class DeviceEnvVar(Base):

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from bastion import limits
 from bastion.errors import LimitError
+from bastion.server.attestation.gate import AttestedDevice
 from bastion.server.auth.deps import (
     Ctx,
     CurrentPrincipal,
@@ -79,14 +80,14 @@ def patch_own(
 
 
 @router.get("/device/config", response_model=DeviceConfigOut)
-def get_config(principal: DevicePrincipal, session: ReadSession) -> DeviceConfigOut:
-    """The fleet's config and env with this device's overrides."""
+def get_config(principal: AttestedDevice, session: ReadSession) -> DeviceConfigOut:
+    """The fleet's config and env with this device's overrides (attestation-gated)."""
     return DeviceConfigOut(**service.effective_config(session, principal))
 
 
 @router.get("/device/target-release", response_model=TargetReleaseOut)
-def get_target_release(principal: DevicePrincipal, session: ReadSession) -> TargetReleaseOut:
-    """The release this device should run."""
+def get_target_release(principal: AttestedDevice, session: ReadSession) -> TargetReleaseOut:
+    """The release this device should run (attestation-gated)."""
     return TargetReleaseOut(release=service.target_release(session, principal))
 
 

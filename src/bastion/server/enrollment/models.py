@@ -32,3 +32,5 @@ class EnrollmentChallenge(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
     #: the fleet EK policy the evidence met at begin (certified | allow-list | any)
     ek_trust: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    #: the AK the credential was made for (recorded on the device at finish)
+    ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

@@ -206,6 +206,7 @@ class EnrollmentService:
             serial=ev.serial,
             ek_hash=extra["ek_sha256"],
             key_public=ev.key_public,
+            ak_public=ev.ak_public,
             csr_pem=verified.csr.public_bytes(serialization.Encoding.PEM).decode(),
             secret=secret,
             expires_at=now + CHALLENGE_TTL,
@@ -288,6 +289,7 @@ class EnrollmentService:
             provisioning_key_id=key.id,
             created_at=now,
             ek_trust=challenge.ek_trust,
+            ak_public=challenge.ak_public,
         )
         session.add(device)
         record(

@@ -1,0 +1,110 @@
+"""``bastion device attest DEV`` (device side) and ``bastion device verdicts`` (operator).
+
+``attest DEV [--fleet FLEET_ID] [--server URL] [--eventlog FILE] [--posture FILE]``
+runs one attestation round (:func:`bastion.device.attest.attest`) with the identity in
+DEV and the device's TPM (a sim device's own; else ``--tpm``), the event log of its last
+boot (a sim device's ``eventlog.bin``, else ``--eventlog``, default the kernel's
+``binary_bios_measurements``) and the posture of the running system (or ``--posture``
+JSON). Exit 0 when the verdict passed, 2 when it failed (the failures are printed).
+
+``verdicts DEVICE_ID --fleet F [--limit N]`` shows a device's verdict history.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from bastion import limits
+from bastion.cli import _fleet_http as api
+from bastion.cli._common import add_json_flag, add_tpm_flag, emit, fail_line
+from bastion.errors import ConfigError
+from bastion.formats import strict_json
+from bastion.io.files import read_bounded
+
+KERNEL_EVENTLOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+
+def register(subparsers: Any) -> None:
+    """Add attest and verdicts to the ``device`` group."""
+    p = subparsers.add_parser("attest", help="attest this device to its fleet (TPM quote)")
+    p.add_argument("dev", metavar="DEV", type=Path, help="device state folder (identity.json)")
+    p.add_argument("--fleet", metavar="FLEET_ID", help="refuse unless the device is in this fleet")
+    p.add_argument("--eventlog", type=Path, metavar="FILE", help="TCG event log of this boot")
+    p.add_argument("--posture", type=Path, metavar="FILE", help="posture facts (JSON object)")
+    api.add_server_flags(p)
+    add_tpm_flag(p)
+    add_json_flag(p)
+    p.set_defaults(func=_attest)
+
+    v = subparsers.add_parser("verdicts", help="a device's attestation verdicts (operator)")
+    v.add_argument("device_id", metavar="DEVICE_ID")
+    v.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
+    v.add_argument("--limit", type=int, default=20, metavar="N")
+    api.add_server_flags(v)
+    add_json_flag(v)
+    v.set_defaults(func=_verdicts)
+
+
+def _eventlog(dev: Path, path: Path | None) -> bytes:
+    from bastion.device.platform.sim import DEVICE_FILE
+
+    if path is None and (dev / DEVICE_FILE).exists():
+        from bastion.device.attest import sim_eventlog
+
+        return sim_eventlog(dev)
+    return read_bounded(path or Path(KERNEL_EVENTLOG), limits.ATTEST_EVENTLOG_MAX_SIZE, "event log")
+
+
+def _verdict_text(v: dict[str, Any]) -> str:
+    if v["ok"]:
+        return f"attestation passed (release {v.get('release')}, verdict {v['id']})"
+    lines = [f"attestation FAILED (verdict {v['id']}):"]
+    lines += [f"  {f['id']}: {f['detail']}" for f in v["failures"]]
+    return "\n".join(lines)
+
+
+def _attest(args: argparse.Namespace) -> int:
+    import httpx
+
+    from bastion.cli._device_fleet import _device_tpm
+    from bastion.device.attest import attest, linux_posture
+    from bastion.device.provision import DeviceIdentity
+
+    dev: Path = args.dev
+    identity = DeviceIdentity.load(dev)
+    if args.fleet and args.fleet != identity.fleet_id:
+        raise ConfigError(f"device is in fleet {identity.fleet_id}, not {args.fleet}")
+    if args.posture:
+        raw = read_bounded(args.posture, limits.JSON_MAX_SIZE, "posture")
+        posture = strict_json.loads_object(raw, what="posture")
+    else:
+        posture = linux_posture()
+    log = _eventlog(dev, args.eventlog)
+    url = args.server or identity.server_url or api.device_server_url(args)
+    with (
+        _device_tpm(dev, args.tpm) as tpm,
+        httpx.Client(base_url=url, timeout=30.0, verify=api.verify_setting(args)) as http,
+    ):
+        verdict = attest(tpm, identity, http, log, posture)
+    if not verdict["ok"] and not args.json:
+        fail_line("the fleet server refused this device's attestation")
+    emit(args, _verdict_text(verdict), verdict)
+    return 0 if verdict["ok"] else 2
+
+
+def _verdicts(args: argparse.Namespace) -> int:
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        rows = http.call(
+            "GET",
+            f"/v1/fleets/{fleet}/devices/{args.device_id}/attestations?limit={args.limit}",
+        )
+    lines = [
+        f"{v['at']}  {'PASS' if v['ok'] else 'FAIL'}  {v.get('release') or '-'}  "
+        + ",".join(f["id"] for f in v["failures"])
+        for v in rows
+    ]
+    emit(args, "\n".join(lines) or "no verdicts: the device never attested", rows)
+    return 0

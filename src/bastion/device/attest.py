@@ -1,0 +1,139 @@
+"""Device side of remote attestation: build evidence from the TPM, the event log, posture.
+
+``attest(tpm, identity, http, eventlog, posture)`` runs one round against the fleet
+server (docs/attestation.md):
+
+1. ``POST /v1/device/attestation/challenge`` -> a fresh single-use nonce and the fleet's
+   PCR selection;
+2. TPM2_Quote with the enrolment AK over that selection with the nonce, and the PCR
+   values read from the same TPM (:func:`build_evidence`);
+3. ``POST /v1/device/attestation`` with the evidence -> the server's verdict.
+
+The device decides nothing: the verdict is the server's (trust/verdict.py). Posture
+facts come from :func:`linux_posture` (the running kernel, through a file reader) or
+are given by the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bastion.device.provision import DeviceIdentity, _post
+from bastion.errors import FormatError
+from bastion.tpm.base import PcrSelection, Tpm, TpmKey
+from bastion.trust.verdict import Evidence
+
+CHALLENGE_PATH = "/v1/device/attestation/challenge"
+EVIDENCE_PATH = "/v1/device/attestation"
+
+Reader = Callable[[str], bytes | None]
+
+
+def build_evidence(  # noqa: PLR0917 - evidence has six parts
+    tpm: Tpm,
+    ak: TpmKey,
+    nonce: bytes,
+    selection: PcrSelection,
+    eventlog: bytes,
+    posture: Mapping[str, Any] | None = None,
+) -> Evidence:
+    """Quote ``selection`` with ``nonce`` and package it with the log and posture."""
+    quoted = tpm.quote(ak, nonce, selection)
+    values = tpm.pcr_read(selection)
+    return Evidence(
+        ak_public=ak.public,
+        quote=quoted.attest,
+        signature=quoted.signature,
+        bank=selection.bank,
+        pcrs=values,
+        eventlog=eventlog,
+        posture=dict(posture or {}),
+    )
+
+
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(64 * 1024)
+    except OSError:
+        return None
+
+
+def _listening_ports(read: Reader) -> list[int]:
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        raw = read(table)
+        if raw is None:
+            continue
+        for line in raw.decode(errors="replace").splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 3 and cols[3] == "0A":  # TCP_LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
+
+
+def linux_posture(read: Reader = _read_file) -> dict[str, Any]:
+    """Facts about the running Linux system, each only if it can be read."""
+    out: dict[str, Any] = {}
+
+    def text(path: str) -> str | None:
+        raw = read(path)
+        return raw.decode(errors="replace").strip() if raw is not None else None
+
+    aslr = text("/proc/sys/kernel/randomize_va_space")
+    if aslr is not None and aslr.isdigit():
+        out["randomize_va_space"] = int(aslr)
+    enforce = text("/sys/fs/selinux/enforce")
+    out["selinux"] = {"1": "enforcing", "0": "permissive"}.get(enforce or "", "disabled")
+    lockdown = text("/sys/kernel/security/lockdown")
+    if lockdown is not None:  # "none [integrity] confidentiality"
+        chosen = [w.strip("[]") for w in lockdown.split() if w.startswith("[")]
+        out["lockdown"] = chosen[0] if chosen else "none"
+    sig = text("/sys/module/module/parameters/sig_enforce")
+    if sig is not None:
+        out["module_sig_enforce"] = sig == "Y"
+    sb = read("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
+    if sb is not None and len(sb) >= 5:
+        out["secure_boot"] = sb[4] == 1
+    cmdline = text("/proc/cmdline")
+    if cmdline is not None:
+        out["cmdline"] = cmdline
+    out["listening_ports"] = _listening_ports(read)
+    return out
+
+
+def _unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise FormatError(f"{what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise FormatError(f"{what} is not base64: {exc}") from exc
+
+
+def attest(
+    tpm: Tpm,
+    identity: DeviceIdentity,
+    http: httpx.Client,
+    eventlog: bytes,
+    posture: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One attestation round (module docstring); returns the server's verdict JSON."""
+    token = identity.api_key(tpm)
+    challenge = _post(http, CHALLENGE_PATH, {}, token)
+    nonce = _unb64(challenge.get("nonce"), "attestation challenge nonce")
+    selection = PcrSelection.parse(str(challenge.get("pcr_selection", "")))
+    evidence = build_evidence(tpm, identity.ak, nonce, selection, eventlog, posture)
+    return _post(http, EVIDENCE_PATH, {"evidence": evidence.to_json()}, token)
+
+
+def sim_eventlog(dev: Path) -> bytes:
+    """The raw event log of a sim device's last boot."""
+    from bastion.device.boot import read_eventlog
+
+    return read_eventlog(dev).to_bytes()
