@@ -138,6 +138,8 @@ NEGATIVE: list[tuple[str, dict[str, bytes | None], dict[str, Any], str | None]] 
      {"listening_ports": "unknown"}, "posture.listening_ports.unknown"),
     ("cmdline-init", {"proc/cmdline": b"root=/dev/mapper/root init=/bin/sh\n"},
      {"cmdline": "root=/dev/mapper/root init=/bin/sh"}, "posture.cmdline.forbidden"),
+    ("cmdline-oversize", {"proc/cmdline": b"quiet " * 1000 + b"\n"},
+     {"cmdline": "unknown"}, "posture.cmdline.unknown"),
     ("cmdline-missing", {"proc/cmdline": None},
      {"cmdline": "unknown"}, "posture.cmdline.unknown"),
 ]  # fmt: skip
@@ -181,3 +183,10 @@ def test_this_machine() -> None:
     assert posture["selinux"] in ("enforcing", "permissive", "disabled", "unknown")
     assert posture["verity"] in ("off", "enabled", "unknown")
     check_posture(lambda ident, detail: pytest.fail(f"{ident}: {detail}"), posture, PosturePolicy())
+
+
+def test_dmsetup_status_of_a_missing_mapping_is_none() -> None:
+    """The real adapter: no such mapping (or no device-mapper here) is None, never a raise."""
+    from bastion.device.posture import dmsetup_status
+
+    assert dmsetup_status("bastion-test-no-such-mapping") is None
