@@ -194,3 +194,8 @@ ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
 ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
 ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
 ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce
+# --- posture collection from /proc and /sys (formats/kernelstate.py, device/posture.py) ------
+POSTURE_FILE_MAX_SIZE = 64 * KiB  # one small procfs/sysfs/efivarfs file read for posture
+POSTURE_TABLE_MAX_SIZE = 16 * MiB  # one /proc/net/{tcp,udp}[6] table or /proc/self/mountinfo
+POSTURE_TABLE_MAX_ROWS = 65_536  # sockets in one /proc/net table, mounts in mountinfo
+POSTURE_DM_DEVICES_MAX = 1024  # /sys/block/dm-* entries looked at for the root's mapping

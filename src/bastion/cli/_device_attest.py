@@ -1,11 +1,12 @@
 """``bastion device attest DEV`` (device side) and ``bastion device verdicts`` (operator).
 
-``attest DEV [--fleet FLEET_ID] [--server URL] [--eventlog FILE] [--posture FILE]``
-runs one attestation round (:func:`bastion.device.attest.attest`) with the identity in
-DEV and the device's TPM (a sim device's own; else ``--tpm``), the event log of its last
-boot (a sim device's ``eventlog.bin``, else ``--eventlog``, default the kernel's
-``binary_bios_measurements``) and the posture of the running system (or ``--posture``
-JSON). Exit 0 when the verdict passed, 2 when it failed (the failures are printed).
+``attest DEV [--fleet FLEET_ID] [--server URL] [--eventlog FILE] [--posture FILE]
+[--posture-root DIR]`` runs one attestation round (:func:`bastion.device.attest.attest`)
+with the identity in DEV and the device's TPM (a sim device's own; else ``--tpm``), the
+event log of its last boot (a sim device's ``eventlog.bin``, else ``--eventlog``, default
+the kernel's ``binary_bios_measurements``) and the posture collected from ``--posture-root``
+(default ``/``: the running system; device/posture.py) or given as ``--posture`` JSON.
+Exit 0 when the verdict passed, 2 when it failed (the failures are printed).
 
 ``verdicts DEVICE_ID --fleet F [--limit N]`` shows a device's verdict history.
 """
@@ -33,6 +34,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fleet", metavar="FLEET_ID", help="refuse unless the device is in this fleet")
     p.add_argument("--eventlog", type=Path, metavar="FILE", help="TCG event log of this boot")
     p.add_argument("--posture", type=Path, metavar="FILE", help="posture facts (JSON object)")
+    p.add_argument(
+        "--posture-root",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="collect posture from the /proc and /sys under DIR (default /)",
+    )
     api.add_server_flags(p)
     add_tpm_flag(p)
     add_json_flag(p)
@@ -69,7 +77,8 @@ def _attest(args: argparse.Namespace) -> int:
     import httpx
 
     from bastion.cli._device_fleet import _device_tpm
-    from bastion.device.attest import attest, linux_posture
+    from bastion.device.attest import attest
+    from bastion.device.posture import FileTree, collect_posture, dmsetup_status
     from bastion.device.provision import DeviceIdentity
 
     dev: Path = args.dev
@@ -80,7 +89,8 @@ def _attest(args: argparse.Namespace) -> int:
         raw = read_bounded(args.posture, limits.JSON_MAX_SIZE, "posture")
         posture = strict_json.loads_object(raw, what="posture")
     else:
-        posture = linux_posture()
+        live = args.posture_root == Path("/")
+        posture = collect_posture(FileTree(args.posture_root), dmsetup_status if live else None)
     log = _eventlog(dev, args.eventlog)
     url = args.server or identity.server_url or api.device_server_url(args)
     with (

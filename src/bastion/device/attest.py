@@ -10,14 +10,14 @@ server (docs/attestation.md):
 3. ``POST /v1/device/attestation`` with the evidence -> the server's verdict.
 
 The device decides nothing: the verdict is the server's (trust/verdict.py). Posture
-facts come from :func:`linux_posture` (the running kernel, through a file reader) or
-are given by the caller.
+facts come from :func:`bastion.device.posture.collect_posture` (the running kernel)
+or are given by the caller.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,6 @@ from bastion.trust.verdict import Evidence
 
 CHALLENGE_PATH = "/v1/device/attestation/challenge"
 EVIDENCE_PATH = "/v1/device/attestation"
-
-Reader = Callable[[str], bytes | None]
 
 
 def build_evidence(  # noqa: PLR0917 - evidence has six parts
@@ -54,57 +52,6 @@ def build_evidence(  # noqa: PLR0917 - evidence has six parts
         eventlog=eventlog,
         posture=dict(posture or {}),
     )
-
-
-def _read_file(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(64 * 1024)
-    except OSError:
-        return None
-
-
-def _listening_ports(read: Reader) -> list[int]:
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        raw = read(table)
-        if raw is None:
-            continue
-        for line in raw.decode(errors="replace").splitlines()[1:]:
-            cols = line.split()
-            if len(cols) > 3 and cols[3] == "0A":  # TCP_LISTEN
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return sorted(ports)
-
-
-def linux_posture(read: Reader = _read_file) -> dict[str, Any]:
-    """Facts about the running Linux system, each only if it can be read."""
-    out: dict[str, Any] = {}
-
-    def text(path: str) -> str | None:
-        raw = read(path)
-        return raw.decode(errors="replace").strip() if raw is not None else None
-
-    aslr = text("/proc/sys/kernel/randomize_va_space")
-    if aslr is not None and aslr.isdigit():
-        out["randomize_va_space"] = int(aslr)
-    enforce = text("/sys/fs/selinux/enforce")
-    out["selinux"] = {"1": "enforcing", "0": "permissive"}.get(enforce or "", "disabled")
-    lockdown = text("/sys/kernel/security/lockdown")
-    if lockdown is not None:  # "none [integrity] confidentiality"
-        chosen = [w.strip("[]") for w in lockdown.split() if w.startswith("[")]
-        out["lockdown"] = chosen[0] if chosen else "none"
-    sig = text("/sys/module/module/parameters/sig_enforce")
-    if sig is not None:
-        out["module_sig_enforce"] = sig == "Y"
-    sb = read("/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")
-    if sb is not None and len(sb) >= 5:
-        out["secure_boot"] = sb[4] == 1
-    cmdline = text("/proc/cmdline")
-    if cmdline is not None:
-        out["cmdline"] = cmdline
-    out["listening_ports"] = _listening_ports(read)
-    return out
 
 
 def _unb64(value: Any, what: str) -> bytes:

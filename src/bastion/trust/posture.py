@@ -4,8 +4,9 @@ A posture is a mapping of reported facts (``selinux``, ``randomize_va_space``,
 ``lockdown``, ``secure_boot``, ``module_sig_enforce``, ``verity``,
 ``listening_ports``, ``cmdline``); a :class:`PosturePolicy` opts in per feature and
 :func:`check_posture` reports each breach with a stable id (``posture.selinux.
-permissive``, ...). Pure. The facts are the device's claims: the quote proves which
-measured system makes them.
+permissive``, ...); a fact reported as ``"unknown"`` (or not at all) fails every
+policy that needs it (``posture.<fact>.unknown``/``.missing``). Pure. The facts are the
+device's claims: the quote proves which measured system makes them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from bastion import limits
 from bastion.errors import FormatError
 
 Fail = Callable[[str, str], None]
+
+#: the value a device reports for a fact it could not establish (device/posture.py)
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,9 @@ def check_posture(fail: Fail, posture: Mapping[str, Any], policy: PosturePolicy)
         value = posture.get(name)
         if value is None:
             fail(f"posture.{name}.missing", f"the device did not report {name}")
+        elif value == UNKNOWN:  # the device could not establish it: fail closed
+            fail(f"posture.{name}.unknown", f"the device could not establish {name}")
+            return None
         return value
 
     if policy.require_selinux is not None:

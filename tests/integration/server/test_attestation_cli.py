@@ -156,3 +156,24 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
                         "--server", url)  # fmt: skip
     assert code == 0
     assert out.splitlines()[0].split()[1] == "FAIL" and "PASS" in out.splitlines()[1]
+
+    # posture collected from a /proc + /sys tree (--posture-root), default the running system
+    root = tmp_path / "root"
+    (root / "sys/fs/selinux").mkdir(parents=True)
+    (root / "sys/fs/selinux/enforce").write_bytes(b"1")
+    code, out, err = _run(capsys, "device", "attest", str(dev), "--posture-root", str(root),
+                          "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["ok"] is True, (out, err)
+    assert httpx.get(config, headers=headers).status_code == 200
+    (root / "sys/fs/selinux/enforce").unlink()  # SELinux state unknown: fails closed
+    code, out, err = _run(capsys, "device", "attest", str(dev), "--posture-root", str(root))
+    assert code == 2 and "posture.selinux.unknown" in out, (out, err)
+    assert httpx.get(config, headers=headers).status_code == 403
+    from bastion.device.posture import FileTree, collect_posture
+
+    here = collect_posture(FileTree("/"))["selinux"]
+    code, out, err = _run(capsys, "device", "attest", str(dev), "--json")
+    failures = [f["id"] for f in json.loads(out)["failures"]]
+    assert (code, failures) == (
+        (0, []) if here == "enforcing" else (2, [f"posture.selinux.{here}"])
+    )

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.attestkit import SEL, boot_events, extend, golden_of
 
-from bastion.device.attest import build_evidence, linux_posture
+from bastion.device.attest import build_evidence
 from bastion.errors import FormatError, VerificationError
 from bastion.formats import eventlog as el
 from bastion.io.clock import FixedClock
@@ -341,27 +341,6 @@ def test_posture_policy_json_round_trip_and_refusals() -> None:
     ):
         with pytest.raises(FormatError):
             PosturePolicy.from_json(bad)
-
-
-def test_linux_posture_reads_facts() -> None:
-    files = {
-        "/proc/sys/kernel/randomize_va_space": b"2\n",
-        "/sys/fs/selinux/enforce": b"1",
-        "/sys/kernel/security/lockdown": b"none [integrity] confidentiality\n",
-        "/sys/module/module/parameters/sig_enforce": b"Y\n",
-        "/proc/cmdline": b"quiet\n",
-        "/proc/net/tcp": b"  sl  local rem st\n   0: 00000000:0016 00000000:0000 0A\n"
-        b"   1: 0100007F:1F90 0100007F:9999 01\n",
-    }
-    facts = linux_posture(files.get)
-    assert facts == {
-        "randomize_va_space": 2,
-        "selinux": "enforcing",
-        "lockdown": "integrity",
-        "module_sig_enforce": True,
-        "cmdline": "quiet",
-        "listening_ports": [22],
-    }
 
 
 # --- the evidence parser ------------------------------------------------------------------------
