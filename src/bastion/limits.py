@@ -194,3 +194,10 @@ ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
 ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
 ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
 ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce
+# --- RAUC-compatible update bundles (formats/raucm.py, formats/bundle.py, ADR 0026) ------
+BUNDLE_SIGNATURE_MAX_SIZE = 64 * KiB  # the trailing CMS (RAUC 1.8 refuses more than 0x10000)
+BUNDLE_BLOCK_SIZE = 4096  # squashfs padding, dm-verity data and hash block size
+BUNDLE_MANIFEST_MAX_SIZE = 64 * KiB  # one manifest.raucm (inline in the CMS for verity)
+BUNDLE_MANIFEST_MAX_IMAGES = 32  # [image.*] sections in one manifest
+BUNDLE_MANIFEST_MAX_VALUE = 4 * KiB  # one manifest value
+BUNDLE_MAX_CERTIFICATES = 8  # certificates carried in a bundle's CMS
