@@ -130,3 +130,20 @@ def test_bastion_verifies_rauc_bundle(tmp_path: Path) -> None:
     assert (info.value.area, info.value.block) == ("data", 3)
     extract = _rauc("extract", "--keyring", str(ca), str(bundle), str(tmp_path / "out"))
     assert "bundle payload is corrupted" in extract.stderr
+
+
+def test_bastion_refuses_rauc_plain_bundle(tmp_path: Path) -> None:
+    _, cert, key, _ = _keyrings(tmp_path)
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "rootfs.img").write_bytes(os.urandom(20_000))
+    (content / "manifest.raucm").write_text(
+        "[update]\ncompatible=rauc-made\n\n[bundle]\nformat=plain\n\n"
+        "[image.rootfs]\nfilename=rootfs.img\n"
+    )
+    bundle = tmp_path / "plain.raucb"
+    made = _rauc("bundle", "--cert", str(cert), "--key", str(key), str(content), str(bundle))
+    assert made.returncode == 0, made.stderr
+    assert "Creating bundle in 'plain' format" in made.stdout + made.stderr
+    with bundle.open("rb") as f, pytest.raises(SignatureError, match="detached content"):
+        verify_bundle(f, [KEYS.ca])

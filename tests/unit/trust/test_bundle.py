@@ -158,3 +158,65 @@ def test_build_refuses_a_one_block_squashfs(tmp_path: Path) -> None:
         )
     assert not (tmp_path / "t.raucb").exists()
     assert not (tmp_path / "t.raucb.tmp").exists()
+
+
+def _resign_cms(edit: object) -> bytes:
+    """GOOD with its CMS edited by ``edit(signed_data)`` (signature kept as is)."""
+    from asn1crypto import cms
+
+    from bastion.formats.bundle import trailer_bytes
+
+    sig_start = len(GOOD) - 8 - SIG_SIZE
+    info = cms.ContentInfo.load(GOOD[sig_start:-8])
+    sd = info["content"]
+    edit(sd)  # type: ignore[operator]
+    der = info.dump(force=True)
+    return GOOD[:sig_start] + der + trailer_bytes(len(der))
+
+
+def _no_certs(sd: object) -> None:
+    del sd["certificates"]  # type: ignore[attr-defined]
+
+
+def _detached(sd: object) -> None:
+    sd["encap_content_info"] = {"content_type": "data"}  # type: ignore[index]
+
+
+def _two_signers(sd: object) -> None:
+    si = sd["signer_infos"][0]  # type: ignore[index]
+    sd["signer_infos"] = [si, si]  # type: ignore[index]
+
+
+def _no_attrs(sd: object) -> None:
+    del sd["signer_infos"][0]["signed_attrs"]  # type: ignore[index]
+
+
+def _md5(sd: object) -> None:
+    sd["signer_infos"][0]["digest_algorithm"] = {"algorithm": "md5"}  # type: ignore[index]
+
+
+def _bad_signature(sd: object) -> None:
+    si = sd["signer_infos"][0]  # type: ignore[index]
+    raw = bytearray(si["signature"].native)
+    raw[-1] ^= 1
+    si["signature"] = bytes(raw)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (_no_certs, "does not carry the signer's certificate"),
+        (_detached, "detached content"),
+        (_two_signers, "2 signers"),
+        (_no_attrs, "no signed attributes"),
+        (_md5, "digest md5 is not supported"),
+        (_bad_signature, ""),
+    ],
+)
+def test_cms_refusals(edit: object, needle: str) -> None:
+    data = _resign_cms(edit)
+    sig_size = int.from_bytes(data[-8:], "big")
+    assert (len(data) - 8 - sig_size) % 4096 == 0
+    with pytest.raises(SignatureError) as info:
+        verify_bundle_bytes(data, [KEYS.ca])
+    assert needle in str(info.value)
