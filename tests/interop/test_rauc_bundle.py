@@ -147,3 +147,32 @@ def test_bastion_refuses_rauc_plain_bundle(tmp_path: Path) -> None:
     assert "Creating bundle in 'plain' format" in made.stdout + made.stderr
     with bundle.open("rb") as f, pytest.raises(SignatureError, match="detached content"):
         verify_bundle(f, [KEYS.ca])
+
+
+@pytest.mark.parametrize("alg", ["ecdsa-p256", "rsa-2048"])
+def test_tpm_key_signs_bundle_rauc_accepts(tpm_rig, tmp_path: Path, alg: str) -> None:  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    from bastion.trust.keys import create_tpm_key
+    from bastion.trust.pki import create_root_ca
+
+    need_tool("mksquashfs")
+    signer = create_tpm_key(tpm_rig.tpm, alg, tmp_path / "release.tpmkey")
+    cert = create_root_ca(signer, f"bastion tpm release {alg}")
+    ca = tmp_path / "tpm-ca.pem"
+    ca.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "root.img").write_bytes(os.urandom(20_000))
+    out = tmp_path / "tpm.raucb"
+    build_bundle(
+        out,
+        [BundleImage("rootfs", tmp_path / "root.img", "rootfs.img")],
+        compatible="bastion-tpm",
+        version="3",
+        signer=signer,
+        certificate=cert,
+    )
+    info = _rauc("info", "--keyring", str(ca), str(out))
+    assert info.returncode == 0, info.stderr
+    assert "Compatible: \t'bastion-tpm'" in info.stdout
+    with out.open("rb") as f:
+        assert verify_bundle(f, [cert]).signer == cert
