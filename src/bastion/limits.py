@@ -199,3 +199,10 @@ POSTURE_FILE_MAX_SIZE = 64 * KiB  # one small procfs/sysfs/efivarfs file read fo
 POSTURE_TABLE_MAX_SIZE = 16 * MiB  # one /proc/net/{tcp,udp}[6] table or /proc/self/mountinfo
 POSTURE_TABLE_MAX_ROWS = 65_536  # sockets in one /proc/net table, mounts in mountinfo
 POSTURE_DM_DEVICES_MAX = 1024  # /sys/block/dm-* entries looked at for the root's mapping
+# --- RAUC-compatible update bundles (formats/raucm.py, formats/bundle.py, ADR 0026) ------
+BUNDLE_SIGNATURE_MAX_SIZE = 64 * KiB  # the trailing CMS (RAUC 1.8 refuses more than 0x10000)
+BUNDLE_BLOCK_SIZE = 4096  # squashfs padding, dm-verity data and hash block size
+BUNDLE_MANIFEST_MAX_SIZE = 64 * KiB  # one manifest.raucm (inline in the CMS for verity)
+BUNDLE_MANIFEST_MAX_IMAGES = 32  # [image.*] sections in one manifest
+BUNDLE_MANIFEST_MAX_VALUE = 4 * KiB  # one manifest value
+BUNDLE_MAX_CERTIFICATES = 8  # certificates carried in a bundle's CMS

@@ -67,6 +67,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "sbkeysync": "sbsigntool",
     "busybox": "busybox-static",
     "gcc": "gcc",
+    "rauc": "rauc",
 }
 
 
