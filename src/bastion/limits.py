@@ -194,3 +194,7 @@ ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
 ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
 ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
 ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce
+
+# --- the one HTTP client (io/http.py) ---------------------------------------------------
+HTTP_MAX_RESPONSE = 16 * HTTP_MAX_BODY  # one answer read by a client (lists can be long)
+HTTP_CLIENT_TIMEOUT_SECONDS = 30.0  # connect/read/write of one client request
