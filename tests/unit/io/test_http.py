@@ -41,7 +41,7 @@ def test_server_emit_table_and_client_decode_table_are_one() -> None:
 
     derived = {code: w.error for code, w in WIRE_ERRORS.items()}
     assert dict(server_errors.CODE_TO_ERROR) == derived
-    assert ERROR_CODES == derived
+    assert derived == ERROR_CODES
     assert server_errors.encode_error is encode_error  # the handler emits through the codec
 
 
@@ -64,12 +64,16 @@ def test_every_client_path_raises_the_table_class(code: str) -> None:
     wire_error = WIRE_ERRORS[code]
     body = {"error": code, "detail": "refused"}
     transport = _answer(wire_error.status, body)
-    with ApiClient("http://127.0.0.1:1", "bst_x", transport=transport) as api:
-        with pytest.raises(BastionError) as operator:
-            api.call("GET", "/v1/fleets")
-    with HttpClient("http://127.0.0.1:1", transport=transport) as device:
-        with pytest.raises(BastionError) as provisioning:
-            _post(device, "/v1/enroll/begin", {}, "bst_pk_x")
+    with (
+        ApiClient("http://127.0.0.1:1", "bst_x", transport=transport) as api,
+        pytest.raises(BastionError) as operator,
+    ):
+        api.call("GET", "/v1/fleets")
+    with (
+        HttpClient("http://127.0.0.1:1", transport=transport) as device,
+        pytest.raises(BastionError) as provisioning,
+    ):
+        _post(device, "/v1/enroll/begin", {}, "bst_pk_x")
     assert type(operator.value) is wire_error.error
     assert type(provisioning.value) is wire_error.error
     assert "refused" in str(operator.value)
@@ -148,9 +152,11 @@ def test_https_and_loopback_http_are_accepted(url: str) -> None:
 
 def test_answer_over_the_limit_is_refused() -> None:
     big = b'{"a": "' + b"x" * 2000 + b'"}'
-    with HttpClient("http://127.0.0.1:1", transport=_answer(200, big), max_response=1000) as c:
-        with pytest.raises(LimitError):
-            c.call("GET", "/big")
+    with (
+        HttpClient("http://127.0.0.1:1", transport=_answer(200, big), max_response=1000) as c,
+        pytest.raises(LimitError),
+    ):
+        c.call("GET", "/big")
     assert limits.HTTP_MAX_RESPONSE >= limits.HTTP_MAX_BODY
 
 
@@ -158,9 +164,11 @@ def test_answer_over_the_limit_is_refused() -> None:
     "body", [b'{"a": 1, "a": 2}', b"{nope", b"[" * 200 + b"]" * 200, b"\xff\xfe"]
 )
 def test_answers_go_through_the_strict_json_loader(body: bytes) -> None:
-    with HttpClient("http://127.0.0.1:1", transport=_answer(200, body)) as c:
-        with pytest.raises(FormatError):
-            c.call("GET", "/x")
+    with (
+        HttpClient("http://127.0.0.1:1", transport=_answer(200, body)) as c,
+        pytest.raises(FormatError),
+    ):
+        c.call("GET", "/x")
 
 
 def test_object_answers_and_bearer_token() -> None:
@@ -181,13 +189,15 @@ def test_transport_failure_is_a_transport_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    with HttpClient("http://127.0.0.1:1", transport=httpx.MockTransport(handler)) as c:
-        with pytest.raises(TransportError):
-            c.call("GET", "/x")
+    with (
+        HttpClient("http://127.0.0.1:1", transport=httpx.MockTransport(handler)) as c,
+        pytest.raises(TransportError),
+    ):
+        c.call("GET", "/x")
 
 
 def test_server_hides_backend_messages() -> None:
-    assert wire.PUBLIC_DETAIL == frozenset(WIRE_ERRORS) - {"unavailable", "internal"}
+    assert frozenset(WIRE_ERRORS) - {"unavailable", "internal"} == wire.PUBLIC_DETAIL
     assert encode_error(BackendError("db password wrong"), authenticated=True) == (
         503,
         "unavailable",
