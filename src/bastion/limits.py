@@ -206,3 +206,7 @@ BUNDLE_MANIFEST_MAX_SIZE = 64 * KiB  # one manifest.raucm (inline in the CMS for
 BUNDLE_MANIFEST_MAX_IMAGES = 32  # [image.*] sections in one manifest
 BUNDLE_MANIFEST_MAX_VALUE = 4 * KiB  # one manifest value
 BUNDLE_MAX_CERTIFICATES = 8  # certificates carried in a bundle's CMS
+
+# --- the one HTTP client (io/http.py) ---------------------------------------------------
+HTTP_MAX_RESPONSE = 16 * HTTP_MAX_BODY  # one answer read by a client (lists can be long)
+HTTP_CLIENT_TIMEOUT_SECONDS = 30.0  # connect/read/write of one client request

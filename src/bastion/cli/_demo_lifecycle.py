@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bastion.errors import BastionError
+from bastion.errors import AuthError, BastionError
 
 if TYPE_CHECKING:
     from bastion.cli.demo import DemoContext, StepOutcome
@@ -238,9 +238,9 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def _server(data_dir: Path) -> Iterator[str]:
-    import httpx
     import uvicorn
 
+    from bastion.io.http import HttpClient
     from bastion.server.app import create_app
     from bastion.server.settings import ServerSettings
 
@@ -252,8 +252,8 @@ def _server(data_dir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+            with contextlib.suppress(BastionError), HttpClient(url, timeout=1) as probe:
+                if probe.request("GET", "/v1/health").status == 200:
                     break
             time.sleep(0.05)
         else:
@@ -264,13 +264,31 @@ def _server(data_dir: Path) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def _device_reads(url: str, api_key: str) -> list[str]:
+    """The device reads its own config and is refused the fleet list."""
+    from bastion.io.http import HttpClient
+
+    with HttpClient(url, api_key) as device:
+        try:
+            own = device.request("GET", "/v1/device/config")
+        except BastionError as exc:
+            raise _StepFailedError(f"device could not read its config: {exc}") from exc
+        if b"MODE" not in own.content:
+            raise _StepFailedError("device config lacks the MODE the operator set")
+        try:
+            device.request("GET", "/v1/fleets")
+        except AuthError as exc:
+            return [f"device reads its own config, fleet list refused ({type(exc).__name__})"]
+    raise _StepFailedError("a device key could list fleets")
+
+
 def step_fleet(ctx: DemoContext) -> StepOutcome:
     """Fleet: enrol the device (TPM-bound), least-privilege reads, revoke, audit chain."""
-    import httpx
     from cryptography import x509
 
     from bastion.device.platform.sim import SimPlatform
     from bastion.device.provision import DeviceIdentity
+    from bastion.io.http import HttpClient
     from bastion.tpm.uri import open_tpm
 
     data_dir = ctx.workdir / "server"
@@ -323,19 +341,17 @@ def step_fleet(ctx: DemoContext) -> StepOutcome:
                 api_key = DeviceIdentity.load(dev).api_key(tpm)  # only this TPM can open it
             finally:
                 tpm.close()
-            auth = {"Authorization": f"Bearer {api_key}"}
-            own = httpx.get(f"{url}/v1/device/config", headers=auth, timeout=10)
-            if own.status_code != 200 or "MODE" not in own.text:
-                return _outcome(False, f"device could not read its config: {own.status_code}")
-            others = httpx.get(f"{url}/v1/fleets", headers=auth, timeout=10)
-            if others.status_code < 400:
-                return _outcome(False, "a device key could list fleets")
-            lines.append(f"device reads its own config, fleet list refused ({others.status_code})")
+            lines += _device_reads(url, api_key)
             _ok("device", "revoke", device_id, "--fleet", "demo/cameras")
-            after = httpx.get(f"{url}/v1/device", headers=auth, timeout=10)
-            if after.status_code != 401:
-                return _outcome(False, f"revoked device still answered {after.status_code}")
-            crl = x509.load_der_x509_crl(httpx.get(f"{url}/v1/crl", timeout=10).content)
+            try:
+                with HttpClient(url, api_key) as device:
+                    device.request("GET", "/v1/device")
+                return _outcome(False, "a revoked device still got an answer")
+            except AuthError as exc:
+                if "HTTP 401" not in str(exc):
+                    return _outcome(False, f"revoked device refused otherwise: {exc}")
+            with HttpClient(url) as anonymous:
+                crl = x509.load_der_x509_crl(anonymous.request("GET", "/v1/crl").content)
             cert = x509.load_pem_x509_certificate((dev / "device.pem").read_bytes())
             if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is None:
                 return _outcome(False, "the revoked device's certificate is not on the CRL")

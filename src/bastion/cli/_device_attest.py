@@ -74,12 +74,11 @@ def _verdict_text(v: dict[str, Any]) -> str:
 
 
 def _attest(args: argparse.Namespace) -> int:
-    import httpx
-
     from bastion.cli._device_fleet import _device_tpm
     from bastion.device.attest import attest
     from bastion.device.posture import FileTree, collect_posture, dmsetup_status
     from bastion.device.provision import DeviceIdentity
+    from bastion.io.http import HttpClient
 
     dev: Path = args.dev
     identity = DeviceIdentity.load(dev)
@@ -95,7 +94,7 @@ def _attest(args: argparse.Namespace) -> int:
     url = args.server or identity.server_url or api.device_server_url(args)
     with (
         _device_tpm(dev, args.tpm) as tpm,
-        httpx.Client(base_url=url, timeout=30.0, verify=api.verify_setting(args)) as http,
+        HttpClient(url, ca_file=getattr(args, "ca_file", None)) as http,
     ):
         verdict = attest(tpm, identity, http, log, posture)
     if not verdict["ok"] and not args.json:

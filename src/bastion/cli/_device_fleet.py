@@ -66,17 +66,18 @@ def register(subparsers: Any) -> None:
 
 
 def _provision(args: argparse.Namespace) -> int:
-    import httpx
-
+    from bastion import limits
     from bastion.device.provision import provision_from_files
+    from bastion.io.http import HttpClient
 
     dev: Path = args.dev
     dev.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = api.device_server_url(args)
-    verify = api.verify_setting(args)
     with (
         _device_tpm(dev, args.tpm) as tpm,
-        httpx.Client(base_url=url, timeout=30.0, verify=verify) as http,
+        HttpClient(
+            url, ca_file=getattr(args, "ca_file", None), max_response=limits.HTTP_MAX_BODY
+        ) as http,
     ):
         identity = provision_from_files(
             tpm,

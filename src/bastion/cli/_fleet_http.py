@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 
 from bastion.errors import ConfigError
 from bastion.server.client import ApiClient, check_server_url
@@ -33,12 +32,6 @@ def device_server_url(args: argparse.Namespace) -> str:
     if not url:
         raise ConfigError("no fleet server: give --server URL or set BASTION_SERVER")
     return check_server_url(url)
-
-
-def verify_setting(args: argparse.Namespace) -> bool | ssl.SSLContext:
-    """TLS verification for the device: the system store, or ``--ca-file``."""
-    ca = getattr(args, "ca_file", None)
-    return ssl.create_default_context(cafile=ca) if ca else True
 
 
 def operator(args: argparse.Namespace) -> ApiClient:

@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bastion.device.provision import DeviceIdentity, _post
 from bastion.errors import FormatError
+from bastion.io.http import HttpClient
 from bastion.tpm.base import PcrSelection, Tpm, TpmKey
 from bastion.trust.verdict import Evidence
 
@@ -66,7 +65,7 @@ def _unb64(value: Any, what: str) -> bytes:
 def attest(
     tpm: Tpm,
     identity: DeviceIdentity,
-    http: httpx.Client,
+    http: HttpClient,
     eventlog: bytes,
     posture: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The device side of TPM-bound enrolment: ``bastion device provision``.
 
 :func:`provision` runs the protocol of docs/adr/0008-provisioning.md over an injected
-``httpx.Client`` with any :class:`~bastion.tpm.base.Tpm`:
+:class:`~bastion.io.http.HttpClient` (the one client and wire-error codec) with any
+:class:`~bastion.tpm.base.Tpm`:
 
 1. create an AK and an identity signing key in the TPM; build a CSR signed by the TPM
    (:mod:`bastion.device.tpm_csr`); have the AK certify the identity key with the
@@ -26,12 +27,10 @@ import base64
 import binascii
 import json
 import os
-import ssl
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -39,40 +38,17 @@ from cryptography.x509.oid import NameOID
 
 from bastion import limits
 from bastion.device.tpm_csr import build_csr
-from bastion.errors import (
-    AttestationRequiredError,
-    AuthError,
-    BastionError,
-    ConfigError,
-    ConflictError,
-    FormatError,
-    NotFoundError,
-    RateLimitError,
-    TransportError,
-    VerificationError,
-)
+from bastion.errors import ConfigError, FormatError, VerificationError
 from bastion.formats import enrollment as en
 from bastion.formats import strict_json
 from bastion.formats.tpm2 import Alg, Signature
 from bastion.io.files import atomic_write, read_bounded
+from bastion.io.http import HttpClient
 from bastion.tpm.base import Tpm, TpmKey
 from bastion.tpm.quote import public_key
 
 IDENTITY_FILE = "identity.json"
 IDENTITY_VERSION = 1
-#: the server's error codes (docs/server.md) -> the branch the client raises
-_ERRORS: dict[str, type[BastionError]] = {
-    "unauthenticated": AuthError,
-    "forbidden": AuthError,
-    "rate_limited": RateLimitError,
-    "verification_failed": VerificationError,
-    "bad_request": FormatError,
-    "invalid": FormatError,
-    "too_large": FormatError,
-    "not_found": NotFoundError,
-    "conflict": ConflictError,
-    "attestation_required": AttestationRequiredError,
-}
 
 
 def _b64(data: bytes) -> str:
@@ -176,28 +152,9 @@ class DeviceIdentity:
         )
 
 
-def _post(http: httpx.Client, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-    try:
-        response = http.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        raise TransportError(f"POST {path} failed: {exc}") from exc
-    if len(response.content) > limits.HTTP_MAX_BODY:
-        raise FormatError(f"POST {path}: answer is {len(response.content)} bytes, too large")
-    try:
-        data = strict_json.loads(response.content, what=f"POST {path} answer")
-    except FormatError:
-        data = None
-    if response.status_code >= 400:
-        detail = data.get("detail") if isinstance(data, dict) else None
-        kind = data.get("error") if isinstance(data, dict) else None
-        message = f"POST {path}: HTTP {response.status_code}: {detail or response.text[:200]}"
-        error = _ERRORS.get(str(kind), AuthError if response.status_code in (401, 403) else None)
-        if error is not None:
-            raise error(message)
-        raise TransportError(message)
-    if not isinstance(data, dict):
-        raise FormatError(f"POST {path}: answer is not a JSON object")
-    return data
+def _post(http: HttpClient, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+    """POST with a bearer token; the answer's JSON object (errors: the one wire codec)."""
+    return http.call_object("POST", path, body, token=token)
 
 
 def _text(data: dict[str, Any], name: str, what: str) -> str:
@@ -236,7 +193,7 @@ def build_enrollment(tpm: Tpm, serial: str) -> tuple[TpmKey, TpmKey, dict[str, A
 
 def provision(
     tpm: Tpm,
-    http: httpx.Client,
+    http: HttpClient,
     *,
     provisioning_key: str,
     serial: str,
@@ -264,7 +221,7 @@ def provision(
     identity = DeviceIdentity(
         device_id=_text(finish, "device_id", "enroll/finish"),
         fleet_id=_text(finish, "fleet_id", "enroll/finish"),
-        server_url=server_url or str(http.base_url),
+        server_url=server_url or http.server,
         certificate_pem=_text(finish, "certificate", "enroll/finish"),
         ca_certificate_pem=_text(finish, "ca_certificate", "enroll/finish"),
         key_public=key.public,
@@ -302,13 +259,13 @@ def provision_from_files(
     key_file: Path,
     serial: str,
     state_dir: Path,
-    http: httpx.Client | None = None,
-    verify: bool | ssl.SSLContext = True,
+    http: HttpClient | None = None,
+    ca_file: str | None = None,
     fleet_id: str | None = None,
 ) -> DeviceIdentity:
     """CLI flow: read the key file, enrol, save the identity, delete the key file."""
     token = read_provisioning_key(key_file)
-    client = http or httpx.Client(base_url=server_url, timeout=30.0, verify=verify)
+    client = http or HttpClient(server_url, ca_file=ca_file, max_response=limits.HTTP_MAX_BODY)
     try:
         identity = provision(
             tpm,

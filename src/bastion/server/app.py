@@ -2,24 +2,26 @@
 
 It creates the :class:`~bastion.server.db.engine.Database` for
 ``settings.resolved_database_url()``, applies every migration (SQLite and PostgreSQL
-from empty), builds the :class:`~bastion.server.context.AppContext` on
-``app.state.ctx``, installs the body-size middleware and the one error mapper, and
-installs every feature.
+from empty), builds the :class:`~bastion.server.context.AppContext` (hung on the app
+once, read through :func:`~bastion.server.context.app_context`), installs the
+body-size middleware and the one error mapper, and installs every feature.
 
-Features are discovered: each package ``bastion.server.<feature>`` with a module
-``routes`` that defines ``install(app: FastAPI) -> None`` is installed, in name
-order. ``install`` includes its routers (under ``/v1``) and may register
-authenticators (:func:`bastion.server.auth.principal.auth_registry`). Adding a feature
-therefore needs no edit here.
+Features are listed here, explicitly and in one place: :func:`features` names the
+``routes`` module of each ``bastion.server.<feature>`` package, and its
+``install(app: FastAPI) -> None`` includes the routers (under ``/v1``) and may register
+authenticators (:func:`bastion.server.auth.principal.auth_registry`). A new feature is
+one more line there (tests/integration/server/test_app_features.py fails otherwise).
+Per-app objects (the device CA, the enrolment service) are built here and kept in the
+:class:`~bastion.server.context.AppContext`, never on ``app.state``.
 
 OpenAPI: ``/openapi.json``; interactive docs: ``/docs``.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import time
+from collections.abc import Callable
+from types import ModuleType
 
 from fastapi import FastAPI
 
@@ -53,9 +55,13 @@ def create_app(
     if migrate:
         db.upgrade(secret_box=lambda: secret_box)
     from bastion.server.audit.keys import install_audit_key
+    from bastion.server.devices.ca import DeviceCa
+    from bastion.server.enrollment.service import EnrollmentService
+    from bastion.server.provisioning.policy import RateLimiter as EnrollLimiter
 
     try:
         install_audit_key(settings, db, clock.now())
+        device_ca = DeviceCa.load_or_create(settings.data_dir / "pki", now=clock.now())
     except BaseException:
         db.dispose()
         raise
@@ -82,6 +88,10 @@ def create_app(
             max_seconds=settings.login_delay_max,
         ),
         oidc=oidc,
+        device_ca=device_ca,
+        enrollment=EnrollmentService(
+            ca=device_ca, limiter=EnrollLimiter(), monotonic=clock.monotonic
+        ),
     )
     app = FastAPI(
         title="bastion fleet API",
@@ -94,21 +104,34 @@ def create_app(
     app.add_middleware(StrictJsonMiddleware, max_body=settings.max_body)  # inner
     app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
     install_error_handlers(app)
-    for name in feature_modules():
-        module = importlib.import_module(name)
-        module.install(app)
+    for module in features():
+        install: Callable[[FastAPI], None] = module.install
+        install(app)
     return app
 
 
-def feature_modules() -> list[str]:
-    """Dotted names of every ``bastion.server.<feature>.routes`` module, sorted."""
-    import bastion.server as server_pkg
+def features() -> tuple[ModuleType, ...]:
+    """The ``routes`` module of every feature, in install order: the one router list."""
+    from bastion.server.attestation import routes as attestation
+    from bastion.server.devices import routes as devices
+    from bastion.server.ektrust import routes as ektrust
+    from bastion.server.enrollment import routes as enrollment
+    from bastion.server.health import routes as health
+    from bastion.server.metrics import routes as metrics
+    from bastion.server.oidc import routes as oidc
+    from bastion.server.orgs import routes as orgs
+    from bastion.server.provisioning import routes as provisioning
+    from bastion.server.users import routes as users
 
-    names = []
-    for info in sorted(pkgutil.iter_modules(server_pkg.__path__), key=lambda m: m.name):
-        if not info.ispkg:
-            continue
-        candidate = f"bastion.server.{info.name}.routes"
-        if importlib.util.find_spec(candidate) is not None:
-            names.append(candidate)
-    return names
+    return (
+        attestation,
+        devices,
+        ektrust,
+        enrollment,
+        health,
+        metrics,
+        oidc,
+        orgs,
+        provisioning,
+        users,
+    )

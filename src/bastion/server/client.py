@@ -5,64 +5,37 @@ optional CA file in :func:`config_path` (``$BASTION_CONFIG`` or
 ``~/.config/bastion/operator.json``), written atomically with mode 0600. Every operator
 command builds an :class:`ApiClient` from it (``$BASTION_SERVER``/``$BASTION_TOKEN``
 and flags override it). Errors come back as the server's one-line ``detail`` mapped to
-the same :mod:`bastion.errors` class the server raised (the codes of
-:mod:`bastion.server.errors`), so the CLI prints one line with the usual exit code.
+the same :mod:`bastion.errors` class the server raised (the one wire-error codec of
+:mod:`bastion.io.http`), so the CLI prints one line with the usual exit code.
 
-This module imports no server code but the settings' loopback check (no FastAPI): the
-CLI stays light. Plain ``http://`` is refused for any host but a loopback one.
+:class:`ApiClient` is the one client of :mod:`bastion.io.http` plus the operator's
+lookups; it imports no server code (no FastAPI): the CLI stays light. Plain ``http://``
+is refused for any host but a loopback one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import ssl
-import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bastion import limits
 from bastion.errors import (
-    AttestationRequiredError,
     AuthError,
-    BackendError,
     BastionError,
     ConfigError,
-    ConflictError,
     FormatError,
-    LimitError,
     NotFoundError,
-    RateLimitError,
-    ReauthRequiredError,
-    TransportError,
-    VerificationError,
 )
 from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
+from bastion.io.http import WIRE_ERRORS, HttpClient, check_server_url
 
-#: error code in a response body -> the bastion error the client raises
-ERROR_CODES: dict[str, type[BastionError]] = {
-    "too_large": LimitError,
-    "bad_request": FormatError,
-    "invalid": FormatError,
-    "rate_limited": RateLimitError,
-    "unauthenticated": AuthError,
-    "forbidden": AuthError,
-    "verification_failed": VerificationError,
-    "not_found": NotFoundError,
-    "method_not_allowed": NotFoundError,
-    "conflict": ConflictError,
-    "upstream": TransportError,
-    "unavailable": BackendError,
-    "internal": BackendError,
-    "oidc_required": AuthError,
-    "reauth_required": ReauthRequiredError,
-    "attestation_required": AttestationRequiredError,
-}
-MAX_RESPONSE = 16 * limits.HTTP_MAX_BODY
+#: error code in a response body -> the bastion error the client raises (the one table)
+ERROR_CODES: dict[str, type[BastionError]] = {code: w.error for code, w in WIRE_ERRORS.items()}
+MAX_RESPONSE = limits.HTTP_MAX_RESPONSE
 
 
 def config_path() -> Path:
@@ -115,55 +88,8 @@ class OperatorConfig:
             raise ConfigError(f"{target} is not a bastion operator config: {exc}") from exc
 
 
-def check_server_url(url: str) -> str:
-    """``url`` without a trailing slash; ConfigError unless https, or http to loopback.
-
-    Plain ``http://`` would send the password and the bearer token in the clear, so it
-    is accepted only for a loopback host (``localhost``, 127.0.0.0/8, ``::1``), where
-    the server itself also allows it.
-    """
-    from bastion.server.settings import is_loopback
-
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"server URL {url!r} must start with http:// or https://")
-    try:
-        host = urllib.parse.urlsplit(url).hostname
-    except ValueError as exc:
-        raise ConfigError(f"server URL {url!r} is malformed: {exc}") from exc
-    if not host:
-        raise ConfigError(f"server URL {url!r} names no host")
-    if url.startswith("http://") and not is_loopback(host):
-        raise ConfigError(
-            f"refusing plain http:// to {host!r}: the password and token would travel "
-            "unencrypted; use https:// (with --ca-file for a private CA) or a loopback address"
-        )
-    return url.rstrip("/")
-
-
-class ApiClient:
+class ApiClient(HttpClient):
     """Calls the fleet API; raises the bastion error matching the server's answer."""
-
-    def __init__(
-        self,
-        server: str,
-        token: str | None = None,
-        *,
-        ca_file: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
-        verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=ca_file) if ca_file else True
-        )
-        self.server = check_server_url(server)
-        self._http = httpx.Client(
-            base_url=self.server,
-            headers=headers,
-            timeout=timeout,
-            verify=verify,
-            transport=transport,
-        )
 
     @classmethod
     def from_config(
@@ -184,57 +110,6 @@ class ApiClient:
             raise AuthError("not logged in: run 'bastion login' or set BASTION_TOKEN")
         ca = ca_file or (stored.ca_file if stored else None)
         return cls(url, secret, ca_file=ca)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> ApiClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def call(self, method: str, path: str, json_body: Any = None) -> Any:
-        """One request; the decoded JSON answer (None for 204)."""
-        try:
-            response = self._http.request(method, path, json=json_body)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"{method} {self.server}{path}: {exc}") from exc
-        if len(response.content) > MAX_RESPONSE:
-            raise LimitError(f"{method} {path}: answer of {len(response.content)} bytes")
-        if response.status_code >= 400:
-            raise self._error(method, path, response)
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return strict_json.loads(response.content, what=f"{method} {path} answer")
-        except FormatError as exc:
-            raise FormatError(f"{method} {path}: the answer is not strict JSON: {exc}") from exc
-
-    def redirect_location(self, path: str) -> str:
-        """``GET path`` without following it; the ``Location`` of the redirect answer."""
-        try:
-            response = self._http.request("GET", path, follow_redirects=False)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"GET {self.server}{path}: {exc}") from exc
-        if response.status_code >= 400:
-            raise self._error("GET", path, response)
-        location = response.headers.get("location")
-        if response.status_code not in (302, 303) or not location:
-            raise TransportError(f"GET {path}: expected a redirect, got {response.status_code}")
-        return str(location)
-
-    @staticmethod
-    def _error(method: str, path: str, response: httpx.Response) -> BastionError:
-        try:
-            body = strict_json.loads(response.content, what="error body")
-        except FormatError:
-            body = None
-        code = body.get("error") if isinstance(body, dict) else None
-        detail = body.get("detail") if isinstance(body, dict) else None
-        cls = ERROR_CODES.get(str(code), TransportError)
-        text = str(detail or response.text[:200] or response.reason_phrase)
-        return cls(f"{method} {path}: HTTP {response.status_code}: {text}")
 
     # --- lookups shared by commands -------------------------------------------------------
 
@@ -264,3 +139,6 @@ class ApiClient:
         if not matches:
             raise NotFoundError(f"fleet {ref!r} not found among yours")
         raise ConfigError(f"fleet name {ref!r} is ambiguous: use ORG/NAME or the fleet id")
+
+
+__all__ = ["ERROR_CODES", "MAX_RESPONSE", "ApiClient", "OperatorConfig", "check_server_url"]

@@ -1,7 +1,8 @@
 """The one mapping from domain errors to HTTP responses, and the error body format.
 
 Every error leaves the server as ``{"error": "<code>", "detail": "<one line>"}`` with
-a status chosen here and nowhere else:
+a status chosen by the one wire-error codec (:func:`bastion.io.http.encode_error`, whose
+table every client decodes with):
 
 ============================  ======  ===================
 bastion error                 status  code
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,45 +46,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bastion.errors import (
-    AttestationRequiredError,
-    AuthError,
-    BackendError,
-    BastionError,
-    ConflictError,
-    ExpiredError,
-    FormatError,
-    LimitError,
-    NotFoundError,
-    OidcRequiredError,
-    RateLimitError,
-    ReauthRequiredError,
-    RevokedError,
-    TransportError,
-    VerificationError,
-)
+from bastion.errors import BastionError, RateLimitError
+from bastion.io.http import PUBLIC_DETAIL, WIRE_ERRORS, encode_error
 
 log = logging.getLogger("bastion.server")
 
-#: error code -> bastion error class, used by the HTTP client to raise the same branch
-CODE_TO_ERROR: dict[str, type[BastionError]] = {
-    "too_large": LimitError,
-    "bad_request": FormatError,
-    "invalid": FormatError,
-    "rate_limited": RateLimitError,
-    "unauthenticated": AuthError,
-    "forbidden": AuthError,
-    "verification_failed": VerificationError,
-    "not_found": NotFoundError,
-    "conflict": ConflictError,
-    "method_not_allowed": NotFoundError,
-    "upstream": TransportError,
-    "unavailable": BackendError,
-    "internal": BackendError,
-    "oidc_required": OidcRequiredError,
-    "reauth_required": ReauthRequiredError,
-    "attestation_required": AttestationRequiredError,
-}
+#: error code -> bastion error class, the one wire table of :mod:`bastion.io.http`
+CODE_TO_ERROR: Mapping[str, type[BastionError]] = MappingProxyType(
+    {code: wire.error for code, wire in WIRE_ERRORS.items()}
+)
 
 
 def error_body(code: str, detail: str) -> dict[str, str]:
@@ -95,36 +68,13 @@ def _authenticated(request: Request) -> bool:
 
 
 def status_for(exc: BastionError, request: Request) -> tuple[int, str, str]:
-    """(status, code, client-visible detail) for a domain error."""
-    if isinstance(exc, LimitError):
-        return 413, "too_large", str(exc)
-    if isinstance(exc, FormatError):
-        return 400, "bad_request", str(exc)
-    if isinstance(exc, RateLimitError):
-        return 429, "rate_limited", str(exc)
-    if isinstance(exc, ExpiredError | RevokedError):
-        return 401, "unauthenticated", str(exc)
-    if isinstance(exc, OidcRequiredError):
-        return 403, "oidc_required", str(exc)
-    if isinstance(exc, ReauthRequiredError) and _authenticated(request):
-        return 403, "reauth_required", str(exc)
-    if isinstance(exc, AttestationRequiredError):
-        return 403, "attestation_required", str(exc)
-    if isinstance(exc, AuthError):
-        if _authenticated(request):
-            return 403, "forbidden", str(exc)
-        return 401, "unauthenticated", str(exc)
-    if isinstance(exc, VerificationError):
-        return 403, "verification_failed", str(exc)
-    if isinstance(exc, NotFoundError):
-        return 404, "not_found", str(exc)
-    if isinstance(exc, ConflictError):
-        return 409, "conflict", str(exc)
-    if isinstance(exc, TransportError):
-        return 502, "upstream", str(exc)
-    if isinstance(exc, BackendError):
-        return 503, "unavailable", "a backend of the server is unavailable"
-    return 500, "internal", "internal error"
+    """(status, code, client-visible detail) for a domain error (:func:`encode_error`)."""
+    status, code = encode_error(exc, authenticated=_authenticated(request))
+    if code == "unavailable":
+        return status, code, "a backend of the server is unavailable"
+    if code not in PUBLIC_DETAIL:
+        return status, code, "internal error"
+    return status, code, str(exc)
 
 
 def _headers(exc: BastionError, status: int) -> dict[str, str]:

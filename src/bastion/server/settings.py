@@ -10,7 +10,6 @@ Give ``database_url`` (``postgresql+psycopg://...``) for PostgreSQL.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from pydantic import Field
@@ -18,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bastion import limits
 from bastion.errors import ConfigError
+from bastion.io.http import is_loopback
 
 DEFAULT_DATA_DIR = Path("/var/lib/bastion/server")
 
@@ -111,13 +111,3 @@ class ServerSettings(BaseSettings):
                 f"refusing plain HTTP on non-loopback address {self.listen_host!r}: "
                 "give --tls-cert and --tls-key, or listen on 127.0.0.1/::1/localhost"
             )
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` names only a loopback address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

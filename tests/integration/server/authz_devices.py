@@ -38,12 +38,15 @@ LEVELS = {"device": _device, "enrol": _enrol, "open": _open}
 def _enrol_device(world: World, key: str, serial: str) -> tuple[str, dict[str, str]]:
     """Enrol a fresh software TPM (fleet A is a development fleet, EK policy ``any``)."""
     from bastion.device.provision import provision
+    from bastion.io.http import HttpClient
     from bastion.tpm.software import SoftwareTpm
 
     folder = Path(tempfile.mkdtemp(prefix="authz-tpm-"))
     try:
         tpm = SoftwareTpm(folder / "tpm.state")
-        identity = provision(tpm, world.client, provisioning_key=key, serial=serial)
+        identity = provision(
+            tpm, HttpClient.over(world.client), provisioning_key=key, serial=serial
+        )
         headers = {"Authorization": f"Bearer {identity.api_key(tpm)}"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)

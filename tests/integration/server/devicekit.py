@@ -16,6 +16,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from bastion.device.provision import DeviceIdentity, provision
+from bastion.io.http import HttpClient
 from bastion.server.auth import tokens
 from bastion.server.orgs.models import Fleet, FleetMember, Organisation, OrgMember
 from bastion.server.users.models import UserToken
@@ -53,7 +54,9 @@ class FleetWorld:
         return key
 
     def enrol(self, tpm: Tpm, key: str, serial: str = "serial-0001", **kw: Any) -> DeviceIdentity:
-        return provision(tpm, self.client, provisioning_key=key, serial=serial, **kw)
+        return provision(
+            tpm, HttpClient.over(self.client), provisioning_key=key, serial=serial, **kw
+        )
 
     def device_headers(self, identity: DeviceIdentity, tpm: Tpm) -> dict[str, str]:
         return {"Authorization": f"Bearer {identity.api_key(tpm)}"}

@@ -18,6 +18,7 @@ from tests.attestkit import SEL, boot_events, extend, golden_of
 
 from bastion.device.attest import attest, build_evidence
 from bastion.device.provision import DeviceIdentity
+from bastion.io.http import HttpClient
 from bastion.server.attestation.models import DEFAULT_INTERVAL
 from bastion.tpm.software import SoftwareTpm
 from bastion.trust.keys import KeyAlgorithm, generate_private_key
@@ -84,7 +85,7 @@ class Dev:
         return attest(
             self.tpm,
             self.identity,
-            self.world.client,
+            HttpClient.over(self.world.client),
             self.log,
             GOOD if posture is None else posture,
         )

@@ -40,13 +40,12 @@ from bastion.server.auth.rbac import (
     org_access,
     require_user_principal,
 )
-from bastion.server.context import AppContext
+from bastion.server.context import AppContext, app_context
 
 
 def get_ctx(request: Request) -> AppContext:
     """The app's shared context."""
-    ctx: AppContext = request.app.state.ctx
-    return ctx
+    return app_context(request.app)
 
 
 def db_session(request: Request) -> Iterator[Session]:

@@ -163,5 +163,6 @@ class AuthRegistry:
 
 def auth_registry(app: Any) -> AuthRegistry:
     """The registry of an app made by :func:`bastion.server.app.create_app`."""
-    registry: AuthRegistry = app.state.ctx.auth
-    return registry
+    from bastion.server.context import app_context
+
+    return app_context(app).auth

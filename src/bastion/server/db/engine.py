@@ -1,7 +1,7 @@
 """One engine and session factory per app, and the Alembic upgrade run on start.
 
 :class:`Database` is created by :func:`bastion.server.app.create_app` from the settings
-and kept on ``app.state.db``; there is no module-level engine. ``Database.session()``
+and kept in the app context; there is no module-level engine. ``Database.session()``
 opens a session for a route or a CLI command:
 
 * ``write=True`` (the default): on SQLite the transaction starts with

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bastion import limits
+from bastion.errors import ConfigError
 from bastion.io.files import atomic_write, read_bounded
 from bastion.trust import pki
 from bastion.trust.keys import (
@@ -127,10 +128,10 @@ class DeviceCa:
 
 
 def app_device_ca(app: Any) -> DeviceCa:
-    """The device CA of an app made by ``create_app``: ``<data_dir>/pki``, loaded once."""
-    ca = getattr(app.state, "device_ca", None)
-    if not isinstance(ca, DeviceCa):
-        ctx = app.state.ctx
-        ca = DeviceCa.load_or_create(ctx.settings.data_dir / "pki", now=ctx.clock.now())
-        app.state.device_ca = ca
+    """The device CA of an app made by ``create_app`` (built there, kept in its context)."""
+    from bastion.server.context import app_context
+
+    ca = app_context(app).device_ca
+    if ca is None:
+        raise ConfigError("this app has no device CA")
     return ca

@@ -16,11 +16,11 @@ import json
 from typing import Annotated
 
 from cryptography import x509
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from bastion import limits
-from bastion.errors import LimitError
+from bastion.errors import ConfigError, LimitError
 from bastion.server.attestation.gate import AttestedDevice
 from bastion.server.auth.deps import (
     Ctx,
@@ -33,8 +33,9 @@ from bastion.server.auth.deps import (
     require_kind,
 )
 from bastion.server.auth.principal import Principal, PrincipalKind, auth_registry
+from bastion.server.context import AppContext, app_context
 from bastion.server.devices import service
-from bastion.server.devices.ca import app_device_ca
+from bastion.server.devices.ca import DeviceCa
 from bastion.server.devices.schemas import (
     ENV_NAME_PATTERN,
     AcceptedOut,
@@ -254,14 +255,12 @@ def delete_device_env(
     response_class=Response,
     responses={200: {"content": {"application/pkix-crl": {}}}},
 )
-def get_crl(
-    request: Request, principal: CurrentPrincipal, session: ReadSession, ctx: Ctx
-) -> Response:
+def get_crl(principal: CurrentPrincipal, session: ReadSession, ctx: Ctx) -> Response:
     """The device CA's current CRL (DER): every revoked or deleted device certificate.
 
     Public, but a bad credential is still refused (never falls back to anonymous)."""
     del principal
-    der = service.crl_der(session, app_device_ca(request.app), ctx.clock.now())
+    der = service.crl_der(session, _device_ca(ctx), ctx.clock.now())
     return Response(content=der, media_type="application/pkix-crl")
 
 
@@ -270,12 +269,16 @@ def get_crl(
     response_class=Response,
     responses={200: {"content": {"application/x-pem-file": {}}}},
 )
-def get_ca(request: Request, principal: CurrentPrincipal) -> Response:
+def get_ca(principal: CurrentPrincipal, ctx: Ctx) -> Response:
     """The device CA certificate (PEM) that signs device certificates and the CRL."""
     del principal
-    return Response(
-        content=app_device_ca(request.app).certificate_pem, media_type="application/x-pem-file"
-    )
+    return Response(content=_device_ca(ctx).certificate_pem, media_type="application/x-pem-file")
+
+
+def _device_ca(ctx: AppContext) -> DeviceCa:
+    if ctx.device_ca is None:
+        raise ConfigError("this app has no device CA")
+    return ctx.device_ca
 
 
 def install(app: FastAPI) -> None:
@@ -283,7 +286,7 @@ def install(app: FastAPI) -> None:
     from bastion.server.app import API_PREFIX
 
     registry = auth_registry(app)
-    ctx = app.state.ctx
+    ctx = app_context(app)
 
     def seen(principal: Principal, now: dt.datetime) -> Principal:
         # every authenticated device request refreshes last_seen_at (its own short write)
@@ -299,5 +302,5 @@ def install(app: FastAPI) -> None:
 
     registry.add_token(DEVICE_KEY_PREFIX, by_api_key)
     registry.set_certificate(by_certificate)
-    app_device_ca(app)
+    _device_ca(ctx)  # fail at start, not at the first request
     app.include_router(router, prefix=API_PREFIX)

@@ -12,12 +12,11 @@ from typing import Annotated
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI
 
-from bastion.errors import FormatError
+from bastion.errors import ConfigError, FormatError
 from bastion.server.auth.deps import Ctx, DbSession, require_kind
 from bastion.server.auth.principal import Principal, PrincipalKind
-from bastion.server.devices.ca import app_device_ca
 from bastion.server.enrollment.evidence import EnrollmentEvidence
 from bastion.server.enrollment.schemas import (
     EnrollBeginIn,
@@ -26,7 +25,6 @@ from bastion.server.enrollment.schemas import (
     EnrollFinishOut,
 )
 from bastion.server.enrollment.service import EnrollmentService
-from bastion.server.provisioning.policy import RateLimiter
 
 router = APIRouter(tags=["enrolment"])
 ProvisioningKeyPrincipal = Annotated[
@@ -49,10 +47,11 @@ def _csr_der(pem: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.DER)
 
 
-def enrollment_service(request: Request) -> EnrollmentService:
-    """The app's enrolment service (device CA + per-key rate limiter)."""
-    service: EnrollmentService = request.app.state.enrollment
-    return service
+def enrollment_service(ctx: Ctx) -> EnrollmentService:
+    """The app's enrolment service (device CA + per-key rate limiter), from its context."""
+    if ctx.enrollment is None:
+        raise ConfigError("this app has no enrolment service")
+    return ctx.enrollment
 
 
 Service = Annotated[EnrollmentService, Depends(enrollment_service)]
@@ -122,13 +121,9 @@ def finish(
 
 
 def install(app: FastAPI) -> None:
-    """Mount the routes and build the app's enrolment service."""
+    """Mount the routes (the service is built by ``create_app``, in the app context)."""
     from bastion.server.app import API_PREFIX
 
-    ctx = app.state.ctx
-    app.state.enrollment = EnrollmentService(
-        ca=app_device_ca(app), limiter=RateLimiter(), monotonic=ctx.clock.monotonic
-    )
     app.include_router(router, prefix=API_PREFIX)
 
 

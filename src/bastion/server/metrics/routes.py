@@ -30,9 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.errors import AuthError
 from bastion.io.clock import Clock
+from bastion.io.http import is_loopback
 from bastion.server.auth.deps import get_ctx
+from bastion.server.context import app_context
 from bastion.server.metrics.collector import FleetCollector
-from bastion.server.settings import ServerSettings, is_loopback
+from bastion.server.settings import ServerSettings
 
 UNMATCHED = "<unmatched>"
 METRICS_PATH = "/metrics"
@@ -132,7 +134,7 @@ def check_scraper(request: Request, settings: ServerSettings) -> None:
 
 def install(app: FastAPI) -> None:
     """A registry for this app, the request middleware, and the ``/metrics`` route."""
-    ctx = app.state.ctx
+    ctx = app_context(app)
     registry = CollectorRegistry()
     registry.register(FleetCollector(ctx.db))
     latency = Histogram(

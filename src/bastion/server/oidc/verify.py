@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from bastion import limits
 from bastion.errors import ExpiredError, FormatError, SignatureError, VerificationError
 from bastion.formats import strict_json
-from bastion.server.settings import is_loopback
+from bastion.io.http import is_loopback
 
 with warnings.catch_warnings():
     # authlib 1.x marks authlib.jose as superseded by joserfc; its OIDC claim classes
