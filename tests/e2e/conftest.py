@@ -36,6 +36,7 @@ class Parts:
     kernel: bytes
     initrd: bytes
     secure_boot: disk.SecureBootSigner
+    pcr_signer: SoftwareSigner  # signs the UKI's PCR 11 policy (.pcrsig)
 
 
 def _need_everything() -> Path:
@@ -92,7 +93,9 @@ def _parts(kernel: Path) -> Parts:
         SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
     )
     spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
-    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
+    pcr_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pcr_signer = SoftwareSigner(pcr_key, SignatureScheme.RSA_PKCS1V15_SHA256)
+    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer, pcr_signer)
 
 
 @pytest.fixture(scope="session")
@@ -116,10 +119,13 @@ def make_root(folder: Path) -> Path:
     return folder
 
 
-def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.BootResult:
+def locked_boot(
+    image: Path, work: Path, vars_: bytes | None = None, *, tpm_state: Path | None = None
+) -> qemu.BootResult:
     """One boot while holding the machine-wide QEMU lock (waits for any other boot).
 
-    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off).
+    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off);
+    ``tpm_state`` a swtpm state folder to boot with (default: a fresh one in ``work``).
     """
     config = qemu.VmConfig(timeout=BOOT_TIMEOUT)
     if vars_ is not None:
@@ -129,7 +135,7 @@ def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.Boo
     with open(LOCK_FILE, "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            return qemu.boot(image, work, config)
+            return qemu.boot(image, work, config, tpm_state=tpm_state)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -139,5 +145,6 @@ BootVm = Callable[..., qemu.BootResult]
 
 @pytest.fixture(scope="session")
 def boot_vm() -> BootVm:
-    """Boot under the machine-wide lock: ``boot_vm(image, work_dir[, vars_bytes])``."""
+    """Boot under the machine-wide lock:
+    ``boot_vm(image, work_dir[, vars_bytes][, tpm_state=folder])``."""
     return locked_boot
