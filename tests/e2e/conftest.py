@@ -7,10 +7,9 @@ exclusive ``fcntl`` lock on one file in the system temp folder first.
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import functools
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.bootkit import _cert
 from tests.conftest import need_tool
 
-from bastion.build import disk, initrd
+from bastion.build import disk, initrd, ovmf
+from bastion.formats.efivars import encode_signature_lists
 from bastion.io import qemu
+from bastion.trust import secureboot
 from bastion.trust.signer import SignatureScheme, SoftwareSigner
 
 LOCK_FILE = Path(tempfile.gettempdir()) / "bastion-e2e-qemu.lock"
@@ -36,6 +36,7 @@ class Parts:
     kernel: bytes
     initrd: bytes
     secure_boot: disk.SecureBootSigner
+    pcr_signer: SoftwareSigner  # signs the UKI's PCR 11 policy (.pcrsig)
 
 
 def _need_everything() -> Path:
@@ -59,45 +60,30 @@ def _need_everything() -> Path:
 
 
 def _enrolled_vars(db: x509.Certificate) -> bytes:
-    """Debian's empty OVMF vars with a throwaway PK and KEK, ``db``, and Secure Boot on.
-
-    Made with virt-firmware's ``virt-fw-vars`` here; bastion's own Secure Boot key set and
-    variable store builder replace this helper when they land.
-    """
-    tool = Path(sys.executable).with_name("virt-fw-vars")
-    if not tool.is_file():
-        need_tool("virt-fw-vars", "virt-firmware (pip)")
-    owner = "5a1c7e5a-0000-4000-8000-00000000b0b0"
+    """Debian's empty OVMF vars with a throwaway PK and KEK, ``db``, and Secure Boot on,
+    written by bastion's own store builder (:func:`bastion.build.ovmf.enrol_ovmf_vars`)."""
+    pk, kek = (
+        _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), name)
+        for name in ("PK", "KEK")
+    )
+    owner = secureboot.owner_guid(pk)
+    esl = {
+        name: encode_signature_lists([secureboot.certificate_list(owner, cert)])
+        for name, cert in (("PK", pk), ("KEK", kek), ("db", db))
+    }
     with tempfile.TemporaryDirectory(prefix="bastion-e2e-vars-") as tmp:
-        folder = Path(tmp)
-        for name, cert in (
-            ("pk", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "PK")),
-            ("kek", _cert(rsa.generate_private_key(public_exponent=65537, key_size=2048), "KEK")),
-            ("db", db),
-        ):
-            (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        subprocess.run(
-            [
-                str(tool),
-                "-i",
-                str(qemu.DEFAULT_VARS),
-                "-o",
-                str(folder / "vars.fd"),
-                "--set-pk",
-                owner,
-                str(folder / "pk.pem"),
-                "--add-kek",
-                owner,
-                str(folder / "kek.pem"),
-                "--add-db",
-                owner,
-                str(folder / "db.pem"),
-                "--sb",
-            ],
-            check=True,
-            capture_output=True,
+        out = Path(tmp) / "vars.fd"
+        store = ovmf.enrol_ovmf_vars(
+            out,
+            pk=esl["PK"],
+            kek=esl["KEK"],
+            db=esl["db"],
+            owner=owner,
+            timestamp=dt.datetime.now(dt.UTC),
+            template=qemu.DEFAULT_VARS,
         )
-        return (folder / "vars.fd").read_bytes()
+        assert store.secure_boot_enable and not store.custom_mode
+        return out.read_bytes()
 
 
 @functools.cache
@@ -107,7 +93,9 @@ def _parts(kernel: Path) -> Parts:
         SoftwareSigner(key, SignatureScheme.RSA_PKCS1V15_SHA256), _cert(key, "bastion e2e db")
     )
     spec = initrd.InitrdSpec(initrd.host_kernel_release(kernel))
-    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer)
+    pcr_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pcr_signer = SoftwareSigner(pcr_key, SignatureScheme.RSA_PKCS1V15_SHA256)
+    return Parts(kernel.read_bytes(), initrd.build_initrd(spec), signer, pcr_signer)
 
 
 @pytest.fixture(scope="session")
@@ -131,10 +119,13 @@ def make_root(folder: Path) -> Path:
     return folder
 
 
-def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.BootResult:
+def locked_boot(
+    image: Path, work: Path, vars_: bytes | None = None, *, tpm_state: Path | None = None
+) -> qemu.BootResult:
     """One boot while holding the machine-wide QEMU lock (waits for any other boot).
 
-    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off).
+    ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off);
+    ``tpm_state`` a swtpm state folder to boot with (default: a fresh one in ``work``).
     """
     config = qemu.VmConfig(timeout=BOOT_TIMEOUT)
     if vars_ is not None:
@@ -144,7 +135,7 @@ def locked_boot(image: Path, work: Path, vars_: bytes | None = None) -> qemu.Boo
     with open(LOCK_FILE, "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            return qemu.boot(image, work, config)
+            return qemu.boot(image, work, config, tpm_state=tpm_state)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -154,5 +145,6 @@ BootVm = Callable[..., qemu.BootResult]
 
 @pytest.fixture(scope="session")
 def boot_vm() -> BootVm:
-    """Boot under the machine-wide lock: ``boot_vm(image, work_dir[, vars_bytes])``."""
+    """Boot under the machine-wide lock:
+    ``boot_vm(image, work_dir[, vars_bytes][, tpm_state=folder])``."""
     return locked_boot

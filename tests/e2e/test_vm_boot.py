@@ -14,15 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need_tool
 from tests.e2e.conftest import BootVm, Parts, make_root
 
-from bastion.build import disk
+from bastion.build import datavol, disk
 from bastion.build.uki import uki_sections
-from bastion.formats import bls, eventlog
+from bastion.errors import DigestMismatchError
+from bastion.formats import bls, eventlog, gpt
 from bastion.formats.bootlog import Outcome
 from bastion.io.qemu import BootResult
-from bastion.trust.pcr11 import PCR_KERNEL_IMAGE, predict_pcr11
+from bastion.trust.keys import public_key_to_pem
+from bastion.trust.pcr11 import DEFAULT_PHASES, PCR_KERNEL_IMAGE, predict_pcr11, verify_pcrsig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,22 +36,35 @@ class Booted:
     result: BootResult
 
 
-def _build(parts: Parts, folder: Path, *, signed: bool = True) -> disk.VmImage:
+def _build(parts: Parts, folder: Path, *, signed: bool = True, **extra: object) -> disk.VmImage:
     folder.mkdir(parents=True, exist_ok=True)
     spec = disk.VmImageSpec(
-        kernel=parts.kernel, initrd=parts.initrd, root_dir=make_root(folder / "root")
+        kernel=parts.kernel,
+        initrd=parts.initrd,
+        root_dir=make_root(folder / "root"),
+        **extra,  # type: ignore[arg-type]
     )
     sb = parts.secure_boot if signed else None
     return disk.build_vm_image(spec, folder / "disk.img", secure_boot=sb)
+
+
+def _data_volume(parts: Parts, folder: Path) -> datavol.DataVolume:
+    """A LUKS2 data volume sealed (signed PCR 11 policy) to the TPM state in ``folder``."""
+    pem = public_key_to_pem(parts.pcr_signer.public_key())
+    return datavol.build_data_volume(
+        folder / "data.luks", folder / "tpm", pem, b"recovery passphrase"
+    )
 
 
 @pytest.fixture(scope="module")
 def booted(
     vm_parts: Parts, sb_vars: bytes, boot_vm: BootVm, tmp_path_factory: pytest.TempPathFactory
 ) -> Booted:
+    """The good image, with the data volume and a .pcrsig for its own sections."""
     folder = tmp_path_factory.mktemp("good")
-    image = _build(vm_parts, folder)
-    return Booted(image, boot_vm(image.path, folder / "run", sb_vars))
+    data = _data_volume(vm_parts, folder)
+    image = _build(vm_parts, folder, pcr_signer=vm_parts.pcr_signer, data_volume=data.path)
+    return Booted(image, boot_vm(image.path, folder / "run", sb_vars, tpm_state=data.tpm_state))
 
 
 def test_signed_image_boots_to_running(booted: Booted) -> None:
@@ -60,6 +76,21 @@ def test_signed_image_boots_to_running(booted: Booted) -> None:
     assert result.report.root_mount.startswith("/dev/mapper/root /sysroot erofs ")
     assert result.report.powered_off and result.qemu_exit == 0
     assert booted.image.signed
+
+
+def test_data_volume_unlocks_with_the_signed_pcr11_policy(booted: Booted, vm_parts: Parts) -> None:
+    serial = booted.result.serial_log.read_text()
+    data = booted.image.partition(disk.PART_DATA)
+    assert data.type_guid == gpt.TYPE_LINUX_DATA
+    assert "BASTION: data unlocked /dev/vda4" in serial, (booted.result.reason, serial[-3000:])
+    sections = uki_sections(booted.image.uki)
+    key = vm_parts.pcr_signer.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    assert verify_pcrsig(sections, key) == list(DEFAULT_PHASES)
+    # the guest measured the enter-initrd phase the .pcrsig signs, as systemd-pcrphase does
+    measured = re.search(r"^BASTION: pcr11 phase enter-initrd ([0-9a-fA-F]{64})\r?$", serial, re.M)
+    assert measured is not None, serial[-3000:]
+    assert bytes.fromhex(measured.group(1)) == predict_pcr11(sections, "enter-initrd")
 
 
 def test_systemd_boot_booted_the_counted_bls_entry(booted: Booted) -> None:
@@ -137,6 +168,42 @@ def test_secure_boot_refuses_a_tampered_signed_uki(
     # signed systemd-boot ran; the firmware's check refused the UKI it tried to load
     assert "Error loading \\EFI\\Linux\\bastion+2-1.efi: Access Denied" in result.reason
     assert "BASTION:" not in result.serial_log.read_text()
+
+
+def test_stale_pcrsig_boots_but_the_data_volume_stays_locked(
+    vm_parts: Parts, sb_vars: bytes, boot_vm: BootVm, tmp_path: Path
+) -> None:
+    # a .pcrsig signed by the right key, for another UKI's sections (another command line)
+    other = _build(
+        vm_parts,
+        tmp_path / "other",
+        pcr_signer=vm_parts.pcr_signer,
+        cmdline=(*disk.DEFAULT_CONSOLE, "bastion.other=1"),
+    )
+    stale = uki_sections(other.uki)
+    data = _data_volume(vm_parts, tmp_path)
+    image = _build(
+        vm_parts,
+        tmp_path / "stale",
+        pcrpkey=stale[".pcrpkey"],
+        pcrsig=stale[".pcrsig"],
+        data_volume=data.path,
+    )
+    key = vm_parts.pcr_signer.public_key()
+    assert isinstance(key, rsa.RSAPublicKey)
+    with pytest.raises(DigestMismatchError):
+        verify_pcrsig(uki_sections(image.uki), key)
+    result = boot_vm(image.path, tmp_path / "run", sb_vars, tpm_state=data.tpm_state)
+    serial = result.serial_log.read_text()
+    # Secure Boot let it through and the root came up; the TPM refused the token
+    assert result.report.efivars["SecureBoot"] == "1"
+    assert result.report.root_mount is not None, (result.reason, serial[-3000:])
+    assert result.outcome is Outcome.FAILED, (result.reason, serial[-3000:])
+    assert result.reason.startswith("data: TPM unlock refused"), result.reason
+    # systemd's token plugin found no signature for the PCR 11 value this boot reached
+    assert "Couldn't find signature for this PCR bank" in result.reason, result.reason
+    assert "BASTION: data unlocked" not in serial
+    assert "BASTION: running" not in serial
 
 
 def test_flipped_root_byte_fails_verity(vm_parts: Parts, boot_vm: BootVm, tmp_path: Path) -> None:

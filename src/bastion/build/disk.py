@@ -19,7 +19,10 @@ filesystem image):
    Partitions Specification type GUIDs for x86-64, and the root and verity PARTUUIDs
    taken from the root hash (first and last 128 bits), so the initrd finds both from
    ``roothash=`` alone. Every other GUID and the FAT volume id are derived from the
-   inputs: the same inputs give the same bytes.
+   inputs: the same inputs give the same bytes;
+5. optionally (``data_volume``) a fourth partition, type "Linux data", holding a LUKS2
+   image from :mod:`bastion.build.datavol`; with ``pcr_signer`` the UKI carries
+   ``.pcrpkey`` and a ``.pcrsig`` for its own sections, which the guest's token unlock needs.
 
 This is not the A/B product image of :mod:`bastion.build.image`; it is the smallest
 disk a stock UEFI firmware boots into bastion's verity root, for the ``vm`` platform.
@@ -38,7 +41,7 @@ from pathlib import Path
 from cryptography import x509
 
 from bastion.build.fs import FsType, build_filesystem
-from bastion.build.uki import UkiInputs, build_uki
+from bastion.build.uki import UkiInputs, build_uki, with_pcr_signature
 from bastion.errors import ConfigError
 from bastion.formats import bls, gpt
 from bastion.formats.verity import VerityParams
@@ -64,6 +67,7 @@ DEFAULT_CONSOLE = ("console=ttyS0", "panic=-1", "loglevel=4")
 PART_ESP = "esp"
 PART_ROOT = "root-x86-64"
 PART_VERITY = "root-x86-64-verity"
+PART_DATA = "data"
 DEFAULT_OSREL = b'NAME="bastion"\nID=bastion\nPRETTY_NAME="bastion VM image"\nVERSION_ID=1\n'
 _EPOCH = 315532800  # 1980-01-01, the earliest FAT timestamp
 
@@ -210,6 +214,13 @@ class VmImageSpec:
     tries: int | None = DEFAULT_TRIES
     loader_conf: bytes = DEFAULT_LOADER_CONF
     extra_esp_files: Mapping[str, bytes] = field(default_factory=dict)
+    #: signs the predicted PCR 11 into the UKI's ``.pcrsig`` (its key is ``.pcrpkey``)
+    pcr_signer: Signer | None = None
+    #: a ready ``.pcrpkey``/``.pcrsig`` pair (signed elsewhere); not with ``pcr_signer``
+    pcrpkey: bytes | None = None
+    pcrsig: bytes | None = None
+    #: a LUKS2 image (:mod:`bastion.build.datavol`) for the data partition
+    data_volume: Path | None = None
 
     def entry(self) -> bls.EntryName:
         """The UKI's BLS entry file name (``NAME+TRIES-0.efi``)."""
@@ -295,15 +306,19 @@ def build_vm_image(
         )
         root_hash = result.root_hash
         cmdline = " ".join([*spec.cmdline, f"roothash={root_hash.hex()}"])
-        uki = build_uki(
-            spec.stub.read_bytes(),
-            UkiInputs(
-                linux=spec.kernel,
-                osrel=spec.osrel,
-                cmdline=cmdline.encode() + b"\0",
-                initrd=spec.initrd,
-            ),
+        inputs = UkiInputs(
+            linux=spec.kernel,
+            osrel=spec.osrel,
+            cmdline=cmdline.encode() + b"\0",
+            initrd=spec.initrd,
+            pcrpkey=spec.pcrpkey,
+            pcrsig=spec.pcrsig,
         )
+        if spec.pcr_signer is not None:
+            if spec.pcrsig is not None or spec.pcrpkey is not None:
+                raise ConfigError("give a PCR signing key or a ready .pcrpkey/.pcrsig, not both")
+            inputs = with_pcr_signature(inputs, spec.pcr_signer)
+        uki = build_uki(spec.stub.read_bytes(), inputs)
         if secure_boot is not None:
             uki = secure_boot.sign(uki)
         esp_files = {spec.uki_path(): uki}
@@ -330,6 +345,16 @@ def build_vm_image(
                 read_only,
             ),
         ]
+        if spec.data_volume is not None:
+            parts.append(
+                DiskPart(
+                    PART_DATA,
+                    gpt.TYPE_LINUX_DATA,
+                    gpt.derived_uuid("vm-data", seed),
+                    spec.data_volume,
+                    spec.data_volume.stat().st_size,
+                )
+            )
         layout = write_disk(Path(out), gpt.derived_uuid("vm-disk", seed), parts)
     return VmImage(
         Path(out), root_hash, cmdline, uki, layout, secure_boot is not None, spec.uki_path()

@@ -4,8 +4,10 @@ What goes in (docs/vm.md lists what a product adds to dracut or mkosi instead):
 
 * ``/bin/busybox`` from busybox-static, with a symlink per applet in ``/bin`` and
   ``/sbin/modprobe``, ``/sbin/poweroff``;
-* ``veritysetup`` and ``cryptsetup`` with every library ``ldd`` names (Debian ships no
-  static build), at the paths ``ldd`` prints, and the dynamic loader;
+* ``veritysetup``, ``cryptsetup`` and ``tpm2`` (tpm2-tools) with every library ``ldd``
+  names (Debian ships no static build), at the paths ``ldd`` prints, and the dynamic
+  loader; systemd's ``systemd-tpm2`` token plugin at /lib/x86_64-linux-gnu/cryptsetup/
+  (the only place libcryptsetup looks) and the TSS libraries it and tpm2 dlopen;
 * the kernel modules for virtio disks, dm-verity, dm-crypt, erofs and their crypto, with
   the modules they depend on (from ``modules.dep``), the kernel's ``modules.builtin*`` and
   ``modules.order``, and the indexes ``depmod -b`` writes for them;
@@ -51,7 +53,27 @@ DEFAULT_MODULES = (
     "efivarfs",
 )
 #: programs copied with their libraries
-DEFAULT_PROGRAMS = ("veritysetup", "cryptsetup")
+DEFAULT_PROGRAMS = ("veritysetup", "cryptsetup", "tpm2")
+_LIB = "/lib/x86_64-linux-gnu"
+#: libraries copied with theirs: (host path, path in the initrd). libcryptsetup loads token
+#: plugins from /lib/x86_64-linux-gnu/cryptsetup only; systemd's plugin and tpm2-tools
+#: dlopen the TSS libraries and the TCTI for /dev/tpmrm0, which ldd does not show
+DEFAULT_LIBRARIES = (
+    (
+        "/usr/lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
+        f"{_LIB}/cryptsetup/libcryptsetup-token-systemd-tpm2.so",
+    ),
+    *(
+        (f"{_LIB}/{name}", f"{_LIB}/{name}")
+        for name in (
+            "libtss2-esys.so.0",
+            "libtss2-rc.so.0",
+            "libtss2-mu.so.0",
+            "libtss2-tctildr.so.0",
+            "libtss2-tcti-device.so.0",
+        )
+    ),
+)
 DEFAULT_BUSYBOX = "/bin/busybox"
 INIT_RESOURCE = "vm-init.sh"
 _MODULE_FILES = ("modules.builtin", "modules.builtin.modinfo", "modules.order")
@@ -145,6 +167,7 @@ class InitrdSpec:
     modules_root: Path = Path("/lib/modules")
     modules: Sequence[str] = DEFAULT_MODULES
     programs: Sequence[str] = DEFAULT_PROGRAMS
+    libraries: Sequence[tuple[str, str]] = DEFAULT_LIBRARIES
     busybox: Path = Path(DEFAULT_BUSYBOX)
     init: bytes | None = None
     extra_files: dict[str, bytes] = field(default_factory=dict)
@@ -203,6 +226,15 @@ def _programs(tree: _Tree, programs: Sequence[str], runner: CommandRunner) -> No
             tree.host_file(lib)
 
 
+def _libraries(tree: _Tree, libraries: Sequence[tuple[str, str]], runner: CommandRunner) -> None:
+    for path, dest in libraries:
+        if not Path(path).is_file():
+            raise ConfigError(f"{path} is missing (systemd's cryptsetup token plugin, libtss2)")
+        tree.host_file(path, dest)
+        for lib in parse_ldd(runner.run(["ldd", path]).text):
+            tree.host_file(lib)
+
+
 def _modules(tree: _Tree, spec: InitrdSpec, runner: CommandRunner) -> None:
     base = spec.modules_root / spec.kernel_release
     dep_file = base / "modules.dep"
@@ -239,6 +271,7 @@ def initrd_entries(spec: InitrdSpec, runner: CommandRunner | None = None) -> lis
     tree.add(CpioEntry.char_device("dev/null", 1, 3, 0o666))
     _busybox(tree, spec.busybox, runner)
     _programs(tree, spec.programs, runner)
+    _libraries(tree, spec.libraries, runner)
     _modules(tree, spec, runner)
     tree.add(CpioEntry.file("init", spec.init if spec.init is not None else default_init(), 0o755))
     for name, content in sorted(spec.extra_files.items()):

@@ -5,6 +5,7 @@
 # PARTUUID, opened with dm-verity, read in full, and mounted read-only.
 # Every line for the runner starts with "BASTION: " (see bastion.formats.bootlog):
 #   BASTION: running                 the verity root is mounted read-only and verified
+#   BASTION: data unlocked <dev>     the LUKS2 data partition opened by its TPM token
 #   BASTION: failed: <reason>        anything else, one line
 #   BASTION: eventlog begin|end      the TCG event log, base64, between the two
 #   BASTION: pcr sha256 <n> <hex>    PCR values as the kernel reads them
@@ -15,6 +16,7 @@ export DM_DISABLE_UDEV=1
 
 ROOT_TYPE=4f68bce3-e8cd-4db1-96e7-fbcaf984b709     # DPS: root, x86-64
 VERITY_TYPE=2c7357ed-ebd2-46d9-aec1-23d437ec2bf5   # DPS: root verity, x86-64
+DATA_TYPE=0fc63daf-8483-4772-8e79-3d69d8477de4     # Linux data: the LUKS2 data volume
 DISK=/dev/vda
 
 say() { echo "BASTION: $*"; }
@@ -95,6 +97,7 @@ ENTRY_SIZE=$(numat 596 4)
 ARRAY=$(hexat $((ENTRIES_LBA * 512)) $((ENTRY_COUNT * ENTRY_SIZE)))
 ROOT_DEV=
 VERITY_DEV=
+DATA_DEV=
 i=0
 while [ $i -lt "$ENTRY_COUNT" ]; do
     e=${ARRAY:$((i * ENTRY_SIZE * 2)):64}
@@ -108,6 +111,10 @@ while [ $i -lt "$ENTRY_COUNT" ]; do
     if [ "$t" = "$VERITY_TYPE" ] && [ "$p" = "$VERITY_UUID" ]; then
         [ -z "$VERITY_DEV" ] || fail "two verity partitions with PARTUUID $VERITY_UUID"
         VERITY_DEV=$DISK$n
+    fi
+    if [ "$t" = "$DATA_TYPE" ]; then
+        [ -z "$DATA_DEV" ] || fail "two data partitions"
+        DATA_DEV=$DISK$n
     fi
     i=$((i + 1))
 done
@@ -133,5 +140,28 @@ case ",$OPTS," in
 esac
 say "root mounted /dev/mapper/root /sysroot erofs $OPTS"
 find /sysroot -type f -exec cat {} + > /dev/null 2>/tmp/err || fail "reading root files: $(tail -n1 /tmp/err)"
+
+# --- the data volume: LUKS2 with a systemd-tpm2 token bound to a signed PCR 11 policy ------
+if [ -n "$DATA_DEV" ]; then
+    # what systemd-pcrphase-initrd.service does: the "enter-initrd" phase into PCR 11
+    export TPM2TOOLS_TCTI=device:/dev/tpmrm0
+    tpm2 pcrextend "11:sha256=$(printf enter-initrd | sha256sum | cut -d' ' -f1)" 2>/tmp/err \
+        || fail "data: measuring enter-initrd into PCR 11: $(tail -n1 /tmp/err)"
+    say "pcr11 phase enter-initrd $(cat /sys/class/tpm/tpm0/pcr-sha256/11 2>/dev/null)"
+    # systemd-stub put the UKI's .pcrsig in /.extra; the token plugin reads it from /run
+    SIG=/.extra/tpm2-pcr-signature.json
+    [ -r "$SIG" ] || fail "data: the UKI carries no .pcrsig ($SIG missing)"
+    mkdir -p /run/systemd /run/cryptsetup
+    cp "$SIG" /run/systemd/tpm2-pcr-signature.json
+    modprobe dm_crypt 2>/tmp/err || fail "modprobe dm_crypt: $(tail -n1 /tmp/err)"
+    if cryptsetup open --token-only "$DATA_DEV" data 2>/tmp/err; then
+        [ -b /dev/mapper/data ] || fail "data: opened but /dev/mapper/data is missing"
+        say "data unlocked $DATA_DEV"
+    else
+        cryptsetup open --token-only --debug "$DATA_DEV" data 2>&1 \
+            | grep -iE 'tpm2|policy|signature' | tail -n 5 | sed 's/^/data: /'
+        fail "data: TPM unlock refused: $(grep -v '^$' /tmp/err | tail -n1)"
+    fi
+fi
 say "running"
 finish

@@ -1,13 +1,16 @@
 """``bastion vm build|boot``: a real boot of a bastion disk under QEMU, OVMF and swtpm.
 
 ``vm build OUT (--root DIR | --root-image FILE) [--kernel K] [--initrd I]
-[--db-key KEY --db-cert CERT] [--cmdline WORD]... [--no-loader] [--tries N]`` makes a
+[--db-key KEY --db-cert CERT] [--cmdline WORD]... [--no-loader] [--tries N]
+[--pcr-key KEY] [--data-tpm-state DIR --data-recovery-file F [--data-size MIB]]`` makes a
 GPT disk with an ESP holding (signed) systemd-boot as \\EFI\\BOOT\\BOOTX64.EFI and the
 UKI as the BLS entry \\EFI\\Linux\\bastion+3-0.efi (``--no-loader``: the UKI itself as
 BOOTX64.EFI), and an erofs root with its dm-verity partition; without ``--initrd`` a
-test initramfs is built from the host (:mod:`bastion.build.initrd`).
+test initramfs is built from the host (:mod:`bastion.build.initrd`); ``--pcr-key`` adds
+``.pcrpkey``/``.pcrsig``, ``--data-tpm-state`` a LUKS2 data partition whose TPM token is
+sealed to that swtpm state (:mod:`bastion.build.datavol`).
 ``vm boot IMAGE [--expect OUTCOME] [--vars FILE] [--timeout S] [--work DIR]
-[--eventlog FILE]`` boots it once and exits 0 when the outcome is the expected one
+[--eventlog FILE] [--tpm-state DIR]`` boots it once and exits 0 when the outcome is the expected one
 (default ``running``), 1 otherwise. Both print JSON with ``--json``. See docs/vm.md.
 """
 
@@ -20,17 +23,17 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bastion.build import disk, initrd
+from bastion.build import datavol, disk, initrd
 from bastion.cli._common import add_json_flag, emit, fail_line
 from bastion.cli.sign import passphrase_prompt
 from bastion.errors import ConfigError
 from bastion.formats.bootlog import Outcome
 from bastion.io import qemu
 from bastion.io.files import atomic_write, read_bounded
-from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
-from bastion.trust.keys import open_signer
+from bastion.limits import CERT_MAX_SIZE, KEY_FILE_MAX_SIZE, PE_MAX_IMAGE_SIZE
+from bastion.trust.keys import open_signer, public_key_to_pem
 from bastion.trust.pki import load_certificates
-from bastion.trust.signer import SignatureScheme
+from bastion.trust.signer import SignatureScheme, Signer
 
 
 def _kernel(path: str | None) -> Path:
@@ -67,7 +70,86 @@ def _build(args: argparse.Namespace) -> int:
     else:
         spec = initrd.InitrdSpec(args.kernel_release or initrd.host_kernel_release(kernel))
         initrd_bytes = initrd.build_initrd(spec, compression=args.compression)
-    image = disk.build_vm_image(
+    pcr_signer = _pcr_signer(args)
+    with tempfile.TemporaryDirectory(prefix="bastion-vm-data-") as tmp:
+        data = _data_volume(args, pcr_signer, Path(tmp))
+        image = _build_image(
+            args,
+            kernel,
+            initrd_bytes=initrd_bytes,
+            secure_boot=secure_boot,
+            pcr_signer=pcr_signer,
+            data=data,
+        )
+    doc = {
+        "output": str(image.path),
+        "root_hash": image.root_hash.hex(),
+        "cmdline": image.cmdline,
+        "uki_size": len(image.uki),
+        "uki_path": image.uki_path,
+        "signed": image.signed,
+        "pcrsig": pcr_signer is not None,
+        "data_volume": None
+        if data is None
+        else {"uuid": data.uuid, "tpm_state": str(data.tpm_state), "token": data.enrollment.token},
+        "partitions": [
+            {"name": p.name, "type": str(p.type_guid), "uuid": str(p.part_guid), "size": p.size}
+            for p in image.layout.partitions
+        ],
+    }
+    emit(
+        args,
+        f"built {image.path}: roothash {image.root_hash.hex()}, UKI {len(image.uki)} bytes"
+        f" ({'signed' if image.signed else 'unsigned'})"
+        + ("" if data is None else f", data volume {data.uuid} sealed to {data.tpm_state}"),
+        doc,
+    )
+    return 0
+
+
+def _pcr_signer(args: argparse.Namespace) -> Signer | None:
+    if not args.pcr_key:
+        return None
+    return open_signer(
+        args.pcr_key,
+        passphrase=passphrase_prompt(args.pcr_key),
+        scheme=SignatureScheme.RSA_PKCS1V15_SHA256,
+    )
+
+
+def _data_volume(
+    args: argparse.Namespace, pcr_signer: Signer | None, folder: Path
+) -> datavol.DataVolume | None:
+    if not args.data_tpm_state:
+        if args.data_recovery_file:
+            raise ConfigError("--data-recovery-file needs --data-tpm-state")
+        return None
+    if pcr_signer is None:
+        raise ConfigError("a data volume is unlocked by the signed PCR 11 policy: give --pcr-key")
+    if not args.data_recovery_file:
+        raise ConfigError("give the data volume's recovery passphrase (--data-recovery-file)")
+    recovery = read_bounded(
+        args.data_recovery_file, KEY_FILE_MAX_SIZE, "recovery passphrase"
+    ).rstrip(b"\n")
+    return datavol.build_data_volume(
+        folder / "data.luks",
+        Path(args.data_tpm_state),
+        public_key_to_pem(pcr_signer.public_key()),
+        recovery,
+        size=args.data_size * datavol.MiB,
+    )
+
+
+def _build_image(
+    args: argparse.Namespace,
+    kernel: Path,
+    *,
+    initrd_bytes: bytes,
+    secure_boot: disk.SecureBootSigner | None,
+    pcr_signer: Signer | None,
+    data: datavol.DataVolume | None,
+) -> disk.VmImage:
+    return disk.build_vm_image(
         disk.VmImageSpec(
             kernel=read_bounded(kernel, PE_MAX_IMAGE_SIZE, "kernel"),
             initrd=initrd_bytes,
@@ -78,29 +160,12 @@ def _build(args: argparse.Namespace) -> int:
             loader=None if args.no_loader else Path(args.loader),
             entry_name=args.entry_name,
             tries=None if args.tries == 0 else args.tries,
+            pcr_signer=pcr_signer,
+            data_volume=None if data is None else data.path,
         ),
         Path(args.output),
         secure_boot=secure_boot,
     )
-    doc = {
-        "output": str(image.path),
-        "root_hash": image.root_hash.hex(),
-        "cmdline": image.cmdline,
-        "uki_size": len(image.uki),
-        "uki_path": image.uki_path,
-        "signed": image.signed,
-        "partitions": [
-            {"name": p.name, "type": str(p.type_guid), "uuid": str(p.part_guid), "size": p.size}
-            for p in image.layout.partitions
-        ],
-    }
-    emit(
-        args,
-        f"built {image.path}: roothash {image.root_hash.hex()}, UKI {len(image.uki)} bytes"
-        f" ({'signed' if image.signed else 'unsigned'})",
-        doc,
-    )
-    return 0
 
 
 def _boot(args: argparse.Namespace) -> int:
@@ -113,7 +178,8 @@ def _boot(args: argparse.Namespace) -> int:
         tpm=not args.no_tpm,
     )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bastion-vm-"))
-    result = qemu.boot(Path(args.image), work, config)
+    tpm_state = Path(args.tpm_state) if args.tpm_state else None
+    result = qemu.boot(Path(args.image), work, config, tpm_state=tpm_state)
     if args.eventlog:
         if result.report.eventlog is None:
             raise ConfigError("the guest printed no event log (was the TPM enabled?)")
@@ -174,6 +240,16 @@ def register(subparsers: Any) -> None:
     )
     b.add_argument("--db-key", metavar="KEY", help="Secure Boot db key (file: or tpm: URI)")
     b.add_argument("--db-cert", metavar="CERT", help="its certificate (PEM, chain after it)")
+    b.add_argument("--pcr-key", metavar="KEY", help="RSA key signing the UKI's .pcrsig")
+    b.add_argument(
+        "--data-tpm-state",
+        metavar="DIR",
+        help="add a LUKS2 data volume sealed to this swtpm state (boot with --tpm-state DIR)",
+    )
+    b.add_argument("--data-recovery-file", metavar="FILE", help="its recovery passphrase")
+    b.add_argument(
+        "--data-size", type=int, default=datavol.DEFAULT_DATA_SIZE // datavol.MiB, metavar="MIB"
+    )
     add_json_flag(b)
     b.set_defaults(func=_build)
 
@@ -186,6 +262,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--accel", default="tcg", choices=("tcg", "kvm"))
     r.add_argument("--memory", type=int, default=1024, metavar="MIB")
     r.add_argument("--no-tpm", action="store_true", help="boot without a swtpm")
+    r.add_argument("--tpm-state", metavar="DIR", help="swtpm state to boot with (kept)")
     r.add_argument("--work", metavar="DIR", help="keep logs here (default: a new temp folder)")
     r.add_argument("--eventlog", metavar="FILE", help="write the guest's TCG event log here")
     add_json_flag(r)

@@ -35,6 +35,7 @@ PREFIX = "BASTION: "
 #: matched without regard to case (OVMF says "Access Denied", systemd-boot "Security violation")
 FIRMWARE_REFUSALS = ("access denied", "security violation")
 PANIC = "Kernel panic"
+_DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _PCR = re.compile(r"pcr (sha1|sha256|sha384|sha512) (\d{1,2}) ([0-9A-Fa-f]+)")
 _B64 = re.compile(r"[A-Za-z0-9+/=]*")
 #: terminal control sequences firmware and boot loaders print (colours, cursor moves)
@@ -151,6 +152,8 @@ def parse(text: str) -> ConsoleReport:
             bank, index, value = match.group(1), int(match.group(2)), match.group(3)
             if index > 23:
                 raise FormatError(f"console names PCR {index}")
+            if len(value) != 2 * _DIGEST_SIZES[bank]:
+                raise FormatError(f"console gives {bank} PCR {index} as {len(value)} hex digits")
             pcrs.setdefault(bank, {})[index] = bytes.fromhex(value)
     return ConsoleReport(
         running=running,

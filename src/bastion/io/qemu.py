@@ -133,6 +133,29 @@ def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
     return None
 
 
+def setup_tpm_state(state_dir: Path, runner: CommandRunner | None = None) -> Path:
+    """Make ``state_dir`` a manufactured TPM 2.0 (sha256 PCR bank only) unless it already is.
+
+    The state a boot uses: hand the same folder to :func:`boot` (``tpm_state=``) after
+    sealing to it on the host (a data volume's TPM token), and the guest sees that TPM.
+    """
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not (state_dir / "tpm2-00.permall").exists():
+        (runner or CommandRunner()).run(
+            [
+                "swtpm_setup",
+                "--tpm2",
+                "--tpmstate",
+                str(state_dir),
+                "--pcr-banks",
+                "sha256",
+                "--overwrite",
+            ]
+        )
+    return state_dir
+
+
 class EmulatorTpm:
     """A swtpm for one QEMU boot: control channel on a Unix socket, stopped by PID."""
 
@@ -154,18 +177,7 @@ class EmulatorTpm:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Unix socket paths are limited to 107 bytes: keep it in a short private folder
         self._sock_dir = Path(tempfile.mkdtemp(prefix="bastion-tpm-"))
-        if not (self.state_dir / "tpm2-00.permall").exists():
-            self.runner.run(
-                [
-                    "swtpm_setup",
-                    "--tpm2",
-                    "--tpmstate",
-                    str(self.state_dir),
-                    "--pcr-banks",
-                    "sha256",
-                    "--overwrite",
-                ]
-            )
+        setup_tpm_state(self.state_dir, self.runner)
         self._proc = self.runner.spawn(
             [
                 "swtpm",
@@ -333,7 +345,9 @@ def boot(
         grace_end: float | None = None
         while True:
             exited = proc.poll() is not None
-            report = bootlog.parse(tail.poll())
+            text = tail.poll()
+            # whole lines only: the guest may be half-way through writing the last one
+            report = bootlog.parse(text[: text.rfind("\n") + 1])
             now = time.monotonic()
             if report.finished and outcome_at is None:
                 outcome_at = now - start

@@ -140,6 +140,18 @@ def test_vm_image_refusals(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="roothash"):
         disk.build_vm_image(own_hash, tmp_path / "d.img")
+    _tools()
+    signer = SoftwareSigner(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        SignatureScheme.RSA_PKCS1V15_SHA256,
+    )
+    root = _root(tmp_path)
+    for given in ({"pcrsig": b"{}"}, {"pcrpkey": b"PEM"}):
+        key_and_sig = disk.VmImageSpec(
+            kernel=KERNEL, initrd=INITRD, root_dir=root, stub=STUB, pcr_signer=signer, **given
+        )
+        with pytest.raises(ConfigError, match="not both"):
+            disk.build_vm_image(key_and_sig, tmp_path / "d.img")
 
 
 def test_vm_image_is_reproducible(tmp_path: Path) -> None:

@@ -84,6 +84,11 @@ def test_host_initrd(tmp_path: Path) -> None:
     assert names["init"].data == initrd.default_init()
     assert names["init"].mode & 0o111
     assert "usr/sbin/veritysetup" in names
+    # the data volume's unlock: systemd's token plugin where libcryptsetup looks, tpm2-tools,
+    # and the TSS libraries they dlopen
+    assert "lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so" in names
+    assert "usr/bin/tpm2" in names
+    assert "lib/x86_64-linux-gnu/libtss2-tcti-device.so.0" in names
     assert names["bin/sh"].data == b"busybox"
     mods = f"lib/modules/{release}"
     assert f"{mods}/kernel/drivers/md/dm-verity.ko" in names

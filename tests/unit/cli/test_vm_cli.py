@@ -87,6 +87,69 @@ def test_build_needs_key_and_cert(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 9 and "--db-key and --db-cert go together" in err
 
 
+def _build_args(tmp_path: Path) -> list[str]:
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    (root / "hello").write_text("hi\n")
+    (tmp_path / "vmlinuz").write_bytes(b"MZ kernel" * 100)
+    (tmp_path / "initrd").write_bytes(b"070701" * 10)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (tmp_path / "pcr.key").write_bytes(private_key_to_pem(key))
+    (tmp_path / "recovery").write_bytes(b"recovery words\n")
+    return [
+        "vm",
+        "build",
+        str(tmp_path / "disk.img"),
+        "--root",
+        str(root),
+        "--kernel",
+        str(tmp_path / "vmlinuz"),
+        "--initrd",
+        str(tmp_path / "initrd"),
+    ]
+
+
+def test_build_with_pcrsig_and_data_volume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for tool in ("mkfs.erofs", "mkfs.vfat", "mcopy", "swtpm", "swtpm_setup"):
+        need_tool(tool)
+    if not disk.DEFAULT_LOADER.is_file():
+        pytest.skip("systemd-boot-efi is not installed")
+    argv = _build_args(tmp_path)
+    argv += ["--pcr-key", f"file:{tmp_path / 'pcr.key'}", "--data-tpm-state"]
+    argv += [str(tmp_path / "tpm"), "--data-recovery-file", str(tmp_path / "recovery")]
+    code, out, err = _run(capsys, *argv, "--data-size", "24", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["pcrsig"] is True
+    assert doc["data_volume"]["tpm_state"] == str((tmp_path / "tpm").resolve())
+    names = [p["name"] for p in doc["partitions"]]
+    assert names == ["esp", "root-x86-64", "root-x86-64-verity", "data"]
+    assert doc["partitions"][3]["size"] == 24 * 1024 * 1024
+
+
+DATA_REFUSALS = [
+    ("state without pcr key", ["--data-tpm-state", "T", "--data-recovery-file", "R"], "--pcr-key"),
+    ("state without recovery", ["--pcr-key", "K", "--data-tpm-state", "T"], "recovery"),
+    ("recovery without state", ["--data-recovery-file", "R"], "needs --data-tpm-state"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"), DATA_REFUSALS, ids=[r[0] for r in DATA_REFUSALS]
+)
+def test_build_data_volume_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, extra: list[str], message: str
+) -> None:
+    names = {"T": str(tmp_path / "tpm"), "R": str(tmp_path / "recovery")}
+    names["K"] = f"file:{tmp_path / 'pcr.key'}"
+    argv = _build_args(tmp_path) + [names.get(word, word) for word in extra]
+    code, _, err = _run(capsys, *argv)
+    assert code == 9 and message in err, err
+    assert not (tmp_path / "tpm").exists() and not (tmp_path / "disk.img").exists()
+
+
 def _canned(tmp_path: Path, text: str) -> qemu.BootResult:
     serial = tmp_path / "serial.log"
     serial.write_text(text)
@@ -105,7 +168,12 @@ def _canned(tmp_path: Path, text: str) -> qemu.BootResult:
 
 
 BOOTS = [
-    ("running as expected", "BASTION: pcr sha256 7 00ff\nBASTION: running\n", "running", 0),
+    (
+        "running as expected",
+        f"BASTION: pcr sha256 7 {'00ff' * 16}\nBASTION: running\n",
+        "running",
+        0,
+    ),
     ("failed when running expected", "BASTION: failed: verity: x\n", "running", 1),
     ("failed as expected", "BASTION: failed: verity: x\n", "failed", 0),
     ("refused when running expected", "Access Denied\n", "running", 1),
@@ -125,7 +193,7 @@ def test_boot_exit_codes(
 ) -> None:
     seen: dict[str, object] = {}
 
-    def fake_boot(image: Path, work: Path, config: qemu.VmConfig) -> qemu.BootResult:
+    def fake_boot(image: Path, work: Path, config: qemu.VmConfig, **kw: object) -> qemu.BootResult:
         seen.update(image=image, config=config)
         return _canned(tmp_path, text)
 
@@ -152,7 +220,7 @@ def test_boot_exit_codes(
     assert doc["outcome"] in [str(o) for o in Outcome]
     assert doc["serial_log"] == str(tmp_path / "serial.log")
     if code == 0 and expect == "running":
-        assert doc["pcrs"] == {"sha256": {"7": "00ff"}}
+        assert doc["pcrs"] == {"sha256": {"7": "00ff" * 16}}
     config = seen["config"]
     assert isinstance(config, qemu.VmConfig)
     assert config.vars == tmp_path / "sb-vars.fd" and config.timeout == 99.0
@@ -162,7 +230,7 @@ def test_boot_writes_the_event_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = "BASTION: eventlog begin\nAAECAw==\nBASTION: eventlog end\nBASTION: running\n"
-    monkeypatch.setattr(qemu, "boot", lambda image, work, config: _canned(tmp_path, text))
+    monkeypatch.setattr(qemu, "boot", lambda image, work, config, **kw: _canned(tmp_path, text))
     out = tmp_path / "log.bin"
     work = ("--work", str(tmp_path / "w"))
     code, _, err = _run(
@@ -172,7 +240,7 @@ def test_boot_writes_the_event_log(
     assert out.read_bytes() == bytes([0, 1, 2, 3])
     # no event log on the console: an error, not an empty file
     monkeypatch.setattr(
-        qemu, "boot", lambda image, work, config: _canned(tmp_path, "BASTION: running\n")
+        qemu, "boot", lambda image, work, config, **kw: _canned(tmp_path, "BASTION: running\n")
     )
     out.unlink()
     code, _, err = _run(
@@ -188,3 +256,20 @@ def test_boot_missing_image_is_a_config_error(
         pytest.skip("ovmf is not installed")
     code, _, err = _run(capsys, "vm", "boot", str(tmp_path / "nope.img"), "--work", str(tmp_path))
     assert code == 9 and "nope.img" in err
+
+
+def test_boot_passes_the_tpm_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[object] = []
+
+    def fake(image: Path, work: Path, config: qemu.VmConfig, **kw: object) -> qemu.BootResult:
+        seen.append(kw.get("tpm_state"))
+        return _canned(tmp_path, "BASTION: running\n")
+
+    monkeypatch.setattr(qemu, "boot", fake)
+    work = ("--work", str(tmp_path / "w"))
+    state = tmp_path / "tpm"
+    assert _run(capsys, "vm", "boot", "d.img", *work, "--tpm-state", str(state))[0] == 0
+    assert _run(capsys, "vm", "boot", "d.img", *work)[0] == 0
+    assert seen == [state, None]

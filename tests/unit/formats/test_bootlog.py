@@ -112,6 +112,9 @@ BAD = [
     ("not base64", "BASTION: eventlog begin\n!!!!\nBASTION: eventlog end\n", FormatError),
     ("bad padding", "BASTION: eventlog begin\nAAA\nBASTION: eventlog end\n", FormatError),
     ("pcr out of range", "BASTION: pcr sha256 24 00\n", FormatError),
+    ("pcr odd hex", "BASTION: pcr sha256 13 3B3\n", FormatError),
+    ("pcr short", "BASTION: pcr sha256 13 " + "00" * 31 + "\n", FormatError),
+    ("pcr long", "BASTION: pcr sha1 13 " + "00" * 21 + "\n", FormatError),
 ]
 
 

@@ -107,6 +107,18 @@ def test_running_then_poweroff(tmp_path: Path) -> None:
     assert (tmp_path / "w" / "OVMF_VARS.fd").read_bytes() == b"vars"
 
 
+def test_half_written_line_is_not_parsed_while_watching(tmp_path: Path) -> None:
+    # the guest is caught half-way through a PCR line: the watch loop must wait for its end
+    pcr = "3B" * 32
+    body = (
+        f'printf "BASTION: pcr sha256 13 {pcr[:3]}" > "$serial"\nsleep 1\n'
+        f'printf "{pcr[3:]}\\nBASTION: running\\nBASTION: poweroff\\n" >> "$serial"\nexit 0\n'
+    )
+    result = qemu.boot(_disk(tmp_path), tmp_path / "w", _config(tmp_path, body))
+    assert result.outcome is Outcome.RUNNING, result.reason
+    assert result.report.pcrs["sha256"][13] == bytes.fromhex(pcr)
+
+
 def test_access_denied_stops_a_hanging_firmware(tmp_path: Path) -> None:
     body = 'printf "BdsDxe: failed to load Boot0001: Access Denied\\n" > "$serial"\nexec sleep 60\n'
     started = time.monotonic()
