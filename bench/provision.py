@@ -234,6 +234,7 @@ def enrol_worker(
     want_keys: int,
 ) -> None:
     from bastion.device.provision import provision
+    from bastion.io.http import HttpClient
 
     # one TPM per enrolment: the fleet refuses a second active device with the same EK
     # (a clone), so each enrolment needs its own. Manufacturing happens before the clock:
@@ -244,7 +245,8 @@ def enrol_worker(
             tpm.ek_public()
         timed = [TimedTpm(tpm) for tpm, _sw in made]
         identities = []
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60) as raw:
+            client = HttpClient.over(raw)
             barrier.wait(timeout=600)
             start = time.perf_counter()
             for i in range(count):
@@ -468,6 +470,9 @@ def main() -> int:
             poll_cpu = cpu_seconds(server.pid) - cpu0
             for p in pollers:
                 p.join()
+            if not lat:
+                print(f"polling: no request completed in {wall:.1f} s (raise --poll-seconds)")
+                return 0
             p50 = statistics.median(lat) * 1000
             p99 = lat[int(len(lat) * 0.99) - 1] * 1000
             print(
