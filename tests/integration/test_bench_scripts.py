@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,8 +22,7 @@ SMOKE = [
     ("uki.py", ["--kernel-mib", "1", "--initrd-mib", "1", "--runs", "1"]),
     (
         "provision.py",
-        ["--procs", "1", "--enrolments", "2", "--pollers", "2", "--poll-seconds", "1"]
-        + ["--poll-interval", "0"],
+        "--procs 1 --enrolments 2 --pollers 2 --poll-seconds 1 --poll-interval 0".split(),
     ),
 ]
 
