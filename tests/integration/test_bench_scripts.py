@@ -22,7 +22,18 @@ SMOKE = [
     ("uki.py", ["--kernel-mib", "1", "--initrd-mib", "1", "--runs", "1"]),
     (
         "provision.py",
-        "--procs 1 --enrolments 2 --pollers 2 --poll-seconds 1 --poll-interval 0".split(),
+        [
+            "--procs",
+            "1",
+            "--enrolments",
+            "2",
+            "--pollers",
+            "2",
+            "--poll-seconds",
+            "1",
+            "--poll-interval",
+            "0",
+        ],
     ),
 ]
 
