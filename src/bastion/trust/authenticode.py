@@ -37,9 +37,6 @@ from dataclasses import dataclass
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bastion.errors import (
     ConfigError,
@@ -55,38 +52,21 @@ from bastion.formats.pe import (
     PeImage,
     WinCertificate,
 )
-from bastion.limits import AUTHENTICODE_MAX_CERTS, CERT_CHAIN_MAX_DEPTH, PE_MAX_CERT_TABLE_SIZE
-from bastion.trust.signer import SignatureScheme, Signer, Verifier, key_id
+from bastion.limits import AUTHENTICODE_MAX_CERTS, PE_MAX_CERT_TABLE_SIZE
+from bastion.trust.cms import (
+    SIGNATURE_ALGORITHM_HASH,
+    SIGNATURE_ALGORITHM_NAMES,
+    certificate_der,
+    chain_to_anchor,
+    load_certificate,
+    verifier_for,
+)
+from bastion.trust.signer import SignatureScheme, Signer, key_id
 
 SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"
 SPC_PE_IMAGE_DATA = "1.3.6.1.4.1.311.2.1.15"
 SPC_SP_OPUS_INFO = "1.3.6.1.4.1.311.2.1.12"
 _OBSOLETE = "<<<Obsolete>>>"  # the SpcLink file name sbsign and signtool write
-
-_SCHEMES: dict[tuple[str, str], SignatureScheme] = {
-    ("rsa", "sha256"): SignatureScheme.RSA_PKCS1V15_SHA256,
-    ("rsa", "sha384"): SignatureScheme.RSA_PKCS1V15_SHA384,
-    ("rsa", "sha512"): SignatureScheme.RSA_PKCS1V15_SHA512,
-    ("secp256r1", "sha256"): SignatureScheme.ECDSA_P256_SHA256,
-    ("secp384r1", "sha384"): SignatureScheme.ECDSA_P384_SHA384,
-}
-_SIG_ALG_NAMES = {
-    SignatureScheme.RSA_PKCS1V15_SHA256: "rsassa_pkcs1v15",
-    SignatureScheme.RSA_PKCS1V15_SHA384: "rsassa_pkcs1v15",
-    SignatureScheme.RSA_PKCS1V15_SHA512: "rsassa_pkcs1v15",
-    SignatureScheme.ECDSA_P256_SHA256: "sha256_ecdsa",
-    SignatureScheme.ECDSA_P384_SHA384: "sha384_ecdsa",
-}
-# signatureAlgorithm values accepted in a SignerInfo, with the hash they imply (None: any)
-_SIG_ALG_HASH: dict[str, str | None] = {
-    "rsassa_pkcs1v15": None,
-    "sha256_rsa": "sha256",
-    "sha384_rsa": "sha384",
-    "sha512_rsa": "sha512",
-    "sha256_ecdsa": "sha256",
-    "sha384_ecdsa": "sha384",
-    "ecdsa": None,
-}
 
 
 # --- the Authenticode ASN.1 types (Microsoft Authenticode PE, "Authenticode-Specific
@@ -257,9 +237,9 @@ class AuthenticodeSignature:
         if not isinstance(message_digest, bytes):
             raise FormatError("Authenticode signer has no messageDigest attribute")
         sig_alg = si["signature_algorithm"]["algorithm"].native
-        if sig_alg not in _SIG_ALG_HASH:
+        if sig_alg not in SIGNATURE_ALGORITHM_HASH:
             raise FormatError(f"Authenticode signature algorithm {sig_alg} is not supported")
-        implied = _SIG_ALG_HASH[sig_alg]
+        implied = SIGNATURE_ALGORITHM_HASH[sig_alg]
         if implied is not None and implied != hash_name:
             raise FormatError(f"signature algorithm {sig_alg} does not use {hash_name}")
         return cls(
@@ -278,7 +258,7 @@ class AuthenticodeSignature:
     def signer_certificate(self) -> x509.Certificate:
         """The carried certificate named by issuer and serial; SignatureError if absent."""
         for der in self.certificates:
-            cert = _load_cert(der)
+            cert = load_certificate(der, "Authenticode")
             try:
                 if cert.serial_number == self.serial and cert.issuer.public_bytes() == self.issuer:
                     return cert
@@ -287,19 +267,6 @@ class AuthenticodeSignature:
         raise SignatureError(
             f"Authenticode signer certificate (serial {self.serial:x}) is not in the signature"
         )
-
-
-def _load_cert(der: bytes) -> x509.Certificate:
-    """Load a carried certificate and parse, now, the fields verification reads
-    (cryptography parses lazily, so a bad name would otherwise fail much later)."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        cert.subject.rfc4514_string()
-        cert.issuer.public_bytes()
-        _ = cert.serial_number
-        return cert
-    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
-        raise FormatError(f"Authenticode signature carries a bad certificate: {exc}") from exc
 
 
 # --- signing -----------------------------------------------------------------------------
@@ -322,7 +289,7 @@ def _spc_content(hash_name: str, image_digest: bytes) -> SpcIndirectDataContent:
 
 def scheme_for(signer: Signer) -> SignatureScheme:
     """The Authenticode signature scheme of ``signer``; ConfigError if it has none."""
-    if signer.scheme not in _SIG_ALG_NAMES:
+    if signer.scheme not in SIGNATURE_ALGORITHM_NAMES:
         raise ConfigError(
             f"Authenticode needs RSA PKCS#1 v1.5 or ECDSA P-256/P-384, not {signer.scheme}: "
             "open an RSA key with scheme rsa-pkcs1v15-sha256"
@@ -352,9 +319,9 @@ def signature_for(
         ]
     )
     signature = signer.sign(attrs.dump())
-    cert_der = certificate.public_bytes(serialization.Encoding.DER)
+    cert_der = certificate_der(certificate)
     acert = ax509.Certificate.load(cert_der)
-    sig_alg: dict[str, object] = {"algorithm": _SIG_ALG_NAMES[scheme]}
+    sig_alg: dict[str, object] = {"algorithm": SIGNATURE_ALGORITHM_NAMES[scheme]}
     if scheme.key_type == "rsa":
         sig_alg["parameters"] = core.Null()
     signer_info = cms.SignerInfo(
@@ -370,9 +337,7 @@ def signature_for(
             "signature": signature,
         }
     )
-    certs = [acert] + [
-        ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in chain
-    ]
+    certs = [acert] + [ax509.Certificate.load(certificate_der(c)) for c in chain]
     signed_data = AuthenticodeSignedData(
         {
             "version": "v1",
@@ -427,66 +392,6 @@ class VerifiedImage:
     failures: tuple[tuple[int, str], ...]
 
 
-def _verifier_for(cert: x509.Certificate, hash_name: str) -> Verifier:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise FormatError(f"Authenticode signer certificate has a bad public key: {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey):
-        kind = "rsa"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        kind = key.curve.name
-    else:
-        raise SignatureError(f"Authenticode signer key {type(key).__name__} is not RSA or ECDSA")
-    scheme = _SCHEMES.get((kind, hash_name))
-    if scheme is None:
-        raise SignatureError(f"Authenticode: a {kind} key with {hash_name} is not supported")
-    try:
-        return Verifier.of(key, scheme)
-    except ConfigError as exc:
-        raise SignatureError(f"Authenticode signer key refused: {exc}") from exc
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _anchor(
-    signer: x509.Certificate, pool: Sequence[x509.Certificate], db: Sequence[x509.Certificate]
-) -> x509.Certificate:
-    """The db certificate ``signer`` chains to (through ``pool``); SignatureError if none."""
-    current = signer
-    seen: set[bytes] = set()
-    for _ in range(CERT_CHAIN_MAX_DEPTH):
-        der = current.public_bytes(serialization.Encoding.DER)
-        for trusted in db:
-            if trusted.public_bytes(serialization.Encoding.DER) == der:
-                return trusted
-        for trusted in db:
-            if _issued_by(current, trusted):
-                return trusted
-        seen.add(der)
-        nxt = next(
-            (
-                c
-                for c in pool
-                if c.public_bytes(serialization.Encoding.DER) not in seen and _issued_by(current, c)
-            ),
-            None,
-        )
-        if nxt is None:
-            break
-        current = nxt
-    raise SignatureError(
-        f"Authenticode signer {signer.subject.rfc4514_string()!r} does not chain to any "
-        f"of the {len(db)} db certificate(s)"
-    )
-
-
 def _verify_one(
     sig: AuthenticodeSignature, image: PeImage, db: Sequence[x509.Certificate]
 ) -> tuple[bytes, x509.Certificate, x509.Certificate]:
@@ -504,9 +409,11 @@ def _verify_one(
             area="content",
         )
     signer = sig.signer_certificate()
-    _verifier_for(signer, sig.hash_name).verify(sig.signed_attrs, sig.signature)
-    pool = [_load_cert(c) for c in sig.certificates]
-    return digest, signer, _anchor(signer, pool, db)
+    verifier_for(signer, sig.hash_name, "Authenticode").verify(sig.signed_attrs, sig.signature)
+    pool = [load_certificate(c, "Authenticode") for c in sig.certificates]
+    # no validity dates: firmware has no trusted clock to check them with
+    anchor = chain_to_anchor(signer, pool, db, "Authenticode", trusted_name="db", now=None)
+    return digest, signer, anchor
 
 
 def verify_pe(data: bytes | PeImage, db: Sequence[x509.Certificate]) -> VerifiedImage:

@@ -30,9 +30,6 @@ from typing import BinaryIO
 from asn1crypto import cms, core
 from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bastion.errors import (
     ConfigError,
@@ -47,44 +44,23 @@ from bastion.limits import (
     BUNDLE_BLOCK_SIZE,
     BUNDLE_MAX_CERTIFICATES,
     BUNDLE_SIGNATURE_MAX_SIZE,
-    CERT_CHAIN_MAX_DEPTH,
 )
-from bastion.trust.signer import SignatureScheme, Signer, Verifier, key_id
+from bastion.trust.cms import (
+    SIGNATURE_ALGORITHM_HASH,
+    SIGNATURE_ALGORITHM_NAMES,
+    certificate_der,
+    chain_to_anchor,
+    load_certificate,
+    verifier_for,
+)
+from bastion.trust.signer import Signer, key_id
 
-_SIG_ALG_NAMES = {
-    SignatureScheme.RSA_PKCS1V15_SHA256: "rsassa_pkcs1v15",
-    SignatureScheme.RSA_PKCS1V15_SHA384: "rsassa_pkcs1v15",
-    SignatureScheme.RSA_PKCS1V15_SHA512: "rsassa_pkcs1v15",
-    SignatureScheme.ECDSA_P256_SHA256: "sha256_ecdsa",
-    SignatureScheme.ECDSA_P384_SHA384: "sha384_ecdsa",
-}
-_SCHEMES: dict[tuple[str, str], SignatureScheme] = {
-    ("rsa", "sha256"): SignatureScheme.RSA_PKCS1V15_SHA256,
-    ("rsa", "sha384"): SignatureScheme.RSA_PKCS1V15_SHA384,
-    ("rsa", "sha512"): SignatureScheme.RSA_PKCS1V15_SHA512,
-    ("secp256r1", "sha256"): SignatureScheme.ECDSA_P256_SHA256,
-    ("secp384r1", "sha384"): SignatureScheme.ECDSA_P384_SHA384,
-}
-# signatureAlgorithm names accepted in a SignerInfo, with the hash they imply (None: any)
-_SIG_ALG_HASH: dict[str, str | None] = {
-    "rsassa_pkcs1v15": None,
-    "sha256_rsa": "sha256",
-    "sha384_rsa": "sha384",
-    "sha512_rsa": "sha512",
-    "ecdsa": None,
-    "sha256_ecdsa": "sha256",
-    "sha384_ecdsa": "sha384",
-}
 _HASHES = ("sha256", "sha384", "sha512")
 _READ_CHUNK = 1 << 20
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
     return now if now is not None else dt.datetime.now(dt.UTC)
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 # --- signing -----------------------------------------------------------------------------
@@ -100,7 +76,7 @@ def sign_manifest(
 ) -> bytes:
     """The DER CMS SignedData carrying ``manifest`` inline, signed by ``signer``."""
     scheme = signer.scheme
-    if scheme not in _SIG_ALG_NAMES:
+    if scheme not in SIGNATURE_ALGORITHM_NAMES:
         raise ConfigError(
             f"bundle signing needs RSA PKCS#1 v1.5 or ECDSA P-256/P-384, not {scheme}: "
             "open an RSA key with scheme rsa-pkcs1v15-sha256"
@@ -121,8 +97,8 @@ def sign_manifest(
     # DER orders a SET OF by the encodings of its members
     signed_attrs = cms.CMSAttributes(sorted(attrs, key=lambda a: a.dump()))
     signature = signer.sign(signed_attrs.dump())
-    acert = ax509.Certificate.load(_der(certificate))
-    sig_alg: dict[str, object] = {"algorithm": _SIG_ALG_NAMES[scheme]}
+    acert = ax509.Certificate.load(certificate_der(certificate))
+    sig_alg: dict[str, object] = {"algorithm": SIGNATURE_ALGORITHM_NAMES[scheme]}
     if scheme.key_type == "rsa":
         sig_alg["parameters"] = core.Null()
     signer_info = cms.SignerInfo(
@@ -138,7 +114,7 @@ def sign_manifest(
             "signature": signature,
         }
     )
-    certs = [acert] + [ax509.Certificate.load(_der(c)) for c in chain]
+    certs = [acert] + [ax509.Certificate.load(certificate_der(c)) for c in chain]
     signed_data = cms.SignedData(
         {
             "version": "v1",
@@ -176,85 +152,6 @@ class VerifiedBundle:
     anchor: x509.Certificate
     payload_size: int
     root_hash: bytes
-
-
-def _load_cert(der: bytes) -> x509.Certificate:
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        cert.subject.rfc4514_string()
-        cert.issuer.public_bytes()
-        _ = cert.serial_number
-        return cert
-    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
-        raise FormatError(f"bundle signature carries a bad certificate: {exc}") from exc
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _check_time(cert: x509.Certificate, now: dt.datetime) -> None:
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise SignatureError(
-            f"bundle certificate {cert.subject.rfc4514_string()!r} is not valid at "
-            f"{now.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} to "
-            f"{cert.not_valid_after_utc.isoformat()})"
-        )
-
-
-def _anchor(
-    signer: x509.Certificate,
-    pool: Sequence[x509.Certificate],
-    keyring: Sequence[x509.Certificate],
-    now: dt.datetime,
-) -> x509.Certificate:
-    """The keyring certificate ``signer`` chains to through ``pool``; SignatureError if none."""
-    current = signer
-    seen: set[bytes] = set()
-    trusted_der = [(_der(t), t) for t in keyring]
-    for _ in range(CERT_CHAIN_MAX_DEPTH):
-        _check_time(current, now)
-        der = _der(current)
-        for tder, trusted in trusted_der:
-            if tder == der:
-                return trusted
-        for _, trusted in trusted_der:
-            if _issued_by(current, trusted):
-                _check_time(trusted, now)
-                return trusted
-        seen.add(der)
-        nxt = next((c for c in pool if _der(c) not in seen and _issued_by(current, c)), None)
-        if nxt is None:
-            break
-        current = nxt
-    raise SignatureError(
-        f"bundle signer {signer.subject.rfc4514_string()!r} does not chain to any of the "
-        f"{len(keyring)} keyring certificate(s)"
-    )
-
-
-def _verifier_for(cert: x509.Certificate, hash_name: str) -> Verifier:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise FormatError(f"bundle signer certificate has a bad public key: {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey):
-        kind = "rsa"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        kind = key.curve.name
-    else:
-        raise SignatureError(f"bundle signer key {type(key).__name__} is not RSA or ECDSA")
-    scheme = _SCHEMES.get((kind, hash_name))
-    if scheme is None:
-        raise SignatureError(f"bundle signature: a {kind} key with {hash_name} is not supported")
-    try:
-        return Verifier.of(key, scheme)
-    except ConfigError as exc:
-        raise SignatureError(f"bundle signer key refused: {exc}") from exc
 
 
 def _attr(attrs: cms.CMSAttributes, name: str) -> object:
@@ -311,22 +208,26 @@ def verify_signature(
         raise FormatError(f"bundle CMS is malformed: {exc}") from exc
     if hash_name not in _HASHES:
         raise SignatureError(f"bundle CMS digest {hash_name} is not supported")
-    if sig_alg not in _SIG_ALG_HASH or _SIG_ALG_HASH[sig_alg] not in (None, hash_name):
+    known = sig_alg in SIGNATURE_ALGORITHM_HASH
+    if not known or SIGNATURE_ALGORITHM_HASH[sig_alg] not in (None, hash_name):
         raise SignatureError(f"bundle CMS signature algorithm {sig_alg} is not supported")
     if content_type != "data":
         raise SignatureError("bundle CMS contentType attribute is not data")
     actual = hashlib.new(hash_name, content).digest()
     if not isinstance(message_digest, bytes) or not hmac.compare_digest(actual, message_digest):
         raise SignatureError("bundle CMS messageDigest does not match the signed manifest")
-    pool = [_load_cert(d) for d in cert_ders]
+    pool = [load_certificate(d, "bundle") for d in cert_ders]
     signer_cert = next(
         (c for c in pool if c.issuer.public_bytes() == issuer_der and c.serial_number == serial),
         None,
     )
     if signer_cert is None:
         raise SignatureError("bundle CMS does not carry the signer's certificate")
-    _verifier_for(signer_cert, hash_name).verify(signed_bytes, signature)
-    anchor = _anchor(signer_cert, pool, keyring, _now(now))
+    verifier = verifier_for(signer_cert, hash_name, "bundle", scheme_what="bundle signature")
+    verifier.verify(signed_bytes, signature)
+    anchor = chain_to_anchor(
+        signer_cert, pool, keyring, "bundle", trusted_name="keyring", now=_now(now)
+    )
     return SignedManifest(content, signer_cert, anchor, hash_name)
 
 

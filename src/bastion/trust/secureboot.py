@@ -85,6 +85,7 @@ from bastion.formats.pkcs7_signed import (
     SignerInfo,
 )
 from bastion.trust import pki
+from bastion.trust.cms import certificate_der
 from bastion.trust.signer import SignatureScheme, Signer, Verifier
 
 if TYPE_CHECKING:
@@ -127,10 +128,6 @@ def _spki(key: object) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _subject_key_id(cert: x509.Certificate) -> bytes | None:
@@ -254,7 +251,7 @@ def _rsa_signer(signer: Signer) -> Signer:
 
 def certificate_list(owner: uuid.UUID, certificate: x509.Certificate) -> SignatureList:
     """One EFI_SIGNATURE_LIST holding ``certificate`` (``cert-to-efi-sig-list -g OWNER``)."""
-    return SignatureList.x509(owner, _der(certificate))
+    return SignatureList.x509(owner, certificate_der(certificate))
 
 
 # --- signing -----------------------------------------------------------------------------
@@ -285,7 +282,7 @@ def sign_update(
     attributes = int(AUTHENTICATED_ATTRIBUTES | (Attribute.APPEND_WRITE if append else 0))
     signature = rsa_signer.sign(signable_bytes(variable, vendor, attributes, timestamp, data))
     signed = SignedData.detached(
-        certificate=_der(certificate),
+        certificate=certificate_der(certificate),
         issuer=_issuer_der(certificate),
         serial=certificate.serial_number,
         signature=signature,
@@ -334,7 +331,7 @@ def verify_signed_data(
     embedded = set(sd.certificates)
     signer_cert: x509.Certificate | None = None
     for cert in trusted:
-        if _der(cert) not in embedded:
+        if certificate_der(cert) not in embedded:
             continue
         if si.subject_key_id:
             match = _subject_key_id(cert) == si.subject_key_id
@@ -489,7 +486,7 @@ def build_enrolment(
             variable, payload, signer, cert, timestamp
         ).to_bytes()
         if variable in certs:
-            files[f"{variable}.cer"] = _der(certs[variable])
+            files[f"{variable}.cer"] = certificate_der(certs[variable])
     return Enrolment(owner, timestamp, files)
 
 
