@@ -18,12 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.conftest import need_tool
 from tests.e2e.conftest import BootVm, Parts, make_root
 
-from bastion.build import datavol, disk
+from bastion.build import datavol, disk, ovmf
 from bastion.build.uki import uki_sections
 from bastion.errors import DigestMismatchError
 from bastion.formats import bls, eventlog, gpt
 from bastion.formats.bootlog import Outcome
 from bastion.io.qemu import BootResult
+from bastion.trust import pcr7, pcr_boot
 from bastion.trust.keys import public_key_to_pem
 from bastion.trust.pcr11 import DEFAULT_PHASES, PCR_KERNEL_IMAGE, predict_pcr11, verify_pcrsig
 
@@ -141,6 +142,34 @@ def test_pcr11_matches_the_prediction_for_the_booted_uki(booted: Booted) -> None
     predicted = predict_pcr11(uki_sections(booted.image.uki))
     assert replayed[PCR_KERNEL_IMAGE] == predicted
     assert report.pcrs["sha256"][PCR_KERNEL_IMAGE] == predicted
+
+
+def test_pcrs_4_7_9_11_match_the_offline_predictions(
+    booted: Booted, vm_parts: Parts, sb_vars: bytes, tmp_path: Path
+) -> None:
+    report = booted.result.report
+    assert report.eventlog is not None
+    replayed = eventlog.replay(eventlog.parse(report.eventlog).events)
+    image = booted.image
+    assert image.loader is not None
+    (tmp_path / "vars.fd").write_bytes(sb_vars)
+    store = ovmf.read_secureboot_store(tmp_path / "vars.fd")
+    state = pcr7.state_for_boot(
+        pk=store.pk,
+        kek=store.kek,
+        db=store.db,
+        dbx=store.dbx,
+        boot_signer=vm_parts.secure_boot.certificate,
+    )
+    predicted = {
+        **pcr_boot.predict_boot(image.loader, image.uki),
+        pcr7.PCR_SECURE_BOOT: pcr7.predict(state),
+        PCR_KERNEL_IMAGE: predict_pcr11(uki_sections(image.uki)),
+    }
+    assert sorted(predicted) == [4, 7, 9, 11]
+    for pcr, value in predicted.items():
+        assert replayed[pcr] == value, f"PCR {pcr}: the boot differs from the prediction"
+        assert report.pcrs["sha256"][pcr] == value, f"PCR {pcr}: the TPM differs"
 
 
 def test_secure_boot_refuses_an_unsigned_image(

@@ -244,6 +244,8 @@ class VmImage:
     layout: gpt.GptDisk
     signed: bool
     uki_path: str = BOOT_PATH
+    #: the (signed) systemd-boot written as BOOTX64.EFI; None when the UKI is booted directly
+    loader: bytes | None = None
 
     def partition(self, name: str) -> gpt.Partition:
         return self.layout.find(name)
@@ -322,9 +324,12 @@ def build_vm_image(
         if secure_boot is not None:
             uki = secure_boot.sign(uki)
         esp_files = {spec.uki_path(): uki}
+        loader: bytes | None = None
         if spec.loader is not None:
             loader = spec.loader.read_bytes()
-            esp_files[BOOT_PATH] = loader if secure_boot is None else secure_boot.sign(loader)
+            if secure_boot is not None:
+                loader = secure_boot.sign(loader)
+            esp_files[BOOT_PATH] = loader
             esp_files[LOADER_CONF] = spec.loader_conf
         esp_files.update(spec.extra_esp_files)
         esp_img = work / "esp.img"
@@ -357,5 +362,12 @@ def build_vm_image(
             )
         layout = write_disk(Path(out), gpt.derived_uuid("vm-disk", seed), parts)
     return VmImage(
-        Path(out), root_hash, cmdline, uki, layout, secure_boot is not None, spec.uki_path()
+        Path(out),
+        root_hash,
+        cmdline,
+        uki,
+        layout,
+        secure_boot is not None,
+        spec.uki_path(),
+        loader,
     )
