@@ -32,9 +32,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bastion.build import datavol, disk, initrd, ovmf
-from bastion.build.uki import uki_sections
 from bastion.formats.bootlog import Outcome
 from bastion.formats.efivars import encode_signature_lists
+from bastion.formats.uki import uki_sections
 from bastion.io import qemu
 from bastion.trust import secureboot
 from bastion.trust.keys import public_key_to_pem

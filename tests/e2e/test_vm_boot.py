@@ -19,10 +19,10 @@ from tests.conftest import need_tool
 from tests.e2e.conftest import BootVm, Parts, make_root
 
 from bastion.build import datavol, disk, ovmf
-from bastion.build.uki import uki_sections
 from bastion.errors import DigestMismatchError
 from bastion.formats import bls, eventlog, gpt
 from bastion.formats.bootlog import Outcome
+from bastion.formats.uki import uki_sections
 from bastion.io.qemu import BootResult
 from bastion.trust import pcr7, pcr_boot
 from bastion.trust.keys import public_key_to_pem

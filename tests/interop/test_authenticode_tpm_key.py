@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tests.interop.test_authenticode_sbsign import need_stub, sbverify
 from tests.pebuild import make_pe
 
-from bastion.build.uki import UkiInputs, build_uki, uki_sections, with_pcr_signature
+from bastion.build.uki import UkiInputs, build_uki, with_pcr_signature
+from bastion.formats.uki import uki_sections
 from bastion.trust.authenticode import sign_pe, verify_pe
 from bastion.trust.keys import create_tpm_key
 from bastion.trust.pcr11 import pcr11_policy, predict_pcr11

@@ -11,8 +11,9 @@ from tests.conftest import need_tool
 from tests.interop.test_authenticode_sbsign import STUB, Material, need_stub, sbverify
 from tests.pebuild import make_pe
 
-from bastion.build.uki import UkiInputs, build_uki, uki_sections
+from bastion.build.uki import UkiInputs, build_uki
 from bastion.formats.pe import PeImage
+from bastion.formats.uki import uki_sections
 from bastion.trust.authenticode import sign_pe, verify_pe
 
 pytestmark = pytest.mark.interop

@@ -34,14 +34,13 @@ from bastion.formats.pe import (
     PeImage,
     add_sections,
 )
+from bastion.formats.uki import SECTION_ORDER
 from bastion.trust.keys import load_public_key, public_key_to_pem
 from bastion.trust.pcr11 import DEFAULT_PHASES, pcrsig_json, sign_pcr11
 from bastion.trust.signer import Signer, key_id
 
 #: IMAGE_SUBSYSTEM_EFI_APPLICATION
 EFI_APPLICATION = 10
-#: sections bastion adds, in file order
-SECTION_ORDER = (".osrel", ".cmdline", ".uname", ".pcrpkey", ".pcrsig", ".initrd", ".linux")
 _DATA = SCN_CNT_INITIALIZED_DATA | SCN_MEM_READ
 #: ukify marks .linux as code (old kernels run through the EFI handover protocol inline)
 _CODE = SCN_CNT_CODE | SCN_MEM_READ
@@ -113,14 +112,3 @@ def build_uki(stub: bytes, inputs: UkiInputs) -> bytes:
         for name, content in inputs.sections().items()
     ]
     return add_sections(image, new)
-
-
-def uki_sections(data: bytes) -> dict[str, bytes]:
-    """The UKI sections present in a UKI image (name to content)."""
-    image = PeImage.parse(data)
-    out: dict[str, bytes] = {}
-    for name in SECTION_ORDER:
-        section = image.section(name)
-        if section is not None:
-            out[name] = image.section_data(section)
-    return out

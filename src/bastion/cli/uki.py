@@ -20,7 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bastion.build.uki import UkiInputs, build_uki, uki_sections, with_pcr_signature
+from bastion.build.uki import UkiInputs, build_uki, with_pcr_signature
 from bastion.cli._common import (
     about_file,
     add_json_flag,
@@ -29,6 +29,7 @@ from bastion.cli._common import (
     passphrase_source,
 )
 from bastion.errors import BastionError, ConfigError
+from bastion.formats.uki import uki_sections
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, PE_MAX_IMAGE_SIZE
 from bastion.trust.authenticode import sign_pe, verify_pe

@@ -33,10 +33,10 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 
-from bastion.build.uki import uki_sections
 from bastion.errors import FormatError
 from bastion.formats import eventlog as el
 from bastion.formats.pe import PeImage
+from bastion.formats.uki import uki_sections
 
 PCR_BOOT_CODE = 4
 PCR_KERNEL_CONFIG = 9

@@ -11,9 +11,9 @@ from tests.bootkit import _cert
 from tests.conftest import need_tool
 
 from bastion.build import disk
-from bastion.build.uki import uki_sections
 from bastion.errors import ConfigError
 from bastion.formats import gpt
+from bastion.formats.uki import uki_sections
 from bastion.trust.authenticode import verify_pe
 from bastion.trust.signer import SignatureScheme, SoftwareSigner
 

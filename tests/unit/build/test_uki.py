@@ -9,15 +9,10 @@ import pytest
 from tests.pebuild import make_pe
 from tests.unit.trust.conftest import make_key
 
-from bastion.build.uki import (
-    SECTION_ORDER,
-    UkiInputs,
-    build_uki,
-    uki_sections,
-    with_pcr_signature,
-)
+from bastion.build.uki import UkiInputs, build_uki, with_pcr_signature
 from bastion.errors import ConfigError, FormatError
 from bastion.formats.pe import SCN_CNT_CODE, SCN_CNT_INITIALIZED_DATA, PeImage, WinCertificate
+from bastion.formats.uki import SECTION_ORDER, uki_sections
 from bastion.trust.keys import public_key_to_pem
 from bastion.trust.pcr11 import pcr11_policy, predict_pcr11
 from bastion.trust.signer import SignatureScheme, SoftwareSigner

@@ -13,8 +13,8 @@ from cryptography.x509.oid import NameOID
 from tests.pebuild import make_pe
 from tests.unit.trust.conftest import make_key
 
-from bastion.build.uki import uki_sections
 from bastion.cli.main import main
+from bastion.formats.uki import uki_sections
 from bastion.trust.keys import private_key_to_pem, public_key_to_pem
 from bastion.trust.pcr11 import DEFAULT_PHASES, pcr11_policy, predict_pcr11
 
