@@ -277,3 +277,38 @@ def shared_world(backend: str, folder: Path, **settings: Any) -> Iterator[FleetW
         if pg_name is not None:
             with _pg_connect() as admin2:
                 admin2.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+
+
+@contextmanager
+def serve_on_loopback(app: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port (a thread); yields its URL once
+    ``/v1/health`` answers, and stops the server afterwards."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    else:
+        server.should_exit = True
+        thread.join(timeout=10)
+        raise RuntimeError(f"the test server on {url} never answered /v1/health")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -10,15 +10,11 @@ whose posture breaks the policy fails (exit 2) and is refused config.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from tests.bootkit import KERNEL, make_tree
 from tests.conftest import need_tool
 
@@ -26,38 +22,18 @@ from bastion.cli.main import main
 from bastion.device.platform.sim import SimPlatform
 from bastion.device.provision import DeviceIdentity
 
-from .devicekit import FleetWorld, shared_world
+from .devicekit import FleetWorld, serve_on_loopback, shared_world
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FleetWorld, str]]:
-    with shared_world("sqlite", tmp_path_factory.mktemp("attcli")) as world:
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(world.client.app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        try:
-            yield world, url
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+    with (
+        shared_world("sqlite", tmp_path_factory.mktemp("attcli")) as world,
+        serve_on_loopback(world.client.app) as url,
+    ):
+        yield world, url
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
