@@ -49,5 +49,9 @@ def test_bench_script_runs(script: str, args: list[str], tmp_path: Path) -> None
         cwd=tmp_path,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # bench/boot.py exits 1 when its ratio misses the target, which at these tiny sizes
+    # on a busy machine is noise: only a crash counts here, never a timing
+    allowed = {0, 1} if script == "boot.py" else {0}
+    assert done.returncode in allowed, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "ratio" in (done.stdout + done.stderr).lower()
