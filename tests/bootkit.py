@@ -1,13 +1,15 @@
-"""Shared helpers for the boot-chain tests: a product key set, a tiny root tree, images.
+"""Shared helpers for the image and boot tests: a product key set (platform root, boot,
+image keys), a tiny root tree, image specs, self-signed certificates.
 
-Keys are generated once per process (RSA-2048 for the verity and module certificates
-keeps generation fast); everything else is real: real signatures, real filesystems.
+Keys are generated once per process; everything else is real: real signatures, real
+filesystems.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -17,7 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from bastion.build import image as img
 from bastion.trust import image as ti
-from bastion.trust.signer import SignatureScheme, SoftwareSigner, Verifier
+from bastion.trust.signer import SoftwareSigner, Verifier
 
 KERNEL = b"\x7fELF-not-really-a-kernel " * 40
 INITRD = b"070701 initrd " * 30
@@ -38,30 +40,31 @@ def _cert(key: rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
     )
 
 
+@dataclass(frozen=True)
+class ProductKeys:
+    """The product keys an image build and a device need: the platform root (fused), the
+    boot key (profile signing, delegated by the root) and the image key (disk.img.sig)."""
+
+    platform_root: SoftwareSigner
+    boot: SoftwareSigner
+    image: SoftwareSigner
+
+
 @functools.cache
-def product_keys(variant: int = 0) -> img.ImageKeys:
+def product_keys(variant: int = 0) -> ProductKeys:
     """A product key set (``variant`` gives an independent one, e.g. an attacker's)."""
-    verity = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    module = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return img.ImageKeys(
+    return ProductKeys(
         platform_root=SoftwareSigner(ed25519.Ed25519PrivateKey.generate()),
         boot=SoftwareSigner(ed25519.Ed25519PrivateKey.generate()),
         image=SoftwareSigner(ed25519.Ed25519PrivateKey.generate()),
-        verity=SoftwareSigner(verity, SignatureScheme.RSA_PKCS1V15_SHA256),
-        verity_cert=_cert(verity, f"verity {variant}"),
-        module=SoftwareSigner(module, SignatureScheme.RSA_PKCS1V15_SHA256),
-        module_cert=_cert(module, f"modules {variant}"),
     )
 
 
-def trust_of(keys: img.ImageKeys) -> ti.ImageTrust:
+def trust_of(keys: ProductKeys) -> ti.ImageTrust:
     """The public side of a key set."""
     return ti.ImageTrust(
         platform_root=Verifier.of(keys.platform_root.public_key()),
-        boot=Verifier.of(keys.boot.public_key()),
         image=Verifier.of(keys.image.public_key()),
-        verity_cert=keys.verity_cert,
-        module_cert=keys.module_cert,
     )
 
 
@@ -78,13 +81,12 @@ def make_tree(root: Path, *, payload: int = 0) -> Path:
 
 
 def spec_for(tree: Path, **kw: object) -> img.ImageSpec:
-    """An ImageSpec with test defaults (ext4, small data partition, one module)."""
+    """An ImageSpec with test defaults (ext4, small data partition)."""
     base: dict[str, object] = dict(
         rootfs=tree,
         kernel=KERNEL,
         initrd=INITRD,
         cmdline="console=ttyS0 quiet",
-        modules=(("dummy.ko", b"\x7fELF module bytes " * 20),),
         version="1.0.0",
         security_version=1,
         data_size=24 * 1024 * 1024,

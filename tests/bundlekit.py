@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from bastion.formats import verity
 from bastion.formats.bundle import trailer_bytes
-from bastion.formats.raucm import FORMAT_VERITY, Manifest, ManifestImage
+from bastion.formats.raucm import FORMAT_VERITY, GOLDEN_FILE, GoldenRef, Manifest, ManifestImage
 from bastion.trust.bundle import sign_manifest
 from bastion.trust.signer import SignatureScheme, SoftwareSigner
 
@@ -93,19 +94,40 @@ def release_keys(name: str = "release", *, rsa_key: bool = False, days: int = 30
     return ReleaseKeys(ca, ca_key, cert, key)
 
 
-def synthetic_bundle(keys: ReleaseKeys, blocks: int = 300, *, manifest_edit: str = "") -> bytes:
+def synthetic_bundle(
+    keys: ReleaseKeys,
+    blocks: int = 300,
+    *,
+    manifest_edit: str = "",
+    version: str = "1.2.3",
+    svn: int | None = None,
+    golden: bytes | None = None,
+    golden_ref: GoldenRef | None = None,
+) -> bytes:
     """A verity bundle over ``blocks`` random 4 KiB blocks (no squashfs: the verifier
-    checks the tree and the signature, not the file system)."""
-    payload = os.urandom(blocks * 4096)
+    checks the tree and the signature, not the file system); ``svn`` goes into
+    ``[meta.bastion]``; ``golden`` (a statement) is stored at payload offset 4096 and
+    named in ``[meta.bastion-golden]`` (``golden_ref`` overrides what the manifest says)."""
+    payload = bytearray(os.urandom(blocks * 4096))
+    meta: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    if svn is not None:
+        meta.append(("bastion", (("svn", str(svn)),)))
+    if golden is not None:
+        payload[4096 : 4096 + len(golden)] = golden
+        ref = golden_ref or GoldenRef(
+            GOLDEN_FILE, hashlib.sha256(golden).hexdigest(), len(golden), 4096
+        )
+        meta.append(ref.meta())
     salt = os.urandom(32)
     params = verity.VerityParams(data_blocks=blocks, salt=salt)
-    tree = verity.build_tree(params, [payload])
+    tree = verity.build_tree(params, [bytes(payload)])
     manifest = Manifest(
         compatible="bastion-test",
-        version="1.2.3",
+        version=version,
         bundle_format=FORMAT_VERITY,
         images=(ManifestImage("rootfs", "rootfs.img", "ab" * 32, len(payload)),),
+        meta=tuple(meta),
     ).with_verity(tree.root_hash, salt, len(tree.hash_area))
     text = manifest.to_bytes() + manifest_edit.encode()
     sig = sign_manifest(text, keys.signer(), keys.cert, [keys.ca])
-    return payload + tree.hash_area + sig + trailer_bytes(len(sig))
+    return bytes(payload) + tree.hash_area + sig + trailer_bytes(len(sig))

@@ -73,6 +73,18 @@ class ExpiredError(VerificationError):
     """A credential, certificate or metadata is outside its validity period."""
 
 
+class MixAndMatchError(VerificationError):
+    """Metadata that does not match the version or hashes its parent role lists for it.
+
+    TUF's mix-and-match attack: a snapshot other than the one the timestamp names, or a
+    targets file other than the one the snapshot names.
+    """
+
+
+class IncompatibleError(VerificationError):
+    """A release is not for this device: another product, hardware or channel."""
+
+
 class RevokedError(VerificationError):
     """A credential or certificate has been revoked."""
 
@@ -112,6 +124,10 @@ class OidcRequiredError(AuthError):
 
 class AttestationRequiredError(AuthError):
     """A device lacks a passing attestation verdict younger than its fleet's interval."""
+
+
+class SignInRequiredError(AuthError):
+    """A dashboard request carries no usable session cookie: the browser must sign in."""
 
 
 class NotFoundError(BastionError):

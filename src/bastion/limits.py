@@ -117,11 +117,9 @@ DEVICE_MAX_ENV_VALUE = 16 * KiB
 DEVICE_MAX_EVENTS_PER_POST = 1000
 DEVICE_MAX_FIELD_LENGTH = 256  # os_version, agent_version, note
 
-# --- boot chain (issue 6: formats/bootunit.py, device/boot.py) ----------------------------
-BOOT_CONTAINER_MAX_SIZE = 512 * MiB  # a boot archive / boot unit (kernel + initrd + modules)
-BOOT_CONTAINER_MAX_ENTRIES = 4096  # named entries in one container (modules included)
-BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement about a loader, unit or image
-VERITY_SIG_MAX_SIZE = 64 * KiB  # DPS root-verity-sig partition JSON
+# --- image build and the boot chain (build/efi_image.py, device/boot/) --------------------
+IMAGE_INPUT_MAX_SIZE = 512 * MiB  # one file `image build` reads (kernel, initrd, module)
+BOOT_STATEMENT_MAX_SIZE = 64 * KiB  # a signed statement (image, delegation)
 PROFILE_MAX_SIZE = 64 * KiB  # signed security profile envelope
 PROFILE_MAX_SERIAL = 64  # profile versions: one bit each in a 64-bit TPM NV bits index
 
@@ -163,16 +161,34 @@ OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched ag
 # --- initramfs cpio, serial console of a VM boot (formats/cpio.py, formats/bootlog.py) ---
 CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
 CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
+INITRD_MAX_SIZE = 512 * MiB  # an initrd as the sim kernel unpacks it (after gzip)
 BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
 BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
 BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)
 BLS_MAX_COUNTER = 2**32 - 1  # boot counter tries left / done (systemd-boot: unsigned)
 # --- the device plane (device/platform/) -------------------------------------------------
 PLATFORM_EFI_VAR_MAX_SIZE = 64 * KiB  # one EFI variable read through a Platform (efivarfs file)
+ESP_FILE_MAX_SIZE = 256 * MiB  # one file read from the ESP (a UKI with its initrd)
+ESP_MAX_LISTING = 4096  # files in one ESP folder listed by the device plane
+# --- device update install (device/update/, ADR 0030) --------------------------------------
+UPDATE_RANGE_MAX_SIZE = 4 * MiB  # one HTTP Range request (or file read) while streaming
+UPDATE_TREE_MAX_SIZE = 64 * MiB  # a bundle's verity tree, held in memory (~8 GiB payload)
+UPDATE_IMAGE_MAX_SIZE = 64 * 1024 * MiB  # one image a bundle's signed manifest names
+UPDATE_JOURNAL_MAX_SIZE = 64 * KiB  # the install progress journal read back after a cut
+UPDATE_STATE_MAX_SIZE = 64 * KiB  # the slot records (update-slots.json)
+UPDATE_HEALTH_MAX_CHECKS = 64  # checks in one health specification
+UPDATE_HEALTH_MAX_SECONDS = 3600  # time limit of one check, and of all of them
+UPDATE_VERSION_MAX_PARTS = 16  # dotted parts compared in a version string
+KERNEL_TOOL_MAX_OUTPUT = 64 * KiB  # veritysetup/cryptsetup output parsed by storage/kernel_*.py
+PLATFORM_SYSFS_MAX_SIZE = 4 * KiB  # one sysfs or procfs file read by the linux platform
+PLATFORM_MAX_BLOCK_DEVICES = 1024  # entries of /sys/class/block the linux platform scans
+BOOTLOG_MAX_QUOTE_SIZE = 2 * KiB  # a TPMS_ATTEST or TPMT_SIGNATURE printed in base64 over serial
 # --- operator's console: account lifecycle, metrics (docs/adr/0020) ---------------------------
 REAUTH_MAX_AGE_SECONDS = 10 * 60  # a session proves password (+2FA) this recently for changes
 SESSIONS_LIST_MAX = 200  # sessions shown by GET /v1/me/sessions (newest first)
 METRICS_TOKEN_MIN_LENGTH = 32  # characters of the bearer token that guards /metrics
+METRICS_VERSIONS_MAX = 32  # OS versions labelled in bastion_devices_by_version (the rest: "other")
+METRICS_LABEL_MAX_LENGTH = 64  # characters of a device-reported label value (an OS version)
 
 # --- UEFI Secure Boot variables (formats/efivars.py, docs/adr/0017-secureboot.md) --------
 EFI_VARIABLE_MAX_SIZE = 1 * MiB  # one variable's data or one .auth file (dbx today is ~30 KiB)
@@ -193,7 +209,10 @@ ATTEST_POSTURE_MAX_LIST = 1024  # listening ports in a posture, entries of a por
 ATTEST_GOLDEN_MAX_SIZE = 64 * KiB  # one signed golden-values statement
 ATTEST_GOLDEN_MAX_ENTRIES = 64  # PCRs or components in one golden-values statement
 ATTEST_GOLDEN_PER_FLEET = 16  # golden statements (accepted releases) one fleet keeps
+ATTEST_OTHER_RELEASES = 64  # newest other releases a verdict checks for release.unexpected
 ATTEST_NONCE_SIZE = 32  # bytes of a server attestation nonce
+ATTEST_MEMO_MAX_ENTRIES = 1024  # results one verifier memo keeps (decoded logs, parsed logs)
+ATTEST_MEMO_MAX_BYTES = 64 * MiB  # input bytes one verifier memo keeps before it starts over
 # --- posture collection from /proc and /sys (formats/kernelstate.py, device/posture.py) ------
 POSTURE_FILE_MAX_SIZE = 64 * KiB  # one small procfs/sysfs/efivarfs file read for posture
 POSTURE_TABLE_MAX_SIZE = 16 * MiB  # one /proc/net/{tcp,udp}[6] table or /proc/self/mountinfo
@@ -206,7 +225,79 @@ BUNDLE_MANIFEST_MAX_SIZE = 64 * KiB  # one manifest.raucm (inline in the CMS for
 BUNDLE_MANIFEST_MAX_IMAGES = 32  # [image.*] sections in one manifest
 BUNDLE_MANIFEST_MAX_VALUE = 4 * KiB  # one manifest value
 BUNDLE_MAX_CERTIFICATES = 8  # certificates carried in a bundle's CMS
+# --- TUF release metadata (build/tuf_repo.py, device/update/tuf_client.py, ADR 0029) -----
+TUF_ROOT_MAX_SIZE = 512 * KiB  # one root.json (python-tuf ngclient's default)
+TUF_TIMESTAMP_MAX_SIZE = 16 * KiB  # one timestamp.json (ngclient's default)
+TUF_SNAPSHOT_MAX_SIZE = 2 * MiB  # one snapshot.json when the timestamp gives no length
+TUF_TARGETS_MAX_SIZE = 32 * MiB  # one targets or product role (10,000 releases: ~5 MiB)
+TUF_MAX_ROOT_ROTATIONS = 64  # newer root versions a device walks in one refresh
+TUF_MAX_DELEGATIONS = 64  # product roles a device reads in one refresh
+TUF_CUSTOM_MAX_HARDWARE = 64  # hardware names one release lists
+TUF_NAME_MAX_CHARS = 128  # a product, channel, hardware or version string
 
 # --- the one HTTP client (io/http.py) ---------------------------------------------------
 HTTP_MAX_RESPONSE = 16 * HTTP_MAX_BODY  # one answer read by a client (lists can be long)
 HTTP_CLIENT_TIMEOUT_SECONDS = 30.0  # connect/read/write of one client request
+# --- server message bus (server/bus.py) ---------------------------------------------------
+BUS_CHANNEL_MAX_SIZE = 200  # bytes of a bus channel name
+BUS_MESSAGE_MAX_SIZE = 8 * KiB  # bytes of one bus notice (NOTIFY allows 8000)
+BUS_QUEUE_MAX = 1000  # notices queued for one subscriber before the oldest are dropped
+# --- device agent and command channel (trust/httpsig.py, device/agent/, server/channel) ---
+DEVICE_SIGNATURE_MAX_SKEW_SECONDS = 300  # |signature created - server clock| accepted
+DEVICE_SIGNATURE_MAX_NONCE = 64  # characters of a request signature nonce
+DEVICE_SIGNATURE_MAX_HEADER = 4 * KiB  # Signature-Input, Signature, Content-Digest each
+DEVICE_SIGNATURE_MAX_TARGET = 2 * KiB  # path + query of a signed request
+CHANNEL_MESSAGE_MAX_SIZE = 64 * KiB  # one JSON message on the command WebSocket
+CHANNEL_POLL_SECONDS = 15.0  # a process re-checks its open channels' commands this often
+CHANNEL_SWEEP_BATCH = 500  # device ids in one query of that re-check
+CHANNEL_BATCH_SECONDS = 0.05  # a process gathers channel presence and first checks this long
+CHANNEL_SEND_MAX = 32  # commands sent in one batch on the channel
+COMMAND_TTL_DEFAULT_SECONDS = 3600  # a command not run within this expires
+COMMAND_TTL_MAX_SECONDS = 7 * 24 * 3600  # the longest an operator may let one wait
+COMMAND_ARGS_MAX_SIZE = 4 * KiB  # JSON arguments of one command
+COMMAND_OUTPUT_MAX_SIZE = 16 * KiB  # output a device reports for one command
+COMMANDS_LIST_MAX = 200  # commands in one list answer
+AGENT_LOG_BUFFER_MAX_BYTES = 16 * MiB  # the agent's offline log buffer on the data volume
+AGENT_LOG_SEGMENT_MAX_BYTES = 256 * KiB  # one buffer segment file (one upload at most)
+AGENT_LOG_LINE_MAX = 8 * KiB  # one log line queued by the agent (longer lines are cut)
+AGENT_LOG_MEMORY_MAX = 1024  # lines held in memory while the disk refuses writes
+AGENT_SPOOL_FILE_MAX_SIZE = 4 * MiB  # one application spool file ingested at a time
+AGENT_DONE_IDS_MAX = 256  # finished command ids the agent remembers (at-least-once)
+AGENT_BACKOFF_MAX_SECONDS = 300.0  # the longest wait between reconnect attempts
+AGENT_CONFIG_MAX_SIZE = 1 * MiB  # the config/env document the agent writes for apps
+# --- several server processes, webhooks (docs/adr/0034-scale-and-webhooks.md) -------------
+SHARED_COUNTER_KEY_MAX = 255  # characters of a shared rate-limit key (longer keys are hashed)
+SHARED_COUNTER_SWEEP_EVERY = 1000  # hits of one process between sweeps of expired counters
+WEBHOOKS_PER_FLEET = 16  # webhook endpoints one fleet may have
+WEBHOOK_URL_MAX_LENGTH = 2048  # characters of one webhook URL
+WEBHOOK_EVENT_MAX_SIZE = 16 * KiB  # bytes of one event body sent to an endpoint
+WEBHOOK_MAX_ATTEMPTS = 8  # deliveries are retried with backoff up to this many attempts
+WEBHOOK_TIMEOUT_SECONDS = 10.0  # one POST to an endpoint
+WEBHOOK_RESPONSE_MAX_SIZE = 4 * KiB  # bytes of an endpoint's answer kept in the delivery log
+WEBHOOK_DELIVERIES_PAGE_MAX = 500  # deliveries in one page of the delivery log
+# --- the web dashboard (server/ui/, ADR 0035) ---------------------------------------------
+UI_SIGNIN_FORM_TTL_SECONDS = 600  # lifetime of the sign-in form's double-submit CSRF cookie
+UI_FORM_FIELD_MAX_LENGTH = 1024  # characters of one dashboard form field (e-mail, code, name)
+UI_RECORDS_SHOWN = 100  # newest log lines, and newest events, on a device page
+UI_VERDICTS_SHOWN = 20  # newest attestation verdicts on a device page
+UI_SLOT_SCAN = 200  # newest events searched for the device's reported boot slot
+UI_AUDIT_PAGE = 100  # audit entries on one page of the audit log
+UI_COMMANDS_SHOWN = 50  # newest commands (with their results) on a device page
+UI_EVENTLOG_SHOWN = 1000  # events of the newest verdict's TCG event log on a device page
+# --- signed device update reports, releases, rollouts (docs/adr/0031-rollouts.md) -----------
+UPDATE_REPORT_MAX_SIZE = 4 * KiB  # one signed update report (canonical JSON, base64 inside)
+UPDATE_REPORT_REASON_MAX = 1024  # characters of the reason a device gives in a report
+UPDATE_REPORT_NONCE_SIZE = 32  # bytes of a server update-report nonce
+UPDATE_REPORT_OPEN_NONCES = 4  # open report nonces one device may hold at once
+UPDATE_REPORT_NONCE_TTL_SECONDS = 600  # a report nonce expires this long after it was issued
+RELEASE_VERSION_MAX_LENGTH = 128  # characters of a release version (manifest [update] version)
+RELEASE_BUNDLE_MAX_SIZE = 8 * GiB  # one bundle uploaded into the server's file store
+RELEASE_COMPATIBLE_MAX_LENGTH = 256  # characters of a release's RAUC compatible string
+RELEASE_URL_MAX_LENGTH = 2048  # characters of an external bundle URL
+RELEASE_KEYRING_MAX_SIZE = 256 * KiB  # PEM certificates of one fleet's release keyring
+ROLLOUT_MAX_WAVES = 16  # waves in one rollout
+ROLLOUT_WAVE_NAME_MAX_LENGTH = 64  # characters of a wave's name
+ROLLOUT_WAVE_MAX_DEVICES = 10_000  # device ids named in one wave's device list
+DEVICE_TAGS_MAX = 32  # tags on one device
+DEVICE_TAG_MAX_LENGTH = 64  # characters of one device tag
+TUF_FILE_MAX_SIZE = 64 * MiB  # one file served from the TUF repository folder

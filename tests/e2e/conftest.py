@@ -12,7 +12,7 @@ import fcntl
 import functools
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from bastion.trust import secureboot
 from bastion.trust.signer import SignatureScheme, SoftwareSigner
 
 LOCK_FILE = Path(tempfile.gettempdir()) / "bastion-e2e-qemu.lock"
-BOOT_TIMEOUT = 150.0
+BOOT_TIMEOUT = 300.0  # a TCG boot takes ~25 s alone, 110-170 s on a loaded machine
 
 
 @dataclass(frozen=True)
@@ -120,18 +120,28 @@ def make_root(folder: Path) -> Path:
 
 
 def locked_boot(
-    image: Path, work: Path, vars_: bytes | None = None, *, tpm_state: Path | None = None
+    image: Path,
+    work: Path,
+    vars_: bytes | None = None,
+    *,
+    tpm_state: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+    writable: bool = False,
+    timeout: float = BOOT_TIMEOUT,
 ) -> qemu.BootResult:
     """One boot while holding the machine-wide QEMU lock (waits for any other boot).
 
     ``vars_`` is an OVMF variable store to boot with (default: Debian's, Secure Boot off);
-    ``tpm_state`` a swtpm state folder to boot with (default: a fresh one in ``work``).
+    ``tpm_state`` a swtpm state folder to boot with (default: a fresh one in ``work``);
+    ``extra_args`` more QEMU arguments (e.g. ``-fw_cfg`` for a quote nonce);
+    ``writable`` lets the guest write ``image`` (systemd-boot's counter renames stay);
+    ``timeout`` the time limit of this boot in seconds.
     """
-    config = qemu.VmConfig(timeout=BOOT_TIMEOUT)
+    config = qemu.VmConfig(timeout=timeout, extra_args=extra_args, writable=writable)
     if vars_ is not None:
         work.mkdir(parents=True, exist_ok=True)
         (work / "enrolled-vars.fd").write_bytes(vars_)
-        config = qemu.VmConfig(timeout=BOOT_TIMEOUT, vars=work / "enrolled-vars.fd")
+        config = replace(config, vars=work / "enrolled-vars.fd")
     with open(LOCK_FILE, "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
@@ -145,6 +155,6 @@ BootVm = Callable[..., qemu.BootResult]
 
 @pytest.fixture(scope="session")
 def boot_vm() -> BootVm:
-    """Boot under the machine-wide lock:
-    ``boot_vm(image, work_dir[, vars_bytes][, tpm_state=folder])``."""
+    """Boot under the machine-wide lock: ``boot_vm(image, work_dir[, vars_bytes]
+    [, tpm_state=folder][, extra_args=(...)][, writable=True][, timeout=S])``."""
     return locked_boot

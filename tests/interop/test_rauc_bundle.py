@@ -176,3 +176,60 @@ def test_tpm_key_signs_bundle_rauc_accepts(tpm_rig, tmp_path: Path, alg: str) ->
     assert "Compatible: \t'bastion-tpm'" in info.stdout
     with out.open("rb") as f:
         assert verify_bundle(f, [cert]).signer == cert
+
+
+def test_rauc_accepts_a_bastion_release_with_its_layout(tmp_path: Path) -> None:
+    """A release bundle (uncompressed, rootfs block-aligned by a padding file, signed
+    [meta.bastion] and [meta.bastion-layout]) is still a bundle RAUC verifies and
+    extracts (ADR 0030)."""
+    from tests import updatekit
+
+    rootfs = b"".join(updatekit.rootfs_blocks(5, 12))
+    rel = updatekit.make_release(tmp_path / "rel", "1.0", 1, rootfs)
+    ca, _, _ = updatekit.KEYS.write(tmp_path)
+    info = _rauc("info", "--keyring", str(ca), str(rel.bundle))
+    assert info.returncode == 0, info.stderr
+    out = tmp_path / "out"
+    done = _rauc("extract", "--keyring", str(ca), str(rel.bundle), str(out))
+    assert done.returncode == 0, done.stderr
+    assert (out / "rootfs.img").read_bytes() == rootfs
+    assert (out / "uki.efi").read_bytes() == rel.uki
+    with rel.bundle.open("rb") as f:
+        verified = verify_bundle(f, [updatekit.KEYS.ca])
+    layout = dict(dict(verified.manifest.meta)["bastion-layout"])
+    offset = int(layout["offset-rootfs"])
+    assert offset % 4096 == 0
+    assert rel.bundle.read_bytes()[offset : offset + len(rootfs)] == rootfs
+
+
+def test_rauc_accepts_a_bundle_carrying_golden_values(tmp_path: Path) -> None:
+    """ADR 0037: the golden statement is a payload file no [image.*] names and the signed
+    manifest has [meta.bastion-golden]; RAUC verifies and extracts the bundle (it reads
+    past meta groups) and installs images only."""
+    from tests.attestkit import boot_events, golden_of
+
+    from bastion.trust.bundle import bundle_golden
+    from bastion.trust.golden import sign_golden
+
+    ca, _, _, _ = _keyrings(tmp_path)
+    need_tool("mksquashfs")
+    statement = sign_golden(golden_of(boot_events(), version="2026.12.2"), KEYS.signer())
+    (tmp_path / "root.img").write_bytes(os.urandom(100_000))
+    bundle = tmp_path / "golden.raucb"
+    build_bundle(
+        bundle,
+        [BundleImage("rootfs", tmp_path / "root.img", "rootfs.img")],
+        compatible="bastion-edge",
+        version="2026.12.2",
+        signer=KEYS.signer(),
+        certificate=KEYS.cert,
+        golden=statement,
+    )
+    info = _rauc("info", "--keyring", str(ca), str(bundle))
+    assert info.returncode == 0, info.stderr
+    assert "Version:    \t'2026.12.2'" in info.stdout
+    extract = _rauc("extract", "--keyring", str(ca), str(bundle), str(tmp_path / "out"))
+    assert extract.returncode == 0, extract.stderr
+    assert (tmp_path / "out" / "golden.dsse").read_bytes() == statement
+    with bundle.open("rb") as f:
+        assert bundle_golden(f, verify_bundle(f, [KEYS.ca])) == statement

@@ -18,6 +18,8 @@ _lines = st.sampled_from(
         "BASTION: eventlog end",
         "BASTION: pcr sha256 7 00ff",
         "BASTION: root mounted a b c ro",
+        "BASTION: quote attest /1RDRw==",
+        "BASTION: quote signature ",
         "AAAA",
         "Access Denied",
         "[ 1.0] Kernel panic - x",

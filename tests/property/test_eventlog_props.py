@@ -1,4 +1,4 @@
-"""Hypothesis: event log, boot containers and boot-control: round trip and fuzz."""
+"""Hypothesis: the TCG event log: round trip and fuzz."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion.errors import FormatError
-from bastion.formats import bootctl, bootunit
 from bastion.formats import eventlog as el
 
 events = st.builds(
@@ -41,58 +40,3 @@ def test_mutated_log(evs: list[el.Event], pos: int) -> None:
     raw[pos % len(raw)] ^= 0xFF
     with contextlib.suppress(FormatError):
         el.parse(bytes(raw))
-
-
-entries = st.lists(
-    st.tuples(st.text(alphabet="abcdefghij.", min_size=1, max_size=16), st.binary(max_size=40)),
-    max_size=6,
-    unique_by=lambda e: e[0],
-)
-
-
-@given(st.sampled_from(list(bootunit.Kind)), entries)
-def test_container_round_trip(kind: bootunit.Kind, items: list[tuple[str, bytes]]) -> None:
-    c = bootunit.Container(kind, tuple(items))
-    assert bootunit.parse(c.to_bytes()) == c
-
-
-@given(st.binary(max_size=300))
-def test_container_arbitrary_bytes(data: bytes) -> None:
-    for fn in (bootunit.parse, bootunit.parse_unit, bootunit.parse_loader):
-        with contextlib.suppress(FormatError):
-            fn(data)
-
-
-@given(st.binary(min_size=0, max_size=600))
-def test_bootctl_arbitrary_bytes(data: bytes) -> None:
-    with contextlib.suppress(FormatError):
-        bootctl.parse(data)
-    state = bootctl.parse_partition(data)
-    assert isinstance(state.control, bootctl.BootControl)
-
-
-@given(
-    st.integers(0, 2**64 - 1),
-    st.integers(0, 1),
-    st.tuples(st.integers(0, 255), st.integers(0, 15), st.booleans(), st.booleans()),
-    st.tuples(st.integers(0, 255), st.integers(0, 15), st.booleans(), st.booleans()),
-)
-def test_bootctl_round_trip(
-    seq: int, active: int, a: tuple[int, int, bool, bool], b: tuple[int, int, bool, bool]
-) -> None:
-    ctl = bootctl.BootControl(seq, active, (bootctl.SlotState(*a), bootctl.SlotState(*b)))
-    assert bootctl.parse(ctl.to_bytes()) == ctl
-
-
-@given(st.binary(max_size=300))
-def test_verity_signature_arbitrary_bytes(data: bytes) -> None:
-    with contextlib.suppress(FormatError):
-        bootunit.parse_verity_signature(data)
-
-
-@given(
-    st.binary(min_size=32, max_size=64), st.binary(min_size=1, max_size=80), st.binary(max_size=32)
-)
-def test_verity_signature_round_trip(root: bytes, sig: bytes, fpr: bytes) -> None:
-    obj = bootunit.VeritySignature(root, sig, fpr)
-    assert bootunit.parse_verity_signature(obj.to_bytes()) == obj

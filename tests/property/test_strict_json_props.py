@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from bastion import limits
 from bastion.errors import ConfigError, FormatError, TpmError
-from bastion.formats import bootunit, luks2_json, strict_json
+from bastion.formats import luks2_json, strict_json
 
 _TMP: list[Path] = []
 
@@ -140,12 +140,6 @@ PARSERS: dict[str, tuple[Callable[[bytes], Any], bytes, int, tuple[type[Exceptio
     "strict_json": (strict_json.loads, b"%s", limits.JSON_MAX_SIZE, (FormatError,)),
     "luks2_json_area": (_luks2_area, b'{"keyslots":%s}', 4 * limits.MiB, (FormatError,)),
     "envelope": (_envelope, b'{"payload":%s}', limits.ENVELOPE_MAX_SIZE, (FormatError,)),
-    "verity_signature": (
-        bootunit.parse_verity_signature,
-        b'{"rootHash":%s}',
-        limits.VERITY_SIG_MAX_SIZE,
-        (FormatError,),
-    ),
     "security_profile": (_profile, b'{"features":%s}', limits.PROFILE_MAX_SIZE, (FormatError,)),
     "tpm_key": (_tpm_key, b'{"public":%s}', limits.KEY_FILE_MAX_SIZE, (FormatError,)),
     "revocation_state": (_revocations, b'{"revoked":%s}', limits.JSON_MAX_SIZE, (FormatError,)),

@@ -1,9 +1,8 @@
 """Golden values of a signed image: what a device booting it must measure, signed.
 
-``golden_values(path, trust)`` verifies the image first (image signature, bootloader,
-boot unit, verity signature: :func:`bastion.trust.image.verify_image`), then replays
-the boot chain's own measurement lists (trust/measure.py) over the image's bytes: the
-PCRs (:func:`bastion.trust.measure.predict`) and each measured component
+``golden_values_efi`` verifies the image signature first, then predicts the PCRs a sim
+boot of one slot's UKI gives (:func:`bastion.trust.image.predict_efi_pcrs`) and names
+each measured component from systemd-stub's PCR 11 events
 (:func:`bastion.trust.golden.components_of`). ``sign_golden`` wraps them in an envelope
 signed by the product's image key; the fleet server accepts only such statements
 (``bastion fleet golden set``) and the verifier uses nothing else.
@@ -14,34 +13,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from bastion.errors import FormatError
-from bastion.formats import bootunit as bu
-from bastion.formats.image import PART_BOOT, parse_archive
+from bastion.formats.uki import uki_sections
 from bastion.storage.disk_image import DiskImage
 from bastion.trust import image as timg
-from bastion.trust import measure
+from bastion.trust import pcr11
 from bastion.trust.golden import GoldenValues, components_of
 
 
-def golden_values(path: Path, trust: timg.ImageTrust, slot: str = "a") -> GoldenValues:
-    """Verify ``path`` with ``trust`` and return the golden values of booting ``slot``."""
-    disk = DiskImage(path)
-    doc = timg.verify_image(disk, trust, full=False)
-    archive = parse_archive(disk.read_partition(PART_BOOT))
-    if f"unit.{slot}" not in archive.names():
-        raise FormatError(f"image {path} has no slot {slot}")
-    unit = bu.parse_unit(archive.get(f"unit.{slot}"))
-    events = measure.boot_events(
-        timg.platform_key_hash(archive.get("loader.key")),
-        archive.get("loader"),
-        unit.sections(),
-        bytes.fromhex(unit.cmdline_params().get("roothash", "")),
+def golden_values_efi(
+    path: Path,
+    trust: timg.ImageTrust,
+    *,
+    loader: bytes,
+    uki: bytes,
+    variables: dict[str, bytes],
+) -> GoldenValues:
+    """Golden values of a sim device booting the EFI image ``path`` (its signature checked
+    with ``trust``): ``uki`` by ``loader`` with Secure Boot ``variables``. PCRs 0 (sim
+    firmware), 4, 7, 9 and 11 once running; components from systemd-stub's PCR 11 events
+    (kernel, os-release, cmdline, initrd, pcrpkey)."""
+    doc = timg.verify_image_signature(DiskImage(path), trust)
+    if doc.get("layout") != "efi":
+        raise FormatError(f"image {path} is not an EFI image (its statement says otherwise)")
+    sections = uki_sections(uki)
+    osrel = dict(
+        (k.strip(), v.strip().strip('"'))
+        for k, _, v in (
+            ln.partition("=") for ln in sections.get(".osrel", b"").decode("utf-8").splitlines()
+        )
     )
-    pcrs = measure.predict(events)
-    components, _ = components_of(events)
+    pcrs = timg.predict_efi_pcrs(loader, uki, variables)
+    components, _ = components_of(pcr11.stub_events(sections))
     return GoldenValues(
-        version=str(doc.get("version")),
+        version=str(osrel.get("VERSION_ID") or doc.get("version")),
         image_sha256=str(doc.get("sha256")),
-        security_version=unit.security_version,
-        pcrs={i: pcrs[i] for i in measure.GOLDEN_PCRS},
+        security_version=int(osrel.get("BASTION_SECURITY_VERSION", "0") or 0),
+        pcrs=pcrs,
         components=components,
     )

@@ -1,15 +1,17 @@
 """The device and fleet lifecycle steps of ``bastion demo``, run through the real CLI.
 
 Each step calls ``bastion`` commands in-process, exactly as a user would type them, and
-checks what they printed: make the product keys; build a signed A/B disk image; predict
-its PCRs; create a sim device (fuses burned, software TPM); boot it twice (the first
-boot creates the TPM-sealed LUKS2 data volume and shows the recovery key once); check
+checks what they printed: make the product keys; build the signed A/B disk (an ESP with
+signed systemd-boot and a signed UKI, what UEFI, QEMU and the sim all boot); predict
+its PCRs; create a sim device (Secure Boot keys enrolled, software TPM); boot it twice
+(firmware -> systemd-boot -> stub -> initrd -> running; the first boot creates the LUKS2
+data volume under the UKI's signed PCR 11 policy and shows the recovery key once); check
 the event log against the TPM and the prediction; show that the data key cannot be
 unsealed after boot but the recovery key still opens the volume; attest the device
 with a TPM quote checked against the image's golden PCRs; run a fleet server on
 loopback, enrol the device with a provisioning key (TPM-bound), let it read its own
 record, revoke it and see its next request refused, and verify the audit chain; and
-finally flip one bit of the kernel and watch the boot chain refuse it by stage.
+finally flip one bit of the kernel inside the signed UKI and watch Secure Boot refuse it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ if TYPE_CHECKING:
 #: a stand-in kernel for the sim platform (it is signed and measured, never executed)
 DEMO_KERNEL = b"\x7fELF bastion demo kernel " * 512
 DEMO_INITRD = b"070701 bastion demo initrd " * 128
-SEAL_SELECTION = "sha256:0,4,7,11,15"
+#: what the attestation quote covers: the sim firmware (0), boot code (4), Secure Boot (7),
+#: the kernel's command line and initrd (9), the UKI and the boot phases (11)
+SEAL_SELECTION = "sha256:0,4,7,9,11"
 
 
 def _outcome(ok: bool, detail: str, data: dict[str, Any] | None = None) -> StepOutcome:
@@ -107,7 +111,8 @@ def step_build_image(ctx: DemoContext) -> StepOutcome:
     ctx.state["disk"] = disk
     return _outcome(
         True,
-        f"{disk.name} ({disk.stat().st_size // (1024 * 1024)} MiB, GPT/DPS, signed) built in "
+        f"{disk.name} ({disk.stat().st_size // (1024 * 1024)} MiB, ESP + A/B GPT/DPS, signed "
+        "systemd-boot and UKI) built in "
         f"{elapsed:.1f} s and verified offline",
         {"image": str(disk), "verify": info},
     )
@@ -115,7 +120,7 @@ def step_build_image(ctx: DemoContext) -> StepOutcome:
 
 def step_golden_pcrs(ctx: DemoContext) -> StepOutcome:
     """Predict, offline, the PCRs a device will have after booting this image."""
-    doc = _json("image", "pcrs", str(ctx.state["disk"]))
+    doc = _json("image", "pcrs", str(ctx.state["disk"]), "--keys", str(ctx.state["keys"]))
     pcrs = {int(k): v for k, v in doc["pcrs"].items()}
     ctx.state["golden"] = pcrs
     return _outcome(
@@ -127,7 +132,7 @@ def step_golden_pcrs(ctx: DemoContext) -> StepOutcome:
 
 
 def step_device_create(ctx: DemoContext) -> StepOutcome:
-    """Create a sim device: image signature checked, platform key hash burned into fuses."""
+    """Create a sim device: image signature checked, the key set's PK, KEK, db enrolled."""
     dev = ctx.workdir / "device"
     out = _ok(
         "device", "create", str(dev), "--image", str(ctx.state["disk"]),
@@ -144,8 +149,9 @@ def step_first_boot(ctx: DemoContext) -> StepOutcome:
     ctx.state["recovery_key"] = key
     ok = code == 0 and "-> running" in out and bool(key)
     return _outcome(
-        ok, "ROM -> bootloader -> kernel -> initrd -> running; data volume created, recovery key "
-        "shown once" if ok else f"boot failed: {err.strip() or out.strip()}",
+        ok, "firmware (db) -> systemd-boot (bastion-1-a+3-0.efi, counted) -> stub -> initrd -> "
+        "running, entry blessed; data volume created under the signed PCR 11 policy, recovery "
+        "key shown once" if ok else f"boot failed: {err.strip() or out.strip()}",
     )  # fmt: skip
 
 
@@ -153,7 +159,10 @@ def step_second_boot(ctx: DemoContext) -> StepOutcome:
     """Second boot: the TPM releases the data key to the expected measurements only."""
     doc = _json("device", "boot", str(ctx.state["dev"]))
     ok = doc.get("reached") == "running" and not doc.get("first_boot")
-    return _outcome(ok, f"reached {doc.get('reached')}; data volume unlocked by the TPM", doc)
+    return _outcome(
+        ok, f"reached {doc.get('reached')}; the TPM released the data key to the UKI's .pcrsig",
+        doc,
+    )  # fmt: skip
 
 
 def step_eventlog(ctx: DemoContext) -> StepOutcome:
@@ -176,14 +185,21 @@ def _data_volume(ctx: DemoContext) -> Any:
 
 
 def step_key_locked(ctx: DemoContext) -> StepOutcome:
-    """After boot the TPM is locked: the sealed data key cannot be unsealed again."""
+    """After the initrd the key is out of reach: the UKI's .pcrsig signs enter-initrd only,
+    and leave-initrd moved PCR 11 past it."""
     from bastion.device.platform.sim import SimPlatform
+    from bastion.formats.image import is_slot_entry
+    from bastion.formats.uki import uki_sections
     from bastion.storage.sealed import unlock_with_token
 
     volume = _data_volume(ctx)
-    tpm = SimPlatform(Path(ctx.state["dev"])).open_tpm()
+    plat = SimPlatform(Path(ctx.state["dev"]))
+    esp = plat.esp()
+    name = next(n for n in esp.list("EFI/Linux") if is_slot_entry(n, "a"))
+    pcrsig = uki_sections(esp.read(f"EFI/Linux/{name}"))[".pcrsig"]
+    tpm = plat.open_tpm()
     try:
-        unlock_with_token(volume, tpm)
+        unlock_with_token(volume, tpm, pcr_signature=pcrsig)
     except BastionError as exc:
         return _outcome(True, f"refused (expected): {type(exc).__name__}: {exc}")
     finally:
@@ -368,17 +384,16 @@ def step_fleet(ctx: DemoContext) -> StepOutcome:
 
 
 def step_tamper_kernel(ctx: DemoContext) -> StepOutcome:
-    """Flip one bit of the signed kernel: the bootloader stage must refuse to run it."""
-    from bastion.storage.disk_image import read_layout
+    """Flip one bit of the kernel inside the signed UKI: Secure Boot must refuse it."""
+    from bastion.device.platform.sim import SimPlatform
+    from bastion.formats.image import is_slot_entry
 
-    disk = Path(ctx.state["dev"]) / "disk.img"
-    boot = read_layout(disk).find("boot")
-    with open(disk, "r+b") as handle:
-        handle.seek(boot.offset)
-        raw = handle.read(boot.size)
-        at = boot.offset + raw.index(DEMO_KERNEL[:32]) + 4096
-        handle.seek(at)
-        handle.write(bytes([raw[at - boot.offset] ^ 0x01]))
+    esp = SimPlatform(Path(ctx.state["dev"])).esp()
+    name = next(n for n in esp.list("EFI/Linux") if is_slot_entry(n, "a"))
+    uki = bytearray(esp.read(f"EFI/Linux/{name}"))
+    at = uki.index(DEMO_KERNEL[:32]) + 4096
+    uki[at] ^= 0x01
+    esp.write(f"EFI/Linux/{name}", bytes(uki))
     code, _out, err = bastion("device", "boot", str(ctx.state["dev"]))
-    ok = code != 0 and "bootloader" in err and ".linux" in err
+    ok = code != 0 and "systemd-boot" in err and "Access Denied" in err
     return _outcome(ok, f"refused (expected): {err.strip().removeprefix('bastion: ')}")

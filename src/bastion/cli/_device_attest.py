@@ -6,7 +6,10 @@ with the identity in DEV and the device's TPM (a sim device's own; else ``--tpm`
 event log of its last boot (a sim device's ``eventlog.bin``, else ``--eventlog``, default
 the kernel's ``binary_bios_measurements``) and the posture collected from ``--posture-root``
 (default ``/``: the running system; device/posture.py) or given as ``--posture`` JSON.
-Exit 0 when the verdict passed, 2 when it failed (the failures are printed).
+Exit 0 when the verdict passed, 2 when it failed (the failures are printed). Every
+request is signed in the TPM with the enrolled identity key, as the agent's are (RFC
+9421, ADR 0032; :class:`~bastion.device.agent.signing.TpmRequestSigner`), so a server
+that accepts only signed device requests attests the device too; no API key is opened.
 
 ``verdicts DEVICE_ID --fleet F [--limit N]`` shows a device's verdict history.
 """
@@ -75,9 +78,11 @@ def _verdict_text(v: dict[str, Any]) -> str:
 
 def _attest(args: argparse.Namespace) -> int:
     from bastion.cli._device_fleet import _device_tpm
+    from bastion.device.agent.signing import TpmRequestSigner
     from bastion.device.attest import attest
     from bastion.device.posture import FileTree, collect_posture, dmsetup_status
     from bastion.device.provision import DeviceIdentity
+    from bastion.io.clock import SystemClock
     from bastion.io.http import HttpClient
 
     dev: Path = args.dev
@@ -92,11 +97,10 @@ def _attest(args: argparse.Namespace) -> int:
         posture = collect_posture(FileTree(args.posture_root), dmsetup_status if live else None)
     log = _eventlog(dev, args.eventlog)
     url = args.server or identity.server_url or api.device_server_url(args)
-    with (
-        _device_tpm(dev, args.tpm) as tpm,
-        HttpClient(url, ca_file=getattr(args, "ca_file", None)) as http,
-    ):
-        verdict = attest(tpm, identity, http, log, posture)
+    with _device_tpm(dev, args.tpm) as tpm:
+        signer = TpmRequestSigner(tpm, identity, SystemClock())
+        with HttpClient(url, ca_file=getattr(args, "ca_file", None), signer=signer) as http:
+            verdict = attest(tpm, identity, http, log, posture)
     if not verdict["ok"] and not args.json:
         fail_line("the fleet server refused this device's attestation")
     emit(args, _verdict_text(verdict), verdict)

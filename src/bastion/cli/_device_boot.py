@@ -13,134 +13,141 @@ from bastion.cli._common import (
     fail_line,
     passphrase_source,
 )
-from bastion.cli.image import load_image_trust
-from bastion.device import boot as chain
-from bastion.device.boot_create import create_device
+from bastion.cli.image import image_esp, load_image_trust, secure_boot_variables
+from bastion.device.boot import read_eventlog
+from bastion.device.boot.efi_chain import (
+    REPORT_FILE,
+    USERSPACE_LOG_FILE,
+    EfiBootChain,
+    EfiBootReport,
+    EfiStage,
+)
+from bastion.device.boot_create import create_efi_device
 from bastion.device.platform.sim import SimPlatform
 from bastion.device.profile import make_profile
-from bastion.errors import BastionError
+from bastion.errors import BastionError, ConfigError, NotFoundError
 from bastion.formats import eventlog as el
 from bastion.formats import strict_json
-from bastion.formats.bootctl import parse_partition
-from bastion.formats.image import PART_BOOTCTL
 from bastion.trust.keyset import KeySet
 
 
-def _create(args: argparse.Namespace) -> int:
+def _create_efi(args: argparse.Namespace) -> int:
+    variables = secure_boot_variables(args.keys)
     keys = KeySet.load(args.keys, passphrase_source(args, args.keys))
     profile = make_profile(args.tamper_response, tuple(args.audit or ()))
-    # the platform root delegated profile signing to the boot key at `keys init`; only
-    # a key set made before delegations existed still needs the (offline) root key
     delegation = keys.statement("profile-delegation")
-    summary = create_device(
+    try:  # the product kernel is built to trust the key set's module key
+        kernel_keys = [keys.certificate("module")]
+    except NotFoundError:
+        kernel_keys = []
+    create_efi_device(
         Path(args.device),
         Path(args.image),
-        load_image_trust(args.keys),
-        keys.signer("boot" if delegation else "platform-root"),
+        variables,
         tpm=args.tpm or "software",
         fuses=args.fuses,
+        trust=load_image_trust(args.keys),
+        profile_signer=keys.signer("boot" if delegation else "platform-root"),
         profile=profile,
         profile_delegation=delegation,
+        kernel_keys=kernel_keys,
     )
+    summary = {
+        "device": args.device,
+        "image": args.image,
+        "tpm": args.tpm or "software",
+        "fuses": args.fuses,
+        "secure_boot": sorted(variables),
+        "profile": profile.to_json(),
+    }
     emit(
         args,
         f"device {args.device} created from {args.image} (image signature verified)\n"
-        f"  fuses: platform key hash {summary['platform_key_hash']} burned\n"
+        f"  firmware: Secure Boot on, {', '.join(sorted(variables))} enrolled from the key set\n"
         f"  tpm: {summary['tpm']}; tamper response: {profile.tamper_response}",
         summary,
     )
     return 0
 
 
-def _warn(report: chain.BootReport | None) -> None:
+def _create(args: argparse.Namespace) -> int:
+    if image_esp(Path(args.image)) is None:
+        raise ConfigError(
+            f"{args.image}: no EFI System Partition (build the image with `bastion image build`)"
+        )
+    return _create_efi(args)
+
+
+def _warn(report: EfiBootReport | None) -> None:
     """Each boot warning (a repaired header, an audited failure, a wipe) on stderr."""
     for warning in report.warnings if report is not None else ():
         fail_line(f"warning: {warning}")
 
 
-def _boot(args: argparse.Namespace) -> int:
+def _boot_efi(args: argparse.Namespace) -> int:
     try:
-        report = chain.boot(Path(args.device), full_verify=args.full_verify)
+        report = EfiBootChain(SimPlatform(Path(args.device)), full_verify=args.full_verify).run()
     except BastionError as exc:
-        _warn(getattr(exc, "boot_report", None))  # then main prints the cause, one line
+        _warn(getattr(exc, "boot_report", None))
         if args.device not in str(exc):
             exc.args = (f"{exc} (device {args.device})",)
         raise
     _warn(report)
+    stages = " -> ".join(s.value for s in EfiStage)
     lines = [
-        f"booted {args.device}: slot {report.slot}, version {report.version}, "
-        f"security version {report.security_version} -> {report.reached}"
+        f"booted {args.device}: entry {report.entry} (as {report.booted_as}), version "
+        f"{report.version}, security version {report.security_version} -> {report.reached}",
+        f"  {stages}; Secure Boot {'on' if report.secure_boot else 'OFF'}",
     ]
     lines += [f"  note: {n}" for n in report.notes]
-    lines += [f"  warning: {w}" for w in report.warnings]
-    if report.first_boot:
-        lines.append("  first boot: data volume created and sealed to the TPM")
     if report.recovery_key:
         lines.append(f"  RECOVERY KEY (shown once, keep it offline): {report.recovery_key}")
     emit(args, "\n".join(lines), report.to_json(secrets=True))
     return 0
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    plat = SimPlatform(Path(args.device))
-    ctl = parse_partition(plat.read_partition(PART_BOOTCTL))
-    if plat.config.get("fuses") == "tpm":
-        with plat.attached_tpm() as tpm:
-            fuses = plat.fuses(tpm)
-            key_hash, counter = fuses.key_hash(), fuses.counter()
-    else:
-        fuses = plat.fuses(None)
-        key_hash, counter = fuses.key_hash(), fuses.counter()
-    last = plat.load(chain.REPORT_FILE)
+def _boot(args: argparse.Namespace) -> int:
+    _ = SimPlatform(Path(args.device)).config  # NotFoundError naming a folder that is no device
+    return _boot_efi(args)
+
+
+def _inspect_efi(args: argparse.Namespace, plat: SimPlatform) -> int:
+    fuses = plat.fuses(None) if plat.config.get("fuses") != "tpm" else None
+    counter = fuses.counter() if fuses is not None else None
+    last = plat.load(REPORT_FILE)
     doc: dict[str, Any] = {
         "device": args.device,
         "config": plat.config,
         "state": plat.state(),
-        "fuses": {
-            "key_hash": (key_hash or b"").hex() or None,
-            "counter": counter,
-        },
-        "boot_control": {
-            "active": "ab"[ctl.control.active],
-            "sequence": ctl.control.sequence,
-            "slots": {
-                name: {
-                    "priority": s.priority,
-                    "tries_left": s.tries_left,
-                    "successful": s.successful,
-                    "unbootable": s.unbootable,
-                }
-                for name, s in zip("ab", ctl.control.slots, strict=True)
-            },
-            "errors": list(ctl.errors),
-        },
+        "fuses": {"counter": counter},
+        "esp": {"entries": plat.esp().list("EFI/Linux")},
         "last_boot": strict_json.loads(last, what="boot.json") if last else None,
     }
-    text = [
-        f"device {args.device} ({doc['config'].get('tpm', '-')} TPM)",
-        f"  fuses: key hash {doc['fuses']['key_hash'] or '-'}, counter {doc['fuses']['counter']}",
-        f"  boot control: active {doc['boot_control']['active']}",
-    ]
-    for name, s in doc["boot_control"]["slots"].items():
-        flags = [w for w in ("successful", "unbootable") if s[w]]
-        text.append(
-            f"    slot {name}: priority {s['priority']}, {s['tries_left']} tries left"
-            + "".join(f", {w}" for w in flags)
-        )
-    if doc["last_boot"]:
-        lb = doc["last_boot"]
-        text.append(
-            f"  last boot: slot {lb.get('slot') or '-'} reached {lb.get('reached') or '-'}"
-            + (f", failed: {lb['error']}" if lb.get("error") else "")
-        )
-    else:
-        text.append("  last boot: none yet")
+    text = [f"device {args.device} ({doc['config'].get('tpm', '-')} TPM)"]
+    text.append(f"  fuses: counter {counter if counter is not None else '(in the TPM)'}")
+    text += [f"  entry: EFI/Linux/{n}" for n in doc["esp"]["entries"]]
+    lb = doc["last_boot"]
+    text.append(
+        f"  last boot: {lb.get('entry') or '-'} reached {lb.get('reached') or '-'}"
+        + (f", failed: {lb['error']}" if lb.get("error") else "")
+        if lb
+        else "  last boot: none yet"
+    )
     emit(args, "\n".join(text), doc)
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    plat = SimPlatform(Path(args.device))
+    _ = plat.config  # NotFoundError naming a folder that is no device
+    return _inspect_efi(args, plat)
+
+
 def _eventlog(args: argparse.Namespace) -> int:
-    log = chain.read_eventlog(Path(args.device))
+    log = read_eventlog(Path(args.device))
+    userspace = SimPlatform(Path(args.device)).load(USERSPACE_LOG_FILE)
+    if userspace:  # systemd-pcrphase's words after the kernel started (EFI chain)
+        log = el.EventLog(log.spec, log.events + el.parse(userspace).events)
     pcrs = el.replay(log.events)
     events: list[dict[str, Any]] = [
         {
@@ -149,7 +156,7 @@ def _eventlog(args: argparse.Namespace) -> int:
             if e.event_type in el.EventType._value2member_map_
             else hex(e.event_type),
             "sha256": e.digest(el.ALG_SHA256).hex(),
-            "data": e.data.rstrip(b"\0").decode("ascii", "replace"),
+            "data": _event_text(e.data),
         }
         for e in log.events
     ]
@@ -168,6 +175,15 @@ def _eventlog(args: argparse.Namespace) -> int:
         lines.append(f"TPM PCRs equal the replay: {same}")
     emit(args, "\n".join(lines), data)
     return 0 if not args.check or data["tpm_matches"] else 2
+
+
+def _event_text(data: bytes) -> str:
+    """An event's data as text when it is printable ASCII (a NUL-terminated string, as
+    systemd-stub's section names), else hex (firmware's binary UEFI structures)."""
+    text = data.rstrip(b"\0")
+    if text.isascii() and all(32 <= b < 127 for b in text):
+        return text.decode("ascii")
+    return "hex:" + data.hex()
 
 
 def _check_tpm(folder: Path, pcrs: dict[int, bytes]) -> bool:

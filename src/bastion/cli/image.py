@@ -1,7 +1,7 @@
 """``bastion image build|inspect|verify|pcrs``: signed A/B disk images.
 
 Thin: parses flags, loads the product key set (``bastion keys init``), calls
-:mod:`bastion.build.image`, prints text or ``--json``.
+:mod:`bastion.build.efi_image`, prints text or ``--json``.
 """
 
 from __future__ import annotations
@@ -10,38 +10,68 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from bastion.build import image as img
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bastion.build.disk import BLS_TYPE2_DIR, BOOT_PATH, SecureBootSigner
+from bastion.build.efi_image import EfiImageKeys, build_efi_image
 from bastion.build.fs import FsType
+from bastion.build.image import DEFAULT_DATA_SIZE, ImageSpec
 from bastion.cli._common import add_json_flag, add_passphrase_flag, emit, passphrase_source
-from bastion.errors import ConfigError, FormatError
-from bastion.formats import bootunit as bu
+from bastion.device.platform.esp_image import ImageEsp
+from bastion.errors import ConfigError, FormatError, NotFoundError, SignatureError
+from bastion.formats import gpt
+from bastion.formats.efivars import encode_signature_lists
+from bastion.formats.image import is_slot_entry
 from bastion.io.files import read_bounded
-from bastion.limits import BOOT_CONTAINER_MAX_SIZE
-from bastion.storage.disk_image import DiskImage, read_archive, read_layout
-from bastion.trust.image import ImageTrust, predict_pcrs, verify_image
+from bastion.limits import IMAGE_INPUT_MAX_SIZE
+from bastion.storage.disk_image import DiskImage, read_layout
+from bastion.trust.golden import GoldenValues
+from bastion.trust.image import (
+    ImageTrust,
+    predict_efi_pcrs,
+    verify_efi_boot_files,
+    verify_efi_root,
+    verify_image_signature,
+)
 from bastion.trust.keys import PassphraseCallback
 from bastion.trust.keyset import KeySet
+from bastion.trust.secureboot import certificate_list, owner_guid
 from bastion.trust.signer import SignatureScheme
 
 
-def load_image_keys(folder: str, passphrase: PassphraseCallback | None = None) -> img.ImageKeys:
-    """The signers of a product key set folder: online keys only.
-
-    The platform root key signed the bootloader statement at ``keys init``; only a key
-    set made before that statement existed still needs the platform root private key.
-    """
+def load_efi_image_keys(folder: str, passphrase: PassphraseCallback | None = None) -> EfiImageKeys:
+    """The signers an EFI image build needs: image, Secure Boot db, PCR policy."""
     ks = KeySet.load(folder, passphrase)
-    loader = ks.statement("loader")
-    return img.ImageKeys(
-        platform_root=ks.verifier("platform-root") if loader else ks.signer("platform-root"),
-        loader_statement=loader,
-        boot=ks.signer("boot"),
+    rsa_scheme = SignatureScheme.RSA_PKCS1V15_SHA256
+    return EfiImageKeys(
         image=ks.signer("image"),
-        verity=ks.signer("verity", scheme=SignatureScheme.RSA_PKCS1V15_SHA256),
-        verity_cert=ks.certificate("verity"),
-        module=ks.signer("module", scheme=SignatureScheme.RSA_PKCS1V15_SHA256),
-        module_cert=ks.certificate("module"),
+        secure_boot=SecureBootSigner(
+            ks.signer("secureboot-db", scheme=rsa_scheme), ks.certificate("secureboot-db")
+        ),
+        pcr=ks.signer("pcr", scheme=rsa_scheme),
     )
+
+
+def secure_boot_variables(folder: str) -> dict[str, bytes]:
+    """PK, KEK and db of a key set as the signature lists firmware holds once enrolled
+    (the ``.esl`` files of ``bastion secureboot enrol``: one owner GUID, one certificate
+    each)."""
+    ks = KeySet.load(folder)
+    pk = ks.certificate("secureboot-pk")
+    owner = owner_guid(pk)
+    return {
+        name: encode_signature_lists([certificate_list(owner, ks.certificate(role))])
+        for name, role in (("PK", "secureboot-pk"), ("KEK", "secureboot-kek"),
+                           ("db", "secureboot-db"))
+    }  # fmt: skip
+
+
+def image_esp(path: Path) -> ImageEsp | None:
+    """The ESP of an image file (None for a disk without one)."""
+    for part in read_layout(path).partitions:
+        if part.type_guid == gpt.TYPE_ESP:
+            return ImageEsp(path, part.offset)
+    return None
 
 
 def load_image_trust(folder: str) -> ImageTrust:
@@ -49,10 +79,7 @@ def load_image_trust(folder: str) -> ImageTrust:
     ks = KeySet.load(folder)
     return ImageTrust(
         platform_root=ks.verifier("platform-root"),
-        boot=ks.verifier("boot"),
         image=ks.verifier("image"),
-        verity_cert=ks.certificate("verity"),
-        module_cert=ks.certificate("module"),
     )
 
 
@@ -71,27 +98,19 @@ def size_arg(text: str) -> int:
 
 
 def _read(path: str, what: str) -> bytes:
-    return read_bounded(path, BOOT_CONTAINER_MAX_SIZE, what)
+    return read_bounded(path, IMAGE_INPUT_MAX_SIZE, what)
 
 
 def _build(args: argparse.Namespace) -> int:
-    modules: list[tuple[str, bytes]] = []
-    if args.modules:
-        folder = Path(args.modules)
-        if not folder.is_dir():
-            raise ConfigError(f"--modules {folder}: not a folder")
-        for path in sorted(folder.rglob("*.ko")):
-            modules.append((path.name, _read(str(path), "kernel module")))
     try:
         fs = FsType(args.fs)
     except ValueError:
         raise ConfigError(f"--fs {args.fs!r}: expected ext4, squashfs or erofs") from None
-    spec = img.ImageSpec(
+    spec = ImageSpec(
         rootfs=Path(args.rootfs),
         kernel=_read(args.kernel, "kernel"),
         initrd=_read(args.initrd, "initrd") if args.initrd else b"",
         cmdline=args.cmdline or "",
-        modules=tuple(modules),
         version=args.version,
         security_version=args.security_version,
         fs=fs,
@@ -99,15 +118,16 @@ def _build(args: argparse.Namespace) -> int:
         root_size=args.root_size,
         epoch=args.epoch,
     )
-    keys = load_image_keys(args.keys, passphrase_source(args, args.keys))
-    built = img.build_image(spec, keys, Path(args.output))
-    data = dict(built.metadata, path=str(built.path), signature=str(built.path) + ".sig")
+    efi_keys = load_efi_image_keys(args.keys, passphrase_source(args, args.keys))
+    efi = build_efi_image(spec, efi_keys, Path(args.output))
+    data = dict(efi.metadata, path=str(efi.path), signature=str(efi.path) + ".sig")
     emit(
         args,
-        f"built {built.path} ({built.size} bytes)\n"
-        f"  sha256     {built.sha256.hex()}\n"
-        f"  root hash  {built.root_hash.hex()}\n"
-        f"  signature  {built.path}.sig",
+        f"built {efi.path} ({efi.size} bytes, ESP + A/B + data)\n"
+        f"  sha256     {efi.sha256.hex()}\n"
+        f"  root hash  {efi.root_hash.hex()}\n"
+        f"  entry      \\EFI\\Linux\\{efi.entry} (signed UKI, signed systemd-boot)\n"
+        f"  signature  {efi.path}.sig",
         data,
     )
     return 0
@@ -131,21 +151,12 @@ def inspect_image(path: Path) -> dict[str, Any]:
             for p in layout.partitions
         ],
     }
-    try:
-        archive = read_archive(path, layout)
-        doc["boot"] = {"entries": [n for n in archive.names()]}
-        for slot in ("a", "b"):
-            name = f"unit.{slot}"
-            if name in archive.names():
-                unit = bu.parse_unit(archive.get(name))
-                doc["boot"][name] = {
-                    "security_version": unit.security_version,
-                    "cmdline": unit.cmdline.decode("ascii", "replace"),
-                    "sections": bu.section_digests(unit.sections()),
-                    "modules": [m for m, _ in unit.modules],
-                }
-    except FormatError as exc:
-        doc["boot"] = {"error": str(exc)}
+    esp = image_esp(path)
+    if esp is not None:
+        doc["esp"] = {
+            "loader": esp.list("EFI/BOOT"),
+            "entries": esp.list(BLS_TYPE2_DIR),
+        }
     return doc
 
 
@@ -154,43 +165,102 @@ def _inspect(args: argparse.Namespace) -> int:
     lines = [f"{args.image}: GPT disk {doc['disk_guid']}, {doc['size']} bytes"]
     for p in doc["partitions"]:
         lines.append(f"  {p['name']:<18} {p['type']}  {p['size'] // 1024:>9} KiB  uuid {p['uuid']}")
-    for slot in ("unit.a", "unit.b"):
-        unit = doc.get("boot", {}).get(slot)
-        if unit:
-            lines.append(f"  {slot}: svn {unit['security_version']}, cmdline {unit['cmdline']}")
+    for name in doc.get("esp", {}).get("entries", []):
+        lines.append(f"  esp: EFI/Linux/{name}")
     emit(args, "\n".join(lines), doc)
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    trust = load_image_trust(args.keys)
-    doc = verify_image(DiskImage(Path(args.image)), trust, full=not args.quick)
+def _slot_uki(esp: ImageEsp, slot: str) -> tuple[str, bytes]:
+    """The ESP file name and bytes of ``slot``'s UKI (counted or blessed)."""
+    for name in sorted(esp.list(BLS_TYPE2_DIR), reverse=True):
+        if is_slot_entry(name, slot):
+            return name, esp.read(f"{BLS_TYPE2_DIR}/{name}")
+    raise NotFoundError(
+        f"the ESP has no UKI for slot {slot} ({BLS_TYPE2_DIR}/bastion-*-{slot}.efi)"
+    )
+
+
+def _verify_efi(args: argparse.Namespace, esp: ImageEsp) -> int:
+    ks = KeySet.load(args.keys)
+    meta = verify_image_signature(DiskImage(Path(args.image)), load_image_trust(args.keys))
+    ukis = {n: esp.read(f"{BLS_TYPE2_DIR}/{n}") for n in esp.list(BLS_TYPE2_DIR)}
+    pcr_key = ks.public_key("pcr")
+    if not isinstance(pcr_key, rsa.RSAPublicKey):
+        raise ConfigError("the key set's pcr key is not RSA")
+    entries = verify_efi_boot_files(
+        esp.read(BOOT_PATH), ukis, [ks.certificate("secureboot-db")], pcr_key
+    )
+    layout = read_layout(Path(args.image))
+    for doc in entries.values():
+        root_hash = bytes.fromhex(str(doc["root_hash"] or ""))
+        want = gpt.verity_partition_uuids(root_hash)[0]
+        if not any(p.part_guid == want for p in layout.partitions):
+            raise SignatureError(f"no root partition carries the PARTUUID of {root_hash.hex()}")
+        if not args.quick:
+            doc["root"] = verify_efi_root(DiskImage(Path(args.image)), layout, root_hash)
+    doc_all = dict(meta, entries=entries)
     emit(
         args,
-        f"{args.image}: OK (image signature, bootloader, boot unit, verity signature"
-        f"{', every root block' if not args.quick else ''})",
-        doc,
+        f"{args.image}: OK (image signature, systemd-boot and {len(entries)} UKI(s) against "
+        f"db, .pcrsig{', every root block' if not args.quick else ''})",
+        doc_all,
     )
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return _verify_efi(args, _esp_of(Path(args.image)))
+
+
+def _esp_of(path: Path) -> ImageEsp:
+    esp = image_esp(path)
+    if esp is None:
+        raise FormatError(f"{path}: no EFI System Partition (not a bastion disk image)")
+    return esp
 
 
 def _pcrs(args: argparse.Namespace) -> int:
     if args.slot not in ("a", "b"):
         raise ConfigError(f"--slot {args.slot!r}: expected a or b")
-    pcrs = predict_pcrs(DiskImage(Path(args.image)), args.slot)
+    esp = _esp_of(Path(args.image))
+    if not args.keys:
+        raise ConfigError("an EFI image's PCR 7 depends on the Secure Boot keys: give --keys")
+    _name, uki = _slot_uki(esp, args.slot)
+    pcrs = predict_efi_pcrs(
+        esp.read(BOOT_PATH),
+        uki,
+        secure_boot_variables(args.keys),
+    )
     data = {"bank": "sha256", "slot": args.slot, "pcrs": {str(k): v.hex() for k, v in pcrs.items()}}
     text = "\n".join(f"sha256:{k:<2} {v.hex()}" for k, v in pcrs.items())
     emit(args, text, data)
     return 0
 
 
+def slot_golden(image: Path, keys: str, slot: str) -> tuple[GoldenValues, bytes]:
+    """The golden values of booting ``slot`` of the signed EFI disk ``image`` (its
+    signature checked with the key set ``keys``), and that slot's UKI bytes."""
+    from bastion.build.golden import golden_values_efi
+
+    if slot not in ("a", "b"):
+        raise ConfigError(f"--slot {slot!r}: expected a or b")
+    esp = _esp_of(image)
+    _name, uki = _slot_uki(esp, slot)
+    golden = golden_values_efi(
+        image,
+        load_image_trust(keys),
+        loader=esp.read(BOOT_PATH),
+        uki=uki,
+        variables=secure_boot_variables(keys),
+    )
+    return golden, uki
+
+
 def _golden(args: argparse.Namespace) -> int:
-    from bastion.build.golden import golden_values
     from bastion.trust.golden import sign_golden
 
-    if args.slot not in ("a", "b"):
-        raise ConfigError(f"--slot {args.slot!r}: expected a or b")
-    golden = golden_values(Path(args.image), load_image_trust(args.keys), args.slot)
+    golden, _uki = slot_golden(Path(args.image), args.keys, args.slot)
     signer = KeySet.load(args.keys, passphrase_source(args, args.keys)).signer("image")
     out = Path(args.output)
     out.write_bytes(sign_golden(golden, signer))
@@ -225,7 +295,6 @@ def register(subparsers: Any) -> None:
         metavar="TEXT",
         help="extra kernel command line (roothash=, root=, bastion.* ... are set by bastion)",
     )
-    b.add_argument("--modules", metavar="DIR", help="*.ko files, signed with the module key")
     b.add_argument("--version", required=True)
     b.add_argument("--security-version", type=int, required=True, metavar="N")
     b.add_argument("--keys", required=True, metavar="DIR", help="from `bastion keys init`")
@@ -233,7 +302,7 @@ def register(subparsers: Any) -> None:
     b.add_argument(
         "--data-size",
         type=size_arg,
-        default=img.DEFAULT_DATA_SIZE,
+        default=DEFAULT_DATA_SIZE,
         metavar="SIZE",
         help="data partition: N MiB, or with a unit B, K, M, G (default 64; at least 17M)",
     )
@@ -264,6 +333,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("pcrs", help="the PCR values after booting this image (golden values)")
     p.add_argument("image")
     p.add_argument("--slot", default="a", help="the slot booted (default a)")
+    p.add_argument("--keys", metavar="DIR", help="the key set (EFI images: Secure Boot keys)")
     add_json_flag(p)
     p.set_defaults(func=_pcrs)
 

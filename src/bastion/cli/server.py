@@ -1,8 +1,14 @@
 """``bastion server``: run the fleet server, verify its audit log, add operator accounts.
 
 * ``bastion server [--data-dir DIR] [--listen HOST:PORT] [--database-url URL]
-  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]`` serves the API (uvicorn). Plain
-  HTTP is refused on a non-loopback address.
+  [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--workers N] [--bus BUS]
+  [--require-signed-device-requests]`` serves the API (uvicorn). Plain HTTP is refused on a
+  non-loopback address. ``--workers N`` (N > 1) runs N processes on one port and needs
+  PostgreSQL. ``--bus`` picks how notices reach the other processes: ``auto`` (the
+  default), ``local``, ``postgres`` (LISTEN/NOTIFY) or a NATS server's URL
+  (``nats://127.0.0.1:4222`` on loopback, ``tls://HOST:PORT`` elsewhere). With
+  ``--require-signed-device-requests`` devices must sign every request in their TPM
+  (RFC 9421): device API keys and client certificates are refused.
 * ``bastion server audit verify [--checkpoint FILE]`` checks the whole hash chain and
   the MACs of the audit log (and that it still holds a checkpoint's entry).
 * ``bastion server audit checkpoint [--out FILE]`` exports the signed head for an auditor;
@@ -70,6 +76,25 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tls-key", type=Path, metavar="PEM", help="server private key")
     parser.add_argument(
         "--client-ca", type=Path, metavar="PEM", help="CA that signs device client certificates"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="server processes sharing the port (N > 1 needs PostgreSQL)",
+    )
+    parser.add_argument(
+        "--bus",
+        metavar="BUS",
+        help="notices between server processes: auto, local, postgres, or a NATS server "
+        "nats://127.0.0.1:PORT (loopback) / tls://HOST:PORT (default: auto)",
+    )
+    parser.add_argument(
+        "--require-signed-device-requests",
+        action="store_true",
+        default=None,
+        help="refuse device API keys and client certificates: devices sign every request",
     )
     parser.set_defaults(func=_serve)
     sub = parser.add_subparsers(dest="server_command", metavar="SUBCOMMAND")
@@ -171,6 +196,21 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Any:
         raise ConfigError(f"server setting {where}: {first.get('msg')}") from exc
 
 
+def bus_settings(value: str | None) -> dict[str, str]:
+    """The settings ``--bus`` stands for: a backend name, or a NATS server's URL."""
+    if value is None:
+        return {}
+    if "://" in value:
+        from bastion.server.bus_nats import check_nats_url
+
+        return {"bus_backend": "nats", "nats_url": check_nats_url(value)}
+    if value not in ("auto", "local", "postgres"):
+        raise ConfigError(
+            f"--bus {value!r}: expected auto, local, postgres, nats://HOST:PORT or tls://HOST:PORT"
+        )
+    return {"bus_backend": value}
+
+
 def _serve(args: argparse.Namespace) -> int:
     from bastion.server.tlsproto import serve
 
@@ -182,9 +222,11 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         client_ca=args.client_ca,
+        **({"require_signed_device_requests": True} if args.require_signed_device_requests else {}),
+        **bus_settings(args.bus),
     )
     settings.check_listen()
-    serve(settings)
+    serve(settings, workers=args.workers)
     return 0
 
 

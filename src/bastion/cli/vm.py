@@ -10,30 +10,44 @@ test initramfs is built from the host (:mod:`bastion.build.initrd`); ``--pcr-key
 ``.pcrpkey``/``.pcrsig``, ``--data-tpm-state`` a LUKS2 data partition whose TPM token is
 sealed to that swtpm state (:mod:`bastion.build.datavol`).
 ``vm boot IMAGE [--expect OUTCOME] [--vars FILE] [--timeout S] [--work DIR]
-[--eventlog FILE] [--tpm-state DIR]`` boots it once and exits 0 when the outcome is the expected one
-(default ``running``), 1 otherwise. Both print JSON with ``--json``. See docs/vm.md.
+[--eventlog FILE] [--tpm-state DIR] [--quote-nonce HEX]`` boots it once and exits 0 when
+the outcome is the expected one (default ``running``), 1 otherwise. Both print JSON with
+``--json``. See docs/vm.md.
+``vm build --tamper-response R [--audit verity]`` adds the signed profile's dm-verity
+corruption response to the UKI command line (ADR 0028).
+``vm initrd-files OUTDIR (--image DISK | --root-hash HEX [--data-partuuid UUID])
+[--tamper-response R] [--audit F]...`` writes what a product initrd needs from bastion
+(the UKI command line words, crypttab, the TPM lock unit, the anti-rollback unit and its
+script); see docs/boot.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bastion.build import datavol, disk, initrd
+from bastion.build import datavol, device_initrd, disk, initrd
 from bastion.cli._common import add_json_flag, emit, fail_line
 from bastion.cli.sign import passphrase_prompt
-from bastion.errors import ConfigError
+from bastion.device.profile import Feature, TamperResponse, make_profile
+from bastion.errors import ConfigError, FormatError
+from bastion.formats import gpt
 from bastion.formats.bootlog import Outcome
 from bastion.io import qemu
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import CERT_MAX_SIZE, KEY_FILE_MAX_SIZE, PE_MAX_IMAGE_SIZE
+from bastion.storage.disk_image import DiskImage
 from bastion.trust.keys import open_signer, public_key_to_pem
 from bastion.trust.pki import load_certificates
 from bastion.trust.signer import SignatureScheme, Signer
+
+#: the fw_cfg file the test initrd reads its quote nonce from
+QUOTE_NONCE_FW_CFG = "opt/bastion/nonce"
 
 
 def _kernel(path: str | None) -> Path:
@@ -155,7 +169,7 @@ def _build_image(
             initrd=initrd_bytes,
             root_dir=Path(args.root) if args.root else None,
             root_image=Path(args.root_image) if args.root_image else None,
-            cmdline=tuple(args.cmdline or disk.DEFAULT_CONSOLE),
+            cmdline=(*(args.cmdline or disk.DEFAULT_CONSOLE), *_verity_words(args)),
             stub=Path(args.stub),
             loader=None if args.no_loader else Path(args.loader),
             entry_name=args.entry_name,
@@ -168,7 +182,87 @@ def _build_image(
     )
 
 
+def _verity_words(args: argparse.Namespace) -> list[str]:
+    """The profile's corruption response words, when a profile was given."""
+    if args.tamper_response is None and not args.audit:
+        return []  # the kernel's default: the read fails (EIO), the test init reports it
+    return device_initrd.verity_words(
+        make_profile(args.tamper_response or TamperResponse.HALT, tuple(args.audit or ()))
+    )
+
+
+def _image_ids(path: Path) -> tuple[bytes, str | None]:
+    """The root hash (DPS: root PARTUUID || verity PARTUUID) and the data PARTUUID."""
+    layout = DiskImage(path).layout()
+    try:
+        root = layout.find(disk.PART_ROOT)
+        verity = layout.find(disk.PART_VERITY)
+    except FormatError as exc:
+        raise ConfigError(f"{path} is not a bastion disk with a verity root: {exc}") from exc
+    if root.type_guid != gpt.TYPE_ROOT_X86_64 or verity.type_guid != gpt.TYPE_ROOT_VERITY_X86_64:
+        raise ConfigError(f"{path}: root and verity partitions lack the DPS type GUIDs")
+    data = next((p for p in layout.partitions if p.name == disk.PART_DATA), None)
+    return root.part_guid.bytes + verity.part_guid.bytes, None if data is None else str(
+        data.part_guid
+    )
+
+
+def _initrd_files(args: argparse.Namespace) -> int:
+    if bool(args.image) == bool(args.root_hash):
+        raise ConfigError("give the disk (--image) or its root hash (--root-hash)")
+    if args.image:
+        if args.data_partuuid:
+            raise ConfigError("--data-partuuid is read from the image")
+        root_hash, data_uuid = _image_ids(Path(args.image))
+    else:
+        try:
+            root_hash = bytes.fromhex(args.root_hash)
+        except ValueError:
+            raise ConfigError(f"--root-hash {args.root_hash!r} is not hex") from None
+        data_uuid = args.data_partuuid
+    profile = make_profile(args.tamper_response or TamperResponse.HALT, tuple(args.audit or ()))
+    files = device_initrd.device_initrd_files(root_hash, data_uuid, profile)
+    out = Path(args.output)
+    for name, content in files.items():
+        atomic_write(out / name, content)
+    emit(
+        args,
+        "\n".join(f"wrote {out / name}" for name in files)
+        + f"\nkernel command line words: {files['cmdline'].decode().strip()}",
+        {
+            "output": str(out),
+            "files": sorted(files),
+            "cmdline": files["cmdline"].decode().split(),
+            "verity_response": str(profile.verity_error_response()),
+        },
+    )
+    return 0
+
+
+def _add_profile_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tamper-response",
+        choices=[str(r) for r in TamperResponse],
+        help="the signed profile's tamper response (sets the dm-verity corruption response)",
+    )
+    parser.add_argument(
+        "--audit",
+        action="append",
+        metavar="FEATURE",
+        choices=[str(f) for f in Feature],
+        help="a feature the profile audits instead of enforcing (verity: ignore corruption)",
+    )
+
+
 def _boot(args: argparse.Namespace) -> int:
+    extra: tuple[str, ...] = ()
+    if args.quote_nonce is not None:
+        nonce = args.quote_nonce.lower()
+        if not (2 <= len(nonce) <= 128 and len(nonce) % 2 == 0) or any(
+            c not in "0123456789abcdef" for c in nonce
+        ):
+            raise ConfigError(f"--quote-nonce {args.quote_nonce!r}: expected 1..64 bytes of hex")
+        extra = ("-fw_cfg", f"name={QUOTE_NONCE_FW_CFG},string={nonce}")
     config = qemu.VmConfig(
         code=Path(args.code),
         vars=Path(args.vars),
@@ -176,6 +270,8 @@ def _boot(args: argparse.Namespace) -> int:
         accel=args.accel,
         memory_mib=args.memory,
         tpm=not args.no_tpm,
+        extra_args=extra,
+        writable=args.writable,
     )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bastion-vm-"))
     tpm_state = Path(args.tpm_state) if args.tpm_state else None
@@ -186,6 +282,8 @@ def _boot(args: argparse.Namespace) -> int:
         atomic_write(Path(args.eventlog), result.report.eventlog)
     expected = Outcome(args.expect)
     doc: dict[str, Any] = {**result.to_json(), "expected": str(expected)}
+    if result.report.quote:
+        doc["quote"] = {k: base64.b64encode(v).decode() for k, v in result.report.quote.items()}
     doc["ok"] = result.outcome is expected
     emit(
         args,
@@ -250,8 +348,21 @@ def register(subparsers: Any) -> None:
     b.add_argument(
         "--data-size", type=int, default=datavol.DEFAULT_DATA_SIZE // datavol.MiB, metavar="MIB"
     )
+    _add_profile_flags(b)
     add_json_flag(b)
     b.set_defaults(func=_build)
+
+    f = sub.add_parser(
+        "initrd-files",
+        help="what a product initrd needs: cmdline words, crypttab, TPM lock, anti-rollback",
+    )
+    f.add_argument("output", metavar="OUTDIR")
+    f.add_argument("--image", metavar="DISK", help="a disk from vm build (root hash, data UUID)")
+    f.add_argument("--root-hash", metavar="HEX", help="the verity root hash")
+    f.add_argument("--data-partuuid", metavar="UUID", help="the data partition's PARTUUID")
+    _add_profile_flags(f)
+    add_json_flag(f)
+    f.set_defaults(func=_initrd_files)
 
     r = sub.add_parser("boot", help="boot IMAGE once and check the outcome")
     r.add_argument("image", metavar="IMAGE")
@@ -263,7 +374,18 @@ def register(subparsers: Any) -> None:
     r.add_argument("--memory", type=int, default=1024, metavar="MIB")
     r.add_argument("--no-tpm", action="store_true", help="boot without a swtpm")
     r.add_argument("--tpm-state", metavar="DIR", help="swtpm state to boot with (kept)")
+    r.add_argument(
+        "--writable",
+        action="store_true",
+        help="let the guest write IMAGE (systemd-boot's boot-counter renames stay)",
+    )
     r.add_argument("--work", metavar="DIR", help="keep logs here (default: a new temp folder)")
     r.add_argument("--eventlog", metavar="FILE", help="write the guest's TCG event log here")
+    r.add_argument(
+        "--quote-nonce",
+        metavar="HEX",
+        help="hand the guest this nonce (QEMU fw_cfg); a root holding /etc/bastion/ak.pub "
+        "and ak.priv quotes PCRs 4,7,9,11 with it (JSON: quote)",
+    )
     add_json_flag(r)
     r.set_defaults(func=_boot)

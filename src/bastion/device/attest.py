@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bastion.device.provision import DeviceIdentity, _post
+from bastion.device.provision import DeviceIdentity
 from bastion.errors import FormatError
 from bastion.io.http import HttpClient
 from bastion.tpm.base import PcrSelection, Tpm, TpmKey
@@ -69,17 +69,28 @@ def attest(
     eventlog: bytes,
     posture: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One attestation round (module docstring); returns the server's verdict JSON."""
-    token = identity.api_key(tpm)
-    challenge = _post(http, CHALLENGE_PATH, {}, token)
+    """One attestation round (module docstring); returns the server's verdict JSON.
+
+    A client that signs its requests in the TPM (the agent's) needs no API key."""
+    token = None if http.signer is not None else identity.api_key(tpm)
+    challenge = http.call_object("POST", CHALLENGE_PATH, {}, token=token)
     nonce = _unb64(challenge.get("nonce"), "attestation challenge nonce")
     selection = PcrSelection.parse(str(challenge.get("pcr_selection", "")))
     evidence = build_evidence(tpm, identity.ak, nonce, selection, eventlog, posture)
-    return _post(http, EVIDENCE_PATH, {"evidence": evidence.to_json()}, token)
+    return http.call_object("POST", EVIDENCE_PATH, {"evidence": evidence.to_json()}, token=token)
 
 
 def sim_eventlog(dev: Path) -> bytes:
-    """The raw event log of a sim device's last boot."""
+    """The raw event log of a sim device's last boot: the firmware's, followed by what
+    userspace measured after the kernel started (systemd-pcrphase on the EFI chain), so
+    that it replays to the PCRs a quote covers."""
     from bastion.device.boot import read_eventlog
+    from bastion.device.boot.efi_chain import USERSPACE_LOG_FILE
+    from bastion.device.platform.sim import SimPlatform
+    from bastion.formats import eventlog as el
 
-    return read_eventlog(dev).to_bytes()
+    log = read_eventlog(dev)
+    userspace = SimPlatform(dev).load(USERSPACE_LOG_FILE)
+    if userspace:
+        log = el.EventLog(log.spec, log.events + el.parse(userspace).events)
+    return log.to_bytes()

@@ -32,6 +32,7 @@ from typing import Any
 from bastion.errors import FormatError, LimitError
 from bastion.formats import strict_json
 from bastion.limits import PROFILE_MAX_SERIAL, PROFILE_MAX_SIZE
+from bastion.storage.kernel_verity import CorruptionResponse
 
 PAYLOAD_TYPE = "application/vnd.bastion.security-profile+json"
 #: device file holding the platform root's delegation of profile signing (trust/delegation)
@@ -79,6 +80,17 @@ class SecurityProfile:
             if name == feature:
                 return mode
         return Mode.ENFORCE
+
+    def verity_error_response(self) -> CorruptionResponse:
+        """What the kernel's dm-verity does on a corrupted block (ADR 0028, decision 5):
+        ``verity`` in audit mode ignores it (logged), ``halt`` and ``wipe-data`` panic
+        (the kernel cannot erase keys at a failed read), ``try-other-slot`` restarts so
+        the BLS boot counter of this entry runs out and systemd-boot falls back."""
+        if self.mode(Feature.VERITY) is Mode.AUDIT:
+            return CorruptionResponse.IGNORE
+        if self.tamper_response is TamperResponse.TRY_OTHER_SLOT:
+            return CorruptionResponse.RESTART
+        return CorruptionResponse.PANIC
 
     def to_json(self) -> dict[str, Any]:
         return {

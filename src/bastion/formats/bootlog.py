@@ -10,6 +10,8 @@ Pure: text in, a frozen :class:`ConsoleReport` out. bastion's test ``/init``
 ``pcr sha256 <n> <hex>``        a PCR value as the guest kernel reads it
 ``root mounted <dev> <dir> ..`` the root mount as /proc/mounts shows it
 ``efivar <name> <value>``       an EFI variable (SecureBoot, systemd-boot's Loader*)
+``quote attest|signature <b64>`` a TPM2_Quote the guest made (TPMS_ATTEST, TPMT_SIGNATURE)
+``verity options <opts>``       the dm-verity corruption response the guest used
 ``poweroff``                    the last line before the power-off
 ==============================  ==========================================================
 
@@ -29,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 
 from bastion.errors import FormatError, LimitError
-from bastion.limits import BOOTLOG_MAX_EVENTLOG_SIZE, BOOTLOG_MAX_SIZE
+from bastion.limits import BOOTLOG_MAX_EVENTLOG_SIZE, BOOTLOG_MAX_QUOTE_SIZE, BOOTLOG_MAX_SIZE
 
 PREFIX = "BASTION: "
 #: matched without regard to case (OVMF says "Access Denied", systemd-boot "Security violation")
@@ -66,6 +68,8 @@ class ConsoleReport:
     eventlog: bytes | None = None
     pcrs: dict[str, dict[int, bytes]] = field(default_factory=dict)
     efivars: dict[str, str] = field(default_factory=dict)
+    #: ``attest`` and ``signature`` of the guest's quote, when it made one
+    quote: dict[str, bytes] = field(default_factory=dict)
     markers: tuple[str, ...] = ()
 
     @property
@@ -94,6 +98,15 @@ def _eventlog(lines: list[str]) -> bytes:
         raise FormatError(f"event log on the console is not valid base64: {exc}") from exc
 
 
+def _quote_part(text: str) -> bytes:
+    if len(text) * 3 // 4 > BOOTLOG_MAX_QUOTE_SIZE:
+        raise LimitError(f"quote on the console is over {BOOTLOG_MAX_QUOTE_SIZE} bytes")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"quote on the console is not valid base64: {exc}") from exc
+
+
 def parse(text: str) -> ConsoleReport:
     """Read a serial console log (raises LimitError past :data:`BOOTLOG_MAX_SIZE`).
 
@@ -111,6 +124,7 @@ def parse(text: str) -> ConsoleReport:
     eventlog: bytes | None = None
     pcrs: dict[str, dict[int, bytes]] = {}
     efivars: dict[str, str] = {}
+    quote: dict[str, bytes] = {}
     markers: list[str] = []
     block: list[str] | None = None
     for raw in text.splitlines():
@@ -146,6 +160,9 @@ def parse(text: str) -> ConsoleReport:
         elif body.startswith("efivar "):
             name, _, value = body[len("efivar ") :].partition(" ")
             efivars.setdefault(name, value)
+        elif body.startswith(("quote attest ", "quote signature ")):
+            _, part, value = body.split(" ", 2)
+            quote.setdefault(part, _quote_part(value.strip()))
         elif body.startswith("root mounted "):
             root_mount = body[len("root mounted ") :]
         elif match := _PCR.fullmatch(body):
@@ -165,6 +182,7 @@ def parse(text: str) -> ConsoleReport:
         eventlog=eventlog,
         pcrs=pcrs,
         efivars=efivars,
+        quote=quote,
         markers=tuple(markers),
     )
 

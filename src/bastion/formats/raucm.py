@@ -9,6 +9,8 @@ A manifest is a GLib key file. What RAUC 1.8 (``src/manifest.c``) reads and writ
   hash tree, a positive multiple of 4096); the manifest *inside* the squashfs has none.
 * ``[image.<slotclass>]`` (optionally ``.<variant>``): ``sha256``, ``size``, ``filename``.
 * ``[meta.<label>]``: free key/value pairs that RAUC 1.8 reads past; kept here.
+  bastion's own: ``[meta.bastion-golden]`` names the signed golden-values statement a
+  bundle carries in its payload (:class:`GoldenRef`, ADR 0037).
 * ``[handler]`` and ``[hooks]``, and the ``hooks``/``adaptive`` image keys, run or steer
   code on the device: bastion refuses them (fail closed) rather than carry them unread.
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from bastion.errors import FormatError, LimitError
 from bastion.limits import (
+    ATTEST_GOLDEN_MAX_SIZE,
     BUNDLE_BLOCK_SIZE,
     BUNDLE_MANIFEST_MAX_IMAGES,
     BUNDLE_MANIFEST_MAX_SIZE,
@@ -38,6 +41,11 @@ FORMAT_PLAIN = "plain"
 FORMAT_VERITY = "verity"
 FORMAT_CRYPT = "crypt"
 MANIFEST_NAME = "manifest.raucm"
+#: the signed manifest group naming the bundle's golden-values statement (ADR 0037)
+GOLDEN_GROUP = "bastion-golden"
+#: the statement's file name in the bundle payload (not an image: RAUC installs none)
+GOLDEN_FILE = "golden.dsse"
+_GOLDEN_KEYS = ("filename", "sha256", "size", "offset")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*")
@@ -191,6 +199,61 @@ class Manifest:
     def to_bytes(self) -> bytes:
         """``to_text`` as UTF-8."""
         return self.to_text().encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenRef:
+    """``[meta.bastion-golden]``: the golden statement's file, SHA-256, size and byte
+    offset in the payload (the verity-protected squashfs)."""
+
+    filename: str
+    sha256: str
+    size: int
+    offset: int
+
+    def __post_init__(self) -> None:
+        check_filename(self.filename)
+        if not _HEX64.fullmatch(self.sha256):
+            raise FormatError(f"manifest [meta.{GOLDEN_GROUP}] sha256 must be 64 hex digits")
+        if not 0 < self.size <= ATTEST_GOLDEN_MAX_SIZE:
+            raise LimitError(
+                f"manifest [meta.{GOLDEN_GROUP}] size {self.size} is not "
+                f"1..{ATTEST_GOLDEN_MAX_SIZE}"
+            )
+        if self.offset < 0:
+            raise FormatError(f"manifest [meta.{GOLDEN_GROUP}] offset must not be negative")
+
+    def meta(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The manifest group naming this statement."""
+        return (
+            GOLDEN_GROUP,
+            (
+                ("filename", self.filename),
+                ("sha256", self.sha256),
+                ("size", str(self.size)),
+                ("offset", str(self.offset)),
+            ),
+        )
+
+
+def golden_ref(manifest: Manifest) -> GoldenRef | None:
+    """The golden statement a manifest names (None when it names none); FormatError when
+    ``[meta.bastion-golden]`` lacks a key, has an unknown one or a bad value."""
+    found = [pairs for label, pairs in manifest.meta if label == GOLDEN_GROUP]
+    if not found:
+        return None
+    keys = dict(found[0])
+    group = f"meta.{GOLDEN_GROUP}"
+    _take(keys, group, _GOLDEN_KEYS)
+    for key in _GOLDEN_KEYS:
+        if key not in keys:
+            raise FormatError(f"manifest [{group}] has no {key}")
+    return GoldenRef(
+        filename=keys["filename"],
+        sha256=keys["sha256"],
+        size=_uint(group, "size", keys["size"]),
+        offset=_uint(group, "offset", keys["offset"]),
+    )
 
 
 def check_filename(name: str) -> str:

@@ -116,6 +116,12 @@ def hash_digest(alg: int, data: bytes) -> bytes:
 
 # --- reading and writing primitives --------------------------------------------------------
 
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+#: TPMS_ATTEST after magic, type and the two TPM2Bs: clockInfo and firmwareVersion
+_CLOCK_FIRMWARE = struct.Struct(">QIIBQ")
+
 
 class Reader:
     """A bounded big-endian cursor over untrusted bytes; every shortfall is a FormatError."""
@@ -138,17 +144,32 @@ class Reader:
         self.pos = end
         return chunk
 
+    def unpack(self, form: struct.Struct) -> tuple[int, ...]:
+        """The fields of ``form`` at the cursor (one bounds check, one unpack)."""
+        pos = self.pos
+        if pos + form.size > len(self.data):
+            self.take(form.size)  # raises the truncation error
+        self.pos = pos + form.size
+        return form.unpack_from(self.data, pos)
+
     def u8(self) -> int:
         return self.take(1)[0]
 
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
+    def u16(self) -> int:  # the commonest read: inlined rather than through unpack()
+        pos = self.pos
+        if pos + 2 > len(self.data):
+            self.take(2)  # raises the truncation error
+        self.pos = pos + 2
+        value: int = _U16.unpack_from(self.data, pos)[0]
+        return value
 
     def u32(self) -> int:
-        return int.from_bytes(self.take(4), "big")
+        value: int = self.unpack(_U32)[0]
+        return value
 
     def u64(self) -> int:
-        return int.from_bytes(self.take(8), "big")
+        value: int = self.unpack(_U64)[0]
+        return value
 
     def tpm2b(self, limit: int, field: str) -> bytes:
         size = self.u16()
@@ -627,8 +648,11 @@ class Attest:
         typ = r.u16()
         signer = r.tpm2b(limits.TPM_MAX_NAME_SIZE, "qualifiedSigner")
         extra = r.tpm2b(limits.TPM_MAX_DIGEST_SIZE, "extraData")
-        clock = ClockInfo.read(r)
-        firmware = r.u64()
+        # clockInfo and firmwareVersion in one unpack (ClockInfo.read's checks)
+        clock_ms, reset, restart, safe, firmware = r.unpack(_CLOCK_FIRMWARE)
+        if safe > 1:
+            raise FormatError(f"{r.what}: clockInfo.safe is {safe}, expected 0 or 1")
+        clock = ClockInfo(clock_ms, reset, restart, bool(safe))
         attested: QuoteInfo | CertifyInfo
         if typ == ST_ATTEST_QUOTE:
             sel = PcrSelectionList.read(r)
@@ -649,6 +673,7 @@ class Attest:
 
 _ECC_SIGS = {Alg.ECDSA, Alg.ECDAA, Alg.SM2, Alg.ECSCHNORR}
 _RSA_SIGS = {Alg.RSASSA, Alg.RSAPSS}
+_SIGS = frozenset(_ECC_SIGS | _RSA_SIGS | {Alg.HMAC})
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,7 +704,7 @@ class Signature:
         if alg == Alg.NULL:
             r.done()
             return cls(Alg.NULL)
-        if alg not in _ECC_SIGS | _RSA_SIGS | {Alg.HMAC}:
+        if alg not in _SIGS:
             raise FormatError(f"TPMT_SIGNATURE: algorithm 0x{alg:04x} is not supported")
         hash_alg = _hash_alg(r, "signature hash")
         if alg in _ECC_SIGS:

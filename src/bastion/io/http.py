@@ -20,12 +20,13 @@ disagree (tests/unit/io/test_http.py round-trips every code).
 from __future__ import annotations
 
 import ipaddress
+import json
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Self
+from typing import Any, BinaryIO, Protocol, Self
 
 import httpx
 
@@ -49,6 +50,8 @@ from bastion.errors import (
     VerificationError,
 )
 from bastion.formats import strict_json
+
+_UPLOAD_CHUNK = 1 << 20  # bytes per chunk of a streamed upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,12 @@ def tls_verify(ca_file: str | None) -> bool | ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file) if ca_file else True
 
 
+class RequestSigner(Protocol):
+    """Headers that authenticate one request (the device agent: RFC 9421, ADR 0032)."""
+
+    def __call__(self, method: str, target: str, body: bytes) -> Mapping[str, str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A successful answer: status, headers and the body (at most ``max_response``)."""
@@ -216,8 +225,11 @@ class HttpClient:
         timeout: float = limits.HTTP_CLIENT_TIMEOUT_SECONDS,
         max_response: int = limits.HTTP_MAX_RESPONSE,
         transport: httpx.BaseTransport | None = None,
+        signer: RequestSigner | None = None,
     ) -> None:
         self.server = check_server_url(server)
+        self.ca_file = ca_file
+        self.signer = signer
         headers = {"Authorization": f"Bearer {token.strip()}"} if token else {}
         self._http = httpx.Client(
             base_url=self.server,
@@ -229,10 +241,18 @@ class HttpClient:
         self.max_response = max_response
 
     @classmethod
-    def over(cls, http: httpx.Client, *, max_response: int = limits.HTTP_MAX_RESPONSE) -> Self:
+    def over(
+        cls,
+        http: httpx.Client,
+        *,
+        max_response: int = limits.HTTP_MAX_RESPONSE,
+        signer: RequestSigner | None = None,
+    ) -> Self:
         """Wrap a client the caller built (tests: an in-process ASGI client)."""
         self = cls.__new__(cls)
         self.server = str(http.base_url).rstrip("/")
+        self.ca_file = None
+        self.signer = signer
         self._http = http
         self.max_response = max_response
         return self
@@ -257,13 +277,20 @@ class HttpClient:
     ) -> Answer:
         """One request; the answer below 400 (redirects too when not followed)."""
         what = f"{method} {path}"
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+        headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
+        content: bytes | None = None
+        if self.signer is not None:
+            content = b"" if json_body is None else json.dumps(json_body).encode()
+            if json_body is not None:
+                headers["Content-Type"] = "application/json"
+            headers.update(self.signer(method, self.target(path), content))
         try:
             with self._http.stream(
                 method,
                 path,
-                json=json_body,
-                headers=headers,
+                json=json_body if content is None else None,
+                content=content,
+                headers=headers or None,
                 follow_redirects=follow_redirects,
             ) as response:
                 content = self._read(response, what)
@@ -277,6 +304,59 @@ class HttpClient:
                 retry_after=response.headers.get("retry-after"),
             )
         return Answer(response.status_code, dict(response.headers), content)
+
+    def get_file(self, url: str, *, max_bytes: int) -> Answer:
+        """``GET`` a static file (an absolute URL or a path), whatever the status.
+
+        For files a caller interprets itself (TUF metadata: 403/404 mean "no newer
+        version"): the answer is returned for any status, its body read up to
+        ``max_bytes`` (LimitError past it); a network failure is a TransportError.
+        Plain ``http://`` is refused unless the host is a loopback one.
+        """
+        if url.startswith(("http://", "https://")):
+            check_server_url(url)
+        what = f"GET {url}"
+        try:
+            with self._http.stream("GET", url) as response:
+                parts: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise LimitError(f"{what}: file over {max_bytes} bytes")
+                    parts.append(chunk)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{what}: {exc}") from exc
+        return Answer(response.status_code, dict(response.headers), b"".join(parts))
+
+    def target(self, path: str) -> str:
+        """The request target (path and query) the server sees for ``path``."""
+        prefix = urllib.parse.urlsplit(self.server).path.rstrip("/")
+        return prefix + path
+
+    def upload(
+        self, path: str, stream: BinaryIO, *, content_type: str = "application/octet-stream"
+    ) -> Any:
+        """POST ``stream`` as the raw body (streamed in chunks); the answer's strict JSON."""
+        what = f"POST {path}"
+
+        def chunks() -> Iterator[bytes]:
+            while block := stream.read(_UPLOAD_CHUNK):
+                yield block
+
+        try:
+            with self._http.stream(
+                "POST", path, content=chunks(), headers={"Content-Type": content_type}
+            ) as response:
+                content = self._read(response, what)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{what} at {self.server}: {exc}") from exc
+        if response.status_code >= 400:
+            raise decode_error(response.status_code, content, what=what)
+        try:
+            return strict_json.loads(content, what=f"{what} answer")
+        except FormatError as exc:
+            raise FormatError(f"{what}: answer is not JSON: {exc}") from exc
 
     def _read(self, response: httpx.Response, what: str) -> bytes:
         parts: list[bytes] = []
@@ -308,6 +388,51 @@ class HttpClient:
         if not isinstance(data, dict):
             raise FormatError(f"{method} {path}: answer is not a JSON object")
         return data
+
+    def size_of(self, path: str) -> int:
+        """The size of the file at ``path``, from ``Content-Range`` of a one-byte Range
+        request (a server that ignores Range is refused: streaming needs it)."""
+        _, total = self._range(path, 0, 1)
+        return total
+
+    def get_range(self, path: str, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset+length)`` of the file at ``path`` by an HTTP Range
+        request; TransportError unless the answer is exactly that range."""
+        data, _ = self._range(path, offset, length)
+        return data
+
+    def _range(self, path: str, offset: int, length: int) -> tuple[bytes, int]:
+        what = f"GET {path} bytes {offset}+{length}"
+        if offset < 0 or length <= 0 or length > self.max_response:
+            raise LimitError(f"{what}: range out of 1..{self.max_response} bytes")
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                if response.status_code >= 400:
+                    content = self._read(response, what)
+                    raise decode_error(response.status_code, content, what=what)
+                if response.status_code != 206:
+                    raise TransportError(
+                        f"{what}: expected 206 Partial Content, got {response.status_code}"
+                    )
+                crange = response.headers.get("content-range", "")
+                parts = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > length:
+                        raise TransportError(f"{what}: answer longer than the range")
+                    parts.append(chunk)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"{what} at {self.server}: {exc}") from exc
+        expected = f"bytes {offset}-{offset + length - 1}/"
+        total_text = crange[len(expected) :]
+        if not crange.startswith(expected) or not total_text.isdigit() or len(total_text) > 19:
+            raise TransportError(f"{what}: Content-Range {crange!r} is not the range asked for")
+        data = b"".join(parts)
+        if len(data) != length:
+            raise TransportError(f"{what}: got {len(data)} bytes (truncated answer)")
+        return data, int(total_text)
 
     def redirect_location(self, path: str) -> str:
         """``GET path`` without following it; the ``Location`` of the redirect answer."""

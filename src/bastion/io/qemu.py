@@ -10,8 +10,9 @@ One :func:`boot` is one power-on of a fresh machine, in its own work folder:
   on a Unix control socket, which QEMU's ``tpm-emulator`` backend needs); a fresh TPM
   state each boot unless the caller hands one in;
 * QEMU (``q35``, SMM on, secure pflash, TCG unless told otherwise, no network, the disk
-  as virtio-blk with ``snapshot=on`` so the image file is never written), serial console
-  to a file;
+  as virtio-blk with ``snapshot=on`` so the image file is never written, unless
+  ``VmConfig.writable``: then the guest's writes, e.g. systemd-boot's boot-counter
+  renames on the ESP, stay in the file for the next boot), serial console to a file;
 * a watch loop over that file: bastion's markers, the firmware's ``Access Denied``, a
   kernel panic; a hard time limit. When the guest has said how it ended, the loop gives
   it a few seconds to power off, then stops QEMU.
@@ -61,6 +62,7 @@ class VmConfig:
     tpm: bool = True
     qemu: str = "qemu-system-x86_64"
     extra_args: tuple[str, ...] = ()
+    writable: bool = False  # the guest writes the disk file (no snapshot=on)
 
     def check(self) -> None:
         for path, what in ((self.code, "OVMF code"), (self.vars, "OVMF variable store")):
@@ -258,7 +260,8 @@ def qemu_argv(
         "-drive",
         f"if=pflash,format=raw,unit=1,file={_no_commas(vars_)}",
         "-drive",
-        f"if=none,id=disk0,file={_no_commas(disk)},format=raw,snapshot=on",
+        f"if=none,id=disk0,file={_no_commas(disk)},format=raw"
+        + ("" if config.writable else ",snapshot=on"),
         "-device",
         "virtio-blk-pci,drive=disk0,bootindex=1",
     ]

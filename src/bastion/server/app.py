@@ -20,16 +20,25 @@ OpenAPI: ``/openapi.json``; interactive docs: ``/docs``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from types import ModuleType
 
 from fastapi import FastAPI
 
 from bastion import __version__
 from bastion.io.clock import Clock, SystemClock
+from bastion.server.admission import AdmissionMiddleware, request_concurrency
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
-from bastion.server.auth.ratelimit import LoginDelay, RateLimiter
+from bastion.server.auth.ratelimit import (
+    Limiter,
+    LoginDelay,
+    RateLimiter,
+    SharedLoginDelay,
+    SharedRateLimiter,
+)
+from bastion.server.bus import Bus, LocalBus
 from bastion.server.context import AppContext
 from bastion.server.db.engine import Database, ensure_private_dir
 from bastion.server.errors import install_error_handlers
@@ -51,7 +60,12 @@ def create_app(
     if settings.database_url is None:
         ensure_private_dir(settings.data_dir)
     secret_box = load_secret_box(settings.resolved_secret_key(), create=True)
-    db = Database(settings.resolved_database_url())
+    db = Database(
+        settings.resolved_database_url(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     if migrate:
         db.upgrade(secret_box=lambda: secret_box)
     from bastion.server.audit.keys import install_audit_key
@@ -65,6 +79,16 @@ def create_app(
     except BaseException:
         db.dispose()
         raise
+    from bastion.server.releases.tuf_renewal import renewer_for
+    from bastion.server.webhooks.worker import WebhookWorker
+
+    try:
+        tuf_renewer = renewer_for(db, clock, settings)
+    except BaseException:
+        db.dispose()
+        raise
+
+    limiter, login_limiter, login_delay = _limits(settings, db, clock)
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -73,46 +97,138 @@ def create_app(
             settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism
         ),
         auth=AuthRegistry(),
-        limiter=RateLimiter(settings.rate_per_second, settings.rate_burst, clock.monotonic),
-        login_limiter=RateLimiter(
-            settings.login_rate_per_second,
-            settings.login_burst,
-            clock.monotonic,
-            what="login attempts",
-        ),
+        limiter=limiter,
+        login_limiter=login_limiter,
         secret_box=secret_box,
-        login_delay=LoginDelay(
-            clock.monotonic,
-            time.sleep,
-            free=settings.login_failures_free,
-            max_seconds=settings.login_delay_max,
-        ),
+        login_delay=login_delay,
         oidc=oidc,
         device_ca=device_ca,
         enrollment=EnrollmentService(
             ca=device_ca, limiter=EnrollLimiter(), monotonic=clock.monotonic
         ),
+        bus=_bus(settings),
+        webhooks=WebhookWorker(db, secret_box, clock, settings.webhook_poll_seconds)
+        if settings.webhook_worker
+        else None,
+        tuf_renewer=tuf_renewer,
     )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if ctx.webhooks is not None:
+            ctx.webhooks.start()
+        if ctx.tuf_renewer is not None:
+            ctx.tuf_renewer.start()
+        try:
+            yield
+        finally:
+            if ctx.tuf_renewer is not None:
+                ctx.tuf_renewer.stop()
+            if ctx.webhooks is not None:
+                ctx.webhooks.stop()
+            for close in ctx.on_close:
+                await close()
+            await ctx.bus.close()
+
     app = FastAPI(
         title="bastion fleet API",
         version=__version__,
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.ctx = ctx
     app.add_middleware(StrictJsonMiddleware, max_body=settings.max_body)  # inner
-    app.add_middleware(BodyLimitMiddleware, max_body=settings.max_body)
+    from bastion.server.releases.routes import UPLOAD_PATH
+
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body=settings.max_body,
+        large=[("POST", UPLOAD_PATH, settings.release_max_size)],
+    )
     install_error_handlers(app)
     for module in features():
         install: Callable[[FastAPI], None] = module.install
         install(app)
+    # outermost: a request waits here, holding nothing, until the pool can serve it
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=settings.http_concurrency
+        or request_concurrency(db.capacity, settings.channel_db_concurrency),
+    )
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``bastion server --workers N`` worker: settings from the
+    ``BASTION_SERVER_*`` environment its parent exported, database already migrated."""
+    return create_app(ServerSettings(), migrate=False)
+
+
+def _limits(
+    settings: ServerSettings, db: Database, clock: Clock
+) -> tuple[Limiter, Limiter, LoginDelay]:
+    """The API limiter, the login limiter and the login delay: in memory, or shared by
+    every process on the database (docs/adr/0034-scale-and-webhooks.md)."""
+    free, max_delay = settings.login_failures_free, settings.login_delay_max
+    if settings.resolved_rate_limit_backend() == "memory":
+        return (
+            RateLimiter(settings.rate_per_second, settings.rate_burst, clock.monotonic),
+            RateLimiter(
+                settings.login_rate_per_second,
+                settings.login_burst,
+                clock.monotonic,
+                what="login attempts",
+            ),
+            LoginDelay(clock.monotonic, time.sleep, free=free, max_seconds=max_delay),
+        )
+
+    def wall() -> float:
+        return clock.now().timestamp()
+
+    lease = settings.rate_lease or max(1, settings.rate_burst // 10)
+    return (
+        SharedRateLimiter(
+            db,
+            "api",
+            settings.rate_per_second,
+            settings.rate_burst,
+            wall,
+            lease=min(lease, settings.rate_burst),
+        ),
+        SharedRateLimiter(
+            db,
+            "login",
+            settings.login_rate_per_second,
+            settings.login_burst,
+            wall,
+            what="login attempts",
+        ),
+        SharedLoginDelay(db, wall, time.sleep, free=free, max_seconds=max_delay),
+    )
+
+
+def _bus(settings: ServerSettings) -> Bus:
+    """The message bus the settings ask for (docs/adr/0034-scale-and-webhooks.md)."""
+    backend = settings.resolved_bus_backend()
+    if backend == "postgres":
+        from bastion.server.bus_pg import PgBus
+
+        return PgBus(settings.resolved_database_url())
+    if backend == "nats":
+        from bastion.server.bus_nats import NatsBus
+
+        assert settings.nats_url is not None  # resolved_bus_backend checked it
+        return NatsBus(settings.nats_url, settings.nats_subject_prefix)
+    return LocalBus()
 
 
 def features() -> tuple[ModuleType, ...]:
     """The ``routes`` module of every feature, in install order: the one router list."""
+    from bastion.server.agent import routes as agent
     from bastion.server.attestation import routes as attestation
+    from bastion.server.channel import routes as channel
     from bastion.server.devices import routes as devices
     from bastion.server.ektrust import routes as ektrust
     from bastion.server.enrollment import routes as enrollment
@@ -121,10 +237,16 @@ def features() -> tuple[ModuleType, ...]:
     from bastion.server.oidc import routes as oidc
     from bastion.server.orgs import routes as orgs
     from bastion.server.provisioning import routes as provisioning
+    from bastion.server.releases import routes as releases
+    from bastion.server.rollouts import routes as rollouts
+    from bastion.server.ui import routes as ui
     from bastion.server.users import routes as users
+    from bastion.server.webhooks import routes as webhooks
 
     return (
+        agent,
         attestation,
+        channel,
         devices,
         ektrust,
         enrollment,
@@ -133,5 +255,9 @@ def features() -> tuple[ModuleType, ...]:
         oidc,
         orgs,
         provisioning,
+        releases,
+        rollouts,
+        ui,
         users,
+        webhooks,
     )

@@ -8,13 +8,15 @@ settings, clock, CA or service objects (nothing else goes on ``app.state``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bastion.io.clock import Clock
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
-from bastion.server.auth.ratelimit import LoginDelay, RateLimiter
+from bastion.server.auth.ratelimit import Limiter, LoginDelay
+from bastion.server.bus import Bus, LocalBus
 from bastion.server.db.engine import Database
 from bastion.server.oidc.provider import OidcProvider
 from bastion.server.secretbox import SecretBox
@@ -23,6 +25,8 @@ from bastion.server.settings import ServerSettings
 if TYPE_CHECKING:
     from bastion.server.devices.ca import DeviceCa
     from bastion.server.enrollment.service import EnrollmentService
+    from bastion.server.releases.tuf_renewal import TufRenewer
+    from bastion.server.webhooks.worker import WebhookWorker
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +38,8 @@ class AppContext:
     clock: Clock
     passwords: PasswordHasher
     auth: AuthRegistry
-    limiter: RateLimiter
-    login_limiter: RateLimiter
+    limiter: Limiter
+    login_limiter: Limiter
     #: seals stored secrets (TOTP seeds); None only in contexts that never touch them
     secret_box: SecretBox | None = None
     #: slows logins to an account under guessing (None: no delay, e.g. the CLI)
@@ -46,6 +50,14 @@ class AppContext:
     device_ca: DeviceCa | None = None
     #: the enrolment service (device CA + per-key rate limiter)
     enrollment: EnrollmentService | None = None
+    #: fan-out of notices between server processes (LocalBus in one process)
+    bus: Bus = field(default_factory=LocalBus)
+    #: delivers webhooks from the outbox (None: this process does not deliver)
+    webhooks: WebhookWorker | None = None
+    #: re-signs the TUF snapshot and timestamp before they expire (None: not configured)
+    tuf_renewer: TufRenewer | None = None
+    #: awaited when the app stops, before the bus closes (a feature's pending writes)
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def app_context(app: Any) -> AppContext:

@@ -22,6 +22,26 @@ from bastion.server.errors import error_body
 from bastion.server.limits import _respond
 
 
+async def read_body(receive: Receive, send: Send, max_body: int) -> bytes | None:
+    """The whole request body from ``receive``, or None when it was answered already
+    (413 sent for a body over ``max_body``) or the client went away before sending it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client went away before sending its body
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body:
+            detail = f"request body is more than {max_body} bytes"
+            await _respond(send, 413, error_body("too_large", detail))
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 def _is_json(scope: Scope) -> bool | None:
     """True for a JSON content type, False for another, None when absent."""
     for name, value in scope.get("headers", ()):
@@ -44,22 +64,9 @@ class StrictJsonMiddleware:
         if kind is False:
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                detail = f"request body is more than {self.max_body} bytes"
-                await _respond(send, 413, error_body("too_large", detail))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive, send, self.max_body)
+        if body is None:
+            return
         if body:
             try:
                 strict_json.loads(body, what="request body", max_size=self.max_body)

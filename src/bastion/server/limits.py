@@ -4,12 +4,16 @@ A request whose ``Content-Length`` exceeds the bound is answered 413 before the 
 sees it; a chunked body is counted as it streams and cut off with 413 at the bound.
 Past the bound the app sees a client disconnect and its answer is dropped.
 A request declaring a body that is not JSON on a JSON route is left to FastAPI's
-validation (422). Responses use the error body of :mod:`bastion.server.errors`.
+validation (422). ``large`` names the few routes that take a bigger body (a release
+bundle upload): ``(method, path pattern, bound)``; every other route keeps ``max_body``.
+Responses use the error body of :mod:`bastion.server.errors`.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,17 +24,32 @@ from bastion.server.errors import error_body
 class BodyLimitMiddleware:
     """Refuse request bodies larger than ``max_body`` bytes with 413."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        large: Sequence[tuple[str, re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.large = tuple(large)
+
+    def bound(self, scope: Scope) -> int:
+        """The body bound of this request's route."""
+        method, path = scope.get("method", ""), scope.get("path", "")
+        for want, pattern, bound in self.large:
+            if method == want and pattern.fullmatch(path):
+                return bound
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_body = self.bound(scope)
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body:
-            await _too_large(send, self.max_body, declared)
+        if declared is not None and declared > max_body:
+            await _too_large(send, max_body, declared)
             return
         if declared is not None and declared < 0:
             await _respond(send, 400, error_body("bad_request", "invalid Content-Length"))
@@ -46,10 +65,10 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > max_body:
                     refused = True
                     if not started:
-                        await _too_large(send, self.max_body, None)
+                        await _too_large(send, max_body, None)
                     return {"type": "http.disconnect"}
             return message
 

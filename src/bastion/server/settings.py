@@ -11,6 +11,7 @@ Give ``database_url`` (``postgresql+psycopg://...``) for PostgreSQL.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,42 @@ class ServerSettings(BaseSettings):
     login_failures_free: int = Field(default=5, ge=0)
     login_delay_max: float = Field(default=2.0, ge=0, le=limits.LOGIN_DELAY_MAX_SECONDS)
 
+    # several processes on one database (docs/server.md "Running several processes"):
+    # where notices fan out (auto: NATS when nats_url is set, else PostgreSQL LISTEN/NOTIFY
+    # on PostgreSQL, else in-process)
+    bus_backend: Literal["auto", "local", "postgres", "nats"] = "auto"
+    # the NATS server of the "nats" bus: nats://HOST:PORT on loopback, else tls://HOST:PORT
+    nats_url: str | None = Field(default=None, repr=False)  # may carry credentials
+    # first tokens of every bus subject (several deployments on one NATS server)
+    nats_subject_prefix: str = "bastion"
+    # where rate limits and login delays live (auto: the database on PostgreSQL, else memory)
+    rate_limit_backend: Literal["auto", "memory", "database"] = "auto"
+    # tokens one process takes at once from a shared per-principal bucket (0: burst // 10)
+    rate_lease: int = Field(default=0, ge=0)
+    # PostgreSQL connections per process (SQLite ignores these): the pool, its overflow, and
+    # how long a request waits for a connection before it fails (docs/server.md)
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_max_overflow: int = Field(default=20, ge=0, le=1000)
+    db_pool_timeout: float = Field(default=30.0, gt=0, le=600)
+    # worker threads (and so pooled connections) the device channels of one process may use
+    # at once, whatever their number: the rest of the pool stays free for HTTP requests
+    channel_db_concurrency: int = Field(default=4, ge=1, le=1000)
+    # HTTP requests one process runs at once (0: as many as the pool serves in full, i.e.
+    # (db_pool_size + db_max_overflow - channel_db_concurrency - 2) // 3); the rest wait
+    http_concurrency: int = Field(default=0, ge=0, le=10000)
+    # seconds a --workers N worker may leave the parent's health ping unanswered before
+    # it is killed and restarted (uvicorn's default, 5 s, is too short under load)
+    worker_healthcheck_seconds: int = Field(default=60, ge=1, le=3600)
+    # one log line per HTTP request and WebSocket (uvicorn's access log)
+    access_log: bool = True
+    # deliver webhooks from this process (a background thread; off in one-shot tools)
+    webhook_worker: bool = True
+    # seconds between scans of the webhook outbox for due deliveries
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # devices must sign every request in their TPM (RFC 9421, ADR 0032): their bearer API
+    # keys and mTLS client certificates are refused (docs/agent.md "Signed requests only")
+    require_signed_device_requests: bool = False
+
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False
     totp_issuer: str = "bastion"
@@ -83,6 +120,21 @@ class ServerSettings(BaseSettings):
     oidc_allow_loopback_redirect: bool = True
     oidc_scopes: str = "openid email"
 
+    # releases (docs/updates.md "Rollouts and device reports"): uploaded bundles are kept
+    # in release_store (default DATA_DIR/releases); the TUF repository folder served
+    # read-only at /tuf/ (unset: /tuf/ answers 404)
+    release_store: Path | None = None
+    release_max_size: int = Field(
+        default=limits.RELEASE_BUNDLE_MAX_SIZE, ge=1, le=limits.RELEASE_BUNDLE_MAX_SIZE
+    )
+    tuf_dir: Path | None = None
+    # the online TUF keys (key URIs, file: or tpm:; never key bytes): with both and
+    # tuf_dir set, the server re-signs snapshot and timestamp before they expire,
+    # checking every tuf_renew_seconds (0: never; `bastion tuf renew` by hand)
+    tuf_snapshot_key: str | None = None
+    tuf_timestamp_key: str | None = None
+    tuf_renew_seconds: float = Field(default=3600.0, ge=0, le=86400)
+
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL: ``database_url`` or the SQLite file in ``data_dir``."""
         if self.database_url:
@@ -91,6 +143,34 @@ class ServerSettings(BaseSettings):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             return url
         return f"sqlite:///{(self.data_dir / 'bastion.db').resolve()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        """True when the database is PostgreSQL (several processes may share it)."""
+        return self.resolved_database_url().startswith("postgresql")
+
+    def resolved_bus_backend(self) -> str:
+        """``local``, ``postgres`` or ``nats`` (``auto``: NATS when ``nats_url`` is set,
+        else it follows the database)."""
+        if self.bus_backend == "auto":
+            if self.nats_url:
+                return "nats"
+            return "postgres" if self.is_postgres else "local"
+        if self.bus_backend == "postgres" and not self.is_postgres:
+            raise ConfigError("bus_backend 'postgres' needs a PostgreSQL database_url")
+        if self.bus_backend == "nats" and not self.nats_url:
+            raise ConfigError("bus_backend 'nats' needs nats_url (e.g. nats://127.0.0.1:4222)")
+        return self.bus_backend
+
+    def resolved_rate_limit_backend(self) -> str:
+        """``memory`` or ``database`` (``auto`` follows the database)."""
+        if self.rate_limit_backend == "auto":
+            return "database" if self.is_postgres else "memory"
+        return self.rate_limit_backend
+
+    def resolved_release_store(self) -> Path:
+        """The folder uploaded bundles are kept in."""
+        return self.release_store or self.data_dir / "releases"
 
     def resolved_secret_key(self) -> str:
         """The URI of the key sealing stored secrets (``secret_key`` or the data folder's)."""

@@ -3,11 +3,12 @@ ASGI TLS extension that carries the verified client certificate to the app.
 
 uvicorn verifies a client certificate against ``--client-ca`` (``ssl.CERT_OPTIONAL``:
 devices present one, operators and browsers need not) but does not tell the app which
-certificate was presented. :class:`TlsH11Protocol` fills the ASGI TLS extension
+certificate was presented. :class:`TlsHttpToolsProtocol` (what :func:`http_protocol`
+gives) and :class:`TlsH11Protocol` fill the ASGI TLS extension
 (``scope["extensions"]["tls"]``, keys as in the ASGI spec: ``client_cert_chain`` is a
-list of PEM strings, ``tls_version``, ``cipher_suite``) from the connection's SSL
-object; :func:`bastion.server.auth.deps.peer_certificate` reads it. Only a certificate
-the TLS layer has verified ever reaches the extension (``getpeercert`` returns nothing
+list of PEM strings, ``tls_version``, ``cipher_suite``) from the connection's SSL object;
+:func:`bastion.server.auth.deps.peer_certificate` reads it. Only a certificate the TLS
+layer has verified ever reaches the extension (``getpeercert`` returns nothing
 otherwise), so the app never trusts an unverified chain.
 
 :func:`serve` is what ``bastion server`` runs.
@@ -20,6 +21,7 @@ import ssl
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.errors import ConfigError
 from bastion.server.settings import ServerSettings
@@ -44,22 +46,43 @@ def tls_extension(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> dict[str,
     }
 
 
+def _wrap_with_tls(inner: Any, transport: asyncio.Transport) -> Any:
+    """``inner`` with this connection's TLS extension in every HTTP scope (``inner``
+    itself on plain HTTP)."""
+    extension = tls_extension(transport.get_extra_info("ssl_object"))
+    if extension is None:
+        return inner
+
+    async def app_with_tls(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope = {**scope, "extensions": {**scope.get("extensions", {}), "tls": extension}}
+        await inner(scope, receive, send)
+
+    return app_with_tls
+
+
 class TlsH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, adding the TLS extension to every HTTP scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        extension = tls_extension(transport.get_extra_info("ssl_object"))
-        if extension is None:
-            return
-        inner = self.app
+        self.app = _wrap_with_tls(self.app, transport)
 
-        async def app_with_tls(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                scope = {**scope, "extensions": {**scope.get("extensions", {}), "tls": extension}}
-            await inner(scope, receive, send)
 
-        self.app = app_with_tls
+class TlsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, adding the TLS extension to every HTTP scope."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.app = _wrap_with_tls(self.app, transport)
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """The HTTP/1.1 protocol ``bastion server`` runs: httptools' C parser (several times
+    cheaper per request than h11's pure-Python one: docs/server.md "Device API speed");
+    both protocol classes add the TLS extension. Module-level classes: ``--workers``
+    pickles the configuration for its worker processes."""
+    return TlsHttpToolsProtocol
 
 
 def uvicorn_config_kwargs(settings: ServerSettings) -> dict[str, Any]:
@@ -68,10 +91,11 @@ def uvicorn_config_kwargs(settings: ServerSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "host": settings.listen_host,
         "port": settings.listen_port,
-        "http": TlsH11Protocol,
+        "http": http_protocol(),
         "proxy_headers": False,
         "server_header": False,
         "log_level": "info",
+        "access_log": settings.access_log,
     }
     if settings.tls_cert is not None:
         for what, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
@@ -87,12 +111,49 @@ def uvicorn_config_kwargs(settings: ServerSettings) -> dict[str, Any]:
     return kwargs
 
 
-def serve(settings: ServerSettings) -> None:
-    """Build the app and run it until interrupted (blocks)."""
+def serve(settings: ServerSettings, *, workers: int = 1) -> None:
+    """Build the app and run it until interrupted (blocks).
+
+    With ``workers > 1`` (PostgreSQL only: docs/server.md "Running several processes")
+    this process builds the app once (migrations, device CA, audit and secret keys), then
+    exports the settings as ``BASTION_SERVER_*`` variables and lets uvicorn spawn the
+    workers, each building its app with :func:`bastion.server.app.worker_app`."""
     import uvicorn
 
     from bastion.server.app import create_app
 
     kwargs = uvicorn_config_kwargs(settings)
-    app = create_app(settings)
-    uvicorn.Server(uvicorn.Config(app, **kwargs)).run()
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: give 1 or more")
+    if workers == 1:
+        app = create_app(settings)
+        uvicorn.Server(uvicorn.Config(app, **kwargs)).run()
+        return
+    if not settings.is_postgres:
+        raise ConfigError(
+            f"--workers {workers} needs PostgreSQL (--database-url): SQLite and the "
+            "in-memory rate limits are for one process"
+        )
+    create_app(settings, migrate=True).state.ctx.db.dispose()
+    export_settings(settings)
+    uvicorn.run(
+        "bastion.server.app:worker_app",
+        factory=True,
+        workers=workers,
+        # a worker busy with a connect storm on a loaded host answers the parent's health
+        # ping late; killing it would drop every channel it holds (bench/agents.py saw it)
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
+        **kwargs,
+    )
+
+
+def export_settings(settings: ServerSettings) -> None:
+    """Put every set value of ``settings`` into this process's environment (for workers)."""
+    import os
+
+    for name, value in settings.model_dump(mode="json").items():
+        variable = f"BASTION_SERVER_{name.upper()}"
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = str(value).lower() if isinstance(value, bool) else str(value)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bastion.errors import FormatError
-from bastion.formats import bootunit as bu
+from bastion.errors import ConflictError, FormatError, NotFoundError
 from bastion.formats import gpt
-from bastion.formats.image import PART_BOOT, parse_archive
 from bastion.limits import MiB
 from bastion.storage.luks2_io import FileRange
 from bastion.storage.verity_reader import VerityReader, verify_region
@@ -41,9 +41,18 @@ def pwrite_all(fd: int, data: bytes, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
+def device_size(path: Path) -> int:
+    """The size of an image file or a block device (whose ``st_size`` is 0) in bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
 def gpt_ends(path: Path) -> tuple[bytes, bytes, int]:
     """The bytes of the primary and the backup GPT copies, and the disk's sector count."""
-    size = path.stat().st_size
+    size = device_size(path)
     if size % gpt.SECTOR:
         raise FormatError(f"image {path} size {size} is not a multiple of 512")
     sectors = size // gpt.SECTOR
@@ -105,16 +114,89 @@ def repair_layout(path: Path) -> tuple[gpt.GptDisk, list[str]]:
     return layout, repaired
 
 
+@dataclass(frozen=True)
+class GptRewrite:
+    """What giving partitions new PARTUUIDs writes: the new layout and the copies that
+    differ from it, as ``(offset, bytes)`` in the order they must reach the disk
+    (backup first, then primary; empty when both copies already hold it)."""
+
+    layout: gpt.GptDisk
+    writes: tuple[tuple[int, bytes], ...]
+
+
+def _copy_holds(parse: Callable[[], gpt.GptDisk], want: gpt.GptDisk) -> bool:
+    try:
+        return parse() == want
+    except FormatError:  # a damaged copy (e.g. a write torn by a power cut) is rewritten
+        return False
+
+
+def plan_partition_uuids(path: Path, uuids: Mapping[str, uuid.UUID]) -> GptRewrite:
+    """The writes that give the partitions named in ``uuids`` those PARTUUIDs (see
+    :func:`set_partition_uuids`); reads the disk, writes nothing.
+
+    Each copy is compared with the new layout on its own: a copy that is damaged or
+    still old is in the plan, one that already holds the new layout is not. So a rewrite
+    cut by a power failure anywhere (between the copies, or inside one) is finished by
+    planning again, and a torn copy is repaired even when the other already says what
+    is wanted."""
+    head, tail, sectors = gpt_ends(path)
+    layout = gpt.parse(head, sectors, tail)
+    names = {p.name for p in layout.partitions}
+    missing = sorted(set(uuids) - names)
+    if missing:
+        raise NotFoundError(f"image {path} has no partition(s) {missing}")
+    wanted = set(uuids.values())
+    if len(wanted) != len(uuids):
+        raise ConflictError(f"one PARTUUID asked for two partitions: {dict(uuids)}")
+    for part in layout.partitions:
+        if part.name not in uuids and part.part_guid in wanted:
+            raise ConflictError(
+                f"PARTUUID {part.part_guid} is already partition {part.name!r}'s on {path}"
+            )
+    parts = tuple(
+        replace(p, part_guid=uuids[p.name]) if p.name in uuids else p for p in layout.partitions
+    )
+    new = replace(layout, partitions=parts)
+    writes: list[tuple[int, bytes]] = []
+    if not _copy_holds(lambda: gpt.parse_backup(tail, sectors), new):
+        writes.append((new.tail_offset, new.tail_bytes()))
+    if not _copy_holds(lambda: gpt.parse(head, sectors), new):
+        writes.append((0, new.head_bytes()))
+    return GptRewrite(new, tuple(writes))
+
+
+def set_partition_uuids(path: Path, uuids: Mapping[str, uuid.UUID]) -> gpt.GptDisk:
+    """Give the partitions named in ``uuids`` those PARTUUIDs (as systemd-sysupdate does
+    when it fills a slot: the Discoverable Partitions Specification finds a verity root
+    and its hash partition by the PARTUUIDs its root hash gives).
+
+    Both GPT copies are rewritten, backup first, each synced: a cut between the two
+    leaves two valid tables, the primary (what UEFI firmware, the kernel and
+    :func:`read_layout` read) still the old one; a write torn inside a copy leaves that
+    copy damaged and the other intact, which they read instead. Calling it again with
+    the same ``uuids`` finishes the job: it rewrites each copy that is old or damaged
+    (:func:`plan_partition_uuids`) and writes nothing when both hold the new layout. A
+    UUID another partition already has is refused (ConflictError): two partitions with
+    one PARTUUID make the lookup ambiguous. Returns the new layout."""
+    plan = plan_partition_uuids(path, uuids)
+    if not plan.writes:
+        return plan.layout
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for offset, data in plan.writes:
+            pwrite_all(fd, data, offset)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return plan.layout
+
+
 def read_partition(path: Path, part: gpt.Partition, limit: int | None = None) -> bytes:
     """The bytes of one partition (the first ``limit`` bytes when given)."""
     with open(path, "rb") as handle:
         handle.seek(part.offset)
         return handle.read(part.size if limit is None else min(limit, part.size))
-
-
-def read_archive(path: Path, layout: gpt.GptDisk) -> bu.Container:
-    """The boot partition archive (trailing zero padding of the partition ignored)."""
-    return parse_archive(read_partition(path, layout.find(PART_BOOT)))
 
 
 @dataclass(frozen=True)
@@ -136,8 +218,8 @@ class DiskImage:
         return self.signature_path.read_bytes()
 
     def size(self) -> int:
-        """The image's size in bytes."""
-        return self.path.stat().st_size
+        """The image's (or block device's) size in bytes."""
+        return device_size(self.path)
 
     def sha256(self) -> bytes:
         """SHA-256 of the whole image."""
@@ -148,6 +230,9 @@ class DiskImage:
 
     def repair_layout(self) -> tuple[gpt.GptDisk, list[str]]:
         return repair_layout(self.path)
+
+    def set_partition_uuids(self, uuids: Mapping[str, uuid.UUID]) -> gpt.GptDisk:
+        return set_partition_uuids(self.path, uuids)
 
     def read_partition(self, name: str, limit: int | None = None) -> bytes:
         return read_partition(self.path, self.layout().find(name), limit)

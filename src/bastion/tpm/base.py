@@ -42,12 +42,17 @@ class HashAlg(enum.StrEnum):
     @property
     def alg_id(self) -> int:
         """The TPM_ALG_ID of this hash."""
-        return {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}[self.value]
+        return _ALG_IDS[self]
 
     @property
     def digest_size(self) -> int:
         """Digest length in bytes."""
-        return {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}[self.value]
+        return _DIGEST_SIZES[self]
+
+
+# module tables, not dicts built per call: both are read several times per verdict
+_ALG_IDS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
+_DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 
 
 PCR_COUNT = 24

@@ -22,6 +22,7 @@ to compute the authPolicy a sealed object must carry, and inside the software TP
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -50,8 +51,16 @@ EO_EQ, EO_NEQ, EO_SIGNED_GT, EO_UNSIGNED_GT, EO_SIGNED_LT, EO_UNSIGNED_LT = rang
 EO_SIGNED_GE, EO_UNSIGNED_GE, EO_SIGNED_LE, EO_UNSIGNED_LE, EO_BITSET, EO_BITCLEAR = range(6, 12)
 
 
+_HASH_FUNCS = {
+    HashAlg.SHA1: hashlib.sha1,
+    HashAlg.SHA256: hashlib.sha256,
+    HashAlg.SHA384: hashlib.sha384,
+    HashAlg.SHA512: hashlib.sha512,
+}
+
+
 def _h(bank: HashAlg, data: bytes) -> bytes:
-    return hashlib.new(bank.value, data).digest()
+    return _HASH_FUNCS[bank](data).digest()
 
 
 def reset_value(index: int, bank: HashAlg = HashAlg.SHA256) -> bytes:
@@ -90,21 +99,29 @@ def pcr_digest(
 ) -> bytes:
     """H(values of the selected PCRs concatenated in index order); ``hash_alg`` defaults
     to the bank (the quote uses the signing scheme's hash instead)."""
-    missing = [i for i in selection.indexes if i not in values]
-    if missing:
-        raise ConfigError(f"no value given for PCR(s) {missing} of {selection}")
+    indexes = selection.indexes
+    try:
+        parts = [values[i] for i in indexes]
+    except KeyError:
+        missing = [i for i in indexes if i not in values]
+        raise ConfigError(f"no value given for PCR(s) {missing} of {selection}") from None
     size = selection.bank.digest_size
-    for i in selection.indexes:
-        if len(values[i]) != size:
-            raise ConfigError(
-                f"PCR {i} value is {len(values[i])} bytes, {selection.bank} needs {size}"
-            )
-    return _h(hash_alg or selection.bank, b"".join(values[i] for i in selection.indexes))
+    for i, value in zip(indexes, parts, strict=True):
+        if len(value) != size:
+            raise ConfigError(f"PCR {i} value is {len(value)} bytes, {selection.bank} needs {size}")
+    return _h(hash_alg or selection.bank, b"".join(parts))
+
+
+@functools.lru_cache(maxsize=64)
+def selection_list(selection: PcrSelection) -> PcrSelectionList:
+    """The TPML_PCR_SELECTION of one bank as a TPM marshals it (3-byte bitmap); memoized,
+    a fleet has one or two selections and every quote check compares with it."""
+    return PcrSelectionList.single(selection.bank.alg_id, selection.indexes)
 
 
 def selection_bytes(selection: PcrSelection) -> bytes:
-    """The TPML_PCR_SELECTION of one bank as a TPM marshals it (3-byte bitmap)."""
-    return PcrSelectionList.single(selection.bank.alg_id, selection.indexes).to_bytes()
+    """The marshalled :func:`selection_list`."""
+    return selection_list(selection).to_bytes()
 
 
 def empty_policy(policy_alg: HashAlg = HashAlg.SHA256) -> bytes:

@@ -73,7 +73,7 @@ from bastion.formats.tpm2 import (
     u32,
 )
 from bastion.tpm.base import HashAlg, PcrSelection
-from bastion.tpm.pcr import pcr_digest, selection_bytes
+from bastion.tpm.pcr import pcr_digest, selection_bytes, selection_list
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
@@ -88,6 +88,12 @@ _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     Alg.SHA384: hashes.SHA384,
     Alg.SHA512: hashes.SHA512,
 }
+
+
+#: TPM hash algorithm id -> HashAlg (a table: the enum's value lookup is slow per quote)
+_HASH_ALGS: dict[int, HashAlg] = {alg: HashAlg(name) for alg, name in HASH_NAMES.items()}
+#: one ECDSA scheme object per hash (immutable; building one per verify showed in profiles)
+_ECDSA: dict[int, ec.ECDSA] = {alg: ec.ECDSA(h()) for alg, h in _HASHES.items()}
 
 
 def hash_algorithm(alg: int) -> hashes.HashAlgorithm:
@@ -149,6 +155,8 @@ AkPublic = bytes | str | Public | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 def load_public(ak: AkPublic) -> PublicKey:
     """An AK given as TPM2B_PUBLIC bytes, PEM (bytes or str), Public or key object."""
+    if isinstance(ak, bytes) and not ak[:1].isspace() and not ak.startswith(b"-----BEGIN"):
+        return public_key(ak)  # TPM2B_PUBLIC bytes, the server's spelling: first
     if isinstance(ak, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         return ak
     if isinstance(ak, Public):
@@ -177,8 +185,9 @@ def verify_signature(key: AkPublic, message: bytes, signature: bytes) -> Signatu
 def _verify_parsed(pub: PublicKey, message: bytes, sig: Signature) -> None:
     if sig.sig_alg == Alg.ECDSA and isinstance(pub, ec.EllipticCurvePublicKey):
         der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+        scheme = _ECDSA.get(sig.hash_alg) or ec.ECDSA(hash_algorithm(sig.hash_alg))
         try:
-            pub.verify(der, message, ec.ECDSA(hash_algorithm(sig.hash_alg)))
+            pub.verify(der, message, scheme)
         except InvalidSignature:
             raise SignatureError("TPM signature (ECDSA) does not verify with the AK") from None
         return
@@ -272,9 +281,10 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
                 ),
             )
         )
-    got_sel = parsed.attested.pcr_select.to_bytes()
-    want_sel = selection_bytes(selection)
-    if got_sel != want_sel:
+    # compared as structures (the encoding is one-to-one), marshalled only for the message
+    if parsed.attested.pcr_select != selection_list(selection):
+        got_sel = parsed.attested.pcr_select.to_bytes()
+        want_sel = selection_bytes(selection)
         failures.append(
             QuoteFailure(
                 "quote.pcr-selection",
@@ -287,7 +297,7 @@ def quote_result(  # noqa: PLR0917 - the issue's signature
         )
     else:
         try:
-            expected = pcr_digest(selection, pcr_values, HashAlg(HASH_NAMES[digest_alg]))
+            expected = pcr_digest(selection, pcr_values, _HASH_ALGS[digest_alg])
         except (ConfigError, KeyError) as exc:
             failures.append(
                 QuoteFailure("quote.pcr-values", VerificationError(f"bad PCR values: {exc}"))

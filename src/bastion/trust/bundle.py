@@ -16,6 +16,11 @@ dm-verity tree over the payload, recomputed block by block and compared with bot
 stored tree and the signed root hash. A bad signature raises
 :class:`~bastion.errors.SignatureError`; a payload or tree block that does not match
 raises :class:`~bastion.errors.DigestMismatchError` naming the block.
+
+:func:`bundle_golden` reads back the golden-values statement a verified bundle carries
+(``[meta.bastion-golden]``, ADR 0037): inside the payload the verity tree just covered,
+and equal to the SHA-256 the signed manifest names. Opening it (the product key's
+signature, its version and SVN) is :func:`bastion.trust.golden.open_release_golden`.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from bastion.errors import (
 )
 from bastion.formats import verity
 from bastion.formats.bundle import TRAILER_SIZE, parse_trailer, split_verity
-from bastion.formats.raucm import FORMAT_VERITY, Manifest, parse_manifest
+from bastion.formats.raucm import FORMAT_VERITY, Manifest, golden_ref, parse_manifest
 from bastion.limits import (
     BUNDLE_BLOCK_SIZE,
     BUNDLE_MAX_CERTIFICATES,
@@ -323,6 +328,29 @@ def verify_bundle(
     return VerifiedBundle(manifest, signed.signer, signed.anchor, layout.payload_size, root_hash)
 
 
+def bundle_golden(stream: BinaryIO, verified: VerifiedBundle) -> bytes | None:
+    """The golden statement the verified bundle read from ``stream`` carries (None when
+    its manifest names none). FormatError when the named bytes lie outside the payload,
+    DigestMismatchError when they differ from the signed SHA-256."""
+    ref = golden_ref(verified.manifest)
+    if ref is None:
+        return None
+    if ref.offset + ref.size > verified.payload_size:
+        raise FormatError(
+            f"bundle golden statement at {ref.offset}+{ref.size} lies outside the "
+            f"{verified.payload_size}-byte payload"
+        )
+    data = _read_at(stream, ref.offset, ref.size)
+    actual = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(actual, ref.sha256):
+        raise DigestMismatchError(
+            f"bundle golden statement {ref.filename} has sha256 {actual}, the signed "
+            f"manifest names {ref.sha256}",
+            area="golden",
+        )
+    return data
+
+
 def verify_bundle_bytes(
     data: bytes, keyring: Sequence[x509.Certificate], *, now: dt.datetime | None = None
 ) -> VerifiedBundle:
@@ -343,6 +371,7 @@ def load_keyring(pem: bytes) -> list[x509.Certificate]:
 
 __all__ = [
     "DigestMismatchError",
+    "bundle_golden",
     "SignedManifest",
     "VerifiedBundle",
     "load_keyring",

@@ -18,42 +18,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from bastion import limits
-from bastion.errors import ConfigError, FormatError, LimitError
+from bastion.errors import ConfigError, FormatError, LimitError, VerificationError
 from bastion.formats import eventlog as el
 from bastion.formats import strict_json
 from bastion.trust.envelope import Envelope, parse_envelope, sign_envelope, verify_envelope
+from bastion.trust.pcr11 import STUB_252_MEASURED
 from bastion.trust.signer import Verifier
 
 GOLDEN_PAYLOAD_TYPE = "application/vnd.bastion.golden-values+json"
 GOLDEN_TYPE = "golden-values"
 _HEX256 = 64
 
-#: what each measured event of the boot chain (device/measure.py) is called in a verdict
-_TAGGED: dict[tuple[int, bytes], str] = {
-    (4, b"bastion:bootloader\0"): "bootloader",
-    (7, b"bastion:platform-key\0"): "secure-boot-authority",
-    (15, b"bastion:verity-root\0"): "verity-root",
-}
-#: boot-unit sections (PCR 11, systemd-stub style) and their component names
+#: UKI sections systemd-stub measures into PCR 11 and their component names (any other
+#: section is ``section-NAME``)
 _SECTIONS: dict[bytes, str] = {
     b".linux\0": "kernel",
     b".osrel\0": "os-release",
     b".cmdline\0": "cmdline",
     b".initrd\0": "initrd",
-    b".svn\0": "svn",
-    b".modcert\0": "module-cert",
-    b".veritycert\0": "verity-cert",
-    b".modules\0": "modules",
-    b".profile\0": "profile",
 }
 _UNIT_PCR = 11
 
 
 def component_pcr(name: str) -> int:
-    """The PCR a component is measured into (boot-unit sections: PCR 11)."""
-    for (pcr, _), label in _TAGGED.items():
-        if label == name:
-            return pcr
+    """The PCR a component is measured into: every component is a UKI section that
+    systemd-stub measures into PCR 11."""
     return _UNIT_PCR
 
 
@@ -136,7 +125,7 @@ def open_golden(statement: bytes, product_keys: Iterable[Verifier]) -> GoldenVal
     trusted key signed it, FormatError if it is not a statement."""
     if len(statement) > limits.ATTEST_GOLDEN_MAX_SIZE:
         raise LimitError(
-            f"golden statement is {len(statement)} bytes, limit is {limits.ATTEST_POSTURE_MAX_KEYS}"
+            f"golden statement is {len(statement)} bytes, limit is {limits.ATTEST_GOLDEN_MAX_SIZE}"
         )
     envelope: Envelope = parse_envelope(statement)
     keys = list(product_keys)
@@ -144,6 +133,63 @@ def open_golden(statement: bytes, product_keys: Iterable[Verifier]) -> GoldenVal
         raise ConfigError("no product key is trusted: golden values cannot be verified")
     payload = verify_envelope(envelope, keys, payload_type=GOLDEN_PAYLOAD_TYPE)
     return golden_from_json(strict_json.loads(payload, what="golden values"))
+
+
+def open_release_golden(
+    statement: bytes, product_keys: Iterable[Verifier], *, version: str, svn: int | None
+) -> GoldenValues:
+    """:func:`open_golden` for the statement a release carries: it must also be about
+    that release (same version and, when the release states one, the same SVN);
+    VerificationError otherwise (ADR 0037)."""
+    golden = open_golden(statement, product_keys)
+    if golden.version != version:
+        raise VerificationError(
+            f"golden statement is for version {golden.version!r}, the release is {version!r}"
+        )
+    if svn is not None and golden.security_version != svn:
+        raise VerificationError(
+            f"golden statement has security version {golden.security_version}, "
+            f"the release has svn {svn}"
+        )
+    return golden
+
+
+def peek_golden(statement: bytes) -> GoldenValues:
+    """The values of a statement WITHOUT checking its signature: for a builder's
+    consistency checks and displays only, never for a trust decision."""
+    if len(statement) > limits.ATTEST_GOLDEN_MAX_SIZE:
+        raise LimitError(
+            f"golden statement is {len(statement)} bytes, limit is {limits.ATTEST_GOLDEN_MAX_SIZE}"
+        )
+    envelope = parse_envelope(statement)
+    if envelope.payload_type != GOLDEN_PAYLOAD_TYPE:
+        raise FormatError(f"envelope payload type {envelope.payload_type!r} is not golden values")
+    return golden_from_json(strict_json.loads(envelope.payload, what="golden values"))
+
+
+def _stub_description(data: bytes) -> bytes:
+    """A PCR 11 event's description as ASCII with its NUL: systemd-stub logs the section
+    name in UTF-16LE (``.\\0l\\0...\\0\\0``), the sim's stub in ASCII."""
+    if len(data) >= 4 and len(data) % 2 == 0 and data.endswith(b"\0\0") and not any(data[1::2]):
+        return data[0::2]
+    return data
+
+
+def stub_components(sections: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The components a systemd-stub 252 boot of a UKI with ``sections`` measures into
+    PCR 11, named as :func:`components_of` names them in its event log (offline)."""
+    out = {}
+    for name in STUB_252_MEASURED:
+        content = sections.get(name)
+        if content:
+            tag = name.encode("ascii") + b"\0"
+            out[_section_label(tag)] = hashlib.sha256(content).digest()
+    return out
+
+
+def _section_label(tag: bytes) -> str:
+    label = _SECTIONS.get(tag, "section" + tag[:-1].decode("ascii", "replace"))
+    return label.replace(".", "-").strip("-") or "section"
 
 
 def components_of(
@@ -170,16 +216,13 @@ def components_of(
             digest = ev.digest(el.ALG_SHA256)
         except FormatError:
             continue
-        name = _TAGGED.get((ev.pcr, ev.data))
-        if name is not None:
-            put(name, digest)
-        elif ev.pcr == _UNIT_PCR and ev.data.endswith(b"\0") and ev.data.startswith(b"."):
+        tag = _stub_description(ev.data) if ev.pcr == _UNIT_PCR else ev.data
+        if ev.pcr == _UNIT_PCR and tag.endswith(b"\0") and tag.startswith(b"."):
             # systemd-stub style: first the section name, then the section content
-            if ev.data not in tags:
-                tags.add(ev.data)
+            if tag not in tags:
+                tags.add(tag)
                 continue
-            label = _SECTIONS.get(ev.data, "section" + ev.data[:-1].decode("ascii", "replace"))
-            put(label.replace(".", "-").strip("-") or "section", digest)
+            put(_section_label(tag), digest)
     return found, dupes
 
 

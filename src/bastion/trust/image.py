@@ -1,24 +1,21 @@
 """Image verification and PCR prediction: what a device will check, decided offline.
 
-The decisions over a bastion disk image (formats/image.py), separate from reading it:
-an :class:`ImageSource` reads (storage/disk_image.py ``DiskImage`` for an image file),
-the functions here verify bytes and raise (SignatureError, FormatError):
+The decisions over a bastion disk image (build/efi_image.py, ADR 0027), separate from
+reading it: an :class:`ImageSource` reads (storage/disk_image.py ``DiskImage`` for an
+image file), the functions here verify bytes and raise (SignatureError, FormatError):
 
 * ``verify_image_signature``: the signed statement (image key) over size and SHA-256;
-* ``verify_image``: that, plus the boot archive's platform key and bootloader statement,
-  each slot's unit statement and sections, its DPS verity signature, the partition
-  UUIDs, and (``full``) every root block against the root hash;
-* ``predict_pcrs``: the golden PCR values of a boot of one slot, replaying the events
-  trust/measure.py defines (the same lists the boot chain extends).
+* ``verify_efi_boot_files``: systemd-boot and each UKI against db, each ``.pcrsig``;
+* ``verify_efi_root``: every root block against the UKI's ``roothash=``;
+* ``predict_efi_pcrs``: the golden PCRs 0 (sim firmware), 4, 7, 9 and 11 of a boot.
 
-The boot chain (device/boot.py) uses the same statement, key-hash and verity-signature
-checks at boot, with the security profile deciding what a failure does.
+The sim chain (device/boot/) uses the same key-hash check at boot, with the security
+profile deciding what a failure does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,22 +24,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bastion.errors import FormatError, SignatureError
-from bastion.formats import bootunit as bu
-from bastion.formats import gpt, modsig, strict_json
-from bastion.formats.image import (
-    IMAGE_PAYLOAD_TYPE,
-    PART_BOOT,
-    SLOTS,
-    parse_archive,
-    root_part,
-    sig_part,
-    verity_data_size,
-    verity_part,
-)
-from bastion.trust import measure
+from bastion.formats import gpt, strict_json
+from bastion.formats.image import IMAGE_PAYLOAD_TYPE
 from bastion.trust.envelope import parse_envelope, verify_envelope
-from bastion.trust.keys import load_public_key
-from bastion.trust.signer import SignatureScheme, Verifier
+from bastion.trust.signer import Verifier
 
 
 class ImageSource(Protocol):
@@ -87,10 +72,7 @@ class ImageTrust:
     """The public side: what verifies an image (and what a device trusts)."""
 
     platform_root: Verifier
-    boot: Verifier
     image: Verifier
-    verity_cert: x509.Certificate
-    module_cert: x509.Certificate | None = None
 
     @property
     def platform_root_hash(self) -> bytes:
@@ -114,26 +96,6 @@ def platform_key_hash(pem: bytes) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).digest()
-
-
-def verify_verity_signature(sig: bu.VeritySignature, cert: x509.Certificate) -> bytes:
-    """Check the PKCS#7 over the hex root hash with ``cert``; returns the root hash."""
-    cms = modsig.CmsSignature.parse(sig.signature)
-    if cms.issuer != cert.issuer.public_bytes() or cms.serial != cert.serial_number:
-        raise SignatureError("verity signature was made by another certificate")
-    fpr = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    if sig.certificate_fingerprint and sig.certificate_fingerprint != fpr:
-        raise SignatureError("verity signature names another certificate fingerprint")
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise SignatureError("verity certificate does not hold an RSA key")
-    try:
-        Verifier.of(key, SignatureScheme.RSA_PKCS1V15_SHA256).verify(
-            sig.root_hash.hex().encode(), cms.signature
-        )
-    except SignatureError as exc:
-        raise SignatureError(f"verity root hash signature does not verify: {exc}") from exc
-    return sig.root_hash
 
 
 def check_image_statement(
@@ -166,94 +128,96 @@ def verify_image_signature(source: SignedImageSource, trust: ImageTrust) -> dict
     return _check_digest(doc, size, source.sha256())
 
 
-def verify_slot(
-    source: ImageSource,
-    layout: gpt.GptDisk,
-    archive: bu.Container,
-    slot: str,
+# --- the EFI image (ESP + UKIs + verity; build/efi_image.py, ADR 0027) ---------------------
+
+#: what the sim firmware measures into PCR 0 (EV_S_CRTM_VERSION): firmware-specific, as
+#: OVMF's or a board's PCR 0 is; predicted here for sim devices only
+SIM_FIRMWARE_VERSION = b"bastion sim UEFI firmware 2\0"
+#: the systemd-pcrphase words a booted device has measured into PCR 11 once running
+RUNNING_PHASES = "enter-initrd:leave-initrd"
+
+
+def predict_efi_pcrs(
+    loader: bytes,
+    uki: bytes,
+    variables: dict[str, bytes],
     *,
-    boot: Verifier,
-    verity_cert: x509.Certificate,
-    full: bool,
-) -> dict[str, Any]:
-    """Offline checks of one slot: unit statement and sections, verity signature, UUIDs,
-    and (``full``) every root block against the root hash."""
-    raw = archive.get(f"unit.{slot}")
-    doc = open_statement(archive.get(f"unit.{slot}.sig"), bu.STATEMENT_TYPE_UNIT, boot)
-    unit = bu.parse_unit(raw)
-    container = bu.parse(raw, bu.Kind.UNIT)
-    signed = doc.get("sections", {})
-    for name, digest in bu.section_digests(container.entries).items():
-        if signed.get(name) != digest:
-            raise SignatureError(f"slot {slot}: section {name} does not match its signed digest")
-    if doc.get("sha256") != hashlib.sha256(raw).hexdigest() or doc.get("slot") != slot:
-        raise SignatureError(f"slot {slot}: boot unit does not match its signed statement")
-    root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
-    data_size = verity_data_size(unit)
-    sig = bu.parse_verity_signature(source.read_partition(sig_part(slot)))
-    if verify_verity_signature(sig, verity_cert) != root_hash:
-        raise SignatureError(f"slot {slot}: signed root hash differs from the command line's")
-    root, verity = layout.find(root_part(slot)), layout.find(verity_part(slot))
-    if (root.part_guid, verity.part_guid) != gpt.verity_partition_uuids(root_hash):
-        raise SignatureError(f"slot {slot}: partition UUIDs do not derive from the root hash")
-    if full:
-        source.verify_root(root.name, verity.name, root_hash, data_size)
+    phases: str = RUNNING_PHASES,
+) -> dict[int, bytes]:
+    """PCRs 0 (sim firmware), 4, 7, 9 and 11 (after ``phases``) of a sim boot of ``uki``
+    by ``loader`` with Secure Boot ``variables`` (PK/KEK/db/dbx signature lists; a PK
+    means Secure Boot on); PCR 7's authorities are the db entries that admit ``loader``
+    and ``uki`` (a certificate, or an image hash: :func:`bastion.trust.pcr7.admitting_entry`)."""
+    from bastion.formats import eventlog as el
+    from bastion.formats.uki import uki_sections
+    from bastion.trust import pcr7, pcr11, pcr_boot
+
+    state = pcr7.state_for_images(variables, (loader, uki))
+    rom = [
+        el.measure(0, el.EventType.EV_S_CRTM_VERSION, SIM_FIRMWARE_VERSION),
+        el.measure(0, el.EventType.EV_SEPARATOR, bytes(4)),
+    ]
     return {
-        "version": doc.get("version"),
-        "security_version": unit.security_version,
-        "root_hash": root_hash.hex(),
-        "root_verified": full,
+        0: el.replay(rom)[0],
+        **pcr_boot.predict_boot(loader, uki),
+        pcr7.PCR_SECURE_BOOT: pcr7.predict(state),
+        pcr11.PCR_KERNEL_IMAGE: pcr11.predict_pcr11(uki_sections(uki), phases),
     }
 
 
-def verify_loader(archive: bu.Container, trust: ImageTrust) -> Verifier:
-    """The boot archive's platform key and bootloader statement; the loader's boot key."""
-    if platform_key_hash(archive.get("loader.key")) != trust.platform_root_hash:
-        raise SignatureError("boot partition carries another platform key")
-    loader = archive.get("loader")
-    doc = open_statement(archive.get("loader.sig"), bu.STATEMENT_TYPE_LOADER, trust.platform_root)
-    if doc != json.loads(bu.loader_statement(loader)):
-        raise SignatureError("bootloader does not match its signed statement")
-    stage = bu.parse_loader(loader)
-    boot = Verifier.of(load_public_key(stage.boot_key))
-    if boot.key_id != trust.boot.key_id:
-        raise SignatureError("bootloader trusts another boot key than the product's")
-    return boot
-
-
-def verify_image(
-    source: SignedImageSource, trust: ImageTrust, *, full: bool = True
+def verify_efi_boot_files(
+    loader: bytes,
+    ukis: dict[str, bytes],
+    db: list[x509.Certificate],
+    pcr_key: rsa.RSAPublicKey,
 ) -> dict[str, Any]:
-    """Everything a device will check, offline: image signature, loader, units, verity."""
-    meta = verify_image_signature(source, trust)
-    layout = source.layout()
-    archive = parse_archive(source.read_partition(PART_BOOT))
-    boot = verify_loader(archive, trust)
-    slots = {}
-    for slot in SLOTS:
-        if f"unit.{slot}" in archive.names():
-            slots[slot] = verify_slot(
-                source, layout, archive, slot, boot=boot, verity_cert=trust.verity_cert, full=full
-            )
-    return dict(meta, slots=slots)
+    """Offline: systemd-boot and each UKI verify against ``db`` (Authenticode), each
+    UKI's ``.pcrsig`` verifies with ``pcr_key``; returns each UKI's root hash and
+    os-release fields. Raises SignatureError / FormatError."""
+    from bastion.formats.uki import uki_sections
+    from bastion.trust.authenticode import verify_pe
+    from bastion.trust.pcr11 import verify_pcrsig
+
+    verify_pe(loader, db)
+    entries: dict[str, Any] = {}
+    for name, uki in sorted(ukis.items()):
+        try:
+            verify_pe(uki, db)
+            sections = uki_sections(uki)
+            phases = verify_pcrsig(sections, pcr_key, ("enter-initrd", RUNNING_PHASES))
+        except (SignatureError, FormatError) as exc:
+            raise type(exc)(f"{name}: {exc}") from exc
+        words = dict(
+            w.partition("=")[::2]
+            for w in sections.get(".cmdline", b"").split(b"\0", 1)[0].decode("ascii").split()
+        )
+        osrel = {}
+        for line in sections.get(".osrel", b"").decode("utf-8", "replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                osrel[key.strip()] = value.strip().strip('"')
+        entries[name] = {
+            "root_hash": words.get("roothash"),
+            "version": osrel.get("VERSION_ID"),
+            "security_version": int(osrel.get("BASTION_SECURITY_VERSION", "0") or 0),
+            "pcrsig_phases": phases,
+        }
+    return entries
 
 
-def predict_archive_pcrs(archive: bu.Container, slot: str = "a") -> dict[int, bytes]:
-    """The golden PCRs of booting ``slot`` of a boot archive (pure replay)."""
-    unit = bu.parse_unit(archive.get(f"unit.{slot}"))
-    root_hash = bytes.fromhex(unit.cmdline_params().get("roothash", ""))
-    events = measure.boot_events(
-        platform_key_hash(archive.get("loader.key")),
-        archive.get("loader"),
-        unit.sections(),
-        root_hash,
+def verify_efi_root(source: ImageSource, layout: gpt.GptDisk, root_hash: bytes) -> str:
+    """The root named by ``root_hash`` (partitions by PARTUUID) verified in full; its name."""
+    from bastion.formats.verity import VeritySuperblock
+
+    want_root, want_verity = gpt.verity_partition_uuids(root_hash)
+    parts = {p.part_guid: p for p in layout.partitions}
+    root, verity = parts.get(want_root), parts.get(want_verity)
+    if root is None or verity is None:
+        raise SignatureError(
+            f"no root/verity partitions with the PARTUUIDs of root hash {root_hash.hex()[:16]}..."
+        )
+    params = VeritySuperblock.parse(source.read_partition(verity.name, 512)).params
+    source.verify_root(
+        root.name, verity.name, root_hash, params.data_blocks * params.data_block_size
     )
-    return measure.predict(events)
-
-
-def predict_pcrs(source: ImageSource, slot: str = "a") -> dict[int, bytes]:
-    """The PCRs (sha256) a device has after booting ``slot`` of this image: golden values.
-
-    A pure replay of what each stage measures (trust/measure.py), read from the image.
-    """
-    return predict_archive_pcrs(parse_archive(source.read_partition(PART_BOOT)), slot)
+    return root.name

@@ -17,14 +17,13 @@ fleet-ca       ECDSA P-256  server    issues device and server certificates (pat
 secureboot-pk  RSA-2048     offline   UEFI PK: signs PK and KEK updates (+ X.509)
 secureboot-kek RSA-2048     offline   UEFI KEK: signs db and dbx updates (+ X.509)
 secureboot-db  RSA-2048     build     UEFI db: signs boot artefacts (+ X.509)
+pcr            RSA-2048     build     the UKI's signed PCR 11 policy (.pcrsig)
 ============== ============ ========= ==================================================
 
 While the platform root key is still on this machine, ``create_keyset`` also signs
 with it everything later builds need from it, so that no build or device command ever
-needs an offline key (ADR 0015): ``loader.statement.json``, the signed statement over
-the bootloader stage that carries the boot key (``image build`` copies it into every
-image), and ``profile-delegation.json``, which delegates signing device security
-profiles to the boot key (``device create``).
+needs an offline key (ADR 0015): ``profile-delegation.json``, which delegates signing
+device security profiles to the boot key (``device create``).
 
 Layout: ``<name>.key.pem`` (PKCS#8, mode 0600, optionally passphrase-encrypted),
 ``<name>.pub.pem``, ``<name>.crt.pem`` (+ ``.crt.der`` for the kernel's tools) where a
@@ -54,12 +53,10 @@ from bastion.errors import (
     NotFoundError,
     VerificationError,
 )
-from bastion.formats import bootunit as bu
 from bastion.formats import strict_json
 from bastion.io.files import atomic_write, read_bounded
 from bastion.limits import BOOT_STATEMENT_MAX_SIZE, CERT_MAX_SIZE, JSON_MAX_SIZE
 from bastion.trust import delegation, pki
-from bastion.trust.envelope import sign_envelope
 from bastion.trust.keys import (
     KeyAlgorithm,
     KeyUri,
@@ -83,7 +80,6 @@ from bastion.trust.signer import (
 MANIFEST = "keys.json"
 #: statements the platform root key signs at ``keys init`` (name -> file)
 STATEMENTS = {
-    "loader": "loader.statement.json",
     "profile-delegation": "profile-delegation.json",
 }
 FORMAT = "bastion-keyset"
@@ -162,6 +158,13 @@ ROLES: tuple[RoleSpec, ...] = (
         "build",
         "UEFI db: the online key that signs boot artefacts (UKI, boot loader)",
         certificate="secureboot",
+    ),
+    # the UKI's .pcrpkey/.pcrsig (trust/pcr11.py): systemd verifies RSA in the TPM
+    RoleSpec(
+        "pcr",
+        KeyAlgorithm.RSA_2048,
+        "build",
+        "signs each UKI's PCR 11 policy (.pcrsig); the data volume's TPM token trusts it",
     ),
 )
 
@@ -331,12 +334,7 @@ def create_keyset(
 def offline_statements(platform_root: PrivateKey, boot: PrivateKey) -> dict[str, bytes]:
     """What the platform root signs once so builds never need it (see :data:`STATEMENTS`)."""
     root = SoftwareSigner(platform_root)
-    boot_pem = public_key_to_pem(boot.public_key())
-    loader = bu.LoaderStage(bu.LOADER_VERSION, boot_pem).to_bytes()
     return {
-        "loader": sign_envelope(
-            bu.STATEMENT_TYPE_LOADER, bu.loader_statement(loader), [root]
-        ).to_bytes(),
         "profile-delegation": delegation.sign_delegation(
             root, delegation.ROLE_PROFILE, boot.public_key()
         ),

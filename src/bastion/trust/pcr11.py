@@ -46,6 +46,7 @@ from bastion.errors import (
     LimitError,
     SignatureError,
 )
+from bastion.formats import eventlog as el
 from bastion.limits import PCRSIG_MAX_ENTRIES, PCRSIG_MAX_SIZE
 from bastion.tpm.base import HashAlg, PcrSelection
 from bastion.tpm.pcr import extend, policy_pcr, reset_value
@@ -75,6 +76,22 @@ def measurements(sections: Mapping[str, bytes], bank: HashAlg = HashAlg.SHA256) 
         if content:
             out.append(_h(bank, name.encode("ascii") + b"\0"))
             out.append(_h(bank, content))
+    return out
+
+
+def stub_events(sections: Mapping[str, bytes]) -> list[el.Event]:
+    """What systemd-stub 252 measures into PCR 11 for a UKI's ``sections``, as events: per
+    measured section (its own order, empty ones skipped) ``EV_IPL`` of the name with its
+    NUL, then of the content. The sim's stub extends exactly these (device/boot/stub.py),
+    ``image golden`` names its components from them (build/golden.py), and they replay to
+    :func:`predict_pcr11` before any phase."""
+    out = []
+    for name in STUB_252_MEASURED:
+        content = sections.get(name)
+        if content:
+            text = name.encode("ascii") + b"\0"
+            out.append(el.measure(PCR_KERNEL_IMAGE, el.EventType.EV_IPL, text))
+            out.append(el.measure(PCR_KERNEL_IMAGE, el.EventType.EV_IPL, text, content))
     return out
 
 

@@ -28,9 +28,12 @@ def _other_session(world: World, who: str) -> dict[str, Any]:
     if who not in USERS:
         return {"session_id": "0" * 32}
     calling = world.login(who)
+    before = {s["id"] for s in world.client.get("/v1/me/sessions", headers=calling).json()}
     world.login(who)
     listed = world.client.get("/v1/me/sessions", headers=calling).json()
-    other = next(s["id"] for s in listed if not s["current"])
+    # the session the second login made: every session has the same (fixed-clock) time,
+    # so "the first one not current" could be the world's own session of ``who``
+    other = next(s["id"] for s in listed if s["id"] not in before)
     return {"headers": calling, "session_id": other}
 
 

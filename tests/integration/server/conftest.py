@@ -210,3 +210,16 @@ class Api:
 @pytest.fixture
 def api(client: TestClient) -> Api:
     return Api(client)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Any]:
+    """A running nats-server of this test's own (natskit.NatsServer), stopped by PID."""
+    from natskit import NatsServer
+
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -102,6 +102,7 @@ def _client(client_id: str, secret: str) -> dict[str, Any]:
         "application_type": "native",
         "redirect_uris": [
             "http://127.0.0.1/v1/auth/oidc/callback",
+            "http://127.0.0.1/ui/oidc/callback",  # the dashboard's (test_dashboard_oidc.py)
             "http://127.0.0.1/callback",
         ],
         "grant_types": ["authorization_code"],

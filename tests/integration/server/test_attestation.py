@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,27 @@ def _pem(signer: SoftwareSigner) -> str:
 
 def _statement(signer: SoftwareSigner = PRODUCT, **kw: Any) -> str:
     return base64.b64encode(sign_golden(golden_of(boot_events(), **kw), signer)).decode()
+
+
+@contextmanager
+def attested_world(backend: str, folder: Path, **settings: Any) -> Iterator[FleetWorld]:
+    """A shared fleet world whose fleet requires SELinux enforcing and trusts PRODUCT's
+    golden values (one statement recorded): the set-up of the gated-route tests."""
+    with shared_world(backend, folder, **settings) as w:
+        admin = w.headers["admin"]
+        r = w.client.put(
+            f"/v1/fleets/{w.fleet_id}/attestation",
+            json={"product_key": _pem(PRODUCT), "posture_policy": {"require_selinux": "enforcing"}},
+            headers=admin,
+        )
+        assert r.status_code == 200, r.text
+        r = w.client.post(
+            f"/v1/fleets/{w.fleet_id}/attestation/golden",
+            json={"statement": _statement()},
+            headers=admin,
+        )
+        assert r.status_code == 201, r.text
+        yield w
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -201,7 +223,16 @@ OPEN = [
     ("POST", "/v1/device/logs", {"lines": ["hi"]}),
     ("POST", "/v1/device/events", {"events": [{"type": "boot"}]}),
     ("POST", "/v1/device/attestation/challenge", None),
+    ("POST", "/v1/device/heartbeat", {"slot": "A"}),  # the agent's presence: never gated
+    ("GET", "/v1/device/certificate", None),
+    ("POST", "/v1/device/update/report-nonce", None),
 ]
+# gated like target-release (AttestedDevice) but need a release id: test_releases.py
+# fetches one; the report needs a TPM-signed body: test_rollouts.py (plain device route)
+ELSEWHERE = {
+    ("GET", "/v1/device/update/bundle/{release_id}"),
+    ("POST", "/v1/device/update/report"),
+}
 
 
 def test_every_device_route_is_in_the_matrix(world: FleetWorld) -> None:
@@ -212,7 +243,12 @@ def test_every_device_route_is_in_the_matrix(world: FleetWorld) -> None:
         if path == "/v1/device" or path.startswith("/v1/device/")
         for method in ops
     }
-    covered = {(m, p) for m, p, _ in GATED + OPEN} | {("POST", "/v1/device/attestation")}
+    covered = {(m, p) for m, p, _ in GATED + OPEN} | {
+        ("POST", "/v1/device/attestation"),
+        # gated too; needs TPM evidence per request: test_agent_rotation.py proves the gate
+        ("POST", "/v1/device/identity/rotate"),
+    }
+    covered |= ELSEWHERE
     assert routes == covered, routes ^ covered
 
 

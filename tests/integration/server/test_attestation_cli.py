@@ -27,7 +27,7 @@ from .devicekit import FleetWorld, serve_on_loopback, shared_world
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # one world per test: the image formats each set up the fleet afresh
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FleetWorld, str]]:
     with (
         shared_world("sqlite", tmp_path_factory.mktemp("attcli")) as world,
@@ -43,8 +43,9 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return code, out.out, out.err
 
 
+@pytest.mark.parametrize("pcrs", ["sha256:0,4,7,9,11", None])  # None: the fleet default
 def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
-    served, tmp_path: Path, monkeypatch, capsys
+    served, tmp_path: Path, monkeypatch, capsys, pcrs: str | None
 ) -> None:
     need_tool("mkfs.ext4")
     world, url = served
@@ -56,7 +57,8 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
     (tmp_path / "vmlinuz").write_bytes(KERNEL)
     disk = tmp_path / "disk.img"
     assert main([
-        "image", "build", "--rootfs", str(make_tree(tmp_path / "tree")), "--kernel",
+        "image", "build",
+        "--rootfs", str(make_tree(tmp_path / "tree")), "--kernel",
         str(tmp_path / "vmlinuz"), "--version", "1.0", "--security-version", "2",
         "--keys", str(keys), "--data-size", "24", "-o", str(disk),
     ]) == 0  # fmt: skip
@@ -76,7 +78,8 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
     fleet = world.fleet_id
     product = str(keys / "image.pub.pem")
     code, out, err = _run(capsys, "fleet", "attestation", fleet, "--server", url,
-                          "--product-key", product, "--svn-floor", "1")  # fmt: skip
+                          "--product-key", product, "--svn-floor", "1",
+                          *(["--pcrs", pcrs] if pcrs else []))  # fmt: skip
     assert code == 0, err
     assert "SVN floor 1" in out and "not enforced" in out
     code, _, err = _run(capsys, "fleet", "golden", "set", fleet, "--server", url,

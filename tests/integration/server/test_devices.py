@@ -107,7 +107,24 @@ def test_config_env_overrides_and_target_release(world: FleetWorld, tmp_path: Pa
     cfg = c.get("/v1/device/config", headers=dev.headers).json()
     assert cfg["env"] == {"LOG_LEVEL": "debug", "REGION": "eu"}
     assert cfg["overridden"] == ["LOG_LEVEL"] and cfg["config"]["mode"] == "prod"
-    assert c.get("/v1/device/target-release", headers=dev.headers).json() == {"release": "1.2.3"}
+    # the fleet config's free-form "target_release" string is no longer a target: only a
+    # release the fleet published (server/releases) is
+    assert c.get("/v1/device/target-release", headers=dev.headers).json()["release"] is None
+    ext = {"url": "https://cdn.example.org/1.2.3.raucb", "length": 4096, "sha256": "ab" * 32}
+    made = c.post(
+        f"/v1/fleets/{world.fleet_id}/releases/external",
+        json={**ext, "version": "1.2.3", "compatible": "cam"},
+        headers=world.headers["operator"],
+    )
+    assert made.status_code == 201, made.text
+    put_target = c.put(
+        f"/v1/fleets/{world.fleet_id}/target-release",
+        json={"release_id": made.json()["id"]},
+        headers=world.headers["operator"],
+    )
+    assert put_target.status_code == 200, put_target.text
+    target = c.get("/v1/device/target-release", headers=dev.headers).json()
+    assert target["release"] == "1.2.3" and target["url"] == ext["url"]
     bad_name = c.put(
         f"/v1/fleets/{world.fleet_id}/devices/{dev.id}/env/1BAD-NAME",
         json={"value": "x"},

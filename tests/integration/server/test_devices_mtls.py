@@ -164,7 +164,8 @@ def test_device_certificate_is_the_credential(mtls) -> None:  # type: ignore[no-
     assert own.status_code == 200, own.text
     assert own.json()["id"] == mtls["device_id"]
     release = httpx.get(f"{url}/v1/device/target-release", verify=_ctx(folder, mtls["device"]))
-    assert release.json() == {"release": "9"}
+    # reached over mTLS; the fleet config's free-form "target_release" is not a target
+    assert release.status_code == 200 and release.json()["release"] is None
     # no certificate: anonymous; a certificate of the CA that was never enrolled: refused
     assert httpx.get(f"{url}/v1/device", verify=_ctx(folder, None)).status_code == 401
     assert httpx.get(f"{url}/v1/device", verify=_ctx(folder, mtls["stranger"])).status_code == 401

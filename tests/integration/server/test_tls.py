@@ -119,11 +119,14 @@ def https_server(make_app, pki) -> Iterator[str]:
     thread.start()
     url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(pki["server-ca"]))
-    for _ in range(200):
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            httpx.get(f"{url}/v1/health", verify=context, timeout=1)
+            httpx.get(f"{url}/v1/health", verify=context, timeout=10)
             break
         except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.05)
     try:
         yield url
@@ -140,20 +143,25 @@ def _context(pki, who: str | None) -> ssl.SSLContext:
 
 
 def test_client_certificate_reaches_the_app(https_server, pki) -> None:
-    response = httpx.get(f"{https_server}/v1/test/peer", verify=_context(pki, "device"))
+    response = httpx.get(f"{https_server}/v1/test/peer", verify=_context(pki, "device"), timeout=30)
     assert response.status_code == 200
     assert response.json() == {"cn": "CN=device-cert"}
 
 
 def test_no_client_certificate_is_allowed(https_server, pki) -> None:
-    response = httpx.get(f"{https_server}/v1/test/peer", verify=_context(pki, None))
+    response = httpx.get(f"{https_server}/v1/test/peer", verify=_context(pki, None), timeout=30)
     assert response.json() == {"cn": None}
-    assert httpx.get(f"{https_server}/v1/health", verify=_context(pki, None)).status_code == 200
+    assert (
+        httpx.get(f"{https_server}/v1/health", verify=_context(pki, None), timeout=30).status_code
+        == 200
+    )
 
 
 def test_certificate_from_another_ca_is_refused_by_tls(https_server, pki) -> None:
     with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{https_server}/v1/test/peer", verify=_context(pki, "rogue")).raise_for_status()
+        httpx.get(
+            f"{https_server}/v1/test/peer", verify=_context(pki, "rogue"), timeout=30
+        ).raise_for_status()
 
 
 def test_server_certificate_is_checked_by_clients(https_server) -> None:

@@ -61,16 +61,3 @@ def test_sizes(tmp_path: Path, kw: dict[str, int], words: list[str]) -> None:
 
 def test_minimum_sizes_pass(tmp_path: Path) -> None:
     img.check_sizes(spec_for(make_tree(tmp_path / "tree"), data_size=img.DATA_MIN_SIZE))
-
-
-def test_install_slot_refuses_a_reserved_word_before_writing(tmp_path: Path) -> None:
-    from tests.bootkit import product_keys
-    from tests.conftest import need_tool
-
-    need_tool("mkfs.ext4")
-    tree = make_tree(tmp_path / "tree")
-    disk = img.build_image(spec_for(tree), product_keys(), tmp_path / "disk.img").path
-    before = disk.read_bytes()
-    with pytest.raises(ConfigError, match=re.escape("bastion.slot= is reserved")):
-        img.install_slot(disk, spec_for(tree, cmdline="bastion.slot=a"), product_keys(), "b")
-    assert disk.read_bytes() == before

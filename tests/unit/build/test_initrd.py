@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import need_tool
 
-from bastion.build import initrd
+from bastion.build import device_initrd, initrd
 from bastion.errors import ConfigError
 from bastion.formats import cpio
 
@@ -84,6 +84,8 @@ def test_host_initrd(tmp_path: Path) -> None:
     assert names["init"].data == initrd.default_init()
     assert names["init"].mode & 0o111
     assert "usr/sbin/veritysetup" in names
+    # the anti-rollback check a device's bastion-antirollback.service runs, sourced by /init
+    assert names["etc/bastion/antirollback.sh"].data == device_initrd.antirollback_script()
     # the data volume's unlock: systemd's token plugin where libcryptsetup looks, tpm2-tools,
     # and the TSS libraries they dlopen
     assert "lib/x86_64-linux-gnu/cryptsetup/libcryptsetup-token-systemd-tpm2.so" in names

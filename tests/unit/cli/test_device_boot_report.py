@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.bootkit import KERNEL, make_tree
 from tests.conftest import need_tool
+from tests.simefikit import need_efi_tools
 
 from bastion.cli.main import main
 from bastion.formats import gpt
@@ -19,13 +20,15 @@ from bastion.storage import disk_image as di
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    need_efi_tools()
     need_tool("mkfs.ext4")
     base = tmp_path_factory.mktemp("bootreport")
     keys = base / "keys"
     assert main(["keys", "init", str(keys)]) == 0
     (base / "vmlinuz").write_bytes(KERNEL)
     args = [
-        "image", "build", "--rootfs", str(make_tree(base / "tree")), "--kernel",
+        "image", "build",
+        "--rootfs", str(make_tree(base / "tree")), "--kernel",
         str(base / "vmlinuz"), "--version", "1.0", "--security-version", "1",
         "--keys", str(keys), "--data-size", "24", "-o", str(base / "disk.img"),
     ]  # fmt: skip
@@ -109,7 +112,14 @@ def test_failed_boot_prints_stage_and_reason_in_one_line(
     code, out, err = _run(capsys, "device", "boot", str(dev))
     assert code == 2 and out == ""
     assert err.count("\n") == 1
-    assert err.startswith("bastion: TamperError: rom: security profile refused")
+    assert err.startswith("bastion: TamperError: firmware: security profile refused")
+
+
+def _flip_kernel(disk: Path) -> None:
+    """One bit of the kernel inside the signed UKI on the ESP."""
+    esp = di.read_layout(disk).find("esp")
+    raw = disk.read_bytes()[esp.offset : esp.offset + esp.size]
+    _flip(disk, esp.offset + raw.index(KERNEL[:16]) + 2)
 
 
 def test_try_other_slot_failure_keeps_the_cause(
@@ -118,36 +128,33 @@ def test_try_other_slot_failure_keeps_the_cause(
     dev = tmp_path / "dev"
     assert main(["device", "create", str(dev), "--image", str(built["image"]), "--keys",
                  str(built["keys"]), "--tamper-response", "try-other-slot"]) == 0  # fmt: skip
-    disk = dev / "disk.img"
-    boot = di.read_layout(disk).find("boot")
-    raw = disk.read_bytes()[boot.offset : boot.offset + boot.size]
-    _flip(disk, boot.offset + raw.index(KERNEL[:16]) + 2)
+    _flip_kernel(dev / "disk.img")
     code, _, err = _run(capsys, "device", "boot", str(dev))
-    assert code == 2 and err.count("\n") == 1
-    assert "bootloader: no bootable slot" in err and "slot a marked unbootable after: " in err
-    assert "section .linux" in err
+    assert code == 2, err
+    last = err.splitlines()[-1]  # the cause of abandoning the only entry stays in the line
+    assert last.startswith("bastion: TamperError: systemd-boot: no entry left to try"), err
+    # the counted try renamed the entry (+3-0 -> +2-1) before LoadImage refused it
+    assert "abandoned: bastion-1-a+2-1.efi: " in last and "Access Denied" in last, err
 
 
 def test_wipe_announces_itself(
     built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from bastion.device.platform.sim import SimPlatform
+
     dev = tmp_path / "dev"
     assert main(["device", "create", str(dev), "--image", str(built["image"]), "--keys",
                  str(built["keys"]), "--tamper-response", "wipe-data"]) == 0  # fmt: skip
     assert main(["device", "boot", str(dev)]) == 0
-    disk = dev / "disk.img"
-    boot = di.read_layout(disk).find("boot")
-    raw = disk.read_bytes()[boot.offset : boot.offset + boot.size]
-    _flip(disk, boot.offset + raw.index(KERNEL[:16]) + 2)
+    SimPlatform(dev).fuses().blow_to(5)  # the image's security version 1 is now a rollback
     code, out, err = _run(capsys, "device", "boot", "--json", str(dev))
     assert code == 2
     error = json.loads(out)["error"]
-    assert error["code"] == 2 and error["kind"] == "TamperError"
-    assert error["stage"] == "bootloader"
+    assert error["code"] == 2 and error["kind"] == "RollbackError"
     assert "data volume wiped" in error["message"]
     lines = err.splitlines()
     assert lines[0].startswith("bastion: warning: tamper response: data volume wiped")
-    assert lines[-1].startswith("bastion: TamperError: bootloader: ")
+    assert lines[-1].startswith("bastion: RollbackError: stub: ")
     assert "data volume wiped; the device must be re-provisioned" in lines[-1]
     report = json.loads((dev / "boot.json").read_text())
     assert any("data volume wiped" in w for w in report["warnings"])

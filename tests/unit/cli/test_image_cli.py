@@ -21,12 +21,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tree = make_tree(base / "tree")
     (base / "vmlinuz").write_bytes(KERNEL)
     (base / "initrd").write_bytes(INITRD)
-    mods = base / "modules"
-    mods.mkdir()
-    (mods / "dummy.ko").write_bytes(b"\x7fELF module" * 10)
     args = [
-        "image", "build", "--rootfs", str(tree), "--kernel", str(base / "vmlinuz"),
-        "--initrd", str(base / "initrd"), "--cmdline", "console=ttyS0", "--modules", str(mods),
+        "image", "build",
+        "--rootfs", str(tree), "--kernel", str(base / "vmlinuz"),
+        "--initrd", str(base / "initrd"), "--cmdline", "console=ttyS0",
         "--version", "1.2.3", "--security-version", "2", "--keys", str(keys),
         "--data-size", "24", "-o", str(base / "disk.img"),
     ]  # fmt: skip
@@ -42,9 +40,8 @@ def test_build_writes_image_and_signature(built: dict[str, Path]) -> None:
 def test_inspect_json(built: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["image", "inspect", "--json", str(built["image"])]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in doc["partitions"]][:2] == ["boot", "root-a"]
-    assert doc["boot"]["unit.a"]["security_version"] == 2
-    assert doc["boot"]["unit.a"]["modules"] == ["dummy.ko"]
+    assert [p["name"] for p in doc["partitions"]][:2] == ["esp", "root-a"]
+    assert doc["esp"]["entries"] == ["bastion-1-a+3-0.efi"]
 
 
 def test_verify_and_pcrs(built: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,10 +49,12 @@ def test_verify_and_pcrs(built: dict[str, Path], capsys: pytest.CaptureFixture[s
         main(["image", "verify", "--json", "--keys", str(built["keys"]), str(built["image"])]) == 0
     )
     doc = json.loads(capsys.readouterr().out)
-    assert doc["slots"]["a"]["root_verified"] is True
-    assert main(["image", "pcrs", "--json", str(built["image"])]) == 0
+    (entry,) = doc["entries"].values()
+    assert entry["security_version"] == 2 and doc["entries"] == {"bastion-1-a+3-0.efi": entry}
+    assert entry["root"] == "root-a"  # every root block verified
+    assert main(["image", "pcrs", "--json", "--keys", str(built["keys"]), str(built["image"])]) == 0
     pcrs = json.loads(capsys.readouterr().out)["pcrs"]
-    assert set(pcrs) == {"0", "4", "7", "11", "15"}
+    assert set(pcrs) == {"0", "4", "7", "9", "11"}
 
 
 def test_verify_with_other_keys_fails_one_line(
@@ -71,7 +70,8 @@ def test_verify_with_other_keys_fails_one_line(
 
 def test_build_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["image", "build", "--rootfs", str(tmp_path), "--kernel", str(tmp_path / "nope"),
+        ["image", "build",
+        "--rootfs", str(tmp_path), "--kernel", str(tmp_path / "nope"),
          "--version", "1", "--security-version", "1", "--keys", str(tmp_path), "-o",
          str(tmp_path / "x.img")]
     )  # fmt: skip

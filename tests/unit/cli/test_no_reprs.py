@@ -103,12 +103,13 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
         ["keys", "generate", "ed25519", "-o", str(d / "k.pem")],
         ["keys", "id", str(d / "k.pem")],
         ["keys", "id", str(d / "k.pub.pem")],
-        ["image", "build", "--rootfs", str(d / "tree"), "--kernel", str(d / "vmlinuz"),
+        ["image", "build",
+        "--rootfs", str(d / "tree"), "--kernel", str(d / "vmlinuz"),
          "--initrd", str(d / "initrd"), "--cmdline", "console=ttyS0", "--version", "1.0",
          "--security-version", "1", "--keys", str(keys), "--data-size", "24", "-o", str(disk)],
         ["image", "inspect", str(disk)],
         ["image", "verify", "--quick", str(disk), "--keys", str(keys)],
-        ["image", "pcrs", str(disk)],
+        ["image", "pcrs", "--keys", str(keys), str(disk)],
         ["device", "create", str(dev), "--image", str(disk), "--keys", str(keys)],
         ["device", "inspect", str(dev)],  # never booted: no last boot yet
         ["device", "boot", str(dev)],
@@ -167,7 +168,8 @@ def _script(d: Path) -> tuple[list[list[str]], list[tuple[list[str], int]]]:
         (["keys", "show", str(d / "nowhere")], 5),
         (["keys", "init", str(keys)], 6),
         (["image", "inspect", str(d / "payload")], 3),
-        (["image", "build", "--rootfs", str(d / "tree"), "--kernel", str(d / "vmlinuz"),
+        (["image", "build",
+        "--rootfs", str(d / "tree"), "--kernel", str(d / "vmlinuz"),
           "--version", "1", "--security-version", "1", "--keys", str(keys),
           "--cmdline", "roothash=00", "-o", str(d / "x.img")], 9),
         (["image", "verify", str(disk), "--keys", str(d / "nowhere")], 5),
@@ -201,9 +203,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Ran]:
                     root = (d / "root.txt").read_text().strip()
                     cmd = ["verity", "verify", str(d / "data.bin"), str(d / "hash.bin"), root]
                     done.append(_run([*cmd, *extra], 0))
-            # a tampered kernel: the boot fails, naming its stage
+            # a tampered kernel in the UKI: the firmware refuses it, naming the stage
             disk = d / "dev" / "disk.img"
-            part = di.read_layout(disk).find("boot")
+            part = di.read_layout(disk).find("esp")
             raw = disk.read_bytes()[part.offset : part.offset + part.size]
             at = part.offset + raw.index(KERNEL[:16]) + 2
             with open(disk, "r+b") as handle:

@@ -65,3 +65,45 @@ def test_build_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )  # fmt: skip
     assert code != 0
     assert "is not a file" in err
+
+
+def test_build_carries_a_golden_statement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--golden FILE``: the statement goes into the bundle, ``verify`` shows it; one for
+    another version or SVN is refused before anything is built (ADR 0037)."""
+    from tests.attestkit import boot_events, golden_of
+
+    from bastion.trust.golden import golden_digest, sign_golden
+    from bastion.trust.keys import KeyAlgorithm, generate_private_key
+    from bastion.trust.signer import SoftwareSigner
+
+    need_tool("mksquashfs")
+    ca, cert, key = KEYS.write(tmp_path)
+    product = SoftwareSigner(generate_private_key(KeyAlgorithm.ECDSA_P256))
+    golden = golden_of(boot_events(), svn=4, version="4.0.0")
+    statement = tmp_path / "golden.dsse"
+    statement.write_bytes(sign_golden(golden, product))
+    root = tmp_path / "root.img"
+    root.write_bytes(os.urandom(50_000))
+    out = tmp_path / "r.raucb"
+    base = [
+        "release", "build", "--root", str(root), "--compatible", "bastion-edge",
+        "--key", f"file:{key}", "--cert", str(cert), "--chain", str(ca), "-o", str(out),
+        "--golden", str(statement), "--product", "edge", "--hardware", "pi4",
+    ]  # fmt: skip
+    for version, svn, needle in (("4.0.1", "4", "for version '4.0.0'"), ("4.0.0", "5", "is 5")):
+        code, _, err = _run(capsys, *base, "--version", version, "--svn", svn)
+        assert code != 0 and needle in err, err
+        assert not out.exists()
+    code, stdout, err = _run(capsys, *base, "--version", "4.0.0", "--svn", "4", "--json")
+    assert code == 0, err
+    built = json.loads(stdout)
+    assert built["golden"]["sha256"] == golden_digest(statement.read_bytes())
+    assert built["golden"]["pcrs"] == {str(i): v.hex() for i, v in sorted(golden.pcrs.items())}
+    code, stdout, err = _run(capsys, "release", "verify", "--keyring", str(ca), str(out), "--json")
+    assert code == 0, err
+    shown = json.loads(stdout)["golden"]
+    assert shown["version"] == "4.0.0" and shown["security_version"] == 4
+    code, stdout, _ = _run(capsys, "release", "verify", "--keyring", str(ca), str(out))
+    assert "golden values" in stdout and "version 4.0.0" in stdout

@@ -273,3 +273,143 @@ def test_boot_passes_the_tpm_state(
     assert _run(capsys, "vm", "boot", "d.img", *work, "--tpm-state", str(state))[0] == 0
     assert _run(capsys, "vm", "boot", "d.img", *work)[0] == 0
     assert seen == [state, None]
+
+
+def _plain_build(tmp_path: Path, *extra: str) -> list[str]:
+    for tool in ("mkfs.erofs", "mkfs.vfat", "mcopy"):
+        need_tool(tool)
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    (root / "hello").write_text("hi\n")
+    (tmp_path / "vmlinuz").write_bytes(b"MZ kernel" * 100)
+    (tmp_path / "initrd").write_bytes(b"070701" * 10)
+    return [
+        "vm",
+        "build",
+        str(tmp_path / "disk.img"),
+        "--root",
+        str(root),
+        "--kernel",
+        str(tmp_path / "vmlinuz"),
+        "--initrd",
+        str(tmp_path / "initrd"),
+        "--no-loader",
+        *extra,
+        "--json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        ((), ""),
+        (("--tamper-response", "halt"), "systemd.verity_root_options=panic-on-corruption panic=0"),
+        (
+            ("--tamper-response", "try-other-slot"),
+            "systemd.verity_root_options=restart-on-corruption",
+        ),
+        (("--audit", "verity"), "systemd.verity_root_options=ignore-corruption"),
+    ],
+)
+def test_build_puts_the_profile_response_on_the_signed_cmdline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], words: str
+) -> None:
+    code, out, err = _run(capsys, *_plain_build(tmp_path, *flags))
+    assert code == 0, err
+    doc = json.loads(out)
+    expected = " ".join([*disk.DEFAULT_CONSOLE, *words.split(), f"roothash={doc['root_hash']}"])
+    assert doc["cmdline"] == expected
+
+
+def test_initrd_files_from_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, *_plain_build(tmp_path))
+    assert code == 0, err
+    root_hash = json.loads(out)["root_hash"]
+    code, out, err = _run(
+        capsys,
+        "vm",
+        "initrd-files",
+        str(tmp_path / "files"),
+        "--image",
+        str(tmp_path / "disk.img"),
+        "--tamper-response",
+        "try-other-slot",
+        "--json",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    # the root hash is read back from the DPS PARTUUIDs; no data partition: no crypttab
+    assert doc["cmdline"] == [
+        f"roothash={root_hash}",
+        "systemd.verity_root_options=restart-on-corruption",
+    ]
+    # the anti-rollback unit and its script, with or without a data volume
+    assert doc["files"] == [
+        "cmdline",
+        "usr/lib/bastion/antirollback.sh",
+        "usr/lib/systemd/system/bastion-antirollback.service",
+    ]
+    assert doc["verity_response"] == "restart-on-corruption"
+    assert (tmp_path / "files/cmdline").read_text().split() == doc["cmdline"]
+
+
+def test_initrd_files_from_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    part = "6f0c8a5e-3c1b-4b47-9a52-5d7f3a1e2b90"
+    code, out, err = _run(
+        capsys,
+        "vm",
+        "initrd-files",
+        str(tmp_path / "files"),
+        "--root-hash",
+        "ab" * 32,
+        "--data-partuuid",
+        part,
+        "--json",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert "panic=0" in doc["cmdline"]  # no profile flags: the default profile halts
+    crypttab = (tmp_path / "files/etc/crypttab").read_text()
+    assert crypttab.startswith(f"data PARTUUID={part} none tpm2-device=auto,")
+    assert (tmp_path / "files/usr/lib/systemd/system/bastion-tpm-lock.service").is_file()
+    unit = tmp_path / "files/usr/lib/systemd/system/bastion-antirollback.service"
+    assert "ExecStart=/bin/sh /usr/lib/bastion/antirollback.sh" in unit.read_text()
+    script = (tmp_path / "files/usr/lib/bastion/antirollback.sh").read_bytes()
+    assert b"bastion_antirollback_check" in script
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ((), "give the disk"),
+        (("--root-hash", "zz"), "not hex"),
+        (("--root-hash", "abcd"), "64 lower-case hex"),
+        (("--root-hash", "ab" * 32, "--data-partuuid", "nope"), "not a UUID"),
+    ],
+)
+def test_initrd_files_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, _, err = _run(capsys, "vm", "initrd-files", str(tmp_path / "out"), *argv)
+    assert code == 9 and message in err, err
+
+
+def test_boot_hands_the_quote_nonce_and_reports_the_quote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[qemu.VmConfig] = []
+    text = "BASTION: quote attest /1RDRw==\nBASTION: quote signature ABgA\nBASTION: running\n"
+
+    def fake(image: Path, work: Path, config: qemu.VmConfig, **kw: object) -> qemu.BootResult:
+        seen.append(config)
+        return _canned(tmp_path, text)
+
+    monkeypatch.setattr(qemu, "boot", fake)
+    work = ("--work", str(tmp_path / "w"))
+    code, out, err = _run(capsys, "vm", "boot", "d.img", *work, "--quote-nonce", "00AB", "--json")
+    assert code == 0, err
+    assert seen[0].extra_args == ("-fw_cfg", "name=opt/bastion/nonce,string=00ab")
+    assert json.loads(out)["quote"] == {"attest": "/1RDRw==", "signature": "ABgA"}
+    for bad in ("abc", "zz", "", "00" * 65):
+        code, _, err = _run(capsys, "vm", "boot", "d.img", *work, "--quote-nonce", bad)
+        assert code == 9 and "--quote-nonce" in err

@@ -1,5 +1,6 @@
-"""Item 16 at the device: ``create_device`` and the ROM accept a profile signed by the
-key the platform root delegated profile signing to, and nothing else (negative table)."""
+"""Item 16 at the device: ``create_efi_device`` and the sim firmware accept a profile
+signed by the key the platform root delegated profile signing to, and nothing else
+(negative table)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from tests.bootkit import make_tree, product_keys, spec_for, trust_of
-from tests.conftest import need_tool
+from tests.bootkit import product_keys, trust_of
+from tests.simefikit import build_product, need_efi_tools, sb_keys
 
-from bastion.build import image as img
-from bastion.device import boot as chain
-from bastion.device.boot_create import create_device, sign_profile
+from bastion.device.boot.efi_chain import EfiBootChain, EfiBootReport
+from bastion.device.boot_create import create_efi_device, sign_profile
+from bastion.device.platform.sim import SimPlatform
 from bastion.device.profile import DELEGATION_FILE, make_profile
 from bastion.errors import ConfigError, SignatureError, TamperError
 from bastion.trust import delegation as dl
-from bastion.trust.signer import SoftwareSigner
+from bastion.trust.image import ImageTrust
+from bastion.trust.signer import Signer, SoftwareSigner
 
 KEYS = product_keys()
 ROOT = KEYS.platform_root
@@ -28,16 +30,32 @@ STRANGER = SoftwareSigner(ed25519.Ed25519PrivateKey.generate())
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_tool("mkfs.ext4")
-    base = tmp_path_factory.mktemp("deleg")
-    return img.build_image(spec_for(make_tree(base / "tree")), KEYS, base / "disk.img").path
+    need_efi_tools()
+    return build_product(tmp_path_factory.mktemp("deleg"), sb_keys(), KEYS.image)
+
+
+def create_device(
+    dev: Path, image: Path, trust: ImageTrust, signer: Signer, *, profile_delegation: bytes | None
+) -> None:
+    create_efi_device(
+        dev,
+        image,
+        sb_keys().variables(),
+        trust=trust,
+        profile_signer=signer,
+        profile_delegation=profile_delegation,
+    )
+
+
+def _boot(dev: Path) -> EfiBootReport:
+    return EfiBootChain(SimPlatform(dev)).run()
 
 
 def test_delegated_key_creates_a_device_that_boots(image: Path, tmp_path: Path) -> None:
     dev = tmp_path / "dev"
     create_device(dev, image, trust_of(KEYS), KEYS.boot, profile_delegation=DELEGATION)
     assert (dev / DELEGATION_FILE).read_bytes() == DELEGATION
-    assert chain.boot(dev).reached == "running"
+    assert _boot(dev).reached == "running"
 
 
 CREATE_CASES: list[tuple[str, object, bytes | None, type[Exception], str]] = [
@@ -104,5 +122,5 @@ def test_rom_refuses(
     create_device(dev, image, trust_of(KEYS), KEYS.boot, profile_delegation=DELEGATION)
     tamper(dev)
     with pytest.raises(TamperError, match=words) as exc:
-        chain.boot(dev)
-    assert str(exc.value).startswith("rom: ")
+        _boot(dev)
+    assert str(exc.value).startswith("firmware: ")

@@ -131,3 +131,26 @@ def test_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bootlog, "BOOTLOG_MAX_SIZE", 100)
     with pytest.raises(LimitError):
         bootlog.parse(RUNNING)
+
+
+def test_quote_lines() -> None:
+    attest, sig = b"\xffTCG" + bytes(60), b"\x00\x18" + bytes(70)
+    text = (
+        f"BASTION: quote attest {base64.b64encode(attest).decode()}\r\n"
+        f"BASTION: quote signature {base64.b64encode(sig).decode()}\n"
+        "BASTION: quote attest AAAA\n"  # a second one does not replace the first
+    )
+    assert bootlog.parse(text).quote == {"attest": attest, "signature": sig}
+    assert bootlog.parse("BASTION: running\n").quote == {}
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("BASTION: quote attest not*base64", FormatError),
+        ("BASTION: quote signature " + "A" * 4000, LimitError),
+    ],
+)
+def test_bad_quote_lines(line: str, error: type[Exception]) -> None:
+    with pytest.raises(error, match="quote on the console"):
+        bootlog.parse(line + "\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bastion.errors import FormatError, LimitError
-from bastion.formats import bootunit, strict_json
+from bastion.formats import strict_json
 from bastion.limits import JSON_MAX_DEPTH
 
 
@@ -72,15 +72,6 @@ def test_loads_object_requires_an_object() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
-    [b"[" * 100_000, b"{" * 100_000, b'{"rootHash":' + b"[" * 50_000, b'{"a":1,"a":2}'],
-)
-def test_verity_signature_deep_json_is_format_error(data: bytes) -> None:
-    with pytest.raises(FormatError):
-        bootunit.parse_verity_signature(data)
-
-
-@pytest.mark.parametrize(
     "text",
     [
         '"' + '\\"' * 1_000_000,  # one unterminated string full of escaped quotes
@@ -97,3 +88,17 @@ def test_depth_scan_is_linear_on_hostile_strings(text: str) -> None:
     with pytest.raises(FormatError):
         strict_json.loads(text)
     assert time.monotonic() - start < 2.0  # the old scan took minutes: quadratic retries
+
+
+def test_fast_paths_refuse_what_the_full_checks_refuse() -> None:
+    """The depth scan runs only when the openers could exceed the limit, the surrogate
+    walk only when a backslash-u escape or (str input) a raw surrogate is there: each
+    still refuses its case, and brackets in strings still do not count."""
+    with pytest.raises(LimitError, match="nests 3 deep"):
+        strict_json.loads("[[[1]]]", max_depth=2)
+    assert strict_json.loads('["[[[[", 1]', max_depth=2) == ["[[[[", 1]  # scanned, in strings
+    with pytest.raises(FormatError, match="surrogate"):
+        strict_json.loads('{"a": "x\ud800"}')  # a raw lone surrogate in a str document
+    with pytest.raises(FormatError, match="surrogate"):
+        strict_json.loads('{"a": ["ok", "\\udc00"]}')
+    assert strict_json.loads('{"a": "caf\u00e9"}') == {"a": "caf\u00e9"}

@@ -207,8 +207,9 @@ def test_server_hides_backend_messages() -> None:
 # --- every client path goes through io/http.py ---------------------------------------------------
 
 #: the only modules of src that may use httpx: the one client, and the server's own
-#: outbound calls to an OpenID provider (not a bastion API, no bastion error codes)
-HTTPX_ALLOWED = {"io/http.py", "server/oidc/provider.py"}
+#: outbound calls to an OpenID provider and to webhook receivers (not bastion APIs, no
+#: bastion error codes)
+HTTPX_ALLOWED = {"io/http.py", "server/oidc/provider.py", "server/webhooks/worker.py"}
 
 
 def test_no_httpx_outside_the_one_client() -> None:

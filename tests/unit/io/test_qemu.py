@@ -76,6 +76,19 @@ def test_argv(tmp_path: Path) -> None:
     assert "tpm-tis,tpmdev=tpm0" in text
 
 
+def test_argv_writable_disk_has_no_snapshot(tmp_path: Path) -> None:
+    argv = qemu.qemu_argv(
+        qemu.VmConfig(writable=True),
+        tmp_path / "d.img",
+        code=tmp_path / "c.fd",
+        vars_=tmp_path / "v.fd",
+        serial=tmp_path / "s.log",
+        tpm_socket=None,
+    )
+    disk = next(a for a in argv if a.startswith("if=none,id=disk0,"))
+    assert disk == f"if=none,id=disk0,file={tmp_path / 'd.img'},format=raw"
+
+
 def test_argv_refuses_commas(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="comma"):
         qemu.qemu_argv(

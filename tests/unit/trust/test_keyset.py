@@ -43,6 +43,7 @@ def test_layout_and_modes(keyset_dir: Path) -> None:
         "secureboot-pk",
         "secureboot-kek",
         "secureboot-db",
+        "pcr",
     ]
     for entry in doc["keys"]:
         mode = stat.S_IMODE((keyset_dir / entry["private_key"]).stat().st_mode)

@@ -86,7 +86,7 @@ def test_every_input_moves_pcr7(enrolled: dict[str, object]) -> None:
     values = {pcr7.predict(s) for s in variants}
     assert ref not in values and len(values) == len(variants)
     off = variants[1]
-    assert off.authority is None and pcr7.events(off)[0].data.endswith(b"\x00")
+    assert off.authorities == () and pcr7.events(off)[0].data.endswith(b"\x00")
 
 
 def _leaf(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate) -> x509.Certificate:
@@ -117,7 +117,7 @@ def test_authority_entry(enrolled: dict[str, object]) -> None:
     with pytest.raises(VerificationError, match="no db certificate"):
         pcr7.authority_entry(esl["KEK"], certs["db"])
     with pytest.raises(FormatError):
-        pcr7.SecureBootState(False, {}, entry)
+        pcr7.SecureBootState(False, {}, (entry,))
     with pytest.raises(FormatError):
         pcr7.SecureBootState(True, {"MokList": b""})
 

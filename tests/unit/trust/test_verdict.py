@@ -103,6 +103,7 @@ def judge(
     previous: ClockState | None = None,
     log: bytes | None = None,
     quoting_ak: TpmKey | None = None,
+    others: tuple[bytes, ...] = (),
 ) -> Verdict:
     ev = build_evidence(
         dev.tpm,
@@ -120,6 +121,7 @@ def judge(
         product_keys=[Verifier.of(PRODUCT.public_key())],
         policy=AttestationPolicy(SEL, floor, policy),
         previous=previous,
+        others=others,
     )
 
 
@@ -192,13 +194,39 @@ def _selinux_permissive(dev: Device, tmp_path: Path) -> Verdict:
 
 
 def _pcr_mismatch(dev: Device, tmp_path: Path) -> Verdict:
-    """A truthful log of another kernel: PCR 11 and the kernel component differ."""
+    """A truthful log of another kernel (another UKI): PCRs 4 and 11 and the kernel
+    component differ."""
     other = booted(tmp_path, boot_events(kernel=b"kernel v2"), "v2")
     return judge(other)
 
 
 def _no_golden(dev: Device, tmp_path: Path) -> Verdict:
     return judge(dev, golden=())
+
+
+V2_EVENTS = boot_events(kernel=b"kernel v2", svn=5)
+V2 = sign_golden(golden_of(V2_EVENTS, svn=5, version="2.0"), PRODUCT)
+
+
+def _unexpected_release(dev: Device, tmp_path: Path) -> Verdict:
+    """The device boots release 1.0, signed and of the fleet, but it should run 2.0."""
+    return judge(dev, golden=(V2,), others=(GOLDEN,))
+
+
+def _unexpected_release_nothing_expected(dev: Device, tmp_path: Path) -> Verdict:
+    """Nothing is expected of the device, and it boots one of the fleet's releases."""
+    return judge(dev, golden=(), others=(GOLDEN,))
+
+
+def _unexpected_release_below_floor(dev: Device, tmp_path: Path) -> Verdict:
+    """An old release it left: unexpected, and its SVN is judged too."""
+    return judge(dev, golden=(V2,), others=(GOLDEN,), floor=4)
+
+
+def _forged_other_release(dev: Device, tmp_path: Path) -> Verdict:
+    """A statement of "another release" no product key signed proves nothing: the device
+    is judged against what it should run."""
+    return judge(dev, golden=(V2,), others=(sign_golden(golden_of(boot_events()), OTHER),))
 
 
 def _not_enrolled_ak(dev: Device, tmp_path: Path) -> Verdict:
@@ -241,7 +269,7 @@ NEGATIVE: list[tuple[str, Callable[[Device, Path], Verdict], set[str]]] = [
     (
         "event log edited to match golden values, PCRs differ",
         _edited_log,
-        {"eventlog.replay", "pcr.mismatch.11"},
+        {"eventlog.replay", "pcr.mismatch.4", "pcr.mismatch.11"},
     ),
     (
         "golden values from an unsigned image",
@@ -258,9 +286,30 @@ NEGATIVE: list[tuple[str, Callable[[Device, Path], Verdict], set[str]]] = [
     (
         "another kernel, truthful log",
         _pcr_mismatch,
-        {"pcr.mismatch.11", "component.kernel.mismatch"},
+        {"pcr.mismatch.4", "pcr.mismatch.11", "component.kernel.mismatch"},
     ),
     ("no golden values at all", _no_golden, {"release.unknown"}),
+    ("a signed release it should not run", _unexpected_release, {"release.unexpected"}),
+    (
+        "a signed release, nothing expected of the device",
+        _unexpected_release_nothing_expected,
+        {"release.unexpected"},
+    ),
+    (
+        "a release it left, below the floor",
+        _unexpected_release_below_floor,
+        {"release.unexpected", "svn.below_floor"},
+    ),
+    (
+        "another release's statement not signed by a product key",
+        _forged_other_release,
+        {
+            "pcr.mismatch.4",
+            "pcr.mismatch.11",
+            "component.kernel.mismatch",
+            "component.os-release.mismatch",
+        },
+    ),
     ("no AK recorded at enrolment", _not_enrolled_ak, {"ak.unbound"}),
     ("TPM clock going backwards", _clock_backwards, {"tpm.clock.backwards"}),
     (
@@ -326,6 +375,21 @@ def test_golden_picks_the_matching_release(tmp_path: Path) -> None:
     verdict = judge(dev, golden=(GOLDEN, v2), floor=5)
     assert verdict.ok, verdict.failures
     assert verdict.release == "2.0"
+
+
+def test_expected_release_passes_beside_other_releases(tmp_path: Path) -> None:
+    """The device runs 2.0, which it should; the fleet's 1.0 is only another release."""
+    dev = booted(tmp_path, V2_EVENTS)
+    verdict = judge(dev, golden=(V2,), others=(GOLDEN,), floor=5)
+    assert verdict.ok, verdict.failures
+    assert verdict.release == "2.0"
+
+
+def test_unexpected_release_is_named(device: Device) -> None:
+    verdict = judge(device, golden=(V2,), others=(GOLDEN,))
+    assert verdict.release == "1.0" and verdict.security_version == 3
+    detail = verdict.failures[0].detail
+    assert "boots release 1.0" in detail and "should run 2.0" in detail
 
 
 def test_posture_policy_json_round_trip_and_refusals() -> None:
@@ -413,7 +477,7 @@ def test_evidence_parser_arbitrary_documents(doc: dict[str, Any]) -> None:
 
 
 def test_selection_is_the_fleet_one() -> None:
-    assert PcrSelection.parse("sha256:0,4,7,11,15") == SEL
+    assert PcrSelection.parse("sha256:0,4,7,9,11") == SEL
 
 
 _FACT = (
@@ -460,14 +524,19 @@ def test_unmatched_release_names_no_release_and_no_svn(tmp_path: Path) -> None:
     SVN of a release the device does not run is not judged, and no release is named."""
     other = booted(tmp_path, boot_events(kernel=b"kernel v9"), "v9")
     verdict = judge(other, floor=99)
-    assert set(verdict.failure_ids) == {"pcr.mismatch.11", "component.kernel.mismatch"}
+    # another kernel is another UKI: its Authenticode digest (PCR 4) and sections (PCR 11)
+    assert set(verdict.failure_ids) == {
+        "pcr.mismatch.4",
+        "pcr.mismatch.11",
+        "component.kernel.mismatch",
+    }
     assert verdict.release is None and verdict.security_version is None
 
 
 def test_components_outside_the_quoted_pcrs_are_not_trusted(device: Device) -> None:
-    """A fleet quoting PCRs 0,4,7,15 only: the kernel (PCR 11) is neither proven nor
-    refused, whatever the log claims; the other components still are."""
-    sel = PcrSelection.parse("sha256:0,4,7,15")
+    """A fleet quoting PCRs 0,4,7,9 only: the UKI's components (PCR 11) are neither
+    proven nor refused, whatever the log claims."""
+    sel = PcrSelection.parse("sha256:0,4,7,9")
     ev = build_evidence(device.tpm, device.ak, b"n", sel, device.log, {})
     verdict = evidence_result(
         ev,
@@ -494,8 +563,170 @@ def test_components_outside_the_quoted_pcrs_are_not_trusted(device: Device) -> N
         policy=AttestationPolicy(sel),
     )
     assert verdict.ok, verdict.failures  # PCR 11 events are not evidence here
-    assert components_of(forged, sel.indexes)[0].keys() == {
-        "bootloader",
-        "secure-boot-authority",
-        "verity-root",
+    assert components_of(forged, sel.indexes)[0] == {}
+    assert set(components_of(forged)[0]) == {"kernel", "os-release", "cmdline", "initrd",
+                                             "section-pcrpkey"}  # fmt: skip
+
+
+# --- the verifier's memos -----------------------------------------------------------------------
+
+
+def test_memo_is_bounded_by_entries_and_bytes() -> None:
+    from bastion.trust.verdict import _Memo
+
+    memo = _Memo[str, int](entries=2, budget=10)
+    memo.put("a", 1, 4)
+    memo.put("b", 2, 4)
+    assert (memo.get("a"), memo.get("b")) == (1, 2)
+    memo.put("c", 3, 4)  # a third entry: starts over
+    assert (memo.get("a"), memo.get("b"), memo.get("c")) == (None, None, 3)
+    memo.put("d", 4, 7)  # 4 + 7 bytes > 10: starts over
+    assert (memo.get("c"), memo.get("d")) == (None, 4)
+    memo.put("e", 5, 11)  # larger than the whole budget: never kept
+    assert memo.get("e") is None
+
+
+def test_decoded_log_memo_hits_only_the_same_text(device: Device) -> None:
+    """Two logs sharing the memo's fingerprint (same length, same sampled spans) are told
+    apart by the whole text: each verdict replays its own log."""
+    import base64
+    import json
+
+    from bastion.trust.verdict import _fingerprint
+
+    good = build_evidence(device.tpm, device.ak, b"n" * 32, SEL, device.log, GOOD_POSTURE)
+    text = base64.b64encode(device.log).decode()
+    # flip a bit of a measured digest (a quoted PCR's event) outside the sampled spans
+    log = el.parse(device.log)
+    spans = [(0, 64), (len(text) // 2, len(text) // 2 + 64), (len(text) - 64, len(text))]
+    edited = ""
+    for ev in log.events:
+        at = device.log.find(ev.digest(el.ALG_SHA256))
+        if ev.pcr not in SEL.indexes or at < 0:
+            continue
+        lo, hi = at * 4 // 3 - 4, (at + 1) * 4 // 3 + 4
+        if all(hi <= a or lo >= b for a, b in spans):
+            flipped = bytearray(device.log)
+            flipped[at] ^= 1
+            edited = base64.b64encode(bytes(flipped)).decode()
+            break
+    assert _fingerprint(edited) == _fingerprint(text) and edited != text
+    for log_text, ok in ((text, True), (edited, False), (text, True)):
+        doc = good.to_json() | {"eventlog": log_text}
+        verdict = evidence_result(
+            json.dumps(doc).encode(),
+            nonce=b"n" * 32,
+            ak_public=device.ak.public,
+            golden=[GOLDEN],
+            product_keys=[Verifier.of(PRODUCT.public_key())],
+            policy=AttestationPolicy(SEL, 0, STRICT),
+        )
+        assert verdict.ok is ok, verdict.failure_ids
+        if not ok:
+            assert set(verdict.failure_ids) & {"eventlog.format", "eventlog.replay"}
+
+
+def _log_of(events: list[el.Event]) -> bytes:
+    return el.EventLog(el.SpecIdEvent(), tuple(events)).to_bytes()
+
+
+#: a StartupLocality event after PCR 0 was extended: the log parses, its replay fails
+_BAD_EVENT = el.Event(
+    pcr=0,
+    event_type=el.EventType.EV_NO_ACTION,
+    digests=((el.ALG_SHA256, bytes(32)),),
+    data=b"StartupLocality\0\3",
+)
+#: (name, inputs of the warm judgement, the same with ONE input of the memo key changed)
+_GOOD_LOG = _log_of(boot_events())
+_GOOD_PCRS = {i: v for i, v in el.replay(boot_events()).items() if i in SEL.indexes}
+_JUDGEMENT_KEY_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("statements", {}, {"statements": (V2,)}),
+    ("statement-order", {"pcrs": _GOOD_PCRS | {7: b"\1" * 32}}, {"statements": (V2, GOLDEN)}),
+    ("others", {"statements": (V2,)}, {"others": (GOLDEN,)}),
+    ("product-keys", {}, {"product_keys": [Verifier.of(OTHER.public_key())]}),
+    (
+        "selection",
+        {"pcrs": _GOOD_PCRS | {11: bytes(32)}},
+        {"policy": AttestationPolicy(PcrSelection.parse("sha256:0,4,7,9"), 0, STRICT)},
+    ),
+    ("svn-floor", {}, {"policy": AttestationPolicy(SEL, 4, STRICT)}),
+    ("pcrs", {}, {"pcrs": _GOOD_PCRS | {7: b"\1" * 32}}),
+    ("pcr-added", {"pcrs": {i: v for i, v in _GOOD_PCRS.items() if i != 11}}, {"pcrs": _GOOD_PCRS}),
+    ("eventlog", {}, {"log": _log_of(boot_events(kernel=b"evil kernel"))}),
+    # the replay comparison: the same golden judgement, but the log replays to other PCRs
+    (
+        "eventlog-replay",
+        {"statements": (), "others": ()},
+        {"log": _log_of(boot_events(kernel=b"evil kernel"))},
+    ),
+    ("unreplayable-log", {}, {"log": _log_of([*boot_events(), _BAD_EVENT])}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "before", "change"), _JUDGEMENT_KEY_CASES, ids=[c[0] for c in _JUDGEMENT_KEY_CASES]
+)
+def test_judgement_memo_key_holds_every_input(
+    name: str, before: dict[str, Any], change: dict[str, Any]
+) -> None:
+    """Same input, same output: with the judgement of ``before`` memoized, changing one
+    input of the key gives what judging afresh gives, which differs from the memoized
+    judgement (the memo never answers for an input it was not given)."""
+    from bastion.trust.verdict import _judge, _judgement, _log_facts, clear_caches
+
+    def args(over: dict[str, Any]) -> dict[str, Any]:
+        full: dict[str, Any] = {
+            "statements": (GOLDEN,),
+            "others": (),
+            "product_keys": [Verifier.of(PRODUCT.public_key())],
+            "policy": AttestationPolicy(SEL, 0, STRICT),
+            "pcrs": _GOOD_PCRS,
+            "log": _GOOD_LOG,
+        } | over
+        return full
+
+    def memoized(a: dict[str, Any]) -> Any:
+        ev = Evidence(b"", b"", b"", SEL.bank, dict(a["pcrs"]), a["log"])
+        facts = _log_facts(a["log"], a["policy"].selection)
+        rest = {k: v for k, v in a.items() if k not in ("pcrs", "log")}
+        return _judgement(evidence=ev, facts=facts, **rest)
+
+    def afresh(a: dict[str, Any]) -> Any:
+        facts = _log_facts(a["log"], a["policy"].selection)
+        return _judge(
+            a["statements"],
+            a["others"],
+            a["product_keys"],
+            a["policy"],
+            pcrs=a["pcrs"],
+            facts=facts,
+        )
+
+    clear_caches()
+    warm = memoized(args(before))
+    assert memoized(args(before)) is warm, "the second judgement is a memo hit"
+    assert warm == afresh(args(before))
+    changed = memoized(args(before | change))
+    assert changed == afresh(args(before | change)), name
+    assert changed != warm, name
+    assert memoized(args(before)) is warm  # the earlier entry still answers for its input
+
+
+def test_judgement_memo_refuses_nothing_unhashable(device: Device) -> None:
+    """Reported PCRs in a caller's mutable buffers cannot key the memo: the judgement is
+    computed, the same as for bytes."""
+    good = build_evidence(device.tpm, device.ak, b"n" * 32, SEL, device.log, GOOD_POSTURE)
+    kwargs: dict[str, Any] = {
+        "nonce": b"n" * 32,
+        "ak_public": device.ak.public,
+        "golden": [GOLDEN],
+        "product_keys": [Verifier.of(PRODUCT.public_key())],
+        "policy": AttestationPolicy(SEL, 0, STRICT),
     }
+    edited = {i: bytearray(v) for i, v in good.pcrs.items()}
+    edited[7][0] ^= 1
+    as_bytes = {i: bytes(v) for i, v in edited.items()}
+    one = evidence_result(dataclasses.replace(good, pcrs=edited), **kwargs)
+    two = evidence_result(dataclasses.replace(good, pcrs=as_bytes), **kwargs)
+    assert one == two and "pcr.mismatch.7" in one.failure_ids

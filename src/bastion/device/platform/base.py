@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import uuid
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from bastion.device.platform.esp import Esp
 from bastion.formats import gpt
 from bastion.io.clock import Clock
 from bastion.storage.luks2_io import BlockStorage
@@ -79,6 +82,11 @@ class Platform(Protocol):
         """The GPT, a damaged copy rewritten from the intact one (one line per repair)."""
         ...
 
+    def set_partition_uuids(self, uuids: Mapping[str, uuid.UUID]) -> None:
+        """Give the named partitions these PARTUUIDs (both GPT copies; an update names a
+        filled slot's root and verity partitions by its root hash, as the DPS says)."""
+        ...
+
     def read_partition(self, name: str, limit: int | None = None) -> bytes:
         """The bytes of partition ``name`` (the first ``limit`` bytes when given)."""
         ...
@@ -107,6 +115,11 @@ class Platform(Protocol):
 
     def fuses(self, tpm: Tpm | None = None) -> FuseBank:
         """The one-time-programmable fuse bank (some platforms keep it in the TPM)."""
+        ...
+
+    def esp(self) -> Esp:
+        """The EFI System Partition: UKIs as BLS type #2 entries with boot counters,
+        systemd-boot and its loader.conf (device/platform/esp.py)."""
         ...
 
     def efi_variable(self, name: str) -> bytes | None:

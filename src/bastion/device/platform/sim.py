@@ -12,6 +12,8 @@ The ``sim`` platform is a folder::
     DEV/eventlog.bin    the TCG event log of the last boot
     DEV/boot.json       the report of the last boot
     DEV/state.json      device flags (e.g. "reprovision": true after a wipe)
+    DEV/esp/            the EFI System Partition's files when disk.img has no ESP
+                        partition (else the ESP is that FAT partition, esp_image.py)
     DEV/efivars/        EFI variables as efivarfs names them (``Name-VendorGuid``), if any:
                         the sim firmware keeps its Secure Boot authority in the fuses
 
@@ -25,26 +27,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bastion.device.platform.base import ConsoleKind, FuseBank, PartitionStorage, VerifiedRoot
+from bastion.device.platform.esp import Esp, FolderEsp
+from bastion.device.platform.esp_image import ImageEsp
+from bastion.device.platform.state import EfiVarFolder, FolderStore
 from bastion.errors import ConfigError, FormatError, NotFoundError
 from bastion.formats import gpt, strict_json
 from bastion.io.clock import Clock, SystemClock
-from bastion.io.files import atomic_write, read_bounded
-from bastion.limits import JSON_MAX_SIZE, PLATFORM_EFI_VAR_MAX_SIZE
 from bastion.storage.disk_image import DiskImage
 from bastion.tpm.base import Tpm
 
 DEVICE_FILE = "device.json"
-
-
-#: an efivarfs file name: the variable name, a dash, the vendor GUID
-_EFIVAR_NAME = re.compile(r"[A-Za-z0-9_]{1,64}-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,25 @@ class SimPlatform:
     def repair_disk_layout(self) -> tuple[gpt.GptDisk, list[str]]:
         return self.image.repair_layout()
 
+    def set_partition_uuids(self, uuids: Mapping[str, uuid.UUID]) -> None:
+        self.image.set_partition_uuids(uuids)
+
     def read_partition(self, name: str, limit: int | None = None) -> bytes:
         return self.image.read_partition(name, limit)
 
     def write_partition(self, name: str, offset: int, data: bytes) -> None:
         self.image.write_partition(name, offset, data)
+
+    def esp(self) -> Esp:
+        """The ESP: the FAT partition of ``disk.img`` (GPT type EFI System) through
+        mtools (device/platform/esp_image.py); for a disk without one (the old boot
+        container), the folder ``DEV/esp/`` (created on first use)."""
+        if self.disk.exists():
+            for part in self.disk_layout().partitions:
+                if part.type_guid == gpt.TYPE_ESP:
+                    return ImageEsp(self.disk, part.offset)
+        (self.folder / "esp").mkdir(exist_ok=True)
+        return FolderEsp(self.folder / "esp")
 
     def partition_storage(self, name: str) -> PartitionStorage:
         return self.image.partition_range(name)
@@ -91,12 +104,12 @@ class SimPlatform:
 
     def efi_variable(self, name: str) -> bytes | None:
         """``DEV/efivars/<name>``, or None (the sim firmware needs none to boot)."""
-        if not _EFIVAR_NAME.fullmatch(name):
-            raise ConfigError(f"EFI variable name {name!r} is not Name-VendorGuid")
-        path = self.folder / "efivars" / name
-        if not path.exists():
-            return None
-        return read_bounded(path, PLATFORM_EFI_VAR_MAX_SIZE, f"EFI variable {name}")
+        return EfiVarFolder(self.folder / "efivars").read(name)
+
+    def set_efi_variable(self, name: str, data: bytes) -> None:
+        """Write ``DEV/efivars/<name>`` (attributes + data, as efivarfs); the sim
+        firmware's variables are set at ``device create`` (its "factory enrolment")."""
+        EfiVarFolder(self.folder / "efivars").write(name, data)
 
     def console(self, kind: ConsoleKind, message: str) -> None:
         self.console_lines.append((kind, message))
@@ -187,29 +200,46 @@ class SimPlatform:
         finally:
             tpm.close()
 
+    @contextlib.contextmanager
+    def fuse_tpm(self) -> Iterator[Tpm | None]:
+        """What :meth:`fuses` needs: the device's TPM as its last boot left it when
+        device.json says ``"fuses": "tpm"``, else None (the ``fuses`` file).
+
+        Fails closed: a TPM-fused device whose TPM state is missing (``DEV/tpm.state``,
+        or ``DEV/swtpm/`` empty) is refused (NotFoundError), because a TPM opened
+        afresh there would read as a bank with no fuse blown."""
+        if self.config.get("fuses", "file") != "tpm":
+            yield None
+            return
+        kind = str(self.config.get("tpm", "software"))
+        state = {"software": self.folder / "tpm.state", "swtpm": self.folder / "swtpm"}.get(kind)
+        if state is not None and not (state.is_file() or (state.is_dir() and any(state.iterdir()))):
+            raise NotFoundError(
+                f"device {self.folder} keeps its fuses in its {kind} TPM, whose state "
+                f"{state} is missing: refusing to read the fuses from a new TPM"
+            )
+        with self.attached_tpm() as tpm:
+            yield tpm
+
     def open_tpm(self) -> Tpm:
         """The device TPM without resetting it (inspection after a boot)."""
         from bastion.tpm.uri import open_tpm
 
         return open_tpm(self.tpm_spec())
 
+    # --- store (device/platform/state.py) --------------------------------------------------
+
     def store(self, name: str, data: bytes) -> None:
-        atomic_write(self.folder / name, data)
+        FolderStore(self.folder).store(name, data)
 
     def load(self, name: str) -> bytes | None:
-        path = self.folder / name
-        if not path.exists():
-            return None
-        return read_bounded(path, JSON_MAX_SIZE * 4, name)
+        return FolderStore(self.folder).load(name)
 
     def state(self) -> dict[str, Any]:
-        raw = self.load("state.json")
-        return strict_json.loads_object(raw, what="state.json") if raw else {}
+        return FolderStore(self.folder).state()
 
     def set_state(self, **values: Any) -> None:
-        doc = self.state()
-        doc.update(values)
-        self.store("state.json", json.dumps(doc, sort_keys=True).encode())
+        FolderStore(self.folder).set_state(**values)
 
 
 def create_sim_folder(folder: Path, tpm: str, fuses: str = "file") -> SimPlatform:

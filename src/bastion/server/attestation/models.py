@@ -18,7 +18,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.server.db.base import Base, UtcDateTime, new_id
 
-DEFAULT_SELECTION = "sha256:0,4,7,11,15"
+#: the PCRs a fleet quotes unless it says otherwise: the EFI chain's firmware (0, a known
+#: value per firmware build), boot loader and UKI (4), Secure Boot (7), the stub's
+#: command line and initrd (9) and the UKI with its phases (11); docs/attestation.md
+DEFAULT_SELECTION = "sha256:0,4,7,9,11"
 DEFAULT_INTERVAL = 3600
 
 
@@ -86,3 +89,5 @@ class AttestationVerdict(Base):
     clock: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reset_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     restart_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: the TCG event log judged (the device's newest verdict only; older ones: NULL)
+    eventlog: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)

@@ -6,7 +6,12 @@
   replayed quote fails with ``quote.nonce``), runs the pure verifier
   (:func:`bastion.trust.verdict.evidence_result`) with the AK recorded at enrolment, the
   fleet's signed golden statements and product key, its SVN floor, posture policy and
-  the clock info of the last accepted verdict, and stores the verdict (history kept).
+  the clock info of the last accepted verdict, and stores the verdict (history kept)
+  with the event log it judged (the device's newest verdict only keeps its log).
+  The golden statements are split (ADR 0037): what the device should run (its rollout
+  wave's and the fleet's target release, the release of its newest signed update
+  report, the fleet's own accepted sets) and the fleet's other releases, which fail
+  ``release.unexpected`` when the device runs one.
 * :func:`update_settings`, :func:`add_golden` (the statement must verify with the
   fleet's product key), :func:`history` for operators.
 * :func:`require_attested`: the gate (docs/adr/0023-attestation.md).
@@ -47,6 +52,7 @@ from bastion.server.audit.service import record
 from bastion.server.auth.principal import Principal
 from bastion.server.auth.rbac import FleetAccess
 from bastion.server.devices import service as devices
+from bastion.server.webhooks import service as webhooks
 from bastion.tpm.base import HashAlg, PcrSelection
 from bastion.trust.signer import Verifier
 from bastion.trust.verdict import (
@@ -83,6 +89,7 @@ class Settings:
     pcr_selection: str
     posture_policy: PosturePolicy
     product_key: str | None
+    #: golden statements devices are judged with: the fleet's own and its releases'
     golden_count: int
 
     @property
@@ -93,7 +100,7 @@ class Settings:
 
 def settings_of(session: Session, fleet_id: str) -> Settings:
     row = repo.settings(session, fleet_id)
-    count = repo.golden_count(session, fleet_id)
+    count = repo.judged_count(session, fleet_id)
     if row is None:
         return Settings(
             fleet_id, True, DEFAULT_INTERVAL, 0, DEFAULT_SELECTION, PosturePolicy(), None, count
@@ -194,7 +201,7 @@ def add_golden(
     sha = golden_digest(statement)
     if repo.golden_by_sha(session, access.fleet_id, sha) is not None:
         raise ConflictError(f"golden statement {sha[:16]}... is already set")
-    if current.golden_count >= limits.ATTEST_GOLDEN_PER_FLEET:
+    if repo.golden_count(session, access.fleet_id) >= limits.ATTEST_GOLDEN_PER_FLEET:
         raise ConflictError(f"fleet already has {limits.ATTEST_GOLDEN_PER_FLEET} golden sets")
     row = FleetGolden(
         fleet_id=access.fleet_id,
@@ -273,6 +280,20 @@ def _take_nonce(session: Session, device_id: str, quote: bytes, now: dt.datetime
     return chosen.nonce
 
 
+def _golden_sets(
+    session: Session, device_id: str, fleet_id: str
+) -> tuple[list[bytes], list[bytes]]:
+    """The statements of what the device should run (its wave's or the fleet's target
+    release, the release of its newest signed report, then the fleet's own sets), and
+    those of the fleet's other releases (ADR 0037)."""
+    wanted = repo.expected_release_ids(session, device_id, fleet_id)
+    statements = dict(repo.release_goldens(session, fleet_id, wanted, limits.ATTEST_OTHER_RELEASES))
+    expected = [statements[r] for r in wanted if r in statements]
+    expected += [g.statement for g in repo.goldens(session, fleet_id)]
+    others = [s for r, s in statements.items() if r not in wanted and s not in expected]
+    return expected, others
+
+
 def submit(
     session: Session, principal: Principal, evidence: Any, now: dt.datetime
 ) -> AttestationVerdict:
@@ -291,17 +312,20 @@ def submit(
         else None
     )
     product = [_product_key(current.product_key)] if current.product_key else []
+    expected, others = _golden_sets(session, device.id, device.fleet_id)
     verdict = evidence_result(
         parsed,
         nonce=nonce,
         ak_public=device.ak_public,
-        golden=[g.statement for g in repo.goldens(session, device.fleet_id)],
+        golden=expected,
         product_keys=product,
         policy=AttestationPolicy(
             _selection(current.pcr_selection), current.svn_floor, current.posture_policy
         ),
         previous=prev_clock,
+        others=others,
     )
+    before = repo.latest_verdict(session, device.id)
     row = AttestationVerdict(
         device_id=device.id,
         fleet_id=device.fleet_id,
@@ -313,9 +337,13 @@ def submit(
         clock=verdict.clock.clock if verdict.clock else None,
         reset_count=verdict.clock.reset_count if verdict.clock else None,
         restart_count=verdict.clock.restart_count if verdict.clock else None,
+        # bounded by the evidence parser (ATTEST_EVENTLOG_MAX_SIZE); kept for the newest
+        # verdict only (the dashboard's device page decodes it)
+        eventlog=parsed.eventlog,
     )
     session.add(row)
     session.flush()
+    repo.forget_older_eventlogs(session, device.id, keep=row.id)
     record(
         session,
         "device.attest",
@@ -329,6 +357,11 @@ def submit(
         org_id=principal.org_id,
         at=now,
     )
+    if not verdict.ok or (before is not None and not before.ok):
+        # webhooks: every failure, and a pass right after a failure ("passed again")
+        event = "attestation.passed" if verdict.ok else "attestation.failed"
+        data = {"device": device.id, "verdict": row.id, "failures": verdict.failure_ids}
+        webhooks.emit(session, device.fleet_id, event, data, now)
     session.commit()
     return row
 
@@ -342,20 +375,25 @@ def history(
 
 def require_attested(session: Session, principal: Principal, now: dt.datetime) -> None:
     """The gate: AttestationRequiredError unless the device's newest verdict passed and
-    is younger than the fleet's interval (no-op where gating is off or not enforced)."""
+    is younger than the fleet's interval (no-op where gating is off or not enforced).
+
+    Runs on every gated device request: the device row comes from authentication; the
+    settings, the newest verdict and the golden count are one query."""
     device = devices.own(session, principal)
-    current = settings_of(session, device.fleet_id)
-    if not current.enforced:
+    state = repo.gate_state(session, device.id, device.fleet_id)
+    if state.gating is False:
         return
-    latest = repo.latest_verdict(session, device.id)
-    if latest is None:
+    if state.golden_count == 0:  # gating is enforced once the fleet can judge devices
+        return
+    interval = state.interval_seconds if state.interval_seconds is not None else DEFAULT_INTERVAL
+    if state.verdict_id is None or state.verdict_at is None:
         raise AttestationRequiredError(f"device {device.id} has never attested")
-    if not latest.ok:
-        ids = ", ".join(f["id"] for f in json.loads(latest.failures))
+    if not state.verdict_ok:
+        ids = ", ".join(f["id"] for f in json.loads(state.verdict_failures or "[]"))
         raise AttestationRequiredError(f"device {device.id}: last attestation failed ({ids})")
-    age = (now - latest.at).total_seconds()
-    if age >= current.interval_seconds:
+    age = (now - state.verdict_at).total_seconds()
+    if age >= interval:
         raise AttestationRequiredError(
             f"device {device.id}: last passing attestation is {int(age)} s old, "
-            f"the fleet requires one within {current.interval_seconds} s"
+            f"the fleet requires one within {interval} s"
         )

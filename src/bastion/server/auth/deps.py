@@ -22,15 +22,15 @@ Use them through the ``Annotated`` aliases::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Annotated
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Annotated, Any
 
 from cryptography import x509
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from bastion.errors import AuthError
-from bastion.server.auth.principal import Principal, PrincipalKind, Via
+from bastion.server.auth.principal import Principal, PrincipalKind, SignedMessage, Via
 from bastion.server.auth.rbac import (
     FleetAccess,
     OrgAccess,
@@ -45,6 +45,11 @@ from bastion.server.context import AppContext, app_context
 
 def get_ctx(request: Request) -> AppContext:
     """The app's shared context."""
+    return app_context(request.app)
+
+
+async def _ctx_dependency(request: Request) -> AppContext:
+    # async: FastAPI runs it on the event loop, not in a worker thread (no I/O here)
     return app_context(request.app)
 
 
@@ -72,25 +77,57 @@ def peer_certificate(request: Request) -> x509.Certificate | None:
         raise AuthError("client certificate could not be parsed") from exc
 
 
+def signed_message(request: Request) -> SignedMessage | None:
+    """The request as a signature authenticator sees it, when it carries a signature."""
+    return signed_message_of(request.scope)
+
+
+def signed_message_of(scope: Mapping[str, Any]) -> SignedMessage | None:
+    """:func:`signed_message` from an ASGI scope (HTTP or WebSocket: the upgrade is a GET)."""
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = bytes(name).decode("latin-1").lower()
+        text = bytes(value).decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    if "signature-input" not in headers:
+        return None
+    raw = scope.get("raw_path")
+    path = bytes(raw).decode("latin-1") if raw else str(scope.get("path", "/"))
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    target = path + (f"?{query}" if query else "")
+    return SignedMessage(str(scope.get("method") or "GET"), target, headers)
+
+
 def client_address(request: Request) -> str:
     """The peer address (no proxy headers are trusted)."""
     return request.client.host if request.client else "unknown"
 
 
-def current_principal(request: Request) -> Principal:
-    """Resolve and rate-limit the caller; stores it on ``request.state.principal``."""
+def current_principal(
+    request: Request, session: Annotated[Session, Depends(read_session)]
+) -> Principal:
+    """Resolve and rate-limit the caller; stores it on ``request.state.principal``.
+
+    It reads through the request's read session (the one :data:`ReadSession` gives the
+    route too), so a read route's authentication and work share one connection."""
+    return resolve_principal(request, session)
+
+
+def resolve_principal(request: Request, session: Session) -> Principal:
+    """:func:`current_principal` through ``session``, for code that holds a session
+    already (the device routes' one worker-thread call, :mod:`..attestation.gate`)."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
     ctx = get_ctx(request)
     address = client_address(request)
-    with ctx.db.session(write=False) as session:
-        principal = ctx.auth.resolve(
-            session,
-            request.headers.get("authorization"),
-            peer_certificate(request),
-            ctx.clock.now(),
-        )
+    principal = ctx.auth.resolve(
+        session,
+        request.headers.get("authorization"),
+        peer_certificate(request),
+        ctx.clock.now(),
+        signed_message(request),
+    )
     if not principal.client:
         principal = _with_client(principal, address)
     request.state.principal = principal
@@ -117,17 +154,24 @@ def require_session_user(principal: Annotated[Principal, Depends(require_user)])
     return principal
 
 
-def require_kind(kind: PrincipalKind) -> Callable[[Principal], Principal]:
+def require_kind(kind: PrincipalKind) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency accepting only principals of ``kind``."""
 
-    def dependency(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-        if principal.kind is not kind:
-            if principal.authenticated:
-                raise AuthError(f"only a {kind.value} may use this route")
-            raise AuthError("authentication required")
-        return principal
+    async def dependency(
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> Principal:
+        return check_kind(principal, kind)
 
     return dependency
+
+
+def check_kind(principal: Principal, kind: PrincipalKind) -> Principal:
+    """``principal`` if it is of ``kind``, else AuthError (403 if authenticated, else 401)."""
+    if principal.kind is not kind:
+        if principal.authenticated:
+            raise AuthError(f"only a {kind.value} may use this route")
+        raise AuthError("authentication required")
+    return principal
 
 
 def fleet_role(minimum: Role) -> Callable[..., FleetAccess]:
@@ -158,7 +202,7 @@ def org_role(minimum: OrgRole) -> Callable[..., OrgAccess]:
 
 DbSession = Annotated[Session, Depends(db_session)]
 ReadSession = Annotated[Session, Depends(read_session)]
-Ctx = Annotated[AppContext, Depends(get_ctx)]
+Ctx = Annotated[AppContext, Depends(_ctx_dependency)]
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 CurrentUser = Annotated[Principal, Depends(require_user)]
 SessionUser = Annotated[Principal, Depends(require_session_user)]

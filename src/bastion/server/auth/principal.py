@@ -13,7 +13,11 @@ Every request is resolved to exactly one frozen :class:`Principal` by
    (``scope["extensions"]["tls"]["client_cert_chain"]``, PEM strings; see
    :mod:`bastion.server.tlsproto`), given to the certificate authenticator if one is
    registered.
-3. else :data:`ANONYMOUS`.
+3. else an RFC 9421 request signature (``Signature-Input``; ADR 0032), given to the
+   signature authenticator if one is registered (the device agent's way in);
+4. else :data:`ANONYMOUS`.
+
+A request carrying both a bearer token and a signature is refused: one credential each.
 
 Features register authenticators from their ``routes.install(app)``::
 
@@ -29,7 +33,7 @@ An authenticator returns a Principal or raises AuthError/ExpiredError/RevokedErr
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -58,6 +62,7 @@ class Via(StrEnum):
     PAT = "pat"
     DEVICE_KEY = "device_key"
     CERTIFICATE = "certificate"
+    SIGNATURE = "signature"
     PROVISIONING_KEY = "provisioning_key"
 
 
@@ -107,8 +112,19 @@ class Principal:
 
 ANONYMOUS = Principal(kind=PrincipalKind.ANONYMOUS)
 
+
+@dataclass(frozen=True, slots=True)
+class SignedMessage:
+    """What a signature authenticator sees of a request: method, path?query, headers."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str]
+
+
 TokenAuthenticator = Callable[[Session, str, dt.datetime], Principal]
 CertificateAuthenticator = Callable[[Session, x509.Certificate, dt.datetime], Principal]
+SignatureAuthenticator = Callable[[Session, SignedMessage, dt.datetime], Principal]
 
 
 class AuthRegistry:
@@ -117,6 +133,7 @@ class AuthRegistry:
     def __init__(self) -> None:
         self._tokens: dict[str, TokenAuthenticator] = {}
         self._certificate: CertificateAuthenticator | None = None
+        self._signature: SignatureAuthenticator | None = None
 
     def add_token(self, prefix: str, authenticator: TokenAuthenticator) -> None:
         """Route bearer tokens starting with ``prefix`` (e.g. ``bst_dev_``) to ``authenticator``."""
@@ -130,6 +147,10 @@ class AuthRegistry:
         """Resolve verified mTLS client certificates with ``authenticator``."""
         self._certificate = authenticator
 
+    def set_signature(self, authenticator: SignatureAuthenticator) -> None:
+        """Resolve RFC 9421 signed requests (``Signature-Input``) with ``authenticator``."""
+        self._signature = authenticator
+
     @property
     def prefixes(self) -> tuple[str, ...]:
         """Registered token prefixes."""
@@ -141,8 +162,11 @@ class AuthRegistry:
         authorization: str | None,
         certificate: x509.Certificate | None,
         now: dt.datetime,
+        signed: SignedMessage | None = None,
     ) -> Principal:
         """The principal for these credentials; AuthError when they are present but bad."""
+        if signed is not None and authorization:
+            raise AuthError("send a bearer token or a request signature, not both")
         if authorization:
             scheme, _, token = authorization.strip().partition(" ")
             token = token.strip()
@@ -156,6 +180,10 @@ class AuthRegistry:
                 if token.startswith(prefix):
                     return authenticator(session, token, now)
             raise AuthError("bearer token has an unknown prefix")
+        if signed is not None:
+            if self._signature is None:
+                raise AuthError("request signatures are not accepted by this server")
+            return self._signature(session, signed, now)
         if certificate is not None and self._certificate is not None:
             return self._certificate(session, certificate, now)
         return ANONYMOUS

@@ -46,17 +46,30 @@ _WRITE_OPTION = "bastion_write"
 class Database:
     """An engine, its session factories and the migration runner for one app."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        pool_timeout: float = 30.0,
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {"echo": echo}
+        #: connections the pool hands out at most (requests are admitted to fit it)
+        self.capacity = pool_size + max_overflow
+        if ":memory:" not in url and url not in ("sqlite://", "sqlite+pysqlite://"):
+            # an in-memory SQLite database has one connection and no pool to size
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = max_overflow
+            kwargs["pool_timeout"] = pool_timeout
         if self.is_sqlite:
             _private_sqlite_file(url)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
-            kwargs["pool_size"] = 10
-            kwargs["max_overflow"] = 20
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except (SQLAlchemyError, ImportError, ValueError) as exc:

@@ -40,7 +40,6 @@ class Device(Base):
     os_version: Mapped[str | None] = mapped_column(String(256), nullable=True)
     agent_version: Mapped[str | None] = mapped_column(String(256), nullable=True)
     note: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    target_release: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     last_seen_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -4,26 +4,38 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CompoundSelect, bindparam, delete, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from bastion.server.devices.models import Device, DeviceEnvVar, DeviceRecord, RevokedCertificate
-from bastion.server.orgs.models import Fleet
+from bastion.server.devices.models import (
+    Device,
+    DeviceEnvVar,
+    DeviceRecord,
+    DeviceStatus,
+    RevokedCertificate,
+)
+from bastion.server.orgs.models import Fleet, FleetEnvVar
+
+#: built once (every device request authenticates): reused, it keeps its compiled form
+_BY_API_KEY = (
+    select(Device, Fleet)
+    .join(Fleet, Fleet.id == Device.fleet_id)
+    .where(Device.api_key_hash == bindparam("api_key_hash"))
+)
 
 
-def with_org_by_api_key(session: Session, api_key_hash: str) -> tuple[Device, str] | None:
-    row = session.execute(
-        select(Device, Fleet.org_id)
-        .join(Fleet, Fleet.id == Device.fleet_id)
-        .where(Device.api_key_hash == api_key_hash)
-    ).first()
+def with_fleet_by_api_key(session: Session, api_key_hash: str) -> tuple[Device, Fleet] | None:
+    """The device holding this API key and its fleet, in one query."""
+    row = session.execute(_BY_API_KEY, {"api_key_hash": api_key_hash}).first()
     return (row[0], row[1]) if row else None
 
 
-def with_org_by_cert(session: Session, cert_sha256: str) -> tuple[Device, str] | None:
+def with_fleet_by_cert(session: Session, cert_sha256: str) -> tuple[Device, Fleet] | None:
+    """The device this certificate was issued to and its fleet, in one query."""
     row = session.execute(
-        select(Device, Fleet.org_id)
+        select(Device, Fleet)
         .join(Fleet, Fleet.id == Device.fleet_id)
         .where(Device.cert_sha256 == cert_sha256)
     ).first()
@@ -50,6 +62,32 @@ def env(session: Session, device_id: str) -> list[DeviceEnvVar]:
             .order_by(DeviceEnvVar.name)
         ).scalars()
     )
+
+
+def _env_statement() -> CompoundSelect[Any]:
+    fleet = select(FleetEnvVar.name, FleetEnvVar.value, literal(0).label("own")).where(
+        FleetEnvVar.fleet_id == bindparam("fleet_id")
+    )
+    own = select(DeviceEnvVar.name, DeviceEnvVar.value, literal(1).label("own")).where(
+        DeviceEnvVar.device_id == bindparam("device_id")
+    )
+    return union_all(fleet, own)
+
+
+#: built once (every config request runs it): reused, it keeps its compiled form
+_ENV = _env_statement()
+
+
+def fleet_and_device_env(
+    session: Session, fleet_id: str, device_id: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The fleet's variables and the device's overrides, in one query."""
+    found: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    for name, value, is_own in session.execute(
+        _ENV, {"fleet_id": fleet_id, "device_id": device_id}
+    ):
+        found[int(is_own)][name] = value
+    return found
 
 
 def count_env(session: Session, device_id: str) -> int:
@@ -183,3 +221,17 @@ def active_in_fleet(session: Session, fleet_id: str, *, ek_hash: str, serial: st
             )
         ).scalars()
     )
+
+
+def active_among(session: Session, device_ids: list[str]) -> list[str]:
+    """The ids in ``device_ids`` of devices that exist and are active."""
+    return list(
+        session.execute(
+            select(Device.id).where(Device.id.in_(device_ids), Device.status == DeviceStatus.ACTIVE)
+        ).scalars()
+    )
+
+
+def existing_among(session: Session, device_ids: list[str]) -> list[str]:
+    """The ids in ``device_ids`` of devices that exist (any status)."""
+    return list(session.execute(select(Device.id).where(Device.id.in_(device_ids))).scalars())

@@ -5,7 +5,9 @@ certificate) and never take a device id: balena's least privilege. Every request
 device authenticates refreshes its ``last_seen_at`` (at most once a minute), whatever
 route it calls. Operator routes
 (``/api/v1/fleets/{fleet_id}/devices...``) use fleet RBAC: viewer reads, operator
-revokes and sets overrides, admin deletes. ``GET /api/v1/crl`` (DER) and
+revokes and sets overrides, admin deletes. Revoking or deleting publishes
+``device:<id>`` on the server bus after the commit, so the process holding the device's
+command channel closes it at once (ADR 0033). ``GET /api/v1/crl`` (DER) and
 ``GET /api/v1/ca`` (PEM) are public.
 """
 
@@ -13,15 +15,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, cast
 
 from cryptography import x509
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from bastion import limits
-from bastion.errors import ConfigError, LimitError
-from bastion.server.attestation.gate import AttestedDevice
+from bastion.errors import AuthError, ConfigError, LimitError
+from bastion.server.attestation.gate import device_call
 from bastion.server.auth.deps import (
     Ctx,
     CurrentPrincipal,
@@ -33,6 +36,7 @@ from bastion.server.auth.deps import (
     require_kind,
 )
 from bastion.server.auth.principal import Principal, PrincipalKind, auth_registry
+from bastion.server.channel.routes import notify
 from bastion.server.context import AppContext, app_context
 from bastion.server.devices import service
 from bastion.server.devices.ca import DeviceCa
@@ -50,11 +54,11 @@ from bastion.server.devices.schemas import (
     LogPageOut,
     LogRecordOut,
     LogsIn,
-    TargetReleaseOut,
 )
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX
 
 router = APIRouter(tags=["devices"])
+_A = TypeVar("_A", bound=Callable[..., Principal])
 DevicePrincipal = Annotated[Principal, Depends(require_kind(PrincipalKind.DEVICE))]
 EnvName = Annotated[str, Path(pattern=ENV_NAME_PATTERN)]
 _MAX_RECORD = limits.DEVICE_RECORD_MAX_SIZE
@@ -66,8 +70,13 @@ PageLimit = Annotated[int, Query(ge=1, le=limits.DEVICE_RECORDS_PAGE_MAX)]
 
 
 @router.get("/device", response_model=DeviceOut)
-def get_own(principal: DevicePrincipal, session: ReadSession) -> DeviceOut:
-    """The calling device's own record."""
+async def get_own(request: Request) -> DeviceOut:
+    """The calling device's own record (device principal; one worker-thread call)."""
+    return await device_call(request, _own, attested=False)
+
+
+def _own(session: Session, principal: Principal, ctx: AppContext) -> DeviceOut:
+    del ctx
     return DeviceOut.of(service.own(session, principal))
 
 
@@ -81,15 +90,14 @@ def patch_own(
 
 
 @router.get("/device/config", response_model=DeviceConfigOut)
-def get_config(principal: AttestedDevice, session: ReadSession) -> DeviceConfigOut:
+async def get_config(request: Request) -> DeviceConfigOut:
     """The fleet's config and env with this device's overrides (attestation-gated)."""
+    return await device_call(request, _config, attested=True)
+
+
+def _config(session: Session, principal: Principal, ctx: AppContext) -> DeviceConfigOut:
+    del ctx
     return DeviceConfigOut(**service.effective_config(session, principal))
-
-
-@router.get("/device/target-release", response_model=TargetReleaseOut)
-def get_target_release(principal: AttestedDevice, session: ReadSession) -> TargetReleaseOut:
-    """The release this device should run (attestation-gated)."""
-    return TargetReleaseOut(release=service.target_release(session, principal))
 
 
 @router.post("/device/logs", response_model=AcceptedOut)
@@ -190,7 +198,9 @@ def revoke_device(device_id: str, access: FleetOperator, session: DbSession, ctx
         actor=access.principal.actor,
         now=ctx.clock.now(),
     )
-    return DeviceOut.of(device)
+    out = DeviceOut.of(device)
+    notify(ctx, device_id, "revoked")  # its open channel closes now, not at the next poll
+    return out
 
 
 @router.delete("/fleets/{fleet_id}/devices/{device_id}", status_code=204)
@@ -204,6 +214,7 @@ def delete_device(device_id: str, access: FleetAdmin, session: DbSession, ctx: C
         actor=access.principal.actor,
         now=ctx.clock.now(),
     )
+    notify(ctx, device_id, "deleted")  # its open channel closes now, not at the next poll
     return Response(status_code=204)
 
 
@@ -275,6 +286,23 @@ def get_ca(principal: CurrentPrincipal, ctx: Ctx) -> Response:
     return Response(content=_device_ca(ctx).certificate_pem, media_type="application/x-pem-file")
 
 
+def signed_only(authenticator: _A, what: str, *, on: bool) -> _A:
+    """``authenticator``, or one refusing ``what`` when the server takes only signed device
+    requests (``require_signed_device_requests``): checked before the credential is, so a
+    refused request has no effect (no last_seen refresh)."""
+    if not on:
+        return authenticator
+
+    def refuse(session: Session, credential: Any, now: dt.datetime) -> Principal:
+        del session, credential, now
+        raise AuthError(
+            f"this server accepts only signed device requests (RFC 9421, made with the "
+            f"device's TPM key; docs/agent.md): {what} is refused"
+        )
+
+    return cast(_A, refuse)
+
+
 def _device_ca(ctx: AppContext) -> DeviceCa:
     if ctx.device_ca is None:
         raise ConfigError("this app has no device CA")
@@ -288,19 +316,25 @@ def install(app: FastAPI) -> None:
     registry = auth_registry(app)
     ctx = app_context(app)
 
-    def seen(principal: Principal, now: dt.datetime) -> Principal:
-        # every authenticated device request refreshes last_seen_at (its own short write)
-        with ctx.db.session(write=True) as session:
-            service.touch(session, principal, now)
+    def seen(session: Session, principal: Principal, now: dt.datetime) -> Principal:
+        # every authenticated device request refreshes last_seen_at: its own short write,
+        # only when the row just read says it is older than the resolution (a minute)
+        if service.needs_touch(session, principal, now):
+            with ctx.db.session(write=True) as write:
+                service.touch(write, principal, now)
+            service.mark_seen(session, principal, now)
         return principal
 
     def by_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
-        return seen(service.authenticate_api_key(session, token, now), now)
+        return seen(session, service.authenticate_api_key(session, token, now), now)
 
     def by_certificate(session: Session, cert: x509.Certificate, now: dt.datetime) -> Principal:
-        return seen(service.authenticate_certificate(session, cert, now), now)
+        return seen(session, service.authenticate_certificate(session, cert, now), now)
 
-    registry.add_token(DEVICE_KEY_PREFIX, by_api_key)
-    registry.set_certificate(by_certificate)
+    only = ctx.settings.require_signed_device_requests
+    registry.add_token(DEVICE_KEY_PREFIX, signed_only(by_api_key, "a device API key", on=only))
+    registry.set_certificate(
+        signed_only(by_certificate, "a device client certificate (mTLS)", on=only)
+    )
     _device_ca(ctx)  # fail at start, not at the first request
     app.include_router(router, prefix=API_PREFIX)

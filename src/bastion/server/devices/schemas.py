@@ -25,7 +25,6 @@ class DeviceOut(BaseModel):
     os_version: str | None
     agent_version: str | None
     note: str | None
-    target_release: str | None
     created_at: dt.datetime
     last_seen_at: dt.datetime | None
     revoked_at: dt.datetime | None
@@ -44,7 +43,6 @@ class DeviceOut(BaseModel):
             os_version=d.os_version,
             agent_version=d.agent_version,
             note=d.note,
-            target_release=d.target_release,
             created_at=d.created_at,
             last_seen_at=d.last_seen_at,
             revoked_at=d.revoked_at,
@@ -108,12 +106,6 @@ class AcceptedOut(BaseModel):
     """How many records were stored."""
 
     accepted: int
-
-
-class TargetReleaseOut(BaseModel):
-    """The release the device should run (null: none assigned)."""
-
-    release: str | None
 
 
 class EnvValueIn(BaseModel):

@@ -10,6 +10,12 @@ Both refuse a revoked device (RevokedError -> 401) and a deleted one (AuthError)
 revocation bites on the very next request. Device operations take the device id from
 the principal only: a device can never name another device.
 
+Speed (docs/adr/0034-scale-and-webhooks.md): the row read to authenticate is kept in
+that session's ``info`` (:func:`authenticated_row`), so :func:`own` in the same request
+session (the gate, the route) does not read it again, and :func:`needs_touch` tells from
+it whether ``last_seen_at`` needs a write at all. Nothing outlives the request's
+session: revocation still bites on the next request, in every process.
+
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
 serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
 certificate onto the CRL, then the row goes; CRL and deny-list entries stay), and
@@ -44,18 +50,26 @@ from bastion.server.devices.models import (
 )
 from bastion.server.ektrust.service import deny
 from bastion.server.orgs import repository as org_repo
+from bastion.server.orgs.models import Fleet
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
+from bastion.server.webhooks import service as webhooks
 
 #: fields a device may change about itself (balena: a few own fields)
 DEVICE_WRITABLE = ("os_version", "agent_version", "note")
 LAST_SEEN_RESOLUTION = dt.timedelta(seconds=60)
 
 
-def _principal(device: Device, org_id: str, via: Via) -> Principal:
+#: session.info key of the device row this session authenticated
+_AUTHENTICATED = "bastion.devices.authenticated"
+
+
+def _principal(session: Session, device: Device, fleet: Fleet, via: Via) -> Principal:
     if device.status != DeviceStatus.ACTIVE:
         raise RevokedError(f"device {device.id} is revoked")
+    # held for the rest of this session: the identity map alone keeps rows only weakly
+    session.info[_AUTHENTICATED] = (device, fleet)
     return Principal(
-        kind=PrincipalKind.DEVICE, id=device.id, via=via, org_id=org_id, fleet_id=device.fleet_id
+        kind=PrincipalKind.DEVICE, id=device.id, via=via, org_id=fleet.org_id, fleet_id=fleet.id
     )
 
 
@@ -63,10 +77,10 @@ def authenticate_api_key(session: Session, token: str, now: dt.datetime) -> Prin
     """Resolve a ``bst_dev_`` key; AuthError if unknown, RevokedError if revoked."""
     del now
     check_format(token, DEVICE_KEY_PREFIX)
-    found = repo.with_org_by_api_key(session, token_hash(token))
+    found = repo.with_fleet_by_api_key(session, token_hash(token))
     if found is None:
         raise AuthError("device API key is not known")
-    return _principal(found[0], found[1], Via.DEVICE_KEY)
+    return _principal(session, found[0], found[1], Via.DEVICE_KEY)
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
@@ -79,25 +93,52 @@ def authenticate_certificate(
 ) -> Principal:
     """Resolve a verified client certificate to the device it was issued to."""
     del now
-    found = repo.with_org_by_cert(session, cert_fingerprint(cert))
+    found = repo.with_fleet_by_cert(session, cert_fingerprint(cert))
     if found is None:
         raise AuthError("client certificate belongs to no enrolled device")
-    return _principal(found[0], found[1], Via.CERTIFICATE)
+    return _principal(session, found[0], found[1], Via.CERTIFICATE)
 
 
 # --- the device itself ---------------------------------------------------------------------
+
+
+def authenticated_row(session: Session, device_id: str) -> Device | None:
+    """The row of ``device_id`` if this session authenticated it (else None); its fleet
+    row stays in the session's identity map too (``session.get(Fleet, ...)`` is free)."""
+    held = session.info.get(_AUTHENTICATED)
+    if isinstance(held, tuple) and isinstance(held[0], Device) and held[0].id == device_id:
+        return held[0]
+    return None
 
 
 def own(session: Session, principal: Principal) -> Device:
     """The calling device's row (it may have been deleted since authentication)."""
     if principal.kind is not PrincipalKind.DEVICE:
         raise AuthError("only a device may use this route")
-    device = repo.get(session, principal.id)
+    device = authenticated_row(session, principal.id) or repo.get(session, principal.id)
     if device is None:
         raise AuthError(f"device {principal.id} no longer exists")
     if device.status != DeviceStatus.ACTIVE:
         raise RevokedError(f"device {device.id} is revoked")
     return device
+
+
+def needs_touch(session: Session, principal: Principal, now: dt.datetime) -> bool:
+    """False when the row this session authenticated was seen within the resolution."""
+    row = authenticated_row(session, principal.id)
+    if row is None or row.last_seen_at is None:
+        return True
+    return now - row.last_seen_at >= LAST_SEEN_RESOLUTION
+
+
+def mark_seen(session: Session, principal: Principal, now: dt.datetime) -> None:
+    """Show the authenticated row as seen at ``now`` in this session, without a write
+    (another session committed it)."""
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    row = authenticated_row(session, principal.id)
+    if row is not None:
+        set_committed_value(row, "last_seen_at", now)
 
 
 def touch(session: Session, principal: Principal, now: dt.datetime) -> Device:
@@ -131,8 +172,7 @@ def effective_config(session: Session, principal: Principal) -> dict[str, Any]:
     fleet = org_repo.get_fleet(session, device.fleet_id)
     if fleet is None:  # pragma: no cover - cascades delete devices with the fleet
         raise NotFoundError("the device's fleet no longer exists")
-    env = {var.name: var.value for var in org_repo.fleet_env(session, fleet.id)}
-    overrides = {var.name: var.value for var in repo.env(session, device.id)}
+    env, overrides = repo.fleet_and_device_env(session, fleet.id, device.id)
     env.update(overrides)
     return {
         "fleet_id": fleet.id,
@@ -140,17 +180,6 @@ def effective_config(session: Session, principal: Principal) -> dict[str, Any]:
         "env": env,
         "overridden": sorted(overrides),
     }
-
-
-def target_release(session: Session, principal: Principal) -> str | None:
-    """The release this device should run: its own pin, else the fleet's."""
-    device = own(session, principal)
-    if device.target_release:
-        return device.target_release
-    fleet = org_repo.get_fleet(session, device.fleet_id)
-    config = json.loads(fleet.config or "{}") if fleet else {}
-    value = config.get("target_release") if isinstance(config, dict) else None
-    return value if isinstance(value, str) else None
 
 
 RECORD_KINDS = ("log", "event")
@@ -383,6 +412,7 @@ def revoke(
             org_id=org_id,
             at=now,
         )
+        webhooks.emit(session, fleet_id, "device.revoked", {"device": device.id}, now)
         session.commit()
     return device
 

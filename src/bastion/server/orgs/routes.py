@@ -48,6 +48,7 @@ from bastion.server.auth.deps import (
     ReadSession,
 )
 from bastion.server.auth.rbac import OrgRole, Role
+from bastion.server.channel.routes import notify_fleet
 from bastion.server.ektrust.policy import warning_for
 from bastion.server.orgs import invitations, schemas, service
 from bastion.server.orgs.models import Fleet, Organisation, OrgInvitation
@@ -184,6 +185,8 @@ def get_fleet(access: FleetViewer) -> schemas.FleetOut:
 @router.delete("/fleets/{fleet_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_fleet(access: FleetOwner, ctx: Ctx, session: DbSession) -> None:
     service.delete_fleet(ctx, session, access)
+    # after the commit: every process closes its open channels of the fleet's devices
+    notify_fleet(ctx, access.fleet.id, "deleted")
 
 
 @router.get("/fleets/{fleet_id}/members")

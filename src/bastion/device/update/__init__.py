@@ -1,0 +1,1 @@
+"""The device's update path: TUF release metadata (tuf_client), install, commit, reports."""

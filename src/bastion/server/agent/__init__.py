@@ -1,0 +1,1 @@
+"""The device agent's server side: signed-request authentication, heartbeat and presence."""

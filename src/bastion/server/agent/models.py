@@ -1,0 +1,40 @@
+"""SQLAlchemy models of request-signature nonces and device presence (heartbeats)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from bastion.server.db.base import Base, UtcDateTime
+
+
+class DeviceRequestNonce(Base):
+    """A nonce of a verified device request signature, kept while a replay could pass."""
+
+    __tablename__ = "device_request_nonces"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class DevicePresence(Base):
+    """What the agent last said about itself, and whether its channel is open."""
+
+    __tablename__ = "device_presence"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    os_version: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    slot: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    uptime_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    log_backlog: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -1,0 +1,191 @@
+"""Device request signatures on the server, and the agent's heartbeat (ADR 0032).
+
+:func:`authenticate_signature` is the signature authenticator the agent feature
+registers (:meth:`~bastion.server.auth.principal.AuthRegistry.set_signature`): it reads
+the unverified ``keyid`` (the device id), loads that device's enrolled certificate,
+verifies the RFC 9421 signature with :func:`bastion.trust.httpsig.verify_request`
+against the certificate's public key and the server clock, then stores the nonce in
+``device_request_nonces`` (one row per device and nonce, primary key: a second use is a
+replay, whichever server process sees it) and refreshes ``last_seen_at``. Every refusal
+is an :class:`~bastion.errors.AuthError` (401) naming what was expected; a signature
+outside the time window is an :class:`~bastion.errors.ExpiredError` (401 too).
+
+The body is not seen here: :class:`ContentDigestMiddleware` refuses any request whose
+``Content-Digest`` does not match the bytes received, before a route runs, and the
+signature must cover that header.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion import limits
+from bastion.errors import AuthError, BastionError, ExpiredError, FormatError, RevokedError
+from bastion.server.agent.models import DevicePresence, DeviceRequestNonce
+from bastion.server.auth.principal import Principal, PrincipalKind, SignedMessage, Via
+from bastion.server.devices import repository as devices_repo
+from bastion.server.devices import service as devices
+from bastion.server.devices.models import DeviceStatus
+from bastion.server.errors import error_body
+from bastion.server.json_body import read_body
+from bastion.server.limits import _respond
+from bastion.trust import httpsig
+
+#: how long a nonce is kept: a signature this old is refused by its time anyway
+NONCE_KEEP = dt.timedelta(seconds=2 * limits.DEVICE_SIGNATURE_MAX_SKEW_SECONDS)
+
+
+def authenticate_signature(
+    session: Session, signed: SignedMessage, now: dt.datetime
+) -> tuple[Principal, str]:
+    """The device that signed this request and the signature's nonce (module docstring).
+
+    The caller stores the nonce with :func:`remember_nonce` in a write session."""
+    try:
+        key_id = httpsig.signed_key_id(signed.headers)
+    except BastionError as exc:
+        raise AuthError(f"request signature: {exc}") from exc
+    device = devices_repo.get(session, key_id)
+    if device is None:
+        raise AuthError(f"request signature names device {key_id!r}, which is not enrolled")
+    if device.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {device.id} is revoked")
+    public = x509.load_pem_x509_certificate(device.certificate.encode()).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise AuthError(f"device {device.id} was enrolled with a key that cannot sign requests")
+    try:
+        found = httpsig.verify_request(
+            signed.method, signed.target, signed.headers, public, device.id, now
+        )
+    except ExpiredError:
+        raise
+    except BastionError as exc:
+        raise AuthError(f"request signature of device {device.id} refused: {exc}") from exc
+    from bastion.server.orgs import repository as org_repo
+
+    fleet = org_repo.get_fleet(session, device.fleet_id)
+    if fleet is None:  # pragma: no cover - fleets cascade to devices
+        raise AuthError(f"device {device.id} has no fleet")
+    principal = Principal(
+        kind=PrincipalKind.DEVICE,
+        id=device.id,
+        via=Via.SIGNATURE,
+        org_id=fleet.org_id,
+        fleet_id=device.fleet_id,
+    )
+    return principal, found.nonce
+
+
+def remember_nonce(write: Session, principal: Principal, nonce: str, now: dt.datetime) -> None:
+    """Store a verified nonce and refresh last_seen (commits); AuthError if it was used."""
+    device_id = principal.id
+    write.execute(
+        delete(DeviceRequestNonce).where(
+            DeviceRequestNonce.device_id == device_id, DeviceRequestNonce.expires_at < now
+        )
+    )
+    write.add(DeviceRequestNonce(device_id=device_id, nonce=nonce, expires_at=now + NONCE_KEEP))
+    try:
+        write.flush()
+    except IntegrityError as exc:
+        write.rollback()
+        raise AuthError(
+            f"request signature nonce {nonce[:16]!r} of device {device_id} was already used "
+            "(a replayed request)"
+        ) from exc
+    devices.touch(write, principal, now)  # commits when it refreshes last_seen
+    write.commit()
+
+
+# --- heartbeat ---------------------------------------------------------------------------
+
+
+def presence(session: Session, device_id: str) -> DevicePresence:
+    """The device's presence row (created on first use; not committed here)."""
+    row = session.get(DevicePresence, device_id)
+    if row is None:
+        row = DevicePresence(device_id=device_id, connected=False)
+        session.add(row)
+    return row
+
+
+def heartbeat(
+    session: Session, principal: Principal, report: dict[str, Any], now: dt.datetime
+) -> DevicePresence:
+    """Record what the agent says about itself; also the device's own version fields."""
+    device = devices.own(session, principal)
+    row = presence(session, device.id)
+    row.heartbeat_at = now
+    for name in ("agent_version", "os_version", "slot", "uptime_seconds", "log_backlog"):
+        if name in report:
+            setattr(row, name, report[name])
+    if report.get("agent_version"):
+        device.agent_version = report["agent_version"]
+    if report.get("os_version"):
+        device.os_version = report["os_version"]
+    device.last_seen_at = now
+    session.commit()
+    return row
+
+
+def pending_count(session: Session, device_id: str, now: dt.datetime) -> int:
+    """Commands waiting for this device (queued or sent, not expired)."""
+    from bastion.server.channel.models import CommandStatus, DeviceCommand
+
+    count = session.execute(
+        select(func.count())
+        .select_from(DeviceCommand)
+        .where(
+            DeviceCommand.device_id == device_id,
+            DeviceCommand.status.in_(CommandStatus.OPEN),
+            DeviceCommand.expires_at > now,
+        )
+    ).scalar_one()
+    return int(count)
+
+
+# --- Content-Digest ----------------------------------------------------------------------
+
+
+class ContentDigestMiddleware:
+    """Refuse (400) an HTTP request whose ``Content-Digest`` does not match its body."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        digest = None
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-digest":
+                    digest = bytes(value).decode("latin-1")
+        if digest is None:
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive, send, self.max_body)
+        if body is None:
+            return
+        try:
+            httpsig.check_content_digest(digest, body)
+        except (FormatError, BastionError) as exc:
+            await _respond(send, 400, error_body("bad_request", str(exc)))
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,1 @@
+"""Remote control: commands queued in the database and the device's WebSocket channel."""

@@ -1,0 +1,247 @@
+"""Device request signatures: RFC 9421 HTTP Message Signatures made with the TPM key.
+
+ADR 0032. The agent signs every request and the WebSocket upgrade with the device's
+enrolled identity key (ECC P-256, inside the TPM); the server verifies the signature
+against the public key of the certificate it issued at enrolment. The signature base
+and the structured header fields are built and parsed by ``http-message-signatures``;
+this module fixes the profile and makes the checks bastion needs:
+
+* label ``bastion``, ``alg="ecdsa-p256-sha256"``, ``tag="bastion-device"``;
+* covered components ``"@method" "@path" "@query" "content-digest"`` (all required);
+* parameters ``created`` (within ``max_skew`` of the verifier's clock, either way),
+  ``nonce`` (1..``DEVICE_SIGNATURE_MAX_NONCE`` characters; replay detection is the
+  caller's: the server keeps a per-device nonce table), ``keyid`` (the device id);
+* ``Content-Digest`` (RFC 9530, sha-256) is always present; whoever holds the body
+  checks it with :func:`check_content_digest`.
+
+:func:`sign_request` takes a ``sign(base) -> r||s`` callable, so the private key
+never passes through here (the device gives a TPM signer). :func:`verify_request`
+is pure: method, target, headers, public key and "now" in; a :class:`SignedRequest`
+out, or :class:`~bastion.errors.SignatureError`/:class:`~bastion.errors.ExpiredError`/
+:class:`~bastion.errors.FormatError` naming what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import http_sf
+from cryptography.hazmat.primitives.asymmetric import ec
+from http_message_signatures import (
+    HTTPMessageSignaturesException,
+    HTTPMessageSigner,
+    HTTPMessageVerifier,
+    InvalidSignature,
+    algorithms,
+)
+
+from bastion import limits
+from bastion.errors import ExpiredError, FormatError, SignatureError
+
+LABEL = "bastion"
+TAG = "bastion-device"
+ALGORITHM = "ecdsa-p256-sha256"
+COMPONENTS = ("@method", "@path", "@query", "content-digest")
+#: the URL the library resolves components from: only path and query are covered
+_ORIGIN = "https://device.invalid"
+SIGNATURE_HEADERS = ("signature-input", "signature", "content-digest")
+
+#: sign(signature base) -> raw r||s (64 bytes), made by the device's identity key
+SignFunction = Callable[[bytes], bytes]
+
+
+@dataclass(slots=True)
+class _Message:
+    """The request as the library sees it (method, absolute URL, headers)."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _target(target: str) -> str:
+    if not target.startswith("/") or len(target) > limits.DEVICE_SIGNATURE_MAX_TARGET:
+        raise FormatError(
+            f"request target must be an absolute path of at most "
+            f"{limits.DEVICE_SIGNATURE_MAX_TARGET} characters, got {target[:60]!r}"
+        )
+    return _ORIGIN + target
+
+
+def content_digest(body: bytes) -> str:
+    """The ``Content-Digest`` field value for ``body`` (sha-256)."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode()}:"
+
+
+def check_content_digest(value: str, body: bytes) -> None:
+    """Raise SignatureError unless ``value`` carries the sha-256 digest of ``body``."""
+    if len(value) > limits.DEVICE_SIGNATURE_MAX_HEADER:
+        raise FormatError(f"Content-Digest is over {limits.DEVICE_SIGNATURE_MAX_HEADER} bytes")
+    try:
+        parsed = http_sf.parse(value.encode(), tltype="dictionary")
+    except Exception as exc:  # http_sf raises ValueError and friends
+        raise FormatError(f"Content-Digest is not a structured dictionary: {exc}") from exc
+    member = parsed.get("sha-256") if isinstance(parsed, dict) else None
+    got = member[0] if isinstance(member, tuple) else None
+    if not isinstance(got, bytes):
+        raise SignatureError("Content-Digest has no sha-256 member (the only one accepted)")
+    want = hashlib.sha256(body).digest()
+    if not hmac.compare_digest(got, want):
+        raise SignatureError(
+            f"Content-Digest sha-256 {got.hex()[:16]}... does not match the body "
+            f"({want.hex()[:16]}...)"
+        )
+
+
+def sign_request(
+    method: str,
+    target: str,
+    body: bytes,
+    *,
+    key_id: str,
+    created: int,
+    nonce: str,
+    sign: SignFunction,
+) -> dict[str, str]:
+    """The ``Content-Digest``, ``Signature-Input`` and ``Signature`` headers for a request."""
+    message = _Message(method.upper(), _target(target), {"Content-Digest": content_digest(body)})
+    signer = HTTPMessageSigner(signature_algorithm=algorithms.ECDSA_P256_SHA256)
+    try:
+        prepared = signer.prepare(
+            message,
+            key_id=key_id,
+            created=dt.datetime.fromtimestamp(created, dt.UTC),
+            nonce=nonce,
+            label=LABEL,
+            tag=TAG,
+            covered_component_ids=COMPONENTS,
+            use_existing_digest=True,
+        )
+        raw = sign(prepared.signature_base)
+        signer.apply(message, prepared, raw)
+    except HTTPMessageSignaturesException as exc:
+        raise FormatError(f"cannot sign {method} {target[:60]}: {exc}") from exc
+    return dict(message.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a verified signature says: who signed, when, with which nonce."""
+
+    key_id: str
+    created: int
+    nonce: str
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name:
+            if len(value) > limits.DEVICE_SIGNATURE_MAX_HEADER:
+                raise FormatError(f"{name} is over {limits.DEVICE_SIGNATURE_MAX_HEADER} bytes")
+            return value
+    raise SignatureError(f"the request has no {name} header (expected an RFC 9421 signature)")
+
+
+def has_signature(headers: Mapping[str, str]) -> bool:
+    """True when the request carries a ``Signature-Input`` header."""
+    return any(key.lower() == "signature-input" for key in headers)
+
+
+def signed_key_id(headers: Mapping[str, str]) -> str:
+    """The ``keyid`` of the ``bastion`` signature, unverified (to find the key)."""
+    raw = _header(headers, "signature-input")
+    try:
+        parsed = http_sf.parse(raw.encode(), tltype="dictionary")
+    except Exception as exc:
+        raise FormatError(f"Signature-Input is not a structured dictionary: {exc}") from exc
+    member = parsed.get(LABEL) if isinstance(parsed, dict) else None
+    if not isinstance(member, tuple) or not isinstance(member[1], dict):
+        raise SignatureError(f"Signature-Input has no {LABEL!r} signature")
+    key_id = member[1].get("keyid")
+    if not isinstance(key_id, str) or not key_id or len(key_id) > 64:
+        raise SignatureError("the signature's keyid is missing or not a short string")
+    return key_id
+
+
+class _FixedKey:
+    def __init__(self, key: ec.EllipticCurvePublicKey, key_id: str) -> None:
+        self.key = key
+        self.key_id = key_id
+
+    def resolve_public_key(self, key_id: str) -> Any:
+        if key_id != self.key_id:
+            raise SignatureError(f"signature keyid {key_id!r} is not {self.key_id!r}")
+        return self.key
+
+    def resolve_private_key(self, key_id: str) -> Any:  # pragma: no cover - never signs
+        raise SignatureError("the verifier holds no private key")
+
+
+class _Verifier(HTTPMessageVerifier):
+    """The library's verifier; time checks are ours (the caller's clock, both ways)."""
+
+    def validate_created_and_expires(self, sig_input: Any, max_age: Any = None) -> None:
+        del sig_input, max_age
+
+
+def verify_request(  # noqa: PLR0917 - the request, the key, the clock and the window
+    method: str,
+    target: str,
+    headers: Mapping[str, str],
+    public_key: ec.EllipticCurvePublicKey,
+    key_id: str,
+    now: dt.datetime,
+    max_skew: int = limits.DEVICE_SIGNATURE_MAX_SKEW_SECONDS,
+) -> SignedRequest:
+    """Verify the ``bastion`` signature of a request made by ``key_id`` (module docstring).
+
+    The caller checks ``Content-Digest`` against the body and the nonce against replay.
+    """
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise SignatureError(f"device {key_id} has no ECC P-256 key; expected one for {ALGORITHM}")
+    message = _Message(
+        method.upper(),
+        _target(target),
+        {name: _header(headers, name) for name in SIGNATURE_HEADERS},
+    )
+    verifier = _Verifier(
+        signature_algorithm=algorithms.ECDSA_P256_SHA256,
+        key_resolver=_FixedKey(public_key, key_id),  # type: ignore[arg-type]
+    )
+    try:
+        results = verifier.verify(
+            message,
+            max_age=None,
+            expect_tag=TAG,
+            expect_label=LABEL,
+            require_components=COMPONENTS,
+        )
+    except SignatureError:
+        raise
+    except (InvalidSignature, HTTPMessageSignaturesException) as exc:
+        raise SignatureError(f"request signature of device {key_id} refused: {exc}") from exc
+    params = results[0].parameters
+    if params.get("alg") != ALGORITHM:
+        raise SignatureError(f"signature alg is {params.get('alg')!r}, expected {ALGORITHM!r}")
+    created = params.get("created")
+    nonce = params.get("nonce")
+    if not isinstance(created, int):
+        raise SignatureError("the signature has no created time")
+    if not isinstance(nonce, str) or not 0 < len(nonce) <= limits.DEVICE_SIGNATURE_MAX_NONCE:
+        raise SignatureError(
+            f"the signature needs a nonce of 1..{limits.DEVICE_SIGNATURE_MAX_NONCE} characters"
+        )
+    skew = created - int(now.timestamp())
+    if abs(skew) > max_skew:
+        raise ExpiredError(
+            f"signature created {skew:+d} s from the server clock; the window is +-{max_skew} s"
+        )
+    return SignedRequest(key_id=key_id, created=created, nonce=nonce)
