@@ -24,7 +24,7 @@ from test_agent import serving
 
 from bastion import limits
 from bastion.device.agent.signing import TpmRequestSigner
-from bastion.errors import BackendError
+from bastion.errors import BackendError, TransportError
 from bastion.io import websocket
 from bastion.server.bus import Subscription
 from bastion.server.bus_nats import NatsBus
@@ -220,14 +220,22 @@ def _receive(channel: websocket.Channel, within: float) -> tuple[dict[str, Any] 
 
 
 def _open_channel(w: FleetWorld, tmp_path: Path, url: str) -> tuple[websocket.Channel, str]:
+    signer, device_id = _enrol(w, tmp_path)
+    return _connect(signer, url), device_id
+
+
+def _enrol(w: FleetWorld, tmp_path: Path) -> tuple[TpmRequestSigner, str]:
     tpm = SoftwareTpm(tmp_path / "tpm.state")
     identity = w.enrol(tpm, w.create_key(), serial="nats-1")
-    signer = TpmRequestSigner(tpm, identity, w.ctx.clock)
+    return TpmRequestSigner(tpm, identity, w.ctx.clock), identity.device_id
+
+
+def _connect(signer: TpmRequestSigner, url: str) -> websocket.Channel:
     headers = dict(signer("GET", "/v1/device/channel", b""))
     channel = websocket.connect(url, "/v1/device/channel", headers, timeout=5)
     assert channel.receive(timeout=5) == {"type": "synced"}  # nothing was queued
     assert channel.receive(timeout=0.3) is None
-    return channel, identity.device_id
+    return channel
 
 
 @pytest.mark.parametrize(
@@ -297,3 +305,44 @@ def test_commands_survive_a_nats_restart(
         during: "sent",
         after: "sent",
     }
+
+
+@pytest.mark.parametrize(
+    ("two_apps", "where", "superseded"),
+    [("nats", "other", True), ("local", "other", False), ("local", "same", True)],
+    indirect=["two_apps"],
+)
+def test_a_device_that_reconnects_leaves_no_channel_behind(
+    two_apps: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, superseded: bool
+) -> None:
+    """Presence on the bus (ADR 0034, 2026-12-07): the device's channel on instance A
+    closes with 4001 within 3 s of the device opening a new one on instance B (through
+    NATS) or on A itself (its own bus); the new one stays open and gets the next
+    command. With per-process buses across instances (the control) the old channel
+    stays open."""
+    monkeypatch.setattr(limits, "CHANNEL_POLL_SECONDS", 60.0)
+    w, app_a, _client_b = two_apps
+    app_b = _client_b.app
+    signer, dev = _enrol(w, tmp_path)
+    with serving(app_a, free_port()) as url_a, serving(app_b, free_port()) as url_b:
+        old = _connect(signer, url_a)
+        with old, _connect(signer, url_b if where == "other" else url_a) as new:
+            start = time.monotonic()
+            closed: str | None = None
+            while time.monotonic() - start < 3.0 and closed is None:
+                try:
+                    assert old.receive(timeout=0.1) is None
+                except TransportError as exc:
+                    closed = str(exc)
+            took = time.monotonic() - start
+            assert new.receive(timeout=0.3) is None  # the new channel stays open
+            # through the instance that holds the new channel's bus
+            command_id = _queue(w, _client_b if where == "other" else w.client, dev, "attest")
+            message, _took = _receive(new, 5.0)
+    assert message is not None and message["id"] == command_id, message
+    if superseded:
+        assert closed is not None and "4001" in closed, closed
+        assert "superseded by a newer channel" in closed
+        assert took < 3.0
+    else:
+        assert closed is None

@@ -6,7 +6,8 @@
   the same load does exhaust the pool (so the test can tell).
 * Deleting a fleet, revoking a device: the open channels close on **another** server
   process (a second app with its own PostgreSQL bus), within seconds.
-* Presence written in batches: a closed channel never hides a newer one.
+* Presence written in batches: a closed channel never hides a newer one; a device that
+  reconnects on another process closes its old channel there (presence on the bus).
 
 Devices are rows with software P-256 identity keys (as in bench/agents.py): the server
 verifies every upgrade's RFC 9421 signature against the device's certificate as for a
@@ -286,6 +287,49 @@ def test_closing_reaches_the_channels_another_process_holds(make_app: Any, how: 
     for seconds, code in took:
         assert seconds < 3.0
         assert code == 1008  # closed by the server as a policy violation (device gone)
+
+
+def test_a_device_that_reconnects_on_another_process_leaves_no_channel_behind(
+    make_app: Any,
+) -> None:
+    """Presence on the bus (ADR 0034, 2026-12-07), over LISTEN/NOTIFY: a device's channel
+    on process A closes with 4001 within 3 s of the device opening a new one on process
+    B; the new one stays open and its presence row stays connected (the superseded
+    channel writes no disconnect, although under the tests' fixed clock both channels
+    have the same ``connected_at``)."""
+    from bastion.server.agent.models import DevicePresence
+
+    holder, other = make_app(), make_app()
+    with TestClient(holder, raise_server_exceptions=False) as client:
+        w = build_world(Api(client))
+    ((device_id, key),) = _add_devices(w, 1)
+
+    def connected() -> bool | None:
+        with w.ctx.db.session(write=False) as session:
+            row = session.get(DevicePresence, device_id)
+            return None if row is None else row.connected
+
+    async def scenario(url_a: str, url_b: str) -> tuple[float, int | None, str, bool | None]:
+        old = await _open(w, url_a, device_id, key)
+        assert json.loads(await asyncio.wait_for(old.recv(), 10)) == {"type": "synced"}
+        new = await _open(w, url_b, device_id, key)
+        try:
+            assert json.loads(await asyncio.wait_for(new.recv(), 10)) == {"type": "synced"}
+            took, code = await _closed_within(old, 3.0)
+            reason = old.close_reason or ""
+            with pytest.raises(TimeoutError):  # the new channel stays open
+                await asyncio.wait_for(new.recv(), 1.0)
+            await asyncio.sleep(4 * limits.CHANNEL_BATCH_SECONDS)  # presence batches land
+            return took, code, reason, await asyncio.to_thread(connected)
+        finally:
+            await old.close()
+            await new.close()
+
+    with serving(holder, _port()) as url_a, serving(other, _port()) as url_b:
+        took, code, reason, still_connected = asyncio.run(scenario(url_a, url_b))
+    assert code == 4001 and "superseded by a newer channel" in reason
+    assert took < 3.0
+    assert still_connected is True
 
 
 # --- presence ----------------------------------------------------------------------------------

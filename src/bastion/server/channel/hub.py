@@ -22,6 +22,10 @@ does that work **in batches, once per process** (ADR 0034, amendment 2026-12-06)
   channel of; deleting a fleet publishes one notice there and the hub of every process
   closes that fleet's channels after one batched check, instead of one notice and one
   transaction per device.
+* **Presence on the bus** (ADR 0034, 2026-12-07): an open channel announces itself on
+  ``device:<id>`` (:meth:`OpenChannel.announcement`); an older channel of the device,
+  in any process, hears it and closes (:meth:`OpenChannel.hear`), so a device that
+  reconnected elsewhere leaves no half-open channel behind.
 * **Bounded database work**: everything a channel does in the database (its
   authentication, sending, results, and these batches) runs in worker threads limited
   by one :class:`anyio.CapacityLimiter` of ``channel_db_concurrency`` slots, so channels
@@ -36,7 +40,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,6 +52,8 @@ import anyio
 import anyio.to_thread
 
 from bastion import limits
+from bastion.errors import BastionError
+from bastion.formats import strict_json
 from bastion.server.bus import Subscription
 from bastion.server.channel import service
 from bastion.server.channel.models import CommandStatus
@@ -52,6 +61,38 @@ from bastion.server.context import AppContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+#: the close reason of a channel a newer channel of its device replaced
+SUPERSEDED = "superseded by a newer channel of this device"
+
+
+def _new_order() -> tuple[int, str]:
+    return time.time_ns(), secrets.token_hex(8)
+
+
+def _announced_order(notice: str) -> tuple[int, str] | None:
+    """The ``order`` of an ``opened`` announcement; None for any other notice (and for
+    a malformed announcement, which is logged)."""
+    if not notice.startswith("{"):
+        return None  # a command id, "revoked", "deleted"
+    try:
+        message = strict_json.loads_object(notice.encode(), what="device notice")
+    except BastionError as exc:
+        log.warning("malformed device notice ignored: %s", exc)
+        return None
+    if message.get("type") != "opened":
+        return None
+    order = message.get("order")
+    if (
+        isinstance(order, list)
+        and len(order) == 2
+        and type(order[0]) is int
+        and isinstance(order[1], str)
+    ):
+        return order[0], order[1]
+    log.warning("malformed channel announcement ignored: %r", notice[:200])
+    return None
 
 
 @dataclass(eq=False, slots=True)
@@ -66,8 +107,29 @@ class OpenChannel:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: commands may be waiting: read them (a notice, the sweep, a result, the first check)
     must_read: bool = False
-    #: why the channel must close (the device was revoked or deleted), once known
+    #: why the channel must close (the device was revoked or deleted, or a newer
+    #: channel of the device opened), once known
     closing: str | None = None
+    #: (wall clock in ns at open, a random token): the newest channel of a device wins
+    order: tuple[int, str] = field(default_factory=_new_order)
+    #: a newer channel of this device opened (here or in another process): this one
+    #: closes with code 4001 and leaves the presence row to the newer one
+    superseded: bool = False
+
+    def announcement(self) -> str:
+        """The notice this channel publishes on ``device:<id>`` once it is open."""
+        return json.dumps({"type": "opened", "order": list(self.order)})
+
+    def hear(self, notice: str | None) -> None:
+        """A notice on ``device:<id>``: another channel's announcement closes this one
+        when that channel is newer; anything else (a command id, ``revoked``, lost
+        notices, a malformed announcement) makes the channel re-read its commands."""
+        order = _announced_order(notice) if notice is not None else None
+        if order is None:
+            self.due()
+        elif order > self.order:
+            self.superseded = True
+            self.close(SUPERSEDED)
 
     def due(self) -> None:
         """Tell the channel to read its commands."""
@@ -163,7 +225,8 @@ class ChannelHub:
         if self._connects.get(channel.device_id) == channel.connected_at:
             # opened and closed within one batch: the row never said "connected" for it
             del self._connects[channel.device_id]
-        if channel.device_id not in self._channels:
+        if channel.device_id not in self._channels and not channel.superseded:
+            # a superseded channel leaves the row to the newer one (here or elsewhere)
             self._disconnects[channel.device_id] = channel.connected_at
         self._kick()
 

@@ -15,7 +15,9 @@ or a bad signature is refused before the upgrade (HTTP 403). Once open it regist
 with the process's :class:`~bastion.server.channel.hub.ChannelHub`, which writes its
 presence and checks for open commands in batches; the channel reads and sends its
 commands when woken: by the hub's check, a bus notice on ``device:<id>``, a result, or
-the hub's sweep every ``CHANNEL_POLL_SECONDS``. After the first delivery it sends
+the hub's sweep every ``CHANNEL_POLL_SECONDS``. Once open it announces itself on
+``device:<id>``; an older channel of the same device, in any process, then closes with
+code 4001 (ADR 0034, "Presence on the bus"). After the first delivery it sends
 ``{"type": "synced"}`` once: every command queued before the channel opened is on the
 wire. The device's ``result`` messages finish
 commands. Revoking or deleting a device publishes its notice, so its channel closes at
@@ -47,16 +49,22 @@ from bastion.server.auth.deps import (
 )
 from bastion.server.auth.principal import Principal, PrincipalKind
 from bastion.server.channel import service
-from bastion.server.channel.hub import ChannelHub, OpenChannel
+from bastion.server.channel.hub import SUPERSEDED, ChannelHub, OpenChannel
 from bastion.server.channel.schemas import CommandIn, CommandOut, wire
 from bastion.server.context import AppContext, app_context
 
 router = APIRouter(tags=["channel"])
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
+#: the close code of a channel that a newer channel of its device replaced (ADR 0034)
+SUPERSEDED_CODE = 4001
 #: sent once, after the first delivery: the commands queued before the channel opened
 #: are all on the wire (``bastion agent run --once`` waits for it)
 SYNCED = json.dumps({"type": "synced"})
+
+
+class SupersededError(Exception):
+    """A newer channel of the device opened (on this process or another)."""
 
 
 def notify(ctx: AppContext, device_id: str, message: str) -> None:
@@ -212,8 +220,8 @@ async def channel(websocket: WebSocket, hub: ChannelHub) -> None:
         if subscription is None:
             await asyncio.Event().wait()
             return
-        async for _notice in subscription:
-            here.due()
+        async for notice in subscription:
+            here.hear(notice)  # a newer channel of this device closes this one
 
     async def reader() -> None:
         while True:
@@ -236,6 +244,8 @@ async def channel(websocket: WebSocket, hub: ChannelHub) -> None:
         while True:
             await wake.wait()  # the hub's first check, a bus notice, a result, the sweep
             wake.clear()
+            if here.superseded:
+                raise SupersededError(here.closing)
             if here.closing is not None:
                 raise RevokedError(here.closing)
             if here.must_read:
@@ -249,12 +259,20 @@ async def channel(websocket: WebSocket, hub: ChannelHub) -> None:
 
     await hub.attach(here)
     tasks = [asyncio.ensure_future(t()) for t in (notices, reader, sender)]
-    code = 1000
+    if ctx.bus is not None:  # after subscribing: an older channel of the device closes
+        try:
+            await ctx.bus.publish(f"device:{principal.id}", here.announcement())
+        except BastionError as exc:
+            log.warning("channel of device %s not announced: %s", principal.id, exc)
+    code, reason = 1000, ""
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             error = task.exception()
-            if isinstance(error, BastionError):
+            if isinstance(error, SupersededError):
+                log.info("channel of device %s closed: %s", principal.id, error)
+                code, reason = SUPERSEDED_CODE, SUPERSEDED
+            elif isinstance(error, BastionError):
                 log.info("channel of device %s closed: %s", principal.id, error)
                 code = POLICY_VIOLATION
             elif error is not None and not isinstance(error, WebSocketDisconnect):
@@ -270,7 +288,7 @@ async def channel(websocket: WebSocket, hub: ChannelHub) -> None:
             await subscription.close()
         await hub.detach(here)
         with contextlib.suppress(Exception):
-            await websocket.close(code=code)
+            await websocket.close(code=code, reason=reason)
 
 
 def install(app: FastAPI) -> None:
