@@ -161,7 +161,8 @@ OIDC_METADATA_CACHE_SECONDS = 3600  # discovery document and JWKS are fetched ag
 # --- initramfs cpio, serial console of a VM boot (formats/cpio.py, formats/bootlog.py) ---
 CPIO_MAX_ENTRIES = 100_000  # members of one newc archive
 CPIO_MAX_NAME_SIZE = 4096  # bytes of one member name with its NUL (PATH_MAX)
-INITRD_MAX_SIZE = 512 * MiB  # an initrd as the sim kernel unpacks it (after gzip)
+INITRD_MAX_SIZE = 512 * MiB  # an initrd as the sim kernel unpacks it (decompressed)
+KERNEL_MODULE_MAX_SIZE = 64 * MiB  # one kernel module as the sim loads it (decompressed)
 BOOTLOG_MAX_SIZE = 64 * MiB  # a guest's serial console log read back by the runner
 BOOTLOG_MAX_EVENTLOG_SIZE = 1 * MiB  # a TCG event log dumped in base64 over serial
 BLS_MAX_NAME_SIZE = 200  # bytes of a BLS entry name (FAT long names hold 255 UTF-16 units)

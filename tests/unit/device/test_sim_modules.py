@@ -5,8 +5,11 @@ lists systemd-modules-load reads."""
 from __future__ import annotations
 
 import gzip
+import lzma
+from collections.abc import Callable
 
 import pytest
+import zstandard
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -137,11 +140,93 @@ def test_initrds_the_sim_cannot_read() -> None:
     for data, words in (
         (b"\x28\xb5\x2f\xfd" + bytes(20), "zstd"),
         (b"\xfd7zXZ\0" + bytes(20), "xz"),
+        (b"BZh91AY&SY" + bytes(20), "bzip2"),
         (b"070701 a placeholder", "cpio"),
         (b"\x1f\x8b" + bytes(20), "gzip"),
+        (gzip.compress(_initrd()) + b"\x1f\x8b more", "after the gzip stream"),
+        (lzma.compress(_initrd(), check=lzma.CHECK_CRC64), "--check=crc32"),
     ):
         with pytest.raises(FormatError, match=words):
             modules.load_initrd_modules(data, [TRUSTED], enforce=True)
+
+
+@pytest.mark.parametrize(
+    "pack",
+    [
+        lambda d: lzma.compress(d, check=lzma.CHECK_CRC32),
+        lambda d: zstandard.ZstdCompressor().compress(d),
+    ],
+    ids=["xz", "zstd"],
+)
+def test_xz_and_zstd_initrds(pack: Callable[[bytes], bytes]) -> None:
+    report = modules.load_initrd_modules(pack(_initrd()), [TRUSTED], enforce=True)
+    assert [m.name for m in report.loaded] == ["good"]
+    assert [name for name, _ in report.refused] == ["rogue", "unsigned"]
+
+
+# --- compressed module files ------------------------------------------------------------------
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    ".ko.xz": lzma.compress,
+    ".ko.zst": lambda d: zstandard.ZstdCompressor().compress(d),
+    ".ko.gz": lambda d: gzip.compress(d, mtime=0),
+}
+
+
+@pytest.mark.parametrize("suffix", sorted(COMPRESSORS))
+def test_a_compressed_module_is_checked_after_decompression(suffix: str) -> None:
+    for body, loaded in ((GOOD, True), (bytes(FLIPPED), False), (BODY, False)):
+        initrd = cpio.archive(
+            [
+                cpio.CpioEntry.file("etc/modules-load.d/m.conf", b"m\n"),
+                cpio.CpioEntry.file(
+                    f"lib/modules/6.1.0/extra/m{suffix}", COMPRESSORS[suffix](body)
+                ),
+            ]
+        )
+        report = modules.load_initrd_modules(initrd, [TRUSTED], enforce=True)
+        assert [m.name for m in report.loaded] == (["m"] if loaded else [])
+        assert [n for n, _ in report.refused] == ([] if loaded else ["m"])
+        assert report.missing == ()
+
+
+REFUSED_FILES = [
+    ("xz suffix, gzip content", "m.ko.xz", gzip.compress(GOOD), "not an xz stream"),
+    ("zstd suffix, plain module", "m.ko.zst", GOOD, "not a zstd stream"),
+    ("truncated xz", "m.ko.xz", lzma.compress(BODY[:500])[:-9], "truncated"),
+    ("zstd bomb", "m.ko.zst", zstandard.ZstdCompressor().compress(bytes(2000)), "more than"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "words"), [r[1:] for r in REFUSED_FILES], ids=[r[0] for r in REFUSED_FILES]
+)
+def test_compressed_modules_that_do_not_decompress_are_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, data: bytes, words: str
+) -> None:
+    monkeypatch.setattr(modules, "KERNEL_MODULE_MAX_SIZE", 1000)
+    initrd = cpio.archive(
+        [
+            cpio.CpioEntry.file("etc/modules-load.d/m.conf", b"m\n"),
+            cpio.CpioEntry.file(f"lib/modules/6.1.0/extra/{name}", data),
+        ]
+    )
+    report = modules.load_initrd_modules(initrd, [TRUSTED], enforce=False)
+    assert report.loaded == () and report.missing == ()
+    ((refused, reason),) = report.refused
+    assert refused == "m" and words in reason, reason
+
+
+def test_a_plain_module_file_is_preferred_over_a_compressed_one() -> None:
+    initrd = cpio.archive(
+        [
+            cpio.CpioEntry.file("etc/modules-load.d/m.conf", b"m\n"),
+            cpio.CpioEntry.file("lib/modules/6.1.0/extra/m.ko.xz", lzma.compress(BODY)),
+            cpio.CpioEntry.file("lib/modules/6.1.0/extra/m.ko", GOOD),
+        ]
+    )
+    report = modules.load_initrd_modules(initrd, [TRUSTED], enforce=True)
+    assert [m.name for m in report.loaded] == ["m"]
 
 
 def test_initrd_bomb_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

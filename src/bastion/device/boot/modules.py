@@ -7,12 +7,16 @@ in the UKI's ``.initrd``, the command line and the kernel's trusted keys.
 **What is loaded.** systemd-modules-load in the initrd: every module named in
 ``etc/modules-load.d/*.conf`` and ``usr/lib/modules-load.d/*.conf`` (one name a line,
 ``#``/``;`` comments; ``-`` and ``_`` alike), in file-name order, each found as
-``NAME.ko`` under ``lib/modules/`` or ``usr/lib/modules/`` in the archive. The initrd is
-a ``newc`` cpio, plain or gzip (decompression bounded by ``INITRD_MAX_SIZE``); one the sim
-cannot unpack (zstd, xz) is reported, never treated as empty. A name with no module
-file is reported (systemd-modules-load logs it and goes on). Compressed module files
-(``.ko.xz``, ``.ko.zst``) are not looked for. Dependencies (``modules.dep``) are not
-followed: each listed module is checked on its own.
+``NAME.ko``, else ``NAME.ko.zst``, ``NAME.ko.xz`` or ``NAME.ko.gz`` (decompressed, as
+kmod does, before the check: kbuild signs a module before compressing it) under
+``lib/modules/`` or ``usr/lib/modules/`` in the archive. The initrd is a ``newc`` cpio,
+plain or gzip, xz (CRC32 or no integrity check, as the kernel's decoder) or zstd
+(:mod:`bastion.formats.compressed`: bounded by ``INITRD_MAX_SIZE``, truncation and
+trailing segments refused); one the sim cannot unpack (bzip2, LZO, LZ4) is reported,
+never treated as empty. A name with no module file is reported (systemd-modules-load
+logs it and goes on); a compressed module that does not decompress is refused with the
+reason. Dependencies (``modules.dep``) are not followed: each listed module is checked
+on its own.
 
 **The check** (kernel/module/signing.c, Linux 6.1), against the kernel's built-in
 trusted keys (``.builtin_trusted_keys``: the certificates the product's kernel is built
@@ -38,15 +42,14 @@ with ``CONFIG_MODULE_SIG_FORCE``, or lockdown under Secure Boot).
 from __future__ import annotations
 
 import stat
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from bastion.errors import FormatError, LimitError, SignatureError
-from bastion.formats import cpio, modsig
-from bastion.limits import INITRD_MAX_SIZE
+from bastion.formats import compressed, cpio, modsig
+from bastion.limits import INITRD_MAX_SIZE, KERNEL_MODULE_MAX_SIZE
 
 #: the sim kernel's built-in trusted keys (PEM) in the platform store (ADR 0039)
 KERNEL_KEYS_FILE = "kernel-keys.pem"
@@ -55,14 +58,8 @@ SIG_ENFORCE_PARAM = "module.sig_enforce"
 #: where systemd-modules-load reads its lists
 LOAD_LISTS = ("etc/modules-load.d/", "usr/lib/modules-load.d/")
 MODULE_FOLDERS = ("lib/modules/", "usr/lib/modules/")
-_GZIP_MAGIC = b"\x1f\x8b"
-_OTHER_COMPRESSIONS = {
-    b"\x28\xb5\x2f\xfd": "zstd",
-    b"\xfd7zXZ": "xz",
-    b"BZh": "bzip2",
-    b"\x89LZO": "lzo",
-    b"\x02\x21\x4c\x18": "lz4",
-}
+#: module file suffixes, in the order they are looked for, and their compression
+MODULE_SUFFIXES = {".ko": "", ".ko.zst": "zstd", ".ko.xz": "xz", ".ko.gz": "gzip"}
 
 
 def enforced(params: Mapping[str, str]) -> bool:
@@ -132,20 +129,13 @@ def check_module(
 
 
 def unpack_initrd(data: bytes) -> tuple[cpio.CpioEntry, ...]:
-    """The entries of an initrd (newc cpio, plain or gzip); FormatError naming the
-    compression the sim cannot unpack, LimitError past ``INITRD_MAX_SIZE``."""
-    if data.startswith(_GZIP_MAGIC):
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            raw = inflater.decompress(data, INITRD_MAX_SIZE)
-        except zlib.error as exc:
-            raise FormatError(f"initrd: gzip stream is corrupt: {exc}") from exc
-        if inflater.unconsumed_tail:
-            raise LimitError(f"initrd unpacks to more than {INITRD_MAX_SIZE} bytes")
-        data = raw
-    for magic, what in _OTHER_COMPRESSIONS.items():
-        if data.startswith(magic):
-            raise FormatError(f"initrd is {what}-compressed: the sim kernel cannot unpack it")
+    """The entries of an initrd (newc cpio: plain, or gzip, xz or zstd as the kernel
+    unpacks it); FormatError naming what the sim cannot read, LimitError past
+    ``INITRD_MAX_SIZE``."""
+    if compressed.kind_of(data) is not None:
+        data = compressed.decompress(
+            data, limit=INITRD_MAX_SIZE, what="initrd", xz_checks=compressed.KERNEL_XZ_CHECKS
+        )
     try:
         return cpio.parse(data)
     except LimitError:
@@ -180,14 +170,32 @@ def load_list(entries: Sequence[cpio.CpioEntry]) -> list[str]:
 
 
 def module_files(entries: Sequence[cpio.CpioEntry]) -> dict[str, cpio.CpioEntry]:
-    """``NAME.ko`` files under the module folders, by module name (``_`` for ``-``)."""
-    out: dict[str, cpio.CpioEntry] = {}
+    """Module files under the module folders, by module name (``_`` for ``-``):
+    ``NAME.ko``, else the first of ``NAME.ko.zst``, ``NAME.ko.xz``, ``NAME.ko.gz``."""
+    found: dict[str, dict[str, cpio.CpioEntry]] = {}
     for entry in entries:
+        if not (stat.S_ISREG(entry.mode) and entry.name.startswith(MODULE_FOLDERS)):
+            continue
         base = entry.name.rsplit("/", 1)[-1]
-        regular = stat.S_ISREG(entry.mode)
-        if regular and entry.name.startswith(MODULE_FOLDERS) and base.endswith(".ko"):
-            out.setdefault(_module_key(base[: -len(".ko")]), entry)
-    return out
+        for suffix in MODULE_SUFFIXES:
+            if base.endswith(suffix) and len(base) > len(suffix):
+                key = _module_key(base[: -len(suffix)])
+                found.setdefault(key, {}).setdefault(suffix, entry)
+                break
+    return {
+        key: next(by_suffix[s] for s in MODULE_SUFFIXES if s in by_suffix)
+        for key, by_suffix in found.items()
+    }
+
+
+def module_bytes(entry: cpio.CpioEntry) -> bytes:
+    """The module as the kernel links it: the file, decompressed by its suffix (kmod does
+    that before ``init_module``; kbuild signed the module before compressing it)."""
+    base = entry.name.rsplit("/", 1)[-1]
+    kind = next((k for suffix, k in MODULE_SUFFIXES.items() if k and base.endswith(suffix)), "")
+    if not kind:
+        return entry.data
+    return compressed.decompress_as(kind, entry.data, limit=KERNEL_MODULE_MAX_SIZE, what=base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +222,12 @@ def load_initrd_modules(
             missing.append(name)
             continue
         try:
-            loaded.append(check_module(name, entry.data, keyring, enforce=enforce))
+            data = module_bytes(entry)
+        except (FormatError, LimitError) as exc:  # kmod cannot read it: not loaded
+            refused.append((name, f"module {name}: {exc}"))
+            continue
+        try:
+            loaded.append(check_module(name, data, keyring, enforce=enforce))
         except SignatureError as exc:
             refused.append((name, str(exc)))
     return ModuleReport(tuple(loaded), tuple(refused), tuple(missing))

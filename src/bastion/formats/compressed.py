@@ -1,0 +1,192 @@
+"""Bounded, complete decompression of the streams a Linux kernel and kmod read: gzip, xz
+and zstd (ADR 0039, amendment 2026-12-07).
+
+The sim kernel unpacks initrds and loads modules with these; so could anything else that
+must read a compressed kernel artefact. Every stream is read
+
+* **bounded**: more than ``limit`` bytes of output is a :class:`~bastion.errors.LimitError`,
+  found while decompressing (the input is fed in small slices, so one slice of a bomb
+  cannot expand far past the limit before the check);
+* **completely**: a stream that ends early is a :class:`~bastion.errors.FormatError`,
+  never a short result (``zstandard``'s stream reader returns a truncated frame's prefix
+  without complaint, so its decompression object and ``eof`` are used instead);
+* **alone**: after the stream only zero padding may follow (the initramfs unpacker skips
+  it between segments). Anything else is refused: a kernel would go on to unpack a
+  second segment, which a reader that stopped at the first would silently miss.
+
+gzip is read with :mod:`zlib`, xz with :mod:`lzma` (any integrity check, as liblzma reads
+it; pass ``xz_checks=KERNEL_XZ_CHECKS`` for what the kernel's own XZ Embedded decoder
+reads: CRC32 or none, ``xz --check=crc32``), zstd with ``zstandard`` (every frame of the
+stream, skippable frames skipped, as ``zstd -d`` and the kernel read it). bzip2, LZO and
+LZ4 are recognised and refused by name.
+"""
+
+from __future__ import annotations
+
+import lzma
+import zlib
+from collections.abc import Callable, Collection
+
+import zstandard
+
+from bastion.errors import FormatError, LimitError
+
+#: input bytes fed per step: small enough that one step of a bomb stays near the limit
+#: (zstd's densest block turns a few bytes into 128 KiB)
+_SLICE = 256
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"BZh", "bzip2"),
+    (b"\x89LZO", "lzo"),
+    (b"\x02\x21\x4c\x18", "lz4"),
+)
+_ZSTD_FRAME = b"\x28\xb5\x2f\xfd"
+#: the integrity checks the kernel's XZ Embedded decoder verifies (initramfs, kernel)
+KERNEL_XZ_CHECKS: frozenset[int] = frozenset({lzma.CHECK_NONE, lzma.CHECK_CRC32})
+
+
+def kind_of(data: bytes) -> str | None:
+    """The compression ``data`` starts with (``gzip``, ``xz``, ``zstd``, ``bzip2``,
+    ``lzo``, ``lz4``), or None. A zstd skippable frame counts as zstd."""
+    for magic, kind in _MAGICS:
+        if data.startswith(magic):
+            return kind
+    if len(data) >= 8 and data[1:4] == b"\x2a\x4d\x18" and data[0] & 0xF0 == 0x50:
+        return "zstd"  # a skippable frame (magic 0x184D2A5?)
+    return None
+
+
+def decompress(
+    data: bytes, *, limit: int, what: str, xz_checks: Collection[int] | None = None
+) -> bytes:
+    """The whole decompressed stream ``data`` holds, of the kind its magic names
+    (module docstring); FormatError when it is none of gzip, xz or zstd."""
+    kind = kind_of(data)
+    if kind is None:
+        raise FormatError(f"{what} is not compressed (it starts {data[:8].hex() or 'empty'})")
+    return decompress_as(kind, data, limit=limit, what=what, xz_checks=xz_checks)
+
+
+def decompress_as(
+    kind: str,
+    data: bytes,
+    *,
+    limit: int,
+    what: str,
+    xz_checks: Collection[int] | None = None,
+) -> bytes:
+    """Like :func:`decompress`, for a stream that must be ``kind`` (a file's suffix
+    says so: ``.ko.xz``); FormatError when its content is not."""
+    found = kind_of(data)
+    if found != kind:
+        article = "an" if kind[0] in "aeiouxl" else "a"
+        raise FormatError(f"{what} is not {article} {kind} stream ({found or 'no known magic'})")
+    if kind == "gzip":
+        return _gzip(data, limit, what)
+    if kind == "xz":
+        return _xz(data, limit, what, xz_checks)
+    if kind == "zstd":
+        return _zstd(data, limit, what)
+    raise FormatError(f"{what} is {kind}-compressed: bastion reads gzip, xz and zstd only")
+
+
+def _check_rest(rest: bytes, kind: str, what: str) -> None:
+    if rest.strip(b"\x00"):
+        raise FormatError(
+            f"{what}: {len(rest)} bytes after the {kind} stream that are not zero padding "
+            "(a second segment is not read)"
+        )
+
+
+def _bounded(
+    data: bytes,
+    limit: int,
+    what: str,
+    step: Callable[[bytes, int], bytes],
+    finished: Callable[[], bool],
+) -> tuple[bytearray, int]:
+    """Feed ``data`` to ``step`` in slices until ``finished``; (output, bytes fed)."""
+    out = bytearray()
+    pos = 0
+    while pos < len(data) and not finished():
+        chunk = data[pos : pos + _SLICE]
+        pos += len(chunk)
+        out += step(chunk, limit + 1 - len(out))
+        if len(out) > limit:
+            raise LimitError(f"{what} decompresses to more than {limit} bytes")
+    return out, pos
+
+
+def _gzip(data: bytes, limit: int, what: str) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pending = b""
+
+    def step(chunk: bytes, room: int) -> bytes:
+        nonlocal pending
+        piece = inflater.decompress(pending + chunk, room)
+        pending = inflater.unconsumed_tail
+        return piece
+
+    try:
+        out, fed = _bounded(data, limit, what, step, lambda: inflater.eof)
+        while pending and not inflater.eof:  # input held back by the output bound
+            out += step(b"", limit + 1 - len(out))
+            if len(out) > limit:
+                raise LimitError(f"{what} decompresses to more than {limit} bytes")
+    except zlib.error as exc:
+        raise FormatError(f"{what}: gzip stream is corrupt: {exc}") from exc
+    if not inflater.eof:
+        raise FormatError(f"{what}: gzip stream is truncated")
+    _check_rest(inflater.unused_data + data[fed:], "gzip", what)
+    return bytes(out)
+
+
+def _xz(data: bytes, limit: int, what: str, checks: Collection[int] | None) -> bytes:
+    decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+
+    def step(chunk: bytes, room: int) -> bytes:
+        piece = decoder.decompress(chunk, room)
+        known = decoder.check != lzma.CHECK_UNKNOWN
+        if checks is not None and known and decoder.check not in checks:
+            raise FormatError(
+                f"{what}: xz integrity check {decoder.check} is not one the kernel's "
+                "decoder verifies (compress with xz --check=crc32)"
+            )
+        return piece
+
+    try:
+        out, fed = _bounded(data, limit, what, step, lambda: decoder.eof)
+        while not decoder.eof and not decoder.needs_input:  # output held back by the bound
+            out += step(b"", limit + 1 - len(out))
+            if len(out) > limit:
+                raise LimitError(f"{what} decompresses to more than {limit} bytes")
+    except lzma.LZMAError as exc:
+        raise FormatError(f"{what}: xz stream is corrupt: {exc}") from exc
+    if not decoder.eof:
+        raise FormatError(f"{what}: xz stream is truncated")
+    _check_rest(decoder.unused_data + data[fed:], "xz", what)
+    return bytes(out)
+
+
+def _zstd(data: bytes, limit: int, what: str) -> bytes:
+    out = bytearray()
+    rest = data
+    while kind_of(rest) == "zstd":  # a zstd stream is a sequence of frames
+        decoder = zstandard.ZstdDecompressor().decompressobj()
+        pos = 0
+        try:
+            while pos < len(rest) and not decoder.eof:
+                chunk = rest[pos : pos + _SLICE]
+                pos += len(chunk)
+                out += decoder.decompress(chunk)
+                if len(out) > limit:
+                    raise LimitError(f"{what} decompresses to more than {limit} bytes")
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{what}: zstd stream is corrupt: {exc}") from exc
+        if not decoder.eof:
+            raise FormatError(f"{what}: zstd stream is truncated")
+        rest = decoder.unused_data + rest[pos:]
+    _check_rest(rest, "zstd", what)
+    return bytes(out)
