@@ -23,6 +23,7 @@ SMOKE = [
     ("uki.py", ["--kernel-mib", "1", "--initrd-mib", "1", "--runs", "1"]),
     ("tuf_refresh.py", ["--targets", "50", "--runs", "1"]),
     ("reports.py", ["--devices", "20"]),
+    ("decompress.py", ["--mib", "1", "--runs", "1"]),
     (  # needs the local PostgreSQL (BASTION_BENCH_PG), as the server tests do
         "agents.py",
         ["--agents", "20", "--duration", "2", "--commands", "10", "--agent-procs", "1"],

@@ -5,8 +5,8 @@ The sim kernel unpacks initrds and loads modules with these; so could anything e
 must read a compressed kernel artefact. Every stream is read
 
 * **bounded**: more than ``limit`` bytes of output is a :class:`~bastion.errors.LimitError`,
-  found while decompressing (the input is fed in small slices, so one slice of a bomb
-  cannot expand far past the limit before the check);
+  found while decompressing (gzip and xz never give more than asked; zstd is fed in
+  1 KiB slices, so one slice of a bomb cannot expand far past the limit);
 * **completely**: a stream that ends early is a :class:`~bastion.errors.FormatError`,
   never a short result (``zstandard``'s stream reader returns a truncated frame's prefix
   without complaint, so its decompression object and ``eof`` are used instead);
@@ -31,9 +31,12 @@ import zstandard
 
 from bastion.errors import FormatError, LimitError
 
-#: input bytes fed per step: small enough that one step of a bomb stays near the limit
-#: (zstd's densest block turns a few bytes into 128 KiB)
-_SLICE = 256
+#: input bytes fed per step. gzip and xz bound their output themselves (``max_length``);
+#: zstd's decompression object does not, so its slices are small enough that one slice
+#: of a bomb stays near the limit (its densest block turns 4 bytes into 128 KiB: a slice
+#: expands to at most 32 MiB past the limit)
+_SLICE = 64 * 1024
+_ZSTD_SLICE = 1024
 _MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip"),
     (b"\xfd7zXZ\x00", "xz"),
@@ -178,7 +181,7 @@ def _zstd(data: bytes, limit: int, what: str) -> bytes:
         pos = 0
         try:
             while pos < len(rest) and not decoder.eof:
-                chunk = rest[pos : pos + _SLICE]
+                chunk = rest[pos : pos + _ZSTD_SLICE]
                 pos += len(chunk)
                 out += decoder.decompress(chunk)
                 if len(out) > limit:
