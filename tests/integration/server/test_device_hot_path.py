@@ -5,6 +5,8 @@
 * ``last_seen_at`` is written at most once a minute per device, not on every request;
 * the number of SQL statements a gated device request costs is bounded (a regression
   guard for the speed work: counting statements, never timing);
+* all of this holds with the heartbeat routes' second request path (ADR 0043) on and
+  off (the ``second`` app is built both ways);
 * the heartbeat routes run their work in one worker-thread call
   (:func:`bastion.server.attestation.gate.device_call`) and still refuse what the
   dependency chain refused: no credential, a user, a bad or revoked or deleted device
@@ -30,6 +32,7 @@ from .conftest import CHEAP
 from .devicekit import FleetWorld
 from .test_attestation import Dev as AttestedDev
 from .test_attestation import attested_world
+from .test_device_fast_path import layer_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +52,15 @@ def world(
         yield w
 
 
-@pytest.fixture
-def second(world: FleetWorld) -> Iterator[TestClient]:
-    """A second server process's app on the same database and data folder."""
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-only"])
+def second(world: FleetWorld, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """A second server process's app on the same database and data folder, with the
+    heartbeat routes' second request path (ADR 0043) on or off."""
     settings = ServerSettings(
         data_dir=world.ctx.settings.data_dir,
         database_url=world.ctx.db.url,
         webhook_worker=False,
+        device_fast_path=request.param,
         **CHEAP,
     )
     app = create_app(settings, clock=world.ctx.clock, migrate=False)
@@ -64,6 +69,12 @@ def second(world: FleetWorld) -> Iterator[TestClient]:
             yield client
     finally:
         app.state.ctx.db.dispose()
+
+
+def _serial(second: TestClient, base: str) -> str:
+    """A serial of its own for each way ``second`` is built (one fleet serves both)."""
+    fast = second.app.state.ctx.settings.device_fast_path  # type: ignore[attr-defined]
+    return f"{base}-{'fast' if fast else 'fastapi'}"
 
 
 def _statements(client: TestClient) -> list[str]:
@@ -77,7 +88,7 @@ def _statements(client: TestClient) -> list[str]:
 def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_another(
     world: FleetWorld, second: TestClient, tmp_path: Path, how: str
 ) -> None:
-    dev = AttestedDev(world, tmp_path, f"hot-{how}")
+    dev = AttestedDev(world, tmp_path, _serial(second, f"hot-{how}"))
     assert dev.attest()["ok"]
     for path in BUDGET:
         assert second.get(path, headers=dev.headers).status_code == 200, path
@@ -88,7 +99,11 @@ def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_a
     else:
         r = world.client.delete(where, headers=world.headers["admin"])
         assert r.status_code == 204, r.text
+    layer = layer_of(second.app)
+    before = layer.answered if layer is not None else 0
     assert _refusals(second, dev.headers) == {(p, 401, "unauthenticated") for p in BUDGET}
+    if layer is not None:  # the fast path itself refused them, not FastAPI behind it
+        assert layer.answered - before == len(BUDGET)
     if how == "revoke":
         for path in BUDGET:
             assert "revoked" in second.get(path, headers=dev.headers).json()["detail"], path
@@ -97,7 +112,7 @@ def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_a
 def test_last_seen_is_written_once_a_minute(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
-    dev = AttestedDev(world, tmp_path, "hot-seen")
+    dev = AttestedDev(world, tmp_path, _serial(second, "hot-seen"))
     assert dev.attest()["ok"]
     second.get("/v1/device", headers=dev.headers)  # whatever was stale is written now
     seen = _statements(second)
@@ -118,7 +133,7 @@ def test_last_seen_is_written_once_a_minute(
 def test_gated_requests_stay_within_their_statement_budget(
     world: FleetWorld, second: TestClient, tmp_path: Path, path: str
 ) -> None:
-    dev = AttestedDev(world, tmp_path, f"hot-budget-{path.rsplit('/', 1)[-1]}")
+    dev = AttestedDev(world, tmp_path, _serial(second, f"hot-budget-{path.rsplit('/', 1)[-1]}"))
     assert dev.attest()["ok"]
     assert second.get(path, headers=dev.headers).status_code == 200  # last_seen written
     seen = _statements(second)
