@@ -36,11 +36,11 @@ from .test_device_fast_path import layer_of
 
 pytestmark = pytest.mark.integration
 
-#: SELECTs a gated device request may cost: authentication (device + fleet: one), the
-#: gate (settings + newest verdict + golden count: one), the route's own reads; the
-#: target release (server/rollouts) reads the fleet's active rollout, the device's wave
-#: row and the release
-BUDGET = {"/v1/device": 1, "/v1/device/target-release": 4, "/v1/device/config": 3}
+#: SELECTs a device request may cost: authentication (device + fleet) and, on a gated
+#: route, the gate (settings + newest verdict + golden count) in one statement (ADR
+#: 0043), then the route's own reads: the env (one) for config; the fleet's active
+#: rollout, the device's wave row and the release for the target release
+BUDGET = {"/v1/device": 1, "/v1/device/target-release": 3, "/v1/device/config": 2}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bastion.server.attestation import service
+from bastion.server.attestation import repository, service
 from bastion.server.auth.deps import (
     Ctx,
     ReadSession,
@@ -78,6 +78,8 @@ def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
     through one read session."""
     ctx = get_ctx(request)
     with ctx.db.session(write=False) as session:
+        if route.attested:  # a device key's authentication reads the gate's inputs too
+            repository.prefetch_gate(session)
         principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
         if route.attested:
             service.require_attested(session, principal, ctx.clock.now())
