@@ -38,8 +38,9 @@ pytestmark = pytest.mark.integration
 
 #: SELECTs a device request may cost: authentication (device + fleet) and, on a gated
 #: route, the gate (settings + newest verdict + golden count) in one statement (ADR
-#: 0043), then the route's own reads: the env (one) for config; the fleet's active
-#: rollout, the device's wave row and the release for the target release
+#: 0043), then the route's own reads: the env (one) for config; for the target release
+#: the fleet's active rollout (one), then the fleet's target release (one; this world
+#: has no rollout)
 BUDGET = {"/v1/device": 1, "/v1/device/target-release": 3, "/v1/device/config": 2}
 
 
@@ -227,3 +228,29 @@ def test_heartbeat_routes_hand_one_call_to_a_worker_thread() -> None:
                 assert dep.call is None or inspect.iscoroutinefunction(dep.call), (path, dep)
                 pending.extend(dep.dependencies)
     assert found == set(BUDGET)
+
+
+def test_the_heartbeat_read_session_runs_without_a_transaction_and_the_pool_forgets_it(
+    world: FleetWorld,
+) -> None:
+    """PostgreSQL: the heartbeat's read session is in autocommit (no BEGIN/ROLLBACK round
+    trips); a connection handed back to the pool is in a transaction again for the next
+    session, write sessions above all. SQLite: the plain deferred read session."""
+    from sqlalchemy import text
+
+    db = world.ctx.db
+    with pytest.raises(ValueError, match="autocommit"), db.session(write=True, autocommit=True):
+        pass
+    for _ in range(3):  # the pool may hand out the same connection each time
+        with db.session(write=False, autocommit=True) as session:
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+            level = session.connection().get_execution_options().get("isolation_level")
+            assert level == (None if db.is_sqlite else "AUTOCOMMIT")
+            if not db.is_sqlite:
+                assert session.connection().connection.dbapi_connection.autocommit is True
+        for write in (True, False):
+            with db.session(write=write) as session:
+                session.execute(text("SELECT 1"))
+                assert session.connection().get_execution_options().get("isolation_level") is None
+                if not db.is_sqlite:
+                    assert session.connection().connection.dbapi_connection.autocommit is False

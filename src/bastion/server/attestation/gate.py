@@ -77,7 +77,7 @@ def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
     gate when the route is gated (else 403 ``attestation_required``), then the work, all
     through one read session."""
     ctx = get_ctx(request)
-    with ctx.db.session(write=False) as session:
+    with ctx.db.session(write=False, autocommit=True) as session:
         if route.attested:  # a device key's authentication reads the gate's inputs too
             repository.prefetch_gate(session)
         principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
