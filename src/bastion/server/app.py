@@ -4,7 +4,9 @@ It creates the :class:`~bastion.server.db.engine.Database` for
 ``settings.resolved_database_url()``, applies every migration (SQLite and PostgreSQL
 from empty), builds the :class:`~bastion.server.context.AppContext` (hung on the app
 once, read through :func:`~bastion.server.context.app_context`), installs the
-body-size middleware and the one error mapper, and installs every feature.
+body-size middleware and the one error mapper, and installs every feature; the
+device heartbeat routes' second request path (:mod:`bastion.server.hotpath`) is the
+innermost middleware.
 
 Features are listed here, explicitly and in one place: :func:`features` names the
 ``routes`` module of each ``bastion.server.<feature>`` package, and its
@@ -42,6 +44,7 @@ from bastion.server.bus import Bus, LocalBus
 from bastion.server.context import AppContext
 from bastion.server.db.engine import Database, ensure_private_dir
 from bastion.server.errors import install_error_handlers
+from bastion.server.hotpath import DeviceHotPath
 from bastion.server.json_body import StrictJsonMiddleware
 from bastion.server.limits import BodyLimitMiddleware
 from bastion.server.oidc.provider import build_provider
@@ -139,6 +142,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    if settings.device_fast_path:  # innermost: every other middleware wraps it (ADR 0043)
+        app.add_middleware(DeviceHotPath)
     app.add_middleware(StrictJsonMiddleware, max_body=settings.max_body)  # inner
     from bastion.server.releases.routes import UPLOAD_PATH
 

@@ -90,6 +90,9 @@ class ServerSettings(BaseSettings):
     # devices must sign every request in their TPM (RFC 9421, ADR 0032): their bearer API
     # keys and mTLS client certificates are refused (docs/agent.md "Signed requests only")
     require_signed_device_requests: bool = False
+    # answer the device heartbeat routes (GET /v1/device, /config, /target-release) of
+    # device API keys in an ASGI layer beside FastAPI's router (ADR 0043); off: FastAPI only
+    device_fast_path: bool = True
 
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False

@@ -5,6 +5,8 @@
 * ``last_seen_at`` is written at most once a minute per device, not on every request;
 * the number of SQL statements a gated device request costs is bounded (a regression
   guard for the speed work: counting statements, never timing);
+* all of this holds with the heartbeat routes' second request path (ADR 0043) on and
+  off (the ``second`` app is built both ways);
 * the heartbeat routes run their work in one worker-thread call
   (:func:`bastion.server.attestation.gate.device_call`) and still refuse what the
   dependency chain refused: no credential, a user, a bad or revoked or deleted device
@@ -30,14 +32,16 @@ from .conftest import CHEAP
 from .devicekit import FleetWorld
 from .test_attestation import Dev as AttestedDev
 from .test_attestation import attested_world
+from .test_device_fast_path import layer_of
 
 pytestmark = pytest.mark.integration
 
-#: SELECTs a gated device request may cost: authentication (device + fleet: one), the
-#: gate (settings + newest verdict + golden count: one), the route's own reads; the
-#: target release (server/rollouts) reads the fleet's active rollout, the device's wave
-#: row and the release
-BUDGET = {"/v1/device": 1, "/v1/device/target-release": 4, "/v1/device/config": 3}
+#: SELECTs a device request may cost: authentication (device + fleet) and, on a gated
+#: route, the gate (settings + newest verdict + golden count) in one statement (ADR
+#: 0043), then the route's own reads: the env (one) for config; for the target release
+#: the fleet's active rollout (one), then the fleet's target release (one; this world
+#: has no rollout)
+BUDGET = {"/v1/device": 1, "/v1/device/target-release": 3, "/v1/device/config": 2}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -49,13 +53,15 @@ def world(
         yield w
 
 
-@pytest.fixture
-def second(world: FleetWorld) -> Iterator[TestClient]:
-    """A second server process's app on the same database and data folder."""
+@pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-only"])
+def second(world: FleetWorld, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """A second server process's app on the same database and data folder, with the
+    heartbeat routes' second request path (ADR 0043) on or off."""
     settings = ServerSettings(
         data_dir=world.ctx.settings.data_dir,
         database_url=world.ctx.db.url,
         webhook_worker=False,
+        device_fast_path=request.param,
         **CHEAP,
     )
     app = create_app(settings, clock=world.ctx.clock, migrate=False)
@@ -64,6 +70,12 @@ def second(world: FleetWorld) -> Iterator[TestClient]:
             yield client
     finally:
         app.state.ctx.db.dispose()
+
+
+def _serial(second: TestClient, base: str) -> str:
+    """A serial of its own for each way ``second`` is built (one fleet serves both)."""
+    fast = second.app.state.ctx.settings.device_fast_path  # type: ignore[attr-defined]
+    return f"{base}-{'fast' if fast else 'fastapi'}"
 
 
 def _statements(client: TestClient) -> list[str]:
@@ -77,7 +89,7 @@ def _statements(client: TestClient) -> list[str]:
 def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_another(
     world: FleetWorld, second: TestClient, tmp_path: Path, how: str
 ) -> None:
-    dev = AttestedDev(world, tmp_path, f"hot-{how}")
+    dev = AttestedDev(world, tmp_path, _serial(second, f"hot-{how}"))
     assert dev.attest()["ok"]
     for path in BUDGET:
         assert second.get(path, headers=dev.headers).status_code == 200, path
@@ -88,7 +100,11 @@ def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_a
     else:
         r = world.client.delete(where, headers=world.headers["admin"])
         assert r.status_code == 204, r.text
+    layer = layer_of(second.app)
+    before = layer.answered if layer is not None else 0
     assert _refusals(second, dev.headers) == {(p, 401, "unauthenticated") for p in BUDGET}
+    if layer is not None:  # the fast path itself refused them, not FastAPI behind it
+        assert layer.answered - before == len(BUDGET)
     if how == "revoke":
         for path in BUDGET:
             assert "revoked" in second.get(path, headers=dev.headers).json()["detail"], path
@@ -97,7 +113,7 @@ def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_a
 def test_last_seen_is_written_once_a_minute(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
-    dev = AttestedDev(world, tmp_path, "hot-seen")
+    dev = AttestedDev(world, tmp_path, _serial(second, "hot-seen"))
     assert dev.attest()["ok"]
     second.get("/v1/device", headers=dev.headers)  # whatever was stale is written now
     seen = _statements(second)
@@ -118,7 +134,7 @@ def test_last_seen_is_written_once_a_minute(
 def test_gated_requests_stay_within_their_statement_budget(
     world: FleetWorld, second: TestClient, tmp_path: Path, path: str
 ) -> None:
-    dev = AttestedDev(world, tmp_path, f"hot-budget-{path.rsplit('/', 1)[-1]}")
+    dev = AttestedDev(world, tmp_path, _serial(second, f"hot-budget-{path.rsplit('/', 1)[-1]}"))
     assert dev.attest()["ok"]
     assert second.get(path, headers=dev.headers).status_code == 200  # last_seen written
     seen = _statements(second)
@@ -212,3 +228,29 @@ def test_heartbeat_routes_hand_one_call_to_a_worker_thread() -> None:
                 assert dep.call is None or inspect.iscoroutinefunction(dep.call), (path, dep)
                 pending.extend(dep.dependencies)
     assert found == set(BUDGET)
+
+
+def test_the_heartbeat_read_session_runs_without_a_transaction_and_the_pool_forgets_it(
+    world: FleetWorld,
+) -> None:
+    """PostgreSQL: the heartbeat's read session is in autocommit (no BEGIN/ROLLBACK round
+    trips); a connection handed back to the pool is in a transaction again for the next
+    session, write sessions above all. SQLite: the plain deferred read session."""
+    from sqlalchemy import text
+
+    db = world.ctx.db
+    with pytest.raises(ValueError, match="autocommit"), db.session(write=True, autocommit=True):
+        pass
+    for _ in range(3):  # the pool may hand out the same connection each time
+        with db.session(write=False, autocommit=True) as session:
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+            level = session.connection().get_execution_options().get("isolation_level")
+            assert level == (None if db.is_sqlite else "AUTOCOMMIT")
+            if not db.is_sqlite:
+                assert session.connection().connection.dbapi_connection.autocommit is True
+        for write in (True, False):
+            with db.session(write=write) as session:
+                session.execute(text("SELECT 1"))
+                assert session.connection().get_execution_options().get("isolation_level") is None
+                if not db.is_sqlite:
+                    assert session.connection().connection.dbapi_connection.autocommit is False

@@ -13,18 +13,24 @@ requires a device, applies the gate when asked, and does the route's reads. The
 dependency chain instead costs one worker-thread hand-off per sync dependency (five
 on a gated route), which was the largest single cost of such a request
 (docs/server.md "Device API speed"). The checks and their order are the same.
+
+:func:`device_work` is that one call's body; the heartbeat routes' second request path
+(:mod:`bastion.server.hotpath`, ADR 0043) calls the same function with the same
+:class:`DeviceRoute`, so both paths authenticate, limit, gate and read alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Request
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bastion.server.attestation import service
+from bastion.server.attestation import repository, service
 from bastion.server.auth.deps import (
     Ctx,
     ReadSession,
@@ -37,8 +43,19 @@ from bastion.server.auth.principal import Principal, PrincipalKind
 from bastion.server.context import AppContext
 
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=BaseModel)
 #: a device route's work: (its read session, the device principal, the app context)
 DeviceWork = Callable[[Session, Principal, AppContext], _T]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRoute(Generic[_M]):
+    """One heartbeat route: its work, whether it is gated, and the model it answers with
+    (the route's ``response_model``)."""
+
+    work: Callable[[Session, Principal, AppContext], _M]
+    attested: bool
+    model: type[_M]
 
 
 def require_attested_device(
@@ -54,18 +71,21 @@ def require_attested_device(
 AttestedDevice = Annotated[Principal, Depends(require_attested_device)]
 
 
-async def device_call(request: Request, work: DeviceWork[_T], *, attested: bool) -> _T:
-    """Run ``work`` for the calling device in one worker-thread call: authentication and
-    rate limit, a device principal (else 401/403), the attestation gate when
-    ``attested`` (else 403 ``attestation_required``), then the work, all through one
-    read session."""
+def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
+    """The route's work for the calling device (blocking; call it in a worker thread):
+    authentication and rate limit, a device principal (else 401/403), the attestation
+    gate when the route is gated (else 403 ``attestation_required``), then the work, all
+    through one read session."""
     ctx = get_ctx(request)
+    with ctx.db.session(write=False, autocommit=True) as session:
+        if route.attested:  # a device key's authentication reads the gate's inputs too
+            repository.prefetch_gate(session)
+        principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
+        if route.attested:
+            service.require_attested(session, principal, ctx.clock.now())
+        return route.work(session, principal, ctx)
 
-    def run() -> _T:
-        with ctx.db.session(write=False) as session:
-            principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
-            if attested:
-                service.require_attested(session, principal, ctx.clock.now())
-            return work(session, principal, ctx)
 
-    return await run_in_threadpool(run)
+async def device_call(request: Request, route: DeviceRoute[_M]) -> _M:
+    """:func:`device_work` in one worker-thread call (the FastAPI endpoints' body)."""
+    return await run_in_threadpool(device_work, request, route)

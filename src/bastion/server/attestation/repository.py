@@ -198,52 +198,97 @@ class GateState:
     golden_count: int
 
 
-def _gate_statement() -> Select[Any]:
-    device_id = bindparam("device_id", type_=String)
-    fleet_id = bindparam("fleet_id", type_=String)
+def _gate_columns(device_id: Any, fleet_id: Any) -> tuple[list[Any], Any, Any]:
+    """The gate's columns and the ON clauses of its two outer joins (newest verdict,
+    fleet settings), for a device and fleet given as bind parameters or as columns."""
     latest_id = (
         select(func.max(AttestationVerdict.id))
         .where(AttestationVerdict.device_id == device_id)
+        .correlate_except(AttestationVerdict)
         .scalar_subquery()
     )
     own = (
         select(func.count())
         .select_from(FleetGolden)
         .where(FleetGolden.fleet_id == fleet_id)
+        .correlate_except(FleetGolden)
         .scalar_subquery()
     )
     releases = (
         select(func.count())
         .select_from(Release)
         .where(Release.fleet_id == fleet_id, Release.golden_statement.is_not(None))
+        .correlate_except(Release)
         .scalar_subquery()
     )
+    columns = [
+        FleetAttestation.fleet_id,
+        FleetAttestation.gating,
+        FleetAttestation.interval_seconds,
+        AttestationVerdict.id,
+        AttestationVerdict.ok,
+        AttestationVerdict.at,
+        AttestationVerdict.failures,
+        (own + releases).label("golden_count"),
+    ]
+    return columns, AttestationVerdict.id == latest_id, FleetAttestation.fleet_id == fleet_id
+
+
+def _gate_statement() -> Select[Any]:
+    device_id = bindparam("device_id", type_=String)
+    fleet_id = bindparam("fleet_id", type_=String)
+    columns, verdict_on, settings_on = _gate_columns(device_id, fleet_id)
     one = select(literal(1).label("one")).subquery()
     return (
-        select(
-            FleetAttestation.fleet_id,
-            FleetAttestation.gating,
-            FleetAttestation.interval_seconds,
-            AttestationVerdict.id,
-            AttestationVerdict.ok,
-            AttestationVerdict.at,
-            AttestationVerdict.failures,
-            (own + releases).label("golden_count"),
-        )
+        select(*columns)
         .select_from(one)
-        .outerjoin(AttestationVerdict, AttestationVerdict.id == latest_id)
-        .outerjoin(FleetAttestation, FleetAttestation.fleet_id == fleet_id)
+        .outerjoin(AttestationVerdict, verdict_on)
+        .outerjoin(FleetAttestation, settings_on)
+    )
+
+
+def _auth_and_gate_statement() -> Select[Any]:
+    """The device-key authentication's statement (devices/repository ``_BY_API_KEY``:
+    Device and Fleet by ``api_key_hash``) with the gate's columns after them."""
+    from bastion.server.devices.models import Device
+    from bastion.server.orgs.models import Fleet
+
+    columns, verdict_on, settings_on = _gate_columns(Device.id, Device.fleet_id)
+    return (
+        select(Device, Fleet, *columns)
+        .join(Fleet, Fleet.id == Device.fleet_id)
+        .outerjoin(AttestationVerdict, verdict_on)
+        .outerjoin(FleetAttestation, settings_on)
+        .where(Device.api_key_hash == bindparam("api_key_hash", type_=String))
     )
 
 
 #: built once: the gate runs on every gated device request, and a statement object
 #: that is reused keeps its compiled form and cache key (no per-request construction)
 _GATE = _gate_statement()
+#: the gated heartbeat routes authenticate and read the gate in this one statement
+#: (:func:`prefetch_gate`; docs/adr/0043-device-hot-path.md)
+_AUTH_AND_GATE = _auth_and_gate_statement()
+
+
+def prefetch_gate(session: Session) -> None:
+    """Make this session's device-key authentication read the gate's inputs too (one
+    statement instead of two); :func:`gate_state` then uses them for that device."""
+    from bastion.server.devices.repository import API_KEY_STATEMENT
+
+    session.info[API_KEY_STATEMENT] = _AUTH_AND_GATE
 
 
 def gate_state(session: Session, device_id: str, fleet_id: str) -> GateState:
-    """The gate's inputs for one device, in one query of the columns it needs."""
-    row = session.execute(_GATE, {"device_id": device_id, "fleet_id": fleet_id}).one()
+    """The gate's inputs for one device, in one query of the columns it needs (none,
+    when this session's authentication read them: :func:`prefetch_gate`)."""
+    from bastion.server.devices.repository import API_KEY_EXTRA
+
+    held = session.info.pop(API_KEY_EXTRA, None)
+    if held is not None and held[0] == device_id:
+        row = held[1]
+    else:
+        row = session.execute(_GATE, {"device_id": device_id, "fleet_id": fleet_id}).one()
     has_settings = row[0] is not None
     return GateState(
         gating=bool(row[1]) if has_settings else None,

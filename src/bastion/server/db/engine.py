@@ -80,19 +80,33 @@ class Database:
             bind=self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
         self._read = sessionmaker(bind=self.engine, expire_on_commit=False)
+        # PostgreSQL: reads without BEGIN/ROLLBACK round trips (each statement has its own
+        # snapshot in READ COMMITTED either way); SQLite keeps its deferred transaction
+        self._read_autocommit = (
+            self._read
+            if self.is_sqlite
+            else sessionmaker(
+                bind=self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+        )
 
     def set_session_info(self, name: str, value: object) -> None:
         """Put ``value`` into ``session.info[name]`` of every session opened from now on
         (per-app objects that service code reaches through its session: the audit key)."""
-        for factory in (self._write, self._read):
+        for factory in {self._write, self._read, self._read_autocommit}:
             info = dict(factory.kw.get("info") or {})
             info[name] = value
             factory.configure(info=info)
 
     @contextmanager
-    def session(self, *, write: bool = True) -> Iterator[Session]:
-        """A session; uncommitted work is rolled back on exit."""
-        factory = self._write if write else self._read
+    def session(self, *, write: bool = True, autocommit: bool = False) -> Iterator[Session]:
+        """A session; uncommitted work is rolled back on exit. ``autocommit`` (read
+        sessions only, PostgreSQL; ignored on SQLite): no transaction around the
+        statements, for a request's few independent reads (the device heartbeat)."""
+        if write and autocommit:
+            raise ValueError("a write session cannot be in autocommit")
+        factory = self._write if write else self._read_autocommit if autocommit else self._read
         with factory() as session:
             try:
                 yield session

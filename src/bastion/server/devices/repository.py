@@ -26,10 +26,28 @@ _BY_API_KEY = (
 )
 
 
+#: session.info key: a statement to authenticate API keys with instead of _BY_API_KEY
+#: (same ``api_key_hash`` parameter; Device and Fleet first, then columns of its own)
+API_KEY_STATEMENT = "bastion.devices.api_key_statement"
+#: session.info key where the extra columns of that statement's row are left:
+#: ``(device_id, (column, ...))``
+API_KEY_EXTRA = "bastion.devices.api_key_extra"
+
+
 def with_fleet_by_api_key(session: Session, api_key_hash: str) -> tuple[Device, Fleet] | None:
-    """The device holding this API key and its fleet, in one query."""
-    row = session.execute(_BY_API_KEY, {"api_key_hash": api_key_hash}).first()
-    return (row[0], row[1]) if row else None
+    """The device holding this API key and its fleet, in one query.
+
+    A caller that needs more about the device in the same statement (the attestation
+    gate: docs/adr/0043-device-hot-path.md) puts its statement into
+    ``session.info[API_KEY_STATEMENT]``; the columns after Device and Fleet are left in
+    ``session.info[API_KEY_EXTRA]`` with the device's id."""
+    statement = session.info.get(API_KEY_STATEMENT, _BY_API_KEY)
+    row = session.execute(statement, {"api_key_hash": api_key_hash}).first()
+    if row is None:
+        return None
+    if len(row) > 2:
+        session.info[API_KEY_EXTRA] = (row[0].id, tuple(row[2:]))
+    return (row[0], row[1])
 
 
 def with_fleet_by_cert(session: Session, cert_sha256: str) -> tuple[Device, Fleet] | None:

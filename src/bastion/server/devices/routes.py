@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from bastion import limits
 from bastion.errors import AuthError, ConfigError, LimitError
-from bastion.server.attestation.gate import device_call
+from bastion.server.attestation.gate import DeviceRoute, device_call
 from bastion.server.auth.deps import (
     Ctx,
     CurrentPrincipal,
@@ -72,12 +72,16 @@ PageLimit = Annotated[int, Query(ge=1, le=limits.DEVICE_RECORDS_PAGE_MAX)]
 @router.get("/device", response_model=DeviceOut)
 async def get_own(request: Request) -> DeviceOut:
     """The calling device's own record (device principal; one worker-thread call)."""
-    return await device_call(request, _own, attested=False)
+    return await device_call(request, OWN)
 
 
 def _own(session: Session, principal: Principal, ctx: AppContext) -> DeviceOut:
     del ctx
     return DeviceOut.of(service.own(session, principal))
+
+
+#: ``GET /v1/device``, also answered by :mod:`bastion.server.hotpath` (ADR 0043)
+OWN = DeviceRoute(work=_own, attested=False, model=DeviceOut)
 
 
 @router.patch("/device", response_model=DeviceOut)
@@ -92,12 +96,16 @@ def patch_own(
 @router.get("/device/config", response_model=DeviceConfigOut)
 async def get_config(request: Request) -> DeviceConfigOut:
     """The fleet's config and env with this device's overrides (attestation-gated)."""
-    return await device_call(request, _config, attested=True)
+    return await device_call(request, CONFIG)
 
 
 def _config(session: Session, principal: Principal, ctx: AppContext) -> DeviceConfigOut:
     del ctx
     return DeviceConfigOut(**service.effective_config(session, principal))
+
+
+#: ``GET /v1/device/config``, also answered by :mod:`bastion.server.hotpath` (ADR 0043)
+CONFIG = DeviceRoute(work=_config, attested=True, model=DeviceConfigOut)
 
 
 @router.post("/device/logs", response_model=AcceptedOut)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from bastion.server.releases.models import FleetTarget, Release, ReleaseKeyring
@@ -38,6 +38,15 @@ def target(session: Session, fleet_id: str) -> FleetTarget | None:
     return session.get(FleetTarget, fleet_id)
 
 
+#: built once (every device's target-release request reads it): the fleet's target
+#: release in one statement
+_TARGET_RELEASE = (
+    select(Release)
+    .join(FleetTarget, FleetTarget.release_id == Release.id)
+    .where(FleetTarget.fleet_id == bindparam("fleet_id"))
+)
+
+
 def target_release(session: Session, fleet_id: str) -> Release | None:
-    row = session.get(FleetTarget, fleet_id)
-    return session.get(Release, row.release_id) if row is not None else None
+    """The release the fleet targets (None: no target set)."""
+    return session.execute(_TARGET_RELEASE, {"fleet_id": fleet_id}).scalar_one_or_none()

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from bastion.server.devices.models import Device, DeviceStatus
@@ -37,14 +37,18 @@ def lock(session: Session, rollout_id: str) -> Rollout | None:
     ).scalar_one_or_none()
 
 
+#: built once (every device's target-release request reads it)
+_ACTIVE = (
+    select(Rollout)
+    .where(Rollout.fleet_id == bindparam("fleet_id"), Rollout.state.in_(RolloutState.ACTIVE))
+    .order_by(Rollout.created_at.desc())
+    .limit(1)
+)
+
+
 def active(session: Session, fleet_id: str) -> Rollout | None:
     """The fleet's running or paused rollout (at most one)."""
-    return session.execute(
-        select(Rollout)
-        .where(Rollout.fleet_id == fleet_id, Rollout.state.in_(RolloutState.ACTIVE))
-        .order_by(Rollout.created_at.desc())
-        .limit(1)
-    ).scalar_one_or_none()
+    return session.execute(_ACTIVE, {"fleet_id": fleet_id}).scalar_one_or_none()
 
 
 def of_fleet(session: Session, fleet_id: str, limit: int) -> list[Rollout]:

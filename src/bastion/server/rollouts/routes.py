@@ -32,7 +32,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
-from bastion.server.attestation.gate import device_call
+from bastion.server.attestation.gate import DeviceRoute, device_call
 from bastion.server.auth.deps import (
     Ctx,
     DbSession,
@@ -64,7 +64,7 @@ Tag = Annotated[str, Path(pattern=service.TAG_PATTERN)]
 @router.get("/device/target-release", response_model=TargetOut)
 async def get_target(request: Request) -> TargetOut:
     """The release this device should run, and where to fetch it (attestation-gated)."""
-    return await device_call(request, _target, attested=True)
+    return await device_call(request, TARGET)
 
 
 def _target(session: Session, principal: Principal, ctx: AppContext) -> TargetOut:
@@ -74,6 +74,10 @@ def _target(session: Session, principal: Principal, ctx: AppContext) -> TargetOu
     # the device needs a wave of the active rollout first: a write session assigns it
     with ctx.db.session(write=True) as write:
         return TargetOut.of(service.target(write, principal, ctx.clock.now()))
+
+
+#: ``GET /v1/device/target-release``, also answered by :mod:`bastion.server.hotpath`
+TARGET = DeviceRoute(work=_target, attested=True, model=TargetOut)
 
 
 @router.post("/device/update/report-nonce", response_model=NonceOut)

@@ -1,0 +1,129 @@
+"""The heartbeat routes' second request path: an ASGI layer beside FastAPI's router (ADR 0043).
+
+Devices call ``GET /v1/device``, ``/v1/device/config`` and ``/v1/device/target-release``
+all the time. :class:`DeviceHotPath` answers exactly those, for a request carrying a
+device API key, without FastAPI's router, dependency solver and response validation;
+everything else, and every request it is not sure about (:func:`hot_route`), goes to
+the FastAPI app untouched.
+
+It is the innermost middleware of the app (``create_app`` adds it first), so every
+other middleware (admission, request metrics, Content-Digest, body limits, Starlette's
+500 handler) wraps a fast request as it wraps any other. The work is the FastAPI
+endpoints' own: :func:`bastion.server.attestation.gate.device_work` with the route's
+:class:`~bastion.server.attestation.gate.DeviceRoute`, in one worker-thread call. A
+success is serialized as FastAPI serializes the route's ``response_model``; a domain
+error goes to the handler the app registered for it (``app.exception_handlers``, along
+the exception's MRO, as Starlette's exception middleware looks it up); anything with
+no handler but ``Exception``'s is re-raised into ``ServerErrorMiddleware`` (a 500, as
+on the FastAPI path). tests/integration/server/test_device_fast_path.py sends every
+case through both paths and compares status, headers and body.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bastion.server.attestation.gate import DeviceRoute, device_work
+
+#: the one credential the fast path takes; anything else falls through
+_DEVICE_BEARER = b"Bearer bst_dev_"
+#: headers that send a request to the FastAPI path: a signed request (its own
+#: authenticator writes a nonce), a body digest, a body
+_FALL_THROUGH_HEADERS = frozenset({b"signature-input", b"content-digest", b"transfer-encoding"})
+
+
+def hot_routes() -> dict[str, DeviceRoute[Any]]:
+    """Path -> route of the heartbeat routes the fast path answers."""
+    from bastion.server.app import API_PREFIX
+    from bastion.server.devices.routes import CONFIG, OWN
+    from bastion.server.rollouts.routes import TARGET
+
+    return {
+        f"{API_PREFIX}/device": OWN,
+        f"{API_PREFIX}/device/config": CONFIG,
+        f"{API_PREFIX}/device/target-release": TARGET,
+    }
+
+
+def hot_route(scope: Scope, routes: Mapping[str, DeviceRoute[Any]]) -> DeviceRoute[Any] | None:
+    """The route this request is, if the fast path may answer it for certain; else None.
+
+    Only an HTTP ``GET`` of one of ``routes`` exactly (raw path the same bytes, no root
+    path, no query string), with exactly one ``Authorization: Bearer bst_dev_...``
+    header, no body, no signature, no body digest and no TLS client certificate."""
+    if scope["type"] != "http" or scope.get("method") != "GET":
+        return None
+    path = scope.get("path")
+    route = routes.get(path) if isinstance(path, str) else None
+    if route is None or scope.get("root_path", "") != "" or scope.get("query_string", b""):
+        return None
+    assert isinstance(path, str)
+    if scope.get("raw_path") != path.encode("ascii"):
+        return None
+    tls = (scope.get("extensions") or {}).get("tls")
+    if tls:
+        return None  # mTLS devices (and any TLS detail we would have to judge) fall through
+    bearer = 0
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            if not bytes(value).startswith(_DEVICE_BEARER):
+                return None
+            bearer += 1
+        elif name in _FALL_THROUGH_HEADERS or (name == b"content-length" and value != b"0"):
+            return None
+    return route if bearer == 1 else None
+
+
+class DeviceHotPath:
+    """Answer the heartbeat routes of device API keys directly; pass the rest to ``app``.
+
+    ``answered`` counts the requests this layer answered itself (tests read it)."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[str, DeviceRoute[Any]] | None = None) -> None:
+        self.app = app
+        self.routes = dict(routes if routes is not None else hot_routes())
+        self.answered = 0
+        self._adapters: dict[type[BaseModel], TypeAdapter[Any]] = {
+            r.model: TypeAdapter(r.model) for r in self.routes.values()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = hot_route(scope, self.routes)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        self.answered += 1
+        request = Request(scope, receive)
+        try:
+            result = await run_in_threadpool(device_work, request, route)
+        except Exception as exc:
+            response = await self._handled(request, exc)
+        else:
+            body = self._adapters[route.model].dump_json(result, by_alias=True)
+            response = Response(content=body, media_type="application/json")
+        await response(scope, receive, send)
+
+    async def _handled(self, request: Request, exc: Exception) -> Response:
+        """The app's own handler's answer to ``exc``; re-raises what only ``Exception``'s
+        handler would take (``ServerErrorMiddleware`` answers it, as for any route)."""
+        handlers: Mapping[Any, Any] = getattr(request.app, "exception_handlers", {})
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                break
+            handler = handlers.get(cls)
+            if handler is not None:
+                answer = handler(request, exc)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                if not isinstance(answer, Response):  # pragma: no cover - ours all answer
+                    raise exc
+                return answer
+        raise exc
