@@ -11,7 +11,10 @@ request is signed in the TPM with the enrolled identity key, as the agent's are 
 9421, ADR 0032; :class:`~bastion.device.agent.signing.TpmRequestSigner`), so a server
 that accepts only signed device requests attests the device too; no API key is opened.
 
-``verdicts DEVICE_ID --fleet F [--limit N]`` shows a device's verdict history.
+``verdicts DEVICE_ID --fleet F [--limit N]`` shows a device's verdict history (each
+line starts with the verdict's id). ``verdict-log DEVICE_ID VERDICT_ID --fleet F -o FILE``
+writes the TCG event log the device sent with that verdict (the raw bytes, for
+``tpm2_eventlog FILE``); only a device's newest verdict keeps its log.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from bastion.cli import _fleet_http as api
 from bastion.cli._common import add_json_flag, add_tpm_flag, emit, fail_line
 from bastion.errors import ConfigError
 from bastion.formats import strict_json
-from bastion.io.files import read_bounded
+from bastion.io.files import atomic_write, read_bounded
 
 KERNEL_EVENTLOG = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
@@ -56,6 +59,19 @@ def register(subparsers: Any) -> None:
     api.add_server_flags(v)
     add_json_flag(v)
     v.set_defaults(func=_verdicts)
+
+    e = subparsers.add_parser(
+        "verdict-log", help="the TCG event log a device sent with a verdict (operator)"
+    )
+    e.add_argument("device_id", metavar="DEVICE_ID")
+    e.add_argument("verdict_id", metavar="VERDICT_ID", type=int, help="from device verdicts")
+    e.add_argument("--fleet", required=True, metavar="FLEET", help="fleet id, name, or ORG/NAME")
+    e.add_argument(
+        "-o", "--output", required=True, type=Path, metavar="FILE", help="where to write it"
+    )
+    api.add_server_flags(e)
+    add_json_flag(e)
+    e.set_defaults(func=_eventlog_of)
 
 
 def _eventlog(dev: Path, path: Path | None) -> bytes:
@@ -115,9 +131,22 @@ def _verdicts(args: argparse.Namespace) -> int:
             f"/v1/fleets/{fleet}/devices/{args.device_id}/attestations?limit={args.limit}",
         )
     lines = [
-        f"{v['at']}  {'PASS' if v['ok'] else 'FAIL'}  {v.get('release') or '-'}  "
+        f"{v['id']}  {v['at']}  {'PASS' if v['ok'] else 'FAIL'}  {v.get('release') or '-'}  "
         + ",".join(f["id"] for f in v["failures"])
         for v in rows
     ]
     emit(args, "\n".join(lines) or "no verdicts: the device never attested", rows)
+    return 0
+
+
+def _eventlog_of(args: argparse.Namespace) -> int:
+    with api.operator(args) as http:
+        fleet = api.fleet_id(http, args.fleet)
+        answer = http.request(
+            "GET",
+            f"/v1/fleets/{fleet}/devices/{args.device_id}/attestations/{args.verdict_id}/eventlog",
+        )
+    atomic_write(args.output, answer.content)
+    facts = {"verdict": args.verdict_id, "bytes": len(answer.content), "file": str(args.output)}
+    emit(args, f"{len(answer.content)} bytes of event log written to {args.output}", facts)
     return 0

@@ -89,6 +89,12 @@ def _stored_golden(world: World, who: str) -> dict[str, Any]:
     return {"golden": row["id"]}
 
 
+def _verdict_with_log(world: World, _who: str) -> dict[str, Any]:
+    """The matrix device's newest verdict, which keeps the (unverifiable) log it sent."""
+    verdict = world.post("device", "/v1/device/attestation", _evidence(world, "device")["body"])
+    return {"device": world.vars["device"], "verdict": verdict["id"]}
+
+
 ROWS = [
     Row("POST", "/v1/device/attestation/challenge", "device"),
     Row("POST", "/v1/device/attestation", "device", setup=_evidence),
@@ -108,5 +114,11 @@ ROWS = [
         "/v1/fleets/{fleet}/devices/{device}/attestations",
         "viewer",
         setup=lambda w, _p: {"device": w.vars["device"]},
+    ),
+    Row(
+        "GET",
+        "/v1/fleets/{fleet}/devices/{device}/attestations/{verdict}/eventlog",
+        "viewer",
+        setup=_verdict_with_log,
     ),
 ]

@@ -134,7 +134,9 @@ def test_golden_set_attest_and_gate(  # type: ignore[no-untyped-def]
     code, out, _ = _run(capsys, "device", "verdicts", identity.device_id, "--fleet", fleet,
                         "--server", url)  # fmt: skip
     assert code == 0
-    assert out.splitlines()[0].split()[1] == "FAIL" and "PASS" in out.splitlines()[1]
+    assert (
+        out.splitlines()[0].split()[2] == "FAIL" and "PASS" in out.splitlines()[1]
+    )  # id, at, verdict
 
     # posture collected from a /proc + /sys tree (--posture-root), default the running system
     root = tmp_path / "root"

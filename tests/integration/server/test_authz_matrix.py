@@ -308,6 +308,7 @@ def test_every_route_has_a_row(app) -> None:
             ("{ekca}", "{ca_id}"),
             ("{ek}", "{ek_sha256}"),
             ("{golden}", "{golden_id}"),
+            ("{verdict}", "{verdict_id}"),
             ("{command}", "{command_id}"),
             ("{webhook}", "{webhook_id}"),
             ("{hook}", "{webhook_id}"),

@@ -336,6 +336,17 @@ def forget_older_eventlogs(session: Session, device_id: str, keep: int) -> None:
     )
 
 
+def device_eventlog(session: Session, device_id: str, verdict_id: int) -> bytes | None:
+    """The event log stored with verdict ``verdict_id`` of device ``device_id`` (None: no
+    such verdict of that device, or its log was not kept)."""
+    value = session.execute(
+        select(AttestationVerdict.eventlog).where(
+            AttestationVerdict.id == verdict_id, AttestationVerdict.device_id == device_id
+        )
+    ).scalar_one_or_none()
+    return bytes(value) if value is not None else None
+
+
 def eventlog(session: Session, verdict_id: int) -> bytes | None:
     """The event log stored with a verdict (None: not kept, or from before it was)."""
     value = session.execute(

@@ -11,7 +11,12 @@ GET      /v1/fleets/{fleet_id}/attestation/golden              viewer
 POST     /v1/fleets/{fleet_id}/attestation/golden              admin
 DELETE   /v1/fleets/{fleet_id}/attestation/golden/{golden_id}  admin
 GET      /v1/fleets/{fleet_id}/devices/{device_id}/attestations  viewer
+GET      .../devices/{device_id}/attestations/{verdict_id}/eventlog  viewer
 =======  ====================================================  ==================
+
+The event log route answers the raw TCG event log the device sent with that verdict
+(``application/octet-stream``, for ``tpm2_eventlog``); only a device's newest verdict
+keeps its log, older ones answer 404.
 
 Settings and golden values decide which devices get configuration and secrets, so
 changing them is an admin's (like the EK CA store). A failed verification is still a
@@ -110,6 +115,23 @@ def device_history(
 ) -> list[VerdictOut]:
     """The device's verdicts, newest first."""
     return [VerdictOut.of(v) for v in service.history(session, access.fleet_id, device_id, limit)]
+
+
+@router.get(
+    "/fleets/{fleet_id}/devices/{device_id}/attestations/{verdict_id}/eventlog",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def verdict_eventlog(
+    device_id: str, verdict_id: int, access: FleetViewer, session: ReadSession
+) -> Response:
+    """The TCG event log the device sent with this verdict (raw bytes)."""
+    raw = service.verdict_eventlog(session, access.fleet_id, device_id, verdict_id)
+    return Response(
+        content=raw,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="eventlog-{verdict_id}.bin"'},
+    )
 
 
 def install(app: FastAPI) -> None:

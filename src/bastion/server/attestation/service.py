@@ -397,3 +397,18 @@ def require_attested(session: Session, principal: Principal, now: dt.datetime) -
             f"device {device.id}: last passing attestation is {int(age)} s old, "
             f"the fleet requires one within {interval} s"
         )
+
+
+def verdict_eventlog(session: Session, fleet_id: str, device_id: str, verdict_id: int) -> bytes:
+    """The TCG event log the device sent with verdict ``verdict_id`` (the raw bytes, as
+    ``tpm2_eventlog`` reads them). NotFoundError when the device is not in the fleet,
+    the verdict is not the device's, or its log was not kept (only the newest verdict of a
+    device keeps its log)."""
+    device = devices.in_fleet(session, fleet_id, device_id)
+    raw = repo.device_eventlog(session, device.id, verdict_id)
+    if raw is None:
+        raise NotFoundError(
+            f"verdict {verdict_id} of device {device.id} has no stored event log "
+            "(only a device's newest verdict keeps its log)"
+        )
+    return raw
