@@ -151,22 +151,28 @@ def test_the_layer_is_the_innermost_middleware_and_off_when_asked(pair: Pair) ->
 # --- negative cases ---------------------------------------------------------------------------
 
 
+# the unknown key is random: the tests are named by case, so that pytest-xdist's workers
+# collect the same test ids
+BAD_CREDENTIALS: list[tuple[str, str | None, int, str, bool]] = [
+    ("none", None, 401, "unauthenticated", False),
+    ("basic", "Basic Zm9vOmJhcg==", 401, "unauthenticated", False),
+    ("empty bearer", "Bearer ", 401, "unauthenticated", False),
+    ("bad checksum", "Bearer bst_dev_" + "A" * 49, 401, "unauthenticated", True),
+    ("short", "Bearer bst_dev_x", 401, "unauthenticated", True),
+    ("too long", "Bearer bst_dev_" + "A" * 5000, 401, "unauthenticated", True),
+    ("unknown key", "Bearer " + tokens.new_token(DEVICE_KEY_PREFIX)[0], 401,
+     "unauthenticated", True),
+    ("bad characters", "Bearer bst_dev_" + "!" * 49, 401, "unauthenticated", True),
+    ("provisioning key prefix", "Bearer bst_pk_" + "A" * 49, 401, "unauthenticated",
+     False),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("name", "authorization", "status", "code", "taken"),
-    [
-        ("none", None, 401, "unauthenticated", False),
-        ("basic", "Basic Zm9vOmJhcg==", 401, "unauthenticated", False),
-        ("empty bearer", "Bearer ", 401, "unauthenticated", False),
-        ("bad checksum", "Bearer bst_dev_" + "A" * 49, 401, "unauthenticated", True),
-        ("short", "Bearer bst_dev_x", 401, "unauthenticated", True),
-        ("too long", "Bearer bst_dev_" + "A" * 5000, 401, "unauthenticated", True),
-        ("unknown key", "Bearer " + tokens.new_token(DEVICE_KEY_PREFIX)[0], 401,
-         "unauthenticated", True),
-        ("bad characters", "Bearer bst_dev_" + "!" * 49, 401, "unauthenticated", True),
-        ("provisioning key prefix", "Bearer bst_pk_" + "A" * 49, 401, "unauthenticated",
-         False),
-    ],
-)  # fmt: skip
+    BAD_CREDENTIALS,
+    ids=[case[0] for case in BAD_CREDENTIALS],
+)
 def test_bad_credentials_are_refused_alike(
     pair: Pair, name: str, authorization: str | None, status: int, code: str, taken: bool
 ) -> None:
