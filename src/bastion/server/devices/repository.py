@@ -111,7 +111,8 @@ def row_by_api_key(session: Session, api_key_hash: str) -> DeviceRow | None:
     ``session.info[API_KEY_STATEMENT]``; the columns after :data:`ROW_COLUMNS` are left
     in ``session.info[API_KEY_EXTRA]`` with the device's id."""
     statement = session.info.get(API_KEY_STATEMENT, _BY_API_KEY)
-    row = session.execute(statement, {"api_key_hash": api_key_hash}).first()
+    # plain columns: the session's connection runs it without the ORM's result machinery
+    row = session.connection().execute(statement, {"api_key_hash": api_key_hash}).first()
     if row is None:
         return None
     found = DeviceRow(*row[: len(ROW_COLUMNS)])
@@ -122,7 +123,7 @@ def row_by_api_key(session: Session, api_key_hash: str) -> DeviceRow | None:
 
 def row_by_id(session: Session, device_id: str) -> DeviceRow | None:
     """:func:`row_by_api_key` by device id (None: no such device, or its fleet is gone)."""
-    row = session.execute(_ROW_BY_ID, {"device_id": device_id}).first()
+    row = session.connection().execute(_ROW_BY_ID, {"device_id": device_id}).first()
     return DeviceRow(*row) if row is not None else None
 
 
@@ -177,7 +178,8 @@ def fleet_and_device_env(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The fleet's variables and the device's overrides, in one query."""
     found: tuple[dict[str, str], dict[str, str]] = ({}, {})
-    for name, value, is_own in session.execute(
+    # plain columns: the session's connection runs it without the ORM's result machinery
+    for name, value, is_own in session.connection().execute(
         _ENV, {"fleet_id": fleet_id, "device_id": device_id}
     ):
         found[int(is_own)][name] = value
