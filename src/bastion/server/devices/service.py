@@ -10,11 +10,16 @@ Both refuse a revoked device (RevokedError -> 401) and a deleted one (AuthError)
 revocation bites on the very next request. Device operations take the device id from
 the principal only: a device can never name another device.
 
-Speed (docs/adr/0034-scale-and-webhooks.md): the row read to authenticate is kept in
-that session's ``info`` (:func:`authenticated_row`), so :func:`own` in the same request
-session (the gate, the route) does not read it again, and :func:`needs_touch` tells from
-it whether ``last_seen_at`` needs a write at all. Nothing outlives the request's
-session: revocation still bites on the next request, in every process.
+Speed (docs/adr/0034-scale-and-webhooks.md, 0043): an API key is authenticated by one
+Core statement of the columns the device principal and the heartbeat routes need, a
+:class:`~bastion.server.devices.repository.DeviceRow` (no ORM objects). That row is
+kept in the session's ``info`` (:func:`authenticated_row`), so :func:`own_row` in the
+same request session (the gate, the heartbeat routes) does not read it again, and
+:func:`needs_touch` tells from it whether ``last_seen_at`` needs a write at all. Routes
+that write the device or read its certificate or keys use :func:`own` (the ORM row: a
+certificate's authentication loaded it; after an API key it is one ``session.get``).
+Nothing outlives the request's session: revocation still bites on the next request, in
+every process.
 
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
 serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
