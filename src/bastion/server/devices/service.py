@@ -63,12 +63,12 @@ DEVICE_WRITABLE = ("os_version", "agent_version", "note")
 LAST_SEEN_RESOLUTION = dt.timedelta(seconds=60)
 
 
-#: session.info key of the device row this session authenticated: a DeviceRow, and for
-#: a certificate also the ORM (Device, Fleet) its authentication loaded
+#: session.info key of the device this session authenticated: ``(DeviceRow, Device or
+#: None)``, the ORM Device being the one a certificate's authentication loaded
 _AUTHENTICATED = "bastion.devices.authenticated"
 
 
-def _principal(session: Session, row: DeviceRow, via: Via, held: Any = None) -> Principal:
+def _principal(session: Session, row: DeviceRow, via: Via, held: Device | None = None) -> Principal:
     if row.status != DeviceStatus.ACTIVE:
         raise RevokedError(f"device {row.id} is revoked")
     # held for the rest of this session: the identity map alone keeps rows only weakly
