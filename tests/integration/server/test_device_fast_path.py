@@ -27,8 +27,9 @@ from bastion.server.app import create_app
 from bastion.server.attestation.models import DEFAULT_INTERVAL
 from bastion.server.auth import tokens
 from bastion.server.hotpath import DeviceHotPath, hot_route, hot_routes
-from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX
+from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, PROVISIONING_PREFIX
 from bastion.server.settings import ServerSettings
+from bastion.tpm.software import SoftwareTpm
 
 from .conftest import CHEAP
 from .devicekit import FleetWorld
@@ -203,6 +204,57 @@ def test_a_revoked_or_deleted_devices_key_is_refused_alike(
         r = world.client.delete(where, headers=world.headers["admin"])
         assert r.status_code == 204, r.text
     _check(pair, dev.headers, _all(401, "unauthenticated", True))
+
+
+def _flip(text: str, at: int) -> str:
+    """``text`` with the character at ``at`` replaced by another of the token alphabet."""
+    return text[:at] + ("C" if text[at] == "B" else "B") + text[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "taken"),
+    [
+        ("random part", lambda k: _flip(k, len(DEVICE_KEY_PREFIX)), True),
+        ("checksum", lambda k: _flip(k, len(k) - 1), True),
+        ("provisioning prefix", lambda k: PROVISIONING_PREFIX + k[len(DEVICE_KEY_PREFIX) :], False),
+        ("upper-case prefix", lambda k: DEVICE_KEY_PREFIX.upper() + k[len(DEVICE_KEY_PREFIX) :],
+         False),
+        ("one character short", lambda k: k[:-1], True),
+    ],
+)  # fmt: skip
+def test_a_live_devices_key_changed_in_one_place_is_refused_alike(
+    world: FleetWorld, pair: Pair, tmp_path: Path, name: str, change: Any, taken: bool
+) -> None:
+    dev = Dev(world, tmp_path, f"fast-tamper-{name.replace(' ', '-')}")
+    assert dev.attest()["ok"]
+    _check(pair, dev.headers, _all(200, "", True))  # the key itself is good
+    key = dev.headers["Authorization"].removeprefix("Bearer ")
+    assert key.startswith(DEVICE_KEY_PREFIX)
+    changed = change(key)
+    assert changed != key
+    _check(pair, {"Authorization": f"Bearer {changed}"}, _all(401, "unauthenticated", taken))
+
+
+def test_a_device_of_a_deleted_fleet_is_refused_alike(
+    world: FleetWorld, pair: Pair, tmp_path: Path
+) -> None:
+    owner = world.headers["owner"]
+    made = world.client.post(
+        f"/v1/orgs/{world.org_id}/fleets",
+        json={"name": "fast-doomed", "ek_policy": "any"},
+        headers=owner,
+    )
+    assert made.status_code == 201, made.text
+    fleet_id = made.json()["id"]
+    tpm = SoftwareTpm(tmp_path / "tpm.state")
+    key = world.create_key("owner", fleet_id=fleet_id)
+    identity = world.enrol(tpm, key, serial="fast-doomed-1")
+    headers = world.device_headers(identity, tpm)
+    answer, taken = pair.both("GET", "/v1/device", headers=headers)
+    assert (answer.status_code, answer.json()["fleet_id"], taken) == (200, fleet_id, True)
+    gone = world.client.delete(f"/v1/fleets/{fleet_id}", headers=owner)
+    assert gone.status_code == 204, gone.text
+    _check(pair, headers, _all(401, "unauthenticated", True))
 
 
 def test_never_attested_and_failed_devices_meet_the_gate_alike(

@@ -145,6 +145,24 @@ def test_gated_requests_stay_within_their_statement_budget(
     assert len(selects) <= BUDGET[path], seen
 
 
+def test_a_heartbeat_reads_no_column_a_device_does_not_read(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    """The authentication reads a plain row of the columns the heartbeat routes use, not
+    the device's certificate and keys (ADR 0043, second round)."""
+    dev = AttestedDev(world, tmp_path, _serial(second, "hot-columns"))
+    assert dev.attest()["ok"]
+    assert second.get("/v1/device", headers=dev.headers).status_code == 200  # last_seen
+    texts: list[str] = []
+    engine = second.app.state.ctx.db.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", lambda *a: texts.append(a[2]))
+    for path in BUDGET:
+        assert second.get(path, headers=dev.headers).status_code == 200, path
+    assert texts
+    heavy = ("devices.certificate", "devices.key_public", "devices.ak_public")
+    assert [t for t in texts if any(h in t for h in heavy)] == []
+
+
 # --- the one-call heartbeat routes refuse what the dependency chain refused ----------------------
 
 

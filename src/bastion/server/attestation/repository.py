@@ -249,14 +249,13 @@ def _gate_statement() -> Select[Any]:
 
 def _auth_and_gate_statement() -> Select[Any]:
     """The device-key authentication's statement (devices/repository ``_BY_API_KEY``:
-    Device and Fleet by ``api_key_hash``) with the gate's columns after them."""
+    a DeviceRow's columns by ``api_key_hash``) with the gate's columns after them."""
     from bastion.server.devices.models import Device
-    from bastion.server.orgs.models import Fleet
+    from bastion.server.devices.repository import row_statement
 
     columns, verdict_on, settings_on = _gate_columns(Device.id, Device.fleet_id)
     return (
-        select(Device, Fleet, *columns)
-        .join(Fleet, Fleet.id == Device.fleet_id)
+        row_statement(*columns)
         .outerjoin(AttestationVerdict, verdict_on)
         .outerjoin(FleetAttestation, settings_on)
         .where(Device.api_key_hash == bindparam("api_key_hash", type_=String))

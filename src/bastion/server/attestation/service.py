@@ -379,7 +379,7 @@ def require_attested(session: Session, principal: Principal, now: dt.datetime) -
 
     Runs on every gated device request: the device row comes from authentication; the
     settings, the newest verdict and the golden count are one query."""
-    device = devices.own(session, principal)
+    device = devices.own_row(session, principal)
     state = repo.gate_state(session, device.id, device.fleet_id)
     if state.gating is False:
         return

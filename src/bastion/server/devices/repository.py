@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CompoundSelect, bindparam, delete, func, literal, select, union_all
+from sqlalchemy import (
+    CompoundSelect,
+    Select,
+    String,
+    bindparam,
+    delete,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from bastion.server.devices.models import (
@@ -18,36 +29,102 @@ from bastion.server.devices.models import (
 )
 from bastion.server.orgs.models import Fleet, FleetEnvVar
 
-#: built once (every device request authenticates): reused, it keeps its compiled form
-_BY_API_KEY = (
-    select(Device, Fleet)
-    .join(Fleet, Fleet.id == Device.fleet_id)
-    .where(Device.api_key_hash == bindparam("api_key_hash"))
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A device's own columns as a device reads them (``DeviceOut``), with its fleet's
+    organisation and config: what authenticating a device API key and the heartbeat
+    routes read, as one plain row instead of two ORM objects (ADR 0043, second round)."""
+
+    id: str
+    fleet_id: str
+    serial: str
+    status: str
+    cert_serial: str
+    api_key_prefix: str
+    os_version: str | None
+    agent_version: str | None
+    note: str | None
+    created_at: dt.datetime
+    last_seen_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    ek_trust: str | None
+    org_id: str
+    fleet_config: str
+
+    @classmethod
+    def of(cls, device: Device, fleet: Fleet) -> DeviceRow:
+        """The same row from ORM objects (a certificate's authentication loads those)."""
+        return cls(
+            id=device.id,
+            fleet_id=device.fleet_id,
+            serial=device.serial,
+            status=device.status,
+            cert_serial=device.cert_serial,
+            api_key_prefix=device.api_key_prefix,
+            os_version=device.os_version,
+            agent_version=device.agent_version,
+            note=device.note,
+            created_at=device.created_at,
+            last_seen_at=device.last_seen_at,
+            revoked_at=device.revoked_at,
+            ek_trust=device.ek_trust,
+            org_id=fleet.org_id,
+            fleet_config=fleet.config,
+        )
+
+
+#: DeviceRow's fields that are the device's columns, in order (the fleet's two follow)
+_DEVICE_COLUMNS = tuple(f for f in DeviceRow.__slots__ if f not in ("org_id", "fleet_config"))
+#: the columns of a DeviceRow, in its field order
+ROW_COLUMNS: tuple[Any, ...] = (
+    *(getattr(Device, name) for name in _DEVICE_COLUMNS),
+    Fleet.org_id,
+    Fleet.config,
 )
 
 
+def row_statement(*extra: Any) -> Select[Any]:
+    """A DeviceRow's columns (then ``extra``), device joined to its fleet; callers add
+    the WHERE clause."""
+    return select(*ROW_COLUMNS, *extra).join_from(Device, Fleet, Fleet.id == Device.fleet_id)
+
+
+#: built once (every device request authenticates): reused, it keeps its compiled form
+_BY_API_KEY = row_statement().where(Device.api_key_hash == bindparam("api_key_hash", type_=String))
+_ROW_BY_ID = row_statement().where(Device.id == bindparam("device_id", type_=String))
+
+
 #: session.info key: a statement to authenticate API keys with instead of _BY_API_KEY
-#: (same ``api_key_hash`` parameter; Device and Fleet first, then columns of its own)
+#: (same ``api_key_hash`` parameter; ROW_COLUMNS first, then columns of its own)
 API_KEY_STATEMENT = "bastion.devices.api_key_statement"
 #: session.info key where the extra columns of that statement's row are left:
 #: ``(device_id, (column, ...))``
 API_KEY_EXTRA = "bastion.devices.api_key_extra"
 
 
-def with_fleet_by_api_key(session: Session, api_key_hash: str) -> tuple[Device, Fleet] | None:
-    """The device holding this API key and its fleet, in one query.
+def row_by_api_key(session: Session, api_key_hash: str) -> DeviceRow | None:
+    """The device holding this API key, with its fleet's columns, in one Core query.
 
     A caller that needs more about the device in the same statement (the attestation
     gate: docs/adr/0043-device-hot-path.md) puts its statement into
-    ``session.info[API_KEY_STATEMENT]``; the columns after Device and Fleet are left in
-    ``session.info[API_KEY_EXTRA]`` with the device's id."""
+    ``session.info[API_KEY_STATEMENT]``; the columns after :data:`ROW_COLUMNS` are left
+    in ``session.info[API_KEY_EXTRA]`` with the device's id."""
     statement = session.info.get(API_KEY_STATEMENT, _BY_API_KEY)
-    row = session.execute(statement, {"api_key_hash": api_key_hash}).first()
+    # plain columns: the session's connection runs it without the ORM's result machinery
+    row = session.connection().execute(statement, {"api_key_hash": api_key_hash}).first()
     if row is None:
         return None
-    if len(row) > 2:
-        session.info[API_KEY_EXTRA] = (row[0].id, tuple(row[2:]))
-    return (row[0], row[1])
+    found = DeviceRow(*row[: len(ROW_COLUMNS)])
+    if len(row) > len(ROW_COLUMNS):
+        session.info[API_KEY_EXTRA] = (found.id, tuple(row[len(ROW_COLUMNS) :]))
+    return found
+
+
+def row_by_id(session: Session, device_id: str) -> DeviceRow | None:
+    """:func:`row_by_api_key` by device id (None: no such device, or its fleet is gone)."""
+    row = session.connection().execute(_ROW_BY_ID, {"device_id": device_id}).first()
+    return DeviceRow(*row) if row is not None else None
 
 
 def with_fleet_by_cert(session: Session, cert_sha256: str) -> tuple[Device, Fleet] | None:
@@ -101,7 +178,8 @@ def fleet_and_device_env(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """The fleet's variables and the device's overrides, in one query."""
     found: tuple[dict[str, str], dict[str, str]] = ({}, {})
-    for name, value, is_own in session.execute(
+    # plain columns: the session's connection runs it without the ORM's result machinery
+    for name, value, is_own in session.connection().execute(
         _ENV, {"fleet_id": fleet_id, "device_id": device_id}
     ):
         found[int(is_own)][name] = value

@@ -77,7 +77,7 @@ async def get_own(request: Request) -> DeviceOut:
 
 def _own(session: Session, principal: Principal, ctx: AppContext) -> DeviceOut:
     del ctx
-    return DeviceOut.of(service.own(session, principal))
+    return DeviceOut.of(service.own_row(session, principal))
 
 
 #: ``GET /v1/device``, also answered by :mod:`bastion.server.hotpath` (ADR 0043)

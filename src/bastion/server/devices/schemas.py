@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bastion import limits
 from bastion.server.devices.models import Device
+from bastion.server.devices.repository import DeviceRow
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
@@ -32,7 +33,7 @@ class DeviceOut(BaseModel):
     ek_trust: str | None = None
 
     @classmethod
-    def of(cls, d: Device) -> DeviceOut:
+    def of(cls, d: Device | DeviceRow) -> DeviceOut:
         return cls(
             id=d.id,
             fleet_id=d.fleet_id,

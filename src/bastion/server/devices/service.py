@@ -10,11 +10,16 @@ Both refuse a revoked device (RevokedError -> 401) and a deleted one (AuthError)
 revocation bites on the very next request. Device operations take the device id from
 the principal only: a device can never name another device.
 
-Speed (docs/adr/0034-scale-and-webhooks.md): the row read to authenticate is kept in
-that session's ``info`` (:func:`authenticated_row`), so :func:`own` in the same request
-session (the gate, the route) does not read it again, and :func:`needs_touch` tells from
-it whether ``last_seen_at`` needs a write at all. Nothing outlives the request's
-session: revocation still bites on the next request, in every process.
+Speed (docs/adr/0034-scale-and-webhooks.md, 0043): an API key is authenticated by one
+Core statement of the columns the device principal and the heartbeat routes need, a
+:class:`~bastion.server.devices.repository.DeviceRow` (no ORM objects). That row is
+kept in the session's ``info`` (:func:`authenticated_row`), so :func:`own_row` in the
+same request session (the gate, the heartbeat routes) does not read it again, and
+:func:`needs_touch` tells from it whether ``last_seen_at`` needs a write at all. Routes
+that write the device or read its certificate or keys use :func:`own` (the ORM row: a
+certificate's authentication loaded it; after an API key it is one ``session.get``).
+Nothing outlives the request's session: revocation still bites on the next request, in
+every process.
 
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
 serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
@@ -27,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography import x509
@@ -48,9 +53,8 @@ from bastion.server.devices.models import (
     DeviceStatus,
     RevokedCertificate,
 )
+from bastion.server.devices.repository import DeviceRow
 from bastion.server.ektrust.service import deny
-from bastion.server.orgs import repository as org_repo
-from bastion.server.orgs.models import Fleet
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
 from bastion.server.webhooks import service as webhooks
 
@@ -59,28 +63,32 @@ DEVICE_WRITABLE = ("os_version", "agent_version", "note")
 LAST_SEEN_RESOLUTION = dt.timedelta(seconds=60)
 
 
-#: session.info key of the device row this session authenticated
+#: session.info key of the device this session authenticated: ``(DeviceRow, Device or
+#: None)``, the ORM Device being the one a certificate's authentication loaded
 _AUTHENTICATED = "bastion.devices.authenticated"
 
 
-def _principal(session: Session, device: Device, fleet: Fleet, via: Via) -> Principal:
-    if device.status != DeviceStatus.ACTIVE:
-        raise RevokedError(f"device {device.id} is revoked")
+def _principal(session: Session, row: DeviceRow, via: Via, held: Device | None = None) -> Principal:
+    if row.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {row.id} is revoked")
     # held for the rest of this session: the identity map alone keeps rows only weakly
-    session.info[_AUTHENTICATED] = (device, fleet)
+    session.info[_AUTHENTICATED] = (row, held)
     return Principal(
-        kind=PrincipalKind.DEVICE, id=device.id, via=via, org_id=fleet.org_id, fleet_id=fleet.id
+        kind=PrincipalKind.DEVICE, id=row.id, via=via, org_id=row.org_id, fleet_id=row.fleet_id
     )
 
 
 def authenticate_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
-    """Resolve a ``bst_dev_`` key; AuthError if unknown, RevokedError if revoked."""
+    """Resolve a ``bst_dev_`` key; AuthError if unknown, RevokedError if revoked.
+
+    One Core statement of the columns a device principal and the heartbeat routes need
+    (:class:`~bastion.server.devices.repository.DeviceRow`), no ORM objects."""
     del now
     check_format(token, DEVICE_KEY_PREFIX)
-    found = repo.with_fleet_by_api_key(session, token_hash(token))
+    found = repo.row_by_api_key(session, token_hash(token))
     if found is None:
         raise AuthError("device API key is not known")
-    return _principal(session, found[0], found[1], Via.DEVICE_KEY)
+    return _principal(session, found, Via.DEVICE_KEY)
 
 
 def cert_fingerprint(cert: x509.Certificate) -> str:
@@ -96,26 +104,49 @@ def authenticate_certificate(
     found = repo.with_fleet_by_cert(session, cert_fingerprint(cert))
     if found is None:
         raise AuthError("client certificate belongs to no enrolled device")
-    return _principal(session, found[0], found[1], Via.CERTIFICATE)
+    device, fleet = found
+    return _principal(session, DeviceRow.of(device, fleet), Via.CERTIFICATE, device)
 
 
 # --- the device itself ---------------------------------------------------------------------
 
 
-def authenticated_row(session: Session, device_id: str) -> Device | None:
-    """The row of ``device_id`` if this session authenticated it (else None); its fleet
-    row stays in the session's identity map too (``session.get(Fleet, ...)`` is free)."""
+def authenticated_row(session: Session, device_id: str) -> DeviceRow | None:
+    """The row of ``device_id`` if this session authenticated it (else None)."""
     held = session.info.get(_AUTHENTICATED)
-    if isinstance(held, tuple) and isinstance(held[0], Device) and held[0].id == device_id:
+    if isinstance(held, tuple) and isinstance(held[0], DeviceRow) and held[0].id == device_id:
         return held[0]
     return None
 
 
-def own(session: Session, principal: Principal) -> Device:
-    """The calling device's row (it may have been deleted since authentication)."""
+def _check_own(principal: Principal) -> None:
     if principal.kind is not PrincipalKind.DEVICE:
         raise AuthError("only a device may use this route")
-    device = authenticated_row(session, principal.id) or repo.get(session, principal.id)
+
+
+def own_row(session: Session, principal: Principal) -> DeviceRow:
+    """The calling device's columns, for routes that only read them (the heartbeat
+    routes): the row this session authenticated, else one Core query (it may have been
+    deleted since authentication)."""
+    _check_own(principal)
+    row = authenticated_row(session, principal.id) or repo.row_by_id(session, principal.id)
+    if row is None:
+        raise AuthError(f"device {principal.id} no longer exists")
+    if row.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {row.id} is revoked")
+    return row
+
+
+def own(session: Session, principal: Principal) -> Device:
+    """The calling device's ORM row, for routes that write it or read columns a
+    :class:`DeviceRow` lacks (it may have been deleted since authentication)."""
+    _check_own(principal)
+    held = session.info.get(_AUTHENTICATED)
+    device: Device | None = None
+    if isinstance(held, tuple) and isinstance(held[1], Device) and held[1].id == principal.id:
+        device = held[1]
+    else:
+        device = repo.get(session, principal.id)
     if device is None:
         raise AuthError(f"device {principal.id} no longer exists")
     if device.status != DeviceStatus.ACTIVE:
@@ -136,9 +167,14 @@ def mark_seen(session: Session, principal: Principal, now: dt.datetime) -> None:
     (another session committed it)."""
     from sqlalchemy.orm.attributes import set_committed_value
 
+    held = session.info.get(_AUTHENTICATED)
     row = authenticated_row(session, principal.id)
-    if row is not None:
-        set_committed_value(row, "last_seen_at", now)
+    if row is None or not isinstance(held, tuple):
+        return
+    device = held[1]
+    if isinstance(device, Device):
+        set_committed_value(device, "last_seen_at", now)
+    session.info[_AUTHENTICATED] = (replace(row, last_seen_at=now), device)
 
 
 def touch(session: Session, principal: Principal, now: dt.datetime) -> Device:
@@ -168,15 +204,12 @@ def update_own(
 
 def effective_config(session: Session, principal: Principal) -> dict[str, Any]:
     """The fleet's config and env, with the device's env overrides applied."""
-    device = own(session, principal)
-    fleet = org_repo.get_fleet(session, device.fleet_id)
-    if fleet is None:  # pragma: no cover - cascades delete devices with the fleet
-        raise NotFoundError("the device's fleet no longer exists")
-    env, overrides = repo.fleet_and_device_env(session, fleet.id, device.id)
+    device = own_row(session, principal)
+    env, overrides = repo.fleet_and_device_env(session, device.fleet_id, device.id)
     env.update(overrides)
     return {
-        "fleet_id": fleet.id,
-        "config": json.loads(fleet.config or "{}"),
+        "fleet_id": device.fleet_id,
+        "config": json.loads(device.fleet_config or "{}"),
         "env": env,
         "overridden": sorted(overrides),
     }

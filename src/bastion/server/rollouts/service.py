@@ -405,7 +405,7 @@ def target(
 
     With ``write=False`` (a read session) it returns None where it would assign the
     device a wave of the active rollout (a write): call it again with a write session."""
-    device = devices.own(session, principal)
+    device = devices.own_row(session, principal)
     rollout = repo.active(session, device.fleet_id)
     if rollout is not None:
         row = repo.rollout_device(session, rollout.id, device.id)
