@@ -9,55 +9,17 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tests.conftest import need_tool
+from tests.interop.conftest import sign_file_tool, write_material
 
 from bastion.errors import FormatError, SignatureError
 from bastion.formats.modsig import SignedModule, verify_module
-from bastion.io.runner import find_tool
 from bastion.trust.signer import SignatureScheme, SoftwareSigner
 
 pytestmark = pytest.mark.interop
-
-SIGN_FILE_DIR = "/usr/lib/linux-kbuild-6.1/scripts"
-
-
-def _sign_file() -> str:
-    return find_tool("sign-file", (SIGN_FILE_DIR,)) or need_tool("sign-file")
-
-
-@pytest.fixture(scope="module")
-def material(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, rsa.RSAPrivateKey, x509.Certificate]:
-    folder = tmp_path_factory.mktemp("modsig")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bastion interop module key")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    return folder, key, cert
 
 
 @pytest.mark.parametrize("h", ["sha256", "sha384", "sha512"])
@@ -68,7 +30,7 @@ def test_bastion_equals_sign_file(material, h: str, size: int) -> None:
     (folder / "m.ko").write_bytes(module)
     subprocess.run(
         [
-            _sign_file(),
+            sign_file_tool(),
             h,
             str(folder / "key.pem"),
             str(folder / "cert.der"),
@@ -152,7 +114,7 @@ def test_flipped_bit_in_sign_file_output_refused(material) -> None:
     (folder / "f.ko").write_bytes(module)
     subprocess.run(
         [
-            _sign_file(),
+            sign_file_tool(),
             "sha256",
             str(folder / "key.pem"),
             str(folder / "cert.der"),
@@ -190,24 +152,11 @@ def _cert_for(key, cn: str) -> x509.Certificate:  # type: ignore[no-untyped-def]
     )
 
 
-def _write_material(folder: Path, key, cert: x509.Certificate) -> None:  # type: ignore[no-untyped-def]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
-
-
 def _run_sign_file(folder: Path, h: str, module: bytes, *flags: str) -> bytes:
     (folder / "in.ko").write_bytes(module)
     result = subprocess.run(
         [
-            _sign_file(),
+            sign_file_tool(),
             *flags,
             h,
             str(folder / "key.pem"),
@@ -260,7 +209,7 @@ def test_sign_file_ecdsa_verifies_in_bastion(tmp_path: Path, curve, h, key_id) -
 
     key = ec.generate_private_key(_EC_CURVES[curve])
     cert = _cert_for(key, f"ec {curve}")
-    _write_material(tmp_path, key, cert)
+    write_material(tmp_path, key, cert)
     module = os.urandom(5000)
     reference = _run_sign_file(tmp_path, h, module, *(["-k"] if key_id else []))
     signed = verify_module(reference, cert)
@@ -295,7 +244,7 @@ def test_sign_file_k_rsa_equals_bastion(material, h: str) -> None:
     _folder, key, _cert = material
     cert = _cert_for(key, "rsa skid")
     folder = _folder / f"k-{h}"
-    _write_material(folder, key, cert)
+    write_material(folder, key, cert)
     module = os.urandom(3000)
     reference = _run_sign_file(folder, h, module, "-k")
     scheme = SignatureScheme(f"rsa-pkcs1v15-{h}")
@@ -313,7 +262,7 @@ def test_sign_file_weak_hashes_refused_by_name(material, h: str, flags) -> None:
     if "-k" in flags:
         cert = _cert_for(key, "rsa skid weak")
         folder = folder / "weak-k"
-        _write_material(folder, key, cert)
+        write_material(folder, key, cert)
     weak = _run_sign_file(folder, h, os.urandom(1000), *flags)
     with pytest.raises(FormatError, match=f"{h} is refused"):
         verify_module(weak, cert)

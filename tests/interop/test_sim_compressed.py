@@ -9,27 +9,23 @@ truncated bastion refuses too."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from tests.conftest import need_tool
+from tests.interop.conftest import sign_file_tool
 
 from bastion.build import initrd as build_initrd
 from bastion.device.boot import modules
 from bastion.errors import FormatError
 from bastion.formats import compressed, cpio
-from bastion.io.runner import find_tool
 
 pytestmark = pytest.mark.interop
 
-SIGN_FILE_DIR = "/usr/lib/linux-kbuild-6.1/scripts"
 #: how kbuild compresses modules (scripts/Makefile.modinst) and the kernel docs an initrd
 MODULE_TOOLS = {
     ".ko.xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"],
@@ -49,34 +45,13 @@ def _run(argv: list[str], data: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, x509.Certificate]:
-    """A module signed by the kernel's sign-file, and its certificate."""
-    folder = tmp_path_factory.mktemp("modsig")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bastion module key")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (folder / "cert.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+def signed(material: tuple[Path, Any, x509.Certificate]) -> tuple[bytes, x509.Certificate]:
+    """A module signed by the kernel's sign-file (the key and certificate of
+    test_modsig_signfile.py), and its certificate."""
+    folder, _key, cert = material
     (folder / "m.ko").write_bytes(b"\x7fELF" + os.urandom(50_000))
-    sign_file = find_tool("sign-file", (SIGN_FILE_DIR,)) or need_tool("sign-file")
     subprocess.run(
-        [sign_file, "sha256", str(folder / "key.pem"), str(folder / "cert.der"),
+        [sign_file_tool(), "sha256", str(folder / "key.pem"), str(folder / "cert.der"),
          str(folder / "m.ko"), str(folder / "signed.ko")],
         check=True,
     )  # fmt: skip
@@ -102,7 +77,7 @@ def test_tool_compressed_initrd_and_module_load_and_verify(
     initrd = _run(INITRD_TOOLS[initrd_kind], _initrd(f"product_driver{suffix}", packed))
     report = modules.load_initrd_modules(initrd, [cert], enforce=True)
     assert [(m.name, m.signer) for m in report.loaded] == [
-        ("product-driver", "CN=bastion module key")
+        ("product-driver", cert.subject.rfc4514_string())
     ]
     assert report.refused == () and report.missing == ()
     # the same module with one bit flipped inside the compressed payload's content

@@ -26,6 +26,7 @@ from __future__ import annotations
 import lzma
 import zlib
 from collections.abc import Callable, Collection
+from typing import Any
 
 import zstandard
 
@@ -110,7 +111,11 @@ def _bounded(
     step: Callable[[bytes, int], bytes],
     finished: Callable[[], bool],
 ) -> tuple[bytearray, int]:
-    """Feed ``data`` to ``step`` in slices until ``finished``; (output, bytes fed)."""
+    """Feed ``data`` to ``step`` in slices until ``finished``; (output, bytes fed).
+
+    ``step(chunk, room)`` gives at most ``room`` bytes (one more than the limit allows):
+    a decoder holds input back only when it gave all of ``room``, which is over the limit
+    and raises, so no held-back input is left to drain afterwards."""
     out = bytearray()
     pos = 0
     while pos < len(data) and not finished():
@@ -122,28 +127,35 @@ def _bounded(
     return out, pos
 
 
+def _whole(
+    data: bytes,
+    limit: int,
+    what: str,
+    *,
+    kind: str,
+    step: Callable[[bytes, int], bytes],
+    decoder: Any,
+    errors: type[Exception],
+) -> bytes:
+    """One gzip or xz stream through ``step``: bounded, complete, alone (module docstring).
+    ``decoder`` is zlib's or lzma's object (``eof``, ``unused_data``)."""
+    try:
+        out, fed = _bounded(data, limit, what, step, lambda: bool(decoder.eof))
+    except errors as exc:
+        raise FormatError(f"{what}: {kind} stream is corrupt: {exc}") from exc
+    if not decoder.eof:
+        raise FormatError(f"{what}: {kind} stream is truncated")
+    _check_rest(decoder.unused_data + data[fed:], kind, what)
+    return bytes(out)
+
+
 def _gzip(data: bytes, limit: int, what: str) -> bytes:
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = b""
 
     def step(chunk: bytes, room: int) -> bytes:
-        nonlocal pending
-        piece = inflater.decompress(pending + chunk, room)
-        pending = inflater.unconsumed_tail
-        return piece
+        return inflater.decompress(inflater.unconsumed_tail + chunk, room)
 
-    try:
-        out, fed = _bounded(data, limit, what, step, lambda: inflater.eof)
-        while pending and not inflater.eof:  # input held back by the output bound
-            out += step(b"", limit + 1 - len(out))
-            if len(out) > limit:
-                raise LimitError(f"{what} decompresses to more than {limit} bytes")
-    except zlib.error as exc:
-        raise FormatError(f"{what}: gzip stream is corrupt: {exc}") from exc
-    if not inflater.eof:
-        raise FormatError(f"{what}: gzip stream is truncated")
-    _check_rest(inflater.unused_data + data[fed:], "gzip", what)
-    return bytes(out)
+    return _whole(data, limit, what, kind="gzip", step=step, decoder=inflater, errors=zlib.error)
 
 
 def _xz(data: bytes, limit: int, what: str, checks: Collection[int] | None) -> bytes:
@@ -159,18 +171,7 @@ def _xz(data: bytes, limit: int, what: str, checks: Collection[int] | None) -> b
             )
         return piece
 
-    try:
-        out, fed = _bounded(data, limit, what, step, lambda: decoder.eof)
-        while not decoder.eof and not decoder.needs_input:  # output held back by the bound
-            out += step(b"", limit + 1 - len(out))
-            if len(out) > limit:
-                raise LimitError(f"{what} decompresses to more than {limit} bytes")
-    except lzma.LZMAError as exc:
-        raise FormatError(f"{what}: xz stream is corrupt: {exc}") from exc
-    if not decoder.eof:
-        raise FormatError(f"{what}: xz stream is truncated")
-    _check_rest(decoder.unused_data + data[fed:], "xz", what)
-    return bytes(out)
+    return _whole(data, limit, what, kind="xz", step=step, decoder=decoder, errors=lzma.LZMAError)
 
 
 def _zstd(data: bytes, limit: int, what: str) -> bytes:

@@ -220,6 +220,18 @@ def trust_ek_ca(world: FleetWorld, fleet_id: str, pem: bytes) -> dict[str, Any]:
     return dict(response.json())
 
 
+def revoke_or_delete(world: FleetWorld, device_id: str, how: str) -> None:
+    """Revoke (an operator) or delete (an admin) a device of the world's fleet."""
+    where = f"/v1/fleets/{world.fleet_id}/devices/{device_id}"
+    if how == "revoke":
+        r = world.client.post(f"{where}/revoke", headers=world.headers["operator"])
+        assert r.status_code == 200, r.text
+    else:
+        assert how == "delete", how
+        r = world.client.delete(where, headers=world.headers["admin"])
+        assert r.status_code == 204, r.text
+
+
 def forget_devices(world: FleetWorld) -> None:
     """Delete every device row and EK denial (tests that enrol one TPM again and again)."""
     from sqlalchemy import delete

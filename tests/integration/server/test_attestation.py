@@ -70,6 +70,20 @@ def attested_world(backend: str, folder: Path, **settings: Any) -> Iterator[Flee
         yield w
 
 
+def attested_world_fixture(stem: str, **settings: Any) -> Any:
+    """A module-scoped ``world`` fixture over SQLite and PostgreSQL: :func:`attested_world`
+    in a fresh folder named ``stem``, with ``settings`` (a module assigns it to ``world``)."""
+
+    @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+    def world(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[FleetWorld]:
+        with attested_world(request.param, tmp_path_factory.mktemp(stem), **settings) as w:
+            yield w
+
+    return world
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

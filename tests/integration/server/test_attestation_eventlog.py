@@ -8,7 +8,6 @@ Runs on SQLite and PostgreSQL (the attested fleet of test_attestation.py)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,12 @@ from bastion.cli.main import main
 from bastion.formats import eventlog as el
 
 from .devicekit import FleetWorld, serve_on_loopback
-from .test_attestation import Dev, attested_world
+from .test_attestation import Dev, attested_world_fixture
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FleetWorld]:
-    with attested_world(request.param, tmp_path_factory.mktemp("verdict-eventlog")) as w:
-        yield w
+world = attested_world_fixture("verdict-eventlog")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Runs on SQLite and PostgreSQL (the attested fleet of test_attestation.py)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from bastion.server.ui.security import SESSION_COOKIE
 from bastion.server.ui.views import Failure, failure_pcrs
 
 from .devicekit import FleetWorld
-from .test_attestation import Dev, attested_world
+from .test_attestation import Dev, attested_world_fixture
 from .test_pcr_default_migration import _alembic
 
 pytestmark = pytest.mark.integration
@@ -30,12 +29,7 @@ pytestmark = pytest.mark.integration
 HOSTILE = '<script>alert("pwned")</script><img src=x onerror=alert(1)>\u202etxt.exe\n</td>'
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FleetWorld]:
-    with attested_world(request.param, tmp_path_factory.mktemp("dash-eventlog")) as w:
-        yield w
+world = attested_world_fixture("dash-eventlog")
 
 
 class HostileDev(Dev):

@@ -32,8 +32,8 @@ from bastion.server.settings import ServerSettings
 from bastion.tpm.software import SoftwareTpm
 
 from .conftest import CHEAP
-from .devicekit import FleetWorld
-from .test_attestation import Dev, attested_world
+from .devicekit import FleetWorld, revoke_or_delete
+from .test_attestation import Dev, attested_world_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -41,13 +41,7 @@ ROUTES = ("/v1/device", "/v1/device/config", "/v1/device/target-release")
 METRICS_TOKEN = "m" * 40
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FleetWorld]:
-    folder = tmp_path_factory.mktemp("fastpath")
-    with attested_world(request.param, folder, webhook_worker=False) as w:
-        yield w
+world = attested_world_fixture("fastpath", webhook_worker=False)
 
 
 def layer_of(app: Any) -> DeviceHotPath | None:
@@ -196,13 +190,7 @@ def test_a_revoked_or_deleted_devices_key_is_refused_alike(
     dev = Dev(world, tmp_path, f"fast-{how}")
     assert dev.attest()["ok"]
     _check(pair, dev.headers, _all(200, "", True))
-    where = f"/v1/fleets/{world.fleet_id}/devices/{dev.identity.device_id}"
-    if how == "revoke":
-        r = world.client.post(f"{where}/revoke", headers=world.headers["operator"])
-        assert r.status_code == 200, r.text
-    else:
-        r = world.client.delete(where, headers=world.headers["admin"])
-        assert r.status_code == 204, r.text
+    revoke_or_delete(world, dev.identity.device_id, how)
     _check(pair, dev.headers, _all(401, "unauthenticated", True))
 
 

@@ -29,9 +29,9 @@ from bastion.server.attestation.models import DEFAULT_INTERVAL
 from bastion.server.settings import ServerSettings
 
 from .conftest import CHEAP
-from .devicekit import FleetWorld
+from .devicekit import FleetWorld, revoke_or_delete
 from .test_attestation import Dev as AttestedDev
-from .test_attestation import attested_world
+from .test_attestation import attested_world_fixture
 from .test_device_fast_path import layer_of
 
 pytestmark = pytest.mark.integration
@@ -44,13 +44,7 @@ pytestmark = pytest.mark.integration
 BUDGET = {"/v1/device": 1, "/v1/device/target-release": 3, "/v1/device/config": 2}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FleetWorld]:
-    folder = tmp_path_factory.mktemp("hotpath")
-    with attested_world(request.param, folder, webhook_worker=False) as w:
-        yield w
+world = attested_world_fixture("hotpath", webhook_worker=False)
 
 
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-only"])
@@ -93,13 +87,7 @@ def test_revoking_or_deleting_through_one_process_bites_on_the_next_request_to_a
     assert dev.attest()["ok"]
     for path in BUDGET:
         assert second.get(path, headers=dev.headers).status_code == 200, path
-    where = f"/v1/fleets/{world.fleet_id}/devices/{dev.identity.device_id}"
-    if how == "revoke":
-        r = world.client.post(f"{where}/revoke", headers=world.headers["operator"])
-        assert r.status_code == 200, r.text
-    else:
-        r = world.client.delete(where, headers=world.headers["admin"])
-        assert r.status_code == 204, r.text
+    revoke_or_delete(world, dev.identity.device_id, how)
     layer = layer_of(second.app)
     before = layer.answered if layer is not None else 0
     assert _refusals(second, dev.headers) == {(p, 401, "unauthenticated") for p in BUDGET}

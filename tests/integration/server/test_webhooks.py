@@ -24,7 +24,7 @@ from bastion.server.webhooks.worker import WebhookWorker
 
 from .devicekit import FleetWorld
 from .test_attestation import Dev as AttestedDev
-from .test_attestation import attested_world
+from .test_attestation import attested_world_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -61,13 +61,7 @@ class Receiver:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FleetWorld]:
-    folder = tmp_path_factory.mktemp("webhooks")
-    with attested_world(request.param, folder, webhook_worker=False) as w:
-        yield w
+world = attested_world_fixture("webhooks", webhook_worker=False)
 
 
 @pytest.fixture(autouse=True)
