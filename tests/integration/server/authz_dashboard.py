@@ -156,6 +156,16 @@ def _managed_member(world: World, _who: str) -> dict[str, Any]:
     return {"user": world.users[name], "email": world.emails[name]}
 
 
+def _org_rules(world: World, who: str) -> dict[str, Any]:
+    """The sign-in rules form, unchanged rules (no box ticked: organisation A requires
+    none), with the caller's password and a current TOTP code."""
+    proof = _totp_enabled(world, who)
+    out: dict[str, Any] = {"data": {"password": PASSWORD, "totp": proof["data"]["code"]}}
+    if "headers" in proof:
+        out["headers"] = proof["headers"]
+    return out
+
+
 def _org_admin(action: str) -> Setup:
     """A fresh member to act on, and the form with the caller's password and a current
     TOTP code (TOTP is enrolled for every user principal, so only the role decides)."""
@@ -320,6 +330,14 @@ ROWS = [
             fresh=True,
         )
         for action in ("reset-password", "disable", "enable")
+    ),
+    Row(
+        "POST",
+        "/ui/orgs/{org}/security",
+        "ui_post_org_owner",
+        303,
+        setup=_as_browser(True, _org_rules),
+        fresh=True,
     ),
     Row("GET", "/ui/account", "ui_page_session", setup=_as_browser(False)),
     Row(

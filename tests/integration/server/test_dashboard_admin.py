@@ -353,3 +353,92 @@ def test_sign_out_other_sessions_from_the_account_page(world: FleetWorld) -> Non
     assert world.client.get("/v1/me", headers=third).status_code == 401
     assert not _alive(world, {"session": creds["session"]})
     assert me.client.get("/ui/account").status_code == 200
+
+
+# --- sign-in rules ------------------------------------------------------------------------------
+
+
+def _rules(world: FleetWorld) -> tuple[bool, bool]:
+    from bastion.server.orgs.models import Organisation
+
+    with world.ctx.db.session(write=False) as session:
+        org = session.get(Organisation, world.org_id)
+        assert org is not None
+        return org.require_2fa, org.require_oidc
+
+
+def test_sign_in_rules_form_refusals(world: FleetWorld, owner: Owner) -> None:
+    """The rules form sent every wrong way: refused, and the rules unchanged."""
+    path = f"/ui/orgs/{world.org_id}/security"
+    viewer = _browser(world, world.headers["viewer"])
+    stranger = _browser(world, world.headers["stranger"])
+    before = _rules(world)
+    cases: list[tuple[str, Browser, dict[str, str], dict[str, str], int, str]] = [
+        # (case, who, form, headers, status, message)
+        ("a viewer forges it", viewer, {"password": PASSWORD, "require_2fa": "on"}, {}, 403,
+         "owner"),
+        ("owner of another organisation", stranger, {"password": PASSWORD}, {}, 404, ""),
+        ("no CSRF token", owner.browser, {"password": PASSWORD, "csrf": ""}, {}, 403, "CSRF"),
+        ("cross-origin", owner.browser, {"password": PASSWORD},
+         {"Origin": "https://evil.example"}, 403, "origin"),
+        ("no password", owner.browser, {"require_2fa": "on"}, {}, 422, ""),
+        ("wrong password", owner.browser, {"password": "not mine", "require_2fa": "on"}, {},
+         403, ""),
+        ("no second factor", owner.browser, {"password": PASSWORD, "require_2fa": "on"}, {},
+         403, "second factor required"),
+        ("wrong TOTP code", owner.browser,
+         {"password": PASSWORD, "totp": "000000", "require_2fa": "on"}, {}, 403, ""),
+        ("a checkbox that is not 'on'", owner.browser,
+         {"password": PASSWORD, "require_2fa": "yes"}, {}, 400, "checkbox"),
+    ]  # fmt: skip
+    for case, who, form, headers, status, message in cases:
+        data = dict(form)
+        if case == "a checkbox that is not 'on'":
+            data["totp"] = _code(world, owner.secret)
+        r = _post(who, path, data, headers=headers)
+        assert r.status_code == status, (case, r.status_code, r.text[-600:])
+        assert message in r.text, (case, r.text[-600:])
+        assert _rules(world) == before, case
+
+
+def test_owner_sets_and_clears_the_2fa_rule(world: FleetWorld, owner: Owner) -> None:
+    path = f"/ui/orgs/{world.org_id}/security"
+    members = owner.browser.client.get(f"/ui/orgs/{world.org_id}/members").text
+    assert 'id="security-form"' in members and 'id="rule-2fa">no<' in members
+    assert 'id="require-oidc"' not in members  # this server has no OpenID provider
+    viewer_page = _browser(world, world.headers["viewer"]).client.get(
+        f"/ui/orgs/{world.org_id}/members"
+    )  # members see the rules, only owners the form
+    assert 'id="rule-2fa">no<' in viewer_page.text
+    assert 'id="security-form"' not in viewer_page.text
+    _member, creds = _user(world, "no-2fa-member")
+    org_url = f"/v1/orgs/{world.org_id}"
+    assert world.client.get(org_url, headers=creds["session"]).status_code == 200
+    try:
+        r = _post(
+            owner.browser,
+            path,
+            {"password": PASSWORD, "totp": _code(world, owner.secret), "require_2fa": "on"},
+        )
+        assert r.status_code == 303, r.text
+        assert _rules(world) == (True, False)
+        # the rule bites on the member's next request
+        refused = world.client.get(org_url, headers=creds["session"])
+        assert refused.status_code == 403, refused.text
+        page = owner.browser.client.get(f"/ui/orgs/{world.org_id}/members").text
+        assert 'id="rule-2fa">yes<' in page and 'id="require-2fa" checked' in page
+        # the viewer signed in without a second factor: refused by the rule too
+        viewer = _browser(world, world.headers["viewer"]).client.get(
+            f"/ui/orgs/{world.org_id}/members"
+        )
+        assert viewer.status_code == 403, viewer.text
+    finally:  # an unticked box clears the rule (a recovery code is a second factor too)
+        r = _post(
+            owner.browser,
+            path,
+            {"password": PASSWORD, "recovery_code": owner.recovery_codes[2]},
+        )
+        assert r.status_code == 303, r.text
+    assert _rules(world) == (False, False)
+    assert world.client.get(org_url, headers=creds["session"]).status_code == 200
+    assert world.audit_events().count("org.update") >= 2

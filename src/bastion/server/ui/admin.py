@@ -11,7 +11,18 @@ POST    /orgs/{org_id}/users/{user_id}/disable                  password and sec
 POST    /orgs/{org_id}/users/{user_id}/enable                   factor in the form
 POST    /orgs/{org_id}/invitations                              organisation owner
 POST    /orgs/{org_id}/invitations/{invitation_id}/revoke       organisation owner
+POST    /orgs/{org_id}/security                                 organisation owner +
+                                                                password (and second
+                                                                factor when enrolled)
 ======  =====================================================  ======================
+
+The security form sets the organisation's sign-in rules (``require_2fa``, and
+``require_oidc`` where the server has an OpenID provider) through
+:func:`bastion.server.orgs.service.update_org`, as ``PATCH /v1/orgs/{org}`` does (its
+refusals: requiring 2FA without having signed in with it, OIDC without having signed
+in through it; the ``org.update`` audit entry), after re-authenticating the owner with
+the password and, when enrolled, the second factor given in the form: loosening a rule
+is a security change.
 
 Invitations call :func:`bastion.server.orgs.invitations.invite` and ``revoke`` after
 the same owner check as ``POST /v1/orgs/{org}/invitations`` and
@@ -42,6 +53,7 @@ from bastion.server.auth.deps import Ctx, DbSession, ReadSession, client_address
 from bastion.server.auth.rbac import OrgAccess, OrgRole, org_access
 from bastion.server.context import AppContext
 from bastion.server.orgs import invitations
+from bastion.server.orgs import service as orgs_service
 from bastion.server.ui import nav
 from bastion.server.ui.pages import (
     Actor,
@@ -53,7 +65,7 @@ from bastion.server.ui.pages import (
     see_other,
 )
 from bastion.server.ui.security import PageUser
-from bastion.server.users import admin
+from bastion.server.users import admin, lifecycle
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Password = Annotated[str, Form(min_length=1, max_length=limits.PASSWORD_MAX_LENGTH)]
@@ -214,3 +226,50 @@ def invitation_revoke(  # noqa: PLR0917 - FastAPI injects parameters by name
     access = org_access(session, user.principal, org_id, OrgRole.OWNER)
     invitations.revoke(ctx, session, access, invitation_id)
     return see_other(request, "ui.org_members", org_id=org_id)
+
+
+# --- sign-in rules ---------------------------------------------------------------------------
+
+
+@router.post("/orgs/{org_id}/security", name="ui.org_security")
+def security(  # noqa: PLR0917 - FastAPI injects parameters by name
+    request: Request,
+    org_id: str,
+    user: Actor,
+    session: DbSession,
+    ctx: Ctx,
+    password: Password,
+    require_2fa: OptionalField = None,
+    require_oidc: OptionalField = None,
+    totp: OptionalField = None,
+    recovery_code: OptionalField = None,
+) -> Response:
+    """Set the organisation's sign-in rules (an unchecked box turns its rule off)."""
+    access = org_access(session, user.principal, org_id, OrgRole.OWNER)
+    proof = _proof(request, password, totp, recovery_code)
+    lifecycle.reauthenticate(
+        ctx,
+        session,
+        access.principal,
+        proof.password,
+        totp_code=proof.totp,
+        recovery_code=proof.recovery_code,
+        client=proof.client,
+    )
+    orgs_service.update_org(
+        ctx,
+        session,
+        access,
+        _checked(require_2fa),
+        require_oidc=_checked(require_oidc) if ctx.oidc is not None else None,
+    )
+    return see_other(request, "ui.org_members", org_id=org_id)
+
+
+def _checked(value: str | None) -> bool:
+    """An HTML checkbox: ``on`` when ticked, absent when not; anything else is refused."""
+    if value is None:
+        return False
+    if value != "on":
+        raise FormatError(f"a checkbox sends 'on' or nothing, not {value[:20]!r}")
+    return True

@@ -306,7 +306,8 @@ def key_revoke(  # noqa: PLR0917 - FastAPI injects parameters by name
 def org_members_page(
     request: Request, org_id: str, user: Viewer, session: ReadSession, ctx: Ctx
 ) -> Response:
-    """Members of the organisation; its owners also see pending invitations."""
+    """Members of the organisation and its sign-in rules; its owners also see pending
+    invitations and the form that changes the rules (ui/admin.py)."""
     access = org_access(session, user.principal, org_id, OrgRole.MEMBER)
     pending = (
         invitations.org_invitations(ctx, session, access) if access.role is OrgRole.OWNER else []
@@ -318,6 +319,7 @@ def org_members_page(
             "access": access,
             "members": orgs.org_members(session, access),
             "invitations": pending,
+            "oidc_configured": ctx.oidc is not None,
             **_org_nav(request, org_id, access.role),
         },
         user=user,
