@@ -65,7 +65,7 @@ from bastion.server.ui.pages import (
     see_other,
 )
 from bastion.server.ui.security import PageUser
-from bastion.server.users import admin, lifecycle
+from bastion.server.users import admin
 
 router = APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)
 Password = Annotated[str, Form(min_length=1, max_length=limits.PASSWORD_MAX_LENGTH)]
@@ -246,16 +246,7 @@ def security(  # noqa: PLR0917 - FastAPI injects parameters by name
 ) -> Response:
     """Set the organisation's sign-in rules (an unchecked box turns its rule off)."""
     access = org_access(session, user.principal, org_id, OrgRole.OWNER)
-    proof = _proof(request, password, totp, recovery_code)
-    lifecycle.reauthenticate(
-        ctx,
-        session,
-        access.principal,
-        proof.password,
-        totp_code=proof.totp,
-        recovery_code=proof.recovery_code,
-        client=proof.client,
-    )
+    _proof(request, password, totp, recovery_code).reauthenticate(ctx, session, access.principal)
     orgs_service.update_org(
         ctx,
         session,

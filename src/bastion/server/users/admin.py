@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from bastion.errors import AuthError, NotFoundError
 from bastion.server.audit.service import record
-from bastion.server.auth.principal import Via
+from bastion.server.auth.principal import Principal, Via
 from bastion.server.auth.rbac import OrgAccess, OrgRole, org_access
 from bastion.server.context import AppContext
 from bastion.server.orgs import repository as orgs_repo
@@ -50,6 +50,19 @@ class Proof:
     totp: str | None
     recovery_code: str | None
     client: str
+
+    def reauthenticate(self, ctx: AppContext, session: Session, principal: Principal) -> None:
+        """Prove the caller again with this password and second factor
+        (:func:`bastion.server.users.lifecycle.reauthenticate`; AuthError if wrong)."""
+        lifecycle.reauthenticate(
+            ctx,
+            session,
+            principal,
+            self.password,
+            totp_code=self.totp,
+            recovery_code=self.recovery_code,
+            client=self.client,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,15 +124,7 @@ def _authorised(
         )
     if not (proof.totp or proof.recovery_code):
         raise AuthError("give your TOTP code (or a recovery code) with your password")
-    lifecycle.reauthenticate(
-        ctx,
-        session,
-        access.principal,
-        proof.password,
-        totp_code=proof.totp,
-        recovery_code=proof.recovery_code,
-        client=proof.client,
-    )
+    proof.reauthenticate(ctx, session, access.principal)
     user = repo.get_user(session, found.user.id)
     if user is None:  # deleted meanwhile
         raise NotFoundError(f"user {user_id!r} no longer exists")
