@@ -166,6 +166,36 @@ def test_modules_under_enforcement_on_a_sim_boot(
     assert any("unsigned module is rejected" in w for w in warnings)
 
 
+def test_a_zstd_initrd_with_xz_modules_on_a_sim_boot(
+    tmp_path: Path, image: disk.VmImage, keys: SbKeys
+) -> None:
+    """The chain as Debian ships it: a zstd initrd, modules as ``.ko.xz`` (ADR 0039,
+    amendment 2026-12-07); a signed one loads, a tampered one is refused."""
+    import lzma
+
+    import zstandard
+
+    product = rsa.generate_private_key(65537, 2048)
+    product_cert = self_signed(product, "product modules")
+    good = _signed(b"\x7fELF module " * 100, product, product_cert)
+    tampered = bytearray(good)
+    tampered[3] ^= 1
+    mods = "usr/lib/modules/6.1.0/kernel"
+    initrd = zstandard.ZstdCompressor().compress(cpio.archive([
+        cpio.CpioEntry.file("etc/modules-load.d/bastion.conf", b"dm-verity\ntampered\n"),
+        cpio.CpioEntry.file(f"{mods}/dm_verity.ko.xz", lzma.compress(good)),
+        cpio.CpioEntry.file(f"{mods}/tampered.ko.xz", lzma.compress(bytes(tampered))),
+    ]))  # fmt: skip
+    create_efi_device(tmp_path / "dev", image.path, keys.variables(), kernel_keys=[product_cert])
+    plat = SimPlatform(tmp_path / "dev")
+    plat.esp().write(ENTRY, _module_uki(image.uki, keys, initrd, "module.sig_enforce=1"))
+    report = EfiBootChain(plat).run()
+    assert report.reached is EfiStage.RUNNING
+    assert "unreadable" not in report.modules, report.modules
+    assert [m["name"] for m in report.modules["loaded"]] == ["dm-verity"]
+    assert [m["name"] for m in report.modules["refused"]] == ["tampered"]
+
+
 def test_without_enforcement_unsigned_modules_taint(
     tmp_path: Path, image: disk.VmImage, keys: SbKeys
 ) -> None:
