@@ -37,6 +37,7 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable
+from functools import lru_cache
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute, iter_route_contexts
@@ -70,12 +71,20 @@ class RouteTemplates:
     feature is installed. They are tried in the router's own order: the first whose
     path and method match wins, else the first whose path matches (the router's 405);
     a request matching none is ``<unmatched>``.
+
+    The answer for a (path, method) never changes once the table is read, so the last
+    :data:`MEMO_SIZE` answers are kept (least recently used dropped): a heartbeat's path
+    costs one dictionary lookup instead of a scan of every template's regex.
     """
+
+    #: (path, method) answers kept; bounded, since paths carry ids
+    MEMO_SIZE = 4096
 
     def __init__(self, app: FastAPI, extra: tuple[str, ...] = ()) -> None:
         self._app = app
         self._extra = extra
         self._compiled: list[tuple[str, re.Pattern[str], frozenset[str] | None]] | None = None
+        self._memo: Callable[[str, str], str] = lru_cache(maxsize=self.MEMO_SIZE)(self._scan)
 
     def _table(self) -> list[tuple[str, re.Pattern[str], frozenset[str] | None]]:
         if self._compiled is None:
@@ -96,6 +105,9 @@ class RouteTemplates:
         return {t for t, _, _ in self._table()} | {UNMATCHED}
 
     def __call__(self, path: str, method: str = "GET") -> str:
+        return self._memo(path, method)
+
+    def _scan(self, path: str, method: str) -> str:
         partial: str | None = None
         for template, regex, allowed in self._table():
             if regex.match(path):
