@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
@@ -137,18 +138,34 @@ def test_a_heartbeat_reads_no_column_a_device_does_not_read(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
     """The authentication reads a plain row of the columns the heartbeat routes use, not
-    the device's certificate and keys (ADR 0043, second round)."""
+    the device's certificate and keys (ADR 0043, second round); target-release reads the
+    release's plain columns, not its manifest and golden statement (third round)."""
     dev = AttestedDev(world, tmp_path, _serial(second, "hot-columns"))
     assert dev.attest()["ok"]
     assert second.get("/v1/device", headers=dev.headers).status_code == 200  # last_seen
-    texts: list[str] = []
+    returned: list[str] = []  # the names of the columns every statement returned
     engine = second.app.state.ctx.db.engine  # type: ignore[attr-defined]
-    event.listen(engine, "before_cursor_execute", lambda *a: texts.append(a[2]))
-    for path in BUDGET:
-        assert second.get(path, headers=dev.headers).status_code == 200, path
-    assert texts
-    heavy = ("devices.certificate", "devices.key_public", "devices.ak_public")
-    assert [t for t in texts if any(h in t for h in heavy)] == []
+
+    def columns(_conn: object, cursor: Any, *_rest: object) -> None:
+        returned.extend(d[0] for d in cursor.description or ())
+
+    event.listen(engine, "after_cursor_execute", columns)
+    try:
+        for path in BUDGET:
+            assert second.get(path, headers=dev.headers).status_code == 200, path
+    finally:
+        event.remove(engine, "after_cursor_execute", columns)
+    assert "api_key_prefix" in returned  # the listener saw the heartbeat's rows
+    heavy = {
+        "certificate",
+        "key_public",
+        "ak_public",
+        "manifest",
+        "golden_statement",
+        "golden_pcrs",
+        "paused_reason",
+    }
+    assert heavy.isdisjoint(returned), sorted(heavy.intersection(returned))
 
 
 # --- the one-call heartbeat routes refuse what the dependency chain refused ----------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import String, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from bastion.server.devices.models import Device, DeviceStatus
@@ -49,6 +50,34 @@ _ACTIVE = (
 def active(session: Session, fleet_id: str) -> Rollout | None:
     """The fleet's running or paused rollout (at most one)."""
     return session.execute(_ACTIVE, {"fleet_id": fleet_id}).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRow:
+    """What a device's target-release answer reads of the active rollout."""
+
+    id: str
+    state: str
+    active_wave: int
+    release_id: str
+
+
+#: built once: :func:`active` as the heartbeat reads it (plain columns, same order)
+_ACTIVE_ROW = (
+    select(*(getattr(Rollout, name) for name in ActiveRow.__slots__))
+    .where(
+        Rollout.fleet_id == bindparam("fleet_id", type_=String),
+        Rollout.state.in_(RolloutState.ACTIVE),
+    )
+    .order_by(Rollout.created_at.desc())
+    .limit(1)
+)
+
+
+def active_row(session: Session, fleet_id: str) -> ActiveRow | None:
+    """:func:`active`'s columns the heartbeat needs, on the session's connection."""
+    row = session.connection().execute(_ACTIVE_ROW, {"fleet_id": fleet_id}).first()
+    return ActiveRow(*row) if row is not None else None
 
 
 def of_fleet(session: Session, fleet_id: str, limit: int) -> list[Rollout]:

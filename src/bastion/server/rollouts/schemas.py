@@ -8,7 +8,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from bastion import limits
-from bastion.server.releases.models import Release, ReleaseSource
+from bastion.server.releases.models import ReleaseSource
 from bastion.server.rollouts.models import Rollout, RolloutDevice, UpdateReport
 from bastion.server.rollouts.service import (
     TAG_PATTERN,
@@ -171,7 +171,7 @@ class TargetOut(BaseModel):
 
     @classmethod
     def of(cls, t: Target) -> TargetOut:
-        r: Release | None = t.release
+        r = t.release
         if r is None:
             return cls(release=None)
         url = r.url if r.source == ReleaseSource.URL else f"/v1/device/update/bundle/{r.id}"

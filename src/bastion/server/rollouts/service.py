@@ -49,6 +49,7 @@ from bastion.server.auth.rbac import FleetAccess
 from bastion.server.devices import service as devices
 from bastion.server.releases import repository as releases_repo
 from bastion.server.releases.models import Release
+from bastion.server.releases.repository import ReleaseRow
 from bastion.server.releases.service import put_target
 from bastion.server.rollouts import repository as repo
 from bastion.server.rollouts.models import (
@@ -105,7 +106,7 @@ class RolloutView:
 class Target:
     """What a device should run: a release (or none), and why."""
 
-    release: Release | None
+    release: ReleaseRow | None
     rollout_id: str | None = None
     wave: int | None = None
 
@@ -406,7 +407,7 @@ def target(
     With ``write=False`` (a read session) it returns None where it would assign the
     device a wave of the active rollout (a write): call it again with a write session."""
     device = devices.own_row(session, principal)
-    rollout = repo.active(session, device.fleet_id)
+    rollout = repo.active_row(session, device.fleet_id)
     if rollout is not None:
         row = repo.rollout_device(session, rollout.id, device.id)
         if row is None and not write:
@@ -426,10 +427,9 @@ def target(
         if row is not None and row.wave <= rollout.active_wave:
             started = row.result != DeviceResult.PENDING
             if rollout.state == RolloutState.RUNNING or started:
-                release = session.get(Release, rollout.release_id)
-                return Target(release, rollout.id, row.wave)
+                return Target(releases_repo.row(session, rollout.release_id), rollout.id, row.wave)
     del now
-    return Target(releases_repo.target_release(session, device.fleet_id))
+    return Target(releases_repo.target_row(session, device.fleet_id))
 
 
 def report_nonce(session: Session, principal: Principal, now: dt.datetime) -> UpdateReportNonce:
