@@ -85,6 +85,17 @@ def http_protocol() -> type[asyncio.Protocol]:
     return TlsHttpToolsProtocol
 
 
+def event_loop() -> str:
+    """The event loop ``bastion server`` runs: uvloop (libuv) where it is installed, a
+    base dependency on every platform but Windows; asyncio's own loop otherwise. uvloop
+    costs less per request and per connection (ADR 0043, "Third round")."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # not installed (Windows)
+        return "asyncio"
+    return "uvloop"
+
+
 def uvicorn_config_kwargs(settings: ServerSettings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``: address, protocol, TLS and mTLS."""
     settings.check_listen()
@@ -92,6 +103,7 @@ def uvicorn_config_kwargs(settings: ServerSettings) -> dict[str, Any]:
         "host": settings.listen_host,
         "port": settings.listen_port,
         "http": http_protocol(),
+        "loop": event_loop(),
         "proxy_headers": False,
         "server_header": False,
         "log_level": "info",
