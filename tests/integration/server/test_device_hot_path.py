@@ -277,3 +277,16 @@ def test_the_heartbeat_read_session_runs_without_a_transaction_and_the_pool_forg
                 assert session.connection().get_execution_options().get("isolation_level") is None
                 if not db.is_sqlite:
                     assert session.connection().connection.dbapi_connection.autocommit is False
+
+
+def test_a_devices_newest_verdict_is_one_index_lookup(world: FleetWorld) -> None:
+    """Migration 0025: the gate's ``max(id)`` of a device's verdicts has the index
+    ``(device_id, id)``; the single-column index it replaces is gone."""
+    from sqlalchemy import inspect as inspect_db
+
+    indexes = {
+        ix["name"]: ix["column_names"]
+        for ix in inspect_db(world.ctx.db.engine).get_indexes("attestation_verdicts")
+    }
+    assert indexes.get("ix_attestation_verdicts_device_latest") == ["device_id", "id"]
+    assert "ix_attestation_verdicts_device_id" not in indexes

@@ -8,6 +8,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -76,9 +77,11 @@ class AttestationVerdict(Base):
     """One verdict; the history is kept (newest decides gating)."""
 
     __tablename__ = "attestation_verdicts"
+    #: a device's newest verdict (the gate's max(id)) from the index's end (0025)
+    __table_args__ = (Index("ix_attestation_verdicts_device_latest", "device_id", "id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     fleet_id: Mapped[str] = mapped_column(String(32), index=True)
     at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     ok: Mapped[bool] = mapped_column(Boolean)
