@@ -34,21 +34,10 @@ class DeviceOut(BaseModel):
 
     @classmethod
     def of(cls, d: Device | DeviceRow) -> DeviceOut:
-        return cls(
-            id=d.id,
-            fleet_id=d.fleet_id,
-            serial=d.serial,
-            status=d.status,
-            cert_serial=d.cert_serial,
-            api_key_prefix=d.api_key_prefix,
-            os_version=d.os_version,
-            agent_version=d.agent_version,
-            note=d.note,
-            created_at=d.created_at,
-            last_seen_at=d.last_seen_at,
-            revoked_at=d.revoked_at,
-            ek_trust=d.ek_trust,
-        )
+        """From the ORM row or the heartbeat's plain row: each field of this model is a
+        column of both, by the same name (``DeviceRow`` lists them first; a test keeps
+        the two in step)."""
+        return cls(**{name: getattr(d, name) for name in DeviceOut.model_fields})
 
 
 class DeviceDetailOut(DeviceOut):
