@@ -71,6 +71,19 @@ def test_leases_never_exceed_the_shared_bucket(two_dbs: tuple[Database, Database
     assert not _hits(b, "user:x")
 
 
+def test_try_hit_spends_only_this_process_lease(two_dbs: tuple[Database, Database]) -> None:
+    """The answer cache's no-I/O hit (ADR 0044): tokens from the lease, never the table."""
+    wall = Wall()
+    a = SharedRateLimiter(two_dbs[0], "api", 0.001, 6, wall, lease=3)
+    b = SharedRateLimiter(two_dbs[1], "api", 0.001, 6, wall, lease=3)
+    assert not a.try_hit("device:x")  # no lease yet: only the full path may ask the table
+    assert _hits(a, "device:x")  # leases 3, spends 1
+    assert a.try_hit("device:x") and a.try_hit("device:x")
+    assert not a.try_hit("device:x")  # lease spent
+    assert _hits(b, "device:x") and b.try_hit("device:x") and b.try_hit("device:x")
+    assert not _hits(a, "device:x")  # the 6 tokens are gone, whichever way they went
+
+
 def test_a_lease_falls_back_to_single_tokens(two_dbs: tuple[Database, Database]) -> None:
     wall = Wall()
     a = SharedRateLimiter(two_dbs[0], "api", 0.001, 5, wall, lease=4)

@@ -15,7 +15,11 @@ One bucket per key refills at ``rate`` tokens per second up to ``burst``.
   locally (the API limit: one write per ``lease`` requests); all processes together
   still never exceed the shared bucket. Time is the clock's wall time in epoch seconds.
 
-:class:`Limiter` is what the app context holds; both kinds satisfy it.
+:class:`Limiter` is what the app context holds; both kinds satisfy it. Its
+:meth:`~Limiter.try_hit` takes one token only where that needs no I/O (the in-memory
+bucket, or the process's lease of a shared one) and never raises: the device answer
+cache (docs/adr/0044-device-answer-cache.md) calls it on the event loop and takes the
+full path, which calls :meth:`~Limiter.hit`, when it answers False.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ class Limiter(Protocol):
     """A rate limit by key: :meth:`hit` takes a token or raises RateLimitError."""
 
     def hit(self, key: str, cost: float = 1.0) -> None: ...
+
+    def try_hit(self, key: str) -> bool:
+        """Take one token if that needs no I/O and leaves the bucket within its limit;
+        False (nothing taken) otherwise. Never raises RateLimitError."""
+        ...
 
     def reset(self, key: str) -> None: ...
 
@@ -83,6 +92,14 @@ class RateLimiter:
             self._buckets[key] = (tokens - cost, now)
             while len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
+
+    def try_hit(self, key: str) -> bool:
+        """:meth:`hit` of one token, False instead of RateLimitError (nothing taken)."""
+        try:
+            self.hit(key)
+        except RateLimitError:
+            return False
+        return True
 
     def reset(self, key: str) -> None:
         """Forget ``key``'s bucket (it starts full again)."""
@@ -274,6 +291,17 @@ class SharedRateLimiter:
         if row is None:
             return self.burst
         return min(self.burst, float(row[0]) + max(0.0, now - float(row[1])) * self.rate)
+
+    def try_hit(self, key: str) -> bool:
+        """One token from this process's lease of ``key`` (no I/O); False when the
+        lease is spent or there is none (then :meth:`hit` asks the shared bucket)."""
+        with self._lock:
+            left = self._leased.get(key, 0.0)
+            if left < 1.0:
+                return False
+            self._leased[key] = left - 1.0
+            self._leased.move_to_end(key)
+            return True
 
     def hit(self, key: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens (from this process's lease or the shared bucket)."""
