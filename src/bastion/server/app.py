@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from bastion import __version__
 from bastion.io.clock import Clock, SystemClock
 from bastion.server.admission import AdmissionMiddleware, request_concurrency
+from bastion.server.answers import AnswerCache, Listener
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
 from bastion.server.auth.ratelimit import (
@@ -114,6 +115,7 @@ def create_app(
         if settings.webhook_worker
         else None,
         tuf_renewer=tuf_renewer,
+        answers=_answers(settings, db),
     )
 
     @asynccontextmanager
@@ -122,6 +124,8 @@ def create_app(
             ctx.webhooks.start()
         if ctx.tuf_renewer is not None:
             ctx.tuf_renewer.start()
+        if ctx.answers is not None:
+            ctx.answers.ensure()
         try:
             yield
         finally:
@@ -131,6 +135,8 @@ def create_app(
                 ctx.webhooks.stop()
             for close in ctx.on_close:
                 await close()
+            if ctx.answers is not None:
+                await ctx.answers.close()
             await ctx.bus.close()
 
     app = FastAPI(
@@ -169,6 +175,15 @@ def worker_app() -> FastAPI:
     """The app of one ``bastion server --workers N`` worker: settings from the
     ``BASTION_SERVER_*`` environment its parent exported, database already migrated."""
     return create_app(ServerSettings(), migrate=False)
+
+
+def _answers(settings: ServerSettings, db: Database) -> Listener | None:
+    """The device answer cache and its listener, where it applies (ADR 0044)."""
+    if not (settings.is_postgres and settings.device_fast_path and settings.device_answer_cache):
+        return None
+    listener = Listener(AnswerCache(), db.url)
+    listener.watch_writes(db)
+    return listener
 
 
 def _limits(

@@ -23,6 +23,7 @@ from bastion.server.secretbox import SecretBox
 from bastion.server.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from bastion.server.answers import Listener
     from bastion.server.devices.ca import DeviceCa
     from bastion.server.enrollment.service import EnrollmentService
     from bastion.server.releases.tuf_renewal import TufRenewer
@@ -56,6 +57,9 @@ class AppContext:
     webhooks: WebhookWorker | None = None
     #: re-signs the TUF snapshot and timestamp before they expire (None: not configured)
     tuf_renewer: TufRenewer | None = None
+    #: the device answer cache and its LISTEN connection (PostgreSQL only; None: off;
+    #: docs/adr/0044-device-answer-cache.md)
+    answers: Listener | None = None
     #: awaited when the app stops, before the bus closes (a feature's pending writes)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

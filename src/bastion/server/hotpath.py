@@ -17,6 +17,12 @@ the exception's MRO, as Starlette's exception middleware looks it up); anything 
 no handler but ``Exception``'s is re-raised into ``ServerErrorMiddleware`` (a 500, as
 on the FastAPI path). tests/integration/server/test_device_fast_path.py sends every
 case through both paths and compares status, headers and body.
+
+On PostgreSQL the layer first looks in the device answer cache
+(:mod:`bastion.server.answers`, ADR 0044): a kept answer that is still within its
+deadline, for a caller the rate limiter lets through without I/O, is sent as it was
+stored, with no session and no worker thread. A miss does the work as above and keeps a
+successful answer.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion.server.attestation.gate import DeviceRoute, device_work
+from bastion.server.answers import Answer, credential_key, deadline
+from bastion.server.attestation.gate import DeviceRoute, device_answer
+from bastion.server.context import app_context
 
 #: the one credential the fast path takes; anything else falls through
 _DEVICE_BEARER = b"Bearer bst_dev_"
@@ -82,15 +90,25 @@ def hot_route(scope: Scope, routes: Mapping[str, DeviceRoute[Any]]) -> DeviceRou
     return route if bearer == 1 else None
 
 
+def _authorization(scope: Scope) -> bytes:
+    """The request's ``Authorization`` value (:func:`hot_route` made sure there is one)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return bytes(value)
+    raise AssertionError("hot_route admitted a request without Authorization")
+
+
 class DeviceHotPath:
     """Answer the heartbeat routes of device API keys directly; pass the rest to ``app``.
 
-    ``answered`` counts the requests this layer answered itself (tests read it)."""
+    ``answered`` counts the requests this layer answered itself, ``cached`` those of
+    them it answered from the device answer cache (tests read both)."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[str, DeviceRoute[Any]] | None = None) -> None:
         self.app = app
         self.routes = dict(routes if routes is not None else hot_routes())
         self.answered = 0
+        self.cached = 0
         self._adapters: dict[type[BaseModel], TypeAdapter[Any]] = {
             r.model: TypeAdapter(r.model) for r in self.routes.values()
         }
@@ -102,13 +120,31 @@ class DeviceHotPath:
             return
         self.answered += 1
         request = Request(scope, receive)
+        path: str = scope["path"]
+        ctx = app_context(request.app)
+        listener, key, ticket = ctx.answers, b"", None
+        if listener is not None:
+            listener.ensure()
+            listener.drain()
+            key = credential_key(_authorization(scope))
+            kept = listener.cache.get(key, path, ctx.clock.now().timestamp())
+            if kept is not None and ctx.limiter.try_hit(kept.rate_key):
+                self.cached += 1
+                response = Response(content=kept.body, media_type="application/json")
+                await response(scope, receive, send)
+                return
+            ticket = listener.cache.ticket()
         try:
-            result = await run_in_threadpool(device_work, request, route)
+            result, answered = await run_in_threadpool(device_answer, request, route)
         except Exception as exc:
             response = await self._handled(request, exc)
         else:
             body = self._adapters[route.model].dump_json(result, by_alias=True)
             response = Response(content=body, media_type="application/json")
+            if listener is not None and answered.until is not None:
+                until = deadline(ctx.clock.now(), answered.until)
+                keep = Answer(body, answered.device_id, answered.rate_key, until)
+                listener.cache.put(ticket, key, path, keep)
         await response(scope, receive, send)
 
     async def _handled(self, request: Request, exc: Exception) -> Response:

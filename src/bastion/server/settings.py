@@ -93,6 +93,9 @@ class ServerSettings(BaseSettings):
     # answer the device heartbeat routes (GET /v1/device, /config, /target-release) of
     # device API keys in an ASGI layer beside FastAPI's router (ADR 0043); off: FastAPI only
     device_fast_path: bool = True
+    # keep the heartbeat answers per process, dropped when the database notifies a change
+    # (ADR 0044); PostgreSQL with the fast path only, ignored on SQLite
+    device_answer_cache: bool = True
 
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False

@@ -96,6 +96,9 @@ def _pair(world: FleetWorld, **settings: Any) -> Iterator[Pair]:
                     database_url=world.ctx.db.url,
                     webhook_worker=False,
                     device_fast_path=fast,
+                    # the pair compares the fast path with FastAPI on every request;
+                    # the answer cache is compared with the full path in its own tests
+                    device_answer_cache=False,
                     **options,
                 ),
                 clock=world.ctx.clock,

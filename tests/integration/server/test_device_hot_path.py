@@ -1,7 +1,7 @@
 """The device API's hot path stays cheap without weakening revocation (ADR 0034).
 
 * revocation made through one server process bites on the very next request to another
-  (two apps on one database; nothing about a device is cached beyond one request);
+  (two apps on one database; the answer cache of ADR 0044 is in its own tests);
 * ``last_seen_at`` is written at most once a minute per device, not on every request;
 * the number of SQL statements a gated device request costs is bounded (a regression
   guard for the speed work: counting statements, never timing);
@@ -51,12 +51,15 @@ world = attested_world_fixture("hotpath", webhook_worker=False)
 @pytest.fixture(params=[True, False], ids=["fast-path", "fastapi-only"])
 def second(world: FleetWorld, request: pytest.FixtureRequest) -> Iterator[TestClient]:
     """A second server process's app on the same database and data folder, with the
-    heartbeat routes' second request path (ADR 0043) on or off."""
+    heartbeat routes' second request path (ADR 0043) on or off; without the answer cache
+    (ADR 0044), so every request here takes the full path whose statements and refusals
+    these tests count (test_answer_cache.py tests the cache on this same set-up)."""
     settings = ServerSettings(
         data_dir=world.ctx.settings.data_dir,
         database_url=world.ctx.db.url,
         webhook_worker=False,
         device_fast_path=request.param,
+        device_answer_cache=False,
         **CHEAP,
     )
     app = create_app(settings, clock=world.ctx.clock, migrate=False)

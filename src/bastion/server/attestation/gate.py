@@ -21,6 +21,7 @@ on a gated route), which was the largest single cost of such a request
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
@@ -41,6 +42,7 @@ from bastion.server.auth.deps import (
 )
 from bastion.server.auth.principal import Principal, PrincipalKind
 from bastion.server.context import AppContext
+from bastion.server.devices import service as devices
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=BaseModel)
@@ -71,19 +73,40 @@ def require_attested_device(
 AttestedDevice = Annotated[Principal, Depends(require_attested_device)]
 
 
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Whose a device route's answer is and until when it holds, as the device answer
+    cache keeps it (docs/adr/0044-device-answer-cache.md)."""
+
+    device_id: str
+    rate_key: str
+    #: the earliest of: the end of the gate's pass (gated routes), the moment
+    #: ``last_seen_at`` is due again; None: the answer must not be kept
+    until: dt.datetime | None
+
+
 def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
     """The route's work for the calling device (blocking; call it in a worker thread):
     authentication and rate limit, a device principal (else 401/403), the attestation
     gate when the route is gated (else 403 ``attestation_required``), then the work, all
     through one read session."""
+    return device_answer(request, route)[0]
+
+
+def device_answer(request: Request, route: DeviceRoute[_M]) -> tuple[_M, Answered]:
+    """:func:`device_work`, and what the answer cache needs to keep its answer."""
     ctx = get_ctx(request)
     with ctx.db.session(write=False, autocommit=True) as session:
         if route.attested:  # a device key's authentication reads the gate's inputs too
             repository.prefetch_gate(session)
         principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
+        until = devices.seen_until(session, principal)
         if route.attested:
-            service.require_attested(session, principal, ctx.clock.now())
-        return route.work(session, principal, ctx)
+            passes = service.require_attested(session, principal, ctx.clock.now())
+            if until is not None and passes is not None:
+                until = min(until, passes)
+        answer = route.work(session, principal, ctx)
+        return answer, Answered(principal.id, principal.rate_key, until)
 
 
 async def device_call(request: Request, route: DeviceRoute[_M]) -> _M:

@@ -373,18 +373,22 @@ def history(
     return repo.history(session, device.id, min(limit, HISTORY_MAX))
 
 
-def require_attested(session: Session, principal: Principal, now: dt.datetime) -> None:
+def require_attested(
+    session: Session, principal: Principal, now: dt.datetime
+) -> dt.datetime | None:
     """The gate: AttestationRequiredError unless the device's newest verdict passed and
     is younger than the fleet's interval (no-op where gating is off or not enforced).
+    Returns when the pass ends (the verdict's time plus the interval), None where the
+    gate does not apply: what the device answer cache keeps as a deadline (ADR 0044).
 
     Runs on every gated device request: the device row comes from authentication; the
     settings, the newest verdict and the golden count are one query."""
     device = devices.own_row(session, principal)
     state = repo.gate_state(session, device.id, device.fleet_id)
     if state.gating is False:
-        return
+        return None
     if state.golden_count == 0:  # gating is enforced once the fleet can judge devices
-        return
+        return None
     interval = state.interval_seconds if state.interval_seconds is not None else DEFAULT_INTERVAL
     if state.verdict_id is None or state.verdict_at is None:
         raise AttestationRequiredError(f"device {device.id} has never attested")
@@ -397,6 +401,7 @@ def require_attested(session: Session, principal: Principal, now: dt.datetime) -
             f"device {device.id}: last passing attestation is {int(age)} s old, "
             f"the fleet requires one within {interval} s"
         )
+    return state.verdict_at + dt.timedelta(seconds=interval)
 
 
 def verdict_eventlog(session: Session, fleet_id: str, device_id: str, verdict_id: int) -> bytes:

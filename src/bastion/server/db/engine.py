@@ -99,6 +99,12 @@ class Database:
             info[name] = value
             factory.configure(info=info)
 
+    def listen_sessions(self, name: str, fn: Callable[..., Any]) -> None:
+        """Register ``fn`` for the Session event ``name`` on every session this database
+        opens (the device answer cache's record of this process's writes)."""
+        for factory in {self._write, self._read, self._read_autocommit}:
+            event.listen(factory, name, fn)
+
     @contextmanager
     def session(self, *, write: bool = True, autocommit: bool = False) -> Iterator[Session]:
         """A session; uncommitted work is rolled back on exit. ``autocommit`` (read

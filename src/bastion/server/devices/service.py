@@ -18,8 +18,10 @@ same request session (the gate, the heartbeat routes) does not read it again, an
 :func:`needs_touch` tells from it whether ``last_seen_at`` needs a write at all. Routes
 that write the device or read its certificate or keys use :func:`own` (the ORM row: a
 certificate's authentication loaded it; after an API key it is one ``session.get``).
-Nothing outlives the request's session: revocation still bites on the next request, in
-every process.
+Nothing outlives the request's session, except on PostgreSQL the heartbeat routes' kept
+answers (:mod:`bastion.server.answers`, ADR 0044). A database trigger notifies every
+process of a revocation, deletion or key change, and each process drops the device's
+answers when the notification arrives.
 
 Operators (fleet RBAC in the routes): list/show, revoke (status revoked, certificate
 serial onto the CRL, API key dead, EK onto the fleet's deny-list), delete (the
@@ -160,6 +162,15 @@ def needs_touch(session: Session, principal: Principal, now: dt.datetime) -> boo
     if row is None or row.last_seen_at is None:
         return True
     return now - row.last_seen_at >= LAST_SEEN_RESOLUTION
+
+
+def seen_until(session: Session, principal: Principal) -> dt.datetime | None:
+    """When ``last_seen_at`` of the row this session authenticated is due for its next
+    write (None: the session authenticated no row of this device)."""
+    row = authenticated_row(session, principal.id)
+    if row is None or row.last_seen_at is None:
+        return None
+    return row.last_seen_at + LAST_SEEN_RESOLUTION
 
 
 def mark_seen(session: Session, principal: Principal, now: dt.datetime) -> None:

@@ -17,6 +17,9 @@ process-wide default one), so two apps in one process share no metric. It holds
   ``/v1/device/channel``) this process holds open now. The middleware counts them
   itself, without the channel's code: up when the app accepts the WebSocket, down when
   the connection's handler returns, so refused upgrades are never counted.
+* ``bastion_device_answers_total`` (counter, ``outcome``: hit, miss, stored, refused),
+  ``bastion_device_answers_kept`` and ``bastion_device_answer_cache_online`` (gauges):
+  this process's device answer cache (PostgreSQL only; ADR 0044), read at scrape time.
 
 Several processes: each process has its own registry, so the per-process series
 (request latency and counts, ``bastion_channel_connections``) describe the process
@@ -216,6 +219,10 @@ def install(app: FastAPI) -> None:
     from bastion.server.rollouts.metrics import RolloutCollector
 
     registry.register(RolloutCollector(ctx.db))
+    if ctx.answers is not None:
+        from bastion.server.answers import AnswerCacheCollector
+
+        registry.register(AnswerCacheCollector(ctx.answers.cache))
     latency = Histogram(
         "bastion_http_request_duration_seconds",
         "HTTP request latency by route template",

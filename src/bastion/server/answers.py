@@ -1,0 +1,502 @@
+"""The device answer cache: heartbeat answers kept per process, dropped when the database
+says they changed (PostgreSQL only; docs/adr/0044-device-answer-cache.md).
+
+:class:`AnswerCache` holds the body of each successful answer of the three heartbeat
+routes (:mod:`bastion.server.hotpath`), keyed by the SHA-256 of the request's
+``Authorization`` header and the path, with the device it belongs to, its rate-limit
+key and a deadline. The deadline is the earliest of: the end of the gate's pass, the
+moment ``last_seen_at`` is due again, and :data:`ANSWER_TTL` after it was stored.
+
+What changes an answer is a write to one of :data:`WATCHED` tables. Migration 0026 puts
+a trigger on each of them that sends ``NOTIFY bastion_answers`` with the row's device
+id (the column :data:`WATCHED` names) or ``*`` (a fleet-wide table). :class:`Listener`
+holds one ``LISTEN`` connection per process and hands each notification to
+:meth:`AnswerCache.invalidate`.
+
+This process's own writes are not left to the notification: :meth:`Listener.watch_writes`
+records, in each session, the devices its flushes and ORM statements touch in the
+watched tables, and drops their answers when the session commits, before the committing
+code goes on (a request that wrote, then its next one, read what was written).
+
+Rules that keep the cache from answering what the database would not:
+
+* it is *off* until the listener's ``LISTEN`` has succeeded and from the moment its
+  connection fails or stops answering; turning on or off empties it (notifications may
+  have been missed while off);
+* a request that misses takes a :meth:`~AnswerCache.ticket` before it reads anything
+  and its answer is stored only if no invalidation (and no on/off switch) came in
+  between (:meth:`~AnswerCache.put`);
+* an entry at or past its deadline is a miss;
+* only successful answers are stored; errors always take the full path.
+
+Every method runs on the serving event loop (the hot-path layer, the listener task);
+nothing here takes a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import ORMExecuteState, Session
+
+    from bastion.server.db.engine import Database
+
+#: the PostgreSQL channel the triggers of migration 0026 notify
+CHANNEL = "bastion_answers"
+#: the payload that drops every answer (a fleet-wide table changed)
+EVERY_DEVICE = "*"
+#: table -> the column holding the device id its rows belong to (None: fleet-wide,
+#: every answer may depend on it). Every table the three heartbeat answers read is
+#: here; tests/integration/server/test_answer_cache.py records their reads and fails
+#: on a table missing from this map.
+WATCHED: dict[str, str | None] = {
+    "devices": "id",
+    "device_env": "device_id",
+    "device_tags": "device_id",
+    "attestation_verdicts": "device_id",
+    "rollout_devices": "device_id",
+    "fleets": None,
+    "fleet_env": None,
+    "fleet_attestation": None,
+    "fleet_golden": None,
+    "fleet_targets": None,
+    "releases": None,
+    "rollouts": None,
+    "rollout_waves": None,
+}
+#: no answer is served from the cache longer than this after it was stored (seconds)
+ANSWER_TTL = 30.0
+#: entries per process; when full the cache empties (about 0.5 KiB each)
+ANSWERS_MAX = 65_536
+#: the listener checks its connection this often when no notification arrives (seconds)
+LISTEN_CHECK_SECONDS = 5.0
+#: ... and turns the cache off when the check takes longer than this
+LISTEN_CHECK_TIMEOUT = 2.0
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 5.0
+#: application_name of the listening connection (find it in pg_stat_activity)
+LISTEN_APP_NAME = "bastion-answers-listen"
+
+#: session.info key: devices (or EVERY_DEVICE) whose answers the session's writes change
+_CHANGED = "bastion.answers.changed"
+
+log = logging.getLogger(__name__)
+
+_Key = tuple[bytes, str]
+
+
+def credential_key(authorization: bytes) -> bytes:
+    """The cache key of a request's ``Authorization`` header value (its SHA-256)."""
+    return hashlib.sha256(authorization).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A kept answer: the JSON body, whose it is, and until when it may be served."""
+
+    body: bytes
+    device_id: str
+    rate_key: str
+    #: POSIX seconds; a hit at or after this is a miss
+    until: float
+
+
+def deadline(stored: dt.datetime, *bounds: dt.datetime | None) -> float:
+    """An answer's deadline: :data:`ANSWER_TTL` after ``stored``, or the earliest of
+    ``bounds`` if sooner (None: that fact sets no bound)."""
+    until = _posix(stored) + ANSWER_TTL
+    for bound in bounds:
+        if bound is not None:
+            until = min(until, _posix(bound))
+    return until
+
+
+def _posix(when: dt.datetime) -> float:
+    """POSIX seconds of ``when``; a naive time (SQLite's columns) is UTC, as stored."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+class AnswerCache:
+    """Heartbeat answers of one server process (see the module docstring)."""
+
+    def __init__(self, max_entries: int = ANSWERS_MAX) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self.max_entries = max_entries
+        self._entries: dict[_Key, Answer] = {}
+        self._by_device: dict[str, set[_Key]] = {}
+        #: bumped by every invalidation and every on/off switch (:meth:`ticket`)
+        self._changes = 0
+        self._online = False
+        #: counters for tests, benchmarks and /metrics
+        self.hits = 0
+        self.misses = 0
+        self.stored = 0
+        self.refused = 0
+        self.invalidations = 0
+
+    @property
+    def online(self) -> bool:
+        """True while the listener holds ``LISTEN``: only then is anything served or kept."""
+        return self._online
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def set_online(self, online: bool) -> None:
+        """Turn the cache on (the listener is listening) or off; either way it empties
+        and tickets taken before are void."""
+        self._online = online
+        self._clear()
+
+    def get(self, key: bytes, path: str, now: float) -> Answer | None:
+        """The kept answer of ``path`` for this credential, if the cache is on and the
+        answer's deadline is after ``now`` (POSIX seconds)."""
+        found = self._entries.get((key, path)) if self._online else None
+        if found is None or now >= found.until:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found
+
+    def ticket(self) -> int | None:
+        """Take before reading what an answer is made of; give to :meth:`put`. None when
+        the cache is off (nothing will be kept)."""
+        return self._changes if self._online else None
+
+    def put(self, ticket: int | None, key: bytes, path: str, answer: Answer) -> bool:
+        """Keep ``answer`` unless the cache is off or anything was invalidated since
+        ``ticket`` was taken (the answer may predate that change). True if kept."""
+        if ticket is None or not self._online or ticket != self._changes:
+            self.refused += 1
+            return False
+        if len(self._entries) >= self.max_entries:
+            self._clear()
+            ticket = self._changes
+        entry = (key, path)
+        old = self._entries.get(entry)
+        if old is not None and old.device_id != answer.device_id:  # pragma: no cover
+            self._unindex(entry, old.device_id)  # a key moved to another device
+        self._entries[entry] = answer
+        self._by_device.setdefault(answer.device_id, set()).add(entry)
+        self.stored += 1
+        return True
+
+    def invalidate(self, device_id: str) -> None:
+        """Drop the answers of ``device_id`` (:data:`EVERY_DEVICE`: all of them)."""
+        self.invalidations += 1
+        if device_id == EVERY_DEVICE:
+            self._clear()
+            return
+        self._changes += 1
+        for entry in self._by_device.pop(device_id, ()):
+            self._entries.pop(entry, None)
+
+    def _unindex(self, entry: _Key, device_id: str) -> None:
+        keys = self._by_device.get(device_id)
+        if keys is not None:
+            keys.discard(entry)
+            if not keys:
+                del self._by_device[device_id]
+
+    def _clear(self) -> None:
+        self._changes += 1
+        self._entries.clear()
+        self._by_device.clear()
+
+
+def touched_by_row(row: Any) -> str | None:
+    """The device whose answers a flushed ORM row changes, :data:`EVERY_DEVICE` for a
+    fleet-wide table (or a row whose device is not loaded), None for an unwatched table."""
+    table = getattr(row, "__tablename__", None)
+    if table not in WATCHED:
+        return None
+    column = WATCHED[table]
+    if column is None:
+        return EVERY_DEVICE
+    value = sa_inspect(row).dict.get(column)  # never loads: a flush must not query
+    return str(value) if value is not None else EVERY_DEVICE
+
+
+def touched_by_statement(statement: Any, parameters: Any) -> set[str]:
+    """The devices an ORM ``INSERT``/``UPDATE``/``DELETE`` changes answers of: those its
+    rows or its ``WHERE <device column> = :value`` name, else :data:`EVERY_DEVICE`;
+    empty for an unwatched table."""
+    table = getattr(getattr(statement, "table", None), "name", None)
+    if table not in WATCHED:
+        return set()
+    column = WATCHED[table]
+    if column is None:
+        return {EVERY_DEVICE}
+    rows = parameters if isinstance(parameters, list) else [parameters or {}]
+    named = {str(r[column]) for r in rows if isinstance(r, dict) and r.get(column) is not None}
+    if named and all(isinstance(r, dict) and r.get(column) is not None for r in rows):
+        return named
+    device = _where_device(getattr(statement, "whereclause", None), table, column)
+    return {device} if device is not None else {EVERY_DEVICE}
+
+
+def _where_device(where: Any, table: str, column: str) -> str | None:
+    """``value`` when ``where`` is ``<table>.<column> = value`` or an AND with that term."""
+    if where is None:
+        return None
+    terms: Iterable[Any] = (
+        where.clauses
+        if isinstance(where, BooleanClauseList) and where.operator is operators.and_
+        else (where,)
+    )
+    for term in terms:
+        if not (isinstance(term, BinaryExpression) and term.operator is operators.eq):
+            continue
+        left, right = term.left, term.right
+        on = getattr(getattr(left, "table", None), "name", None)
+        named = on == table and getattr(left, "name", None) == column
+        if named and isinstance(right, BindParameter) and right.effective_value is not None:
+            return str(right.effective_value)
+    return None
+
+
+class Listener:
+    """The ``LISTEN bastion_answers`` connection of one process, feeding ``cache``.
+
+    :meth:`ensure` starts it in the running event loop (again after that loop ended: a
+    test client's loop, a restarted server). It reconnects with exponential backoff
+    and jitter; while it is not listening the cache is off."""
+
+    def __init__(self, cache: AnswerCache, database_url: str) -> None:
+        from bastion.server.bus_pg import libpq_url
+        from bastion.server.db.engine import redact
+
+        self.cache = cache
+        self._url = libpq_url(database_url)
+        self._shown = redact(database_url)
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._barriers: dict[str, asyncio.Future[None]] = {}
+        #: the listening connection while it waits for notifications (:meth:`drain`)
+        self._waiting: Any = None
+        #: times ``LISTEN`` succeeded (tests, diagnostics)
+        self.connects = 0
+
+    def ensure(self) -> None:
+        """Start listening in the running loop unless it already does."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        self.cache.set_online(False)
+        self._waiting = None  # a connection of a loop that has ended is not drained
+        self._loop = loop
+        self._task = loop.create_task(self._run(), name="bastion-answers-listen")
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(
+            self._url,
+            autocommit=True,
+            application_name=LISTEN_APP_NAME,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=2,
+        )
+
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            conn = None
+            try:
+                conn = await self._connect()
+                await conn.execute(f"LISTEN {CHANNEL}")
+                self.connects += 1
+                delay = RECONNECT_MIN
+                self.cache.set_online(True)
+                await self._serve(conn)
+            except asyncio.CancelledError:
+                self.cache.set_online(False)
+                raise
+            except Exception as exc:  # psycopg errors, a failed check: off, then retry
+                self.cache.set_online(False)
+                log.warning(
+                    "answer cache: listener on %s lost (%s); answers are not cached until "
+                    "it is back",
+                    self._shown,
+                    exc,
+                )
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(RECONNECT_MAX, delay * 2)
+            finally:
+                self.cache.set_online(False)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def _serve(self, conn: Any) -> None:
+        while True:
+            heard = False
+            self._waiting = conn
+            try:
+                async for notice in conn.notifies(timeout=LISTEN_CHECK_SECONDS):
+                    heard = True
+                    self._heard(notice.payload)
+            finally:
+                self._waiting = None
+            if not heard:  # quiet for a while: is the connection still there?
+                await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_CHECK_TIMEOUT)
+
+    def drain(self) -> None:
+        """Handle the notifications that have reached this process's socket but not yet
+        the listener task (which runs only when the loop gets to it): the hot path calls
+        this before each lookup, so an answer is never older than what PostgreSQL has
+        sent. A non-blocking read; only while the listener waits for notifications (a
+        read during its connection check would take the check's answer)."""
+        conn = self._waiting
+        if conn is None:
+            return
+        pgconn = conn.pgconn
+        try:
+            pgconn.consume_input()
+        except Exception:  # the listener task sees the broken connection and turns off
+            self.cache.set_online(False)
+            return
+        while (notice := pgconn.notifies()) is not None:
+            self._heard(notice.extra.decode())
+
+    def watch_writes(self, db: Database) -> None:
+        """Drop the answers this process's own commits change, before the committing
+        code goes on (see the module docstring); the notification does it again."""
+        db.listen_sessions("after_flush", self._flushed)
+        db.listen_sessions("do_orm_execute", self._executed)
+        db.listen_sessions("after_commit", self._committed)
+
+    @staticmethod
+    def _flushed(session: Session, _context: Any) -> None:
+        changed: set[str] = session.info.setdefault(_CHANGED, set())
+        for rows in (session.new, session.dirty, session.deleted):
+            for row in rows:
+                device = touched_by_row(row)
+                if device is not None:
+                    changed.add(device)
+
+    @staticmethod
+    def _executed(state: ORMExecuteState) -> None:
+        if state.is_insert or state.is_update or state.is_delete:
+            devices = touched_by_statement(state.statement, state.parameters)
+            if devices:
+                state.session.info.setdefault(_CHANGED, set()).update(devices)
+
+    def _committed(self, session: Session) -> None:
+        changed = session.info.pop(_CHANGED, None)
+        if changed:
+            self.changed_here(changed)
+
+    def changed_here(self, devices: Iterable[str]) -> None:
+        """Drop the answers of ``devices`` now when called on the serving loop, else as
+        the loop's next callback (before the result of a worker thread that called it)."""
+        loop, devices = self._loop, tuple(devices)
+        if loop is None or loop.is_closed():
+            return  # no loop has served: nothing is kept
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._drop(devices)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to keep
+            loop.call_soon_threadsafe(self._drop, devices)
+
+    def _drop(self, devices: tuple[str, ...]) -> None:
+        for device in devices:
+            self.cache.invalidate(device)
+
+    def _heard(self, payload: str) -> None:
+        if payload.startswith("barrier:"):
+            waiter = self._barriers.pop(payload, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        self.cache.invalidate(payload or EVERY_DEVICE)
+
+    async def barrier(self, timeout: float = 5.0) -> None:
+        """Return once this listener has handled every notification committed before the
+        call (PostgreSQL delivers them in commit order): a test's way to wait for a
+        change made elsewhere to reach this process's cache."""
+        import secrets
+
+        import psycopg
+
+        self.ensure()
+        name = f"barrier:{secrets.token_hex(8)}"
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers[name] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.cache.online:
+                    await asyncio.sleep(0.01)
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=5
+                ) as conn:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, name))
+                await waiter
+        finally:
+            self._barriers.pop(name, None)
+
+    async def close(self) -> None:
+        """Stop listening (the cache goes off); :meth:`ensure` may start it again."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.cache.set_online(False)
+
+
+class AnswerCacheCollector:
+    """This process's answer cache for ``/metrics`` (a prometheus-client collector, read
+    at scrape time: nothing is added to the request path)."""
+
+    def __init__(self, cache: AnswerCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cache = self.cache
+        answers = CounterMetricFamily(
+            "bastion_device_answers",
+            "Heartbeat answers of this process's answer cache by outcome",
+            labels=["outcome"],
+        )
+        for outcome, value in (
+            ("hit", cache.hits),
+            ("miss", cache.misses),
+            ("stored", cache.stored),
+            ("refused", cache.refused),
+        ):
+            answers.add_metric([outcome], value)
+        yield answers
+        yield GaugeMetricFamily(
+            "bastion_device_answers_kept", "Answers this process keeps now", value=len(cache)
+        )
+        yield GaugeMetricFamily(
+            "bastion_device_answer_cache_online",
+            "1 while this process's answer cache listens for changes, else 0",
+            value=1 if cache.online else 0,
+        )

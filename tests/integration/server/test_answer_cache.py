@@ -1,0 +1,435 @@
+"""The device answer cache on PostgreSQL: what another process changes reaches it, what
+it keeps is never wrong (docs/adr/0044-device-answer-cache.md).
+
+Two apps on one database, as two server processes: ``world.client`` is where operators
+and devices change things, ``second`` answers heartbeats from its cache. A change made
+through the first reaches the second by PostgreSQL's notification; :func:`_settle` waits
+for that (a barrier notification: delivered in commit order), which is what a real
+second process gets within a fraction of a millisecond. Negative cases first:
+
+* revocation, deletion, a failing verdict, a stale verdict (the fleet's interval), the
+  fleet turning gating on, the rate limit: refused by the cached path as by the full one;
+* the cache is off while its LISTEN connection is gone, and empty when it is back;
+* every table the three answers read has the trigger; the triggers, the migration and
+  :data:`bastion.server.answers.WATCHED` name the same tables;
+* positive: kept answers are served without a database statement, byte for byte the
+  full path's; a config, env or target change is served at once after it arrives.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
+
+from bastion.server.answers import LISTEN_APP_NAME, WATCHED, Listener
+from bastion.server.app import create_app
+from bastion.server.attestation.models import DEFAULT_INTERVAL
+from bastion.server.db.base import Base
+from bastion.server.db.migrations.versions.r0026_answer_triggers import TABLES
+from bastion.server.hotpath import DeviceHotPath
+from bastion.server.settings import ServerSettings
+
+from .conftest import CHEAP
+from .devicekit import FleetWorld, revoke_or_delete
+from .test_attestation import Dev, attested_world
+from .test_device_fast_path import layer_of
+
+pytestmark = pytest.mark.integration
+
+PATHS = ("/v1/device", "/v1/device/config", "/v1/device/target-release")
+#: tables a heartbeat touches that no answer is made of: the rate limit's buckets
+#: (applied to every kept answer too, through ``Limiter.try_hit``)
+NOT_ANSWER_INPUTS = {"shared_counters"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetWorld]:
+    with attested_world("postgresql", tmp_path_factory.mktemp("answers")) as w:
+        yield w
+
+
+def _second(world: FleetWorld, **settings: Any) -> Any:
+    options: dict[str, Any] = {**CHEAP, "device_answer_cache": True, **settings}
+    return create_app(
+        ServerSettings(
+            data_dir=world.ctx.settings.data_dir,
+            database_url=world.ctx.db.url,
+            webhook_worker=False,
+            **options,
+        ),
+        clock=world.ctx.clock,
+        migrate=False,
+    )
+
+
+@pytest.fixture
+def second(world: FleetWorld) -> Iterator[TestClient]:
+    """A second server process's app on the same database, answer cache on."""
+    app = _second(world)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            yield client
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def _listener(client: TestClient) -> Listener:
+    listener = client.app.state.ctx.answers  # type: ignore[attr-defined]
+    assert isinstance(listener, Listener)
+    return listener
+
+
+def _layer(client: TestClient) -> DeviceHotPath:
+    layer = layer_of(client.app)
+    assert layer is not None
+    return layer
+
+
+def _settle(client: TestClient) -> None:
+    """Wait until ``client``'s listener has handled every change committed so far."""
+    assert client.portal is not None
+    client.portal.call(_listener(client).barrier)
+
+
+def _statements(client: TestClient) -> list[str]:
+    seen: list[str] = []
+    engine = client.app.state.ctx.db.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def _warm(client: TestClient, dev: Dev) -> dict[str, bytes]:
+    """Fill the cache with the device's three answers; return their bodies."""
+    bodies = {}
+    for _ in range(2):  # the first fill may be refused: its own last_seen write notifies
+        for path in PATHS:
+            answer = client.get(path, headers=dev.headers)
+            assert answer.status_code == 200, (path, answer.text)
+            bodies[path] = answer.content
+        _settle(client)
+    layer = _layer(client)
+    before = layer.cached
+    for path in PATHS:
+        assert client.get(path, headers=dev.headers).content == bodies[path]
+    assert layer.cached - before == len(PATHS), "the warmed answers were not served kept"
+    return bodies
+
+
+def _attested(world: FleetWorld, tmp_path: Path, serial: str) -> Dev:
+    dev = Dev(world, tmp_path, serial)
+    assert dev.attest()["ok"]
+    return dev
+
+
+# --- negative: what the cache must not answer -------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["revoke", "delete"])
+def test_revoking_or_deleting_elsewhere_empties_the_devices_answers(
+    world: FleetWorld, second: TestClient, tmp_path: Path, how: str
+) -> None:
+    dev = _attested(world, tmp_path, f"ans-{how}")
+    _warm(second, dev)
+    revoke_or_delete(world, dev.identity.device_id, how)
+    _settle(second)
+    for path in PATHS:
+        answer = second.get(path, headers=dev.headers)
+        assert answer.status_code == 401, (path, answer.text)
+
+
+def test_a_failing_verdict_elsewhere_closes_the_gated_routes(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-fail")
+    _warm(second, dev)
+    assert not dev.attest(posture={"selinux": "permissive"})["ok"]
+    _settle(second)
+    for path in PATHS[1:]:
+        answer = second.get(path, headers=dev.headers)
+        assert answer.status_code == 403, (path, answer.text)
+        assert answer.json()["error"] == "attestation_required"
+    assert second.get(PATHS[0], headers=dev.headers).status_code == 200  # ungated
+    assert dev.attest()["ok"]  # passing again restores access
+    _settle(second)
+    assert all(second.get(p, headers=dev.headers).status_code == 200 for p in PATHS)
+
+
+def test_a_pass_ends_at_the_fleets_interval_though_the_answer_is_kept(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    url = f"/v1/fleets/{world.fleet_id}/attestation"
+    admin = world.headers["admin"]
+    assert world.client.put(url, json={"interval_seconds": 120}, headers=admin).status_code == 200
+    try:
+        dev = _attested(world, tmp_path, "ans-interval")
+        _warm(second, dev)
+        world.ctx.clock.advance(20)
+        _warm(second, dev)  # still within: kept answers served
+        world.ctx.clock.advance(101)  # 121 s after the verdict
+        for path in PATHS[1:]:
+            answer = second.get(path, headers=dev.headers)
+            assert answer.status_code == 403 and "within 120 s" in answer.json()["detail"]
+    finally:
+        r = world.client.put(url, json={"interval_seconds": DEFAULT_INTERVAL}, headers=admin)
+        assert r.status_code == 200, r.text
+
+
+def test_last_seen_is_still_written_once_a_minute(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-seen")
+    _warm(second, dev)
+    world.ctx.clock.advance(61)
+    seen = _statements(second)
+    answer = second.get("/v1/device", headers=dev.headers)
+    assert answer.status_code == 200
+    assert [s for s in seen if s.lstrip().upper().startswith("UPDATE DEVICES")], seen
+    assert answer.json()["last_seen_at"].startswith(world.ctx.clock.now().isoformat()[:19])
+
+
+def test_kept_answers_still_take_rate_limit_tokens(world: FleetWorld, tmp_path: Path) -> None:
+    app = _second(world, rate_per_second=0.001, rate_burst=4, rate_limit_backend="memory")
+    dev = _attested(world, tmp_path, "ans-rate")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            codes = [client.get("/v1/device/config", headers=dev.headers).status_code]
+            _settle(client)  # the fill's last_seen write has arrived: the next is kept
+            codes += [client.get("/v1/device/config", headers=dev.headers).status_code]
+            codes += [client.get("/v1/device/config", headers=dev.headers).status_code]
+            assert _layer(client).cached >= 1
+            codes += [client.get("/v1/device/config", headers=dev.headers).status_code]
+            codes += [client.get("/v1/device/config", headers=dev.headers).status_code]
+            assert codes == [200, 200, 200, 200, 429], codes
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_errors_are_never_kept(world: FleetWorld, second: TestClient, tmp_path: Path) -> None:
+    dev = Dev(world, tmp_path, "ans-never")  # never attested: gated routes refuse
+    for _ in range(3):
+        answer = second.get("/v1/device/config", headers=dev.headers)
+        assert answer.status_code == 403, answer.text
+    assert dev.attest()["ok"]
+    _settle(second)
+    assert second.get("/v1/device/config", headers=dev.headers).status_code == 200
+
+
+def test_the_cache_is_off_while_its_listener_is_gone(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-off")
+    _warm(second, dev)
+    listener = _listener(second)
+    connects = listener.connects
+    with world.ctx.db.engine.begin() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :name"
+            ),
+            {"name": LISTEN_APP_NAME},
+        ).all()
+    assert killed, "no listener connection found"
+    deadline = time.monotonic() + 10
+    was_off = False
+    while not (listener.cache.online and listener.connects > connects):
+        assert time.monotonic() < deadline, "the listener did not notice or did not return"
+        second.get("/v1/device", headers=dev.headers)  # the drain meets the dead socket
+        was_off = was_off or not listener.cache.online
+        time.sleep(0.01)
+    assert was_off, "the cache stayed on without its listener"
+    # back on, and it started empty: what it holds now was stored after the gap
+    assert len(listener.cache) <= 1
+    revoke_or_delete(world, dev.identity.device_id, "revoke")
+    _settle(second)
+    assert second.get("/v1/device/config", headers=dev.headers).status_code == 401
+
+
+# --- the triggers cover what the answers read --------------------------------------------
+
+
+def _tables_in(statements: list[str]) -> set[str]:
+    names = set(Base.metadata.tables)
+    found = set()
+    for sql in statements:
+        for name in re.findall(r'(?:FROM|JOIN|INTO|UPDATE)\s+"?(\w+)"?', sql, re.IGNORECASE):
+            if name in names:
+                found.add(name)
+    return found
+
+
+def test_every_table_the_answers_read_is_watched(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-tables")
+    seen = _statements(second)
+    for path in PATHS:  # no rollout
+        assert second.get(path, headers=dev.headers).status_code == 200
+    release = world.client.post(
+        f"/v1/fleets/{world.fleet_id}/releases/external",
+        json={
+            "url": "https://cdn.example.org/7.0.0.raucb",
+            "length": 4096,
+            "sha256": "aa" * 32,
+            "version": "7.0.0",
+            "compatible": "bastion-test",
+        },
+        headers=world.headers["operator"],
+    )
+    assert release.status_code == 201, release.text
+    started = world.client.post(
+        f"/v1/fleets/{world.fleet_id}/rollouts",
+        json={"release_id": release.json()["id"], "waves": [{"name": "all", "percent": 100}]},
+        headers=world.headers["operator"],
+    )
+    assert started.status_code == 201, started.text
+    try:
+        late = _attested(world, tmp_path / "late", "ans-tables-late")
+        _settle(second)
+        for who in (dev, late):  # a wave to assign (a write), then read
+            for _ in range(2):
+                answer = second.get("/v1/device/target-release", headers=who.headers)
+                assert answer.status_code == 200 and answer.json()["release"] == "7.0.0"
+    finally:
+        rollout = f"/v1/fleets/{world.fleet_id}/rollouts/{started.json()['id']}"
+        aborted = world.client.post(f"{rollout}/abort", headers=world.headers["operator"])
+        assert aborted.status_code == 200, aborted.text
+    read = _tables_in(seen) - NOT_ANSWER_INPUTS
+    assert {"devices", "rollouts", "rollout_devices", "releases"} <= read, read
+    assert read <= set(WATCHED), f"read but not watched: {sorted(read - set(WATCHED))}"
+
+
+def test_the_triggers_the_migration_and_the_watch_list_agree(world: FleetWorld) -> None:
+    assert TABLES == WATCHED
+    with world.ctx.db.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname LIKE 'bastion_answers%'"
+            )
+        ).all()
+    triggers: dict[str, set[str]] = {}
+    for table, name in rows:
+        triggers.setdefault(table, set()).add(name)
+    assert set(triggers) == set(WATCHED)
+    for table, column in WATCHED.items():
+        want = {"bastion_answers"} | ({"bastion_answers_truncate"} if column else set())
+        assert triggers[table] == want, table
+
+
+# --- positive: kept answers are the full path's, and changes arrive -----------------------
+
+
+def test_kept_answers_are_the_full_paths_bytes_without_a_statement(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-same")
+    bodies = _warm(second, dev)
+    seen = _statements(second)
+    for path in PATHS:
+        assert second.get(path, headers=dev.headers).content == bodies[path]
+    assert seen == []
+    full = TestClient(_second(world, device_answer_cache=False))
+    try:
+        for path in PATHS:  # the same answer from an app without the cache
+            assert full.get(path, headers=dev.headers).content == bodies[path], path
+    finally:
+        full.app.state.ctx.db.dispose()  # type: ignore[attr-defined]
+
+
+def test_config_and_env_changes_elsewhere_are_served_once_they_arrive(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-config")
+    _warm(second, dev)
+    operator = world.headers["operator"]
+    fleet = f"/v1/fleets/{world.fleet_id}"
+    r = world.client.put(f"{fleet}/env/ANSWERS", json={"value": "fleet"}, headers=operator)
+    assert r.status_code == 200, r.text
+    try:
+        _settle(second)
+        got = second.get("/v1/device/config", headers=dev.headers).json()
+        assert got["env"]["ANSWERS"] == "fleet"
+        r = world.client.put(
+            f"{fleet}/devices/{dev.identity.device_id}/env/ANSWERS",
+            json={"value": "own"},
+            headers=operator,
+        )
+        assert r.status_code == 204, r.text
+        _settle(second)
+        got = second.get("/v1/device/config", headers=dev.headers).json()
+        assert got["env"]["ANSWERS"] == "own" and got["overridden"] == ["ANSWERS"]
+    finally:
+        world.client.delete(f"{fleet}/env/ANSWERS", headers=operator)
+
+
+def test_a_change_reaches_the_other_process_within_milliseconds(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    """Without waiting for a barrier: the drain before each lookup handles what has
+    reached the socket. Polls (at most 2 s) until the revoked device is refused and
+    reports the delay; a correct cache is refused within the first few polls."""
+    dev = _attested(world, tmp_path, "ans-latency")
+    _warm(second, dev)
+    revoke_or_delete(world, dev.identity.device_id, "revoke")
+    started = time.monotonic()
+    polls = 0
+    while second.get("/v1/device", headers=dev.headers).status_code == 200:
+        polls += 1
+        assert time.monotonic() - started < 2.0, f"still served after {polls} polls"
+    assert polls <= 20, polls
+
+
+def _answer_triggers(db: Any) -> set[str]:
+    if db.engine.dialect.name != "postgresql":
+        return set()
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'bastion_answers'")
+        ).all()
+    return {row[0] for row in rows}
+
+
+def test_the_migration_goes_down_and_up(make_app: Any) -> None:
+    """0026 removes its triggers and function on the way down (SQLite: nothing either way)."""
+    from .test_pcr_default_migration import _alembic
+
+    db = make_app().state.ctx.db
+    postgres = db.engine.dialect.name == "postgresql"
+    assert _answer_triggers(db) == (set(WATCHED) if postgres else set())
+    _alembic(db, "downgrade", "0025_verdict_latest_index")
+    assert _answer_triggers(db) == set()
+    db.upgrade()
+    assert _answer_triggers(db) == (set(WATCHED) if postgres else set())
+
+
+def test_metrics_show_the_processs_cache(world: FleetWorld, tmp_path: Path) -> None:
+    app = _second(world, metrics_token="m" * 40)
+    dev = _attested(world, tmp_path, "ans-metrics")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            _warm(client, dev)
+            scrape = client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 40})
+            assert scrape.status_code == 200, scrape.text
+            values = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in scrape.text.splitlines()
+                if line.startswith("bastion_device_answer")
+            }
+            cache = _listener(client).cache
+            assert values['bastion_device_answers_total{outcome="hit"}'] == cache.hits >= 3
+            assert values['bastion_device_answers_total{outcome="stored"}'] == cache.stored
+            assert values["bastion_device_answers_kept"] == len(cache) >= 3
+            assert values["bastion_device_answer_cache_online"] == 1.0
+    finally:
+        app.state.ctx.db.dispose()
