@@ -79,7 +79,7 @@ WATCHED: dict[str, str | None] = {
 }
 #: no answer is served from the cache longer than this after it was stored (seconds)
 ANSWER_TTL = 30.0
-#: entries per process; when full the cache empties (about 0.5 KiB each)
+#: entries per process; when full the cache empties (each about 180 bytes plus its body)
 ANSWERS_MAX = 65_536
 #: the listener checks its connection this often when no notification arrives (seconds)
 LISTEN_CHECK_SECONDS = 5.0
