@@ -17,7 +17,6 @@ from bastion.server.answers import (
     credential_key,
     deadline,
 )
-from bastion.server.auth.ratelimit import RateLimiter
 
 KEY = credential_key(b"Bearer bst_dev_one")
 OTHER = credential_key(b"Bearer bst_dev_two")
@@ -122,24 +121,6 @@ def test_the_deadline_is_the_earliest_bound_and_never_past_the_ttl() -> None:
     assert deadline(stored, stored + dt.timedelta(hours=1)) == base + ANSWER_TTL
     naive = stored.replace(tzinfo=None) + dt.timedelta(seconds=7)  # SQLite: UTC, naive
     assert deadline(stored, naive) == base + 7
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def test_try_hit_takes_a_token_or_answers_false_without_taking_one() -> None:
-    clock = _Clock()
-    limiter = RateLimiter(1.0, 2, clock)
-    assert limiter.try_hit("a") and limiter.try_hit("a")
-    assert not limiter.try_hit("a")  # empty: no error, nothing taken
-    clock.t += 1.0
-    limiter.hit("a")  # the refilled token is still there for the full path
-    assert not limiter.try_hit("a")
 
 
 # --- what this process's own writes drop (Listener.watch_writes) -------------------------

@@ -79,6 +79,16 @@ def test_token_bucket_bounded_keys() -> None:
     assert len(limiter._buckets) == 10
 
 
+def test_try_hit_takes_a_token_or_answers_false_without_taking_one() -> None:
+    clock = Clock()
+    limiter = RateLimiter(1.0, 2, clock)
+    assert limiter.try_hit("a") and limiter.try_hit("a")
+    assert not limiter.try_hit("a")  # empty: no error, nothing taken
+    clock.t += 1.0
+    limiter.hit("a")  # the refilled token is still there for the full path
+    assert not limiter.try_hit("a")
+
+
 NOW = dt.datetime(2026, 1, 1, 12, 0, 15, tzinfo=dt.UTC)
 STEP = int(NOW.timestamp()) // 30
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
