@@ -92,6 +92,9 @@ LISTEN_APP_NAME = "bastion-answers-listen"
 
 #: session.info key: devices (or EVERY_DEVICE) whose answers the session's writes change
 _CHANGED = "bastion.answers.changed"
+#: execution option of an ORM statement that changes no answer's input (a lock taken
+#: by a no-op UPDATE): this process does not drop answers for it
+UNCHANGED_OPTION = "bastion_answers_unchanged"
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +400,8 @@ class Listener:
     @staticmethod
     def _executed(state: ORMExecuteState) -> None:
         if state.is_insert or state.is_update or state.is_delete:
+            if state.execution_options.get(UNCHANGED_OPTION):
+                return
             devices = touched_by_statement(state.statement, state.parameters)
             if devices:
                 state.session.info.setdefault(_CHANGED, set()).update(devices)

@@ -321,9 +321,8 @@ def test_the_triggers_the_migration_and_the_watch_list_agree(world: FleetWorld) 
     for table, name in rows:
         triggers.setdefault(table, set()).add(name)
     assert set(triggers) == set(WATCHED)
-    for table, column in WATCHED.items():
-        want = {"bastion_answers"} | ({"bastion_answers_truncate"} if column else set())
-        assert triggers[table] == want, table
+    for table in WATCHED:
+        assert triggers[table] == {"bastion_answers", "bastion_answers_truncate"}, table
 
 
 # --- positive: kept answers are the full path's, and changes arrive -----------------------
@@ -370,6 +369,45 @@ def test_config_and_env_changes_elsewhere_are_served_once_they_arrive(
         assert got["env"]["ANSWERS"] == "own" and got["overridden"] == ["ANSWERS"]
     finally:
         world.client.delete(f"{fleet}/env/ANSWERS", headers=operator)
+
+
+def test_a_fleet_config_change_elsewhere_is_served_once_it_arrives(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-fleet-config")
+    _warm(second, dev)
+    url = f"/v1/fleets/{world.fleet_id}/config"
+    before = world.client.get(url, headers=world.headers["operator"]).json()["config"]
+    changed = {**before, "answers_round": 4}
+    r = world.client.put(url, json={"config": changed}, headers=world.headers["operator"])
+    assert r.status_code == 200, r.text
+    try:
+        _settle(second)
+        got = second.get("/v1/device/config", headers=dev.headers).json()
+        assert got["config"] == changed
+    finally:
+        world.client.put(url, json={"config": before}, headers=world.headers["operator"])
+
+
+def test_enrolling_another_device_keeps_this_ones_answers(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    """Enrolment locks the fleet row with an UPDATE that changes nothing: no process
+    drops its answers for it (the trigger skips unchanged rows; the writing process
+    skips statements marked ``UNCHANGED_OPTION``). The new device's own row still
+    notifies, with its own id."""
+    dev = _attested(world, tmp_path, "ans-enrol")
+    _warm(second, dev)
+    _warm(world.client, dev)  # the enrolling process's own cache too
+    Dev(world, tmp_path / "newcomer", "ans-enrol-newcomer")
+    _settle(second)
+    _settle(world.client)
+    for client in (second, world.client):
+        layer = _layer(client)
+        before = layer.cached
+        for path in PATHS:
+            assert client.get(path, headers=dev.headers).status_code == 200
+        assert layer.cached - before == len(PATHS), "an enrolment dropped this device's answers"
 
 
 def test_a_change_reaches_the_other_process_within_milliseconds(

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from bastion.server.answers import UNCHANGED_OPTION
 from bastion.server.orgs.models import (
     Fleet,
     FleetEnvVar,
@@ -196,5 +197,6 @@ def lock_fleet(session: Session, fleet_id: str) -> None:
         update(Fleet)
         .where(Fleet.id == fleet_id)
         .values(ek_policy=Fleet.ek_policy)
-        .execution_options(synchronize_session=False)
+        # changes nothing a device's answer is made of (docs/adr/0044-device-answer-cache.md)
+        .execution_options(synchronize_session=False, **{UNCHANGED_OPTION: True})
     )

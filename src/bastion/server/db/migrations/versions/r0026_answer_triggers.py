@@ -4,9 +4,11 @@ Revision ID: 0026_answer_triggers
 Revises: 0025_verdict_latest_index
 Owner: api (docs/adr/0044-device-answer-cache.md).
 
-On PostgreSQL every table below gets a trigger that runs ``pg_notify('bastion_answers',
-...)`` when a row is inserted, updated or deleted, and on TRUNCATE. The payload is the
-row's device id (old and new row, where the table names a device), else ``*``.
+On PostgreSQL every table below gets a row trigger that runs
+``pg_notify('bastion_answers', ...)`` when a row is inserted, deleted or really changed
+(an UPDATE that leaves the row as it was, such as enrolment's fleet lock, sends
+nothing), and a statement trigger for TRUNCATE. The payload is the row's device id (old
+and new row, where the table names a device), else ``*``.
 PostgreSQL delivers the notifications when the writing transaction commits, and drops
 repeats of one payload within one transaction. Each server process listens
 (:class:`bastion.server.answers.Listener`) and drops the answers the change may
@@ -49,7 +51,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
     column_name text := TG_ARGV[0];
 BEGIN
-    IF column_name IS NULL OR TG_LEVEL = 'STATEMENT' THEN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('bastion_answers', '*');
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND to_jsonb(OLD) = to_jsonb(NEW) THEN
+        RETURN NULL;
+    END IF;
+    IF column_name IS NULL THEN
         PERFORM pg_notify('bastion_answers', '*');
         RETURN NULL;
     END IF;
@@ -70,27 +79,21 @@ def upgrade() -> None:
         return
     op.execute(FUNCTION)
     for table, column in TABLES.items():
-        if column is None:
-            op.execute(
-                f"CREATE TRIGGER bastion_answers AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE "
-                f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION bastion_answers_changed()"
-            )
-        else:
-            op.execute(
-                f"CREATE TRIGGER bastion_answers AFTER INSERT OR UPDATE OR DELETE "
-                f"ON {table} FOR EACH ROW EXECUTE FUNCTION bastion_answers_changed('{column}')"
-            )
-            op.execute(
-                f"CREATE TRIGGER bastion_answers_truncate AFTER TRUNCATE "
-                f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION bastion_answers_changed()"
-            )
+        argument = f"'{column}'" if column is not None else ""
+        op.execute(
+            f"CREATE TRIGGER bastion_answers AFTER INSERT OR UPDATE OR DELETE "
+            f"ON {table} FOR EACH ROW EXECUTE FUNCTION bastion_answers_changed({argument})"
+        )
+        op.execute(
+            f"CREATE TRIGGER bastion_answers_truncate AFTER TRUNCATE "
+            f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION bastion_answers_changed()"
+        )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for table, column in TABLES.items():
+    for table in TABLES:
         op.execute(f"DROP TRIGGER IF EXISTS bastion_answers ON {table}")
-        if column is not None:
-            op.execute(f"DROP TRIGGER IF EXISTS bastion_answers_truncate ON {table}")
+        op.execute(f"DROP TRIGGER IF EXISTS bastion_answers_truncate ON {table}")
     op.execute("DROP FUNCTION IF EXISTS bastion_answers_changed()")
