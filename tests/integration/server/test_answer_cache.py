@@ -410,21 +410,46 @@ def test_enrolling_another_device_keeps_this_ones_answers(
         assert layer.cached - before == len(PATHS), "an enrolment dropped this device's answers"
 
 
-def test_a_change_reaches_the_other_process_within_milliseconds(
+def test_a_change_reaches_the_other_process_without_waiting(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
-    """Without waiting for a barrier: the drain before each lookup handles what has
-    reached the socket. Polls (at most 2 s) until the revoked device is refused and
-    reports the delay; a correct cache is refused within the first few polls."""
+    """No barrier: a revocation elsewhere is refused by the other process as soon as
+    PostgreSQL has delivered the notification (well under the 1 s allowed here)."""
     dev = _attested(world, tmp_path, "ans-latency")
     _warm(second, dev)
     revoke_or_delete(world, dev.identity.device_id, "revoke")
     started = time.monotonic()
-    polls = 0
     while second.get("/v1/device", headers=dev.headers).status_code == 200:
-        polls += 1
-        assert time.monotonic() - started < 2.0, f"still served after {polls} polls"
-    assert polls <= 20, polls
+        assert time.monotonic() - started < 1.0, "a revoked device was still served after 1 s"
+
+
+def test_the_drain_applies_what_reached_the_socket_before_the_listener_runs(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    """The fast path drains the listening socket before each lookup: a notification
+    that arrived while the event loop was busy (the listener task had no turn) is
+    applied before any kept answer is served."""
+    import psycopg
+
+    from bastion.server.answers import CHANNEL
+    from bastion.server.bus_pg import libpq_url
+
+    dev = _attested(world, tmp_path, "ans-drain")
+    _warm(second, dev)
+    listener = _listener(second)
+
+    async def notify_then_drain() -> tuple[int, int]:
+        # nothing here awaits, so the listener task cannot run until this returns
+        with psycopg.connect(libpq_url(world.ctx.db.url), autocommit=True) as conn:
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, dev.identity.device_id))
+        time.sleep(0.3)  # the notification reaches this process's socket meanwhile
+        kept = len(listener.cache)
+        listener.drain()
+        return kept, len(listener.cache)
+
+    assert second.portal is not None
+    kept, after = second.portal.call(notify_then_drain)
+    assert (kept, after) == (len(PATHS), 0)
 
 
 def _answer_triggers(db: Any) -> set[str]:
