@@ -4,19 +4,24 @@ says they changed (PostgreSQL only; docs/adr/0044-device-answer-cache.md).
 :class:`AnswerCache` holds the body of each successful answer of the three heartbeat
 routes (:mod:`bastion.server.hotpath`), keyed by the SHA-256 of the request's
 ``Authorization`` header and the path, with the device it belongs to, its rate-limit
-key and a deadline. The deadline is the earliest of: the end of the gate's pass, the
-moment ``last_seen_at`` is due again, and :data:`ANSWER_TTL` after it was stored.
+key and a deadline: the earliest of the end of the gate's pass and :data:`ANSWER_TTL`
+after it was stored. Per device it also knows the newest ``last_seen_at``: once that is
+``presence_seconds`` old every answer of the device is a miss, so the full path writes
+it (presence stays exact to the minute).
 
 What changes an answer is a write to one of :data:`WATCHED` tables. Migration 0026 puts
 a trigger on each of them that sends ``NOTIFY bastion_answers`` with the row's device
-id (the column :data:`WATCHED` names) or ``*`` (a fleet-wide table). :class:`Listener`
-holds one ``LISTEN`` connection per process and hands each notification to
-:meth:`AnswerCache.invalidate`.
+id (the column :data:`WATCHED` names) or ``*`` (a fleet-wide table); an update of a
+device that changes only ``last_seen_at`` sends :func:`seen_payload` instead, which
+drops only the answers that show it (``GET /v1/device``) and moves the device's
+presence deadline. :class:`Listener` holds one ``LISTEN`` connection per process and
+applies each notification (:meth:`Listener.apply`).
 
 This process's own writes are not left to the notification: :meth:`Listener.watch_writes`
-records, in each session, the devices its flushes and ORM statements touch in the
-watched tables, and drops their answers when the session commits, before the committing
-code goes on (a request that wrote, then its next one, read what was written).
+records, in each session, what its flushes and ORM statements change in the watched
+tables, in the same payloads, and applies them when the session commits, before the
+committing code goes on (a request that wrote, then its next one, read what was
+written).
 
 Rules that keep the cache from answering what the database would not:
 
@@ -24,9 +29,9 @@ Rules that keep the cache from answering what the database would not:
   connection fails or stops answering; turning on or off empties it (notifications may
   have been missed while off);
 * a request that misses takes a :meth:`~AnswerCache.ticket` before it reads anything
-  and its answer is stored only if no invalidation (and no on/off switch) came in
-  between (:meth:`~AnswerCache.put`);
-* an entry at or past its deadline is a miss;
+  and its answer is stored only if, in between, the cache was not emptied and the
+  answer's device did not change (:meth:`~AnswerCache.put`);
+* an entry at or past its deadline, or of a device whose presence is due, is a miss;
 * only successful answers are stored; errors always take the full path.
 
 Every method runs on the serving event loop (the hot-path layer, the listener task);
@@ -78,7 +83,15 @@ WATCHED: dict[str, str | None] = {
     "rollout_waves": None,
 }
 #: no answer is served from the cache longer than this after it was stored (seconds)
-ANSWER_TTL = 30.0
+ANSWER_TTL = 300.0
+#: a device's ``last_seen_at`` is due for its next write this long after the last one
+#: (``devices.service.LAST_SEEN_RESOLUTION``; the app passes it, a test holds them equal)
+PRESENCE_SECONDS = 60.0
+#: the payload prefix of a write that changed only a device's ``last_seen_at``:
+#: ``seen:<device id>:<ISO 8601 time>``
+SEEN_PREFIX = "seen:"
+#: the devices column whose writes keep a device's answers (but those that show it)
+PRESENCE_COLUMN = "last_seen_at"
 #: entries per process; when full the cache empties (each about 180 bytes plus its body)
 ANSWERS_MAX = 65_536
 #: the listener checks its connection this often when no notification arrives (seconds)
@@ -115,19 +128,40 @@ class Answer:
     rate_key: str
     #: POSIX seconds; a hit at or after this is a miss
     until: float
+    #: the device's ``last_seen_at`` when the answer was made (POSIX seconds)
+    seen_at: float
+    #: the body shows ``last_seen_at`` (``GET /v1/device``): dropped when it is written
+    shows_presence: bool = False
+
+
+def seen_payload(device_id: str, at: dt.datetime) -> str:
+    """The notification of a write that changed only ``device_id``'s ``last_seen_at``."""
+    return f"{SEEN_PREFIX}{device_id}:{at.isoformat()}"
+
+
+def parse_seen(payload: str) -> tuple[str, float] | None:
+    """(device id, POSIX time) of a :func:`seen_payload`; None if it is not a well-formed
+    one (the caller then drops the device's answers, or all of them)."""
+    device, sep, when = payload[len(SEEN_PREFIX) :].partition(":")
+    if not device or not sep:
+        return None
+    try:
+        return device, posix(dt.datetime.fromisoformat(when))
+    except ValueError:
+        return None
 
 
 def deadline(stored: dt.datetime, *bounds: dt.datetime | None) -> float:
     """An answer's deadline: :data:`ANSWER_TTL` after ``stored``, or the earliest of
     ``bounds`` if sooner (None: that fact sets no bound)."""
-    until = _posix(stored) + ANSWER_TTL
+    until = posix(stored) + ANSWER_TTL
     for bound in bounds:
         if bound is not None:
-            until = min(until, _posix(bound))
+            until = min(until, posix(bound))
     return until
 
 
-def _posix(when: dt.datetime) -> float:
+def posix(when: dt.datetime) -> float:
     """POSIX seconds of ``when``; a naive time (SQLite's columns) is UTC, as stored."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
@@ -137,14 +171,22 @@ def _posix(when: dt.datetime) -> float:
 class AnswerCache:
     """Heartbeat answers of one server process (see the module docstring)."""
 
-    def __init__(self, max_entries: int = ANSWERS_MAX) -> None:
+    def __init__(
+        self, max_entries: int = ANSWERS_MAX, presence_seconds: float = PRESENCE_SECONDS
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self.max_entries = max_entries
+        self.presence_seconds = presence_seconds
         self._entries: dict[_Key, Answer] = {}
         self._by_device: dict[str, set[_Key]] = {}
-        #: bumped by every invalidation and every on/off switch (:meth:`ticket`)
+        #: newest ``last_seen_at`` known of each device with answers (POSIX seconds)
+        self._seen: dict[str, float] = {}
+        #: numbers every change (:meth:`ticket`); the number of the last emptying, and
+        #: of each device's last change (bounded: when full it counts as an emptying)
         self._changes = 0
+        self._emptied_at = 0
+        self._changed_at: dict[str, int] = {}
         self._online = False
         #: counters for tests, benchmarks and /metrics
         self.hits = 0
@@ -152,6 +194,7 @@ class AnswerCache:
         self.stored = 0
         self.refused = 0
         self.invalidations = 0
+        self.presence_writes = 0
 
     @property
     def online(self) -> bool:
@@ -168,10 +211,15 @@ class AnswerCache:
         self._clear()
 
     def get(self, key: bytes, path: str, now: float) -> Answer | None:
-        """The kept answer of ``path`` for this credential, if the cache is on and the
-        answer's deadline is after ``now`` (POSIX seconds)."""
+        """The kept answer of ``path`` for this credential, if the cache is on, the
+        answer's deadline is after ``now`` (POSIX seconds) and the device's
+        ``last_seen_at`` is not due (then the full path writes it)."""
         found = self._entries.get((key, path)) if self._online else None
-        if found is None or now >= found.until:
+        if (
+            found is None
+            or now >= found.until
+            or now >= self._seen.get(found.device_id, 0.0) + self.presence_seconds
+        ):
             self.misses += 1
             return None
         self.hits += 1
@@ -183,20 +231,26 @@ class AnswerCache:
         return self._changes if self._online else None
 
     def put(self, ticket: int | None, key: bytes, path: str, answer: Answer) -> bool:
-        """Keep ``answer`` unless the cache is off or anything was invalidated since
-        ``ticket`` was taken (the answer may predate that change). True if kept."""
-        if ticket is None or not self._online or ticket != self._changes:
+        """Keep ``answer`` unless the cache is off, or since ``ticket`` was taken it was
+        emptied or ``answer``'s device changed (the answer may predate that change).
+        True if kept."""
+        if (
+            ticket is None
+            or not self._online
+            or self._emptied_at > ticket
+            or self._changed_at.get(answer.device_id, 0) > ticket
+        ):
             self.refused += 1
             return False
         if len(self._entries) >= self.max_entries:
             self._clear()
-            ticket = self._changes
         entry = (key, path)
         old = self._entries.get(entry)
         if old is not None and old.device_id != answer.device_id:  # pragma: no cover
             self._unindex(entry, old.device_id)  # a key moved to another device
         self._entries[entry] = answer
         self._by_device.setdefault(answer.device_id, set()).add(entry)
+        self._seen[answer.device_id] = max(self._seen.get(answer.device_id, 0.0), answer.seen_at)
         self.stored += 1
         return True
 
@@ -206,9 +260,31 @@ class AnswerCache:
         if device_id == EVERY_DEVICE:
             self._clear()
             return
-        self._changes += 1
+        self._mark(device_id)
         for entry in self._by_device.pop(device_id, ()):
             self._entries.pop(entry, None)
+        self._seen.pop(device_id, None)
+
+    def seen(self, device_id: str, at: float) -> None:
+        """Only ``last_seen_at`` of ``device_id`` was written, to ``at`` (POSIX seconds):
+        its answers that show it are dropped, the others stay and its next write is due
+        ``presence_seconds`` after ``at``."""
+        self.presence_writes += 1
+        self._mark(device_id)  # a fill under way may have read the old last_seen_at
+        keys = self._by_device.get(device_id)
+        if not keys:
+            return
+        self._seen[device_id] = max(self._seen.get(device_id, 0.0), at)
+        for entry in [k for k in keys if self._entries[k].shows_presence]:
+            self._unindex(entry, device_id)
+            del self._entries[entry]
+
+    def _mark(self, device_id: str) -> None:
+        self._changes += 1
+        self._changed_at[device_id] = self._changes
+        if len(self._changed_at) > self.max_entries:  # bounded: count it as an emptying
+            self._changed_at.clear()
+            self._emptied_at = self._changes
 
     def _unindex(self, entry: _Key, device_id: str) -> None:
         keys = self._by_device.get(device_id)
@@ -216,24 +292,38 @@ class AnswerCache:
             keys.discard(entry)
             if not keys:
                 del self._by_device[device_id]
+                self._seen.pop(device_id, None)
 
     def _clear(self) -> None:
         self._changes += 1
+        self._emptied_at = self._changes
+        self._changed_at.clear()
         self._entries.clear()
         self._by_device.clear()
+        self._seen.clear()
 
 
-def touched_by_row(row: Any) -> str | None:
-    """The device whose answers a flushed ORM row changes, :data:`EVERY_DEVICE` for a
-    fleet-wide table (or a row whose device is not loaded), None for an unwatched table."""
+def touched_by_row(row: Any, *, updated: bool = False) -> str | None:
+    """What a flushed ORM row changes, as a notification payload: its device's id,
+    :data:`EVERY_DEVICE` for a fleet-wide table (or a row whose device is not loaded),
+    a :func:`seen_payload` for an ``updated`` device whose only change is
+    ``last_seen_at``; None for an unwatched table."""
     table = getattr(row, "__tablename__", None)
     if table not in WATCHED:
         return None
     column = WATCHED[table]
     if column is None:
         return EVERY_DEVICE
-    value = sa_inspect(row).dict.get(column)  # never loads: a flush must not query
-    return str(value) if value is not None else EVERY_DEVICE
+    state = sa_inspect(row)
+    value = state.dict.get(column)  # never loads: a flush must not query
+    if value is None:
+        return EVERY_DEVICE
+    if updated and table == "devices":
+        changed = {a.key for a in state.attrs if a.history.has_changes()}
+        at = state.dict.get(PRESENCE_COLUMN)
+        if changed == {PRESENCE_COLUMN} and isinstance(at, dt.datetime):
+            return seen_payload(str(value), at)
+    return str(value)
 
 
 def touched_by_statement(statement: Any, parameters: Any) -> set[str]:
@@ -391,11 +481,15 @@ class Listener:
     @staticmethod
     def _flushed(session: Session, _context: Any) -> None:
         changed: set[str] = session.info.setdefault(_CHANGED, set())
-        for rows in (session.new, session.dirty, session.deleted):
+        for rows, updated in (
+            (session.new, False),
+            (session.dirty, True),
+            (session.deleted, False),
+        ):
             for row in rows:
-                device = touched_by_row(row)
-                if device is not None:
-                    changed.add(device)
+                payload = touched_by_row(row, updated=updated)
+                if payload is not None:
+                    changed.add(payload)
 
     @staticmethod
     def _executed(state: ORMExecuteState) -> None:
@@ -411,10 +505,10 @@ class Listener:
         if changed:
             self.changed_here(changed)
 
-    def changed_here(self, devices: Iterable[str]) -> None:
-        """Drop the answers of ``devices`` now when called on the serving loop, else as
+    def changed_here(self, payloads: Iterable[str]) -> None:
+        """Apply ``payloads`` (as notified) now when called on the serving loop, else as
         the loop's next callback (before the result of a worker thread that called it)."""
-        loop, devices = self._loop, tuple(devices)
+        loop, payloads = self._loop, tuple(payloads)
         if loop is None or loop.is_closed():
             return  # no loop has served: nothing is kept
         try:
@@ -422,14 +516,26 @@ class Listener:
         except RuntimeError:
             running = None
         if running is loop:
-            self._drop(devices)
+            self._drop(payloads)
             return
         with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to keep
-            loop.call_soon_threadsafe(self._drop, devices)
+            loop.call_soon_threadsafe(self._drop, payloads)
 
-    def _drop(self, devices: tuple[str, ...]) -> None:
-        for device in devices:
-            self.cache.invalidate(device)
+    def _drop(self, payloads: tuple[str, ...]) -> None:
+        for payload in payloads:
+            self.apply(payload)
+
+    def apply(self, payload: str) -> None:
+        """Apply one notification: a device id, :data:`EVERY_DEVICE`, or a
+        :func:`seen_payload` (a malformed one drops everything)."""
+        if payload.startswith(SEEN_PREFIX):
+            seen = parse_seen(payload)
+            if seen is None:
+                self.cache.invalidate(EVERY_DEVICE)
+            else:
+                self.cache.seen(*seen)
+            return
+        self.cache.invalidate(payload or EVERY_DEVICE)
 
     def _heard(self, payload: str) -> None:
         if payload.startswith("barrier:"):
@@ -437,7 +543,7 @@ class Listener:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
             return
-        self.cache.invalidate(payload or EVERY_DEVICE)
+        self.apply(payload)
 
     async def barrier(self, timeout: float = 5.0) -> None:
         """Return once this listener has handled every notification committed before the

@@ -181,7 +181,10 @@ def _answers(settings: ServerSettings, db: Database) -> Listener | None:
     """The device answer cache and its listener, where it applies (ADR 0044)."""
     if not (settings.is_postgres and settings.device_fast_path and settings.device_answer_cache):
         return None
-    listener = Listener(AnswerCache(), db.url)
+    from bastion.server.devices.service import LAST_SEEN_RESOLUTION
+
+    cache = AnswerCache(presence_seconds=LAST_SEEN_RESOLUTION.total_seconds())
+    listener = Listener(cache, db.url)
     listener.watch_writes(db)
     return listener
 

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion.server.answers import Answer, credential_key, deadline
+from bastion.server.answers import Answer, credential_key, deadline, posix
 from bastion.server.attestation.gate import DeviceRoute, device_answer
 from bastion.server.context import app_context
 
@@ -141,9 +141,15 @@ class DeviceHotPath:
         else:
             body = self._adapters[route.model].dump_json(result, by_alias=True)
             response = Response(content=body, media_type="application/json")
-            if listener is not None and answered.until is not None:
-                until = deadline(ctx.clock.now(), answered.until)
-                keep = Answer(body, answered.device_id, answered.rate_key, until)
+            if listener is not None and answered.seen_at is not None:
+                keep = Answer(
+                    body,
+                    answered.device_id,
+                    answered.rate_key,
+                    until=deadline(ctx.clock.now(), answered.until),
+                    seen_at=posix(answered.seen_at),
+                    shows_presence=route.shows_last_seen,
+                )
                 listener.cache.put(ticket, key, path, keep)
         await response(scope, receive, send)
 

@@ -195,6 +195,30 @@ def test_last_seen_is_still_written_once_a_minute(
     assert answer.json()["last_seen_at"].startswith(world.ctx.clock.now().isoformat()[:19])
 
 
+def test_a_presence_write_elsewhere_keeps_the_devices_other_answers(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    """The once-a-minute ``last_seen_at`` write (here by the other process) notifies
+    ``seen:``: this process keeps the config and target answers, drops the one that
+    shows ``last_seen_at``, and does not write it again."""
+    dev = _attested(world, tmp_path, "ans-presence")
+    _warm(second, dev)
+    world.ctx.clock.advance(61)
+    wrote = _statements(world.client)
+    assert world.client.get("/v1/device", headers=dev.headers).status_code == 200
+    assert [w for w in wrote if w.lstrip().upper().startswith("UPDATE DEVICES")], wrote
+    _settle(second)
+    layer, seen = _layer(second), _statements(second)
+    before = layer.cached
+    for path in PATHS[1:]:
+        assert second.get(path, headers=dev.headers).status_code == 200
+    assert layer.cached - before == 2, "a presence write dropped answers that do not show it"
+    own = second.get("/v1/device", headers=dev.headers)
+    assert layer.cached - before == 2, "the answer showing last_seen_at was kept"
+    assert own.json()["last_seen_at"].startswith(world.ctx.clock.now().isoformat()[:19])
+    assert not [s for s in seen if s.lstrip().upper().startswith("UPDATE")], seen
+
+
 def test_kept_answers_still_take_rate_limit_tokens(world: FleetWorld, tmp_path: Path) -> None:
     app = _second(world, rate_per_second=0.001, rate_burst=4, rate_limit_backend="memory")
     dev = _attested(world, tmp_path, "ans-rate")
@@ -323,6 +347,14 @@ def test_the_triggers_the_migration_and_the_watch_list_agree(world: FleetWorld) 
     assert set(triggers) == set(WATCHED)
     for table in WATCHED:
         assert triggers[table] == {"bastion_answers", "bastion_answers_truncate"}, table
+    with world.ctx.db.engine.connect() as conn:
+        args = conn.execute(
+            text(
+                "SELECT t.tgargs FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE c.relname = 'devices' AND t.tgname = 'bastion_answers'"
+            )
+        ).scalar_one()
+    assert bytes(args).split(b"\0")[:2] == [b"id", b"last_seen_at"]
 
 
 # --- positive: kept answers are the full path's, and changes arrive -----------------------

@@ -12,10 +12,13 @@ import pytest
 from bastion.server.answers import (
     ANSWER_TTL,
     EVERY_DEVICE,
+    PRESENCE_SECONDS,
     Answer,
     AnswerCache,
     credential_key,
     deadline,
+    parse_seen,
+    seen_payload,
 )
 
 KEY = credential_key(b"Bearer bst_dev_one")
@@ -24,8 +27,21 @@ PATH = "/v1/device/config"
 NOW = 1_000_000.0
 
 
-def _answer(device: str = "d1", until: float = NOW + 10, body: bytes = b"{}") -> Answer:
-    return Answer(body=body, device_id=device, rate_key=f"device:{device}", until=until)
+def _answer(
+    device: str = "d1",
+    until: float = NOW + 10,
+    body: bytes = b"{}",
+    seen_at: float = NOW,
+    shows_presence: bool = False,
+) -> Answer:
+    return Answer(
+        body=body,
+        device_id=device,
+        rate_key=f"device:{device}",
+        until=until,
+        seen_at=seen_at,
+        shows_presence=shows_presence,
+    )
 
 
 def _online() -> AnswerCache:
@@ -57,13 +73,77 @@ def test_going_off_empties_and_voids_tickets() -> None:
     assert not cache.put(ticket, KEY, PATH, _answer())
 
 
-@pytest.mark.parametrize("changed", ["the same device", "another device", "every device"])
-def test_an_invalidation_between_ticket_and_put_refuses_the_answer(changed: str) -> None:
+@pytest.mark.parametrize("changed", ["its device", "every device", "its device's presence"])
+def test_a_change_between_ticket_and_put_refuses_the_answer(changed: str) -> None:
     cache = _online()
+    _kept(cache, OTHER, _answer("d1"))  # the device has answers: its presence is tracked
     ticket = cache.ticket()
-    cache.invalidate({"the same device": "d1", "another device": "d2"}.get(changed, EVERY_DEVICE))
+    if changed == "its device's presence":
+        cache.seen("d1", NOW + 1)  # a fill under way may show the old last_seen_at
+    else:
+        cache.invalidate("d1" if changed == "its device" else EVERY_DEVICE)
     assert not cache.put(ticket, KEY, PATH, _answer())
     assert cache.get(KEY, PATH, NOW) is None and cache.refused == 1
+
+
+def test_another_devices_change_does_not_refuse_the_answer() -> None:
+    cache = _online()
+    ticket = cache.ticket()
+    cache.invalidate("d2")
+    cache.seen("d3", NOW)
+    assert cache.put(ticket, KEY, PATH, _answer("d1"))
+
+
+def test_a_bounded_change_record_counts_as_an_emptying_when_full() -> None:
+    cache = AnswerCache(max_entries=2)
+    cache.set_online(True)
+    ticket = cache.ticket()
+    for device in ("d2", "d3", "d4"):  # more changed devices than the record keeps
+        cache.invalidate(device)
+    assert not cache.put(ticket, KEY, PATH, _answer("d1"))  # cannot tell: refused
+
+
+def test_an_answer_is_a_miss_once_its_devices_presence_is_due() -> None:
+    cache = _online()
+    _kept(cache, answer=_answer(until=NOW + 1000, seen_at=NOW - 50))
+    assert cache.get(KEY, PATH, NOW + 9.999) is not None
+    assert cache.get(KEY, PATH, NOW + 10) is None  # 60 s after last_seen_at: write it
+    cache.seen("d1", NOW + 10)  # written (here or elsewhere): due a minute later
+    assert cache.get(KEY, PATH, NOW + 69.9) is not None
+    assert cache.get(KEY, PATH, NOW + 70) is None
+
+
+def test_a_presence_write_drops_only_the_answers_that_show_it() -> None:
+    cache = _online()
+    _kept(cache, KEY, _answer(body=b"config"))
+    assert cache.put(cache.ticket(), KEY, "/v1/device", _answer(shows_presence=True))
+    cache.seen("d1", NOW + 5)
+    assert cache.get(KEY, "/v1/device", NOW + 6) is None
+    kept = cache.get(KEY, PATH, NOW + 6)
+    assert kept is not None and kept.body == b"config"
+    cache.seen("d9", NOW)  # a device with no answers here: nothing is recorded for it
+    assert "d9" not in cache._seen
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["seen:", "seen:d1", "seen::2026-12-07T10:00:00+00:00", "seen:d1:", "seen:d1:yesterday"],
+)
+def test_a_malformed_presence_payload_is_refused(payload: str) -> None:
+    assert parse_seen(payload) is None
+
+
+def test_a_presence_payload_round_trips() -> None:
+    at = dt.datetime(2026, 12, 7, 10, 0, 1, 250000, tzinfo=dt.UTC)
+    assert parse_seen(seen_payload("d1", at)) == ("d1", at.timestamp())
+    # PostgreSQL's to_jsonb(timestamptz) text, as the trigger sends it
+    assert parse_seen("seen:d1:2026-12-07T10:00:01.25+00:00") == ("d1", at.timestamp())
+
+
+def test_the_presence_interval_is_the_devices_last_seen_resolution() -> None:
+    from bastion.server.devices.service import LAST_SEEN_RESOLUTION
+
+    assert LAST_SEEN_RESOLUTION.total_seconds() == PRESENCE_SECONDS
 
 
 def test_an_answer_at_or_past_its_deadline_is_a_miss() -> None:
@@ -161,6 +241,23 @@ def test_a_flushed_row_names_its_device_or_every_device() -> None:
     assert touched_by_row(Fleet(id="f1")) == EVERY_DEVICE
     assert touched_by_row(Device()) == EVERY_DEVICE  # its device is not known: all
     assert touched_by_row(DeviceRecord(device_id="d4")) is None  # not an answer's input
+
+
+def test_an_updated_device_whose_only_change_is_last_seen_is_a_presence_write() -> None:
+    from sqlalchemy.orm.attributes import set_committed_value
+
+    from bastion.server.answers import touched_by_row
+    from bastion.server.devices.models import Device
+
+    at = dt.datetime(2026, 12, 7, 10, 0, tzinfo=dt.UTC)
+    device = Device()
+    loaded = {"id": "d1", "status": "active", "last_seen_at": at - dt.timedelta(minutes=2)}
+    for name, value in loaded.items():
+        set_committed_value(device, name, value)  # as loaded from the database
+    device.last_seen_at = at
+    assert touched_by_row(device, updated=True) == seen_payload("d1", at)
+    device.status = "revoked"  # anything else as well: the device's answers go
+    assert touched_by_row(device, updated=True) == "d1"
 
 
 def test_an_orm_statement_names_its_devices_or_every_device() -> None:

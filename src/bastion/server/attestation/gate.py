@@ -52,12 +52,14 @@ DeviceWork = Callable[[Session, Principal, AppContext], _T]
 
 @dataclass(frozen=True, slots=True)
 class DeviceRoute(Generic[_M]):
-    """One heartbeat route: its work, whether it is gated, and the model it answers with
-    (the route's ``response_model``)."""
+    """One heartbeat route: its work, whether it is gated, the model it answers with
+    (the route's ``response_model``), and whether that shows the device's
+    ``last_seen_at`` (the answer cache drops such answers when it is written)."""
 
     work: Callable[[Session, Principal, AppContext], _M]
     attested: bool
     model: type[_M]
+    shows_last_seen: bool = False
 
 
 def require_attested_device(
@@ -80,9 +82,11 @@ class Answered:
 
     device_id: str
     rate_key: str
-    #: the earliest of: the end of the gate's pass (gated routes), the moment
-    #: ``last_seen_at`` is due again; None: the answer must not be kept
+    #: the end of the gate's pass (gated routes; None: the gate sets no end)
     until: dt.datetime | None
+    #: the device's ``last_seen_at`` after this request (None: the answer must not be
+    #: kept, for the cache could not tell when the next presence write is due)
+    seen_at: dt.datetime | None
 
 
 def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
@@ -100,13 +104,12 @@ def device_answer(request: Request, route: DeviceRoute[_M]) -> tuple[_M, Answere
         if route.attested:  # a device key's authentication reads the gate's inputs too
             repository.prefetch_gate(session)
         principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
-        until = devices.seen_until(session, principal)
+        until = None
         if route.attested:
-            passes = service.require_attested(session, principal, ctx.clock.now())
-            if until is not None and passes is not None:
-                until = min(until, passes)
+            until = service.require_attested(session, principal, ctx.clock.now())
+        seen_at = devices.last_seen(session, principal)
         answer = route.work(session, principal, ctx)
-        return answer, Answered(principal.id, principal.rate_key, until)
+        return answer, Answered(principal.id, principal.rate_key, until, seen_at)
 
 
 async def device_call(request: Request, route: DeviceRoute[_M]) -> _M:

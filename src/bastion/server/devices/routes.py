@@ -81,7 +81,7 @@ def _own(session: Session, principal: Principal, ctx: AppContext) -> DeviceOut:
 
 
 #: ``GET /v1/device``, also answered by :mod:`bastion.server.hotpath` (ADR 0043)
-OWN = DeviceRoute(work=_own, attested=False, model=DeviceOut)
+OWN = DeviceRoute(work=_own, attested=False, model=DeviceOut, shows_last_seen=True)
 
 
 @router.patch("/device", response_model=DeviceOut)

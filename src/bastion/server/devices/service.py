@@ -164,13 +164,11 @@ def needs_touch(session: Session, principal: Principal, now: dt.datetime) -> boo
     return now - row.last_seen_at >= LAST_SEEN_RESOLUTION
 
 
-def seen_until(session: Session, principal: Principal) -> dt.datetime | None:
-    """When ``last_seen_at`` of the row this session authenticated is due for its next
-    write (None: the session authenticated no row of this device)."""
+def last_seen(session: Session, principal: Principal) -> dt.datetime | None:
+    """``last_seen_at`` of the row this session authenticated, as this request left it
+    (None: the session authenticated no row of this device, or it was never seen)."""
     row = authenticated_row(session, principal.id)
-    if row is None or row.last_seen_at is None:
-        return None
-    return row.last_seen_at + LAST_SEEN_RESOLUTION
+    return row.last_seen_at if row is not None else None
 
 
 def mark_seen(session: Session, principal: Principal, now: dt.datetime) -> None:

@@ -8,7 +8,10 @@ On PostgreSQL every table below gets a row trigger that runs
 ``pg_notify('bastion_answers', ...)`` when a row is inserted, deleted or really changed
 (an UPDATE that leaves the row as it was, such as enrolment's fleet lock, sends
 nothing), and a statement trigger for TRUNCATE. The payload is the row's device id (old
-and new row, where the table names a device), else ``*``.
+and new row, where the table names a device), else ``*``. An UPDATE of ``devices`` that
+changes only ``last_seen_at`` (the once-a-minute presence write) sends
+``seen:<device id>:<last_seen_at>`` instead: the device's answers stay, but those that
+show ``last_seen_at``.
 PostgreSQL delivers the notifications when the writing transaction commits, and drops
 repeats of one payload within one transaction. Each server process listens
 (:class:`bastion.server.answers.Listener`) and drops the answers the change may
@@ -44,6 +47,8 @@ TABLES: dict[str, str | None] = {
     "rollouts": None,
     "rollout_waves": None,
 }
+#: table -> the column whose lone change is a presence write (``seen:`` payload)
+PRESENCE: dict[str, str] = {"devices": "last_seen_at"}
 
 FUNCTION = """
 CREATE OR REPLACE FUNCTION bastion_answers_changed() RETURNS trigger
@@ -56,6 +61,15 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' AND to_jsonb(OLD) = to_jsonb(NEW) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' AND TG_NARGS > 1
+       AND (to_jsonb(OLD) - TG_ARGV[1]) = (to_jsonb(NEW) - TG_ARGV[1]) THEN
+        PERFORM pg_notify(
+            'bastion_answers',
+            'seen:' || coalesce(to_jsonb(NEW) ->> column_name, '') || ':'
+                || coalesce(to_jsonb(NEW) ->> TG_ARGV[1], '')
+        );
         RETURN NULL;
     END IF;
     IF column_name IS NULL THEN
@@ -79,7 +93,8 @@ def upgrade() -> None:
         return
     op.execute(FUNCTION)
     for table, column in TABLES.items():
-        argument = f"'{column}'" if column is not None else ""
+        arguments = [f"'{a}'" for a in (column, PRESENCE.get(table)) if a is not None]
+        argument = ", ".join(arguments)
         op.execute(
             f"CREATE TRIGGER bastion_answers AFTER INSERT OR UPDATE OR DELETE "
             f"ON {table} FOR EACH ROW EXECUTE FUNCTION bastion_answers_changed({argument})"
