@@ -205,6 +205,24 @@ def start(argv: list[str], env: dict[str, str], url: str, log: Path) -> subproce
     raise SystemExit(f"nothing answered on {url}")
 
 
+def start_server(
+    data_dir: Path, database_url: str, workers: int, env: dict[str, str], answer_cache: bool
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``bastion server --workers W`` on a free loopback port, with the device answer
+    cache (ADR 0044) on or off; the process (its own group) and the port."""
+    port = free_port()
+    argv = [sys.executable, "-c", "from bastion.cli.main import entry; entry()", "server"]
+    argv += ["--data-dir", str(data_dir), "--database-url", database_url]
+    argv += ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    server = start(
+        argv,
+        {**env, "BASTION_SERVER_DEVICE_ANSWER_CACHE": "true" if answer_cache else "false"},
+        f"http://127.0.0.1:{port}/v1/health",
+        data_dir.parent / "server.log",
+    )
+    return server, port
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -319,26 +337,7 @@ def main() -> int:
         )
         runs: dict[str, dict[str, float]] = {}
         for cache in (True, False):
-            port = free_port()
-            server = start(
-                [
-                    sys.executable,
-                    "-c",
-                    "from bastion.cli.main import entry; entry()",
-                    "server",
-                    "--data-dir",
-                    str(tmp / "data"),
-                    "--database-url",
-                    database_url,
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    str(args.workers),
-                ],
-                {**env, "BASTION_SERVER_DEVICE_ANSWER_CACHE": "true" if cache else "false"},
-                f"http://127.0.0.1:{port}/v1/health",
-                tmp / "server.log",
-            )
+            server, port = start_server(tmp / "data", database_url, args.workers, env, cache)
             procs.append(server)
             base = f"http://127.0.0.1:{port}"
             for path in ROUTES:  # every route answers 200 for every device before we measure

@@ -42,11 +42,10 @@ from device_api import (
     GOAL_RPS,
     ROUTES,
     SRC,
-    free_port,
     group_cpu_seconds,
     pg_admin,
     setup_fleet,
-    start,
+    start_server,
     stop,
 )
 
@@ -140,26 +139,7 @@ def main() -> int:
             BASTION_SERVER_ACCESS_LOG="false",
         )
         for cache in (True, False):
-            port = free_port()
-            server = start(
-                [
-                    sys.executable,
-                    "-c",
-                    "from bastion.cli.main import entry; entry()",
-                    "server",
-                    "--data-dir",
-                    str(tmp / "data"),
-                    "--database-url",
-                    database_url,
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--workers",
-                    str(args.workers),
-                ],
-                {**env, "BASTION_SERVER_DEVICE_ANSWER_CACHE": "true" if cache else "false"},
-                f"http://127.0.0.1:{port}/v1/health",
-                tmp / "server.log",
-            )
+            server, port = start_server(tmp / "data", database_url, args.workers, env, cache)
             try:
                 label = "cache" if cache else "no_cache"
                 print(f"{label}: {args.periods} periods of {args.period:g} s ...", file=sys.stderr)

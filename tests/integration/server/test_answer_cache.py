@@ -32,7 +32,7 @@ from bastion.server.answers import LISTEN_APP_NAME, WATCHED, Listener
 from bastion.server.app import create_app
 from bastion.server.attestation.models import DEFAULT_INTERVAL
 from bastion.server.db.base import Base
-from bastion.server.db.migrations.versions.r0026_answer_triggers import TABLES
+from bastion.server.db.migrations.versions.r0026_answer_triggers import PRESENCE, TABLES
 from bastion.server.hotpath import DeviceHotPath
 from bastion.server.settings import ServerSettings
 
@@ -337,24 +337,20 @@ def test_the_triggers_the_migration_and_the_watch_list_agree(world: FleetWorld) 
     with world.ctx.db.engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE t.tgname LIKE 'bastion_answers%'"
+                "SELECT c.relname, t.tgname, t.tgargs FROM pg_trigger t "
+                "JOIN pg_class c ON c.oid = t.tgrelid WHERE t.tgname LIKE 'bastion_answers%'"
             )
         ).all()
     triggers: dict[str, set[str]] = {}
-    for table, name in rows:
+    arguments: dict[tuple[str, str], list[bytes]] = {}
+    for table, name, args in rows:
         triggers.setdefault(table, set()).add(name)
+        arguments[table, name] = [a for a in bytes(args).split(b"\0") if a]
     assert set(triggers) == set(WATCHED)
-    for table in WATCHED:
+    for table, column in WATCHED.items():
         assert triggers[table] == {"bastion_answers", "bastion_answers_truncate"}, table
-    with world.ctx.db.engine.connect() as conn:
-        args = conn.execute(
-            text(
-                "SELECT t.tgargs FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE c.relname = 'devices' AND t.tgname = 'bastion_answers'"
-            )
-        ).scalar_one()
-    assert bytes(args).split(b"\0")[:2] == [b"id", b"last_seen_at"]
+        want = [c.encode() for c in (column, PRESENCE.get(table)) if c is not None]
+        assert arguments[table, "bastion_answers"] == want, table
 
 
 # --- positive: kept answers are the full path's, and changes arrive -----------------------
