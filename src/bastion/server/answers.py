@@ -92,7 +92,7 @@ PRESENCE_SECONDS = 60.0
 SEEN_PREFIX = "seen:"
 #: the devices column whose writes keep a device's answers (but those that show it)
 PRESENCE_COLUMN = "last_seen_at"
-#: entries per process; when full the cache empties (each about 180 bytes plus its body)
+#: entries per process; when full the cache empties (each about 200 bytes plus its body)
 ANSWERS_MAX = 65_536
 #: the listener checks its connection this often when no notification arrives (seconds)
 LISTEN_CHECK_SECONDS = 5.0
