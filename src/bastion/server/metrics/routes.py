@@ -44,7 +44,14 @@ from functools import lru_cache
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.routing import APIRoute, iter_route_contexts
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
 from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -215,6 +222,9 @@ def install(app: FastAPI) -> None:
     """A registry for this app, the request middleware, and the ``/metrics`` route."""
     ctx = app_context(app)
     registry = CollectorRegistry()
+    # process_*: this process's CPU, memory and start time (with --workers N, a scrape
+    # reaches one worker; its start time tells which)
+    ProcessCollector(registry=registry)
     registry.register(FleetCollector(ctx.db))
     from bastion.server.rollouts.metrics import RolloutCollector
 
