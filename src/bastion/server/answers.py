@@ -6,16 +6,19 @@ routes (:mod:`bastion.server.hotpath`), keyed by the SHA-256 of the request's
 ``Authorization`` header and the path, with the device it belongs to, its rate-limit
 key and a deadline: the earliest of the end of the gate's pass and :data:`ANSWER_TTL`
 after it was stored. Per device it also knows the newest ``last_seen_at``: once that is
-``presence_seconds`` old every answer of the device is a miss, so the full path writes
-it (presence stays exact to the minute).
+``presence_seconds`` old, the next hit records the device as seen then (a miss hands
+its presence to the same record, :meth:`Listener.record_presence`), and the listener
+writes what was recorded once a second (:func:`write_presence`, the full path's own
+rule; ADR 0045). An answer that shows ``last_seen_at`` (``GET /v1/device``) is kept as
+the bytes around that value and shown again with the device's newest one.
 
 What changes an answer is a write to one of :data:`WATCHED` tables. Migration 0026 puts
 a trigger on each of them that sends ``NOTIFY bastion_answers`` with the row's device
 id (the column :data:`WATCHED` names) or ``*`` (a fleet-wide table); an update of a
 device that changes only ``last_seen_at`` sends :func:`seen_payload` instead, which
-drops only the answers that show it (``GET /v1/device``) and moves the device's
-presence deadline. :class:`Listener` holds one ``LISTEN`` connection per process and
-applies each notification (:meth:`Listener.apply`).
+drops no answer but moves the device's presence (the answers that show it are rendered
+again). :class:`Listener` holds one ``LISTEN`` connection per process, applies each
+notification (:meth:`Listener.apply`) and checks that the triggers are there.
 
 This process's own writes are not left to the notification: :meth:`Listener.watch_writes`
 records, in each session, what its flushes and ORM statements change in the watched
@@ -26,12 +29,12 @@ written).
 Rules that keep the cache from answering what the database would not:
 
 * it is *off* until the listener's ``LISTEN`` has succeeded and from the moment its
-  connection fails or stops answering; turning on or off empties it (notifications may
-  have been missed while off);
+  connection fails or stops answering, or a watched table's trigger is missing or
+  disabled; turning on or off empties it (notifications may have been missed while off);
 * a request that misses takes a :meth:`~AnswerCache.ticket` before it reads anything
   and its answer is stored only if, in between, the cache was not emptied and the
   answer's device did not change (:meth:`~AnswerCache.put`);
-* an entry at or past its deadline, or of a device whose presence is due, is a miss;
+* an entry at or past its deadline is a miss;
 * only successful answers are stored; errors always take the full path.
 
 Every method runs on the serving event loop (the hot-path layer, the listener task);
@@ -46,8 +49,9 @@ import datetime as dt
 import hashlib
 import logging
 import random
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect as sa_inspect
@@ -82,18 +86,25 @@ WATCHED: dict[str, str | None] = {
     "rollouts": None,
     "rollout_waves": None,
 }
-#: no answer is served from the cache longer than this after it was stored (seconds)
-ANSWER_TTL = 300.0
+#: no answer is served from the cache longer than this after it was stored (seconds;
+#: ADR 0045: the triggers say what changed, this bounds what a bug could cost)
+ANSWER_TTL = 900.0
 #: a device's ``last_seen_at`` is due for its next write this long after the last one
 #: (``devices.service.LAST_SEEN_RESOLUTION``; the app passes it, a test holds them equal)
 PRESENCE_SECONDS = 60.0
 #: the payload prefix of a write that changed only a device's ``last_seen_at``:
 #: ``seen:<device id>:<ISO 8601 time>``
 SEEN_PREFIX = "seen:"
-#: the devices column whose writes keep a device's answers (but those that show it)
+#: the devices column whose writes keep a device's answers (those that show it are
+#: rendered again)
 PRESENCE_COLUMN = "last_seen_at"
-#: entries per process; when full the cache empties (each about 200 bytes plus its body)
-ANSWERS_MAX = 65_536
+#: the presence the hits record is written this often (seconds; ADR 0045)
+PRESENCE_FLUSH_SECONDS = 1.0
+#: the two triggers migration 0026 puts on each watched table
+TRIGGERS = ("bastion_answers", "bastion_answers_truncate")
+#: entries per process by default (``device_answer_cache_entries``): three per device,
+#: each about 200 bytes plus its body; when full the oldest stored is evicted
+ANSWERS_MAX = 131_072
 #: the listener checks its connection this often when no notification arrives (seconds)
 LISTEN_CHECK_SECONDS = 5.0
 #: ... and turns the cache off when the check takes longer than this
@@ -128,10 +139,16 @@ class Answer:
     rate_key: str
     #: POSIX seconds; a hit at or after this is a miss
     until: float
-    #: the device's ``last_seen_at`` when the answer was made (POSIX seconds)
+    #: the device's ``last_seen_at`` the body was made with (POSIX seconds)
     seen_at: float
-    #: the body shows ``last_seen_at`` (``GET /v1/device``): dropped when it is written
-    shows_presence: bool = False
+    #: the body again, showing another ``last_seen_at``: only for an answer that shows
+    #: it (``GET /v1/device``); the cache calls it when the device's presence moved
+    render: Callable[[dt.datetime], bytes] | None = None
+
+    @property
+    def shows_presence(self) -> bool:
+        """The body shows the device's ``last_seen_at``."""
+        return self.render is not None
 
 
 def seen_payload(device_id: str, at: dt.datetime) -> str:
@@ -139,16 +156,22 @@ def seen_payload(device_id: str, at: dt.datetime) -> str:
     return f"{SEEN_PREFIX}{device_id}:{at.isoformat()}"
 
 
-def parse_seen(payload: str) -> tuple[str, float] | None:
-    """(device id, POSIX time) of a :func:`seen_payload`; None if it is not a well-formed
+def parse_seen(payload: str) -> tuple[str, dt.datetime] | None:
+    """(device id, aware time) of a :func:`seen_payload`; None if it is not a well-formed
     one (the caller then drops the device's answers, or all of them)."""
     device, sep, when = payload[len(SEEN_PREFIX) :].partition(":")
     if not device or not sep:
         return None
     try:
-        return device, posix(dt.datetime.fromisoformat(when))
+        at = dt.datetime.fromisoformat(when)
     except ValueError:
         return None
+    return device, at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
+
+
+def utc(at: float) -> dt.datetime:
+    """The aware UTC time of POSIX seconds ``at`` (to the microsecond)."""
+    return dt.datetime.fromtimestamp(at, dt.UTC)
 
 
 def deadline(stored: dt.datetime, *bounds: dt.datetime | None) -> float:
@@ -178,10 +201,15 @@ class AnswerCache:
             raise ValueError(f"max_entries must be at least 1, not {max_entries}")
         self.max_entries = max_entries
         self.presence_seconds = presence_seconds
-        self._entries: dict[_Key, Answer] = {}
+        #: in the order stored: when full, the first is evicted
+        self._entries: OrderedDict[_Key, Answer] = OrderedDict()
         self._by_device: dict[str, set[_Key]] = {}
-        #: newest ``last_seen_at`` known of each device with answers (POSIX seconds)
-        self._seen: dict[str, float] = {}
+        #: newest ``last_seen_at`` known of each device with answers (POSIX seconds, the
+        #: time itself for the answers that show it, and whether the database said so:
+        #: False while it is a hit's record not yet confirmed by a ``seen:``)
+        self._seen: dict[str, tuple[float, dt.datetime, bool]] = {}
+        #: presence recorded by hits and not yet written (:meth:`take_due`)
+        self._due: dict[str, dt.datetime] = {}
         #: numbers every change (:meth:`ticket`); the number of the last emptying, and
         #: of each device's last change (bounded: when full it counts as an emptying)
         self._changes = 0
@@ -195,6 +223,9 @@ class AnswerCache:
         self.refused = 0
         self.invalidations = 0
         self.presence_writes = 0
+        self.presence_recorded = 0
+        self.rendered = 0
+        self.evicted = 0
 
     @property
     def online(self) -> bool:
@@ -210,20 +241,65 @@ class AnswerCache:
         self._online = online
         self._clear()
 
-    def get(self, key: bytes, path: str, now: float) -> Answer | None:
-        """The kept answer of ``path`` for this credential, if the cache is on, the
-        answer's deadline is after ``now`` (POSIX seconds) and the device's
-        ``last_seen_at`` is not due (then the full path writes it)."""
-        found = self._entries.get((key, path)) if self._online else None
-        if (
-            found is None
-            or now >= found.until
-            or now >= self._seen.get(found.device_id, 0.0) + self.presence_seconds
-        ):
+    def get(
+        self, key: bytes, path: str, now: float, at: dt.datetime | None = None
+    ) -> Answer | None:
+        """The kept answer of ``path`` for this credential, if the cache is on and the
+        answer's deadline is after ``now`` (POSIX seconds; ``at``: the same instant as a
+        time, else derived from it).
+
+        When the device's ``last_seen_at`` is ``presence_seconds`` old, this hit is its
+        presence: the device is recorded as seen at ``at`` for :meth:`take_due`. An
+        answer that shows ``last_seen_at`` is rendered again when it shows an older one
+        than the device's newest."""
+        entry = (key, path)
+        found = self._entries.get(entry) if self._online else None
+        if found is None or now >= found.until:
             self.misses += 1
             return None
+        device = found.device_id
+        seen = self._seen.get(device)
+        if seen is None or now >= seen[0] + self.presence_seconds:
+            self.record_due(device, at if at is not None else utc(now))
+            seen = self._seen[device]
+        if found.render is not None and found.seen_at != seen[0]:
+            found = replace(found, body=found.render(seen[1]), seen_at=seen[0])
+            self._entries[entry] = found
+            self.rendered += 1
         self.hits += 1
         return found
+
+    def record_due(self, device_id: str, at: dt.datetime) -> None:
+        """``device_id`` was seen at ``at`` and its presence was due: keep it for
+        :func:`write_presence` (a hit here, or the full path through
+        :meth:`Listener.record_presence`); its answers show ``at`` from now on."""
+        known = self._due.get(device_id)
+        if known is None or at > known:
+            self._due[device_id] = at
+        self.presence_recorded += 1
+        seen = self._seen.get(device_id)
+        when = posix(at)
+        if device_id in self._by_device and (seen is None or when > seen[0]):
+            self._seen[device_id] = (when, at, False)
+
+    def take_due(self) -> dict[str, dt.datetime]:
+        """The presence hits recorded since the last call (device -> time seen), to be
+        written by :func:`write_presence`; give them back with :meth:`return_due` if
+        that fails."""
+        due, self._due = self._due, {}
+        return due
+
+    def return_due(self, due: Mapping[str, dt.datetime]) -> None:
+        """Record again presence that could not be written (the newest time wins)."""
+        for device, at in due.items():
+            known = self._due.get(device)
+            if known is None or at > known:
+                self._due[device] = at
+
+    @property
+    def due(self) -> int:
+        """Devices whose recorded presence is not written yet."""
+        return len(self._due)
 
     def ticket(self) -> int | None:
         """Take before reading what an answer is made of; give to :meth:`put`. None when
@@ -242,15 +318,21 @@ class AnswerCache:
         ):
             self.refused += 1
             return False
-        if len(self._entries) >= self.max_entries:
-            self._clear()
         entry = (key, path)
-        old = self._entries.get(entry)
+        old = self._entries.pop(entry, None)
         if old is not None and old.device_id != answer.device_id:  # pragma: no cover
             self._unindex(entry, old.device_id)  # a key moved to another device
+        while len(self._entries) >= self.max_entries:  # full: the oldest stored goes
+            evicted, gone = self._entries.popitem(last=False)
+            self._unindex(evicted, gone.device_id)
+            self.evicted += 1
         self._entries[entry] = answer
         self._by_device.setdefault(answer.device_id, set()).add(entry)
-        self._seen[answer.device_id] = max(self._seen.get(answer.device_id, 0.0), answer.seen_at)
+        known = self._seen.get(answer.device_id)
+        if known is None or answer.seen_at > known[0]:
+            # not yet stored while this process still has it to write
+            confirmed = answer.device_id not in self._due
+            self._seen[answer.device_id] = (answer.seen_at, utc(answer.seen_at), confirmed)
         self.stored += 1
         return True
 
@@ -265,19 +347,22 @@ class AnswerCache:
             self._entries.pop(entry, None)
         self._seen.pop(device_id, None)
 
-    def seen(self, device_id: str, at: float) -> None:
-        """Only ``last_seen_at`` of ``device_id`` was written, to ``at`` (POSIX seconds):
-        its answers that show it are dropped, the others stay and its next write is due
-        ``presence_seconds`` after ``at``."""
+    def seen(self, device_id: str, at: dt.datetime) -> None:
+        """Only ``last_seen_at`` of ``device_id`` was written, to ``at``: its answers
+        stay (those that show it are rendered again on their next hit) and its next
+        presence is due ``presence_seconds`` after ``at``.
+
+        The stored time wins over a hit's own record (another process wrote the same
+        minute first, so this one's write will not happen); otherwise only a newer time
+        moves the device's presence."""
         self.presence_writes += 1
         self._mark(device_id)  # a fill under way may have read the old last_seen_at
-        keys = self._by_device.get(device_id)
-        if not keys:
+        if device_id not in self._by_device:
             return
-        self._seen[device_id] = max(self._seen.get(device_id, 0.0), at)
-        for entry in [k for k in keys if self._entries[k].shows_presence]:
-            self._unindex(entry, device_id)
-            del self._entries[entry]
+        when = posix(at)
+        known = self._seen.get(device_id)
+        if known is None or when > known[0] or not known[2]:
+            self._seen[device_id] = (when, at, True)
 
     def _mark(self, device_id: str) -> None:
         self._changes += 1
@@ -364,20 +449,70 @@ def _where_device(where: Any, table: str, column: str) -> str | None:
     return None
 
 
+#: (table, trigger) of every trigger of migration 0026 that is enabled for ordinary
+#: sessions, on a table this connection's search path finds
+_TRIGGERS_QUERY = """
+SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+WHERE t.tgname = ANY(%s) AND t.tgenabled IN ('O', 'A') AND pg_table_is_visible(c.oid)
+"""
+
+#: the presence the hits recorded (ADR 0045): ``devices.service.touch``'s rule, for many
+#: devices in one statement
+_PRESENCE_UPDATE = """
+UPDATE devices AS d SET last_seen_at = v.at
+FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamp[])) AS v(id, at)
+WHERE d.id = v.id AND d.status = 'active'
+  AND (d.last_seen_at IS NULL OR d.last_seen_at <= v.at - make_interval(secs => :resolution))
+"""
+
+
+def missing_triggers(found: Iterable[tuple[str, str]]) -> list[str]:
+    """``table.trigger`` of each trigger of a watched table not in ``found``, sorted."""
+    have = set(found)
+    return sorted(f"{t}.{g}" for t in WATCHED for g in TRIGGERS if (t, g) not in have)
+
+
+def write_presence(db: Database, due: Mapping[str, dt.datetime], resolution: float) -> int:
+    """Write ``last_seen_at`` of each device of ``due`` whose stored one is at least
+    ``resolution`` seconds older (or unset) and that is active, in one statement and
+    transaction; the number of devices written. Core, not a session: the trigger's
+    ``seen:`` notification tells every process, this one included. Times are stored as
+    naive UTC, as :class:`~bastion.server.db.base.UtcDateTime` stores them."""
+    from sqlalchemy import text
+
+    if not due:
+        return 0
+    ids = list(due)
+    with db.engine.begin() as conn:
+        result = conn.execute(
+            text(_PRESENCE_UPDATE),
+            {
+                "ids": ids,
+                "ats": [due[i].astimezone(dt.UTC).replace(tzinfo=None) for i in ids],
+                "resolution": resolution,
+            },
+        )
+    return int(result.rowcount)
+
+
 class Listener:
-    """The ``LISTEN bastion_answers`` connection of one process, feeding ``cache``.
+    """The ``LISTEN bastion_answers`` connection of one process, feeding ``cache``, and
+    the writer of the presence its hits record (when given the app's ``db``).
 
-    :meth:`ensure` starts it in the running event loop (again after that loop ended: a
-    test client's loop, a restarted server). It reconnects with exponential backoff
-    and jitter; while it is not listening the cache is off."""
+    :meth:`ensure` starts both in the running event loop (again after that loop ended: a
+    test client's loop, a restarted server). The listener reconnects with exponential
+    backoff and jitter; while it is not listening, or a trigger is missing, the cache is
+    off."""
 
-    def __init__(self, cache: AnswerCache, database_url: str) -> None:
+    def __init__(self, cache: AnswerCache, database_url: str, db: Database | None = None) -> None:
         from bastion.server.bus_pg import libpq_url
         from bastion.server.db.engine import redact
 
         self.cache = cache
         self._url = libpq_url(database_url)
         self._shown = redact(database_url)
+        self._db = db
+        self._writer: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._barriers: dict[str, asyncio.Future[None]] = {}
@@ -385,9 +520,11 @@ class Listener:
         self._waiting: Any = None
         #: times ``LISTEN`` succeeded (tests, diagnostics)
         self.connects = 0
+        #: presence writes that failed (they are tried again)
+        self.presence_failures = 0
 
     def ensure(self) -> None:
-        """Start listening in the running loop unless it already does."""
+        """Start listening (and writing presence) in the running loop unless it does."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._loop is loop and not self._task.done():
             return
@@ -395,6 +532,55 @@ class Listener:
         self._waiting = None  # a connection of a loop that has ended is not drained
         self._loop = loop
         self._task = loop.create_task(self._run(), name="bastion-answers-listen")
+        if self._db is not None and (self._writer is None or self._writer.done()):
+            self._writer = loop.create_task(self._write_loop(), name="bastion-answers-presence")
+
+    def record_presence(self, device_id: str, at: dt.datetime) -> bool:
+        """Have the writer store ``device_id``'s ``last_seen_at`` = ``at`` (the full path's
+        presence write, from a worker thread or the loop); False when there is no
+        running writer, and the caller writes it itself."""
+        loop, writer = self._loop, self._writer
+        if self._db is None or loop is None or loop.is_closed() or writer is None or writer.done():
+            return False
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.cache.record_due(device_id, at)
+            return True
+        try:  # runs before the worker's result reaches the loop (callbacks run in order)
+            loop.call_soon_threadsafe(self.cache.record_due, device_id, at)
+        except RuntimeError:  # the loop is closing: write it here
+            return False
+        return True
+
+    async def _write_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_FLUSH_SECONDS)
+            await self.flush_presence()
+
+    async def flush_presence(self) -> int:
+        """Write the presence the hits recorded (:func:`write_presence`) in a worker
+        thread; on failure keep it for the next try. The number of devices written."""
+        from starlette.concurrency import run_in_threadpool
+
+        due = self.cache.take_due()
+        if not due or self._db is None:
+            return 0
+        try:
+            return await run_in_threadpool(
+                write_presence, self._db, due, self.cache.presence_seconds
+            )
+        except Exception as exc:  # the database is away: try again next time
+            self.cache.return_due(due)
+            self.presence_failures += 1
+            log.warning(
+                "answer cache: writing last_seen_at of %d devices failed (%s); trying again",
+                len(due),
+                exc,
+            )
+            return 0
 
     async def _connect(self) -> Any:
         import psycopg
@@ -417,6 +603,7 @@ class Listener:
             try:
                 conn = await self._connect()
                 await conn.execute(f"LISTEN {CHANNEL}")
+                await self._check(conn)
                 self.connects += 1
                 delay = RECONNECT_MIN
                 self.cache.set_online(True)
@@ -442,16 +629,25 @@ class Listener:
 
     async def _serve(self, conn: Any) -> None:
         while True:
-            heard = False
             self._waiting = conn
             try:
                 async for notice in conn.notifies(timeout=LISTEN_CHECK_SECONDS):
-                    heard = True
                     self._heard(notice.payload)
             finally:
                 self._waiting = None
-            if not heard:  # quiet for a while: is the connection still there?
-                await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_CHECK_TIMEOUT)
+            # every LISTEN_CHECK_SECONDS: the connection answers, the triggers are there
+            await asyncio.wait_for(self._check(conn), LISTEN_CHECK_TIMEOUT)
+
+    @staticmethod
+    async def _check(conn: Any) -> None:
+        """Raise unless every watched table has both its triggers, enabled."""
+        cursor = await conn.execute(_TRIGGERS_QUERY, (list(TRIGGERS),))
+        missing = missing_triggers(await cursor.fetchall())
+        if missing:
+            raise RuntimeError(
+                f"the answer cache's triggers are missing or disabled: {', '.join(missing)} "
+                "(migration 0026_answer_triggers)"
+            )
 
     def drain(self) -> None:
         """Handle the notifications that have reached this process's socket but not yet
@@ -570,13 +766,16 @@ class Listener:
             self._barriers.pop(name, None)
 
     async def close(self) -> None:
-        """Stop listening (the cache goes off); :meth:`ensure` may start it again."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """Stop listening (the cache goes off) and write the presence still recorded;
+        :meth:`ensure` may start both again."""
+        for task in (self._task, self._writer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._writer = None
         self.cache.set_online(False)
+        await self.flush_presence()
 
 
 class AnswerCacheCollector:
@@ -605,6 +804,16 @@ class AnswerCacheCollector:
         yield answers
         yield GaugeMetricFamily(
             "bastion_device_answers_kept", "Answers this process keeps now", value=len(cache)
+        )
+        yield CounterMetricFamily(
+            "bastion_device_presence_recorded",
+            "Devices whose last_seen_at a cached answer recorded, to be written behind",
+            value=cache.presence_recorded,
+        )
+        yield GaugeMetricFamily(
+            "bastion_device_presence_pending",
+            "Devices whose recorded last_seen_at this process has not written yet",
+            value=cache.due,
         )
         yield GaugeMetricFamily(
             "bastion_device_answer_cache_online",

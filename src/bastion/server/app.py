@@ -183,8 +183,11 @@ def _answers(settings: ServerSettings, db: Database) -> Listener | None:
         return None
     from bastion.server.devices.service import LAST_SEEN_RESOLUTION
 
-    cache = AnswerCache(presence_seconds=LAST_SEEN_RESOLUTION.total_seconds())
-    listener = Listener(cache, db.url)
+    cache = AnswerCache(
+        settings.device_answer_cache_entries,
+        presence_seconds=LAST_SEEN_RESOLUTION.total_seconds(),
+    )
+    listener = Listener(cache, db.url, db)
     listener.watch_writes(db)
     return listener
 

@@ -21,14 +21,17 @@ case through both paths and compares status, headers and body.
 On PostgreSQL the layer first looks in the device answer cache
 (:mod:`bastion.server.answers`, ADR 0044): a kept answer that is still within its
 deadline, for a caller the rate limiter lets through without I/O, is sent as it was
-stored, with no session and no worker thread. A miss does the work as above and keeps a
-successful answer.
+stored (``GET /v1/device``: with the device's newest ``last_seen_at``,
+:func:`presence_renderer`), with no session and no worker thread. A miss does the work as
+above and keeps a successful answer.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
@@ -37,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion.server.answers import Answer, credential_key, deadline, posix
+from bastion.server.answers import PRESENCE_COLUMN, Answer, credential_key, deadline, posix
 from bastion.server.attestation.gate import DeviceRoute, device_answer
 from bastion.server.context import app_context
 
@@ -90,6 +93,31 @@ def hot_route(scope: Scope, routes: Mapping[str, DeviceRoute[Any]]) -> DeviceRou
     return route if bearer == 1 else None
 
 
+#: a time no device is seen at, dumped in place of ``last_seen_at`` to find where the
+#: body shows it
+_MARK = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+_TIME = TypeAdapter(dt.datetime)
+_MARK_JSON = _TIME.dump_json(_MARK)
+
+
+def presence_renderer(
+    adapter: TypeAdapter[Any], result: BaseModel
+) -> Callable[[dt.datetime], bytes] | None:
+    """How to show ``result``'s body with another ``last_seen_at`` (the answer cache calls
+    it when the device's presence moved): the body around that one value, kept as two
+    byte strings (not the model), and the time dumped as the model dumps it. None when
+    the value cannot be found exactly once (the answer is then not kept)."""
+    marked = adapter.dump_json(result.model_copy(update={PRESENCE_COLUMN: _MARK}), by_alias=True)
+    if marked.count(_MARK_JSON) != 1:
+        return None
+    before, _, after = marked.partition(_MARK_JSON)
+    return partial(_shown_at, before, after)
+
+
+def _shown_at(before: bytes, after: bytes, at: dt.datetime) -> bytes:
+    return before + _TIME.dump_json(at) + after
+
+
 def _authorization(scope: Scope) -> bytes:
     """The request's ``Authorization`` value (:func:`hot_route` made sure there is one)."""
     for name, value in scope["headers"]:
@@ -127,7 +155,8 @@ class DeviceHotPath:
             listener.ensure()
             listener.drain()
             key = credential_key(_authorization(scope))
-            kept = listener.cache.get(key, path, ctx.clock.now().timestamp())
+            now = ctx.clock.now()
+            kept = listener.cache.get(key, path, now.timestamp(), now)
             if kept is not None and ctx.limiter.try_hit(kept.rate_key):
                 self.cached += 1
                 response = Response(content=kept.body, media_type="application/json")
@@ -139,16 +168,24 @@ class DeviceHotPath:
         except Exception as exc:
             response = await self._handled(request, exc)
         else:
-            body = self._adapters[route.model].dump_json(result, by_alias=True)
+            adapter = self._adapters[route.model]
+            body = adapter.dump_json(result, by_alias=True)
             response = Response(content=body, media_type="application/json")
-            if listener is not None and answered.seen_at is not None:
+            render = None
+            if listener is not None and route.shows_last_seen:
+                render = presence_renderer(adapter, result)
+            if (
+                listener is not None
+                and answered.seen_at is not None
+                and (render is not None or not route.shows_last_seen)
+            ):
                 keep = Answer(
                     body,
                     answered.device_id,
                     answered.rate_key,
                     until=deadline(ctx.clock.now(), answered.until),
                     seen_at=posix(answered.seen_at),
-                    shows_presence=route.shows_last_seen,
+                    render=render,
                 )
                 listener.cache.put(ticket, key, path, keep)
         await response(scope, receive, send)

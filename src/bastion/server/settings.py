@@ -96,6 +96,9 @@ class ServerSettings(BaseSettings):
     # keep the heartbeat answers per process, dropped when the database notifies a change
     # (ADR 0044); PostgreSQL with the fast path only, ignored on SQLite
     device_answer_cache: bool = True
+    # answers each process keeps at most (three per device; about 500 bytes each with a
+    # 300-byte body); when full the oldest stored is evicted (ADR 0045)
+    device_answer_cache_entries: int = Field(default=131_072, ge=1, le=16_777_216)
 
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False

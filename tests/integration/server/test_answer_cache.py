@@ -1,5 +1,6 @@
 """The device answer cache on PostgreSQL: what another process changes reaches it, what
-it keeps is never wrong (docs/adr/0044-device-answer-cache.md).
+it keeps is never wrong (docs/adr/0044-device-answer-cache.md, and 0045: presence written
+behind the hits).
 
 Two apps on one database, as two server processes: ``world.client`` is where operators
 and devices change things, ``second`` answers heartbeats from its cache. A change made
@@ -9,7 +10,10 @@ second process gets within a fraction of a millisecond. Negative cases first:
 
 * revocation, deletion, a failing verdict, a stale verdict (the fleet's interval), the
   fleet turning gating on, the rate limit: refused by the cached path as by the full one;
-* the cache is off while its LISTEN connection is gone, and empty when it is back;
+* the cache is off while its LISTEN connection is gone, or a watched table's trigger is
+  disabled, and empty when it is back;
+* presence recorded by a hit is written (once, whichever process records it), also when
+  the first try fails and when the server stops;
 * every table the three answers read has the trigger; the triggers, the migration and
   :data:`bastion.server.answers.WATCHED` name the same tables;
 * positive: kept answers are served without a database statement, byte for byte the
@@ -18,6 +22,7 @@ second process gets within a fraction of a millisecond. Negative cases first:
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Iterator
@@ -182,41 +187,174 @@ def test_a_pass_ends_at_the_fleets_interval_though_the_answer_is_kept(
         assert r.status_code == 200, r.text
 
 
+def _last_seen(world: FleetWorld, device_id: str) -> Any:
+    """The device's stored ``last_seen_at``, as the aware UTC time it means."""
+    with world.ctx.db.engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT last_seen_at FROM devices WHERE id = :id"), {"id": device_id}
+        ).scalar_one()
+    return stored.replace(tzinfo=dt.UTC)  # UtcDateTime stores naive UTC
+
+
+def _updates(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+
+
+def _flush(client: TestClient) -> int:
+    """Write the presence ``client``'s hits recorded now (the writer does it every second)."""
+    assert client.portal is not None
+    written: int = client.portal.call(_listener(client).flush_presence)
+    return written
+
+
 def test_last_seen_is_still_written_once_a_minute(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
+    """A minute on, the kept answer is served and is the device's presence: it shows the
+    new time at once, and the writer stores that time, once."""
     dev = _attested(world, tmp_path, "ans-seen")
     _warm(second, dev)
+    _flush(second)
     world.ctx.clock.advance(61)
-    seen = _statements(second)
+    now = world.ctx.clock.now()
+    layer, seen = _layer(second), _statements(second)
+    before = layer.cached
     answer = second.get("/v1/device", headers=dev.headers)
-    assert answer.status_code == 200
-    assert [s for s in seen if s.lstrip().upper().startswith("UPDATE DEVICES")], seen
-    assert answer.json()["last_seen_at"].startswith(world.ctx.clock.now().isoformat()[:19])
+    assert answer.status_code == 200 and layer.cached - before == 1
+    assert answer.json()["last_seen_at"].startswith(now.isoformat()[:19])
+    assert _updates(seen) == [], "the hit wrote in the request"
+    for path in PATHS:  # the rest of the minute records nothing more
+        assert second.get(path, headers=dev.headers).status_code == 200
+    assert layer.cached - before == 4
+    assert _flush(second) == 1
+    assert _last_seen(world, dev.identity.device_id) == now
+    assert [u for u in _updates(seen) if "devices" in u.lower()], seen
+    assert _flush(second) == 0
+    # what the full path shows from the database is what the hit showed
+    full = world.client.get("/v1/device", headers=dev.headers).json()["last_seen_at"]
+    assert full == answer.json()["last_seen_at"]
 
 
-def test_a_presence_write_elsewhere_keeps_the_devices_other_answers(
+def test_a_miss_whose_presence_is_due_has_it_written_behind_too(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-miss-seen")
+    _flush(second)
+    world.ctx.clock.advance(61)
+    now = world.ctx.clock.now()
+    seen, cached = _statements(second), _layer(second).cached
+    answer = second.get("/v1/device/config", headers=dev.headers)  # nothing kept yet: a miss
+    assert answer.status_code == 200 and _layer(second).cached == cached
+    assert _updates(seen) == [], "the miss wrote last_seen_at in the request"
+    assert _listener(second).cache.due == 1
+    assert _flush(second) == 1
+    assert _last_seen(world, dev.identity.device_id) == now
+    own = second.get("/v1/device", headers=dev.headers)  # shows what was recorded
+    assert own.json()["last_seen_at"].startswith(now.isoformat()[:19])
+
+
+def test_a_presence_write_elsewhere_keeps_the_devices_answers(
     world: FleetWorld, second: TestClient, tmp_path: Path
 ) -> None:
     """The once-a-minute ``last_seen_at`` write (here by the other process) notifies
-    ``seen:``: this process keeps the config and target answers, drops the one that
-    shows ``last_seen_at``, and does not write it again."""
+    ``seen:``: this process keeps every answer, shows the new time in the one that shows
+    ``last_seen_at``, and does not write it again."""
     dev = _attested(world, tmp_path, "ans-presence")
     _warm(second, dev)
+    _flush(second)
     world.ctx.clock.advance(61)
-    wrote = _statements(world.client)
+    world_app = world.client.app.state.ctx  # type: ignore[attr-defined]
     assert world.client.get("/v1/device", headers=dev.headers).status_code == 200
-    assert [w for w in wrote if w.lstrip().upper().startswith("UPDATE DEVICES")], wrote
+    if world_app.answers is not None:  # the first process's own hit recorded it
+        world.client.portal.call(world_app.answers.flush_presence)  # type: ignore[union-attr]
+    written = _last_seen(world, dev.identity.device_id)
+    assert written == world.ctx.clock.now()
     _settle(second)
     layer, seen = _layer(second), _statements(second)
     before = layer.cached
     for path in PATHS[1:]:
         assert second.get(path, headers=dev.headers).status_code == 200
-    assert layer.cached - before == 2, "a presence write dropped answers that do not show it"
     own = second.get("/v1/device", headers=dev.headers)
-    assert layer.cached - before == 2, "the answer showing last_seen_at was kept"
-    assert own.json()["last_seen_at"].startswith(world.ctx.clock.now().isoformat()[:19])
-    assert not [s for s in seen if s.lstrip().upper().startswith("UPDATE")], seen
+    assert layer.cached - before == 3, "a presence write dropped answers"
+    assert own.json()["last_seen_at"].startswith(written.isoformat()[:19])
+    assert _listener(second).cache.rendered >= 1
+    assert _flush(second) == 0 and _updates(seen) == [], seen
+
+
+def test_presence_recorded_by_two_processes_in_one_minute_is_written_once(
+    world: FleetWorld, second: TestClient, tmp_path: Path
+) -> None:
+    dev = _attested(world, tmp_path, "ans-twice")
+    third = _second(world)
+    try:
+        with TestClient(third, raise_server_exceptions=False) as other:
+            _settle(other)
+            _warm(second, dev)
+            _warm(other, dev)
+            _flush(second)
+            _flush(other)
+            world.ctx.clock.advance(61)
+            first_at = world.ctx.clock.now()
+            assert second.get("/v1/device/config", headers=dev.headers).status_code == 200
+            world.ctx.clock.advance(2)  # the other records before the first's write arrives
+            assert other.get("/v1/device/config", headers=dev.headers).status_code == 200
+            assert _flush(second) == 1
+            assert _flush(other) == 0, "the same minute's presence was written twice"
+            assert _last_seen(world, dev.identity.device_id) == first_at
+            _settle(other)  # the stored time, not the other's own record, is what it shows
+            shown = other.get("/v1/device", headers=dev.headers).json()["last_seen_at"]
+            assert shown.startswith(first_at.isoformat()[:19]), (shown, first_at)
+    finally:
+        third.state.ctx.db.dispose()
+
+
+def test_presence_that_fails_to_be_written_is_written_on_the_next_try(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bastion.server.answers as answers
+
+    app = _second(world)
+    dev = _attested(world, tmp_path, "ans-retry")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            _warm(client, dev)
+            _flush(client)
+            world.ctx.clock.advance(61)
+            at = world.ctx.clock.now()
+            assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
+            real = answers.write_presence
+
+            def down(*args: Any) -> int:
+                raise OSError("connection refused")
+
+            monkeypatch.setattr(answers, "write_presence", down)
+            assert _flush(client) == 0
+            assert _listener(client).presence_failures == 1 and _listener(client).cache.due == 1
+            monkeypatch.setattr(answers, "write_presence", real)
+            assert _flush(client) == 1
+            assert _last_seen(world, dev.identity.device_id) == at
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_presence_still_recorded_when_the_server_stops_is_written(
+    world: FleetWorld, tmp_path: Path
+) -> None:
+    app = _second(world)
+    dev = _attested(world, tmp_path, "ans-stop")
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            _warm(client, dev)
+            _flush(client)
+            world.ctx.clock.advance(61)
+            at = world.ctx.clock.now()
+            assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
+            assert _listener(client).cache.due == 1
+        assert _last_seen(world, dev.identity.device_id) == at  # the lifespan's close wrote it
+    finally:
+        app.state.ctx.db.dispose()
 
 
 def test_kept_answers_still_take_rate_limit_tokens(world: FleetWorld, tmp_path: Path) -> None:
@@ -276,6 +414,53 @@ def test_the_cache_is_off_while_its_listener_is_gone(
     revoke_or_delete(world, dev.identity.device_id, "revoke")
     _settle(second)
     assert second.get("/v1/device/config", headers=dev.headers).status_code == 401
+
+
+@pytest.mark.parametrize("how", ["disabled", "dropped"])
+def test_the_cache_is_off_while_a_trigger_is_missing(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import bastion.server.answers as answers
+
+    monkeypatch.setattr(answers, "LISTEN_CHECK_SECONDS", 0.1)
+    app = _second(world)
+    dev = _attested(world, tmp_path, f"ans-trigger-{how}")
+    statement = {
+        "disabled": "ALTER TABLE fleet_env DISABLE TRIGGER bastion_answers",
+        "dropped": "DROP TRIGGER bastion_answers ON fleet_env",
+    }[how]
+    restore = {
+        "disabled": "ALTER TABLE fleet_env ENABLE TRIGGER bastion_answers",
+        "dropped": "CREATE TRIGGER bastion_answers AFTER INSERT OR UPDATE OR DELETE ON "
+        "fleet_env FOR EACH ROW EXECUTE FUNCTION bastion_answers_changed()",
+    }[how]
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            _warm(client, dev)
+            listener = _listener(client)
+            with world.ctx.db.engine.begin() as conn:
+                conn.execute(text(statement))
+            try:
+                deadline = time.monotonic() + 10
+                while listener.cache.online:
+                    assert time.monotonic() < deadline, "the cache stayed on without a trigger"
+                    client.get("/v1/device/config", headers=dev.headers)
+                    time.sleep(0.02)
+                assert len(listener.cache) == 0
+                for _ in range(3):  # off: every request takes the full path, nothing is kept
+                    cached = _layer(client).cached
+                    assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
+                    assert _layer(client).cached == cached and len(listener.cache) == 0
+            finally:
+                with world.ctx.db.engine.begin() as conn:
+                    conn.execute(text(restore))
+            deadline = time.monotonic() + 10
+            while not listener.cache.online:  # back once the trigger is
+                assert time.monotonic() < deadline, "the cache did not come back"
+                time.sleep(0.05)
+    finally:
+        app.state.ctx.db.dispose()
 
 
 # --- the triggers cover what the answers read --------------------------------------------
@@ -515,12 +700,14 @@ def test_metrics_show_the_processs_cache(world: FleetWorld, tmp_path: Path) -> N
             values = {
                 line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                 for line in scrape.text.splitlines()
-                if line.startswith("bastion_device_answer")
+                if line.startswith(("bastion_device_answer", "bastion_device_presence"))
             }
             cache = _listener(client).cache
             assert values['bastion_device_answers_total{outcome="hit"}'] == cache.hits >= 3
             assert values['bastion_device_answers_total{outcome="stored"}'] == cache.stored
             assert values["bastion_device_answers_kept"] == len(cache) >= 3
             assert values["bastion_device_answer_cache_online"] == 1.0
+            assert values["bastion_device_presence_recorded_total"] == cache.presence_recorded
+            assert values["bastion_device_presence_pending"] == cache.due
     finally:
         app.state.ctx.db.dispose()

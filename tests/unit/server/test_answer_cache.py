@@ -1,4 +1,5 @@
-"""The device answer cache's rules, without a database (docs/adr/0044-device-answer-cache.md).
+"""The device answer cache's rules, without a database (docs/adr/0044-device-answer-cache.md,
+docs/adr/0045-presence-written-behind.md).
 
 Negative table first: what must never be served or kept.
 """
@@ -6,6 +7,7 @@ Negative table first: what must never be served or kept.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 
@@ -13,12 +15,15 @@ from bastion.server.answers import (
     ANSWER_TTL,
     EVERY_DEVICE,
     PRESENCE_SECONDS,
+    WATCHED,
     Answer,
     AnswerCache,
     credential_key,
     deadline,
+    missing_triggers,
     parse_seen,
     seen_payload,
+    utc,
 )
 
 KEY = credential_key(b"Bearer bst_dev_one")
@@ -32,7 +37,7 @@ def _answer(
     until: float = NOW + 10,
     body: bytes = b"{}",
     seen_at: float = NOW,
-    shows_presence: bool = False,
+    render: Callable[[dt.datetime], bytes] | None = None,
 ) -> Answer:
     return Answer(
         body=body,
@@ -40,8 +45,13 @@ def _answer(
         rate_key=f"device:{device}",
         until=until,
         seen_at=seen_at,
-        shows_presence=shows_presence,
+        render=render,
     )
+
+
+def _shows(at: dt.datetime) -> bytes:
+    """A body that shows ``at`` as the device's last_seen_at."""
+    return f'{{"last_seen_at":"{at.isoformat()}"}}'.encode()
 
 
 def _online() -> AnswerCache:
@@ -79,7 +89,7 @@ def test_a_change_between_ticket_and_put_refuses_the_answer(changed: str) -> Non
     _kept(cache, OTHER, _answer("d1"))  # the device has answers: its presence is tracked
     ticket = cache.ticket()
     if changed == "its device's presence":
-        cache.seen("d1", NOW + 1)  # a fill under way may show the old last_seen_at
+        cache.seen("d1", utc(NOW + 1))  # a fill under way may show the old last_seen_at
     else:
         cache.invalidate("d1" if changed == "its device" else EVERY_DEVICE)
     assert not cache.put(ticket, KEY, PATH, _answer())
@@ -90,7 +100,7 @@ def test_another_devices_change_does_not_refuse_the_answer() -> None:
     cache = _online()
     ticket = cache.ticket()
     cache.invalidate("d2")
-    cache.seen("d3", NOW)
+    cache.seen("d3", utc(NOW))
     assert cache.put(ticket, KEY, PATH, _answer("d1"))
 
 
@@ -103,26 +113,112 @@ def test_a_bounded_change_record_counts_as_an_emptying_when_full() -> None:
     assert not cache.put(ticket, KEY, PATH, _answer("d1"))  # cannot tell: refused
 
 
-def test_an_answer_is_a_miss_once_its_devices_presence_is_due() -> None:
+def test_a_hit_records_presence_once_it_is_due_and_only_then() -> None:
     cache = _online()
     _kept(cache, answer=_answer(until=NOW + 1000, seen_at=NOW - 50))
     assert cache.get(KEY, PATH, NOW + 9.999) is not None
-    assert cache.get(KEY, PATH, NOW + 10) is None  # 60 s after last_seen_at: write it
-    cache.seen("d1", NOW + 10)  # written (here or elsewhere): due a minute later
-    assert cache.get(KEY, PATH, NOW + 69.9) is not None
-    assert cache.get(KEY, PATH, NOW + 70) is None
+    assert cache.take_due() == {}  # not due yet: nothing to write
+    at = utc(NOW + 10)
+    assert cache.get(KEY, PATH, NOW + 10, at) is not None  # 60 s after: a hit that records
+    assert cache.due == 1 and cache.presence_recorded == 1
+    assert cache.get(KEY, PATH, NOW + 69.9) is not None  # recorded: not again this minute
+    assert cache.take_due() == {"d1": at} and cache.due == 0
+    assert cache.take_due() == {}
+    assert cache.get(KEY, PATH, NOW + 70) is not None
+    assert cache.take_due() == {"d1": utc(NOW + 70)}  # without a time: the one of now
 
 
-def test_a_presence_write_drops_only_the_answers_that_show_it() -> None:
+def test_presence_written_elsewhere_moves_the_deadline_and_is_not_recorded_again() -> None:
     cache = _online()
-    _kept(cache, KEY, _answer(body=b"config"))
-    assert cache.put(cache.ticket(), KEY, "/v1/device", _answer(shows_presence=True))
-    cache.seen("d1", NOW + 5)
-    assert cache.get(KEY, "/v1/device", NOW + 6) is None
-    kept = cache.get(KEY, PATH, NOW + 6)
-    assert kept is not None and kept.body == b"config"
-    cache.seen("d9", NOW)  # a device with no answers here: nothing is recorded for it
+    _kept(cache, answer=_answer(until=NOW + 1000, seen_at=NOW - 50))
+    cache.seen("d1", utc(NOW + 5))  # another process wrote it
+    assert cache.get(KEY, PATH, NOW + 64.9) is not None
+    assert cache.take_due() == {}
+    cache.seen("d1", utc(NOW))  # an older write tells nothing new
+    assert cache.get(KEY, PATH, NOW + 64.9) is not None and cache.take_due() == {}
+
+
+def test_the_stored_presence_wins_over_a_hits_own_record() -> None:
+    """Another process wrote the minute's presence first (its time is earlier): this
+    process's write will not happen, so its answers show the stored time."""
+    cache = _online()
+    shown = utc(NOW - 50)
+    device = _answer(body=_shows(shown), until=NOW + 1000, seen_at=NOW - 50, render=_shows)
+    assert cache.put(cache.ticket(), KEY, "/v1/device", device)
+    kept = cache.get(KEY, "/v1/device", NOW + 12)
+    assert kept is not None and kept.body == _shows(utc(NOW + 12))  # recorded here
+    cache.seen("d1", utc(NOW + 11))  # stored by the other process, a second earlier
+    kept = cache.get(KEY, "/v1/device", NOW + 13)
+    assert kept is not None and kept.body == _shows(utc(NOW + 11))
+    cache.seen("d1", utc(NOW + 5))  # confirmed now: an older write tells nothing new
+    kept = cache.get(KEY, "/v1/device", NOW + 14)
+    assert kept is not None and kept.body == _shows(utc(NOW + 11))
+    assert cache.get(KEY, "/v1/device", NOW + 70.999) is not None
+    assert cache.take_due() == {"d1": utc(NOW + 12)}  # written as recorded: the rule skips it
+    assert cache.get(KEY, "/v1/device", NOW + 71) is not None and cache.due == 1
+
+
+def test_the_full_paths_presence_is_recorded_and_shown_until_the_database_says_otherwise() -> None:
+    cache = _online()
+    at = utc(NOW)
+    cache.record_due("d1", at)  # the full path, before it stores its answer
+    device = _answer(body=_shows(at), until=NOW + 1000, seen_at=NOW, render=_shows)
+    assert cache.put(cache.ticket(), KEY, "/v1/device", device)
+    assert cache.take_due() == {"d1": at}
+    cache.seen("d1", utc(NOW - 1))  # another process stored the minute's presence first
+    kept = cache.get(KEY, "/v1/device", NOW + 1)
+    assert kept is not None and kept.body == _shows(utc(NOW - 1))
+
+
+def test_no_writer_no_presence_record() -> None:
+    """Without a running writer the full path writes presence itself."""
+    from bastion.server.answers import Listener
+
+    listener = Listener(_online(), "postgresql://bastion@127.0.0.1/none")
+    assert not listener.record_presence("d1", utc(NOW))
+    assert listener.cache.due == 0
+
+
+def test_presence_that_could_not_be_written_is_kept_and_the_newest_wins() -> None:
+    cache = _online()
+    cache.return_due({"d1": utc(NOW), "d2": utc(NOW + 3)})
+    cache.return_due({"d1": utc(NOW - 10), "d2": utc(NOW + 4)})
+    assert cache.take_due() == {"d1": utc(NOW), "d2": utc(NOW + 4)}
+    cache.return_due({"d1": utc(NOW)})
+    cache.set_online(False)  # the cache going off does not forget that a device was seen
+    assert cache.take_due() == {"d1": utc(NOW)}
+
+
+def test_a_presence_write_keeps_the_answers_and_renders_again_those_that_show_it() -> None:
+    cache = _online()
+    shown = utc(NOW)
+    _kept(cache, KEY, _answer(body=b"config", until=NOW + 1000))
+    device = _answer(body=_shows(shown), until=NOW + 1000, render=_shows)
+    assert cache.put(cache.ticket(), KEY, "/v1/device", device)
+    kept = cache.get(KEY, "/v1/device", NOW + 1)
+    assert kept is not None and kept.body == _shows(shown) and cache.rendered == 0
+    cache.seen("d1", utc(NOW + 5))  # written elsewhere
+    kept = cache.get(KEY, "/v1/device", NOW + 6)
+    assert kept is not None and kept.body == _shows(utc(NOW + 5)) and cache.rendered == 1
+    kept = cache.get(KEY, "/v1/device", NOW + 7)  # the new bytes are kept: no second render
+    assert kept is not None and kept.body == _shows(utc(NOW + 5)) and cache.rendered == 1
+    config = cache.get(KEY, PATH, NOW + 7)
+    assert config is not None and config.body == b"config"
+    at = utc(NOW + 70)  # due: this hit is the presence, and the body shows it
+    kept = cache.get(KEY, "/v1/device", NOW + 70, at)
+    assert kept is not None and kept.body == _shows(at) and cache.take_due() == {"d1": at}
+    cache.seen("d9", utc(NOW))  # a device with no answers here: nothing is recorded for it
     assert "d9" not in cache._seen
+
+
+def test_missing_or_disabled_triggers_are_named() -> None:
+    every = [(t, g) for t in WATCHED for g in ("bastion_answers", "bastion_answers_truncate")]
+    assert missing_triggers(every) == []
+    assert missing_triggers([*every, ("other", "bastion_answers")]) == []
+    assert missing_triggers([p for p in every if p != ("fleets", "bastion_answers_truncate")]) == [
+        "fleets.bastion_answers_truncate"
+    ]
+    assert len(missing_triggers([])) == 2 * len(WATCHED)
 
 
 @pytest.mark.parametrize(
@@ -135,9 +231,12 @@ def test_a_malformed_presence_payload_is_refused(payload: str) -> None:
 
 def test_a_presence_payload_round_trips() -> None:
     at = dt.datetime(2026, 12, 7, 10, 0, 1, 250000, tzinfo=dt.UTC)
-    assert parse_seen(seen_payload("d1", at)) == ("d1", at.timestamp())
+    assert parse_seen(seen_payload("d1", at)) == ("d1", at)
     # PostgreSQL's to_jsonb(timestamptz) text, as the trigger sends it
-    assert parse_seen("seen:d1:2026-12-07T10:00:01.25+00:00") == ("d1", at.timestamp())
+    assert parse_seen("seen:d1:2026-12-07T10:00:01.25+00:00") == ("d1", at)
+    assert parse_seen("seen:d1:2026-12-07T11:00:01.25+01:00") == ("d1", at)
+    naive = parse_seen("seen:d1:2026-12-07T10:00:01.25")  # a naive time is UTC, as stored
+    assert naive == ("d1", at) and naive[1].tzinfo is not None
 
 
 def test_the_presence_interval_is_the_devices_last_seen_resolution() -> None:
@@ -176,15 +275,31 @@ def test_keys_and_paths_are_separate_entries() -> None:
     assert (cache.hits, cache.misses) == (1, 2)
 
 
-def test_a_full_cache_empties_and_stays_bounded() -> None:
+def test_a_full_cache_evicts_the_oldest_stored_and_stays_bounded() -> None:
     cache = AnswerCache(max_entries=3)
     cache.set_online(True)
     for i in range(10):
         _kept(cache, credential_key(f"k{i}".encode()), _answer(f"d{i}"))
         assert len(cache) <= 3
-    assert cache.get(credential_key(b"k9"), PATH, NOW) is not None
+    assert cache.evicted == 7
+    for i in range(7):  # evicted, and nothing of their devices is left behind
+        assert cache.get(credential_key(f"k{i}".encode()), PATH, NOW) is None
+        assert f"d{i}" not in cache._by_device and f"d{i}" not in cache._seen
+    for i in (7, 8, 9):
+        assert cache.get(credential_key(f"k{i}".encode()), PATH, NOW) is not None
+    _kept(cache, credential_key(b"k7"), _answer("d7"))  # stored again: now the newest
+    _kept(cache, credential_key(b"k10"), _answer("d10"))
+    assert cache.get(credential_key(b"k8"), PATH, NOW) is None  # the oldest went
+    assert cache.get(credential_key(b"k7"), PATH, NOW) is not None
     with pytest.raises(ValueError):
         AnswerCache(max_entries=0)
+
+
+def test_the_default_size_is_the_servers_default() -> None:
+    from bastion.server.answers import ANSWERS_MAX
+    from bastion.server.settings import ServerSettings
+
+    assert ServerSettings.model_fields["device_answer_cache_entries"].default == ANSWERS_MAX
 
 
 def test_the_credential_key_is_the_headers_sha256_not_the_header() -> None:

@@ -325,11 +325,14 @@ def install(app: FastAPI) -> None:
     ctx = app_context(app)
 
     def seen(session: Session, principal: Principal, now: dt.datetime) -> Principal:
-        # every authenticated device request refreshes last_seen_at: its own short write,
-        # only when the row just read says it is older than the resolution (a minute)
+        # every authenticated device request refreshes last_seen_at, only when the row
+        # just read says it is older than the resolution (a minute): written behind by
+        # the answer cache's writer where there is one (ADR 0045), else its own write
         if service.needs_touch(session, principal, now):
-            with ctx.db.session(write=True) as write:
-                service.touch(write, principal, now)
+            answers = ctx.answers
+            if answers is None or not answers.record_presence(principal.id, now):
+                with ctx.db.session(write=True) as write:
+                    service.touch(write, principal, now)
             service.mark_seen(session, principal, now)
         return principal
 
