@@ -250,8 +250,15 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 def wrk(
-    url: str, script: Path, seconds: float, connections: int, pgid: int | None = None
+    url: str,
+    script: Path,
+    seconds: float,
+    connections: int,
+    pgid: int | None = None,
+    script_args: tuple[str, ...] = (),
 ) -> dict[str, float]:
+    """One wrk run (one thread) of ``script``; its figures, and the server's CPU per
+    request when ``pgid`` (the server's process group) is given."""
     cpu_before = group_cpu_seconds(pgid) if pgid else 0.0
     done = subprocess.run(
         [
@@ -263,6 +270,7 @@ def wrk(
             "-s",
             str(script),
             url,
+            *(["--", *script_args] if script_args else []),
         ],
         capture_output=True,
         text=True,
@@ -285,6 +293,7 @@ def wrk(
     cpu = (group_cpu_seconds(pgid) - cpu_before) if pgid else 0.0
     return {
         "rps": float(rps.group(1)),
+        "requests": served,
         # server CPU (all its processes, not PostgreSQL) per request: robust on a busy host
         "cpu_ms_per_request": 1000.0 * cpu / served if served else 0.0,
         "p50_ms": ms("50%"),
