@@ -138,6 +138,22 @@ def copy_devices(database_url: str, count: int) -> list[str]:
     return keys
 
 
+def group_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """User + system CPU seconds of each process in group ``pgid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def group_rss_mib(pgid: int) -> list[float]:
     """Resident memory (MiB) of each process in group ``pgid`` (the server's parent and
     its workers), largest first."""
@@ -204,18 +220,29 @@ def main() -> int:
         server, port = start_server(tmp / "data", database_url, args.workers, env, True)
         base = f"http://127.0.0.1:{port}"
         try:
-            walked = 0
+            walked, filled = 0, {}
             if args.fill:
                 print(f"filling for {args.fill:g} s ...", file=sys.stderr)
                 filled = wrk(base, script, args.fill, args.connections)
                 walked = int(filled["requests"])
                 print(
                     f"  fill: {filled['rps']:.0f} requests/s, "
-                    f"{walked / (3 * args.fleet):.1f} passes",
+                    f"{walked / (3 * args.fleet):.1f} passes, non-2xx "
+                    f"{int(filled['non_2xx'])}, p99 {filled['p99_ms']:.1f} ms",
                     file=sys.stderr,
                 )
             print(f"measuring for {args.seconds:g} s ...", file=sys.stderr)
+            cpu_before = group_cpu_by_pid(server.pid)
             run = wrk(base, script, args.seconds, args.connections, server.pid, (str(walked),))
+            cpu_after = group_cpu_by_pid(server.pid)
+            # how the load fell on the processes (the workers share one socket)
+            busy = sorted(
+                (
+                    100.0 * (cpu_after[pid] - cpu_before.get(pid, 0.0)) / args.seconds
+                    for pid in cpu_after
+                ),
+                reverse=True,
+            )
             rss = group_rss_mib(server.pid)
         finally:
             stop(server)
@@ -225,6 +252,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     figures: dict[str, Any] = {
+        "fill": filled if args.fill else None,
         "fleet": args.fleet,
         "workers": args.workers,
         "cores": os.cpu_count(),
@@ -233,6 +261,7 @@ def main() -> int:
         **run,
         "pass_seconds": 3 * args.fleet / run["rps"] if run["rps"] else 0.0,
         "server_rss_mib": rss,
+        "server_cpu_percent_by_process": busy,
         "ratio_to_goal": run["rps"] / GOAL_RPS if run["p99_ms"] < GOAL_P99_MS else 0.0,
     }
     if args.json:
@@ -250,6 +279,13 @@ def main() -> int:
         f"{figures['cpu_ms_per_request']:.2f} ms/request; a pass over the fleet takes "
         f"{figures['pass_seconds']:.0f} s"
     )
+    if filled:
+        print(
+            f"  fill (from cold): {filled['rps']:.0f} requests/s over "
+            f"{filled['requests'] / (3 * args.fleet):.1f} passes, p99 {filled['p99_ms']:.1f} ms, "
+            f"non-2xx {int(filled['non_2xx'])}"
+        )
+    print("  server CPU by process (% of one core): " + ", ".join(f"{b:.0f}" for b in busy))
     print("  server memory after the run: " + ", ".join(f"{m:.0f} MiB" for m in rss))
     print(
         f"  ratio to the goal ({GOAL_RPS:.0f}/s at p99 < {GOAL_P99_MS:.0f} ms): "
