@@ -42,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,22 @@ def pg_admin(url: str) -> Any:
     import psycopg
 
     return psycopg.connect(url, autocommit=True, connect_timeout=3)
+
+
+@contextmanager
+def scratch(pg: str, prefix: str) -> Iterator[tuple[str, Path]]:
+    """A database of its own on the PostgreSQL server of ``pg`` and a temporary folder,
+    both named after ``prefix`` and removed afterwards: (database URL, folder)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with pg_admin(pg) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    tmp = Path(tempfile.mkdtemp(prefix=prefix.replace("_", "-") + "-"))
+    try:
+        yield pg.rsplit("/", 1)[0] + "/" + name, tmp
+    finally:
+        with pg_admin(pg) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def setup_fleet(database_url: str, data_dir: Path, devices: int) -> list[str]:
@@ -233,10 +251,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in process group ``pgid``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def group_stats(pgid: int) -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of ``/proc/PID/stat`` after the command) of every live process in
+    process group ``pgid``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -245,8 +262,18 @@ def group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ...
-            total += int(fields[11]) + int(fields[12])  # utime stime
-    return total / tick
+            yield int(entry.name), fields
+
+
+def group_cpu_by_pid(pgid: int) -> dict[int, float]:
+    """User + system CPU seconds of each live process in process group ``pgid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return {pid: (int(f[11]) + int(f[12])) / tick for pid, f in group_stats(pgid)}
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid``."""
+    return sum(group_cpu_by_pid(pgid).values())
 
 
 def wrk(

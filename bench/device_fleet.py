@@ -33,11 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,9 @@ from device_api import (
     GOAL_P99_MS,
     GOAL_RPS,
     SRC,
-    pg_admin,
+    group_cpu_by_pid,
+    group_stats,
+    scratch,
     setup_fleet,
     start_server,
     stop,
@@ -138,38 +138,11 @@ def copy_devices(database_url: str, count: int) -> list[str]:
     return keys
 
 
-def group_cpu_by_pid(pgid: int) -> dict[int, float]:
-    """User + system CPU seconds of each process in group ``pgid``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    return found
-
-
 def group_rss_mib(pgid: int) -> list[float]:
     """Resident memory (MiB) of each process in group ``pgid`` (the server's parent and
     its workers), largest first."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-        if int(fields[2]) == pgid and rss:
-            found.append(int(rss.group(1)) / 1024)
-    return sorted(found, reverse=True)
+    page = os.sysconf("SC_PAGE_SIZE")
+    return sorted((int(f[21]) * page / 2**20 for _, f in group_stats(pgid)), reverse=True)
 
 
 def main() -> int:
@@ -190,12 +163,7 @@ def main() -> int:
         raise SystemExit("wrk is missing: apt-get install wrk")
     if args.fleet < 1 or args.seconds < 1 or args.fill < 0:
         raise SystemExit("--fleet and --seconds must be at least 1, --fill at least 0")
-    name = f"bench_device_fleet_{secrets.token_hex(4)}"
-    with pg_admin(args.pg) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = args.pg.rsplit("/", 1)[0] + "/" + name
-    tmp = Path(tempfile.mkdtemp(prefix="bench-device-fleet-"))
-    try:
+    with scratch(args.pg, "bench_device_fleet") as (database_url, tmp):
         print(f"enrolling {args.enrolled} devices ...", file=sys.stderr)
         setup_fleet(database_url, tmp / "data", args.enrolled)
         began = time.monotonic()
@@ -246,10 +214,6 @@ def main() -> int:
             rss = group_rss_mib(server.pid)
         finally:
             stop(server)
-    finally:
-        with pg_admin(args.pg) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(tmp, ignore_errors=True)
 
     figures: dict[str, Any] = {
         "fill": filled if args.fill else None,

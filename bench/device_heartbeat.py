@@ -29,11 +29,8 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +44,7 @@ from device_api import (
     ROUTES,
     SRC,
     group_cpu_seconds,
-    pg_admin,
+    scratch,
     setup_fleet,
     start_server,
     stop,
@@ -127,13 +124,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.periods < 2:
         raise SystemExit("--periods must be at least 2 (the first is not measured)")
-    name = f"bench_device_heartbeat_{secrets.token_hex(4)}"
-    with pg_admin(args.pg) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    database_url = args.pg.rsplit("/", 1)[0] + "/" + name
-    tmp = Path(tempfile.mkdtemp(prefix="bench-device-heartbeat-"))
     runs: dict[str, dict[str, float]] = {}
-    try:
+    with scratch(args.pg, "bench_device_heartbeat") as (database_url, tmp):
         print(f"enrolling {args.devices} devices ...", file=sys.stderr)
         keys = setup_fleet(database_url, tmp / "data", args.devices)
         env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
@@ -168,10 +160,6 @@ def main() -> int:
                 runs[label] = run
             finally:
                 stop(server)
-    finally:
-        with pg_admin(args.pg) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        shutil.rmtree(tmp, ignore_errors=True)
     figures: dict[str, Any] = {
         "devices": args.devices,
         "period_seconds": args.period,
@@ -201,7 +189,8 @@ def main() -> int:
             f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, server CPU "
             f"{r['cpu_ms_per_request']:.2f} ms/request (idle {r['idle_cpu_seconds']:.2f} s "
             f"subtracted): would allow {r['projected_rps_all_cores']:.0f}/s on "
-            f"{os.cpu_count()} cores (goal {GOAL_RPS:.0f}/s)"
+            f"{os.cpu_count()} cores (goal {GOAL_RPS:.0f}/s, ratio "
+            f"{r['projected_rps_all_cores'] / GOAL_RPS:.2f})"
         )
     if "cpu_ratio_off_to_on" in figures:
         print(f"  CPU per request, off / on: {figures['cpu_ratio_off_to_on']:.2f}")

@@ -48,6 +48,14 @@ SMOKE = [
         ["--seconds", "1", "--devices", "1", "--workers", "1", "--connections", "2"],
     ),
     ("device_api_profile.py", ["--db", "sqlite", "--devices", "1", "--requests", "30"]),
+    (
+        "device_heartbeat.py",
+        ["--devices", "2", "--period", "1", "--periods", "2", "--workers", "1"],
+    ),
+    (
+        "device_fleet.py",
+        ["--fleet", "30", "--enrolled", "1", "--fill", "1", "--seconds", "1", "--workers", "1"],
+    ),
 ]
 
 
