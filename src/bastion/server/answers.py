@@ -526,13 +526,15 @@ class Listener:
     def ensure(self) -> None:
         """Start listening (and writing presence) in the running loop unless it does."""
         loop = asyncio.get_running_loop()
-        if self._task is not None and self._loop is loop and not self._task.done():
-            return
-        self.cache.set_online(False)
-        self._waiting = None  # a connection of a loop that has ended is not drained
-        self._loop = loop
-        self._task = loop.create_task(self._run(), name="bastion-answers-listen")
-        if self._db is not None and (self._writer is None or self._writer.done()):
+        if not (self._task is not None and self._loop is loop and not self._task.done()):
+            self.cache.set_online(False)
+            self._waiting = None  # a connection of a loop that has ended is not drained
+            self._loop = loop
+            self._task = loop.create_task(self._run(), name="bastion-answers-listen")
+        writer = self._writer
+        if self._db is not None and (
+            writer is None or writer.done() or writer.get_loop() is not loop
+        ):
             self._writer = loop.create_task(self._write_loop(), name="bastion-answers-presence")
 
     def record_presence(self, device_id: str, at: dt.datetime) -> bool:

@@ -22,6 +22,7 @@ second process gets within a fraction of a millisecond. Negative cases first:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -58,6 +59,16 @@ NOT_ANSWER_INPUTS = {"shared_counters"}
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetWorld]:
     with attested_world("postgresql", tmp_path_factory.mktemp("answers")) as w:
         yield w
+
+
+@pytest.fixture(autouse=True)
+def _explicit_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apps a test starts write recorded presence only when the test flushes it
+    (:func:`_flush`), so each write is counted where the test expects it;
+    :func:`test_the_writer_writes_recorded_presence_by_itself` runs the writer's own loop."""
+    import bastion.server.answers as answers
+
+    monkeypatch.setattr(answers, "PRESENCE_FLUSH_SECONDS", 3600.0)
 
 
 def _second(world: FleetWorld, **settings: Any) -> Any:
@@ -308,53 +319,73 @@ def test_presence_recorded_by_two_processes_in_one_minute_is_written_once(
         third.state.ctx.db.dispose()
 
 
+@contextlib.contextmanager
+def _presence_recorded(
+    world: FleetWorld, tmp_path: Path, serial: str
+) -> Iterator[tuple[TestClient, Dev, dt.datetime]]:
+    """A server process of its own whose kept answer just recorded a device's presence,
+    not yet written: (its client, the device, the time recorded)."""
+    app = _second(world)
+    dev = _attested(world, tmp_path, serial)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            _warm(client, dev)
+            _flush(client)
+            world.ctx.clock.advance(61)
+            at = world.ctx.clock.now()
+            assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
+            yield client, dev, at
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_the_writer_writes_recorded_presence_by_itself(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bastion.server.answers as answers
+
+    with _presence_recorded(world, tmp_path, "ans-writer") as (client, dev, at):
+        assert _listener(client).cache.due == 1
+        monkeypatch.setattr(answers, "PRESENCE_FLUSH_SECONDS", 0.05)
+        writer = _listener(client)._writer  # asleep for an hour: stop it, on its loop
+        assert writer is not None and client.portal is not None
+        client.portal.call(writer.cancel)
+        client.get("/v1/device/config", headers=dev.headers)  # ensure(): a new writer
+        deadline = time.monotonic() + 5
+        while _last_seen(world, dev.identity.device_id) != at:
+            assert time.monotonic() < deadline, "the writer did not write on its own"
+            time.sleep(0.05)
+        assert _listener(client).cache.due == 0
+
+
 def test_presence_that_fails_to_be_written_is_written_on_the_next_try(
     world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import bastion.server.answers as answers
 
-    app = _second(world)
-    dev = _attested(world, tmp_path, "ans-retry")
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            _settle(client)
-            _warm(client, dev)
-            _flush(client)
-            world.ctx.clock.advance(61)
-            at = world.ctx.clock.now()
-            assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
-            real = answers.write_presence
+    with _presence_recorded(world, tmp_path, "ans-retry") as (client, dev, at):
+        real = answers.write_presence
 
-            def down(*args: Any) -> int:
-                raise OSError("connection refused")
+        def down(*args: Any) -> int:
+            raise OSError("connection refused")
 
-            monkeypatch.setattr(answers, "write_presence", down)
-            assert _flush(client) == 0
-            assert _listener(client).presence_failures == 1 and _listener(client).cache.due == 1
-            monkeypatch.setattr(answers, "write_presence", real)
-            assert _flush(client) == 1
-            assert _last_seen(world, dev.identity.device_id) == at
-    finally:
-        app.state.ctx.db.dispose()
+        monkeypatch.setattr(answers, "write_presence", down)
+        assert _flush(client) == 0
+        assert _listener(client).presence_failures == 1 and _listener(client).cache.due == 1
+        monkeypatch.setattr(answers, "write_presence", real)
+        assert _flush(client) == 1
+        assert _last_seen(world, dev.identity.device_id) == at
 
 
 def test_presence_still_recorded_when_the_server_stops_is_written(
     world: FleetWorld, tmp_path: Path
 ) -> None:
-    app = _second(world)
-    dev = _attested(world, tmp_path, "ans-stop")
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            _settle(client)
-            _warm(client, dev)
-            _flush(client)
-            world.ctx.clock.advance(61)
-            at = world.ctx.clock.now()
-            assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
-            assert _listener(client).cache.due == 1
-        assert _last_seen(world, dev.identity.device_id) == at  # the lifespan's close wrote it
-    finally:
-        app.state.ctx.db.dispose()
+    with _presence_recorded(world, tmp_path, "ans-stop") as (client, dev, at):
+        assert _listener(client).cache.due == 1
+        assert _last_seen(world, dev.identity.device_id) != at
+    # the server stopped at the end of the block: the lifespan's close wrote it
+    assert _last_seen(world, dev.identity.device_id) == at
 
 
 def test_kept_answers_still_take_rate_limit_tokens(world: FleetWorld, tmp_path: Path) -> None:
