@@ -522,6 +522,8 @@ class Listener:
         self.connects = 0
         #: presence writes that failed (they are tried again)
         self.presence_failures = 0
+        #: why the cache is off, as last logged (None: it is not, or never was, off)
+        self.problem: str | None = None
 
     def ensure(self) -> None:
         """Start listening (and writing presence) in the running loop unless it does."""
@@ -608,6 +610,11 @@ class Listener:
                 await self._check(conn)
                 self.connects += 1
                 delay = RECONNECT_MIN
+                if self.problem is not None:
+                    log.warning(
+                        "answer cache: listening on %s again; answers are cached", self._shown
+                    )
+                    self.problem = None
                 self.cache.set_online(True)
                 await self._serve(conn)
             except asyncio.CancelledError:
@@ -615,12 +622,14 @@ class Listener:
                 raise
             except Exception as exc:  # psycopg errors, a failed check: off, then retry
                 self.cache.set_online(False)
-                log.warning(
-                    "answer cache: listener on %s lost (%s); answers are not cached until "
-                    "it is back",
-                    self._shown,
-                    exc,
-                )
+                if str(exc) != self.problem:  # once per cause, not once per retry
+                    log.warning(
+                        "answer cache: listener on %s lost (%s); answers are not cached until "
+                        "it is back",
+                        self._shown,
+                        exc,
+                    )
+                    self.problem = str(exc)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(RECONNECT_MAX, delay * 2)
             finally:

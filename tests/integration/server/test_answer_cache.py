@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -449,10 +450,15 @@ def test_the_cache_is_off_while_its_listener_is_gone(
 
 @pytest.mark.parametrize("how", ["disabled", "dropped"])
 def test_the_cache_is_off_while_a_trigger_is_missing(
-    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+    world: FleetWorld,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
 ) -> None:
     import bastion.server.answers as answers
 
+    caplog.set_level(logging.WARNING, logger="bastion.server.answers")
     monkeypatch.setattr(answers, "LISTEN_CHECK_SECONDS", 0.1)
     app = _second(world)
     dev = _attested(world, tmp_path, f"ans-trigger-{how}")
@@ -483,6 +489,9 @@ def test_the_cache_is_off_while_a_trigger_is_missing(
                     cached = _layer(client).cached
                     assert client.get("/v1/device/config", headers=dev.headers).status_code == 200
                     assert _layer(client).cached == cached and len(listener.cache) == 0
+                time.sleep(0.5)  # several retries, still off
+                assert not listener.cache.online and listener.problem is not None
+                assert "fleet_env.bastion_answers" in listener.problem
             finally:
                 with world.ctx.db.engine.begin() as conn:
                     conn.execute(text(restore))
@@ -492,6 +501,10 @@ def test_the_cache_is_off_while_a_trigger_is_missing(
                 time.sleep(0.05)
     finally:
         app.state.ctx.db.dispose()
+    said = [r.getMessage() for r in caplog.records if r.name == "bastion.server.answers"]
+    lost = [m for m in said if "triggers are missing or disabled" in m]
+    assert len(lost) == 1, said  # once, not once per retry
+    assert any("again" in m for m in said), said
 
 
 # --- the triggers cover what the answers read --------------------------------------------
