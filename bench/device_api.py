@@ -105,9 +105,14 @@ def pg_admin(url: str) -> Any:
 def scratch(pg: str, prefix: str) -> Iterator[tuple[str, Path]]:
     """A database of its own on the PostgreSQL server of ``pg`` and a temporary folder,
     both named after ``prefix`` and removed afterwards: (database URL, folder)."""
+    import psycopg
+
     name = f"{prefix}_{secrets.token_hex(4)}"
-    with pg_admin(pg) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with pg_admin(pg) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise SystemExit(f"cannot create a scratch database on {pg} (--pg): {exc}") from exc
     tmp = Path(tempfile.mkdtemp(prefix=prefix.replace("_", "-") + "-"))
     try:
         yield pg.rsplit("/", 1)[0] + "/" + name, tmp
@@ -223,6 +228,32 @@ def start(argv: list[str], env: dict[str, str], url: str, log: Path) -> subproce
     raise SystemExit(f"nothing answered on {url}")
 
 
+def server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every device bench takes: ``--workers``, ``--pg``, ``--json``."""
+    parser.add_argument("--workers", type=int, default=2, help="bastion server processes")
+    parser.add_argument(
+        "--pg",
+        default=os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        help="a PostgreSQL URL the bench may create and drop a database on",
+    )
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def server_env(access_log: bool = False) -> dict[str, str]:
+    """The environment a bench starts ``bastion server`` with: this process's, without
+    its ``BASTION_SERVER_*`` settings, running the source tree under test, with a rate
+    limit no bench reaches and the access log off unless ``access_log`` (the bare app
+    logs no request either)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
+    env.update(
+        PYTHONPATH=str(SRC),
+        BASTION_SERVER_RATE_PER_SECOND="1000000",
+        BASTION_SERVER_RATE_BURST="1000000",
+        BASTION_SERVER_ACCESS_LOG="true" if access_log else "false",
+    )
+    return env
+
+
 def start_server(
     data_dir: Path, database_url: str, workers: int, env: dict[str, str], answer_cache: bool
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -333,14 +364,9 @@ def wrk(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--devices", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    server_arguments(parser)
     parser.add_argument(
         "--access-log", action="store_true", help="keep bastion's access log (off: as the bare app)"
     )
@@ -363,14 +389,7 @@ def main() -> int:
                 "paths": ", ".join(json.dumps(p) for p in ROUTES),
             }
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
-        env.update(
-            PYTHONPATH=str(SRC),
-            BASTION_SERVER_RATE_PER_SECOND="1000000",
-            BASTION_SERVER_RATE_BURST="1000000",
-            # the bare app logs no request either (uvicorn --log-level warning)
-            BASTION_SERVER_ACCESS_LOG="true" if args.access_log else "false",
-        )
+        env = server_env(args.access_log)
         runs: dict[str, dict[str, float]] = {}
         for cache in (True, False):
             server, port = start_server(tmp / "data", database_url, args.workers, env, cache)

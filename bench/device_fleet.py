@@ -48,6 +48,8 @@ from device_api import (
     group_cpu_by_pid,
     group_stats,
     scratch,
+    server_arguments,
+    server_env,
     setup_fleet,
     start_server,
     stop,
@@ -149,15 +151,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=int, default=40_000)
     parser.add_argument("--enrolled", type=int, default=4)
-    parser.add_argument("--fill", type=float, default=240.0)
+    parser.add_argument("--fill", type=float, default=360.0)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    server_arguments(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -178,13 +175,7 @@ def main() -> int:
                 "paths": ", ".join(json.dumps(p) for p in HEARTBEAT),
             }
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
-        env.update(
-            PYTHONPATH=str(SRC),
-            BASTION_SERVER_RATE_PER_SECOND="1000000",
-            BASTION_SERVER_RATE_BURST="1000000",
-            BASTION_SERVER_ACCESS_LOG="false",
-        )
+        env = server_env()
         server, port = start_server(tmp / "data", database_url, args.workers, env, True)
         base = f"http://127.0.0.1:{port}"
         try:

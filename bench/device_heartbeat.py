@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from device_api import (
     GOAL_RPS,
     ROUTES,
-    SRC,
     group_cpu_seconds,
     scratch,
+    server_arguments,
+    server_env,
     setup_fleet,
     start_server,
     stop,
@@ -114,13 +115,8 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=300)
     parser.add_argument("--period", type=float, default=60.0)
     parser.add_argument("--periods", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", choices=("cache", "no_cache"), help="run the server one way only")
-    parser.add_argument(
-        "--pg",
-        default=os.environ.get("BASTION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    server_arguments(parser)
     args = parser.parse_args()
     if args.periods < 2:
         raise SystemExit("--periods must be at least 2 (the first is not measured)")
@@ -128,13 +124,7 @@ def main() -> int:
     with scratch(args.pg, "bench_device_heartbeat") as (database_url, tmp):
         print(f"enrolling {args.devices} devices ...", file=sys.stderr)
         keys = setup_fleet(database_url, tmp / "data", args.devices)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
-        env.update(
-            PYTHONPATH=str(SRC),
-            BASTION_SERVER_RATE_PER_SECOND="1000000",
-            BASTION_SERVER_RATE_BURST="1000000",
-            BASTION_SERVER_ACCESS_LOG="false",
-        )
+        env = server_env()
         modes = [m for m in (True, False) if args.only in (None, "cache" if m else "no_cache")]
         for cache in modes:
             server, port = start_server(tmp / "data", database_url, args.workers, env, cache)
