@@ -237,13 +237,20 @@ def server_arguments(parser: argparse.ArgumentParser) -> None:
         help="a PostgreSQL URL the bench may create and drop a database on",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting for the run (docs/server.md), e.g. db_pool_size=30; repeatable",
+    )
 
 
-def server_env(access_log: bool = False) -> dict[str, str]:
+def server_env(access_log: bool = False, settings: list[str] | None = None) -> dict[str, str]:
     """The environment a bench starts ``bastion server`` with: this process's, without
     its ``BASTION_SERVER_*`` settings, running the source tree under test, with a rate
     limit no bench reaches and the access log off unless ``access_log`` (the bare app
-    logs no request either)."""
+    logs no request either), then ``settings`` (``--set NAME=VALUE``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BASTION_SERVER_")}
     env.update(
         PYTHONPATH=str(SRC),
@@ -251,6 +258,11 @@ def server_env(access_log: bool = False) -> dict[str, str]:
         BASTION_SERVER_RATE_BURST="1000000",
         BASTION_SERVER_ACCESS_LOG="true" if access_log else "false",
     )
+    for setting in settings or ():
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--set {setting!r}: give NAME=VALUE")
+        env[f"BASTION_SERVER_{name.upper()}"] = value
     return env
 
 
@@ -302,6 +314,55 @@ def group_cpu_by_pid(pgid: int) -> dict[int, float]:
     return {pid: (int(f[11]) + int(f[12])) / tick for pid, f in group_stats(pgid)}
 
 
+def named_cpu_by_pid(name: str) -> dict[int, float]:
+    """User + system CPU seconds of each live process whose command is ``name`` (all of
+    PostgreSQL's processes: ``postgres``), with those of its children that ended and
+    were reaped (PostgreSQL's postmaster reaps every backend: a connection that closes
+    takes its CPU time there); compare two readings pid by pid, as processes come and
+    go."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+        except OSError:
+            continue
+        if head.partition("(")[2] == name:
+            fields = rest.split()
+            found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / tick
+    return found
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two per-process readings: of the processes still alive, and
+    all of those started in between (those that ended in between are not counted)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+#: the columns of /proc/stat's ``cpu`` line, in order
+PROC_STAT_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds of the whole machine since boot by kind (``/proc/stat``: user, nice,
+    system, idle, iowait, irq, softirq, steal), summed over all cores."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {name: int(v) / tick for name, v in zip(PROC_STAT_COLUMNS, fields, strict=False)}
+
+
+def machine_busy(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """% of one core the machine spent, by kind, between two :func:`machine_cpu` readings
+    ``seconds`` apart (``busy``: all but idle and iowait)."""
+    spent = {k: 100.0 * (after[k] - before[k]) / seconds for k in after}
+    spent["busy"] = sum(v for k, v in spent.items() if k not in ("idle", "iowait"))
+    return spent
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds of every live process in process group ``pgid``."""
     return sum(group_cpu_by_pid(pgid).values())
@@ -314,10 +375,12 @@ def wrk(
     connections: int,
     pgid: int | None = None,
     script_args: tuple[str, ...] = (),
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One wrk run (one thread) of ``script``; its figures, and the server's CPU per
-    request when ``pgid`` (the server's process group) is given."""
+    request when ``pgid`` (the server's process group) is given. A script that paces its
+    requests prints a ``bastion-lag`` line (:func:`schedule_lag`): its figures are added."""
     cpu_before = group_cpu_seconds(pgid) if pgid else 0.0
+    wrk_before = os.times()
     done = subprocess.run(
         [
             "wrk",
@@ -349,7 +412,26 @@ def wrk(
         raise SystemExit(f"no Requests/sec in wrk output:\n{text}")
     served = float(rps.group(1)) * seconds
     cpu = (group_cpu_seconds(pgid) - cpu_before) if pgid else 0.0
+    wrk_after = os.times()
+    lag = re.search(r"^bastion-lag(.*)$", text, re.M)
+    codes = re.search(r"^bastion-status(.*)$", text, re.M)
+    refusal = re.search(r"^bastion-refusal (.*)$", text, re.M)
+    sent = re.search(r"^bastion-sent (\d+)$", text, re.M)
     return {
+        **({"sent": int(sent.group(1))} if sent else {}),
+        **(schedule_lag(lag.group(1)) if lag else {}),
+        **(
+            {
+                "statuses": {
+                    c: int(n) for c, _, n in (p.partition(":") for p in codes.group(1).split())
+                }
+            }
+            if codes
+            else {}
+        ),
+        **({"first_refusal": refusal.group(1)[:300]} if refusal else {}),
+        "wrk_cpu_seconds": (wrk_after.children_user - wrk_before.children_user)
+        + (wrk_after.children_system - wrk_before.children_system),
         "rps": float(rps.group(1)),
         "requests": served,
         # server CPU (all its processes, not PostgreSQL) per request: robust on a busy host
@@ -358,6 +440,37 @@ def wrk(
         "p99_ms": ms("99%"),
         "non_2xx": float(bad.group(1)) if bad else 0.0,
         "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+def schedule_lag(histogram: str) -> dict[str, float]:
+    """Figures of a paced wrk script's ``bastion-lag`` line: ``ms:count`` pairs, how many
+    requests were sent that many whole milliseconds after their scheduled time (0: on
+    time). A request sent late waited that long on the client because every connection
+    was busy: in an open system it would have waited in the server's queue instead, so
+    its latency as wrk records it is short by its lag (coordinated omission)."""
+    counts: dict[int, int] = {}
+    for pair in histogram.split():
+        ms, _, count = pair.partition(":")
+        counts[int(ms)] = counts.get(int(ms), 0) + int(count)
+    total = sum(counts.values())
+    if not total:
+        return {"lag_p50_ms": 0.0, "lag_p99_ms": 0.0, "lag_max_ms": 0.0, "late_fraction": 0.0}
+
+    def quantile(q: float) -> float:
+        seen = 0
+        for ms in sorted(counts):
+            seen += counts[ms]
+            if seen >= q * total:
+                return float(ms)
+        return float(max(counts))
+
+    return {
+        "lag_p50_ms": quantile(0.5),
+        "lag_p99_ms": quantile(0.99),
+        "lag_max_ms": float(max(counts)),
+        # sent 5 ms or more after their time
+        "late_fraction": sum(c for ms, c in counts.items() if ms >= 5) / total,
     }
 
 
@@ -389,7 +502,7 @@ def main() -> int:
                 "paths": ", ".join(json.dumps(p) for p in ROUTES),
             }
         )
-        env = server_env(args.access_log)
+        env = server_env(args.access_log, args.set)
         runs: dict[str, dict[str, float]] = {}
         for cache in (True, False):
             server, port = start_server(tmp / "data", database_url, args.workers, env, cache)

@@ -124,7 +124,7 @@ def main() -> int:
     with scratch(args.pg, "bench_device_heartbeat") as (database_url, tmp):
         print(f"enrolling {args.devices} devices ...", file=sys.stderr)
         keys = setup_fleet(database_url, tmp / "data", args.devices)
-        env = server_env()
+        env = server_env(settings=args.set)
         modes = [m for m in (True, False) if args.only in (None, "cache" if m else "no_cache")]
         for cache in modes:
             server, port = start_server(tmp / "data", database_url, args.workers, env, cache)

@@ -54,7 +54,24 @@ SMOKE = [
     ),
     (
         "device_fleet.py",
-        ["--fleet", "30", "--enrolled", "1", "--fill", "1", "--seconds", "1", "--workers", "1"],
+        [
+            "--fleet",
+            "30",
+            "--enrolled",
+            "1",
+            "--fill",
+            "1",
+            "--seconds",
+            "1",
+            "--rate",
+            "2000",
+            "--workers",
+            "1",
+        ],
+    ),
+    (
+        "device_signed.py",
+        ["--fleet", "20", "--rate", "20", "--seconds", "1", "--warmup", "1", "--workers", "1"],
     ),
 ]
 
