@@ -17,7 +17,11 @@ otherwise), so the app never trusts an unverified chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import sys
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -146,10 +150,10 @@ def serve(settings: ServerSettings, *, workers: int = 1) -> None:
             f"--workers {workers} needs PostgreSQL (--database-url): SQLite and the "
             "in-memory rate limits are for one process"
         )
+    holder = reserve_port(settings.listen_host, settings.listen_port) if REUSE_PORT else None
     create_app(settings, migrate=True).state.ctx.db.dispose()
     export_settings(settings)
-    uvicorn.run(
-        "bastion.server.app:worker_app",
+    worker_kwargs = dict(
         factory=True,
         workers=workers,
         # a worker busy with a connect storm on a loaded host answers the parent's health
@@ -157,6 +161,77 @@ def serve(settings: ServerSettings, *, workers: int = 1) -> None:
         timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
         **kwargs,
     )
+    if holder is None:  # no SO_REUSEPORT here: uvicorn's one shared socket
+        uvicorn.run("bastion.server.app:worker_app", **worker_kwargs)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    with holder:
+        config = uvicorn.Config("bastion.server.app:worker_app", **worker_kwargs)
+        listener = ReusePortListener(holder.family, holder.getsockname(), config.backlog)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[listener]).run()  # type: ignore[list-item]
+
+
+#: this system lets several sockets listen on one port (Linux, the BSDs)
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def _reuse_port_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT`` that does not listen: it
+    keeps the port for this server's workers (ADR 0046) and gets no connection. Port 0
+    picks a free one (read it from the socket). ConfigError when the address is taken
+    or cannot be bound."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--listen {host}:{port}: {exc.strerror}") from exc
+    sock = _reuse_port_socket(family)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--listen {host}:{port}: cannot bind: {exc.strerror}") from exc
+    return sock
+
+
+def listen_reuse_port(family: int, address: tuple[Any, ...], backlog: int) -> socket.socket:
+    """A new socket listening on ``address`` with ``SO_REUSEPORT``: one worker's own
+    (ADR 0046). A worker that cannot bind exits with uvicorn's startup-failure status,
+    so the supervisor stops rather than restarting it over and over."""
+    sock = _reuse_port_socket(family)
+    try:
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        from uvicorn.config import STARTUP_FAILURE
+
+        print(f"bastion server worker: cannot listen on {address}: {exc}", file=sys.stderr)
+        raise SystemExit(STARTUP_FAILURE) from exc
+    return sock
+
+
+@dataclass(frozen=True)
+class ReusePortListener:
+    """What the supervisor hands each worker instead of its own socket: pickled to the
+    worker, it becomes a new socket of that worker's (:func:`listen_reuse_port`)."""
+
+    family: int
+    address: tuple[Any, ...]
+    backlog: int
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return listen_reuse_port, (self.family, self.address, self.backlog)
 
 
 def export_settings(settings: ServerSettings) -> None:

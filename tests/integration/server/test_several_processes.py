@@ -5,7 +5,10 @@
 * one-time codes stay one-time across processes: a TOTP code spent on one process and a
   recovery code used on one are refused by the other;
 * ``bastion server --workers 2`` serves on one port and enforces the same shared limit;
-  ``--workers 2`` on SQLite is refused.
+  ``--workers 2`` on SQLite is refused;
+* each worker listens on a socket of its own (ADR 0046): a burst of connections is
+  held by both workers and every one is answered; an address already taken is refused
+  before any worker starts.
 """
 
 from __future__ import annotations
@@ -178,3 +181,67 @@ def test_workers_on_sqlite_are_refused(tmp_path: Path, capsys: pytest.CaptureFix
     argv = ["server", "--data-dir", str(tmp_path / "d"), "--workers", "2"]
     assert main(argv) != 0
     assert "--workers 2 needs PostgreSQL" in capsys.readouterr().err
+
+
+def _established_by_pid(port: int) -> dict[int, int]:
+    """pid -> established TCP connections on local ``port`` that the pid holds."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    held: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:
+            continue
+        count = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+        if count:
+            held[int(entry.name)] = count
+    return held
+
+
+def test_workers_two_each_take_a_share_of_a_connection_burst(
+    pg_url: str, start_server: Start
+) -> None:
+    url = start_server(
+        pg_url,
+        "--workers",
+        "2",
+        BASTION_SERVER_RATE_PER_SECOND="100000",
+        BASTION_SERVER_RATE_BURST="100000",
+    )
+    port = int(url.rsplit(":", 1)[1])
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
+    try:
+        for client in clients:
+            client.sendall(b"GET /v1/health HTTP/1.1\r\nHost: bastion\r\n\r\n")
+        for client in clients:  # none is left waiting on a socket nobody accepts from
+            assert client.recv(64).startswith(b"HTTP/1.1 200"), "a connection got no answer"
+        held = _established_by_pid(port)
+        held.pop(os.getpid(), None)  # this test's own ends
+        # with one shared socket the first worker to wake took the whole burst
+        assert len(held) == 2, held
+        assert sum(held.values()) == 64
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_workers_on_a_taken_address_are_refused_before_starting(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        argv = ["server", "--data-dir", str(tmp_path / "d"), "--database-url", pg_url]
+        argv += ["--listen", f"127.0.0.1:{port}", "--workers", "2"]
+        assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert f"--listen 127.0.0.1:{port}: cannot bind: Address already in use" in err

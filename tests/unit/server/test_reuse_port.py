@@ -1,0 +1,96 @@
+"""One listening socket per worker (ADR 0046): the port holder and the worker's listener.
+
+Negative table first: an address another socket holds, a name that does not resolve,
+and a worker that cannot bind (it exits with uvicorn's startup-failure status, so the
+supervisor stops instead of restarting it in a loop)."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from collections.abc import Iterator
+
+import pytest
+from uvicorn.config import STARTUP_FAILURE
+
+from bastion.errors import ConfigError
+from bastion.server.tlsproto import (
+    ReusePortListener,
+    listen_reuse_port,
+    reserve_port,
+)
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A loopback port held by a plain listening socket (no SO_REUSEPORT)."""
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen(1)
+        yield int(plain.getsockname()[1])
+
+
+def test_a_port_another_socket_holds_is_refused_with_the_address(taken: int) -> None:
+    with pytest.raises(ConfigError, match=rf"--listen 127\.0\.0\.1:{taken}: cannot bind"):
+        reserve_port("127.0.0.1", taken)
+
+
+def test_a_host_that_does_not_resolve_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--listen no-such-host\.invalid:8443"):
+        reserve_port("no-such-host.invalid", 8443)
+
+
+def test_a_worker_that_cannot_listen_exits_with_the_startup_failure_status(
+    taken: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        listen_reuse_port(socket.AF_INET, ("127.0.0.1", taken), 16)
+    assert exited.value.code == STARTUP_FAILURE
+    assert f"cannot listen on ('127.0.0.1', {taken})" in capsys.readouterr().err
+
+
+def test_the_holder_keeps_the_port_and_takes_no_connection() -> None:
+    with reserve_port("127.0.0.1", 0) as holder:
+        port = holder.getsockname()[1]
+        assert port != 0
+        assert holder.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        # a program without SO_REUSEPORT cannot take the port from under the workers
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+        # nothing listens yet: a connection is refused, not left waiting on the holder
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_each_unpickled_listener_is_a_socket_of_its_own_on_the_holders_port() -> None:
+    with reserve_port("127.0.0.1", 0) as holder:
+        listener = ReusePortListener(holder.family, holder.getsockname(), 128)
+        data = pickle.dumps(listener)  # what the supervisor sends each worker
+        first, second = pickle.loads(data), pickle.loads(data)
+        try:
+            assert isinstance(first, socket.socket)
+            assert first.fileno() != second.fileno()
+            assert first.getsockname() == second.getsockname() == holder.getsockname()
+            for sock in (first, second):
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+            # connections reach the listening sockets, spread over both
+            clients = [socket.create_connection(holder.getsockname(), timeout=5) for _ in range(64)]
+            first.setblocking(False)
+            second.setblocking(False)
+            accepted = {id(first): 0, id(second): 0}
+            for sock in (first, second):
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except BlockingIOError:
+                        break
+                    conn.close()
+                    accepted[id(sock)] += 1
+            for client in clients:
+                client.close()
+            assert sum(accepted.values()) == 64
+            assert all(count > 0 for count in accepted.values()), accepted
+        finally:
+            first.close()
+            second.close()
