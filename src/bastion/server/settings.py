@@ -68,9 +68,11 @@ class ServerSettings(BaseSettings):
     # tokens one process takes at once from a shared per-principal bucket (0: burst // 10)
     rate_lease: int = Field(default=0, ge=0)
     # PostgreSQL connections per process (SQLite ignores these): the pool, its overflow, and
-    # how long a request waits for a connection before it fails (docs/server.md)
-    db_pool_size: int = Field(default=10, ge=1, le=1000)
-    db_max_overflow: int = Field(default=20, ge=0, le=1000)
+    # how long a request waits for a connection before it fails (docs/server.md). All 30
+    # stay open once made: an overflow connection is closed when it comes back, and under
+    # load PostgreSQL forked a backend for each (ADR 0047)
+    db_pool_size: int = Field(default=30, ge=1, le=1000)
+    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     db_pool_timeout: float = Field(default=30.0, gt=0, le=600)
     # worker threads (and so pooled connections) the device channels of one process may use
     # at once, whatever their number: the rest of the pool stays free for HTTP requests

@@ -85,3 +85,14 @@ def test_pool_and_serving_settings_reach_the_engine_and_uvicorn(tmp_path: Path) 
     assert uvicorn_config_kwargs(ServerSettings(data_dir=tmp_path))["access_log"] is True
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         ServerSettings(data_dir=tmp_path, channel_db_concurrency=0)
+
+
+def test_the_default_pool_keeps_every_connection_it_opens(tmp_path: Path) -> None:
+    """ADR 0047: no overflow connection to close (and fork again) under load, and the
+    same 30 connections at most, so admission lets the same 8 requests run at once."""
+    from bastion.server.admission import request_concurrency
+
+    settings = ServerSettings(data_dir=tmp_path, database_url=PG)
+    assert (settings.db_pool_size, settings.db_max_overflow) == (30, 0)
+    capacity = settings.db_pool_size + settings.db_max_overflow
+    assert request_concurrency(capacity, settings.channel_db_concurrency) == 8
