@@ -29,7 +29,7 @@ Usage: .venv/bin/python bench/device_signed.py [--fleet N] [--rate R] [--seconds
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import functools
 import json
 import os
 import secrets
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import agents  # the agents bench's device keys and signatures
 from device_api import (
     GOAL_P99_MS,
     GOAL_RPS,
@@ -102,41 +103,17 @@ end
 
 
 def device_keys(count: int) -> tuple[list[Any], list[str]]:
-    """``count`` P-256 private keys and a certificate for each (a bench CA's: the server
-    reads only the public key of the certificate it holds)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """``count`` P-256 private keys and a certificate for each (``agents.device_keys``: a
+    bench CA's; the server reads only the public key of the certificate it holds)."""
+    from cryptography.hazmat.primitives.serialization import load_der_private_key
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench device CA")])
-    now = dt.datetime.now(dt.UTC)
-    keys, certificates = [], []
-    for i in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench-{i}")]))
-            .issuer_name(ca)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .sign(ca_key, hashes.SHA256())
-        )
-        keys.append(key)
-        certificates.append(certificate.public_bytes(serialization.Encoding.PEM).decode())
-    return keys, certificates
+    made = agents.device_keys(count)
+    return [load_der_private_key(der, None) for _, der, _ in made], [pem for *_, pem in made]
 
 
 def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out: Path) -> None:
     """Write ``count`` signed requests, device after device in cycle order, to ``out``."""
     sys.path.insert(0, str(SRC))
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
     from bastion.trust import httpsig
 
     body = json.dumps({"agent_version": "bench", "uptime_seconds": 60, "log_backlog": 0})
@@ -146,12 +123,7 @@ def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out
             device = (k // len(CYCLE)) % len(ids)
             method, path = CYCLE[k % len(CYCLE)]
             payload = body if method == "POST" else ""
-            key = keys[device]
-
-            def sign(base: bytes, key: Any = key) -> bytes:
-                r, s = decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
-                return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
+            sign = functools.partial(agents._raw_signature, keys[device])
             headers = httpsig.sign_request(
                 method,
                 path,
