@@ -187,14 +187,25 @@ def _reuse_port_socket(family: int) -> socket.socket:
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with ``SO_REUSEPORT`` that does not listen: it
     keeps the port for this server's workers (ADR 0046) and gets no connection. Port 0
-    picks a free one (read it from the socket). ConfigError when the address is taken
-    or cannot be bound."""
+    picks a free one (read it from the socket). ConfigError when the address is taken,
+    also by another server of the same user (whose sockets would accept this one's), or
+    cannot be bound."""
     try:
         family, _, _, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
         raise ConfigError(f"--listen {host}:{port}: {exc.strerror}") from exc
+    if port:
+        # SO_REUSEPORT alone would let this server join another one of the same user
+        # listening there, and take half its connections: first bind without it, which
+        # fails if anything listens on the address
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise ConfigError(f"--listen {host}:{port}: cannot bind: {exc.strerror}") from exc
     sock = _reuse_port_socket(family)
     try:
         sock.bind(address)

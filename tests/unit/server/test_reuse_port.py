@@ -35,6 +35,36 @@ def test_a_port_another_socket_holds_is_refused_with_the_address(taken: int) -> 
         reserve_port("127.0.0.1", taken)
 
 
+def test_a_port_another_server_of_this_user_listens_on_is_refused() -> None:
+    """SO_REUSEPORT would let the new server join the running one (same user) and take
+    half its connections; it is refused as with one shared socket."""
+    with socket.socket() as running:
+        running.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        running.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        running.bind(("127.0.0.1", 0))
+        running.listen(1)
+        port = running.getsockname()[1]
+        with pytest.raises(
+            ConfigError, match=rf"127\.0\.0\.1:{port}: cannot bind: Address already"
+        ):
+            reserve_port("127.0.0.1", port)
+
+
+def test_a_port_left_in_time_wait_is_taken_again() -> None:
+    """A server restarted right after it stopped finds its port: its workers' sockets
+    (and so their connections' TIME_WAIT ends) allow reuse."""
+    with reserve_port("127.0.0.1", 0) as holder:
+        server = listen_reuse_port(holder.family, holder.getsockname(), 16)
+    with server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    with reserve_port("127.0.0.1", port) as holder:
+        assert holder.getsockname()[1] == port
+
+
 def test_a_host_that_does_not_resolve_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"--listen no-such-host\.invalid:8443"):
         reserve_port("no-such-host.invalid", 8443)
