@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import socket
 import ssl
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,18 +216,15 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def listen_reuse_port(family: int, address: tuple[Any, ...], backlog: int) -> socket.socket:
     """A new socket listening on ``address`` with ``SO_REUSEPORT``: one worker's own
-    (ADR 0046). A worker that cannot bind exits with uvicorn's startup-failure status,
-    so the supervisor stops rather than restarting it over and over."""
+    (ADR 0046). ConfigError naming the address when it cannot listen there (the worker
+    ends with it; the supervisor logs it and starts another)."""
     sock = _reuse_port_socket(family)
     try:
         sock.bind(address)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        from uvicorn.config import STARTUP_FAILURE
-
-        print(f"bastion server worker: cannot listen on {address}: {exc}", file=sys.stderr)
-        raise SystemExit(STARTUP_FAILURE) from exc
+        raise ConfigError(f"worker cannot listen on {address}: {exc.strerror}") from exc
     return sock
 
 

@@ -1,8 +1,8 @@
 """One listening socket per worker (ADR 0046): the port holder and the worker's listener.
 
-Negative table first: an address another socket holds, a name that does not resolve,
-and a worker that cannot bind (it exits with uvicorn's startup-failure status, so the
-supervisor stops instead of restarting it in a loop)."""
+Negative table first: an address another socket holds (a plain one, or another
+server's of the same user), a name that does not resolve, and a worker that cannot
+bind (the error names the address)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from uvicorn.config import STARTUP_FAILURE
 
 from bastion.errors import ConfigError
 from bastion.server.tlsproto import (
@@ -70,13 +69,9 @@ def test_a_host_that_does_not_resolve_is_refused() -> None:
         reserve_port("no-such-host.invalid", 8443)
 
 
-def test_a_worker_that_cannot_listen_exits_with_the_startup_failure_status(
-    taken: int, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exited:
+def test_a_worker_that_cannot_listen_says_where(taken: int) -> None:
+    with pytest.raises(ConfigError, match=rf"worker cannot listen on \('127\.0\.0\.1', {taken}\)"):
         listen_reuse_port(socket.AF_INET, ("127.0.0.1", taken), 16)
-    assert exited.value.code == STARTUP_FAILURE
-    assert f"cannot listen on ('127.0.0.1', {taken})" in capsys.readouterr().err
 
 
 def test_the_holder_keeps_the_port_and_takes_no_connection() -> None:
