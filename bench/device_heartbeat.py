@@ -38,28 +38,15 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# the sibling bench's set-up and process helpers
-from device_api import (
-    GOAL_RPS,
-    ROUTES,
-    group_cpu_seconds,
-    scratch,
-    server_arguments,
-    server_env,
-    setup_fleet,
-    start_server,
-    stop,
-)
-
-#: the order a heartbeat sends its requests in (the agent's: its record first)
-HEARTBEAT = ("/v1/device", "/v1/device/config", "/v1/device/target-release")
+import device_api  # the sibling bench's set-up and process helpers
+from device_fleet import HEARTBEAT  # the agent's order: its record first
 
 
 async def heartbeats(
     base: str, keys: list[str], period: float, periods: int, pgid: int
 ) -> dict[str, float]:
     """Run ``periods`` periods of every device's heartbeat; figures of all but the first."""
-    assert set(HEARTBEAT) == set(ROUTES)
+    assert set(HEARTBEAT) == set(device_api.ROUTES)
     latencies: list[float] = []
     failures = 0
     served = 0
@@ -83,14 +70,14 @@ async def heartbeats(
         for n in range(periods):
             if n == 1:
                 await asyncio.sleep(max(0.0, started + period - time.monotonic()))
-                cpu_at["start"] = group_cpu_seconds(pgid)
+                cpu_at["start"] = device_api.group_cpu_seconds(pgid)
                 measured_from = time.monotonic()
             for i, key in enumerate(keys):
                 at = started + n * period + i * period / len(keys)
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 tasks.append(asyncio.create_task(one(key, measured=n > 0)))
         await asyncio.gather(*tasks)
-        cpu_at["end"] = group_cpu_seconds(pgid)
+        cpu_at["end"] = device_api.group_cpu_seconds(pgid)
         seconds = time.monotonic() - measured_from
     latencies.sort()
     return {
@@ -105,9 +92,9 @@ async def heartbeats(
 
 def idle_cpu(pgid: int, seconds: float) -> float:
     """The server's CPU seconds over ``seconds`` with no request."""
-    before = group_cpu_seconds(pgid)
+    before = device_api.group_cpu_seconds(pgid)
     time.sleep(seconds)
-    return group_cpu_seconds(pgid) - before
+    return device_api.group_cpu_seconds(pgid) - before
 
 
 def main() -> int:
@@ -116,18 +103,20 @@ def main() -> int:
     parser.add_argument("--period", type=float, default=60.0)
     parser.add_argument("--periods", type=int, default=3)
     parser.add_argument("--only", choices=("cache", "no_cache"), help="run the server one way only")
-    server_arguments(parser)
+    device_api.server_arguments(parser)
     args = parser.parse_args()
     if args.periods < 2:
         raise SystemExit("--periods must be at least 2 (the first is not measured)")
     runs: dict[str, dict[str, float]] = {}
-    with scratch(args.pg, "bench_device_heartbeat") as (database_url, tmp):
+    with device_api.scratch(args.pg, "bench_device_heartbeat") as (database_url, tmp):
         print(f"enrolling {args.devices} devices ...", file=sys.stderr)
-        keys = setup_fleet(database_url, tmp / "data", args.devices)
-        env = server_env(settings=args.set)
+        keys = device_api.setup_fleet(database_url, tmp / "data", args.devices)
+        env = device_api.server_env(settings=args.set)
         modes = [m for m in (True, False) if args.only in (None, "cache" if m else "no_cache")]
         for cache in modes:
-            server, port = start_server(tmp / "data", database_url, args.workers, env, cache)
+            server, port = device_api.start_server(
+                tmp / "data", database_url, args.workers, env, cache
+            )
             try:
                 label = "cache" if cache else "no_cache"
                 print(f"{label}: {args.periods} periods of {args.period:g} s ...", file=sys.stderr)
@@ -149,7 +138,7 @@ def main() -> int:
                 )
                 runs[label] = run
             finally:
-                stop(server)
+                device_api.stop(server)
     figures: dict[str, Any] = {
         "devices": args.devices,
         "period_seconds": args.period,
@@ -179,8 +168,8 @@ def main() -> int:
             f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, server CPU "
             f"{r['cpu_ms_per_request']:.2f} ms/request (idle {r['idle_cpu_seconds']:.2f} s "
             f"subtracted): would allow {r['projected_rps_all_cores']:.0f}/s on "
-            f"{os.cpu_count()} cores (goal {GOAL_RPS:.0f}/s, ratio "
-            f"{r['projected_rps_all_cores'] / GOAL_RPS:.2f})"
+            f"{os.cpu_count()} cores (goal {device_api.GOAL_RPS:.0f}/s, ratio "
+            f"{r['projected_rps_all_cores'] / device_api.GOAL_RPS:.2f})"
         )
     if "cpu_ratio_off_to_on" in figures:
         print(f"  CPU per request, off / on: {figures['cpu_ratio_off_to_on']:.2f}")

@@ -41,17 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import agents  # the agents bench's device keys and signatures
-from device_api import (
-    GOAL_P99_MS,
-    GOAL_RPS,
-    SRC,
-    scratch,
-    server_arguments,
-    server_env,
-    setup_fleet,
-    start_server,
-    stop,
-)
+import device_api  # the sibling bench's set-up and process helpers
 from device_fleet import (
     WRK_DONE,
     WRK_PACED,
@@ -113,7 +103,7 @@ def device_keys(count: int) -> tuple[list[Any], list[str]]:
 
 def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out: Path) -> None:
     """Write ``count`` signed requests, device after device in cycle order, to ``out``."""
-    sys.path.insert(0, str(SRC))
+    sys.path.insert(0, str(device_api.SRC))
     from bastion.trust import httpsig
 
     body = json.dumps({"agent_version": "bench", "uptime_seconds": 60, "log_backlog": 0})
@@ -152,11 +142,11 @@ def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=int, default=40_000)
-    parser.add_argument("--rate", type=float, default=GOAL_RPS, help="requests/s, paced")
+    parser.add_argument("--rate", type=float, default=device_api.GOAL_RPS, help="requests/s, paced")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
-    server_arguments(parser)
+    device_api.server_arguments(parser)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -165,15 +155,15 @@ def main() -> int:
     # a signature is accepted for 300 s after it was made: the run must end before that
     if args.warmup + args.seconds > 240:
         raise SystemExit("--warmup + --seconds must be at most 240 (signatures expire)")
-    with scratch(args.pg, "bench_device_signed") as (database_url, tmp):
+    with device_api.scratch(args.pg, "bench_device_signed") as (database_url, tmp):
         print("enrolling a device ...", file=sys.stderr)
-        setup_fleet(database_url, tmp / "data", 1)
+        device_api.setup_fleet(database_url, tmp / "data", 1)
         began = time.monotonic()
         keys, certificates = device_keys(args.fleet)
         ids = copy_devices(database_url, args.fleet, certificates=certificates)[1]
         print(f"made {args.fleet} device keys in {time.monotonic() - began:.1f} s", file=sys.stderr)
-        env = server_env(settings=args.set)
-        server, port = start_server(tmp / "data", database_url, args.workers, env, True)
+        env = device_api.server_env(settings=args.set)
+        server, port = device_api.start_server(tmp / "data", database_url, args.workers, env, True)
         base = f"http://127.0.0.1:{port}"
         try:
             count = int(args.rate * (args.warmup + args.seconds) * 1.02) + 1000
@@ -201,7 +191,7 @@ def main() -> int:
             )
             rss = group_rss_mib(server.pid)
         finally:
-            stop(server)
+            device_api.stop(server)
 
     met = goal_met(run, args.rate)
     figures: dict[str, Any] = {
@@ -214,13 +204,13 @@ def main() -> int:
         "warmup": warm or None,
         "run": run,
         "server_rss_mib": rss,
-        "goal_met": met if args.rate >= GOAL_RPS else None,
+        "goal_met": met if args.rate >= device_api.GOAL_RPS else None,
         # the server's CPU alone: what 2 cores would serve if nothing else ran
         "projected_rps_all_cores": 1000.0 * (os.cpu_count() or 1) / run["cpu_ms_per_request"]
         if run["cpu_ms_per_request"]
         else 0.0,
     }
-    figures["ratio_to_goal"] = figures["projected_rps_all_cores"] / GOAL_RPS
+    figures["ratio_to_goal"] = figures["projected_rps_all_cores"] / device_api.GOAL_RPS
     # every request is signed once with a fresh nonce: a refusal is a server or bench fault
     failed = 1 if run["non_2xx"] else 0
     if args.json:
@@ -258,10 +248,10 @@ def main() -> int:
     print("  server memory after the run: " + ", ".join(f"{m:.0f} MiB" for m in rss))
     print(
         f"  server CPU alone would allow {figures['projected_rps_all_cores']:.0f} signed "
-        f"requests/s on {os.cpu_count()} cores: ratio to the goal ({GOAL_RPS:.0f}/s) "
+        f"requests/s on {os.cpu_count()} cores: ratio to the goal ({device_api.GOAL_RPS:.0f}/s) "
         f"{figures['ratio_to_goal']:.2f}"
         + (
-            f"; at {args.rate:.0f}/s p99 < {GOAL_P99_MS:.0f} ms with its lag: "
+            f"; at {args.rate:.0f}/s p99 < {device_api.GOAL_P99_MS:.0f} ms with its lag: "
             f"{'met' if met else 'not met'}"
         )
     )
