@@ -150,6 +150,19 @@ def serve(settings: ServerSettings, *, workers: int = 1) -> None:
             "in-memory rate limits are for one process"
         )
     holder = reserve_port(settings.listen_host, settings.listen_port) if REUSE_PORT else None
+    with holder if holder is not None else contextlib.nullcontext():
+        _serve_workers(settings, workers, kwargs, holder)
+
+
+def _serve_workers(
+    settings: ServerSettings, workers: int, kwargs: dict[str, Any], holder: socket.socket | None
+) -> None:
+    """Build the app once, then run ``workers`` worker processes on ``holder``'s port
+    (each its own socket, ADR 0046), or on uvicorn's one socket without ``holder``."""
+    import uvicorn
+
+    from bastion.server.app import create_app
+
     create_app(settings, migrate=True).state.ctx.db.dispose()
     export_settings(settings)
     worker_kwargs = dict(
@@ -165,11 +178,10 @@ def serve(settings: ServerSettings, *, workers: int = 1) -> None:
         return
     from uvicorn.supervisors import Multiprocess
 
-    with holder:
-        config = uvicorn.Config("bastion.server.app:worker_app", **worker_kwargs)
-        listener = ReusePortListener(holder.family, holder.getsockname(), config.backlog)
-        with contextlib.suppress(KeyboardInterrupt):
-            Multiprocess(config, sockets=[listener]).run()  # type: ignore[list-item]
+    config = uvicorn.Config("bastion.server.app:worker_app", **worker_kwargs)
+    listener = ReusePortListener(holder.family, holder.getsockname(), config.backlog)
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[listener]).run()  # type: ignore[list-item]
 
 
 #: this system lets several sockets listen on one port (Linux, the BSDs)
