@@ -428,7 +428,7 @@ def test_the_cache_is_off_while_its_listener_is_gone(
         killed = conn.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name"
+                "WHERE application_name = :name AND datname = current_database()"
             ),
             {"name": LISTEN_APP_NAME},
         ).all()
