@@ -216,6 +216,9 @@ class AnswerCache:
         self._emptied_at = 0
         self._changed_at: dict[str, int] = {}
         self._online = False
+        #: device id -> what verifying its signatures needs (ADR 0048; an opaque value
+        #: here), in the order stored: when full, the first is evicted
+        self._known: OrderedDict[str, object] = OrderedDict()
         #: counters for tests, benchmarks and /metrics
         self.hits = 0
         self.misses = 0
@@ -282,6 +285,13 @@ class AnswerCache:
         if device_id in self._by_device and (seen is None or when > seen[0]):
             self._seen[device_id] = (when, at, False)
 
+    def presence_due(self, device_id: str, now: float) -> bool:
+        """Whether ``device_id``'s ``last_seen_at`` may be ``presence_seconds`` old at
+        ``now`` (POSIX seconds): True unless this process knows a newer one (it knows
+        only devices with kept answers)."""
+        seen = self._seen.get(device_id)
+        return seen is None or now >= seen[0] + self.presence_seconds
+
     def take_due(self) -> dict[str, dt.datetime]:
         """The presence hits recorded since the last call (device -> time seen), to be
         written by :func:`write_presence`; give them back with :meth:`return_due` if
@@ -336,13 +346,36 @@ class AnswerCache:
         self.stored += 1
         return True
 
+    def known(self, device_id: str) -> object | None:
+        """What :meth:`keep_known` kept of ``device_id``, while the cache is on."""
+        return self._known.get(device_id) if self._online else None
+
+    def keep_known(self, ticket: int | None, device_id: str, value: object) -> bool:
+        """Keep ``value`` (the device's verified key, ADR 0048) under :meth:`put`'s rule: not
+        if the cache is off, or was emptied or the device changed since ``ticket``. It
+        is dropped with the device's answers. True if kept."""
+        if (
+            ticket is None
+            or not self._online
+            or self._emptied_at > ticket
+            or self._changed_at.get(device_id, 0) > ticket
+        ):
+            return False
+        self._known.pop(device_id, None)
+        while len(self._known) >= self.max_entries:
+            self._known.popitem(last=False)
+        self._known[device_id] = value
+        return True
+
     def invalidate(self, device_id: str) -> None:
-        """Drop the answers of ``device_id`` (:data:`EVERY_DEVICE`: all of them)."""
+        """Drop the answers of ``device_id`` (:data:`EVERY_DEVICE`: all of them) and what
+        is known of its key."""
         self.invalidations += 1
         if device_id == EVERY_DEVICE:
             self._clear()
             return
         self._mark(device_id)
+        self._known.pop(device_id, None)
         for entry in self._by_device.pop(device_id, ()):
             self._entries.pop(entry, None)
         self._seen.pop(device_id, None)
@@ -386,6 +419,7 @@ class AnswerCache:
         self._entries.clear()
         self._by_device.clear()
         self._seen.clear()
+        self._known.clear()
 
 
 def touched_by_row(row: Any, *, updated: bool = False) -> str | None:
@@ -458,11 +492,13 @@ WHERE t.tgname = ANY(%s) AND t.tgenabled IN ('O', 'A') AND pg_table_is_visible(c
 
 #: the presence the hits recorded (ADR 0045): ``devices.service.touch``'s rule, for many
 #: devices in one statement
-_PRESENCE_UPDATE = """
+#: the presence write of ADR 0045 (also the signed heartbeats', ADR 0048), in psycopg's
+#: parameter style
+PRESENCE_UPDATE = """
 UPDATE devices AS d SET last_seen_at = v.at
-FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamp[])) AS v(id, at)
+FROM unnest(CAST(%(ids)s AS text[]), CAST(%(ats)s AS timestamp[])) AS v(id, at)
 WHERE d.id = v.id AND d.status = 'active'
-  AND (d.last_seen_at IS NULL OR d.last_seen_at <= v.at - make_interval(secs => :resolution))
+  AND (d.last_seen_at IS NULL OR d.last_seen_at <= v.at - make_interval(secs => %(resolution)s))
 """
 
 
@@ -478,14 +514,12 @@ def write_presence(db: Database, due: Mapping[str, dt.datetime], resolution: flo
     transaction; the number of devices written. Core, not a session: the trigger's
     ``seen:`` notification tells every process, this one included. Times are stored as
     naive UTC, as :class:`~bastion.server.db.base.UtcDateTime` stores them."""
-    from sqlalchemy import text
-
     if not due:
         return 0
     ids = list(due)
     with db.engine.begin() as conn:
-        result = conn.execute(
-            text(_PRESENCE_UPDATE),
+        result = conn.exec_driver_sql(
+            PRESENCE_UPDATE,
             {
                 "ids": ids,
                 "ats": [due[i].astimezone(dt.UTC).replace(tzinfo=None) for i in ids],

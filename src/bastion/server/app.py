@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from bastion import __version__
 from bastion.io.clock import Clock, SystemClock
 from bastion.server.admission import AdmissionMiddleware, request_concurrency
+from bastion.server.agent.writer import SignedWriter
 from bastion.server.answers import AnswerCache, Listener
 from bastion.server.auth.passwords import PasswordHasher
 from bastion.server.auth.principal import AuthRegistry
@@ -93,6 +94,7 @@ def create_app(
         raise
 
     limiter, login_limiter, login_delay = _limits(settings, db, clock)
+    answers = _answers(settings, db)
     ctx = AppContext(
         settings=settings,
         db=db,
@@ -115,7 +117,8 @@ def create_app(
         if settings.webhook_worker
         else None,
         tuf_renewer=tuf_renewer,
-        answers=_answers(settings, db),
+        answers=answers,
+        signed_writer=_signed_writer(db, answers) if answers is not None else None,
     )
 
     @asynccontextmanager
@@ -135,6 +138,8 @@ def create_app(
                 ctx.webhooks.stop()
             for close in ctx.on_close:
                 await close()
+            if ctx.signed_writer is not None:
+                await ctx.signed_writer.close()
             if ctx.answers is not None:
                 await ctx.answers.close()
             await ctx.bus.close()
@@ -175,6 +180,15 @@ def worker_app() -> FastAPI:
     """The app of one ``bastion server --workers N`` worker: settings from the
     ``BASTION_SERVER_*`` environment its parent exported, database already migrated."""
     return create_app(ServerSettings(), migrate=False)
+
+
+def _signed_writer(db: Database, answers: Listener) -> SignedWriter:
+    """The group commit of signed requests' nonces and heartbeats (ADR 0048)."""
+    from bastion.server.agent.service import NONCE_KEEP
+
+    return SignedWriter(
+        db.url, NONCE_KEEP, answers.cache.presence_seconds, changed=answers.changed_here
+    )
 
 
 def _answers(settings: ServerSettings, db: Database) -> Listener | None:

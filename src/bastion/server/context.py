@@ -23,6 +23,7 @@ from bastion.server.secretbox import SecretBox
 from bastion.server.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from bastion.server.agent.writer import SignedWriter
     from bastion.server.answers import Listener
     from bastion.server.devices.ca import DeviceCa
     from bastion.server.enrollment.service import EnrollmentService
@@ -60,6 +61,9 @@ class AppContext:
     #: the device answer cache and its LISTEN connection (PostgreSQL only; None: off;
     #: docs/adr/0044-device-answer-cache.md)
     answers: Listener | None = None
+    #: stores the nonces and heartbeats of signed requests the hot path verified, by
+    #: group commit (with the answer cache only; docs/adr/0048-signed-requests-on-the-hot-path.md)
+    signed_writer: SignedWriter | None = None
     #: awaited when the app stops, before the bus closes (a feature's pending writes)
     on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 

@@ -18,6 +18,7 @@ signature must cover that header.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -43,45 +44,99 @@ from bastion.trust import httpsig
 NONCE_KEEP = dt.timedelta(seconds=2 * limits.DEVICE_SIGNATURE_MAX_SKEW_SECONDS)
 
 
+@dataclass(frozen=True, slots=True)
+class KnownDevice:
+    """What verifying a device's signature needs of its row: an active device's id,
+    fleet, organisation and enrolled public key (the hot path keeps it per process,
+    ADR 0048)."""
+
+    id: str
+    fleet_id: str
+    org_id: str
+    public_key: ec.EllipticCurvePublicKey
+    #: the versions the device row holds (a heartbeat that reports the same ones leaves
+    #: the row alone)
+    agent_version: str | None = None
+    os_version: str | None = None
+
+    def changes_versions(self, report: dict[str, Any]) -> bool:
+        """Whether a heartbeat ``report`` would change the row's versions (the full
+        path's rule: a non-empty reported version replaces the stored one)."""
+        agent, os_version = report.get("agent_version"), report.get("os_version")
+        return bool(
+            (agent and agent != self.agent_version)
+            or (os_version and os_version != self.os_version)
+        )
+
+
+def signer_id(signed: SignedMessage) -> str:
+    """The device id the request's signature names (unverified; AuthError if none)."""
+    try:
+        return httpsig.signed_key_id(signed.headers)
+    except BastionError as exc:
+        raise AuthError(f"request signature: {exc}") from exc
+
+
+def known_device(session: Session, device_id: str) -> KnownDevice:
+    """The enrolled, active device ``device_id`` and its key; AuthError (not enrolled,
+    no signing key) or RevokedError."""
+    device = devices_repo.get(session, device_id)
+    if device is None:
+        raise AuthError(f"request signature names device {device_id!r}, which is not enrolled")
+    if device.status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {device.id} is revoked")
+    public = x509.load_pem_x509_certificate(device.certificate.encode()).public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise AuthError(f"device {device.id} was enrolled with a key that cannot sign requests")
+    from bastion.server.orgs import repository as org_repo
+
+    fleet = org_repo.get_fleet(session, device.fleet_id)
+    if fleet is None:  # pragma: no cover - fleets cascade to devices
+        raise AuthError(f"device {device.id} has no fleet")
+    return KnownDevice(
+        device.id, device.fleet_id, fleet.org_id, public, device.agent_version, device.os_version
+    )
+
+
+def verify_known(
+    known: KnownDevice, signed: SignedMessage, now: dt.datetime
+) -> tuple[Principal, str]:
+    """The device principal of a request ``known`` signed, and the signature's nonce
+    (not yet stored: :func:`remember_nonce`, or the hot path's :class:`~.writer.SignedWriter`);
+    AuthError, or ExpiredError outside the time window."""
+    try:
+        found = httpsig.verify_request(
+            signed.method, signed.target, signed.headers, known.public_key, known.id, now
+        )
+    except ExpiredError:
+        raise
+    except BastionError as exc:
+        raise AuthError(f"request signature of device {known.id} refused: {exc}") from exc
+    principal = Principal(
+        kind=PrincipalKind.DEVICE,
+        id=known.id,
+        via=Via.SIGNATURE,
+        org_id=known.org_id,
+        fleet_id=known.fleet_id,
+    )
+    return principal, found.nonce
+
+
 def authenticate_signature(
     session: Session, signed: SignedMessage, now: dt.datetime
 ) -> tuple[Principal, str]:
     """The device that signed this request and the signature's nonce (module docstring).
 
     The caller stores the nonce with :func:`remember_nonce` in a write session."""
-    try:
-        key_id = httpsig.signed_key_id(signed.headers)
-    except BastionError as exc:
-        raise AuthError(f"request signature: {exc}") from exc
-    device = devices_repo.get(session, key_id)
-    if device is None:
-        raise AuthError(f"request signature names device {key_id!r}, which is not enrolled")
-    if device.status != DeviceStatus.ACTIVE:
-        raise RevokedError(f"device {device.id} is revoked")
-    public = x509.load_pem_x509_certificate(device.certificate.encode()).public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise AuthError(f"device {device.id} was enrolled with a key that cannot sign requests")
-    try:
-        found = httpsig.verify_request(
-            signed.method, signed.target, signed.headers, public, device.id, now
-        )
-    except ExpiredError:
-        raise
-    except BastionError as exc:
-        raise AuthError(f"request signature of device {device.id} refused: {exc}") from exc
-    from bastion.server.orgs import repository as org_repo
+    return verify_known(known_device(session, signer_id(signed)), signed, now)
 
-    fleet = org_repo.get_fleet(session, device.fleet_id)
-    if fleet is None:  # pragma: no cover - fleets cascade to devices
-        raise AuthError(f"device {device.id} has no fleet")
-    principal = Principal(
-        kind=PrincipalKind.DEVICE,
-        id=device.id,
-        via=Via.SIGNATURE,
-        org_id=fleet.org_id,
-        fleet_id=device.fleet_id,
+
+def replayed(device_id: str, nonce: str) -> AuthError:
+    """The refusal of a nonce the device has used before."""
+    return AuthError(
+        f"request signature nonce {nonce[:16]!r} of device {device_id} was already used "
+        "(a replayed request)"
     )
-    return principal, found.nonce
 
 
 def remember_nonce(write: Session, principal: Principal, nonce: str, now: dt.datetime) -> None:
@@ -97,10 +152,7 @@ def remember_nonce(write: Session, principal: Principal, nonce: str, now: dt.dat
         write.flush()
     except IntegrityError as exc:
         write.rollback()
-        raise AuthError(
-            f"request signature nonce {nonce[:16]!r} of device {device_id} was already used "
-            "(a replayed request)"
-        ) from exc
+        raise replayed(device_id, nonce) from exc
     devices.touch(write, principal, now)  # commits when it refreshes last_seen
     write.commit()
 
@@ -131,7 +183,10 @@ def heartbeat(
         device.agent_version = report["agent_version"]
     if report.get("os_version"):
         device.os_version = report["os_version"]
-    device.last_seen_at = now
+    # presence by the rule of every device request (once a minute, ADR 0045); the
+    # heartbeat's own time is heartbeat_at (the hot path writes the same, ADR 0048)
+    if device.last_seen_at is None or now - device.last_seen_at >= devices.LAST_SEEN_RESOLUTION:
+        device.last_seen_at = now
     session.commit()
     return row
 

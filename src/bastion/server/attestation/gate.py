@@ -97,13 +97,24 @@ def device_work(request: Request, route: DeviceRoute[_M]) -> _M:
     return device_answer(request, route)[0]
 
 
-def device_answer(request: Request, route: DeviceRoute[_M]) -> tuple[_M, Answered]:
-    """:func:`device_work`, and what the answer cache needs to keep its answer."""
+def device_answer(
+    request: Request, route: DeviceRoute[_M], signed: Principal | None = None
+) -> tuple[_M, Answered]:
+    """:func:`device_work`, and what the answer cache needs to keep its answer.
+
+    ``signed``: the device whose request signature and nonce the hot path checked (ADR
+    0048); it is authenticated in this session and rate-limited here instead of
+    resolving the request's credentials."""
     ctx = get_ctx(request)
     with ctx.db.session(write=False, autocommit=True) as session:
         if route.attested:  # a device key's authentication reads the gate's inputs too
             repository.prefetch_gate(session)
-        principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
+        if signed is None:
+            principal = check_kind(resolve_principal(request, session), PrincipalKind.DEVICE)
+        else:
+            principal = devices.signed_in(ctx, session, signed, ctx.clock.now())
+            request.state.principal = principal
+            ctx.limiter.hit(principal.rate_key)
         until = None
         if route.attested:
             until = service.require_attested(session, principal, ctx.clock.now())

@@ -325,16 +325,7 @@ def install(app: FastAPI) -> None:
     ctx = app_context(app)
 
     def seen(session: Session, principal: Principal, now: dt.datetime) -> Principal:
-        # every authenticated device request refreshes last_seen_at, only when the row
-        # just read says it is older than the resolution (a minute): written behind by
-        # the answer cache's writer where there is one (ADR 0045), else its own write
-        if service.needs_touch(session, principal, now):
-            answers = ctx.answers
-            if answers is None or not answers.record_presence(principal.id, now):
-                with ctx.db.session(write=True) as write:
-                    service.touch(write, principal, now)
-            service.mark_seen(session, principal, now)
-        return principal
+        return service.seen(ctx, session, principal, now)
 
     def by_api_key(session: Session, token: str, now: dt.datetime) -> Principal:
         return seen(session, service.authenticate_api_key(session, token, now), now)

@@ -35,7 +35,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -59,6 +59,9 @@ from bastion.server.devices.repository import DeviceRow
 from bastion.server.ektrust.service import deny
 from bastion.server.provisioning.policy import DEVICE_KEY_PREFIX, token_hash
 from bastion.server.webhooks import service as webhooks
+
+if TYPE_CHECKING:
+    from bastion.server.context import AppContext
 
 #: fields a device may change about itself (balena: a few own fields)
 DEVICE_WRITABLE = ("os_version", "agent_version", "note")
@@ -184,6 +187,33 @@ def mark_seen(session: Session, principal: Principal, now: dt.datetime) -> None:
     if isinstance(device, Device):
         set_committed_value(device, "last_seen_at", now)
     session.info[_AUTHENTICATED] = (replace(row, last_seen_at=now), device)
+
+
+def seen(ctx: AppContext, session: Session, principal: Principal, now: dt.datetime) -> Principal:
+    """``principal``, its presence refreshed: every authenticated device request refreshes
+    ``last_seen_at``, only when the row this session authenticated says it is older than
+    the resolution (a minute); written behind by the answer cache's writer where there
+    is one (ADR 0045), else by its own write session."""
+    if needs_touch(session, principal, now):
+        answers = ctx.answers
+        if answers is None or not answers.record_presence(principal.id, now):
+            with ctx.db.session(write=True) as write:
+                touch(write, principal, now)
+        mark_seen(session, principal, now)
+    return principal
+
+
+def signed_in(
+    ctx: AppContext, session: Session, principal: Principal, now: dt.datetime
+) -> Principal:
+    """A device principal whose signature and nonce the hot path checked (ADR 0048),
+    authenticated in this session as an API key is (:func:`authenticated_row`), its
+    presence refreshed: AuthError if the device is gone, RevokedError if revoked."""
+    row = repo.row_by_id(session, principal.id)
+    if row is None:
+        raise AuthError(f"device {principal.id} no longer exists")
+    found = _principal(session, row, principal.via)
+    return seen(ctx, session, replace(found, client=principal.client), now)
 
 
 def touch(session: Session, principal: Principal, now: dt.datetime) -> Device:

@@ -233,6 +233,10 @@ def install(app: FastAPI) -> None:
         from bastion.server.answers import AnswerCacheCollector
 
         registry.register(AnswerCacheCollector(ctx.answers.cache))
+    if ctx.signed_writer is not None:
+        from bastion.server.agent.writer import SignedWriterCollector
+
+        registry.register(SignedWriterCollector(ctx.signed_writer))
     latency = Histogram(
         "bastion_http_request_duration_seconds",
         "HTTP request latency by route template",
