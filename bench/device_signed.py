@@ -2,28 +2,33 @@
 
 The agent (``bastion agent run``) sends, once a minute per device, ``POST
 /v1/device/heartbeat`` and ``GET /v1/device/config``, each signed with the device's
-identity key (RFC 9421, ADR 0032). A signed request never takes the answer cache of
-ADR 0044: the server verifies the signature, stores its nonce (a replay is refused by
-every process) and, for the heartbeat, writes what the agent reported. This bench
-measures that path as a fleet of agents loads it:
+identity key (RFC 9421, ADR 0032). The server verifies the signature, stores its nonce
+(a replay is refused by every process) and, for the heartbeat, writes what the agent
+reported; on PostgreSQL both take the hot path of ADR 0048 (the device's key kept per
+process, nonces and heartbeats group-committed, the config answer from the answer
+cache). This bench measures that path as a fleet of agents loads it:
 
 1. enrols one device for real (``device_api.setup_fleet``: a gated fleet with golden
    values and a passing verdict) and copies it ``--fleet`` times in SQL, each copy with
    its own id, API key, passing verdict and **P-256 identity key and certificate**; the
    keys are software keys held by the bench (a TPM signature takes about 10 ms; the
    server verifies exactly what it verifies for a real agent);
-2. signs every request of the run in advance (``created`` = the start of the run, a
-   fresh nonce each: the server accepts a signature up to 300 s old), device by device
-   in cycle order, heartbeat then config;
-3. starts ``bastion server --workers W`` on PostgreSQL; wrk sends the signed requests
-   in order, paced at ``--rate`` requests/s (``device_fleet.WRK_PACED``): ``--warmup``
-   seconds, then ``--seconds`` measured;
-4. prints requests/s, p50, p99, the schedule lag, non-2xx (a replayed or refused
-   signature would show here), where the machine's CPU went (the server by process,
-   PostgreSQL, wrk) and the ratio to the goal.
+2. starts ``bastion server --workers W`` on PostgreSQL and **fills** it for ``--fill``
+   seconds: threads send the fleet's cycles, each request signed as it is sent, so the
+   measured runs see the keys and answers a running server keeps (each worker keeps its
+   own: a device's requests reach either). ``--fill 0`` measures a cold start;
+3. signs every request of the measured runs in advance (``created`` = the start of the
+   signing, a fresh nonce each: the server accepts a signature up to 300 s old), device
+   by device in cycle order, heartbeat then config;
+4. wrk sends them in order, paced at ``--rate`` requests/s (``device_fleet.WRK_PACED``):
+   ``--warmup`` seconds, then ``--seconds`` measured;
+5. prints the fill's pace, requests/s, p50, p99, the schedule lag, non-2xx (a replayed
+   or refused signature would show here), where the machine's CPU went (the server by
+   process, PostgreSQL, wrk) and the ratio to the goal. It exits 1 on any refusal.
 
-Usage: .venv/bin/python bench/device_signed.py [--fleet N] [--rate R] [--seconds S]
-       [--warmup S] [--workers W] [--connections C] [--pg URL] [--json]
+Usage: .venv/bin/python bench/device_signed.py [--fleet N] [--fill S] [--rate R]
+       [--seconds S] [--warmup S] [--workers W] [--connections C] [--pg URL]
+       [--set NAME=VALUE] [--json]
 """
 
 from __future__ import annotations
@@ -101,28 +106,38 @@ def device_keys(count: int) -> tuple[list[Any], list[str]]:
     return [load_der_private_key(der, None) for _, der, _ in made], [pem for *_, pem in made]
 
 
+#: what each heartbeat reports
+BODY = json.dumps({"agent_version": "bench", "uptime_seconds": 60, "log_backlog": 0})
+
+
+def signed(
+    ids: list[str], keys: list[Any], k: int, created: int
+) -> tuple[str, str, dict[str, str], str]:
+    """Request ``k`` of the cycle order: method, path, its signature headers, body."""
+    from bastion.trust import httpsig
+
+    device = (k // len(CYCLE)) % len(ids)
+    method, path = CYCLE[k % len(CYCLE)]
+    payload = BODY if method == "POST" else ""
+    headers = httpsig.sign_request(
+        method,
+        path,
+        payload.encode(),
+        key_id=ids[device],
+        created=created,
+        nonce=secrets.token_urlsafe(16),
+        sign=functools.partial(agents._raw_signature, keys[device]),
+    )
+    return method, path, dict(headers), payload
+
+
 def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out: Path) -> None:
     """Write ``count`` signed requests, device after device in cycle order, to ``out``."""
     sys.path.insert(0, str(device_api.SRC))
-    from bastion.trust import httpsig
-
-    body = json.dumps({"agent_version": "bench", "uptime_seconds": 60, "log_backlog": 0})
     began = time.monotonic()
     with out.open("w") as file:
         for k in range(count):
-            device = (k // len(CYCLE)) % len(ids)
-            method, path = CYCLE[k % len(CYCLE)]
-            payload = body if method == "POST" else ""
-            sign = functools.partial(agents._raw_signature, keys[device])
-            headers = httpsig.sign_request(
-                method,
-                path,
-                payload.encode(),
-                key_id=ids[device],
-                created=created,
-                nonce=secrets.token_urlsafe(16),
-                sign=sign,
-            )
+            method, path, headers, payload = signed(ids, keys, k, created)
             fields = [
                 method,
                 path,
@@ -139,6 +154,58 @@ def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out
                 )
 
 
+def fill(
+    port: int, ids: list[str], keys: list[Any], seconds: float, connections: int
+) -> dict[str, Any]:
+    """Send signed cycles of the fleet for ``seconds`` from ``connections`` threads, each
+    request signed as it is sent (cycle order, from device 0); what was sent and refused."""
+    import http.client
+    import itertools
+    import threading
+
+    sys.path.insert(0, str(device_api.SRC))
+    print(f"filling for {seconds:g} s (signed cycles of {len(ids)} devices) ...", file=sys.stderr)
+    order = itertools.count()
+    lock = threading.Lock()
+    counts = {"requests": 0, "non_2xx": 0}
+    first: list[str] = []
+    began = time.monotonic()
+    stop = began + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop:
+            with lock:
+                k = next(order)
+            method, path, headers, payload = signed(ids, keys, k, int(time.time()))
+            if payload:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=payload.encode() or None, headers=headers)
+            answer = conn.getresponse()
+            body = answer.read()
+            with lock:
+                counts["requests"] += 1
+                if answer.status >= 300:
+                    counts["non_2xx"] += 1
+                    if not first:
+                        first.append(f"{answer.status} {body[:200]!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.monotonic() - began
+    return {
+        **counts,
+        "seconds": took,
+        "rps": counts["requests"] / took,
+        "cycles": counts["requests"] / (len(CYCLE) * len(ids)),
+        "first_refusal": first[0] if first else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleet", type=int, default=40_000)
@@ -147,6 +214,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     device_api.server_arguments(parser)
+    parser.add_argument(
+        "--fill",
+        type=float,
+        default=600.0,
+        help="seconds of signed cycles before the measured runs (each signed as it is "
+        "sent), so they see the keys and answers a running server keeps; 0: measure cold",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
@@ -166,6 +240,7 @@ def main() -> int:
         server, port = device_api.start_server(tmp / "data", database_url, args.workers, env, True)
         base = f"http://127.0.0.1:{port}"
         try:
+            filled = fill(port, ids, keys, args.fill, args.connections) if args.fill > 0 else {}
             count = int(args.rate * (args.warmup + args.seconds) * 1.02) + 1000
             print(f"signing {count} requests ...", file=sys.stderr)
             requests = tmp / "requests.tsv"
@@ -201,6 +276,7 @@ def main() -> int:
         "connections": args.connections,
         "rate": args.rate,
         "seconds": args.seconds,
+        "fill": filled or None,
         "warmup": warm or None,
         "run": run,
         "server_rss_mib": rss,
@@ -212,7 +288,7 @@ def main() -> int:
     }
     figures["ratio_to_goal"] = figures["projected_rps_all_cores"] / device_api.GOAL_RPS
     # every request is signed once with a fresh nonce: a refusal is a server or bench fault
-    failed = 1 if run["non_2xx"] else 0
+    failed = 1 if run["non_2xx"] or (filled and filled["non_2xx"]) else 0
     if args.json:
         print(json.dumps(figures, indent=2))
         return failed
@@ -223,6 +299,13 @@ def main() -> int:
         f"{os.cpu_count()} cores, wrk -c{args.connections} paced at {args.rate:.0f}/s for "
         f"{args.seconds:g} s after {args.warmup:g} s"
     )
+    if filled:
+        refused = f" (first: {filled['first_refusal']})" if filled["non_2xx"] else ""
+        print(
+            f"  fill: {filled['requests']} requests in {filled['seconds']:.0f} s "
+            f"({filled['rps']:.0f}/s, {filled['cycles']:.2f} fleet cycles), non-2xx "
+            f"{filled['non_2xx']}{refused}"
+        )
     print(
         f"  {run['rps']:.0f} requests/s, p50 {run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} "
         f"ms, non-2xx {int(run['non_2xx'])}; schedule lag p99 {run['lag_p99_ms']:.0f} ms, "

@@ -71,7 +71,20 @@ SMOKE = [
     ),
     (
         "device_signed.py",
-        ["--fleet", "20", "--rate", "20", "--seconds", "1", "--warmup", "1", "--workers", "1"],
+        [
+            "--fleet",
+            "20",
+            "--fill",
+            "2",
+            "--rate",
+            "20",
+            "--seconds",
+            "1",
+            "--warmup",
+            "1",
+            "--workers",
+            "1",
+        ],
     ),
 ]
 
