@@ -39,7 +39,7 @@ from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.server.agent.schemas import HeartbeatIn, HeartbeatOut
 from bastion.server.agent.service import KnownDevice
@@ -54,6 +54,7 @@ from bastion.server.answers import (
 from bastion.server.attestation.gate import DeviceRoute, device_answer
 from bastion.server.auth.principal import Principal
 from bastion.server.context import AppContext, app_context
+from bastion.server.json_body import replay
 
 #: the one credential the fast path takes; anything else falls through
 _DEVICE_BEARER = b"Bearer bst_dev_"
@@ -200,20 +201,6 @@ def _known_device(ctx: AppContext, device_id: str) -> KnownDevice:
         return agent.known_device(session, device_id)
 
 
-def _replay(body: bytes) -> Receive:
-    """A ``receive`` that gives ``body`` again, then what a finished request gives."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
 def _authorization(scope: Scope) -> bytes:
     """The request's ``Authorization`` value (:func:`hot_route` made sure there is one)."""
     for name, value in scope["headers"]:
@@ -339,7 +326,7 @@ class DeviceHotPath:
         report: dict[str, Any] | None = None
         if isinstance(target, str):
             body = await request.body()
-            receive = _replay(body)
+            receive = replay(body, receive)
             try:
                 report = HeartbeatIn.model_validate_json(body).model_dump(exclude_unset=True)
             except ValueError:

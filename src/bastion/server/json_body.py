@@ -42,6 +42,22 @@ async def read_body(receive: Receive, send: Send, max_body: int) -> bytes | None
             return b"".join(chunks)
 
 
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) as the whole request, then hands
+    on to ``receive`` (a disconnect): for a layer that read the body and passes the
+    request on."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
 def _is_json(scope: Scope) -> bool | None:
     """True for a JSON content type, False for another, None when absent."""
     for name, value in scope.get("headers", ()):
@@ -77,13 +93,4 @@ class StrictJsonMiddleware:
                 detail = f"invalid request body: {exc}"
                 await _respond(send, 422, error_body("invalid", detail))
                 return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(body, receive), send)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,22 +44,11 @@ from bastion.server.agent.writer import SignedWriter
 from .devicekit import FleetWorld, revoke_or_delete
 from .test_answer_cache import PATHS, _attested, _layer, _listener, _second, _settle
 from .test_answer_cache import _explicit_flush as _explicit_flush  # noqa: PLC0414 - autouse here too
-from .test_answer_cache import world as world  # noqa: PLC0414 - the module's fixture
+from .test_answer_cache import second as second  # noqa: PLC0414 - the fixtures, shared
+from .test_answer_cache import world as world  # noqa: PLC0414
 from .test_attestation import Dev
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def second(world: FleetWorld) -> Iterator[TestClient]:
-    """A second server process's app on the same database, answer cache on."""
-    app = _second(world)
-    try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            _settle(client)
-            yield client
-    finally:
-        app.state.ctx.db.dispose()
 
 
 def _signer(world: FleetWorld, dev: Dev) -> TpmRequestSigner:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion import limits
 from bastion.errors import AuthError, BastionError, ExpiredError, FormatError, RevokedError
@@ -36,7 +36,7 @@ from bastion.server.devices import repository as devices_repo
 from bastion.server.devices import service as devices
 from bastion.server.devices.models import DeviceStatus
 from bastion.server.errors import error_body
-from bastion.server.json_body import read_body
+from bastion.server.json_body import read_body, replay
 from bastion.server.limits import _respond
 from bastion.trust import httpsig
 
@@ -234,13 +234,4 @@ class ContentDigestMiddleware:
         except (FormatError, BastionError) as exc:
             await _respond(send, 400, error_body("bad_request", str(exc)))
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(body, receive), send)
