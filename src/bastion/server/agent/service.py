@@ -79,23 +79,17 @@ def signer_id(signed: SignedMessage) -> str:
 
 def known_device(session: Session, device_id: str) -> KnownDevice:
     """The enrolled, active device ``device_id`` and its key; AuthError (not enrolled,
-    no signing key) or RevokedError."""
-    device = devices_repo.get(session, device_id)
-    if device is None:
+    no signing key) or RevokedError. One Core query (the hot path loads it cold)."""
+    row = devices_repo.signing_row(session, device_id)
+    if row is None:
         raise AuthError(f"request signature names device {device_id!r}, which is not enrolled")
-    if device.status != DeviceStatus.ACTIVE:
-        raise RevokedError(f"device {device.id} is revoked")
-    public = x509.load_pem_x509_certificate(device.certificate.encode()).public_key()
+    found, status, certificate, fleet_id, org_id, agent_version, os_version = row
+    if status != DeviceStatus.ACTIVE:
+        raise RevokedError(f"device {found} is revoked")
+    public = x509.load_pem_x509_certificate(certificate.encode()).public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise AuthError(f"device {device.id} was enrolled with a key that cannot sign requests")
-    from bastion.server.orgs import repository as org_repo
-
-    fleet = org_repo.get_fleet(session, device.fleet_id)
-    if fleet is None:  # pragma: no cover - fleets cascade to devices
-        raise AuthError(f"device {device.id} has no fleet")
-    return KnownDevice(
-        device.id, device.fleet_id, fleet.org_id, public, device.agent_version, device.os_version
-    )
+        raise AuthError(f"device {found} was enrolled with a key that cannot sign requests")
+    return KnownDevice(found, fleet_id, org_id, public, agent_version, os_version)
 
 
 def verify_known(

@@ -95,6 +95,28 @@ _BY_API_KEY = row_statement().where(Device.api_key_hash == bindparam("api_key_ha
 _ROW_BY_ID = row_statement().where(Device.id == bindparam("device_id", type_=String))
 
 
+_SIGNING = (
+    select(
+        Device.id,
+        Device.status,
+        Device.certificate,
+        Device.fleet_id,
+        Fleet.org_id,
+        Device.agent_version,
+        Device.os_version,
+    )
+    .join(Fleet, Fleet.id == Device.fleet_id)
+    .where(Device.id == bindparam("device_id", type_=String))
+)
+
+
+def signing_row(session: Session, device_id: str) -> Any:
+    """What verifying the device's request signatures needs, in one Core query: (id,
+    status, certificate, fleet id, org id, agent version, OS version); None when there
+    is no such device (or its fleet is gone)."""
+    return session.connection().execute(_SIGNING, {"device_id": device_id}).first()
+
+
 #: session.info key: a statement to authenticate API keys with instead of _BY_API_KEY
 #: (same ``api_key_hash`` parameter; ROW_COLUMNS first, then columns of its own)
 API_KEY_STATEMENT = "bastion.devices.api_key_statement"
