@@ -140,6 +140,20 @@ def _warm(client: TestClient, dev: Dev) -> dict[str, bytes]:
     return bodies
 
 
+def terminate(world: FleetWorld, application_name: str) -> list[Any]:
+    """Kill this database's backends of ``application_name`` (not other test workers')."""
+    with world.ctx.db.engine.begin() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = :name AND datname = current_database()"
+                ),
+                {"name": application_name},
+            ).all()
+        )
+
+
 def _attested(world: FleetWorld, tmp_path: Path, serial: str) -> Dev:
     dev = Dev(world, tmp_path, serial)
     assert dev.attest()["ok"]
@@ -424,15 +438,7 @@ def test_the_cache_is_off_while_its_listener_is_gone(
     _warm(second, dev)
     listener = _listener(second)
     connects = listener.connects
-    with world.ctx.db.engine.begin() as conn:
-        killed = conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name AND datname = current_database()"
-            ),
-            {"name": LISTEN_APP_NAME},
-        ).all()
-    assert killed, "no listener connection found"
+    assert terminate(world, LISTEN_APP_NAME), "no listener connection found"
     deadline = time.monotonic() + 10
     was_off = False
     while not (listener.cache.online and listener.connects > connects):

@@ -42,7 +42,7 @@ from bastion.server.agent.service import NONCE_KEEP
 from bastion.server.agent.writer import SignedWriter
 
 from .devicekit import FleetWorld, revoke_or_delete
-from .test_answer_cache import PATHS, _attested, _layer, _listener, _second, _settle
+from .test_answer_cache import PATHS, _attested, _layer, _listener, _second, _settle, terminate
 from .test_answer_cache import _explicit_flush as _explicit_flush  # noqa: PLC0414 - autouse here too
 from .test_answer_cache import second as second  # noqa: PLC0414 - the fixtures, shared
 from .test_answer_cache import world as world  # noqa: PLC0414
@@ -270,15 +270,7 @@ def test_a_lost_writer_connection_is_replaced_without_a_failed_request(
     _warm(second, signer)
     writer = second.app.state.ctx.signed_writer  # type: ignore[attr-defined]
     connects = writer.connects
-    with world.ctx.db.engine.begin() as conn:
-        killed = conn.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = :name AND datname = current_database()"
-            ),
-            {"name": WRITER_APP_NAME},
-        ).all()
-    assert killed, "no writer connection found"
+    assert terminate(world, WRITER_APP_NAME), "no writer connection found"
     for path in PATHS:
         assert _get(second, signer, path).status_code == 200, path
     assert writer.connects == connects + 1 and writer.retries == 1
