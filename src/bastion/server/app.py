@@ -21,8 +21,10 @@ OpenAPI: ``/openapi.json``; interactive docs: ``/docs``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import ModuleType
 
@@ -54,6 +56,8 @@ from bastion.server.secretbox import load_secret_box
 from bastion.server.settings import ServerSettings
 
 API_PREFIX = "/v1"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -136,13 +140,16 @@ def create_app(
                 ctx.tuf_renewer.stop()
             if ctx.webhooks is not None:
                 ctx.webhooks.stop()
-            for close in ctx.on_close:
-                await close()
+            steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+                (getattr(close, "__qualname__", repr(close)), close) for close in ctx.on_close
+            ]
             if ctx.signed_writer is not None:
-                await ctx.signed_writer.close()
+                steps.append(("signed writer", ctx.signed_writer.close))
             if ctx.answers is not None:
-                await ctx.answers.close()
-            await ctx.bus.close()
+                steps.append(("answer cache", ctx.answers.close))
+            steps.append(("event bus", ctx.bus.close))
+            for name, close in steps:
+                await bounded_step(name, close(), settings.shutdown_step_seconds)
 
     app = FastAPI(
         title="bastion fleet API",
@@ -174,6 +181,26 @@ def create_app(
         or request_concurrency(db.capacity, settings.channel_db_concurrency),
     )
     return app
+
+
+async def bounded_step(name: str, step: Awaitable[None], seconds: float) -> bool:
+    """Run one shutdown step for at most ``seconds``; True when it finished.
+
+    A step that does not finish in time (a worker thread waiting on the database, a
+    broker that does not answer) is cancelled and left behind with an error in the
+    log, so that one stuck step cannot keep the process, or the next step, from
+    shutting down. A step that raises is logged the same way; the next step runs."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()  # not awaited: a thread under it may never return
+        log.error("shutdown: %s did not finish in %g s; left behind", name, seconds)
+        return False
+    exc = task.exception()
+    if exc is not None:
+        log.error("shutdown: %s failed: %s", name, exc)
+        return False
+    return True
 
 
 def worker_app() -> FastAPI:

@@ -89,6 +89,9 @@ class ServerSettings(BaseSettings):
     webhook_worker: bool = True
     # seconds between scans of the webhook outbox for due deliveries
     webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # seconds each shutdown step (channels, signed writer, answer cache, bus) may take;
+    # one that takes longer is logged and left behind so the process still stops
+    shutdown_step_seconds: float = Field(default=10.0, gt=0, le=600)
     # devices must sign every request in their TPM (RFC 9421, ADR 0032): their bearer API
     # keys and mTLS client certificates are refused (docs/agent.md "Signed requests only")
     require_signed_device_requests: bool = False
