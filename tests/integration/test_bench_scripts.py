@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SMOKE = [
     ("update.py", ["--size-mib", "2", "--delta-mib", "4", "--runs", "1"]),
     ("attest.py", ["--seconds", "0.2"]),
+    ("httpsig.py", ["--seconds", "0.1", "--requests", "4"]),
     ("boot.py", ["--small-mib", "4", "--large-mib", "8", "--runs", "1"]),
     ("uki.py", ["--kernel-mib", "1", "--initrd-mib", "1", "--runs", "1"]),
     ("tuf_refresh.py", ["--targets", "50", "--runs", "1"]),

@@ -19,20 +19,32 @@ never passes through here (the device gives a TPM signer). :func:`verify_request
 is pure: method, target, headers, public key and "now" in; a :class:`SignedRequest`
 out, or :class:`~bastion.errors.SignatureError`/:class:`~bastion.errors.ExpiredError`/
 :class:`~bastion.errors.FormatError` naming what was expected and what came.
+
+Two ways to one verdict (ADR 0049): a request whose signature headers and target are
+in the one canonical form :func:`sign_request` writes (:func:`canonical_base` matches
+them whole) has its signature base built here, a few string joins, and its signature
+checked with ``cryptography``; any other request, however slightly different, goes to
+the library's general verifier, which decides. The canonical base is proved equal to
+the library's, and both verdicts equal, in tests/conformance/httpsig/.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import http_sf
+from cryptography.exceptions import InvalidSignature as InvalidECDSASignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from http_message_signatures import (
     HTTPMessageSignaturesException,
     HTTPMessageSigner,
@@ -54,6 +66,61 @@ SIGNATURE_HEADERS = ("signature-input", "signature", "content-digest")
 
 #: sign(signature base) -> raw r||s (64 bytes), made by the device's identity key
 SignFunction = Callable[[bytes], bytes]
+
+# The canonical form (ADR 0049): exactly what sign_request writes (the library's
+# serialisation, its parameter order), with characters that need no escaping or
+# normalisation. Anything else is the library's to judge.
+_CANONICAL_INPUT = re.compile(
+    r'bastion=(\("@method" "@path" "@query" "content-digest"\)'
+    r';created=([0-9]{1,12});keyid="([A-Za-z0-9._:-]{1,64})"'
+    rf';alg="{ALGORITHM}";nonce="([A-Za-z0-9._~-]{{1,{limits.DEVICE_SIGNATURE_MAX_NONCE}}})"'
+    rf';tag="{TAG}")'
+)
+_CANONICAL_SIGNATURE = re.compile(r"bastion=:([A-Za-z0-9+/]{86}==):")
+_CANONICAL_DIGEST = re.compile(r"sha-256=:[A-Za-z0-9+/]{43}=:")
+# no percent escapes, no empty or dot segments: the path is the target's own text
+_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+_CANONICAL_TARGET = re.compile(rf"(/(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?)(?:\?([A-Za-z0-9._~=&-]*))?")
+_CANONICAL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalSignature:
+    """A signature in the canonical form: its base, its raw r||s and its parameters."""
+
+    base: bytes
+    signature: bytes
+    key_id: str
+    created: int
+    nonce: str
+
+
+def canonical_base(
+    method: str, target: str, headers: Mapping[str, str]
+) -> CanonicalSignature | None:
+    """The signature base and parameters of a request in the canonical form; None for
+    any other request (the library's verifier judges it). Raises like
+    :func:`verify_request` for a missing or oversize signature header."""
+    found = _CANONICAL_TARGET.fullmatch(target)
+    if found is None or method not in _CANONICAL_METHODS:
+        return None
+    signature_input = _CANONICAL_INPUT.fullmatch(_header(headers, "signature-input"))
+    signature = _CANONICAL_SIGNATURE.fullmatch(_header(headers, "signature"))
+    digest = _header(headers, "content-digest")
+    if signature_input is None or signature is None or not _CANONICAL_DIGEST.fullmatch(digest):
+        return None
+    query = found.group(2)
+    params, created, key_id, nonce = signature_input.groups()
+    base = (
+        f'"@method": {method}\n"@path": {found.group(1)}\n"@query": ?{query or ""}\n'
+        f'"content-digest": {digest}\n"@signature-params": {params}'
+    )
+    try:
+        raw = base64.b64decode(signature.group(1), validate=True)
+    except binascii.Error:  # pragma: no cover - the pattern admits only valid base64
+        return None
+    return CanonicalSignature(base.encode("ascii"), raw, key_id, int(created), nonce)
 
 
 @dataclass(slots=True)
@@ -125,7 +192,7 @@ def sign_request(
         )
         raw = sign(prepared.signature_base)
         signer.apply(message, prepared, raw)
-    except HTTPMessageSignaturesException as exc:
+    except (HTTPMessageSignaturesException, ValueError) as exc:  # ValueError: http_sf
         raise FormatError(f"cannot sign {method} {target[:60]}: {exc}") from exc
     return dict(message.headers)
 
@@ -156,6 +223,9 @@ def has_signature(headers: Mapping[str, str]) -> bool:
 def signed_key_id(headers: Mapping[str, str]) -> str:
     """The ``keyid`` of the ``bastion`` signature, unverified (to find the key)."""
     raw = _header(headers, "signature-input")
+    canonical = _CANONICAL_INPUT.fullmatch(raw)
+    if canonical is not None:
+        return canonical.group(3)
     try:
         parsed = http_sf.parse(raw.encode(), tltype="dictionary")
     except Exception as exc:
@@ -207,11 +277,45 @@ def verify_request(  # noqa: PLR0917 - the request, the key, the clock and the w
         public_key.curve, ec.SECP256R1
     ):
         raise SignatureError(f"device {key_id} has no ECC P-256 key; expected one for {ALGORITHM}")
-    message = _Message(
-        method.upper(),
-        _target(target),
-        {name: _header(headers, name) for name in SIGNATURE_HEADERS},
-    )
+    method = method.upper()
+    url = _target(target)
+    canonical = canonical_base(method, target, headers)
+    if canonical is not None:
+        created, nonce = _verify_canonical(canonical, public_key, key_id)
+    else:
+        created, nonce = _verify_general(method, url, headers, public_key, key_id)
+    skew = created - int(now.timestamp())
+    if abs(skew) > max_skew:
+        raise ExpiredError(
+            f"signature created {skew:+d} s from the server clock; the window is +-{max_skew} s"
+        )
+    return SignedRequest(key_id=key_id, created=created, nonce=nonce)
+
+
+def _verify_canonical(
+    canonical: CanonicalSignature, public_key: ec.EllipticCurvePublicKey, key_id: str
+) -> tuple[int, str]:
+    if canonical.key_id != key_id:
+        raise SignatureError(f"signature keyid {canonical.key_id!r} is not {key_id!r}")
+    r = int.from_bytes(canonical.signature[:32], "big")
+    s = int.from_bytes(canonical.signature[32:], "big")
+    try:
+        public_key.verify(encode_dss_signature(r, s), canonical.base, _ECDSA_SHA256)
+    except InvalidECDSASignature:
+        raise SignatureError(
+            f"request signature of device {key_id} refused: signature does not verify"
+        ) from None
+    return canonical.created, canonical.nonce
+
+
+def _verify_general(
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    public_key: ec.EllipticCurvePublicKey,
+    key_id: str,
+) -> tuple[int, str]:
+    message = _Message(method, url, {name: _header(headers, name) for name in SIGNATURE_HEADERS})
     verifier = _Verifier(
         signature_algorithm=algorithms.ECDSA_P256_SHA256,
         key_resolver=_FixedKey(public_key, key_id),  # type: ignore[arg-type]
@@ -239,9 +343,4 @@ def verify_request(  # noqa: PLR0917 - the request, the key, the clock and the w
         raise SignatureError(
             f"the signature needs a nonce of 1..{limits.DEVICE_SIGNATURE_MAX_NONCE} characters"
         )
-    skew = created - int(now.timestamp())
-    if abs(skew) > max_skew:
-        raise ExpiredError(
-            f"signature created {skew:+d} s from the server clock; the window is +-{max_skew} s"
-        )
-    return SignedRequest(key_id=key_id, created=created, nonce=nonce)
+    return created, nonce
