@@ -493,9 +493,11 @@ def test_a_heartbeat_answers_the_pending_commands_and_its_version_shows_at_once(
     assert _get(second, signer, "/v1/device").json()["agent_version"] == "3.1"
 
 
-def test_heartbeats_of_one_device_in_one_flush_are_merged_in_order(
+def test_heartbeats_of_one_device_queued_together_are_written_in_order(
     world: FleetWorld, tmp_path: Path
 ) -> None:
+    """One statement writes a device's presence row once: a device's second and third
+    heartbeat wait for the next flushes, and the row ends as the last one left it."""
     dev = Dev(world, tmp_path, "sig-hb-merge")
     writer = SignedWriter(world.ctx.db.url, NONCE_KEEP, 60.0)
     now = world.ctx.clock.now()
@@ -506,12 +508,77 @@ def test_heartbeats_of_one_device_in_one_flush_are_merged_in_order(
             writer.remember(device, "hb-1", now, {"slot": "A", "uptime_seconds": 1}),
             writer.remember(device, "hb-2", now, {"uptime_seconds": 2, "log_backlog": 9}),
             writer.remember(device, "hb-3", now, {"slot": "B"}),
+            writer.remember(device, "get-1", now),
         )
 
-    assert asyncio.run(three()) == [0, 0, 0]
-    assert writer.flushes == 1
+    assert asyncio.run(three()) == [0, 0, 0, None]
+    assert writer.flushes == 3 and writer.stored == 4
     shown = _presence(world, device)
     assert (shown["slot"], shown["uptime_seconds"], shown["log_backlog"]) == ("B", 2, 9)
+
+
+def test_heartbeats_of_many_devices_and_field_sets_share_one_flush(
+    world: FleetWorld, tmp_path: Path
+) -> None:
+    """Three devices' heartbeats (two field sets), a GET's nonce and a replayed
+    heartbeat in one statement: the replay is refused and writes nothing."""
+    devs = [Dev(world, tmp_path / str(i), f"sig-hb-many-{i}") for i in range(4)]
+    ids = [d.identity.device_id for d in devs]
+    writer = SignedWriter(world.ctx.db.url, NONCE_KEEP, 60.0)
+    now = world.ctx.clock.now()
+
+    async def first() -> Any:
+        return await writer.remember(ids[3], "old", now, {"slot": "A"})
+
+    assert asyncio.run(first()) == 0
+
+    async def many() -> list[Any]:
+        return await asyncio.gather(
+            writer.remember(ids[0], "a", now, {"slot": "A", "agent_version": "9.0"}),
+            writer.remember(ids[1], "b", now, {"uptime_seconds": 5}),
+            writer.remember(ids[2], "c", now, {"slot": "B", "agent_version": "9.1"}),
+            writer.remember(ids[0], "d", now),
+            writer.remember(ids[3], "old", now, {"slot": "B", "agent_version": "6.6"}),
+            return_exceptions=True,
+        )
+
+    *answers, replay = asyncio.run(many())
+    assert answers == [0, 0, 0, None]
+    assert isinstance(replay, AuthError) and "already used" in str(replay)
+    assert writer.flushes == 2 and writer.stored == 5
+    assert _presence(world, ids[3])["slot"] == "A"
+    assert _device(world, ids[3])["agent_version"] is None
+    assert (_presence(world, ids[0])["slot"], _presence(world, ids[2])["slot"]) == ("A", "B")
+    assert _presence(world, ids[1])["uptime_seconds"] == 5
+    assert [_device(world, i)["agent_version"] for i in ids[:3]] == ["9.0", None, "9.1"]
+
+
+def test_a_connection_lost_after_the_statement_ran_fails_the_flush(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement ran (its nonces are there) but the answer was lost: the writer
+    cannot know which nonces were new, so it fails the requests (they are sent again
+    with new nonces) rather than send the same writes, which would call them replays."""
+    import psycopg
+
+    dev = Dev(world, tmp_path, "sig-lost-after")
+    writer = SignedWriter(world.ctx.db.url, NONCE_KEEP, 60.0)
+    now = world.ctx.clock.now()
+    real = writer_module.store
+
+    async def lost_answer(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **kwargs)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(writer_module, "store", lost_answer)
+
+    async def once() -> Any:
+        return await writer.remember(dev.identity.device_id, "ran", now, {"slot": "A"})
+
+    with pytest.raises(psycopg.OperationalError):
+        asyncio.run(once())
+    assert writer.retries == 0
+    assert _nonces(world, dev.identity.device_id) == 1
 
 
 def test_metrics_show_the_processs_signed_writes(world: FleetWorld, tmp_path: Path) -> None:

@@ -3,26 +3,31 @@
 :class:`SignedWriter` is how the hot path stores what a verified device request signature
 writes: its nonce and, for ``POST /v1/device/heartbeat``, what the agent reported.
 :meth:`SignedWriter.remember` queues the request and waits; one flush at a time takes
-everything queued and writes it with :func:`store` in one transaction:
+what is queued (all of it, but a device's second heartbeat, which waits for the next
+flush) and writes it with :func:`store` in **one statement** (data-modifying CTEs, in
+autocommit: one round trip, atomic; ADR 0048 amendment):
 
-1. every :data:`SWEEP_SECONDS` at most, the expired nonces of every device go;
-2. the nonces: ``INSERT ... SELECT FROM unnest(...) JOIN devices (active) ON CONFLICT DO
-   NOTHING RETURNING``. A request whose row came back used a new nonce; any other is a
-   replay, or its device was revoked or deleted meanwhile (one more query tells which).
-   The table and its rule are the full path's (:func:`~.service.remember_nonce`): one
-   row per device and nonce, kept :data:`~.service.NONCE_KEEP`, so either path refuses
-   the other's replays, whichever process sees them;
-3. the heartbeats whose nonce was new: their presence rows (one upsert per set of
-   reported fields, usually one), the devices' ``agent_version``/``os_version`` where
-   a reported one differs (``RETURNING`` names them: the caller drops their answers
-   here at once), their ``last_seen_at`` by the presence rule of ADR 0045 (once a
-   minute), and the commands pending for each device.
+1. every :data:`SWEEP_SECONDS` at most, first, the expired nonces of every device go
+   (a statement of its own);
+2. ``ins``: the nonces, ``INSERT ... SELECT FROM unnest(...) JOIN devices (active) ON
+   CONFLICT DO NOTHING RETURNING``. A request whose row came back used a new nonce; any
+   other is a replay, or its device was revoked or deleted meanwhile (one more query,
+   only then, tells which). The table and its rule are the full path's
+   (:func:`~.service.remember_nonce`): one row per device and nonce, kept
+   :data:`~.service.NONCE_KEEP`, so either path refuses the other's replays, whichever
+   process sees them;
+3. for the heartbeats whose nonce ``ins`` returned: their presence rows (one upsert per
+   set of reported fields, usually one), the devices' ``agent_version``/``os_version``
+   where a reported one differs (``RETURNING`` names them: the caller drops their
+   answers here at once) and their ``last_seen_at`` by the presence rule of ADR 0045
+   (once a minute), in one ``UPDATE``, and the commands pending for each device.
 
 A flush runs on the writer's own PostgreSQL connection, with psycopg on the serving loop
 (no worker thread, no ORM). A flush that fails fails every request it carried, and the
 connection is closed (the next flush connects again); nothing is accepted that was not
-stored. Every method runs on the serving event loop; the writer follows the loop it is
-called on (a test client's loop, a restarted server).
+stored. A lost connection is retried once, on a new one, only when that one shows none
+of the batch's nonces stored. Every method runs on the serving event loop; the writer
+follows the loop it is called on (a test client's loop, a restarted server).
 """
 
 from __future__ import annotations
@@ -59,26 +64,51 @@ FROM unnest(CAST(%(ids)s AS varchar[]), CAST(%(nonces)s AS varchar[]),
             CAST(%(expires)s AS timestamp[])) AS v(device_id, nonce, expires_at)
 JOIN devices d ON d.id = v.device_id AND d.status = 'active'
 ON CONFLICT DO NOTHING
-RETURNING device_id, nonce
-"""
+RETURNING device_id, nonce"""
 _SWEEP = "DELETE FROM device_request_nonces WHERE expires_at < %(now)s"
 _STATUS = "SELECT id, status FROM devices WHERE id = ANY(CAST(%(ids)s AS varchar[]))"
-_VERSIONS = """
-UPDATE devices AS d
-SET agent_version = COALESCE(v.agent, d.agent_version), os_version = COALESCE(v.os, d.os_version)
-FROM unnest(CAST(%(ids)s AS varchar[]), CAST(%(agents)s AS varchar[]),
-            CAST(%(oses)s AS varchar[])) AS v(id, agent, os)
-WHERE d.id = v.id AND d.status = 'active'
-  AND (d.agent_version IS DISTINCT FROM COALESCE(v.agent, d.agent_version)
-       OR d.os_version IS DISTINCT FROM COALESCE(v.os, d.os_version))
-RETURNING d.id
+_ANY_STORED = """
+SELECT 1 FROM device_request_nonces n
+JOIN unnest(CAST(%(ids)s AS varchar[]), CAST(%(nonces)s AS varchar[])) AS v(device_id, nonce)
+  ON n.device_id = v.device_id AND n.nonce = v.nonce
+LIMIT 1
 """
-_PENDING = """
-SELECT device_id, count(*) FROM device_commands
-WHERE device_id = ANY(CAST(%(ids)s AS varchar[])) AND status = ANY(CAST(%(open)s AS varchar[]))
-  AND expires_at > %(now)s
-GROUP BY device_id
-"""
+# The heartbeats whose nonce the same statement stored (``ins``), one per device: what
+# the device row and the pending count are computed from.
+_BEATS = """beats AS (
+  SELECT b.* FROM unnest(CAST(%(b_id)s AS varchar[]), CAST(%(b_nonce)s AS varchar[]),
+                         CAST(%(b_at)s AS timestamp[]), CAST(%(b_agent)s AS varchar[]),
+                         CAST(%(b_os)s AS varchar[]), CAST(%(b_versions)s AS boolean[]),
+                         CAST(%(b_due)s AS boolean[]))
+    AS b(id, nonce, at, agent, os, versions, due)
+  JOIN ins ON ins.device_id = b.id AND ins.nonce = b.nonce)"""
+# A reported version that differs replaces the stored one (when the caller could not
+# rule it out); ``last_seen_at`` by the presence rule of ADR 0045 (when due).
+_SEEN_DUE = (
+    "b.due AND (d.last_seen_at IS NULL"
+    " OR d.last_seen_at <= b.at - make_interval(secs => %(resolution)s))"
+)
+# both interpolations are the constant above
+_DEVICES = f"""upd AS (
+  UPDATE devices AS d SET
+    agent_version = CASE WHEN b.versions THEN COALESCE(b.agent, d.agent_version)
+                         ELSE d.agent_version END,
+    os_version = CASE WHEN b.versions THEN COALESCE(b.os, d.os_version) ELSE d.os_version END,
+    last_seen_at = CASE WHEN {_SEEN_DUE} THEN b.at ELSE d.last_seen_at END
+  FROM beats b
+  WHERE d.id = b.id AND d.status = 'active'
+    AND ((b.versions AND (d.agent_version IS DISTINCT FROM COALESCE(b.agent, d.agent_version)
+                          OR d.os_version IS DISTINCT FROM COALESCE(b.os, d.os_version)))
+         OR ({_SEEN_DUE}))
+  RETURNING d.id, b.versions AND (b.agent IS NOT NULL OR b.os IS NOT NULL) AS changed)"""  # noqa: S608
+_PENDING = """pend AS (
+  SELECT c.device_id, count(*) AS n FROM device_commands c JOIN beats b ON c.device_id = b.id
+  WHERE c.status = ANY(CAST(%(open)s AS varchar[])) AND c.expires_at > %(now)s
+  GROUP BY c.device_id)"""
+_FOUND = """
+SELECT 'n', device_id, nonce, 0::bigint FROM ins
+UNION ALL SELECT 'v', id, NULL, 0 FROM upd WHERE changed
+UNION ALL SELECT 'p', device_id, NULL, n FROM pend"""
 
 #: (device id, nonce)
 Row = tuple[str, str]
@@ -112,9 +142,6 @@ class Stored:
     refused: dict[Row, Exception] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
-    #: the COMMIT was about to be sent (a connection lost before that stored nothing,
-    #: and the flush may be tried again)
-    committing: bool = False
 
 
 def _naive(at: dt.datetime) -> dt.datetime:
@@ -128,34 +155,77 @@ async def store(
     now: dt.datetime,
     sweep: bool,
     resolution: float,
-    *,
-    out: Stored | None = None,
 ) -> Stored:
-    """Write ``batch`` (each (device, nonce) once) in one transaction on ``conn`` (module
-    docstring); first, when ``sweep``, delete every nonce expired at ``now``.
-    ``resolution``: the presence rule's seconds (ADR 0045); ``out``: where the findings
-    go (the caller reads its ``committing`` after a failure)."""
-    out = out if out is not None else Stored()
-    async with conn.transaction():
-        if sweep:
-            await conn.execute(_SWEEP, {"now": _naive(now)})
-        if not batch:
-            return out
-        result = await conn.execute(
-            _INSERT,
-            {
-                "ids": [s.device_id for s in batch],
-                "nonces": [s.nonce for s in batch],
-                "expires": [_naive(s.expires_at) for s in batch],
-            },
-        )
+    """Write ``batch`` (each (device, nonce) once, at most one heartbeat per device) with
+    one statement on ``conn``, in autocommit (module docstring); first, when ``sweep``,
+    delete every nonce expired at ``now``. ``resolution``: the presence rule's seconds
+    (ADR 0045)."""
+    out = Stored()
+    if sweep:
+        await conn.execute(_SWEEP, {"now": _naive(now)})
+    if not batch:
+        return out
+    params: dict[str, Any] = {
+        "ids": [s.device_id for s in batch],
+        "nonces": [s.nonce for s in batch],
+        "expires": [_naive(s.expires_at) for s in batch],
+    }
+    beats = [s for s in batch if s.report is not None]
+    if not beats:
+        result = await conn.execute(_INSERT, params)
         out.new = {(str(a), str(b)) for a, b in await result.fetchall()}
-        await _refusals(conn, batch, out)
-        beats = [s for s in batch if s.report is not None and (s.device_id, s.nonce) in out.new]
-        if beats:
-            await _heartbeats(conn, beats, now, resolution, out)
-        out.committing = True
+    else:
+        query, more = _with_heartbeats(beats, now, resolution)
+        result = await conn.execute(query, params | more)
+        for kind, device, nonce, count in await result.fetchall():
+            if kind == "n":
+                out.new.add((str(device), str(nonce)))
+            elif kind == "v":
+                out.changed.add(str(device))
+            else:
+                out.pending[str(device)] = int(count)
+        for s in beats:
+            if (s.device_id, s.nonce) in out.new:
+                out.pending.setdefault(s.device_id, 0)
+    await _refusals(conn, batch, out)
     return out
+
+
+def _with_heartbeats(
+    beats: Sequence[Signed], now: dt.datetime, resolution: float
+) -> tuple[str, dict[str, Any]]:
+    """The one statement of a batch with heartbeats, and its parameters beyond the
+    nonces': the nonces stored (``ins``), each field set's presence upsert of the
+    heartbeats among them, their devices' versions and ``last_seen_at``, their pending
+    command counts."""
+    from bastion.server.channel.models import CommandStatus
+
+    params: dict[str, Any] = {
+        "b_id": [s.device_id for s in beats],
+        "b_nonce": [s.nonce for s in beats],
+        "b_at": [_naive(s.at) for s in beats],
+        "b_agent": [_report(s).get("agent_version") or None for s in beats],
+        "b_os": [_report(s).get("os_version") or None for s in beats],
+        "b_versions": [s.versions for s in beats],
+        "b_due": [s.presence for s in beats],
+        "resolution": resolution,
+        "open": list(CommandStatus.OPEN),
+        "now": _naive(now),
+    }
+    groups: dict[tuple[str, ...], list[Signed]] = {}
+    for s in beats:
+        groups.setdefault(tuple(n for n in REPORTED if n in _report(s)), []).append(s)
+    ctes = [f"ins AS ({_INSERT})", _BEATS]
+    for i, (names, members) in enumerate(groups.items()):
+        ctes.append(f"p{i} AS ({_presence_upsert(names, f'p{i}_')})")
+        params |= _presence_params(names, members, f"p{i}_")
+    ctes += [_DEVICES, _PENDING]
+    return "WITH " + ",\n".join(ctes) + _FOUND, params
+
+
+def _report(s: Signed) -> Mapping[str, Any]:
+    assert s.report is not None
+    return s.report
 
 
 async def _refusals(conn: AsyncConnection[Any], batch: Sequence[Signed], out: Stored) -> None:
@@ -178,93 +248,36 @@ async def _refusals(conn: AsyncConnection[Any], batch: Sequence[Signed], out: St
         )
 
 
-def _merged(beats: Iterable[Signed]) -> dict[str, tuple[dt.datetime, dict[str, Any]]]:
-    """Device -> (its newest heartbeat time, the fields reported, later ones winning)."""
-    merged: dict[str, tuple[dt.datetime, dict[str, Any]]] = {}
-    for s in beats:
-        at, fields = merged.get(s.device_id, (s.at, {}))
-        assert s.report is not None
-        merged[s.device_id] = (max(at, s.at), {**fields, **s.report})
-    return merged
-
-
-def _flagged(beats: Iterable[Signed], flag: str) -> set[str]:
-    """The devices of ``beats`` with ``flag`` (``versions``/``presence``) set on any."""
-    return {s.device_id for s in beats if getattr(s, flag)}
-
-
-async def _heartbeats(
-    conn: AsyncConnection[Any],
-    beats: Sequence[Signed],
-    now: dt.datetime,
-    resolution: float,
-    out: Stored,
-) -> None:
-    from bastion.server.answers import PRESENCE_UPDATE
-    from bastion.server.channel.models import CommandStatus
-
-    merged = _merged(beats)
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for device, (_, fields) in merged.items():
-        groups.setdefault(tuple(n for n in REPORTED if n in fields), []).append(device)
-    for names, devices in groups.items():
-        await conn.execute(_presence_upsert(names), _presence_params(names, devices, merged))
-    may_change = _flagged(beats, "versions")
-    versioned = [
-        d
-        for d, (_, f) in merged.items()
-        if d in may_change and (f.get("agent_version") or f.get("os_version"))
-    ]
-    if versioned:
-        changed = await conn.execute(
-            _VERSIONS,
-            {
-                "ids": versioned,
-                "agents": [merged[d][1].get("agent_version") or None for d in versioned],
-                "oses": [merged[d][1].get("os_version") or None for d in versioned],
-            },
-        )
-        out.changed = {str(i) for (i,) in await changed.fetchall()}
-    due = [d for d in merged if d in _flagged(beats, "presence")]
-    if due:
-        await conn.execute(
-            PRESENCE_UPDATE,
-            {"ids": due, "ats": [_naive(merged[d][0]) for d in due], "resolution": resolution},
-        )
-    ids = list(merged)
-    found = await conn.execute(
-        _PENDING, {"ids": ids, "open": list(CommandStatus.OPEN), "now": _naive(now)}
+def _presence_upsert(names: tuple[str, ...], prefix: str) -> str:
+    """The upsert of the presence rows of heartbeats reporting exactly ``names`` whose
+    nonce ``ins`` stored (a new row: not connected); parameters named ``prefix`` + column."""
+    columns = ("device_id", "nonce", "heartbeat_at", *names)
+    types = ("varchar", "varchar", "timestamp", *(_SQL_TYPE[n] for n in names))
+    arrays = ", ".join(
+        f"CAST(%({prefix}{c})s AS {t}[])" for c, t in zip(columns, types, strict=True)
     )
-    counts = {str(device): int(count) for device, count in await found.fetchall()}
-    out.pending = {d: int(counts.get(d, 0)) for d in ids}
-
-
-def _presence_upsert(names: tuple[str, ...]) -> str:
-    """The upsert of presence rows reporting exactly ``names`` (a new row: not connected)."""
-    columns = ("device_id", "heartbeat_at", *names)
-    types = ("varchar", "timestamp", *(_SQL_TYPE[n] for n in names))
-    arrays = ", ".join(f"CAST(%({c})s AS {t}[])" for c, t in zip(columns, types, strict=True))
-    updates = ", ".join(f"{n} = excluded.{n}" for n in columns[1:])
+    stored = ("device_id", "heartbeat_at", *names)
+    updates = ", ".join(f"{n} = excluded.{n}" for n in stored[1:])
     # the names are REPORTED's; every value is bound
     return (
-        f"INSERT INTO device_presence (connected, {', '.join(columns)}) "  # noqa: S608
-        f"SELECT false, {', '.join(f'v.{c}' for c in columns)} "
-        f"FROM unnest({arrays}) AS v({', '.join(columns)}) "
+        f"INSERT INTO device_presence (connected, {', '.join(stored)}) "  # noqa: S608
+        f"SELECT false, {', '.join(f'g.{c}' for c in stored)} "
+        f"FROM unnest({arrays}) AS g({', '.join(columns)}) "
+        "JOIN ins ON ins.device_id = g.device_id AND ins.nonce = g.nonce "
         f"ON CONFLICT (device_id) DO UPDATE SET {updates}"
     )
 
 
 def _presence_params(
-    names: tuple[str, ...],
-    devices: Sequence[str],
-    merged: Mapping[str, tuple[dt.datetime, dict[str, Any]]],
+    names: tuple[str, ...], members: Sequence[Signed], prefix: str
 ) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "device_id": list(devices),
-        "heartbeat_at": [_naive(merged[d][0]) for d in devices],
+        f"{prefix}device_id": [s.device_id for s in members],
+        f"{prefix}nonce": [s.nonce for s in members],
+        f"{prefix}heartbeat_at": [_naive(s.at) for s in members],
     }
     for name in names:
-        params[name] = [merged[d][1][name] for d in devices]
+        params[f"{prefix}{name}"] = [_report(s)[name] for s in members]
     return params
 
 
@@ -353,7 +366,7 @@ class SignedWriter:
 
     async def _flush(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue, {}
+            batch = self._take()
             signed = [s for s, _ in batch.values()]
             now = max(s.at for s in signed)
             sweep = time.monotonic() - self._swept >= SWEEP_SECONDS
@@ -381,24 +394,56 @@ class SignedWriter:
                 else:
                     waiter.set_result(out.pending.get(device) if s.report is not None else None)
 
+    def _take(self) -> dict[Row, tuple[Signed, asyncio.Future[int | None]]]:
+        """The next batch: everything queued, in order, but a second heartbeat of a
+        device, which stays queued for the next flush (one statement writes a device's
+        presence row once)."""
+        batch: dict[Row, tuple[Signed, asyncio.Future[int | None]]] = {}
+        rest: dict[Row, tuple[Signed, asyncio.Future[int | None]]] = {}
+        beating: set[str] = set()
+        for row, item in self._queue.items():
+            if item[0].report is not None:
+                if item[0].device_id in beating:
+                    rest[row] = item
+                    continue
+                beating.add(item[0].device_id)
+            batch[row] = item
+        self._queue = rest
+        return batch
+
     async def _store(self, signed: Sequence[Signed], now: dt.datetime, sweep: bool) -> Stored:
         """:func:`store` on the writer's connection; once more on a new connection when
-        the one held was lost before the COMMIT was sent (a server restart, a killed
-        backend: nothing was stored, so the same writes are safe to send again)."""
+        the one held was lost and the new one shows that none of the batch's nonces was
+        stored (a server restart, a backend killed while idle: the statement never ran,
+        so the same writes are safe to send again). If any was, the outcome is unknown
+        and the flush fails."""
         import psycopg
 
         for attempt in (1, 2):
-            out = Stored()
             try:
-                return await store(
-                    await self._connection(), signed, now, sweep, self._resolution, out=out
-                )
+                return await store(await self._connection(), signed, now, sweep, self._resolution)
             except psycopg.OperationalError:
                 await self._drop_connection()
-                if attempt == 2 or out.committing:
+                if attempt == 2 or not await self._none_stored(signed):
                     raise
                 self.retries += 1
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _none_stored(self, signed: Sequence[Signed]) -> bool:
+        """Whether a new connection finds none of ``signed``'s nonces stored (False when
+        it cannot tell)."""
+        import psycopg
+
+        try:
+            conn = await self._connection()
+            found = await conn.execute(
+                _ANY_STORED,
+                {"ids": [s.device_id for s in signed], "nonces": [s.nonce for s in signed]},
+            )
+            return await found.fetchone() is None
+        except psycopg.Error:
+            await self._drop_connection()
+            return False
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
