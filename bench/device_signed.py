@@ -12,7 +12,8 @@ cache). This bench measures that path as a fleet of agents loads it:
    values and a passing verdict) and copies it ``--fleet`` times in SQL, each copy with
    its own id, API key, passing verdict and **P-256 identity key and certificate**; the
    keys are software keys held by the bench (a TPM signature takes about 10 ms; the
-   server verifies exactly what it verifies for a real agent);
+   server verifies exactly what it verifies for a real agent), and the ``agent_version``
+   their heartbeats report, as a running fleet's rows hold it;
 2. starts ``bastion server --workers W`` on PostgreSQL and **fills** it for ``--fill``
    seconds: threads send the fleet's cycles, each request signed as it is sent, so the
    measured runs see the keys and answers a running server keeps (each worker keeps its
@@ -56,6 +57,17 @@ from device_fleet import (
     machine_line,
     measured,
 )
+
+
+def agents_report_their_version(database_url: str) -> None:
+    """Give the enrolled device (hence its copies) the ``agent_version`` the bench's
+    heartbeats report, as a running fleet's rows hold it: otherwise each device's first
+    heartbeat changes its row, and every process drops the device's key and answers."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE devices SET agent_version = %s", (json.loads(BODY)["agent_version"],))
+
 
 #: one agent cycle, in the agent's order
 CYCLE = (("POST", "/v1/device/heartbeat"), ("GET", "/v1/device/config"))
@@ -232,6 +244,7 @@ def main() -> int:
     with device_api.scratch(args.pg, "bench_device_signed") as (database_url, tmp):
         print("enrolling a device ...", file=sys.stderr)
         device_api.setup_fleet(database_url, tmp / "data", 1)
+        agents_report_their_version(database_url)
         began = time.monotonic()
         keys, certificates = device_keys(args.fleet)
         ids = copy_devices(database_url, args.fleet, certificates=certificates)[1]

@@ -133,9 +133,18 @@ def create_app(
             ctx.tuf_renewer.start()
         if ctx.answers is not None:
             ctx.answers.ensure()
+        warmup = None
+        if ctx.signed_writer is not None and settings.device_key_warmup:
+            from bastion.server.agent.warmup import warm_keys
+
+            warmup = asyncio.get_running_loop().create_task(
+                warm_keys(ctx), name="bastion-device-keys"
+            )
         try:
             yield
         finally:
+            if warmup is not None and not warmup.done():
+                warmup.cancel()
             if ctx.tuf_renewer is not None:
                 ctx.tuf_renewer.stop()
             if ctx.webhooks is not None:

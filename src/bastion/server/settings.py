@@ -104,6 +104,10 @@ class ServerSettings(BaseSettings):
     # answers each process keeps at most (three per device; about 500 bytes each with a
     # 300-byte body); when full the oldest stored is evicted (ADR 0045)
     device_answer_cache_entries: int = Field(default=131_072, ge=1, le=16_777_216)
+    # on PostgreSQL with the answer cache: each process reads every active device's
+    # signing key when it starts (pages of 2,000, a worker thread) instead of one per
+    # device on its first signed request (ADR 0048 amendment)
+    device_key_warmup: bool = True
 
     max_body: int = Field(default=limits.HTTP_MAX_BODY, ge=1)
     allow_signup: bool = False

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
@@ -602,5 +603,99 @@ def test_metrics_show_the_processs_signed_writes(world: FleetWorld, tmp_path: Pa
             assert values['bastion_signed_writes_total{event="nonce_stored"}'] == writer.stored >= 7
             assert values['bastion_signed_writes_total{event="connect"}'] == writer.connects == 1
             assert values['bastion_signed_writes_total{event="retry"}'] == 0
+    finally:
+        app.state.ctx.db.dispose()
+
+
+# --- device keys kept from a process's start (ADR 0048 amendment) -----------------------
+
+
+def _warm_app(world: FleetWorld, **settings: Any) -> Any:
+    return _second(world, **settings)
+
+
+def test_a_process_keeps_the_fleets_device_keys_from_its_start(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bastion.server import hotpath
+    from bastion.server.agent.service import KnownDevice
+
+    active = _attested(world, tmp_path / "a", "sig-warm-a")
+    revoked = _attested(world, tmp_path / "r", "sig-warm-r")
+    revoke_or_delete(world, revoked.identity.device_id, "revoke")
+    loads: list[str] = []
+    real = hotpath._known_device
+
+    def counted(ctx: Any, device_id: str) -> Any:
+        loads.append(device_id)
+        return real(ctx, device_id)
+
+    monkeypatch.setattr(hotpath, "_known_device", counted)
+    app = _warm_app(world)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            cache = _listener(client).cache
+            deadline = time.monotonic() + 20
+            while cache.known(active.identity.device_id) is None:
+                assert time.monotonic() < deadline, "the key was not kept at start"
+                time.sleep(0.05)
+            assert isinstance(cache.known(active.identity.device_id), KnownDevice)
+            assert cache.known(revoked.identity.device_id) is None
+            answer = _get(client, _signer(world, active), "/v1/device/config")
+            assert answer.status_code == 200, answer.text
+            assert loads == [], "the signed request loaded a key the process kept at start"
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_without_the_warmup_a_key_is_loaded_on_first_use(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bastion.server import hotpath
+
+    dev = _attested(world, tmp_path, "sig-warm-off")
+    loads: list[str] = []
+    real = hotpath._known_device
+    monkeypatch.setattr(hotpath, "_known_device", lambda ctx, d: loads.append(d) or real(ctx, d))
+    app = _warm_app(world, device_key_warmup=False)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            assert _listener(client).cache.known(dev.identity.device_id) is None
+            assert _get(client, _signer(world, dev), "/v1/device/config").status_code == 200
+            assert loads == [dev.identity.device_id]
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_the_warmup_walks_every_page_and_keeps_no_key_changed_while_read(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of one device: every active device is kept, but one whose change the
+    cache heard of while its page was read (the ticket rule)."""
+    from bastion.server.agent import warmup
+
+    devs = [_attested(world, tmp_path / str(i), f"sig-warm-page-{i}") for i in range(3)]
+    changed = devs[1].identity.device_id
+    app = _warm_app(world, device_key_warmup=False)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            cache = _listener(client).cache
+            real = warmup._page
+
+            def page(ctx: Any, after: str, limit: int) -> Any:
+                found = real(ctx, after, limit)
+                if any(k.id == changed for k in found[0]):
+                    cache.invalidate(changed)  # as a notification arriving meanwhile
+                return found
+
+            monkeypatch.setattr(warmup, "_page", page)
+            assert client.portal is not None
+            kept = client.portal.call(warmup.warm_keys, client.app.state.ctx, 1)  # type: ignore[attr-defined]
+            ids = [d.identity.device_id for d in devs]
+            assert cache.known(ids[0]) is not None and cache.known(ids[2]) is not None
+            assert cache.known(changed) is None
+            assert kept >= 2
     finally:
         app.state.ctx.db.dispose()

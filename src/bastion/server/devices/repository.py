@@ -110,6 +110,33 @@ _SIGNING = (
 )
 
 
+_SIGNING_PAGE = (
+    select(
+        Device.id,
+        Device.status,
+        Device.certificate,
+        Device.fleet_id,
+        Fleet.org_id,
+        Device.agent_version,
+        Device.os_version,
+    )
+    .join(Fleet, Fleet.id == Device.fleet_id)
+    .where(
+        Device.id > bindparam("after", type_=String),
+        Device.status == DeviceStatus.ACTIVE,
+        Device.certificate.is_not(None),
+    )
+    .order_by(Device.id)
+    .limit(bindparam("limit"))
+)
+
+
+def signing_rows(session: Session, after: str, limit: int) -> list[Any]:
+    """:func:`signing_row` of up to ``limit`` active devices with a certificate whose id
+    sorts after ``after``, in id order (one page of a walk over the fleet)."""
+    return list(session.connection().execute(_SIGNING_PAGE, {"after": after, "limit": limit}))
+
+
 def signing_row(session: Session, device_id: str) -> Any:
     """What verifying the device's request signatures needs, in one Core query: (id,
     status, certificate, fleet id, org id, agent version, OS version); None when there
