@@ -95,33 +95,20 @@ _BY_API_KEY = row_statement().where(Device.api_key_hash == bindparam("api_key_ha
 _ROW_BY_ID = row_statement().where(Device.id == bindparam("device_id", type_=String))
 
 
-_SIGNING = (
-    select(
-        Device.id,
-        Device.status,
-        Device.certificate,
-        Device.fleet_id,
-        Fleet.org_id,
-        Device.agent_version,
-        Device.os_version,
-    )
-    .join(Fleet, Fleet.id == Device.fleet_id)
-    .where(Device.id == bindparam("device_id", type_=String))
+#: what verifying a device's request signatures needs (signing_row, signing_rows)
+SIGNING_COLUMNS = (
+    Device.id,
+    Device.status,
+    Device.certificate,
+    Device.fleet_id,
+    Fleet.org_id,
+    Device.agent_version,
+    Device.os_version,
 )
-
-
+_SIGNING_FROM = select(*SIGNING_COLUMNS).join(Fleet, Fleet.id == Device.fleet_id)
+_SIGNING = _SIGNING_FROM.where(Device.id == bindparam("device_id", type_=String))
 _SIGNING_PAGE = (
-    select(
-        Device.id,
-        Device.status,
-        Device.certificate,
-        Device.fleet_id,
-        Fleet.org_id,
-        Device.agent_version,
-        Device.os_version,
-    )
-    .join(Fleet, Fleet.id == Device.fleet_id)
-    .where(
+    _SIGNING_FROM.where(
         Device.id > bindparam("after", type_=String),
         Device.status == DeviceStatus.ACTIVE,
         Device.certificate.is_not(None),
