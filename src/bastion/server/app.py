@@ -205,6 +205,9 @@ async def bounded_step(name: str, step: Awaitable[None], seconds: float) -> bool
         task.cancel()  # not awaited: a thread under it may never return
         log.error("shutdown: %s did not finish in %g s; left behind", name, seconds)
         return False
+    if task.cancelled():
+        log.error("shutdown: %s was cancelled", name)
+        return False
     exc = task.exception()
     if exc is not None:
         log.error("shutdown: %s failed: %s", name, exc)

@@ -699,3 +699,58 @@ def test_the_warmup_walks_every_page_and_keeps_no_key_changed_while_read(
             assert kept >= 2
     finally:
         app.state.ctx.db.dispose()
+
+
+def test_a_warmup_whose_database_fails_leaves_the_keys_to_first_use(
+    world: FleetWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from bastion.server.agent import warmup
+
+    dev = _attested(world, tmp_path, "sig-warm-down")
+    app = _warm_app(world, device_key_warmup=False)
+
+    def down(ctx: Any, after: str, limit: int) -> Any:
+        raise ConnectionError("database is away")
+
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            _settle(client)
+            monkeypatch.setattr(warmup, "_page", down)
+            assert client.portal is not None
+            with caplog.at_level("WARNING", logger="bastion.server.agent.warmup"):
+                kept = client.portal.call(warmup.warm_keys, client.app.state.ctx)  # type: ignore[attr-defined]
+            assert kept == 0
+            assert "reading them at start failed after 0 (database is away)" in caplog.text
+            assert _get(client, _signer(world, dev), "/v1/device/config").status_code == 200
+    finally:
+        app.state.ctx.db.dispose()
+
+
+def test_a_device_whose_certificate_cannot_be_read_is_refused_with_a_reason(
+    world: FleetWorld, tmp_path: Path
+) -> None:
+    """A certificate the database holds but that does not parse: the key page skips the
+    device and a single load refuses it (401 naming why), no traceback."""
+    from bastion.server.agent import service
+
+    dev = _attested(world, tmp_path, "sig-bad-cert")
+    device_id = dev.identity.device_id
+    with world.ctx.db.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE devices SET certificate = :c WHERE id = :d"),
+            {
+                "c": "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
+                "d": device_id,
+            },
+        )
+    with world.ctx.db.session(write=False) as session:
+        with pytest.raises(AuthError, match="certificate cannot be read"):
+            service.known_device(session, device_id)
+        found: list[str] = []
+        after: str | None = ""
+        while after is not None:
+            page, after = service.known_devices(session, after, 500)
+            found += [k.id for k in page]
+        assert device_id not in found and found, "the page skipped only the bad device"
+    answer = _get(world.client, _signer(world, dev), "/v1/device/config")
+    assert answer.status_code == 401 and "cannot be read" in answer.text, answer.text

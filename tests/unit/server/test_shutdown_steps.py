@@ -72,3 +72,14 @@ def test_a_step_stuck_in_a_thread_is_left_behind() -> None:
     finally:
         release.set()
     assert ran == ["after"]
+
+
+def test_a_step_cancelled_from_inside_is_logged_and_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def cancels_itself() -> None:
+        raise asyncio.CancelledError
+
+    with caplog.at_level(logging.ERROR, logger="bastion.server.app"):
+        assert asyncio.run(bounded_step("channels", cancels_itself(), 1.0)) is False
+    assert "shutdown: channels was cancelled" in caplog.text

@@ -101,7 +101,10 @@ def _known(row: Any) -> KnownDevice:
         raise RevokedError(f"device {found} is revoked")
     if not certificate:
         raise AuthError(f"device {found} has no certificate to verify its requests with")
-    public = x509.load_pem_x509_certificate(certificate.encode()).public_key()
+    try:
+        public = x509.load_pem_x509_certificate(certificate.encode()).public_key()
+    except ValueError as exc:
+        raise AuthError(f"device {found}'s enrolled certificate cannot be read: {exc}") from exc
     if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
         public.curve, ec.SECP256R1
     ):
@@ -119,7 +122,7 @@ def known_devices(session: Session, after: str, limit: int) -> tuple[list[KnownD
     for row in rows:
         try:
             known.append(_known(row))
-        except (BastionError, ValueError):  # ValueError: a certificate that does not parse
+        except BastionError:
             continue
     return known, (str(rows[-1][0]) if len(rows) == limit else None)
 

@@ -62,9 +62,18 @@ async def warm_keys(ctx: AppContext, page: int = PAGE, online_wait: float = ONLI
         ticket = cache.ticket()
         if ticket is None:
             break
-        known, after = await run_in_threadpool(
-            _page, ctx, after, min(page, cache.max_entries - kept)
-        )
+        try:
+            known, after = await run_in_threadpool(
+                _page, ctx, after, min(page, cache.max_entries - kept)
+            )
+        except Exception as exc:  # the database is away: keys load on first use instead
+            log.warning(
+                "device keys: reading them at start failed after %d (%s); the rest load on "
+                "first use",
+                kept,
+                exc,
+            )
+            return kept
         for device in known:
             if cache.known(device.id) is None and cache.keep_known(ticket, device.id, device):
                 kept += 1
