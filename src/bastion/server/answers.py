@@ -33,7 +33,10 @@ Rules that keep the cache from answering what the database would not:
   disabled; turning on or off empties it (notifications may have been missed while off);
 * a request that misses takes a :meth:`~AnswerCache.ticket` before it reads anything
   and its answer is stored only if, in between, the cache was not emptied and the
-  answer's device did not change (:meth:`~AnswerCache.put`);
+  answer's device did not change (:meth:`~AnswerCache.put`); a move of only the
+  device's presence (a ``seen:``) refuses only an answer that shows ``last_seen_at``
+  (the others are kept, but the ``last_seen_at`` they were read with is not taken
+  as the device's presence);
 * an entry at or past its deadline is a miss;
 * only successful answers are stored; errors always take the full path.
 
@@ -215,6 +218,11 @@ class AnswerCache:
         self._changes = 0
         self._emptied_at = 0
         self._changed_at: dict[str, int] = {}
+        #: the number of each device's last presence move (a ``seen:``), and of the last
+        #: time that record was full and forgotten: a fill that read the device before
+        #: it may show an old ``last_seen_at`` (bounded as ``_changed_at``)
+        self._moved_at: dict[str, int] = {}
+        self._moves_lost = 0
         self._online = False
         #: device id -> what verifying its signatures needs (ADR 0048; an opaque value
         #: here), in the order stored: when full, the first is evicted
@@ -328,6 +336,12 @@ class AnswerCache:
         ):
             self.refused += 1
             return False
+        # only the device's presence moved since: the body is still right, but its
+        # last_seen_at may be the old one (kept only where the body does not show it)
+        moved = self._moved_at.get(answer.device_id, 0) > ticket or self._moves_lost > ticket
+        if moved and answer.shows_presence:
+            self.refused += 1
+            return False
         entry = (key, path)
         old = self._entries.pop(entry, None)
         if old is not None and old.device_id != answer.device_id:  # pragma: no cover
@@ -339,7 +353,7 @@ class AnswerCache:
         self._entries[entry] = answer
         self._by_device.setdefault(answer.device_id, set()).add(entry)
         known = self._seen.get(answer.device_id)
-        if known is None or answer.seen_at > known[0]:
+        if not moved and (known is None or answer.seen_at > known[0]):
             # not yet stored while this process still has it to write
             confirmed = answer.device_id not in self._due
             self._seen[answer.device_id] = (answer.seen_at, utc(answer.seen_at), confirmed)
@@ -383,13 +397,14 @@ class AnswerCache:
     def seen(self, device_id: str, at: dt.datetime) -> None:
         """Only ``last_seen_at`` of ``device_id`` was written, to ``at``: its answers
         stay (those that show it are rendered again on their next hit) and its next
-        presence is due ``presence_seconds`` after ``at``.
+        presence is due ``presence_seconds`` after ``at``. A fill under way for the
+        device is refused only if its answer shows ``last_seen_at`` (:meth:`put`).
 
         The stored time wins over a hit's own record (another process wrote the same
         minute first, so this one's write will not happen); otherwise only a newer time
         moves the device's presence."""
         self.presence_writes += 1
-        self._mark(device_id)  # a fill under way may have read the old last_seen_at
+        self._move(device_id)  # a fill under way may have read the old last_seen_at
         if device_id not in self._by_device:
             return
         when = posix(at)
@@ -404,6 +419,13 @@ class AnswerCache:
             self._changed_at.clear()
             self._emptied_at = self._changes
 
+    def _move(self, device_id: str) -> None:
+        self._changes += 1
+        self._moved_at[device_id] = self._changes
+        if len(self._moved_at) > self.max_entries:  # bounded: every device counts as moved
+            self._moved_at.clear()
+            self._moves_lost = self._changes
+
     def _unindex(self, entry: _Key, device_id: str) -> None:
         keys = self._by_device.get(device_id)
         if keys is not None:
@@ -416,6 +438,7 @@ class AnswerCache:
         self._changes += 1
         self._emptied_at = self._changes
         self._changed_at.clear()
+        self._moved_at.clear()
         self._entries.clear()
         self._by_device.clear()
         self._seen.clear()

@@ -83,17 +83,58 @@ def test_going_off_empties_and_voids_tickets() -> None:
     assert not cache.put(ticket, KEY, PATH, _answer())
 
 
-@pytest.mark.parametrize("changed", ["its device", "every device", "its device's presence"])
+@pytest.mark.parametrize(
+    "changed", ["its device", "every device", "its device's presence (shown in the body)"]
+)
 def test_a_change_between_ticket_and_put_refuses_the_answer(changed: str) -> None:
     cache = _online()
     _kept(cache, OTHER, _answer("d1"))  # the device has answers: its presence is tracked
     ticket = cache.ticket()
-    if changed == "its device's presence":
+    answer = _answer()
+    if changed.startswith("its device's presence"):
         cache.seen("d1", utc(NOW + 1))  # a fill under way may show the old last_seen_at
+        answer = _answer(render=_shows)
     else:
         cache.invalidate("d1" if changed == "its device" else EVERY_DEVICE)
-    assert not cache.put(ticket, KEY, PATH, _answer())
+    assert not cache.put(ticket, KEY, PATH, answer)
     assert cache.get(KEY, PATH, NOW) is None and cache.refused == 1
+
+
+@pytest.mark.parametrize("had_answers", [True, False])
+def test_a_presence_move_keeps_an_answer_that_does_not_show_it_but_not_its_time(
+    had_answers: bool,
+) -> None:
+    """A ``seen:`` between ticket and put leaves the body right when it does not show
+    ``last_seen_at`` (a config): it is kept, but the time it was read with is not taken
+    as the device's presence, which would make a hit record presence again at once."""
+    cache = _online()
+    if had_answers:
+        _kept(cache, OTHER, _answer("d1", until=NOW + 1000, seen_at=NOW - 50))
+    ticket = cache.ticket()
+    cache.seen("d1", utc(NOW + 1))  # written by a heartbeat while the config was read
+    assert cache.put(ticket, KEY, PATH, _answer(until=NOW + 1000, seen_at=NOW - 59))
+    assert cache.refused == 0
+    assert cache.get(KEY, PATH, NOW + 2) is not None
+    # with its answers kept before, the device's presence is the written one: not due;
+    # with none, nothing is known and the hit records it (a write the rule makes a no-op)
+    assert cache.take_due() == ({} if had_answers else {"d1": utc(NOW + 2)})
+
+
+def test_a_presence_move_after_the_ticket_but_of_another_device_refuses_nothing() -> None:
+    cache = _online()
+    ticket = cache.ticket()
+    cache.seen("d2", utc(NOW))
+    assert cache.put(ticket, KEY, PATH, _answer("d1", render=_shows))
+
+
+def test_a_full_presence_move_record_counts_as_every_device_moved() -> None:
+    cache = AnswerCache(max_entries=2)
+    cache.set_online(True)
+    ticket = cache.ticket()
+    for device in ("d2", "d3", "d4"):  # more moved devices than the record keeps
+        cache.seen(device, utc(NOW))
+    assert not cache.put(ticket, KEY, PATH, _answer("d1", render=_shows))
+    assert cache.put(ticket, OTHER, PATH, _answer("d1"))  # a body without it is still right
 
 
 def test_another_devices_change_does_not_refuse_the_answer() -> None:
