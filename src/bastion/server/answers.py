@@ -413,18 +413,22 @@ class AnswerCache:
             self._seen[device_id] = (when, at, True)
 
     def _mark(self, device_id: str) -> None:
-        self._changes += 1
-        self._changed_at[device_id] = self._changes
-        if len(self._changed_at) > self.max_entries:  # bounded: count it as an emptying
-            self._changed_at.clear()
+        if self._number(self._changed_at, device_id):  # full: count it as an emptying
             self._emptied_at = self._changes
 
     def _move(self, device_id: str) -> None:
-        self._changes += 1
-        self._moved_at[device_id] = self._changes
-        if len(self._moved_at) > self.max_entries:  # bounded: every device counts as moved
-            self._moved_at.clear()
+        if self._number(self._moved_at, device_id):  # full: every device counts as moved
             self._moves_lost = self._changes
+
+    def _number(self, record: dict[str, int], device_id: str) -> bool:
+        """Number a change of ``device_id`` in ``record``; True when that made the record
+        too large and it was cleared (bounded by ``max_entries``)."""
+        self._changes += 1
+        record[device_id] = self._changes
+        if len(record) > self.max_entries:
+            record.clear()
+            return True
+        return False
 
     def _unindex(self, entry: _Key, device_id: str) -> None:
         keys = self._by_device.get(device_id)
