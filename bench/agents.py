@@ -368,7 +368,7 @@ async def _agents(
                     b"",
                     key_id=device_id,
                     created=int(time.time()),
-                    nonce=secrets.token_urlsafe(16),
+                    nonce=httpsig.request_nonce(time.time()),
                     sign=lambda base: _raw_signature(key, base),
                 )
                 ws = await connect(

@@ -38,7 +38,6 @@ import argparse
 import functools
 import json
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -123,9 +122,11 @@ BODY = json.dumps({"agent_version": "bench", "uptime_seconds": 60, "log_backlog"
 
 
 def signed(
-    ids: list[str], keys: list[Any], k: int, created: int
+    ids: list[str], keys: list[Any], k: int, created: int, sent: float | None = None
 ) -> tuple[str, str, dict[str, str], str]:
-    """Request ``k`` of the cycle order: method, path, its signature headers, body."""
+    """Request ``k`` of the cycle order: method, path, its signature headers, body; its
+    nonce made as the agent makes it, at ``sent`` (default ``created``): the time it
+    will be sent, as an agent's is the time it signs."""
     from bastion.trust import httpsig
 
     device = (k // len(CYCLE)) % len(ids)
@@ -137,19 +138,22 @@ def signed(
         payload.encode(),
         key_id=ids[device],
         created=created,
-        nonce=secrets.token_urlsafe(16),
+        nonce=httpsig.request_nonce(created if sent is None else sent),
         sign=functools.partial(agents._raw_signature, keys[device]),
     )
     return method, path, dict(headers), payload
 
 
-def sign_requests(ids: list[str], keys: list[Any], count: int, created: int, out: Path) -> None:
-    """Write ``count`` signed requests, device after device in cycle order, to ``out``."""
+def sign_requests(
+    ids: list[str], keys: list[Any], count: int, created: int, rate: float, out: Path
+) -> None:
+    """Write ``count`` signed requests, device after device in cycle order, to ``out``;
+    each nonce made for the time the paced run will send it (``rate`` a second)."""
     sys.path.insert(0, str(device_api.SRC))
     began = time.monotonic()
     with out.open("w") as file:
         for k in range(count):
-            method, path, headers, payload = signed(ids, keys, k, created)
+            method, path, headers, payload = signed(ids, keys, k, created, created + k / rate)
             fields = [
                 method,
                 path,
@@ -189,7 +193,7 @@ def fill(
         while time.monotonic() < stop:
             with lock:
                 k = next(order)
-            method, path, headers, payload = signed(ids, keys, k, int(time.time()))
+            method, path, headers, payload = signed(ids, keys, k, int(time.time()), time.time())
             if payload:
                 headers["Content-Type"] = "application/json"
             conn.request(method, path, body=payload.encode() or None, headers=headers)
@@ -257,7 +261,7 @@ def main() -> int:
             count = int(args.rate * (args.warmup + args.seconds) * 1.02) + 1000
             print(f"signing {count} requests ...", file=sys.stderr)
             requests = tmp / "requests.tsv"
-            sign_requests(ids, keys, count, int(time.time()), requests)
+            sign_requests(ids, keys, count, int(time.time()), args.rate, requests)
             script = tmp / "signed.lua"
             script.write_text(
                 WRK_SIGNED_SCRIPT

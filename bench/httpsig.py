@@ -67,7 +67,7 @@ def main() -> None:
             body,
             key_id=device,
             created=int(now.timestamp()),
-            nonce=secrets.token_urlsafe(16),
+            nonce=httpsig.request_nonce(now.timestamp()),
             sign=sign,
         )
         requests.append((method, target, headers, key.public_key(), device))

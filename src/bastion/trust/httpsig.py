@@ -36,6 +36,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,21 @@ def check_content_digest(value: str, body: bytes) -> None:
             f"Content-Digest sha-256 {got.hex()[:16]}... does not match the body "
             f"({want.hex()[:16]}...)"
         )
+
+
+#: hex digits of a nonce's time prefix (milliseconds since 1970: enough until year 10889)
+NONCE_TIME_DIGITS = 12
+
+
+def request_nonce(at: float) -> str:
+    """A fresh nonce for a request signed at ``at`` (POSIX seconds): its millisecond as
+    :data:`NONCE_TIME_DIGITS` lower-case hex digits, then 128 random bits (22 base64url
+    characters). A fleet's nonces sort by time, so the server's nonce key, which leads
+    with the nonce, is written at its end (ADR 0050); the random part keeps each one
+    unique. The verifier accepts any nonce of the RFC's form; this is only the agent's."""
+    if not 0 <= at < 16**NONCE_TIME_DIGITS / 1000:  # also refuses NaN and infinity
+        raise FormatError(f"cannot make a nonce for time {at!r}: out of range")
+    return f"{int(at * 1000):0{NONCE_TIME_DIGITS}x}{secrets.token_urlsafe(16)}"
 
 
 def sign_request(

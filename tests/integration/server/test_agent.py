@@ -9,6 +9,7 @@ the device-changing actions are a recording double: a test cannot reboot the mac
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import threading
@@ -155,6 +156,10 @@ def test_signed_requests_and_their_refusals(world: Any, tmp_path: Path) -> None:
     # a replay of the very same signed request is refused
     body = b'{"slot":"A"}'
     headers = dict(signer("POST", "/v1/device/heartbeat", body))
+    # the agent's nonce begins with the signing time's millisecond (ADR 0050)
+    nonce = re.search(r';nonce="([^"]+)"', headers["Signature-Input"])
+    assert nonce is not None
+    assert int(nonce[1][:12], 16) == int(w.ctx.clock.now().timestamp() * 1000)
     headers["content-type"] = "application/json"
     first = w.client.post("/v1/device/heartbeat", content=body, headers=headers)
     assert first.status_code == 200, first.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from http_message_signatures import algorithms
 
+from bastion import limits
 from bastion.errors import ExpiredError, FormatError, SignatureError
 from bastion.trust import httpsig
 
@@ -136,3 +138,36 @@ def test_content_digest_must_match_the_body() -> None:
         httpsig.check_content_digest("sha-512=:AAAA:", b"body")
     with pytest.raises(FormatError):
         httpsig.check_content_digest("((", b"body")
+
+
+# -- the agent's nonces (ADR 0050) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "at", [-0.001, 16**httpsig.NONCE_TIME_DIGITS / 1000, float("nan"), float("inf")]
+)
+def test_a_nonce_for_a_time_out_of_range_is_refused(at: float) -> None:
+    with pytest.raises(FormatError, match="out of range"):
+        httpsig.request_nonce(at)
+
+
+def test_a_nonce_is_its_millisecond_in_hex_then_128_random_bits() -> None:
+    at = NOW.timestamp() + 0.123
+    nonce = httpsig.request_nonce(at)
+    assert re.fullmatch(r"[0-9a-f]{12}[A-Za-z0-9_-]{22}", nonce)
+    assert int(nonce[:12], 16) == int(at * 1000)
+    assert len(nonce) <= limits.DEVICE_SIGNATURE_MAX_NONCE
+    assert len({httpsig.request_nonce(at) for _ in range(1000)}) == 1000  # same time: unique
+
+
+def test_nonces_sort_by_the_time_they_were_made() -> None:
+    times = [0.0, 0.001, 0.999, 1.0, 255.999, 4096.0, NOW.timestamp(), NOW.timestamp() + 0.001]
+    nonces = [httpsig.request_nonce(t) for t in times]
+    assert sorted(nonces) == nonces
+
+
+def test_a_request_signed_with_the_agents_nonce_takes_the_canonical_path() -> None:
+    nonce = httpsig.request_nonce(NOW.timestamp())
+    headers = _signed(nonce=nonce)
+    assert httpsig.canonical_base("POST", "/v1/device/heartbeat?x=1", headers) is not None
+    assert _verify(headers).nonce == nonce

@@ -4,13 +4,13 @@
 request it asks the TPM to sign the RFC 9421 signature base built by
 :func:`bastion.trust.httpsig.sign_request` with the enrolled identity key (loaded from
 its blobs into *this* TPM: a copy of the state folder on another machine cannot load
-them, so it cannot sign), a fresh 128-bit nonce and the device clock.
+them, so it cannot sign), a fresh nonce (the time, then 128 random bits:
+:func:`~bastion.trust.httpsig.request_nonce`) and the device clock.
 """
 
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Mapping
 
 from bastion.device.provision import DeviceIdentity
@@ -48,12 +48,13 @@ class TpmRequestSigner:
         return raw_ecdsa(self.tpm.sign(self.identity.key, hashlib.sha256(base).digest()))
 
     def __call__(self, method: str, target: str, body: bytes) -> Mapping[str, str]:
+        now = self.clock.now().timestamp()
         return httpsig.sign_request(
             method,
             target,
             body,
             key_id=self.identity.device_id,
-            created=int(self.clock.now().timestamp()),
-            nonce=secrets.token_urlsafe(16),
+            created=int(now),
+            nonce=httpsig.request_nonce(now),
             sign=self.sign_base,
         )

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Integer, PrimaryKeyConstraint, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from bastion.server.db.base import Base, UtcDateTime
 
 
 class DeviceRequestNonce(Base):
-    """A nonce of a verified device request signature, kept while a replay could pass."""
+    """A nonce of a verified device request signature, kept while a replay could pass.
+
+    The key leads with the nonce: the agent's nonces begin with their time, so new rows
+    go to the key's end (migration 0027, ADR 0050)."""
 
     __tablename__ = "device_request_nonces"
+    __table_args__ = (PrimaryKeyConstraint("nonce", "device_id"),)
 
-    device_id: Mapped[str] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
-    )
-    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    nonce: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)
 
 
