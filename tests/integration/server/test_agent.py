@@ -9,6 +9,7 @@ the device-changing actions are a recording double: a test cannot reboot the mac
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import shutil
 import socket
@@ -141,6 +142,42 @@ def _commands(world: FleetWorld, device_id: str) -> list[dict[str, Any]]:
     assert answer.status_code == 200, answer.text
     rows: list[dict[str, Any]] = answer.json()
     return rows
+
+
+def test_a_signed_request_deletes_every_devices_expired_nonces(world: Any, tmp_path: Path) -> None:
+    """The nonce key leads with the nonce (ADR 0050): a request clears the expired nonces
+    of every device, not only its own, and keeps those still inside the window."""
+    from sqlalchemy import insert, select
+
+    from bastion.server.agent.models import DeviceRequestNonce
+
+    w, _app = world
+    tpm = SoftwareTpm(tmp_path / "tpm.state")
+    identity = _enrol(w, tpm)
+    silent = _enrol(w, SoftwareTpm(tmp_path / "silent.state"), serial="agent-silent")
+    now = w.ctx.clock.now()
+    with w.ctx.db.engine.begin() as conn:
+        conn.execute(
+            insert(DeviceRequestNonce),
+            [
+                {
+                    "device_id": silent.device_id,
+                    "nonce": "old",
+                    "expires_at": now - dt.timedelta(seconds=1),
+                },
+                {
+                    "device_id": silent.device_id,
+                    "nonce": "live",
+                    "expires_at": now + dt.timedelta(seconds=60),
+                },
+            ],
+        )
+    http = HttpClient.over(w.client, signer=TpmRequestSigner(tpm, identity, w.ctx.clock))
+    assert http.call_object("GET", "/v1/device")["id"] == identity.device_id
+    with w.ctx.db.engine.connect() as conn:
+        rows = conn.execute(select(DeviceRequestNonce.device_id, DeviceRequestNonce.nonce)).all()
+    assert (silent.device_id, "live") in rows and (silent.device_id, "old") not in rows
+    assert [d for d, _ in rows].count(identity.device_id) == 1
 
 
 def test_signed_requests_and_their_refusals(world: Any, tmp_path: Path) -> None:

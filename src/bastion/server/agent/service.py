@@ -169,13 +169,12 @@ def replayed(device_id: str, nonce: str) -> AuthError:
 
 
 def remember_nonce(write: Session, principal: Principal, nonce: str, now: dt.datetime) -> None:
-    """Store a verified nonce and refresh last_seen (commits); AuthError if it was used."""
+    """Store a verified nonce and refresh last_seen (commits); AuthError if it was used.
+    First every device's expired nonces go: the key leads with the nonce (ADR 0050), so
+    the ``expires_at`` index finds them, and a device that fell silent leaves none behind
+    for later requests to step over."""
     device_id = principal.id
-    write.execute(
-        delete(DeviceRequestNonce).where(
-            DeviceRequestNonce.device_id == device_id, DeviceRequestNonce.expires_at < now
-        )
-    )
+    write.execute(delete(DeviceRequestNonce).where(DeviceRequestNonce.expires_at < now))
     write.add(DeviceRequestNonce(device_id=device_id, nonce=nonce, expires_at=now + NONCE_KEEP))
     try:
         write.flush()
