@@ -7,7 +7,7 @@ Owner: the device agent (docs/adr/0050-time-ordered-request-nonces.md).
 The agent's nonces begin with the time they were made (ADR 0050), so a key that leads
 with the nonce is written at its end. The old key, ``(device_id, nonce)``, was written
 at a random place across the whole table: at 40,000 signed devices that cost 6,000 to
-11,500 full-page images of WAL a minute, against 129 with this key. Lookups name both
+11,500 full-page images of WAL a minute, against 384 with this key. Lookups name both
 columns, so they still take the key; the sweep has its own ``expires_at`` index. A
 device's deletion now finds its nonces by scanning the table (its rows live at most
 ``NONCE_KEEP``), the price of not keeping a second index on every insert.
